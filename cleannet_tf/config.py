@@ -1,0 +1,266 @@
+"""The one config schema of cleannet_tf, and its validation.
+
+Every step reads the same `ml_collections.ConfigDict`. Files in `configs/` call
+`default_config()` and override a few fields; `validate()` rejects unknown or
+inconsistent fields with a message naming the field and the value received.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+DATA_FORMATS = ("food101n", "clothing1m", "tsv")
+DEMO_DATASETS = ("", "digits", "two_digits")
+BACKBONES = ("small_cnn", "resnet50", "mobilenet_v3_small", "efficientnet_v2_b0")
+RESIZE_MODES = ("squash", "center_crop")
+AUGMENTATIONS = ("none", "flip", "flip_crop", "randaugment")
+FEATURE_NORMS = ("log", "l2", "none")
+WEIGHTINGS = ("none", "soft", "hard")
+STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Returns the full schema with the paper's defaults (ResNet-50, h=2048)."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    # --- Dataset (see CONTRACT.md "Dataset layouts read").
+    config.data = ml_collections.ConfigDict()
+    config.data.format = "food101n"  # food101n | clothing1m | tsv
+    # Dataset root (release layout), or for `tsv` the .tsv file itself.
+    # Relative paths are taken from the working directory.
+    config.data.root = ""
+    # Optional Food-101N style `classes_heldout_N.txt`: its held-out classes lose
+    # their verified_train rows (they keep images, references, validation rows).
+    config.data.heldout_list = ""
+    # Optional precomputed features: .npz with `keys` (N,) and `features` (N, D).
+    config.data.features = ""
+    # Food-101N only: a Food-101 root whose images/<class>/<key>.jpg hold the test
+    # images listed in meta/test.txt, when they are not under ROOT/test/.
+    config.data.test_root = ""
+    # Check that every listed image exists while reading (one stat per image).
+    config.data.check_images = True
+    # Embedded demo data: "digits" (10 classes) or "two_digits" (100 classes).
+    # When set, the dataset is generated under data.root (or WORKDIR/demo_data
+    # when data.root is empty) if it is not there yet. No download.
+    config.data.demo = ""
+    config.data.demo_noise_rate = 0.3
+    config.data.demo_images_per_class = 0  # 0: the generator's default.
+    config.data.demo_heldout = 0  # held-out classes in the demo's heldout list.
+
+    # --- Image input pipeline and backbone (feature extractor, classifier).
+    config.model = ml_collections.ConfigDict()
+    config.model.backbone = "resnet50"  # small_cnn | resnet50 | mobilenet_v3_small | efficientnet_v2_b0
+    # random | imagenet (downloads; users' machines only) | classifier (this
+    # package's WORKDIR/classifier/model.keras) | a path to a .keras model or to
+    # backbone .weights.h5.
+    config.model.weights = "imagenet"
+    config.model.image_height = 224
+    config.model.image_width = 224
+    config.model.feature_dim = 0  # small_cnn only; 0 = its default (256).
+    config.input = ml_collections.ConfigDict()
+    config.input.resize = "center_crop"  # squash | center_crop (short side, then crop)
+    config.input.augment = "none"  # none | flip | flip_crop | randaugment (training only)
+    config.input.parallel_calls = 0  # 0: tf.data.AUTOTUNE
+
+    # --- cleannet-extract.
+    config.extract = ml_collections.ConfigDict()
+    config.extract.batch_size = 64  # global batch over all replicas
+    config.extract.shard_size = 8192  # images per shard file of the feature store
+
+    # --- cleannet-refs: per-class k-means++ reference sets (paper: K=32).
+    config.refs = ml_collections.ConfigDict()
+    config.refs.num_references = 32
+    config.refs.n_init = 10  # paper: attempts=10
+    config.refs.max_iter = 50  # paper: max_iter=50
+    config.refs.tol = 1e-4  # paper: eps=1e-4
+    # Bound on the images k-means sees per class (a seeded sample above it); this
+    # bounds memory at max_samples_per_class x D floats whatever N is. 0 = all.
+    config.refs.max_samples_per_class = 50000
+
+    # --- CleanNet model (paper dimensions).
+    config.cleannet = ml_collections.ConfigDict()
+    config.cleannet.feature_norm = "log"  # log: ln(1+x) | l2 | none
+    config.cleannet.query_hidden_dim = 256
+    config.cleannet.reference_hidden_dim = 512
+    config.cleannet.attention_dim = 256
+    config.cleannet.embed_dim = 128
+    config.cleannet.dropout_rate = 0.0  # the paper's README example uses 0.2
+    config.cleannet.weight_decay = 1e-4  # TF1 l2_regularizer scale (w.sum()^2 / 2)
+
+    # --- CleanNet losses (paper defaults).
+    config.loss = ml_collections.ConfigDict()
+    config.loss.negative_weight = 5.0
+    config.loss.margin = 0.1
+    config.loss.reconstruction_weight = 0.1
+    config.loss.unverified_weight = 0.1
+    config.loss.pseudo_label_threshold = 0.1
+
+    # --- cleannet-train (paper: SGD momentum 0.9, lr 0.01 x0.1 at half, 60k steps).
+    config.train = ml_collections.ConfigDict()
+    config.train.steps = 60000
+    config.train.batch_size = 64  # global: half verified, half unverified
+    config.train.learning_rate = 0.01
+    config.train.momentum = 0.9
+    config.train.lr_decay_factor = 0.1
+    config.train.lr_decay_steps = 30000
+    config.train.eval_every = 2000
+    config.train.checkpoint_every = 1000
+    config.train.log_every = 100
+
+    # --- cleannet-train-classifier.
+    config.classifier = ml_collections.ConfigDict()
+    config.classifier.weighting = "none"  # none | soft (max(0, s)) | hard (s >= threshold)
+    config.classifier.epochs = 30
+    config.classifier.batch_size = 64
+    config.classifier.learning_rate = 0.01
+
+    # --- Distribution.
+    config.runtime = ml_collections.ConfigDict()
+    # auto: mirrored over every GPU if any, else the default strategy.
+    config.runtime.strategy = "auto"
+    # >1 splits the host CPU into this many logical devices (testing mirrored
+    # code on CPU-only machines); must be set before TensorFlow starts.
+    config.runtime.logical_cpu_devices = 0
+    return config
+
+
+def _fail(field: str, message: str, value: Any) -> None:
+    raise ValueError(f"config.{field}: {message}. Received: {value!r}")
+
+
+def _check_choice(config: ml_collections.ConfigDict, field: str, choices) -> None:
+    value = _get(config, field)
+    if value not in choices:
+        _fail(field, f"must be one of {', '.join(repr(c) for c in choices)}", value)
+
+
+def _check_positive(config: ml_collections.ConfigDict, field: str, *, allow_zero=False) -> None:
+    value = _get(config, field)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(field, "must be a number", value)
+    if value < 0 or (value == 0 and not allow_zero):
+        _fail(field, "must be >= 0" if allow_zero else "must be > 0", value)
+
+
+def _get(config: ml_collections.ConfigDict, field: str) -> Any:
+    node = config
+    for part in field.split("."):
+        node = node[part]
+    return node
+
+
+def _check_schema(config: Mapping, schema: Mapping, prefix: str = "") -> None:
+    """Rejects fields the schema does not have, and wrong types."""
+    for name in config:
+        path = f"{prefix}{name}"
+        if name not in schema:
+            close = [k for k in schema if k.startswith(name[:3])]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(f"config.{path}: unknown field{hint}.")
+        expected, value = schema[name], config[name]
+        if isinstance(expected, Mapping):
+            if not isinstance(value, Mapping):
+                _fail(path, "must be a section", value)
+            _check_schema(value, expected, prefix=f"{path}.")
+        elif isinstance(expected, bool):
+            if not isinstance(value, bool):
+                _fail(path, "must be True or False", value)
+        elif isinstance(expected, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                _fail(path, "must be a number", value)
+            if isinstance(expected, int) and not isinstance(expected, bool) and not float(value).is_integer():
+                _fail(path, "must be a whole number", value)
+        elif isinstance(expected, str) and not isinstance(value, str):
+            _fail(path, "must be a string", value)
+    for name in schema:
+        if name not in config:
+            raise ValueError(f"config.{prefix}{name}: missing field.")
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Checks `config` against the schema and for consistency; returns it.
+
+    Raises:
+        ValueError: naming the first bad field and the value received.
+    """
+    _check_schema(config, default_config())
+    _check_choice(config, "data.format", DATA_FORMATS)
+    _check_choice(config, "data.demo", DEMO_DATASETS)
+    if not config.data.root and not config.data.demo:
+        _fail("data.root", "is required (the dataset root, or the .tsv file for format 'tsv')", config.data.root)
+    if config.data.demo and config.data.format != "food101n":
+        _fail("data.format", "must be 'food101n' when data.demo is set (the demo is written in that layout)",
+              config.data.format)
+    if not 0.0 <= config.data.demo_noise_rate < 1.0:
+        _fail("data.demo_noise_rate", "must be in [0, 1)", config.data.demo_noise_rate)
+    _check_positive(config, "data.demo_images_per_class", allow_zero=True)
+    _check_positive(config, "data.demo_heldout", allow_zero=True)
+    if config.data.features and not config.data.features.endswith(".npz"):
+        _fail("data.features", "must be an .npz file with arrays 'keys' and 'features'", config.data.features)
+
+    _check_choice(config, "model.backbone", BACKBONES)
+    weights = config.model.weights
+    if weights not in ("random", "imagenet", "classifier") and not weights.endswith((".keras", ".weights.h5")):
+        _fail("model.weights", "must be 'random', 'imagenet', 'classifier', or a path ending in .keras or .weights.h5",
+              weights)
+    if weights == "imagenet" and config.model.backbone == "small_cnn":
+        _fail("model.weights", "the small_cnn backbone has no ImageNet weights", weights)
+    for field in ("model.image_height", "model.image_width"):
+        _check_positive(config, field)
+        if _get(config, field) < 16:
+            _fail(field, "must be at least 16 pixels", _get(config, field))
+    _check_positive(config, "model.feature_dim", allow_zero=True)
+    if config.model.feature_dim and config.model.backbone != "small_cnn":
+        _fail("model.feature_dim", "is set by the backbone; only small_cnn takes it", config.model.feature_dim)
+    _check_choice(config, "input.resize", RESIZE_MODES)
+    _check_choice(config, "input.augment", AUGMENTATIONS)
+    _check_positive(config, "input.parallel_calls", allow_zero=True)
+
+    for field in ("extract.batch_size", "extract.shard_size", "refs.num_references", "refs.n_init", "refs.max_iter",
+                  "refs.tol", "train.steps", "train.batch_size", "train.learning_rate", "train.eval_every",
+                  "train.checkpoint_every", "train.log_every", "train.lr_decay_steps", "classifier.epochs",
+                  "classifier.batch_size", "classifier.learning_rate", "cleannet.query_hidden_dim",
+                  "cleannet.reference_hidden_dim", "cleannet.attention_dim", "cleannet.embed_dim"):
+        _check_positive(config, field)
+    _check_positive(config, "refs.max_samples_per_class", allow_zero=True)
+    if config.refs.max_samples_per_class and config.refs.max_samples_per_class < config.refs.num_references:
+        _fail("refs.max_samples_per_class", "must be 0 (all) or at least refs.num_references",
+              config.refs.max_samples_per_class)
+    if config.train.batch_size % 2:
+        _fail("train.batch_size", "must be even (half verified, half unverified samples per step)",
+              config.train.batch_size)
+
+    _check_choice(config, "cleannet.feature_norm", FEATURE_NORMS)
+    if not 0.0 <= config.cleannet.dropout_rate < 1.0:
+        _fail("cleannet.dropout_rate", "must be in [0, 1)", config.cleannet.dropout_rate)
+    for field in ("cleannet.weight_decay", "loss.negative_weight", "loss.reconstruction_weight",
+                  "loss.unverified_weight", "train.momentum"):
+        _check_positive(config, field, allow_zero=True)
+    if not 0.0 < config.train.lr_decay_factor <= 1.0:
+        _fail("train.lr_decay_factor", "must be in (0, 1]", config.train.lr_decay_factor)
+    _check_choice(config, "classifier.weighting", WEIGHTINGS)
+    _check_choice(config, "runtime.strategy", STRATEGIES)
+    _check_positive(config, "runtime.logical_cpu_devices", allow_zero=True)
+    return config
+
+
+def resolve_data_root(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Returns the dataset root: data.root, or WORKDIR/demo_data for the demo."""
+    if config.data.root:
+        return os.path.abspath(os.path.expanduser(config.data.root))
+    return os.path.join(os.path.abspath(workdir), "demo_data")
+
+
+def save_config(config: ml_collections.ConfigDict, path: str) -> None:
+    """Writes the resolved config as JSON (temporary name, then rename)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+    os.replace(tmp, path)

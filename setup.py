@@ -1,0 +1,49 @@
+"""Install cleannet_tf: `pip install -e ".[test]"`."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+_VERSION = re.search(
+    r'__version__ = "([^"]+)"',
+    Path(__file__).parent.joinpath("cleannet_tf", "__init__.py").read_text(),
+).group(1)
+
+_ENTRY_POINTS = {
+    "cleannet-extract": "cleannet_tf.extract:run",
+    "cleannet-refs": "cleannet_tf.refs:run",
+    "cleannet-demo": "cleannet_tf.demo:run",
+}
+
+setup(
+    name="cleannet_tf",
+    version=_VERSION,
+    description=(
+        "CleanNet (Lee et al., CVPR 2018) for TensorFlow 2 / Keras 3: find wrong "
+        "labels in large image datasets and train classifiers robust to them."
+    ),
+    long_description=Path(__file__).parent.joinpath("README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["cleannet_tf", "cleannet_tf.*"]),
+    install_requires=[
+        "tensorflow==2.21.*",
+        "tensorflow-serving-api==2.21.*",
+        "keras>=3.15",
+        "absl-py>=2.1",
+        "ml-collections>=1.0",
+        "numpy>=1.26",
+        "scikit-learn>=1.5",
+        "pillow>=10.0",
+        "matplotlib>=3.8",
+        "tqdm>=4.66",
+        "grpcio>=1.60",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0", "ruff>=0.6"],
+    },
+    entry_points={
+        "console_scripts": [f"{name}={target}" for name, target in _ENTRY_POINTS.items()],
+    },
+)
