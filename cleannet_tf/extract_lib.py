@@ -1,0 +1,174 @@
+"""Feature extraction: every table image -> one feature vector in WORKDIR/features/.
+
+Runs the backbone under any tf.distribute strategy (one device or mirrored over
+many), shard by shard, and is resumable: finished shards are kept and skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tqdm
+from absl import logging
+
+import keras
+from cleannet_tf import backbones, datasets, input_pipeline
+from cleannet_tf.feature_store import ArrayFeatures, FeatureSource, FeatureStore
+
+
+def features_dir(workdir: str) -> str:
+    return os.path.join(workdir, "features")
+
+
+def resolve_weights(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """model.weights with "classifier" replaced by WORKDIR/classifier/model.keras."""
+    if config.model.weights == "classifier":
+        return os.path.join(workdir, "classifier", "model.keras")
+    return config.model.weights
+
+
+def extractor_settings(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """What determines the features; a store made with other settings is not reused."""
+    weights = resolve_weights(config, workdir)
+    weights_id = weights
+    if os.path.exists(weights):
+        weights_id = f"{os.path.abspath(weights)}@{os.path.getmtime(weights):.0f}"
+    return {"backbone": config.model.backbone, "weights": weights_id, "feature_dim": config.model.feature_dim,
+            "image_size": [config.model.image_height, config.model.image_width], "resize": config.input.resize}
+
+
+def _predict_fn(backbone: keras.Model, strategy: tf.distribute.Strategy):
+    @tf.function
+    def step(batch):
+        def replica_step(batch):
+            return batch["row"], backbone(batch["image"], training=False)["features"]
+        return strategy.run(replica_step, args=(batch,))
+    return step
+
+
+def _local_concat(strategy, per_replica) -> np.ndarray:
+    return np.concatenate([t.numpy() for t in strategy.experimental_local_results(per_replica)], axis=0)
+
+
+def extract_features(paths: np.ndarray, store: FeatureStore, backbone: keras.Model, *, image_size: tuple[int, int],
+                     batch_size: int, resize: str = "squash", strategy: tf.distribute.Strategy | None = None,
+                     parallel_calls: int = 0, progress: bool = True) -> dict:
+    """Fills the unfinished shards of `store` with `backbone` features of `paths`.
+
+    Args:
+        paths: (N,) str. Image files in table row order.
+        store: the FeatureStore to fill (N rows, D = backbone output).
+        backbone: input "image" (B, H, W, 3) -> {"features": (B, D)}, built in
+            `strategy.scope()`.
+        batch_size: int. Global batch size (split over replicas).
+
+    Returns:
+        Stats: images, unreadable (row list), seconds, images_per_second.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    shards = store.unfinished_shards()
+    stats = {"images": 0, "unreadable_rows": [], "seconds": 0.0, "images_per_second": 0.0,
+             "shards_done_before": store.num_shards - len(shards)}
+    if not shards:
+        return stats
+    rows = np.concatenate([np.arange(*store.shard_rows(s)) for s in shards])
+    dataset = input_pipeline.make_image_dataset(
+        paths[rows], rows=rows, image_size=image_size, batch_size=batch_size, resize=resize,
+        parallel_calls=parallel_calls)
+    step = _predict_fn(backbone, strategy)
+    pending_rows, pending_features = [], []
+    next_shard = 0  # index into `shards`
+
+    def flush(upto_row: int) -> None:
+        """Writes every pending shard whose rows all lie below `upto_row`."""
+        nonlocal next_shard, pending_rows, pending_features
+        if not pending_rows and next_shard >= len(shards):
+            return
+        got_rows = np.concatenate(pending_rows) if pending_rows else np.zeros(0, np.int64)
+        got_features = (np.concatenate(pending_features) if pending_features
+                        else np.zeros((0, store.feature_dim), np.float32))
+        while next_shard < len(shards):
+            start, end = store.shard_rows(shards[next_shard])
+            if end > upto_row:
+                break
+            inside = (got_rows >= start) & (got_rows < end)
+            features = np.zeros((end - start, store.feature_dim), np.float32)
+            valid = np.zeros(end - start, bool)
+            features[got_rows[inside] - start] = got_features[inside]
+            valid[got_rows[inside] - start] = True
+            unreadable = np.arange(start, end)[~valid]
+            if len(unreadable):
+                logging.warning("Shard %d: %d unreadable image(s) skipped, e.g. %s", shards[next_shard],
+                                len(unreadable), ", ".join(paths[unreadable[:3]]))
+                stats["unreadable_rows"].extend(unreadable.tolist())
+            store.write_shard(shards[next_shard], features, valid)
+            got_rows, got_features = got_rows[~inside], got_features[~inside]
+            next_shard += 1
+        pending_rows, pending_features = [got_rows], [got_features]
+
+    start_time = time.perf_counter()
+    with tqdm.tqdm(total=len(rows), unit="img", desc="extract", disable=not progress) as bar:
+        for batch in strategy.experimental_distribute_dataset(dataset):
+            batch_rows, batch_features = step(batch)
+            batch_rows = _local_concat(strategy, batch_rows)
+            order = np.argsort(batch_rows, kind="stable")
+            pending_rows.append(batch_rows[order])
+            pending_features.append(_local_concat(strategy, batch_features)[order])
+            stats["images"] += len(batch_rows)
+            bar.update(len(batch_rows))
+            # Rows arrive in order, so every shard ending at or before the last
+            # row seen (exclusive) is complete, whatever images were skipped.
+            flush(int(batch_rows.max()))
+    flush(store.num_rows + 1)
+    stats["seconds"] = time.perf_counter() - start_time
+    stats["images_per_second"] = stats["images"] / max(stats["seconds"], 1e-9)
+    logging.info("Extracted %d images in %.1f s (%.1f images/s) on %d replica(s); %d unreadable.",
+                 stats["images"], stats["seconds"], stats["images_per_second"], strategy.num_replicas_in_sync,
+                 len(stats["unreadable_rows"]))
+    return stats
+
+
+def build_config_backbone(config: ml_collections.ConfigDict, workdir: str) -> keras.Model:
+    """The backbone named by config.model (weights resolved against `workdir`)."""
+    return backbones.build_backbone(
+        config.model.backbone, image_size=(config.model.image_height, config.model.image_width),
+        weights=resolve_weights(config, workdir), feature_dim=config.model.feature_dim)
+
+
+def run_extract(config: ml_collections.ConfigDict, workdir: str, *, table: datasets.LabelTable | None = None,
+                strategy: tf.distribute.Strategy | None = None, progress: bool = True) -> dict:
+    """cleannet-extract: features of every table image into WORKDIR/features/.
+
+    Skipped when config.data.features names a precomputed .npz.
+    """
+    if config.data.features:
+        logging.info("data.features is set (%s): extraction skipped.", config.data.features)
+        return {"skipped": True}
+    table = table if table is not None else datasets.load_table(config, workdir)
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        backbone = build_config_backbone(config, workdir)
+    store = FeatureStore.create_or_open(
+        features_dir(workdir), keys=table.keys, paths=table.paths, feature_dim=backbone.output_shape["features"][-1],
+        shard_size=config.extract.shard_size, extractor=extractor_settings(config, workdir))
+    logging.info("Feature store %s: %d rows, %d of %d shards to do.", store.directory, store.num_rows,
+                 len(store.unfinished_shards()), store.num_shards)
+    return extract_features(
+        table.paths, store, backbone, image_size=(config.model.image_height, config.model.image_width),
+        batch_size=config.extract.batch_size, resize=config.input.resize, strategy=strategy,
+        parallel_calls=config.input.parallel_calls, progress=progress)
+
+
+def open_features(config: ml_collections.ConfigDict, workdir: str, table: datasets.LabelTable) -> FeatureSource:
+    """The features of `table`: data.features if given, else the finished WORKDIR/features/ store."""
+    if config.data.features:
+        return ArrayFeatures(datasets.load_precomputed_features(config.data.features, table))
+    store = FeatureStore(features_dir(workdir))
+    if store.num_rows != len(table) or not np.array_equal(store.keys(), table.keys):
+        raise ValueError(f"{store.directory} holds features of another table ({store.num_rows} rows, "
+                         f"now {len(table)}): run cleannet-extract with this config, or use another --workdir.")
+    return store

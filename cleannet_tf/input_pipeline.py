@@ -1,0 +1,135 @@
+"""tf.data image pipeline: files -> batches of {"image": (B, H, W, 3) float32 in [0, 255], "row": (B,) int64}.
+
+JPEG, PNG, GIF and BMP are decoded in parallel, resized, optionally augmented
+with Keras core layers, batched and prefetched. A file that is missing or does
+not decode is skipped (never fatal): every element carries its table row, so
+callers find the skipped rows by what did not come out (`missing_rows`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+import keras
+
+AUTOTUNE = tf.data.AUTOTUNE
+_CENTER_CROP_FRACTION = 0.875  # 224 of 256, as in ImageNet evaluation
+
+
+def decode_image(image_bytes: tf.Tensor, image_size: tuple[int, int], resize: str = "squash") -> tf.Tensor:
+    """Decodes one image and resizes it: bytes -> (H, W, 3) float32 in [0, 255].
+
+    resize: "squash" (resize to H x W) or "center_crop" (resize the short side
+    to H/0.875, then take the central H x W).
+    """
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    image = tf.cast(image, tf.float32)
+    height, width = image_size
+    if resize == "center_crop":
+        shape = tf.cast(tf.shape(image)[:2], tf.float32)
+        scale = tf.maximum(height / shape[0], width / shape[1]) / _CENTER_CROP_FRACTION
+        scaled = tf.cast(tf.math.ceil(shape * scale), tf.int32)
+        image = tf.image.resize(image, scaled, antialias=True)
+        image = tf.image.resize_with_crop_or_pad(image, height, width)
+    elif resize == "squash":
+        image = tf.image.resize(image, (height, width), antialias=True)
+    else:
+        raise ValueError(f"resize must be 'squash' or 'center_crop'. Received: {resize!r}")
+    return tf.ensure_shape(tf.clip_by_value(image, 0.0, 255.0), (height, width, 3))
+
+
+def random_resized_crop(image_bytes: tf.Tensor, image_size: tuple[int, int], seed: tf.Tensor,
+                        area_range=(0.25, 1.0), aspect_ratio_range=(3 / 4, 4 / 3)) -> tf.Tensor:
+    """Inception-style random crop of a decoded image: bytes -> (H, W, 3) float32."""
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), tf.zeros([1, 0, 4]), seed=seed, min_object_covered=0.0,
+        aspect_ratio_range=aspect_ratio_range, area_range=area_range, max_attempts=10,
+        use_image_if_no_bounding_boxes=True)
+    image = tf.cast(tf.slice(image, begin, size), tf.float32)
+    image = tf.image.resize(image, image_size, antialias=True)
+    return tf.ensure_shape(tf.clip_by_value(image, 0.0, 255.0), (*image_size, 3))
+
+
+def build_augmenter(name: str, seed: int = 0) -> keras.layers.Layer | None:
+    """Batch augmentation from Keras core layers (None for "none"/"flip_crop" crop part)."""
+    if name == "none":
+        return None
+    flip = keras.layers.RandomFlip("horizontal", seed=seed)
+    if name in ("flip", "flip_crop"):
+        return flip
+    if name == "randaugment":
+        return keras.layers.Pipeline([flip, keras.layers.RandAugment(value_range=(0, 255), seed=seed)])
+    raise ValueError(f"augment must be none, flip, flip_crop or randaugment. Received: {name!r}")
+
+
+def make_image_dataset(paths, *, image_size: tuple[int, int], batch_size: int, rows=None, labels=None,
+                       weights=None, resize: str = "squash", augment: str = "none", shuffle: bool = False,
+                       repeat: bool = False, seed: int = 0, parallel_calls: int = 0,
+                       drop_remainder: bool = False) -> tf.data.Dataset:
+    """Images from files, batched.
+
+    Args:
+        paths: (N,) str. Image files.
+        image_size: (H, W).
+        batch_size: int. Global batch size.
+        rows: (N,) int. Table row of each path (default 0..N-1), carried as "row".
+        labels: optional (N,) int, carried as "label".
+        weights: optional (N,) float, carried as "weight".
+        resize: "squash" or "center_crop" (evaluation); training with augment
+            "flip_crop" takes random resized crops instead.
+        augment: "none", "flip", "flip_crop" or "randaugment".
+        shuffle, repeat, seed: training order; the order is a function of seed.
+        parallel_calls: decode parallelism (0 = AUTOTUNE).
+
+    Returns:
+        A dataset of dicts: "image" (B, H, W, 3) float32 in [0, 255], "row" (B,)
+        int64, and "label" (B,) int32 / "weight" (B,) float32 when given.
+        Unreadable images are skipped.
+    """
+    paths = np.asarray(paths, dtype=str)
+    rows = np.arange(len(paths), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    if len(rows) != len(paths):
+        raise ValueError(f"rows and paths must have the same length. Received: {len(rows)} and {len(paths)}")
+    columns = {"path": paths, "row": rows}
+    if labels is not None:
+        columns["label"] = np.asarray(labels, dtype=np.int32)
+    if weights is not None:
+        columns["weight"] = np.asarray(weights, dtype=np.float32)
+    dataset = tf.data.Dataset.from_tensor_slices(columns)
+    if shuffle:
+        dataset = dataset.shuffle(min(len(paths), 100_000), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    height, width = image_size
+    crop = augment == "flip_crop"
+
+    def load(element, element_seed):
+        image_bytes = tf.io.read_file(element.pop("path"))
+        if crop:
+            image = random_resized_crop(image_bytes, (height, width), element_seed)
+        else:
+            image = decode_image(image_bytes, (height, width), resize)
+        return {"image": image, **element}
+
+    if crop:
+        seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        dataset = tf.data.Dataset.zip(dataset, seeds)
+    else:
+        dataset = dataset.map(lambda element: (element, tf.zeros([2], tf.int64)))
+    calls = parallel_calls or AUTOTUNE
+    dataset = dataset.map(load, num_parallel_calls=calls, deterministic=True).ignore_errors(log_warning=True)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=calls)
+    augmenter = build_augmenter(augment, seed)
+    if augmenter is not None:
+        dataset = dataset.map(lambda batch: {**batch, "image": augmenter(batch["image"], training=True)},
+                              num_parallel_calls=calls)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return dataset.with_options(options).prefetch(AUTOTUNE)
+
+
+def missing_rows(expected_rows: np.ndarray, produced_rows: np.ndarray) -> np.ndarray:
+    """Rows that were asked for but not produced (unreadable images), sorted."""
+    return np.setdiff1d(np.asarray(expected_rows), np.asarray(produced_rows))
