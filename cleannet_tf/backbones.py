@@ -135,6 +135,11 @@ def build_backbone(name: str, *, image_size: tuple[int, int] | None = None, weig
     return model
 
 
+def feature_dim_of(backbone: keras.Model) -> int:
+    """D of a backbone's "features" output."""
+    return int(backbone.outputs[0].shape[-1])
+
+
 def load_backbone_weights(backbone: keras.Model, path: str) -> None:
     """Loads weights into `backbone` from a `.weights.h5` or a `.keras` file.
 

@@ -130,6 +130,11 @@ def default_config() -> ml_collections.ConfigDict:
     return config
 
 
+def get_config() -> ml_collections.ConfigDict:
+    """So this file is itself a config file: the default of every command's --config."""
+    return default_config()
+
+
 def _fail(field: str, message: str, value: Any) -> None:
     raise ValueError(f"config.{field}: {message}. Received: {value!r}")
 
@@ -155,6 +160,10 @@ def _get(config: ml_collections.ConfigDict, field: str) -> Any:
     return node
 
 
+def _is_section(value: Any) -> bool:
+    return isinstance(value, (Mapping, ml_collections.ConfigDict))
+
+
 def _check_schema(config: Mapping, schema: Mapping, prefix: str = "") -> None:
     """Rejects fields the schema does not have, and wrong types."""
     for name in config:
@@ -164,8 +173,8 @@ def _check_schema(config: Mapping, schema: Mapping, prefix: str = "") -> None:
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ValueError(f"config.{path}: unknown field{hint}.")
         expected, value = schema[name], config[name]
-        if isinstance(expected, Mapping):
-            if not isinstance(value, Mapping):
+        if _is_section(expected):
+            if not _is_section(value):
                 _fail(path, "must be a section", value)
             _check_schema(value, expected, prefix=f"{path}.")
         elif isinstance(expected, bool):

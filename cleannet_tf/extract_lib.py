@@ -150,10 +150,11 @@ def run_extract(config: ml_collections.ConfigDict, workdir: str, *, table: datas
         return {"skipped": True}
     table = table if table is not None else datasets.load_table(config, workdir)
     strategy = strategy or tf.distribute.get_strategy()
+    keras.utils.set_random_seed(config.seed)  # random-init weights are a function of the seed
     with strategy.scope():
         backbone = build_config_backbone(config, workdir)
     store = FeatureStore.create_or_open(
-        features_dir(workdir), keys=table.keys, paths=table.paths, feature_dim=backbone.output_shape["features"][-1],
+        features_dir(workdir), keys=table.keys, paths=table.paths, feature_dim=backbones.feature_dim_of(backbone),
         shard_size=config.extract.shard_size, extractor=extractor_settings(config, workdir))
     logging.info("Feature store %s: %d rows, %d of %d shards to do.", store.directory, store.num_rows,
                  len(store.unfinished_shards()), store.num_shards)

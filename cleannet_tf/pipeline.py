@@ -1,0 +1,61 @@
+"""The pipeline's steps as library functions of (config, workdir), and where each writes.
+
+    extract -> WORKDIR/features/         (extract_lib.run_extract)
+    refs    -> WORKDIR/references.npz    (run_refs)
+
+Each step reads what the earlier ones wrote to WORKDIR.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from cleannet_tf import datasets, extract_lib, references
+from cleannet_tf.feature_store import FeatureStore
+
+
+def references_path(workdir: str) -> str:
+    return os.path.join(workdir, "references.npz")
+
+
+def reference_rows(table: datasets.LabelTable, valid_features: np.ndarray) -> np.ndarray:
+    """(N,) bool: rows that build reference sets: the noisy pool (train and val), readable images.
+
+    As in the paper, every image labelled c counts, noisy labels and verified
+    validation images included; test images never do.
+    """
+    return valid_features & (table.split != datasets.SPLIT_TEST)
+
+
+def run_refs(config: ml_collections.ConfigDict, workdir: str, *, table: datasets.LabelTable | None = None,
+             progress: bool = True) -> references.ReferenceSets:
+    """cleannet-refs: k-means++ reference sets of every class -> WORKDIR/references.npz."""
+    table = table if table is not None else datasets.load_table(config, workdir)
+    features = extract_lib.open_features(config, workdir, table)
+    reference_sets = references.build_reference_sets(
+        features.gather, table.labels, reference_rows(table, features.valid()), table.class_names,
+        num_references=config.refs.num_references, n_init=config.refs.n_init, max_iter=config.refs.max_iter,
+        tol=config.refs.tol, max_samples_per_class=config.refs.max_samples_per_class, seed=config.seed,
+        progress=progress)
+    reference_sets.save(references_path(workdir))
+    logging.info("Wrote %s: %d classes x %d references x %d dims.", references_path(workdir),
+                 *reference_sets.references.shape)
+    return reference_sets
+
+
+def step_complete(step: str, config: ml_collections.ConfigDict, workdir: str) -> bool:
+    """Whether `step`'s outputs in `workdir` are complete (cleannet-run skips those)."""
+    if step == "extract":
+        if config.data.features:
+            return True
+        try:
+            return FeatureStore(extract_lib.features_dir(workdir)).complete
+        except FileNotFoundError:
+            return False
+    if step == "refs":
+        return os.path.exists(references_path(workdir))
+    raise ValueError(f"Unknown step {step!r}")

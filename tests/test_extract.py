@@ -1,0 +1,132 @@
+"""Feature extraction: store == model.predict, mirrored == default, resume after a kill."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+
+from cleannet_tf import backbones, config as config_lib, extract_lib, input_pipeline
+from cleannet_tf.feature_store import FeatureStore
+
+IMAGE_SIZE = (32, 32)
+
+
+@pytest.fixture
+def image_paths(tmp_path, make_images):
+    paths = make_images(tmp_path / "imgs", 45)
+    (tmp_path / "bad.jpg").write_bytes(b"garbage")
+    paths[7] = str(tmp_path / "bad.jpg")
+    paths[30] = str(tmp_path / "gone.jpg")
+    return paths
+
+
+def _extract(paths, directory, strategy=None, shard_size=16, batch_size=8):
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        backbone = backbones.build_backbone("small_cnn", image_size=IMAGE_SIZE)
+    store = FeatureStore.create_or_open(str(directory), keys=paths, paths=paths, feature_dim=256,
+                                        shard_size=shard_size, extractor={"test": 1})
+    stats = extract_lib.extract_features(paths, store, backbone, image_size=IMAGE_SIZE, batch_size=batch_size,
+                                         strategy=strategy, progress=False)
+    return store, backbone, stats
+
+
+def test_store_equals_model_predict(tmp_path, image_paths):
+    store, backbone, stats = _extract(image_paths, tmp_path / "features")
+    assert store.complete and store.num_shards == 3
+    assert stats["unreadable_rows"] == [7, 30] and stats["images"] == 43
+    readable = np.setdiff1d(np.arange(45), [7, 30])
+    images = np.stack([input_pipeline.decode_image(tf.io.read_file(image_paths[i]), IMAGE_SIZE).numpy()
+                       for i in readable])
+    expected = backbone.predict(images, verbose=0)["features"]
+    np.testing.assert_allclose(store.load_all()[readable], expected, atol=1e-5)
+    np.testing.assert_array_equal(np.nonzero(~store.valid())[0], [7, 30])
+    # Plain numpy reads the store too.
+    shard = np.load(os.path.join(store.directory, "shard-00001.features.npy"))
+    np.testing.assert_array_equal(shard, store.load_all()[16:32])
+    np.testing.assert_array_equal(store.gather(np.array([40, 3, 17])), store.load_all()[[40, 3, 17]])
+
+
+def test_mirrored_two_devices_equals_default(tmp_path, image_paths):
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert mirrored.num_replicas_in_sync == 2
+    # batch 6 over 45 rows leaves a last batch of 3: uneven replica split.
+    store_m, _, _ = _extract(image_paths, tmp_path / "mirrored", strategy=mirrored, batch_size=6)
+    store_d, _, _ = _extract(image_paths, tmp_path / "default", batch_size=6)
+    np.testing.assert_allclose(store_m.load_all(), store_d.load_all(), atol=1e-5)
+    np.testing.assert_array_equal(store_m.valid(), store_d.valid())
+
+
+def test_resume_redoes_only_unfinished_shards(tmp_path, image_paths):
+    store, _, _ = _extract(image_paths, tmp_path / "features")
+    full = store.load_all()
+    os.remove(os.path.join(store.directory, "shard-00001.features.npy"))
+    kept = os.path.join(store.directory, "shard-00000.features.npy")
+    before = os.stat(kept).st_mtime_ns
+    store, _, stats = _extract(image_paths, tmp_path / "features")
+    assert stats["shards_done_before"] == 2 and stats["images"] == 15  # row 30 is unreadable
+    assert os.stat(kept).st_mtime_ns == before
+    np.testing.assert_allclose(store.load_all(), full, atol=1e-5)
+
+
+def test_store_of_other_extractor_is_refused(tmp_path, image_paths):
+    _extract(image_paths, tmp_path / "features")
+    with pytest.raises(ValueError, match=r"manifest\.json: the feature store there was made with another extractor"):
+        FeatureStore.create_or_open(str(tmp_path / "features"), keys=image_paths, paths=image_paths, feature_dim=256,
+                                    shard_size=16, extractor={"test": 2})
+
+
+def _write_tsv(tmp_path, make_images, count):
+    paths = make_images(tmp_path / "data", count, size=(64, 64))
+    lines = ["path\tlabel"] + [f"{os.path.basename(p)}\tclass{i % 3}" for i, p in enumerate(paths)]
+    (tmp_path / "data" / "labels.tsv").write_text("\n".join(lines) + "\n")
+    return str(tmp_path / "data" / "labels.tsv")
+
+
+def _cli(tsv, workdir, *extra):
+    return [sys.executable, "-m", "cleannet_tf.extract", f"--workdir={workdir}", "--config.data.format=tsv",
+            f"--config.data.root={tsv}", "--config.model.backbone=small_cnn", "--config.model.weights=random",
+            "--config.model.image_height=96", "--config.model.image_width=96", "--config.extract.shard_size=64",
+            "--config.extract.batch_size=16", "--config.runtime.strategy=default", *extra]
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, make_images):
+    tsv = _write_tsv(tmp_path, make_images, 640)
+    workdir = tmp_path / "killed"
+    features = workdir / "features"
+    process = subprocess.Popen(_cli(tsv, workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (features / "shard-00001.features.npy").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = sorted(p.name for p in features.glob("shard-*.features.npy"))
+    assert "shard-00001.features.npy" in finished
+    if len(finished) == 10:
+        pytest.skip("extraction finished before the kill; nothing to resume")
+    mtimes = {name: os.stat(features / name).st_mtime_ns for name in finished}
+
+    subprocess.run(_cli(tsv, workdir), check=True, capture_output=True)
+    store = FeatureStore(str(features))
+    assert store.complete
+    for name, mtime in mtimes.items():  # finished shards were kept, not redone
+        assert os.stat(features / name).st_mtime_ns == mtime
+
+    # The same run, uninterrupted. Random-init weights are seeded by config.seed.
+    subprocess.run(_cli(tsv, tmp_path / "clean"), check=True, capture_output=True)
+    np.testing.assert_allclose(store.load_all(), FeatureStore(str(tmp_path / "clean" / "features")).load_all(),
+                               atol=1e-5)
+
+
+def test_run_extract_skipped_with_precomputed_features(tmp_path):
+    config = config_lib.default_config()
+    config.data.features = str(tmp_path / "f.npz")
+    assert extract_lib.run_extract(config, str(tmp_path)) == {"skipped": True}
