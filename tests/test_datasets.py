@@ -1,0 +1,637 @@
+"""Tests for cleannet_tf.datasets: the three readers, held-out lists, load_table, precomputed features.
+
+Each test builds a tiny tree in the real release layout under tmp_path (8x8 JPEGs).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cleannet_tf
+from cleannet_tf import config as config_lib
+from cleannet_tf import datasets
+from cleannet_tf.datasets import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, UNKNOWN, DatasetError
+
+_buffer = io.BytesIO()
+Image.new("RGB", (8, 8), (200, 30, 30)).save(_buffer, format="JPEG")
+JPEG_BYTES = _buffer.getvalue()
+
+
+def write_jpeg(path) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(JPEG_BYTES)
+
+
+def write_lines(path, lines, *, crlf: bool = False) -> None:
+    """Writes `lines` (str), one per line; crlf=True uses Windows line endings."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        f.write(("\r\n" if crlf else "\n").join(lines) + ("\r\n" if crlf else "\n"))
+
+
+# --------------------------------------------------------------------------- Food-101N fixture
+
+FOOD_CLASSES = ["apple_pie", "baklava", "ramen"]
+# imagelist.tsv: header (line 1), then these (lines 2..10).
+FOOD_KEYS = [f"{c}/{c[0]}{i}.jpg" for c in FOOD_CLASSES for i in range(3)]
+FOOD_VERIFIED_TRAIN = [("apple_pie/a0.jpg", 1), ("apple_pie/a1.jpg", 0), ("baklava/b0.jpg", 1), ("ramen/r0.jpg", 1)]
+FOOD_VERIFIED_VAL = [("apple_pie/a2.jpg", 1), ("ramen/r1.jpg", 0)]
+
+
+def make_food101n(root, *, keys=None, verified_train=None, verified_val=None, test=None, test_dir=None,
+                  crlf: bool = False, images: bool = True):
+    """Writes a Food-101N release tree; returns its root (str).
+
+    test: optional test.txt lines (`class/key`); their images go under test_dir
+    (default ROOT/test) as <class>/<key>.jpg.
+    """
+    root = str(root)
+    keys = FOOD_KEYS if keys is None else keys
+    verified_train = FOOD_VERIFIED_TRAIN if verified_train is None else verified_train
+    verified_val = FOOD_VERIFIED_VAL if verified_val is None else verified_val
+    meta = os.path.join(root, "meta")
+    write_lines(os.path.join(meta, "classes.txt"), ["class_name", *FOOD_CLASSES], crlf=crlf)
+    write_lines(os.path.join(meta, "imagelist.tsv"), ["class_name/key", *keys], crlf=crlf)
+    for name, rows in (("train", verified_train), ("val", verified_val)):
+        write_lines(os.path.join(meta, f"verified_{name}.tsv"),
+                    ["class_name/key\tverification_label", *(f"{k}\t{v}" for k, v in rows)], crlf=crlf)
+    if images:
+        for key in keys:
+            write_jpeg(os.path.join(root, "images", key))
+    if test is not None:
+        write_lines(os.path.join(meta, "test.txt"), test, crlf=crlf)
+        test_dir = test_dir or os.path.join(root, "test")
+        for name in test:
+            write_jpeg(os.path.join(test_dir, f"{name}.jpg"))
+    return root
+
+
+def test_food101n_happy_path(tmp_path):
+    root = make_food101n(tmp_path / "food")
+    table = datasets.read_food101n(root)
+    assert table.class_names == tuple(FOOD_CLASSES)
+    assert table.keys.tolist() == FOOD_KEYS
+    assert table.paths.tolist() == [os.path.join(root, "images", k) for k in FOOD_KEYS]
+    np.testing.assert_array_equal(table.labels, [0, 0, 0, 1, 1, 1, 2, 2, 2])
+    np.testing.assert_array_equal(table.verification, [1, 0, 1, 1, -1, -1, 1, 0, -1])
+    np.testing.assert_array_equal(table.split, [0, 0, 1, 0, 0, 0, 0, 1, 0])
+    assert table.labels.dtype == np.int32 and table.verification.dtype == np.int8 and table.split.dtype == np.int8
+    np.testing.assert_array_equal(table.heldout_classes, [False, False, False])
+    assert table.skipped == {}
+    assert len(table) == 9 and table.num_classes == 3
+    assert "train 7 (verified 4: 3 correct, 1 wrong)" in table.summary()
+
+
+def test_food101n_crlf_blank_lines_and_no_classes_header(tmp_path):
+    root = make_food101n(tmp_path / "food", crlf=True)
+    expected = datasets.read_food101n(root)
+    write_lines(os.path.join(root, "meta", "classes.txt"), ["", *FOOD_CLASSES, "", ""], crlf=True)
+    write_lines(os.path.join(root, "meta", "imagelist.tsv"), ["class_name/key", "", *FOOD_KEYS, "  "], crlf=True)
+    table = datasets.read_food101n(root)
+    assert table.class_names == tuple(FOOD_CLASSES)
+    assert table.keys.tolist() == expected.keys.tolist() == FOOD_KEYS
+    np.testing.assert_array_equal(table.verification, expected.verification)
+
+
+def test_food101n_test_set_under_root(tmp_path):
+    root = make_food101n(tmp_path / "food", test=["ramen/t1", "apple_pie/t2"])
+    table = datasets.read_food101n(root)
+    assert table.keys.tolist()[-2:] == ["test/ramen/t1", "test/apple_pie/t2"]
+    assert table.paths.tolist()[-2:] == [os.path.join(root, "test", "ramen", "t1.jpg"),
+                                         os.path.join(root, "test", "apple_pie", "t2.jpg")]
+    np.testing.assert_array_equal(table.labels[-2:], [2, 0])
+    np.testing.assert_array_equal(table.split[-2:], [SPLIT_TEST, SPLIT_TEST])
+    np.testing.assert_array_equal(table.verification[-2:], [UNKNOWN, UNKNOWN])
+
+
+def test_food101n_test_set_under_test_root(tmp_path):
+    food101 = tmp_path / "food-101"
+    root = make_food101n(tmp_path / "food", test=["baklava/t1"], test_dir=str(food101 / "images"))
+    table = datasets.read_food101n(root, test_root=str(food101))
+    assert table.paths[-1] == os.path.join(str(food101), "images", "baklava", "t1.jpg")
+    assert table.split[-1] == SPLIT_TEST and table.labels[-1] == 1
+
+
+def test_food101n_test_list_without_images_dir(tmp_path):
+    root = make_food101n(tmp_path / "food")
+    write_lines(os.path.join(root, "meta", "test.txt"), ["ramen/t1"])
+    with pytest.raises(DatasetError, match=r"test\.txt lists test images .*data\.test_root"):
+        datasets.read_food101n(root)
+
+
+def test_food101n_test_list_unknown_class(tmp_path):
+    root = make_food101n(tmp_path / "food", test=["ramen/t1", "pizza/t2"])
+    with pytest.raises(DatasetError, match=r"test\.txt, line 2: unknown class 'pizza'"):
+        datasets.read_food101n(root)
+
+
+def test_food101n_verified_key_absent_from_imagelist_is_counted(tmp_path, caplog):
+    # kuanghuei/clean-net issue #1: a verified_train key that imagelist.tsv does not list.
+    caplog.set_level("WARNING")
+    quirk = "ramen/a49e6fb.jpg"
+    root = make_food101n(tmp_path / "food", verified_train=[*FOOD_VERIFIED_TRAIN, (quirk, 1)])
+    table = datasets.read_food101n(root)
+    assert quirk not in table.keys.tolist()
+    assert table.skipped == {"verified_train.tsv rows whose key is not in imagelist.tsv": 1}
+    assert "verified_train.tsv, line 6" in caplog.text and quirk in caplog.text
+    assert int(np.count_nonzero(table.verification != UNKNOWN)) == 6
+
+
+@pytest.mark.parametrize("name", ["classes.txt", "imagelist.tsv", "verified_train.tsv", "verified_val.tsv"])
+def test_food101n_missing_file(tmp_path, name):
+    root = make_food101n(tmp_path / "food")
+    path = os.path.join(root, "meta", name)
+    os.remove(path)
+    with pytest.raises(DatasetError, match=f"{path}: file not found"):
+        datasets.read_food101n(root)
+
+
+def test_food101n_unknown_class_in_imagelist(tmp_path):
+    root = make_food101n(tmp_path / "food", keys=[*FOOD_KEYS[:3], "pizza/p0.jpg", *FOOD_KEYS[3:]], images=False)
+    with pytest.raises(DatasetError, match=r"imagelist\.tsv, line 5: unknown class 'pizza'"):
+        datasets.read_food101n(root, check_images=False)
+
+
+def test_food101n_malformed_imagelist_line(tmp_path):
+    root = make_food101n(tmp_path / "food", keys=[*FOOD_KEYS, "ramen"], images=False)
+    with pytest.raises(DatasetError, match=r"imagelist\.tsv, line 11: expected 'class/key\.jpg'"):
+        datasets.read_food101n(root, check_images=False)
+
+
+def test_food101n_duplicate_key_in_imagelist(tmp_path):
+    root = make_food101n(tmp_path / "food", keys=[*FOOD_KEYS, FOOD_KEYS[1]])
+    with pytest.raises(DatasetError, match=r"imagelist\.tsv, line 11: duplicate key 'apple_pie/a1\.jpg' .*line 3"):
+        datasets.read_food101n(root)
+
+
+def test_food101n_duplicate_class(tmp_path):
+    root = make_food101n(tmp_path / "food")
+    write_lines(os.path.join(root, "meta", "classes.txt"), ["class_name", *FOOD_CLASSES, "baklava"])
+    with pytest.raises(DatasetError, match=r"classes\.txt, line 5: duplicate class 'baklava' \(also on line 3\)"):
+        datasets.read_food101n(root)
+
+
+def test_food101n_bad_verification_label(tmp_path):
+    root = make_food101n(tmp_path / "food", verified_train=[("apple_pie/a0.jpg", 1), ("apple_pie/a1.jpg", 2)])
+    with pytest.raises(DatasetError, match=r"verified_train\.tsv, line 3: verification label must be 0 or 1"):
+        datasets.read_food101n(root)
+
+
+def test_food101n_verified_line_without_label(tmp_path):
+    root = make_food101n(tmp_path / "food")
+    write_lines(os.path.join(root, "meta", "verified_val.tsv"), ["class_name/key\tverification_label", "ramen/r1.jpg"])
+    with pytest.raises(DatasetError, match=r"verified_val\.tsv, line 2: expected 'class/key\.jpg<TAB>0\|1'"):
+        datasets.read_food101n(root)
+
+
+def test_food101n_duplicate_verified_key(tmp_path):
+    root = make_food101n(tmp_path / "food", verified_val=[("ramen/r1.jpg", 0), ("ramen/r1.jpg", 1)])
+    with pytest.raises(DatasetError, match=r"verified_val\.tsv, line 3: duplicate key 'ramen/r1\.jpg' .*line 2"):
+        datasets.read_food101n(root)
+
+
+def test_food101n_key_in_both_verified_lists(tmp_path):
+    root = make_food101n(tmp_path / "food", verified_val=[("ramen/r1.jpg", 0), ("baklava/b0.jpg", 1)])
+    with pytest.raises(DatasetError, match=r"verified_val\.tsv, line 3: key 'baklava/b0\.jpg' is in both verified "
+                                           r"lists \(also .*verified_train\.tsv, line 4\)"):
+        datasets.read_food101n(root)
+
+
+def test_food101n_empty_class(tmp_path):
+    keys = [k for k in FOOD_KEYS if not k.startswith("baklava/")]
+    root = make_food101n(tmp_path / "food", keys=keys, verified_train=[("ramen/r0.jpg", 1)], verified_val=[])
+    with pytest.raises(DatasetError, match=r"1 class\(es\) have no image .*'baklava' \(.*classes\.txt, line 3\)"):
+        datasets.read_food101n(root)
+
+
+def test_food101n_missing_images_reported_together(tmp_path):
+    root = make_food101n(tmp_path / "food")
+    for key in FOOD_KEYS[:7]:
+        os.remove(os.path.join(root, "images", key))
+    with pytest.raises(DatasetError, match=r"^7 listed image\(s\) not found on disk\. First 5: ") as info:
+        datasets.read_food101n(root)
+    message = str(info.value)
+    assert f"{os.path.join(root, 'images', FOOD_KEYS[0])} (" in message
+    assert "imagelist.tsv, line 2)" in message and "imagelist.tsv, line 6)" in message
+    assert "line 7)" not in message  # only the first 5 are named
+    assert len(datasets.read_food101n(root, check_images=False)) == 9
+
+
+def test_food101n_missing_test_image(tmp_path):
+    root = make_food101n(tmp_path / "food", test=["ramen/t1", "ramen/t2"])
+    os.remove(os.path.join(root, "test", "ramen", "t2.jpg"))
+    with pytest.raises(DatasetError, match=r"1 listed image.*t2\.jpg \(.*test\.txt, line 2\)"):
+        datasets.read_food101n(root)
+
+
+# --------------------------------------------------------------------------- held-out lists
+
+
+def test_read_heldout_list_with_header(tmp_path):
+    path = str(tmp_path / "classes_heldout_1.txt")
+    write_lines(path, ["class_name\theldout", "apple_pie\t1", "", "baklava\t0", "ramen\t1"], crlf=True)
+    np.testing.assert_array_equal(datasets.read_heldout_list(path, FOOD_CLASSES), [False, True, False])
+
+
+def test_read_heldout_list_without_header_and_unlisted_class_kept(tmp_path):
+    path = str(tmp_path / "heldout.txt")
+    write_lines(path, ["ramen\t0", "apple_pie\t1"])
+    np.testing.assert_array_equal(datasets.read_heldout_list(path, FOOD_CLASSES), [False, False, True])
+
+
+def test_read_heldout_list_class_names_with_spaces(tmp_path):
+    path = str(tmp_path / "heldout.txt")
+    write_lines(path, ["Down Coat\t0", "T-Shirt 1"])
+    np.testing.assert_array_equal(datasets.read_heldout_list(path, ["T-Shirt", "Down Coat"]), [False, True])
+
+
+@pytest.mark.parametrize("lines, pattern", [
+    (["class_name\tkeep", "apple_pie\t1", "pizza\t0"], r"heldout\.txt, line 3: unknown class 'pizza'"),
+    (["apple_pie\t1", "baklava\t2"], r"heldout\.txt, line 2: expected 'class<TAB>0'"),
+    (["apple_pie\t1", "ramen\t0", "apple_pie\t0"], r"heldout\.txt, line 3: class 'apple_pie' listed twice .*line 1"),
+])
+def test_read_heldout_list_errors(tmp_path, lines, pattern):
+    path = str(tmp_path / "heldout.txt")
+    write_lines(path, lines)
+    with pytest.raises(DatasetError, match=pattern):
+        datasets.read_heldout_list(path, FOOD_CLASSES)
+
+
+def test_read_heldout_list_missing_file(tmp_path):
+    path = str(tmp_path / "nope.txt")
+    with pytest.raises(DatasetError, match=f"{path}: file not found"):
+        datasets.read_heldout_list(path, FOOD_CLASSES)
+
+
+def test_food101n_heldout_list(tmp_path):
+    root = make_food101n(tmp_path / "food")
+    heldout = os.path.join(root, "meta", "classes_heldout_1.txt")
+    write_lines(heldout, ["class_name\tkeep", "apple_pie\t0", "baklava\t1", "ramen\t1"])
+    table = datasets.read_food101n(root, heldout_list=heldout)
+    np.testing.assert_array_equal(table.heldout_classes, [True, False, False])
+    # apple_pie loses its two verified train rows; its verified val row (a2) stays.
+    np.testing.assert_array_equal(table.verification, [-1, -1, 1, 1, -1, -1, 1, 0, -1])
+    np.testing.assert_array_equal(table.split, [0, 0, 1, 0, 0, 0, 0, 1, 0])
+    assert table.keys.tolist() == FOOD_KEYS  # images kept
+    assert table.skipped == {datasets.HELDOUT_SKIP_REASON: 2}
+
+
+def test_apply_heldout_returns_new_table(tmp_path):
+    table = datasets.read_food101n(make_food101n(tmp_path / "food"))
+    before = table.verification.copy()
+    new = datasets.apply_heldout(table, np.array([False, False, True]))
+    np.testing.assert_array_equal(table.verification, before)  # input unchanged
+    assert table.skipped == {}
+    np.testing.assert_array_equal(new.verification, [1, 0, 1, 1, -1, -1, -1, 0, -1])
+    assert new.skipped == {"verified_train rows of held-out classes": 1}
+    with pytest.raises(ValueError, match=r"\(3,\) bool"):
+        datasets.apply_heldout(table, np.array([True, False]))
+
+
+# --------------------------------------------------------------------------- Clothing1M fixture
+
+CLOTHING_CLASSES = ["T-Shirt", "Shirt", "Down Coat"]
+CLOTHING_NOISY = {"n0": 0, "n1": 1, "n2": 2, "n3": 0, "n4": 1, "c0": 1, "c2": 2}
+CLOTHING_CLEAN = {"n0": 0, "n1": 2, "n3": 1, "c0": 1, "c1": 0, "c2": 0, "c3": 2, "t0": 2}
+CLOTHING_LISTS = {
+    "noisy_train_key_list.txt": ["n0", "n1", "n2", "n3", "n4"],
+    "clean_train_key_list.txt": ["n0", "c0", "c1"],
+    "clean_val_key_list.txt": ["n1", "c2", "c3"],
+    "clean_test_key_list.txt": ["n3", "t0"],
+}
+
+
+def clothing_key(name: str) -> str:
+    return f"images/{len(name)}/{name[0]}0/{name}.jpg"
+
+
+def make_clothing1m(root, *, subdir: str = "", noisy=None, clean=None, lists=None, images: bool = True):
+    """Writes a Clothing1M release tree (annotation files in ROOT/subdir); returns its root (str)."""
+    root = str(root)
+    noisy = CLOTHING_NOISY if noisy is None else noisy
+    clean = CLOTHING_CLEAN if clean is None else clean
+    lists = {**CLOTHING_LISTS, **(lists or {})}
+    annotations = os.path.join(root, subdir)
+    write_lines(os.path.join(annotations, "category_names_eng.txt"), CLOTHING_CLASSES)
+    write_lines(os.path.join(annotations, "noisy_label_kv.txt"), [f"{clothing_key(k)} {v}" for k, v in noisy.items()])
+    write_lines(os.path.join(annotations, "clean_label_kv.txt"), [f"{clothing_key(k)} {v}" for k, v in clean.items()])
+    for name, names in lists.items():
+        write_lines(os.path.join(annotations, name), [clothing_key(k) for k in names])
+    if images:
+        for name in set(noisy) | set(clean):
+            write_jpeg(os.path.join(root, clothing_key(name)))
+    return root
+
+
+CLOTHING_EXPECTED = [  # name, label, verification, split
+    ("n0", 0, 1, SPLIT_TRAIN), ("n1", 1, 0, SPLIT_VAL), ("n2", 2, -1, SPLIT_TRAIN), ("n4", 1, -1, SPLIT_TRAIN),
+    ("c0", 1, 1, SPLIT_TRAIN), ("c2", 2, 0, SPLIT_VAL), ("n3", 1, -1, SPLIT_TEST), ("t0", 2, -1, SPLIT_TEST),
+]
+
+
+@pytest.mark.parametrize("subdir", ["", "annotations"])
+def test_clothing1m_happy_path(tmp_path, subdir):
+    root = make_clothing1m(tmp_path / "clothing", subdir=subdir)
+    table = datasets.read_clothing1m(root)
+    names, labels, verification, split = zip(*CLOTHING_EXPECTED, strict=True)
+    assert table.class_names == tuple(CLOTHING_CLASSES)
+    assert table.keys.tolist() == [clothing_key(n) for n in names]
+    assert table.paths.tolist() == [os.path.join(root, clothing_key(n)) for n in names]
+    np.testing.assert_array_equal(table.labels, labels)
+    np.testing.assert_array_equal(table.verification, verification)
+    np.testing.assert_array_equal(table.split, split)
+    assert table.skipped == {
+        "noisy_train_key_list.txt keys also in clean_test_key_list.txt (kept as test rows only)": 1,
+        "clean_train_key_list.txt keys without a noisy label in noisy_label_kv.txt": 1,
+        "clean_val_key_list.txt keys without a noisy label in noisy_label_kv.txt": 1,
+    }
+
+
+def test_clothing1m_missing_file_names_both_places(tmp_path):
+    root = make_clothing1m(tmp_path / "clothing")
+    os.remove(os.path.join(root, "clean_val_key_list.txt"))
+    expected = os.path.join(root, "annotations", "clean_val_key_list.txt")
+    with pytest.raises(DatasetError, match=f"clean_val_key_list.txt not found: expected .* or {expected}"):
+        datasets.read_clothing1m(root)
+
+
+def test_clothing1m_key_without_label(tmp_path):
+    root = make_clothing1m(tmp_path / "clothing", lists={"clean_test_key_list.txt": ["t0", "zz"]})
+    with pytest.raises(DatasetError, match=r"clean_test_key_list\.txt, line 2: key 'images/2/z0/zz\.jpg' has no "
+                                           r"label in .*clean_label_kv\.txt"):
+        datasets.read_clothing1m(root)
+
+
+@pytest.mark.parametrize("value, pattern", [
+    ("3", r"noisy_label_kv\.txt, line 8: label 3 out of range \[0, 3\)"),
+    ("-1", r"noisy_label_kv\.txt, line 8: label -1 out of range"),
+    ("x", r"noisy_label_kv\.txt, line 8: label must be an integer"),
+    ("1 2", r"noisy_label_kv\.txt, line 8: expected 'key label'"),
+])
+def test_clothing1m_bad_label(tmp_path, value, pattern):
+    root = make_clothing1m(tmp_path / "clothing")
+    with open(os.path.join(root, "noisy_label_kv.txt"), "a") as f:
+        f.write(f"images/9/99/bad.jpg {value}\n")
+    with pytest.raises(DatasetError, match=pattern):
+        datasets.read_clothing1m(root)
+
+
+def test_clothing1m_duplicate_key_in_kv(tmp_path):
+    root = make_clothing1m(tmp_path / "clothing")
+    with open(os.path.join(root, "clean_label_kv.txt"), "a") as f:
+        f.write(f"{clothing_key('c1')} 1\n")
+    with pytest.raises(DatasetError, match=r"clean_label_kv\.txt, line 9: duplicate key .*c1\.jpg' \(also on line 5\)"):
+        datasets.read_clothing1m(root)
+
+
+def test_clothing1m_duplicate_key_in_list(tmp_path):
+    root = make_clothing1m(tmp_path / "clothing", lists={"noisy_train_key_list.txt": ["n0", "n1", "n2", "n1"]})
+    with pytest.raises(DatasetError, match=r"noisy_train_key_list\.txt, line 4: duplicate key .*\(also on line 2\)"):
+        datasets.read_clothing1m(root)
+
+
+def test_clothing1m_overlapping_clean_lists(tmp_path):
+    root = make_clothing1m(tmp_path / "clothing", lists={"clean_test_key_list.txt": ["t0", "c2"]})
+    with pytest.raises(DatasetError, match=r"clean_test_key_list\.txt, line 2: key .*c2\.jpg' is also in "
+                                           r".*clean_val_key_list\.txt, line 2"):
+        datasets.read_clothing1m(root)
+
+
+def test_clothing1m_missing_image_and_crlf(tmp_path):
+    root = make_clothing1m(tmp_path / "clothing")
+    path = os.path.join(root, "noisy_train_key_list.txt")
+    write_lines(path, [clothing_key(k) for k in CLOTHING_LISTS["noisy_train_key_list.txt"]], crlf=True)
+    assert len(datasets.read_clothing1m(root)) == len(CLOTHING_EXPECTED)
+    os.remove(os.path.join(root, clothing_key("n2")))
+    with pytest.raises(DatasetError, match=r"1 listed image.*n2\.jpg \(.*noisy_train_key_list\.txt, line 3\)"):
+        datasets.read_clothing1m(root)
+    assert len(datasets.read_clothing1m(root, check_images=False)) == len(CLOTHING_EXPECTED)
+
+
+def test_clothing1m_class_without_noisy_rows(tmp_path):
+    noisy = {**CLOTHING_NOISY, "n2": 0, "c2": 0}
+    root = make_clothing1m(tmp_path / "clothing", noisy=noisy)
+    with pytest.raises(DatasetError, match=r"'Down Coat' \(.*category_names_eng\.txt, line 3\)"):
+        datasets.read_clothing1m(root)
+
+
+# --------------------------------------------------------------------------- generic TSV
+
+
+def make_tsv(folder, lines, *, images=(), crlf: bool = False) -> str:
+    """Writes folder/data.tsv with `lines` and the JPEGs `images` (paths relative to folder); returns the tsv path."""
+    path = os.path.join(str(folder), "data.tsv")
+    write_lines(path, lines, crlf=crlf)
+    for image in images:
+        write_jpeg(os.path.join(str(folder), image))
+    return path
+
+
+def test_tsv_column_order_relative_and_absolute_paths(tmp_path):
+    absolute = str(tmp_path / "elsewhere" / "x.jpg")
+    write_jpeg(absolute)
+    path = make_tsv(tmp_path / "data", [
+        "split\tlabel\tnote\tverified\tpath",
+        "train\tdog\tanything\t1\timgs/a.jpg",
+        "val\tcat\t\t0\timgs/b.jpg",
+        "\tdog\t\t\tc.jpg",
+        "test\tbird\tx\t\t" + absolute,
+    ], images=["imgs/a.jpg", "imgs/b.jpg", "c.jpg"])
+    table = datasets.read_tsv(path)
+    folder = str(tmp_path / "data")
+    assert table.class_names == ("bird", "cat", "dog")
+    assert table.keys.tolist() == ["imgs/a.jpg", "imgs/b.jpg", "c.jpg", absolute]
+    assert table.paths.tolist() == [os.path.join(folder, "imgs", "a.jpg"), os.path.join(folder, "imgs", "b.jpg"),
+                                    os.path.join(folder, "c.jpg"), absolute]
+    np.testing.assert_array_equal(table.labels, [2, 1, 2, 0])
+    np.testing.assert_array_equal(table.verification, [1, 0, -1, -1])
+    np.testing.assert_array_equal(table.split, [SPLIT_TRAIN, SPLIT_VAL, SPLIT_TRAIN, SPLIT_TEST])
+    assert table.skipped == {}
+
+
+def test_tsv_minimal_columns_class_names_and_crlf(tmp_path):
+    path = make_tsv(tmp_path, ["label\tpath", "", "b\t1.jpg", "a\t2.jpg", ""], images=["1.jpg", "2.jpg"], crlf=True)
+    table = datasets.read_tsv(path, class_names=["b", "a", "unused"])
+    assert table.class_names == ("b", "a", "unused")
+    np.testing.assert_array_equal(table.labels, [0, 1])
+    np.testing.assert_array_equal(table.verification, [UNKNOWN, UNKNOWN])
+    np.testing.assert_array_equal(table.split, [SPLIT_TRAIN, SPLIT_TRAIN])
+
+
+def test_tsv_short_row_padded_with_empty_optional_fields(tmp_path):
+    path = make_tsv(tmp_path, ["path\tlabel\tverified\tsplit", "a.jpg\tdog"], images=["a.jpg"])
+    table = datasets.read_tsv(path)
+    assert table.verification.tolist() == [UNKNOWN] and table.split.tolist() == [SPLIT_TRAIN]
+
+
+@pytest.mark.parametrize("lines, pattern", [
+    (["path\tclass", "a.jpg\tdog"], r"data\.tsv, line 1: header lacks column\(s\) label"),
+    (["path\tlabel\tpath", "a.jpg\tdog\ta.jpg"], r"data\.tsv, line 1: column 'path' appears twice"),
+    (["path\tlabel\tverified", "a.jpg\tdog\t1", "b.jpg\tdog\tyes"], r"data\.tsv, line 3: verified must be 1, 0"),
+    (["path\tlabel\tsplit", "a.jpg\tdog\ttrain", "", "b.jpg\tdog\tvalid"], r"data\.tsv, line 4: split must be"),
+    (["path\tlabel", "a.jpg\tdog", "a.jpg\tcat"], r"data\.tsv, line 3: duplicate path 'a\.jpg' \(also on line 2\)"),
+    (["path\tlabel", "a.jpg\tdog", "b.jpg\tdog\textra"], r"data\.tsv, line 3: 3 tab-separated fields"),
+    (["path\tlabel", "a.jpg\t"], r"data\.tsv, line 2: empty label"),
+    (["path\tlabel\tsplit\tverified", "a.jpg\tdog\ttest\t1"], r"data\.tsv, line 2: a test row's label is ground"),
+    (["path\tlabel"], r"data\.tsv: no data rows"),
+    ([""], r"data\.tsv: empty file"),
+])
+def test_tsv_errors(tmp_path, lines, pattern):
+    path = make_tsv(tmp_path, lines)
+    with pytest.raises(DatasetError, match=pattern):
+        datasets.read_tsv(path, check_images=False)
+
+
+def test_tsv_unknown_class_with_class_names(tmp_path):
+    path = make_tsv(tmp_path, ["path\tlabel", "a.jpg\tdog", "b.jpg\tcow"])
+    with pytest.raises(DatasetError, match=r"data\.tsv, line 3: unknown class 'cow'"):
+        datasets.read_tsv(path, check_images=False, class_names=["dog", "cat"])
+
+
+def test_tsv_missing_image_and_missing_file(tmp_path):
+    path = make_tsv(tmp_path, ["path\tlabel", "a.jpg\tdog", "b.jpg\tdog"], images=["a.jpg"])
+    with pytest.raises(DatasetError, match=r"1 listed image.*b\.jpg \(.*data\.tsv, line 3\)"):
+        datasets.read_tsv(path)
+    missing = str(tmp_path / "nope.tsv")
+    with pytest.raises(DatasetError, match=f"{missing}: file not found"):
+        datasets.read_tsv(missing)
+
+
+# --------------------------------------------------------------------------- load_table
+
+
+def make_config(data_format: str, root: str, **data_fields):
+    config = config_lib.default_config()
+    config.data.format = data_format
+    config.data.root = root
+    for name, value in data_fields.items():
+        config.data[name] = value
+    return config
+
+
+def test_load_table_dispatches_and_applies_heldout_list(tmp_path):
+    root = make_food101n(tmp_path / "food")
+    heldout = str(tmp_path / "heldout.txt")
+    write_lines(heldout, ["ramen\t0"])
+    table = datasets.load_table(make_config("food101n", root, heldout_list=heldout), str(tmp_path / "work"))
+    np.testing.assert_array_equal(table.heldout_classes, [False, False, True])
+    assert table.skipped == {datasets.HELDOUT_SKIP_REASON: 1}
+
+    clothing = make_clothing1m(tmp_path / "clothing")
+    heldout = str(tmp_path / "heldout_clothing.txt")
+    write_lines(heldout, ["class\tkeep", "T-Shirt\t0", "Shirt\t1", "Down Coat\t1"])
+    table = datasets.load_table(make_config("clothing1m", clothing, heldout_list=heldout), str(tmp_path))
+    assert len(table) == len(CLOTHING_EXPECTED)
+    assert table.verification[0] == UNKNOWN and table.skipped[datasets.HELDOUT_SKIP_REASON] == 1
+
+    tsv = make_tsv(tmp_path / "tsv", ["path\tlabel", "a.jpg\tdog"])
+    table = datasets.load_table(make_config("tsv", tsv, check_images=False), str(tmp_path))
+    assert table.keys.tolist() == ["a.jpg"]
+
+
+def test_load_table_food101n_test_root_and_check_images(tmp_path):
+    food101 = tmp_path / "food-101"
+    root = make_food101n(tmp_path / "food", test=["ramen/t1"], test_dir=str(food101 / "images"))
+    config = make_config("food101n", root, test_root=str(food101))
+    assert datasets.load_table(config, str(tmp_path)).paths[-1] == str(food101 / "images" / "ramen" / "t1.jpg")
+    os.remove(os.path.join(root, "images", FOOD_KEYS[0]))
+    with pytest.raises(DatasetError, match="not found on disk"):
+        datasets.load_table(config, str(tmp_path))
+    config.data.check_images = False
+    assert len(datasets.load_table(config, str(tmp_path))) == 10
+
+
+def test_load_table_demo_generates_once_and_uses_its_heldout_list(tmp_path, monkeypatch, caplog):
+    """A stand-in demo_data module checks the call; the real module is not imported."""
+    calls = []
+
+    def generate_demo_dataset(root, *, kind, noise_rate, images_per_class, heldout, seed):
+        calls.append(dict(root=root, kind=kind, noise_rate=noise_rate, images_per_class=images_per_class,
+                          heldout=heldout, seed=seed))
+        make_food101n(root)
+        write_lines(os.path.join(root, "meta", f"classes_heldout_{heldout}.txt"),
+                    ["class_name\tkeep", "apple_pie\t1", "baklava\t0", "ramen\t1"])
+
+    fake = types.ModuleType("cleannet_tf.demo_data")
+    fake.generate_demo_dataset = generate_demo_dataset
+    monkeypatch.setitem(sys.modules, "cleannet_tf.demo_data", fake)
+    monkeypatch.setattr(cleannet_tf, "demo_data", fake, raising=False)
+    config = make_config("food101n", "", demo="digits", demo_heldout=1, demo_images_per_class=0)
+    config.seed = 7
+    workdir = str(tmp_path / "work")
+    caplog.set_level("INFO")
+    table = datasets.load_table(config, workdir)
+    root = os.path.join(workdir, "demo_data")
+    assert calls == [dict(root=root, kind="digits", noise_rate=0.3, images_per_class=None, heldout=1, seed=7)]
+    np.testing.assert_array_equal(table.heldout_classes, [False, True, False])
+    assert "9 images, 3 classes; train 7" in caplog.text
+    datasets.load_table(config, workdir)
+    assert len(calls) == 1  # already generated
+
+
+def test_load_table_real_demo_data(tmp_path):
+    pytest.importorskip("cleannet_tf.demo_data")
+    config = make_config("food101n", "", demo="digits", demo_images_per_class=20, demo_heldout=2)
+    table = datasets.load_table(config, str(tmp_path))
+    assert table.num_classes == 10 and len(table) > 0
+    assert int(table.heldout_classes.sum()) == 2
+
+
+# --------------------------------------------------------------------------- precomputed features
+
+
+def small_table(keys) -> datasets.LabelTable:
+    n = len(keys)
+    return datasets.LabelTable(keys=np.array(keys, dtype=str), paths=np.array(keys, dtype=str), class_names=("a",),
+                               labels=np.zeros(n, np.int32), verification=np.full(n, -1, np.int8),
+                               split=np.zeros(n, np.int8), heldout_classes=np.zeros(1, bool))
+
+
+def test_load_precomputed_features_aligns_to_table(tmp_path, caplog):
+    caplog.set_level("INFO")
+    path = str(tmp_path / "f.npz")
+    file_keys = np.array(["c", "extra", "a", "b"])
+    features = np.arange(8, dtype=np.float64).reshape(4, 2)
+    np.savez(path, keys=file_keys, features=features)
+    aligned = datasets.load_precomputed_features(path, small_table(["a", "b", "c"]))
+    assert aligned.dtype == np.float32 and aligned.shape == (3, 2)
+    np.testing.assert_array_equal(aligned, [[4, 5], [6, 7], [0, 1]])
+    assert "1 keys not in the dataset" in caplog.text
+    np.savez(path, keys=np.char.encode(file_keys), features=features)  # bytes keys work too
+    np.testing.assert_array_equal(datasets.load_precomputed_features(path, small_table(["b"])), [[6, 7]])
+
+
+@pytest.mark.parametrize("keys, features, pattern", [
+    (["a", "b"], np.zeros((2, 3)), r"2 of the dataset's 4 keys have no features, e\.g\. \['x', 'y'\]"),
+    (["a", "b", "x", "y"], np.zeros(4), r"'features' must be 2-D"),
+    (["a", "b", "x", "y"], np.zeros((3, 2)), r"4 keys but 3 feature rows"),
+    (["a", "b", "x", "y", "b"], np.zeros((5, 2)), r"1 duplicate key\(s\), e\.g\. 'b'"),
+    (["a", "b", "x", "y"], np.array([[0.0], [1.0], [np.inf], [np.nan]]), r"features of key 'x' contain NaN or Inf"),
+])
+def test_load_precomputed_features_errors(tmp_path, keys, features, pattern):
+    path = str(tmp_path / "f.npz")
+    np.savez(path, keys=np.array(keys), features=features)
+    with pytest.raises(DatasetError, match=pattern):
+        datasets.load_precomputed_features(path, small_table(["a", "x", "b", "y"]))
+
+
+def test_load_precomputed_features_bad_files(tmp_path):
+    table = small_table(["a"])
+    missing = str(tmp_path / "missing.npz")
+    with pytest.raises(DatasetError, match=f"{missing}: file not found"):
+        datasets.load_precomputed_features(missing, table)
+    path = str(tmp_path / "f.npz")
+    np.savez(path, keys=np.array(["a"]), feats=np.zeros((1, 2)))
+    with pytest.raises(DatasetError, match=r"lacks array\(s\) features"):
+        datasets.load_precomputed_features(path, table)
+    np.savez(path, keys=np.array(["a"], dtype=object), features=np.zeros((1, 2)))
+    with pytest.raises(DatasetError, match="cannot read"):
+        datasets.load_precomputed_features(path, table)
