@@ -39,6 +39,7 @@ setup(
         "matplotlib>=3.8",
         "tqdm>=4.66",
         "grpcio>=1.60",
+        "tensorboard>=2.19",  # tf.summary for training curves; TF 2.21 no longer pulls it in
     ],
     extras_require={
         "test": ["pytest>=8.0", "ruff>=0.6"],

@@ -21,6 +21,8 @@ RESIZE_MODES = ("squash", "center_crop")
 AUGMENTATIONS = ("none", "flip", "flip_crop", "randaugment")
 FEATURE_NORMS = ("log", "l2", "none")
 WEIGHTINGS = ("none", "soft", "hard")
+CLEANNET_MODES = ("paper",)
+ENCODINGS = ("per_class", "per_sample")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
 
 
@@ -85,6 +87,12 @@ def default_config() -> ml_collections.ConfigDict:
 
     # --- CleanNet model (paper dimensions).
     config.cleannet = ml_collections.ConfigDict()
+    # paper: the method as published. Other modes improve transfer to classes
+    # without verification labels (see README, "Transfer to unverified classes").
+    config.cleannet.mode = "paper"
+    # per_class: each distinct class of a batch encoded once per step (fast);
+    # per_sample: the paper's, one reference-set copy (and dropout mask) per sample.
+    config.cleannet.encoding = "per_class"
     config.cleannet.feature_norm = "log"  # log: ln(1+x) | l2 | none
     config.cleannet.query_hidden_dim = 256
     config.cleannet.reference_hidden_dim = 512
@@ -246,6 +254,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
               config.train.batch_size)
 
     _check_choice(config, "cleannet.feature_norm", FEATURE_NORMS)
+    _check_choice(config, "cleannet.mode", CLEANNET_MODES)
+    _check_choice(config, "cleannet.encoding", ENCODINGS)
     if not 0.0 <= config.cleannet.dropout_rate < 1.0:
         _fail("cleannet.dropout_rate", "must be in [0, 1)", config.cleannet.dropout_rate)
     for field in ("cleannet.weight_decay", "loss.negative_weight", "loss.reconstruction_weight",

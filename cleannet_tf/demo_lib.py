@@ -7,11 +7,11 @@ wrong labels from right ones are exact.
 
 from __future__ import annotations
 
+import ml_collections
 import numpy as np
 import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
-import ml_collections
 from cleannet_tf import config as config_lib
 from cleannet_tf import datasets, demo_data, distribute, extract_lib, pipeline
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 import time
 
+import keras
 import ml_collections
 import numpy as np
 import tensorflow as tf
 import tqdm
 from absl import logging
 
-import keras
 from cleannet_tf import backbones, datasets, input_pipeline
 from cleannet_tf.feature_store import ArrayFeatures, FeatureSource, FeatureStore
 

@@ -8,10 +8,9 @@ callers find the skipped rows by what did not come out (`missing_rows`).
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import tensorflow as tf
-
-import keras
 
 AUTOTUNE = tf.data.AUTOTUNE
 _CENTER_CROP_FRACTION = 0.875  # 224 of 256, as in ImageNet evaluation

@@ -6,13 +6,13 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import keras
-
-from cleannet_tf import backbones, config as config_lib, extract_lib, input_pipeline
+from cleannet_tf import backbones, extract_lib, input_pipeline
+from cleannet_tf import config as config_lib
 from cleannet_tf.feature_store import FeatureStore
 
 IMAGE_SIZE = (32, 32)
