@@ -13,6 +13,7 @@ _VERSION = re.search(
 _ENTRY_POINTS = {
     "cleannet-extract": "cleannet_tf.extract:run",
     "cleannet-refs": "cleannet_tf.refs:run",
+    "cleannet-train": "cleannet_tf.train:run",
     "cleannet-demo": "cleannet_tf.demo:run",
 }
 

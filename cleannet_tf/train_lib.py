@@ -133,7 +133,7 @@ def _make_train_step(model, optimizer, references, strategy, *, global_batch: in
 
 def train_cleannet(data: train_data.TrainingData, reference_sets: ReferenceSets, config: ml_collections.ConfigDict,
                    output_dir: str, *, strategy: tf.distribute.Strategy | None = None, encoding: str = "per_class",
-                   progress: bool = True) -> dict:
+                   progress: bool = True) -> tuple[keras.Model, dict]:
     """Trains CleanNet; resumes from output_dir/checkpoints when there is one.
 
     Args:
@@ -145,7 +145,7 @@ def train_cleannet(data: train_data.TrainingData, reference_sets: ReferenceSets,
             "per_sample" (the paper's; one reference-set copy per sample).
 
     Returns:
-        The contents of metrics.json.
+        (the model after the last step, the contents of metrics.json).
     """
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {ENCODINGS}. Received: {encoding!r}")
@@ -261,7 +261,7 @@ def train_cleannet(data: train_data.TrainingData, reference_sets: ReferenceSets,
     payload = _metrics_payload(state, config, encoding, step, samples_per_second)
     if chief:
         _write_json(metrics_path, payload)
-    return payload
+    return model, payload
 
 
 def _metrics_payload(state, config, encoding, step, samples_per_second) -> dict:
@@ -289,5 +289,6 @@ def run_train(config: ml_collections.ConfigDict, workdir: str, *, strategy: tf.d
               table: datasets.LabelTable | None = None, progress: bool = True) -> dict:
     """cleannet-train: trains CleanNet on WORKDIR's features and reference sets -> WORKDIR/cleannet/."""
     data, reference_sets = load_training_inputs(config, workdir, table)
-    return train_cleannet(data, reference_sets, config, cleannet_dir(workdir), strategy=strategy,
-                          encoding=config.cleannet.encoding, progress=progress)
+    _, payload = train_cleannet(data, reference_sets, config, cleannet_dir(workdir), strategy=strategy,
+                                encoding=config.cleannet.encoding, progress=progress)
+    return payload

@@ -1,0 +1,31 @@
+"""One worker of a MultiWorkerMirroredStrategy test: python mwms_worker.py INDEX PORTS CONFIG_JSON WORKDIR OUT.
+
+Trains CleanNet with TF_CONFIG pointing at loopback ports and saves its final
+weights to OUT (.npz), so the test can compare the workers.
+"""
+
+import json
+import os
+import sys
+
+index, ports, config_path, workdir, out = sys.argv[1:]
+os.environ["TF_CONFIG"] = json.dumps({
+    "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports.split(",")]},
+    "task": {"type": "worker", "index": int(index)},
+})
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from cleannet_tf import distribute, train_lib  # noqa: E402
+
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+data, reference_sets = train_lib.load_training_inputs(config, workdir)
+model, _ = train_lib.train_cleannet(data, reference_sets, config, train_lib.cleannet_dir(workdir),
+                                    strategy=strategy, progress=False)
+np.savez(out, *[np.asarray(w) for w in model.get_weights()], is_chief=distribute.is_chief(strategy),
+         replicas=strategy.num_replicas_in_sync)

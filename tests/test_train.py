@@ -1,0 +1,190 @@
+"""CleanNet training: learns planted noise; identical under Mirrored and MultiWorker; resumes after SIGKILL."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import small_train_config, write_feature_dataset
+
+from cleannet_tf import datasets, pipeline, train_lib
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture
+def feature_workdir(tmp_path):
+    overrides, true, noisy = write_feature_dataset(tmp_path / "data")
+    config = small_train_config(overrides)
+    workdir = str(tmp_path / "work")
+    pipeline.run_refs(config, workdir, progress=False)
+    return config, workdir
+
+
+def _weights(model):
+    return [np.asarray(w) for w in model.get_weights()]
+
+
+def test_training_learns_planted_noise_and_keeps_best_model(feature_workdir):
+    config, workdir = feature_workdir
+    metrics = train_lib.run_train(config, workdir, progress=False)
+    assert metrics["detection_error"] < 0.05 and metrics["roc_auc"] > 0.95, metrics
+    assert metrics["n_val"] > 100 and metrics["detection_error_heldout"] is None
+    saved = json.loads(open(os.path.join(workdir, "cleannet", "metrics.json")).read())
+    assert saved["best_step"] == metrics["best_step"] and len(saved["history"]) == 400 // 50
+    evaluated = [h for h in saved["history"] if "val" in h]
+    assert saved["detection_error"] == min(h["val"]["detection_error"] for h in evaluated)
+    # model.keras is the best model: re-scoring the validation rows reproduces its error.
+    model = keras.saving.load_model(os.path.join(workdir, "cleannet", "model.keras"))
+    data, references = train_lib.load_training_inputs(config, workdir)
+    scores = train_lib.score_pool_rows(model, data, references.references, data.validation)
+    assert train_lib.validation_metrics(scores, data)["detection_error"] == pytest.approx(metrics["detection_error"])
+    assert os.path.exists(os.path.join(workdir, "cleannet", "logs"))
+
+
+def test_mirrored_two_devices_equals_default(feature_workdir):
+    config, workdir = feature_workdir
+    config.train.steps = 40
+    data, references = train_lib.load_training_inputs(config, workdir)
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    model_m, _ = train_lib.train_cleannet(data, references, config, os.path.join(workdir, "m"), strategy=mirrored,
+                                          progress=False)
+    model_d, _ = train_lib.train_cleannet(data, references, config, os.path.join(workdir, "d"), progress=False)
+    for got, want in zip(_weights(model_m), _weights(model_d), strict=True):
+        np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_per_class_encoding_trains_like_per_sample(feature_workdir):
+    config, workdir = feature_workdir
+    config.train.steps = 30
+    data, references = train_lib.load_training_inputs(config, workdir)
+    per_class, _ = train_lib.train_cleannet(data, references, config, os.path.join(workdir, "c"), progress=False)
+    per_sample, _ = train_lib.train_cleannet(data, references, config, os.path.join(workdir, "s"),
+                                             encoding="per_sample", progress=False)
+    for got, want in zip(_weights(per_class), _weights(per_sample), strict=True):
+        np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multi_worker_two_processes_identical_weights(feature_workdir, tmp_path):
+    config, workdir = feature_workdir
+    config.train.steps = 40
+    config_path = tmp_path / "config.json"
+    config_path.write_text(config.to_json())
+    ports = ",".join(map(str, _free_ports(2)))
+    outs = [tmp_path / f"worker{i}.npz" for i in range(2)]
+    workers = [subprocess.Popen([sys.executable, os.path.join(TESTS, "mwms_worker.py"), str(i), ports,
+                                 str(config_path), workdir, str(outs[i])], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT) for i in range(2)]
+    for worker in workers:
+        output, _ = worker.communicate(timeout=300)
+        assert worker.returncode == 0, output.decode()[-3000:]
+    results = [np.load(out) for out in outs]
+    assert [bool(r["is_chief"]) for r in results] == [True, False]
+    assert all(int(r["replicas"]) == 2 for r in results)
+    names = [k for k in results[0].files if k.startswith("arr_")]
+    for name in names:
+        np.testing.assert_array_equal(results[0][name], results[1][name])
+    # And equal to one process on one device with the same global batch.
+    data, references = train_lib.load_training_inputs(config, workdir)
+    single, _ = train_lib.train_cleannet(data, references, config, str(tmp_path / "single"), progress=False)
+    for i, want in enumerate(_weights(single)):
+        np.testing.assert_allclose(results[0][f"arr_{i}"], want, atol=2e-5)
+    # Only the chief wrote the outputs.
+    assert os.path.exists(os.path.join(workdir, "cleannet", "model.keras"))
+
+
+def _train_cli(config, workdir):
+    args = [sys.executable, "-m", "cleannet_tf.train", f"--workdir={workdir}", "--config.runtime.strategy=default"]
+    for section in ("data", "refs", "cleannet", "train"):
+        for name, value in config[section].items():
+            args.append(f"--config.{section}.{name}={value}")
+    return args
+
+
+def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
+    overrides, _, _ = write_feature_dataset(tmp_path / "data")
+    config = small_train_config(overrides, **{"train.steps": 3000, "train.checkpoint_every": 100,
+                                              "train.eval_every": 500, "train.log_every": 500})
+    killed, clean = str(tmp_path / "killed"), str(tmp_path / "clean")
+    for workdir in (killed, clean):
+        pipeline.run_refs(config, workdir, progress=False)
+    process = subprocess.Popen(_train_cli(config, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = os.path.join(killed, "cleannet", "checkpoints")
+    deadline = time.time() + 240
+    while process.poll() is None and time.time() < deadline:
+        if os.path.exists(os.path.join(checkpoints, "ckpt-300.index")):
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    process.wait()
+    if process.returncode == 0:
+        pytest.skip("training finished before the kill")
+    last = tf.train.latest_checkpoint(checkpoints)
+    assert last is not None and int(last.rsplit("-", 1)[1]) < 3000
+    subprocess.run(_train_cli(config, killed), check=True, capture_output=True)
+    subprocess.run(_train_cli(config, clean), check=True, capture_output=True)
+    resumed = json.loads(open(os.path.join(killed, "cleannet", "metrics.json")).read())
+    uninterrupted = json.loads(open(os.path.join(clean, "cleannet", "metrics.json")).read())
+    assert resumed["best_step"] == uninterrupted["best_step"]
+    assert resumed["detection_error"] == pytest.approx(uninterrupted["detection_error"], abs=1e-6)
+    assert [h["step"] for h in resumed["history"]] == [h["step"] for h in uninterrupted["history"]]
+    a = keras.saving.load_model(os.path.join(killed, "cleannet", "model.keras"))
+    b = keras.saving.load_model(os.path.join(clean, "cleannet", "model.keras"))
+    for got, want in zip(_weights(a), _weights(b), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_bad_inputs_fail_before_training(tmp_path):
+    overrides, _, _ = write_feature_dataset(tmp_path / "data")
+    config = small_train_config(overrides)
+    workdir = str(tmp_path / "work")
+    pipeline.run_refs(config, workdir, progress=False)
+
+    npz = np.load(overrides["data.features"])
+    features = npz["features"].copy()
+    features[7, 3] = np.nan
+    np.savez(tmp_path / "nan.npz", keys=npz["keys"], features=features)
+    config.data.features = str(tmp_path / "nan.npz")
+    with pytest.raises(ValueError, match=r"img00007\.jpg.*(NaN|Inf)"):
+        train_lib.run_train(config, workdir, progress=False)
+
+    np.savez(tmp_path / "wide.npz", keys=npz["keys"], features=np.concatenate([npz["features"]] * 2, axis=1))
+    config.data.features = str(tmp_path / "wide.npz")
+    with pytest.raises(ValueError, match="Features have dimension 48 but the reference sets 24"):
+        train_lib.run_train(config, workdir, progress=False)
+
+    config.data.features = overrides["data.features"]
+    table = datasets.load_table(config, workdir)
+    table.verification[table.split == datasets.SPLIT_TRAIN] = -1
+    with pytest.raises(ValueError, match="No verified training rows"):
+        train_lib.run_train(config, workdir, table=table, progress=False)
+
+
+def test_heldout_classes_get_no_verified_training_rows(tmp_path):
+    overrides, _, noisy = write_feature_dataset(tmp_path / "data", heldout=(0, 1), verified_fraction=0.5)
+    config = small_train_config(overrides)
+    workdir = str(tmp_path / "work")
+    pipeline.run_refs(config, workdir, progress=False)
+    data, _ = train_lib.load_training_inputs(config, workdir)
+    assert not np.isin(data.labels[data.verified_train], [0, 1]).any()
+    assert np.isin(data.labels[data.validation], [0, 1]).any()  # they keep their validation rows
+    metrics = train_lib.run_train(config, workdir, progress=False)
+    assert metrics["detection_error_heldout"] is not None and metrics["best"]["n_val_heldout"] > 0
+    assert set(metrics["best"]["per_class_error"]) >= {"class0", "class1"}
