@@ -1,9 +1,9 @@
 """Backbone registry: shapes, preprocessing, weights from files and classifiers."""
 
+import keras
 import numpy as np
 import pytest
 
-import keras
 from cleannet_tf import backbones
 
 

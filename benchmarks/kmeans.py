@@ -1,0 +1,209 @@
+"""Benchmark: `build_reference_sets` on synthetic pool5-like features in a memory-mapped .npy on disk.
+
+Writes N x D float32 features (non-negative, clustered per class, 20% label noise by default) to a temporary .npy
+with plain file writes, then builds the reference sets through a gather callable that reads it through memory maps
+of `--shard_rows`-row windows, mapped and unmapped on every call (as `FeatureStore.gather` does with its shards).
+Prints wall time, images/s and the peak RSS of the process (ru_maxrss, plus the sampled peak of anonymous memory),
+next to the size the features would take in RAM, to show that memory is bounded by one class, not by N.
+
+    python benchmarks/kmeans.py                        # 100k x 2048, 101 classes, K=32, n_init=10, max_iter=50
+    python benchmarks/kmeans.py --classes=1            # one huge class (sampled down to --max_samples)
+    python benchmarks/kmeans.py --n=20000 --n_init=1   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cleannet_tf.references import build_reference_sets  # noqa: E402
+
+CHUNK_ROWS = 4096
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Resets the kernel's peak-RSS mark (VmHWM) of this process (Linux >= 4.0); False where not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (VmHWM, VmRSS, RssAnon, ...) in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def current_rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def write_synthetic(path: str, n: int, d: int, classes: int, modes: int, noise: float, seed: int) -> np.ndarray:
+    """Writes (n, d) float32 features to the .npy `path` chunk by chunk; returns the (n,) noisy labels.
+
+    Each class is a mixture of `modes` modes; a feature is ReLU(class base + mode offset + Gaussian noise), so
+    roughly 40% of the entries are zero like ResNet pool5 features. A `noise` fraction of each class's rows is
+    drawn from another class (label noise).
+    """
+    rng = np.random.default_rng(seed)
+    base = rng.normal(-0.2, 0.6, size=(classes, d)).astype(np.float32)
+    offsets = rng.normal(0.0, 0.3, size=(classes, modes, d)).astype(np.float32)
+    labels = rng.integers(0, classes, size=n)
+    true_class = np.where(rng.random(n) < noise, rng.integers(0, classes, size=n), labels)
+    mode = rng.integers(0, modes, size=n)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (n, d)}
+    with open(path, "wb") as f:  # plain writes, not a memory map: the writer's RSS stays small
+        np.lib.format.write_array_header_1_0(f, header)
+        for start in range(0, n, CHUNK_ROWS):
+            stop = min(n, start + CHUNK_ROWS)
+            tc, m = true_class[start:stop], mode[start:stop]
+            x = base[tc] + offsets[tc, m] + 0.5 * rng.standard_normal((stop - start, d), dtype=np.float32)
+            np.maximum(x, 0.0, out=x)
+            f.write(x.tobytes())
+    return labels
+
+
+class ShardedGather:
+    """gather_features over the .npy at `path`, read through one memory map per window of `shard_rows` rows.
+
+    Like `FeatureStore.gather` (one mapped file per shard): each window is mapped, read and unmapped, so the
+    mapped (file-backed, reclaimable) pages counted in RSS stay bounded by one window.
+    """
+
+    def __init__(self, path: str, shard_rows: int):
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            self.offset = f.tell()
+        self.path, self.shard_rows, self.dtype = path, shard_rows, dtype
+        self.num_rows, self.dim = shape
+        self.calls: list[int] = []
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        self.calls.append(len(rows))
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        shard_of_row = rows // self.shard_rows
+        for shard in np.unique(shard_of_row):
+            where = np.flatnonzero(shard_of_row == shard)
+            start = int(shard) * self.shard_rows
+            stop = min(self.num_rows, start + self.shard_rows)
+            window = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(stop - start, self.dim),
+                               offset=self.offset + start * self.dim * self.dtype.itemsize)
+            out[where] = window[rows[where] - start]
+            del window
+        return out
+
+
+class AnonRssSampler(threading.Thread):
+    """Samples RssAnon (the process's own heap, without mapped file pages) every `interval` seconds."""
+
+    def __init__(self, interval: float = 0.005):
+        super().__init__(daemon=True)
+        self.interval, self.peak, self._stop_event = interval, 0, threading.Event()
+
+    @staticmethod
+    def read() -> int:
+        return status_bytes("RssAnon")
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.peak = max(self.peak, self.read())
+            time.sleep(self.interval)
+
+    def stop(self) -> int:
+        self._stop_event.set()
+        self.join()
+        return max(self.peak, self.read())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=100_000, help="images")
+    parser.add_argument("--d", type=int, default=2048, help="feature dimension")
+    parser.add_argument("--classes", type=int, default=101, help="classes (1: a single huge class)")
+    parser.add_argument("--k", type=int, default=32, help="references per class")
+    parser.add_argument("--n_init", type=int, default=10, help="k-means restarts")
+    parser.add_argument("--max_iter", type=int, default=50)
+    parser.add_argument("--tol", type=float, default=1e-4)
+    parser.add_argument("--max_samples", type=int, default=50_000, help="max_samples_per_class (0: no cap)")
+    parser.add_argument("--modes", type=int, default=8, help="synthetic modes per class")
+    parser.add_argument("--label_noise", type=float, default=0.2, help="fraction of rows drawn from another class")
+    parser.add_argument("--threads", type=int, default=0, help="limit BLAS/OpenMP threads (0: library default)")
+    parser.add_argument("--tmpdir", default=None, help="where to write the temporary .npy (default: system temp)")
+    parser.add_argument("--shard_rows", type=int, default=10_000, help="rows per memory-mapped window (a 'shard')")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(dir=args.tmpdir, prefix="kmeans-bench-") as tmp:
+        path = os.path.join(tmp, "features.npy")
+        t0 = time.perf_counter()
+        labels = write_synthetic(path, args.n, args.d, args.classes, args.modes, args.label_noise, args.seed)
+        print(f"wrote {args.n} x {args.d} float32 ({os.path.getsize(path) / 2**30:.2f} GiB) to {path} "
+              f"in {time.perf_counter() - t0:.1f} s")
+
+        gather = ShardedGather(path, args.shard_rows)
+        class_sizes = np.bincount(labels, minlength=args.classes)
+        used = np.minimum(class_sizes, args.max_samples) if args.max_samples else class_sizes
+        rss_before = current_rss_bytes()
+        hwm_reset = reset_peak_rss()
+        sampler = AnonRssSampler()
+        sampler.start()
+        limits = None
+        if args.threads:
+            from threadpoolctl import threadpool_limits
+
+            limits = threadpool_limits(args.threads)
+        t0 = time.perf_counter()
+        refs = build_reference_sets(gather, labels, np.ones(args.n, bool), [f"c{i}" for i in range(args.classes)],
+                                    num_references=args.k, n_init=args.n_init, max_iter=args.max_iter, tol=args.tol,
+                                    max_samples_per_class=args.max_samples, seed=args.seed)
+        wall = time.perf_counter() - t0
+        if limits is not None:
+            limits.unregister()
+        peak_anon = sampler.stop()
+        peak = status_bytes("VmHWM") if hwm_reset else peak_rss_bytes()
+
+    in_ram = args.n * args.d * 4
+    biggest = int(used.max()) * args.d * 4
+    gib = 2**30
+    print(f"settings: N={args.n} D={args.d} C={args.classes} K={args.k} n_init={args.n_init} "
+          f"max_iter={args.max_iter} tol={args.tol} max_samples_per_class={args.max_samples} "
+          f"threads={args.threads or 'default'} cpus={os.cpu_count()}")
+    print(f"classes: {len(gather.calls)} gathers, rows per class min/median/max "
+          f"{int(used.min())}/{int(np.median(used))}/{int(used.max())}, "
+          f"{int(used.sum())} images clustered, counts<K: {int((refs.counts < args.k).sum())}")
+    print(f"wall time: {wall:.1f} s  ({int(used.sum()) / wall:.0f} images/s, {wall / args.classes:.2f} s/class)")
+    print(f"RSS before building {rss_before / gib:.3f} GiB; peak RSS while building "
+          f"({'VmHWM after reset' if hwm_reset else 'ru_maxrss, whole run'}, incl. mapped file pages) "
+          f"{peak / gib:.3f} GiB; peak anonymous RSS while building (sampled every 5 ms) {peak_anon / gib:.3f} GiB; "
+          f"ru_maxrss of the whole run (incl. writing the file) {peak_rss_bytes() / gib:.3f} GiB")
+    print(f"features in RAM would be {in_ram / gib:.3f} GiB; largest class used {biggest / gib:.3f} GiB; "
+          f"peak RSS / in-RAM size = {peak / in_ram:.2f}")
+
+
+if __name__ == "__main__":
+    main()
