@@ -1,0 +1,202 @@
+"""cleannet-train-classifier: backbone + softmax on the noisy labels, each image weighted.
+
+The same custom loop as CleanNet's (strategy.run; default, Mirrored and
+MultiWorkerMirrored strategies), resumable from WORKDIR/classifier/checkpoints
+with the same data order. The loss of a batch is sum_i w_i CE(x_i, y_i) / B
+(B = the global batch size), so a weight of 0 removes an image's gradient and
+weights of 1 give plain cross-entropy.
+
+Weights (config.classifier.weighting): "none" (all 1), "soft" (max(0, s)),
+"hard" (1[s >= threshold]), with s the CleanNet score of the image's label;
+a verification label overrides the score (1 -> weight 1, 0 -> weight 0).
+
+Outputs in WORKDIR/classifier/: model.keras (the classifier; its layer
+"backbone" is what `model.weights=classifier` extracts features with),
+metrics.json (test accuracy, weighting), checkpoints/, logs/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+
+import keras
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tqdm
+from absl import logging
+
+from cleannet_tf import backbones, datasets, distribute, input_pipeline
+
+
+def classifier_dir(workdir: str) -> str:
+    return os.path.join(workdir, "classifier")
+
+
+def weights_from_scores(scores: np.ndarray, verification: np.ndarray, *, mode: str,
+                        threshold: float = 0.0) -> np.ndarray:
+    """Per-image weights: (N,) scores (NaN = unscored), (N,) verification (-1/0/1) -> (N,) float32.
+
+    mode: "none" (1), "soft" (max(0, s)), "hard" (1[s >= threshold]); a
+    verification label takes precedence; unscored unverified images get 1.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if mode == "none":
+        weights = np.ones(len(scores))
+    elif mode == "soft":
+        weights = np.maximum(0.0, scores)
+    elif mode == "hard":
+        weights = (scores >= threshold).astype(np.float64)
+    else:
+        raise ValueError(f"mode must be none, soft or hard. Received: {mode!r}")
+    weights = np.where(np.isnan(scores), 1.0, weights)
+    verification = np.asarray(verification)
+    if mode != "none":
+        weights = np.where(verification == 1, 1.0, np.where(verification == 0, 0.0, weights))
+    return weights.astype(np.float32)
+
+
+def _per_epoch_dataset(paths, labels, weights, *, epoch, image_size, per_replica_batch, config, shard,
+                       num_shards) -> tf.data.Dataset:
+    """One epoch of this input pipeline's shard, shuffled by (seed, epoch), per-replica batches."""
+    order = np.random.default_rng([config.seed, epoch]).permutation(len(paths))
+    order = order[shard::num_shards]
+    return input_pipeline.make_image_dataset(
+        paths[order], rows=order, labels=labels[order], weights=weights[order], image_size=image_size,
+        batch_size=per_replica_batch, resize=config.input.resize, augment=config.input.augment,
+        seed=config.seed + epoch, parallel_calls=config.input.parallel_calls, drop_remainder=True)
+
+
+def evaluate_accuracy(model: keras.Model, paths: np.ndarray, labels: np.ndarray, *, image_size, config,
+                      batch_size: int = 256) -> float:
+    """Top-1 accuracy on images (unreadable ones skipped)."""
+    dataset = input_pipeline.make_image_dataset(paths, labels=labels, image_size=image_size, batch_size=batch_size,
+                                                resize=config.input.resize, parallel_calls=config.input.parallel_calls)
+    correct = total = 0
+    for batch in dataset:
+        predicted = np.argmax(model(batch["image"], training=False)["logits"], axis=-1)
+        correct += int(np.sum(predicted == batch["label"].numpy()))
+        total += len(predicted)
+    return correct / max(total, 1)
+
+
+def train_classifier(table: datasets.LabelTable, config: ml_collections.ConfigDict, output_dir: str, *,
+                     sample_weights: np.ndarray | None = None, initial_weights: str = "random",
+                     strategy: tf.distribute.Strategy | None = None, progress: bool = True) -> tuple[keras.Model, dict]:
+    """Trains backbone + softmax on the pool rows (train and val) of `table`.
+
+    Args:
+        table: N rows; pool rows train, test rows (if any) measure accuracy.
+        sample_weights: (N,) float32 weight per row (default 1).
+        initial_weights: backbone weights to start from ("random", "imagenet", a file).
+
+    Returns:
+        (classifier, metrics).
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    chief = distribute.is_chief(strategy)
+    write_dir = output_dir if chief else tempfile.mkdtemp(prefix="classifier-worker-")
+    os.makedirs(write_dir, exist_ok=True)
+    image_size = (config.model.image_height, config.model.image_width)
+    weights = np.ones(len(table), np.float32) if sample_weights is None else np.asarray(sample_weights, np.float32)
+    pool = np.nonzero((table.split != datasets.SPLIT_TEST) & (weights > 0))[0]
+    paths, labels, weights_pool = table.paths[pool], table.labels[pool], weights[pool]
+    global_batch = config.classifier.batch_size
+    replicas = strategy.num_replicas_in_sync
+    if global_batch % replicas:
+        raise ValueError(f"classifier.batch_size {global_batch} must be divisible by the {replicas} replicas.")
+    steps_per_epoch = len(pool) // global_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(pool)} training images is fewer than one batch of {global_batch}.")
+    total_steps = steps_per_epoch * config.classifier.epochs
+
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        backbone = backbones.build_backbone(config.model.backbone, image_size=image_size, weights=initial_weights,
+                                            feature_dim=config.model.feature_dim)
+        model = backbones.build_classifier(backbone, table.num_classes)
+        schedule = keras.optimizers.schedules.CosineDecay(config.classifier.learning_rate, total_steps)
+        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9)
+        optimizer.build(model.trainable_variables)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "checkpoints"), max_to_keep=2)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        logging.info("Resumed the classifier from %s", manager.latest_checkpoint)
+    start_step = int(optimizer.iterations.numpy())
+
+    def dataset_fn(context: tf.distribute.InputContext):
+        per_replica = context.get_per_replica_batch_size(global_batch)
+        first_epoch, skip = divmod(start_step, steps_per_epoch)
+        parts = [_per_epoch_dataset(paths, labels, weights_pool, epoch=epoch, image_size=image_size,
+                                    per_replica_batch=per_replica, config=config, shard=context.input_pipeline_id,
+                                    num_shards=context.num_input_pipelines)
+                 for epoch in range(first_epoch, config.classifier.epochs)]
+        # Every epoch yields exactly steps_per_epoch batches per replica (shards stay in step).
+        replicas_here = context.num_replicas_in_sync // context.num_input_pipelines
+        parts = [p.repeat().take(steps_per_epoch * replicas_here) for p in parts]
+        combined = parts[0]
+        for part in parts[1:]:
+            combined = combined.concatenate(part)
+        return combined.skip(skip * replicas_here)
+
+    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+
+    def replica_step(batch):
+        with tf.GradientTape() as tape:
+            logits = model(batch["image"], training=True)["logits"]
+            cross_entropy = keras.losses.sparse_categorical_crossentropy(batch["label"], logits, from_logits=True)
+            loss = tf.nn.compute_average_loss(cross_entropy * batch["weight"], global_batch_size=global_batch)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+        correct = tf.reduce_sum(tf.cast(tf.argmax(logits, -1, output_type=tf.int32) == batch["label"], tf.float32))
+        return {"loss": loss, "correct": correct}
+
+    @tf.function
+    def train_step(iterator):
+        outputs = strategy.run(replica_step, args=(next(iterator),))
+        return {name: strategy.reduce("SUM", value, axis=None) for name, value in outputs.items()}
+
+    history = []
+    start = time.perf_counter()
+    running = {"loss": 0.0, "correct": 0.0, "steps": 0}
+    with tqdm.tqdm(total=total_steps, initial=start_step, unit="step", desc="classifier",
+                   disable=not progress) as bar:
+        for step in range(start_step + 1, total_steps + 1):
+            logs = train_step(iterator)
+            running["loss"] += float(logs["loss"])
+            running["correct"] += float(logs["correct"])
+            running["steps"] += 1
+            bar.update(1)
+            if step % steps_per_epoch == 0 or step == total_steps:
+                epoch = step // steps_per_epoch
+                entry = {"epoch": epoch, "step": step, "loss": running["loss"] / running["steps"],
+                         "train_accuracy_noisy_labels": running["correct"] / (running["steps"] * global_batch)}
+                history.append(entry)
+                logging.info("classifier epoch %d: loss %.4f, accuracy on the noisy labels %.3f", epoch,
+                             entry["loss"], entry["train_accuracy_noisy_labels"])
+                manager.save(checkpoint_number=step)
+                running = {"loss": 0.0, "correct": 0.0, "steps": 0}
+    seconds = time.perf_counter() - start
+
+    test = table.split == datasets.SPLIT_TEST
+    test_accuracy = (evaluate_accuracy(model, table.paths[test], table.labels[test], image_size=image_size,
+                                       config=config) if test.any() else None)
+    metrics = {"test_accuracy": test_accuracy, "weighting": config.classifier.weighting, "n_test": int(test.sum()),
+               "n_train": int(len(pool)), "epochs": config.classifier.epochs, "steps": total_steps,
+               "seconds": seconds, "history": history}
+    logging.info("Classifier (%s weighting): test accuracy %s", metrics["weighting"], test_accuracy)
+    if chief:
+        tmp = os.path.join(output_dir, f"model.tmp-{os.getpid()}.keras")
+        model.save(tmp)
+        os.replace(tmp, os.path.join(output_dir, "model.keras"))
+        tmp = os.path.join(output_dir, f"metrics.json.tmp-{os.getpid()}")
+        with open(tmp, "w") as f:
+            json.dump(metrics, f, indent=2)
+        os.replace(tmp, os.path.join(output_dir, "metrics.json"))
+    return model, metrics
