@@ -11,6 +11,7 @@ _VERSION = re.search(
 ).group(1)
 
 _ENTRY_POINTS = {
+    "cleannet-train-classifier": "cleannet_tf.train_classifier:run",
     "cleannet-extract": "cleannet_tf.extract:run",
     "cleannet-refs": "cleannet_tf.refs:run",
     "cleannet-train": "cleannet_tf.train:run",

@@ -124,6 +124,8 @@ def default_config() -> ml_collections.ConfigDict:
     # --- cleannet-train-classifier.
     config.classifier = ml_collections.ConfigDict()
     config.classifier.weighting = "none"  # none | soft (max(0, s)) | hard (s >= threshold)
+    # Backbone weights the classifier starts from: imagenet (the paper), random, or a file.
+    config.classifier.initial_weights = "imagenet"
     config.classifier.epochs = 30
     config.classifier.batch_size = 64
     config.classifier.learning_rate = 0.01
@@ -264,6 +266,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if not 0.0 < config.train.lr_decay_factor <= 1.0:
         _fail("train.lr_decay_factor", "must be in (0, 1]", config.train.lr_decay_factor)
     _check_choice(config, "classifier.weighting", WEIGHTINGS)
+    initial = config.classifier.initial_weights
+    if initial not in ("random", "imagenet") and not initial.endswith((".keras", ".weights.h5")):
+        _fail("classifier.initial_weights", "must be 'random', 'imagenet', or a path ending in .keras or .weights.h5",
+              initial)
+    if initial == "imagenet" and config.model.backbone == "small_cnn":
+        _fail("classifier.initial_weights", "the small_cnn backbone has no ImageNet weights", initial)
     _check_choice(config, "runtime.strategy", STRATEGIES)
     _check_positive(config, "runtime.logical_cpu_devices", allow_zero=True)
     return config

@@ -1,7 +1,9 @@
 """The pipeline's steps as library functions of (config, workdir), and where each writes.
 
-    extract -> WORKDIR/features/         (extract_lib.run_extract)
-    refs    -> WORKDIR/references.npz    (run_refs)
+    train_classifier (weighting none) -> WORKDIR/classifier/   (run_train_classifier)
+    extract -> WORKDIR/features/                            (extract_lib.run_extract)
+    refs    -> WORKDIR/references.npz                       (run_refs)
+    train   -> WORKDIR/cleannet/                            (train_lib.run_train)
 
 Each step reads what the earlier ones wrote to WORKDIR.
 """
@@ -12,14 +14,12 @@ import os
 
 import ml_collections
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
-from cleannet_tf import datasets, extract_lib, references
+from cleannet_tf import classifier_lib, datasets, extract_lib, references, train_lib
 from cleannet_tf.feature_store import FeatureStore
-
-
-def references_path(workdir: str) -> str:
-    return os.path.join(workdir, "references.npz")
+from cleannet_tf.references import references_path
 
 
 def reference_rows(table: datasets.LabelTable, valid_features: np.ndarray) -> np.ndarray:
@@ -47,6 +47,25 @@ def run_refs(config: ml_collections.ConfigDict, workdir: str, *, table: datasets
     return reference_sets
 
 
+def classifier_output_dir(workdir: str, weighting: str) -> str:
+    """WORKDIR/classifier for the unweighted classifier (the feature extractor), classifier_<weighting> otherwise."""
+    return classifier_lib.classifier_dir(workdir) + ("" if weighting == "none" else f"_{weighting}")
+
+
+def run_train_classifier(config: ml_collections.ConfigDict, workdir: str, *, table: datasets.LabelTable | None = None,
+                         strategy: tf.distribute.Strategy | None = None, progress: bool = True) -> dict:
+    """cleannet-train-classifier: backbone + softmax on the noisy labels, weighted per classifier.weighting."""
+    table = table if table is not None else datasets.load_table(config, workdir)
+    weighting = config.classifier.weighting
+    if weighting != "none":
+        raise NotImplementedError(f"classifier.weighting={weighting!r} needs CleanNet scores (cleannet-verify), "
+                                  "which this version does not write yet; use weighting=none.")
+    _, metrics = classifier_lib.train_classifier(
+        table, config, classifier_output_dir(workdir, weighting), initial_weights=config.classifier.initial_weights,
+        strategy=strategy, progress=progress)
+    return metrics
+
+
 def step_complete(step: str, config: ml_collections.ConfigDict, workdir: str) -> bool:
     """Whether `step`'s outputs in `workdir` are complete (cleannet-run skips those)."""
     if step == "extract":
@@ -58,4 +77,9 @@ def step_complete(step: str, config: ml_collections.ConfigDict, workdir: str) ->
             return False
     if step == "refs":
         return os.path.exists(references_path(workdir))
+    if step == "train_classifier":
+        return os.path.exists(os.path.join(classifier_output_dir(workdir, config.classifier.weighting), "metrics.json"))
+    if step == "train":
+        return os.path.exists(os.path.join(train_lib.cleannet_dir(workdir), "model.keras")) and os.path.exists(
+            os.path.join(train_lib.cleannet_dir(workdir), "metrics.json"))
     raise ValueError(f"Unknown step {step!r}")

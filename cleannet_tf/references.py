@@ -171,6 +171,11 @@ def _own_writable(x: np.ndarray) -> np.ndarray:
     return np.array(x, dtype=np.float32, order="C", copy=True)
 
 
+def references_path(workdir: str) -> str:
+    """Where cleannet-refs writes: WORKDIR/references.npz."""
+    return os.path.join(workdir, "references.npz")
+
+
 def build_reference_sets(
     gather_features: GatherFn,
     labels: np.ndarray,

@@ -26,9 +26,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cleannet_tf import datasets, distribute, extract_lib, losses, metrics, pipeline, train_data
+from cleannet_tf import datasets, distribute, extract_lib, losses, metrics, train_data
 from cleannet_tf.model import build_cleannet, encode_classes, query_encoder_of, reference_encoder_of
-from cleannet_tf.references import ReferenceSets
+from cleannet_tf.references import ReferenceSets, references_path
 
 ENCODINGS = ("per_class", "per_sample")
 
@@ -279,7 +279,7 @@ def load_training_inputs(config: ml_collections.ConfigDict, workdir: str,
     """The table, features and reference sets the earlier steps wrote, checked."""
     table = table if table is not None else datasets.load_table(config, workdir)
     features = extract_lib.open_features(config, workdir, table)
-    reference_sets = ReferenceSets.load(pipeline.references_path(workdir))
+    reference_sets = ReferenceSets.load(references_path(workdir))
     data = train_data.prepare_training_data(table, features, reference_sets.class_names,
                                             reference_sets.references.shape[2], reference_sets.counts)
     return data, reference_sets

@@ -21,7 +21,8 @@ def get_config(kind: str = "two_digits"):
     config.data.demo = kind
     config.data.demo_heldout = 50 if kind == "two_digits" else 5
     config.model.backbone = "small_cnn"
-    config.model.weights = "random"
+    config.model.weights = "classifier"  # features from the small CNN trained on the noisy labels
+    config.classifier.initial_weights = "random"
     config.model.image_height = 32
     config.model.image_width = _IMAGE_WIDTH[kind]
     config.input.resize = "squash"
@@ -32,6 +33,7 @@ def get_config(kind: str = "two_digits"):
     config.train.steps = 3000
     config.train.eval_every = 500
     config.train.lr_decay_steps = 1500
-    config.classifier.epochs = 5
-    config.classifier.batch_size = 128
+    config.classifier.epochs = 8
+    config.classifier.batch_size = 64
+    config.classifier.learning_rate = 0.05
     return config
