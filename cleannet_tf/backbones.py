@@ -9,7 +9,7 @@ layer inside it, so callers always feed raw pixels.
 | resnet50           | 2048       | keras.applications.ResNet50, pool5 (paper) |
 | mobilenet_v3_small | 576        | keras.applications.MobileNetV3Small        |
 | efficientnet_v2_b0 | 1280       | keras.applications.EfficientNetV2B0        |
-| small_cnn          | 256 (arg)  | a 6-conv CNN for CPU demos                 |
+| small_cnn          | 256 (arg)  | a 6-conv CNN (16-32-64) for CPU demos      |
 
 Weights: "random"; "imagenet" (keras.applications downloads them: users'
 machines only, never tests); a `.weights.h5` file of the backbone; or a `.keras`
@@ -78,7 +78,7 @@ def _efficientnet_v2_b0(image_input, weights):
 def _small_cnn(image_input, weights, feature_dim=256):
     del weights  # random only
     x = ImagePreprocessing("unit", name="preprocessing")(image_input)
-    for stage, filters in enumerate((32, 64, 128)):
+    for stage, filters in enumerate((16, 32, 64)):
         for block in range(2):
             x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"stage{stage}_conv{block}")(x)
             x = keras.layers.BatchNormalization(name=f"stage{stage}_bn{block}")(x)

@@ -1,0 +1,70 @@
+"""The absl entry points, run as users run them: subprocesses on real files."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from cleannet_tf.references import ReferenceSets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(module, *args):
+    return subprocess.run([sys.executable, "-m", f"cleannet_tf.{module}", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+
+
+def test_unknown_config_field_is_rejected_by_name(tmp_path):
+    result = _run("extract", f"--workdir={tmp_path}", "--config=configs/demo.py", "--config.refs.num_refs=3")
+    assert result.returncode != 0
+    assert "num_refs" in result.stderr
+
+
+def test_inconsistent_config_is_rejected_by_name(tmp_path):
+    result = _run("refs", f"--workdir={tmp_path}", "--config=configs/demo.py", "--config.train.batch_size=63")
+    assert result.returncode != 0
+    assert "config.train.batch_size: must be even" in result.stderr
+
+
+def test_demo_runs_every_step_then_skips_them(tmp_path):
+    workdir = tmp_path / "demo"
+    args = [f"--workdir={workdir}", "--config=configs/demo.py:digits", "--config.data.demo_images_per_class=40",
+            "--config.classifier.epochs=2", "--config.train.steps=150", "--config.train.eval_every=50",
+            "--config.train.log_every=50", "--config.refs.n_init=1"]
+    first = _run("demo", *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "cleannet_tf demo" in first.stdout and "held-out classes" in first.stdout
+    assert "10 classes" in first.stdout and "30.0% of the noisy labels are wrong" in first.stdout
+    for path in ("classifier/model.keras", "classifier/metrics.json", "features/manifest.json", "references.npz",
+                 "cleannet/model.keras", "cleannet/metrics.json", "config.demo.json"):
+        assert (workdir / path).exists(), path
+    references = ReferenceSets.load(str(workdir / "references.npz"))
+    assert references.references.shape == (10, 8, 256)
+    cleannet = json.loads((workdir / "cleannet" / "metrics.json").read_text())
+    assert cleannet["detection_error_heldout"] is not None and 0.0 <= cleannet["detection_error"] <= 1.0
+    classifier = json.loads((workdir / "classifier" / "metrics.json").read_text())
+    assert classifier["weighting"] == "none" and 0.0 <= classifier["test_accuracy"] <= 1.0
+
+    second = _run("demo", *args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("already complete") == 4
+
+
+def test_refs_then_train_on_precomputed_features(tmp_path):
+    from conftest import write_feature_dataset
+
+    overrides, _, _ = write_feature_dataset(tmp_path / "data")
+    flags = [f"--config.{k}={v}" for k, v in overrides.items()] + [
+        f"--workdir={tmp_path / 'work'}", "--config.refs.num_references=16", "--config.refs.n_init=1",
+        "--config.train.steps=100", "--config.train.batch_size=16", "--config.train.eval_every=50",
+        "--config.train.learning_rate=0.05", "--config.runtime.strategy=default"]
+    extract = _run("extract", *flags)
+    assert extract.returncode == 0 and "extraction skipped" in extract.stderr
+    assert _run("refs", *flags).returncode == 0
+    train = _run("train", *flags)
+    assert train.returncode == 0, train.stderr[-3000:]
+    metrics = json.loads((tmp_path / "work" / "cleannet" / "metrics.json").read_text())
+    assert metrics["best_step"] in (50, 100) and np.isfinite(metrics["detection_error"])
