@@ -124,8 +124,9 @@ def default_config() -> ml_collections.ConfigDict:
     # --- cleannet-train-classifier.
     config.classifier = ml_collections.ConfigDict()
     config.classifier.weighting = "none"  # none | soft (max(0, s)) | hard (s >= threshold)
-    # Backbone weights the classifier starts from: imagenet (the paper), random, or a file.
-    config.classifier.initial_weights = "imagenet"
+    # Backbone weights the classifier starts from: auto (imagenet, the paper's,
+    # where the backbone has them, else random), imagenet, random, or a file.
+    config.classifier.initial_weights = "auto"
     config.classifier.epochs = 30
     config.classifier.batch_size = 64
     config.classifier.learning_rate = 0.01
@@ -267,9 +268,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _fail("train.lr_decay_factor", "must be in (0, 1]", config.train.lr_decay_factor)
     _check_choice(config, "classifier.weighting", WEIGHTINGS)
     initial = config.classifier.initial_weights
-    if initial not in ("random", "imagenet") and not initial.endswith((".keras", ".weights.h5")):
-        _fail("classifier.initial_weights", "must be 'random', 'imagenet', or a path ending in .keras or .weights.h5",
-              initial)
+    if initial not in ("auto", "random", "imagenet") and not initial.endswith((".keras", ".weights.h5")):
+        _fail("classifier.initial_weights",
+              "must be 'auto', 'random', 'imagenet', or a path ending in .keras or .weights.h5", initial)
     if initial == "imagenet" and config.model.backbone == "small_cnn":
         _fail("classifier.initial_weights", "the small_cnn backbone has no ImageNet weights", initial)
     _check_choice(config, "runtime.strategy", STRATEGIES)

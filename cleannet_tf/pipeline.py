@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cleannet_tf import classifier_lib, datasets, extract_lib, references, train_lib
+from cleannet_tf import backbones, classifier_lib, datasets, extract_lib, references, train_lib
 from cleannet_tf.feature_store import FeatureStore
 from cleannet_tf.references import references_path
 
@@ -60,8 +60,12 @@ def run_train_classifier(config: ml_collections.ConfigDict, workdir: str, *, tab
     if weighting != "none":
         raise NotImplementedError(f"classifier.weighting={weighting!r} needs CleanNet scores (cleannet-verify), "
                                   "which this version does not write yet; use weighting=none.")
+    initial_weights = config.classifier.initial_weights
+    if initial_weights == "auto":
+        has_imagenet = backbones.BACKBONES[config.model.backbone].has_imagenet_weights
+        initial_weights = "imagenet" if has_imagenet else "random"
     _, metrics = classifier_lib.train_classifier(
-        table, config, classifier_output_dir(workdir, weighting), initial_weights=config.classifier.initial_weights,
+        table, config, classifier_output_dir(workdir, weighting), initial_weights=initial_weights,
         strategy=strategy, progress=progress)
     return metrics
 

@@ -22,7 +22,6 @@ def get_config(kind: str = "two_digits"):
     config.data.demo_heldout = 50 if kind == "two_digits" else 5
     config.model.backbone = "small_cnn"
     config.model.weights = "classifier"  # features from the small CNN trained on the noisy labels
-    config.classifier.initial_weights = "random"
     config.model.image_height = 32
     config.model.image_width = _IMAGE_WIDTH[kind]
     config.input.resize = "squash"

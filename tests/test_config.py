@@ -98,3 +98,12 @@ def test_save_config_round_trip(tmp_path):
     config_lib.save_config(config, str(tmp_path / "out" / "config.json"))
     assert json.loads((tmp_path / "out" / "config.json").read_text()) == config.to_dict()
     assert not list((tmp_path / "out").glob("*.tmp"))
+
+
+def test_small_cnn_with_default_classifier_settings_validates():
+    config = _valid()
+    config.model.backbone, config.model.weights = "small_cnn", "random"
+    assert config_lib.validate(config).classifier.initial_weights == "auto"
+    config.classifier.initial_weights = "imagenet"
+    with pytest.raises(ValueError, match=r"config\.classifier\.initial_weights: the small_cnn backbone has no"):
+        config_lib.validate(config)
