@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 
+from cleannet_tf import datasets
 from cleannet_tf.references import ReferenceSets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,6 +46,15 @@ def test_demo_runs_every_step_then_skips_them(tmp_path):
     assert references.references.shape == (10, 8, 256)
     cleannet = json.loads((workdir / "cleannet" / "metrics.json").read_text())
     assert cleannet["detection_error_heldout"] is not None and 0.0 <= cleannet["detection_error"] <= 1.0
+    # Held-out protocol: 5 of 10 classes lose their verified training rows, keep validation rows.
+    config = json.loads((workdir / "config.demo.json").read_text())
+    heldout_list = workdir / "demo_data" / "meta" / f"classes_heldout_{config['data']['demo_heldout']}.txt"
+    table = datasets.read_food101n(str(workdir / "demo_data"), heldout_list=str(heldout_list))
+    assert int(table.heldout_classes.sum()) == 5
+    in_heldout = table.heldout_classes[table.labels]
+    verified = table.verification >= 0
+    assert not (verified & in_heldout & (table.split == datasets.SPLIT_TRAIN)).any()
+    assert (verified & in_heldout & (table.split == datasets.SPLIT_VAL)).sum() == cleannet["best"]["n_val_heldout"]
     classifier = json.loads((workdir / "classifier" / "metrics.json").read_text())
     assert classifier["weighting"] == "none" and 0.0 <= classifier["test_accuracy"] <= 1.0
 
