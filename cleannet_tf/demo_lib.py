@@ -17,8 +17,6 @@ from sklearn.metrics import roc_auc_score
 from cleannet_tf import config as config_lib
 from cleannet_tf import datasets, demo_data, distribute, extract_lib, metrics, pipeline, train_lib
 
-STEPS = ("train_classifier", "extract", "refs", "train")
-
 
 def centroid_cosine_scores(features: np.ndarray, labels: np.ndarray, pool: np.ndarray, num_classes: int) -> np.ndarray:
     """Weakly supervised baseline: cosine of each image to its label's class mean.
@@ -38,26 +36,8 @@ def centroid_cosine_scores(features: np.ndarray, labels: np.ndarray, pool: np.nd
 
 def run_demo(config: ml_collections.ConfigDict, workdir: str, table: datasets.LabelTable) -> dict:
     """Runs every step whose outputs are not complete; returns the summary numbers."""
-    summary = {"steps": {}}
     strategy = distribute.build_strategy(config.runtime.strategy)
-    for step in STEPS:
-        if pipeline.step_complete(step, config, workdir):
-            summary["steps"][step] = "already complete"
-            continue
-        if step == "train_classifier":
-            result = pipeline.run_train_classifier(config, workdir, table=table, strategy=strategy)
-            summary["steps"][step] = (f"{result['epochs']} epochs on the noisy labels, test accuracy "
-                                      f"{result['test_accuracy']:.3f}")
-        elif step == "extract":
-            stats = extract_lib.run_extract(config, workdir, table=table, strategy=strategy)
-            summary["steps"][step] = f"{stats['images']} images, {stats['images_per_second']:.0f} images/s"
-        elif step == "refs":
-            refs = pipeline.run_refs(config, workdir, table=table)
-            summary["steps"][step] = "{} classes x {} references x {} dims".format(*refs.references.shape)
-        elif step == "train":
-            result = train_lib.run_train(config, workdir, table=table, strategy=strategy)
-            summary["steps"][step] = (f"{result['steps']} steps, best at {result['best_step']}, "
-                                      f"{result['samples_per_second']:.0f} samples/s")
+    summary = {"steps": pipeline.run_steps(config, workdir, table=table, strategy=strategy)}
 
     root = config_lib.resolve_data_root(config, workdir)
     truth = demo_data.read_demo_truth(root)

@@ -87,3 +87,41 @@ def step_complete(step: str, config: ml_collections.ConfigDict, workdir: str) ->
         return os.path.exists(os.path.join(train_lib.cleannet_dir(workdir), "model.keras")) and os.path.exists(
             os.path.join(train_lib.cleannet_dir(workdir), "metrics.json"))
     raise ValueError(f"Unknown step {step!r}")
+
+
+STEPS = ("train_classifier", "extract", "refs", "train")
+
+
+def run_steps(config: ml_collections.ConfigDict, workdir: str, *, table: datasets.LabelTable | None = None,
+              strategy: tf.distribute.Strategy | None = None, steps=STEPS) -> dict[str, str]:
+    """cleannet-run: runs `steps` in order, skipping those whose outputs are complete.
+
+    Returns:
+        step -> one line saying what it did ("already complete" when skipped).
+    """
+    table = table if table is not None else datasets.load_table(config, workdir)
+    done = {}
+    for step in steps:
+        if step in ("train_classifier", "extract") and config.data.features:
+            done[step] = "skipped: precomputed features (data.features)"
+        elif step_complete(step, config, workdir):
+            done[step] = "already complete"
+        elif step == "train_classifier":
+            result = run_train_classifier(config, workdir, table=table, strategy=strategy)
+            accuracy = result["test_accuracy"]
+            done[step] = f"{result['epochs']} epochs on the noisy labels, test accuracy " + (
+                f"{accuracy:.3f}" if accuracy is not None else "n/a (no test split)")
+        elif step == "extract":
+            stats = extract_lib.run_extract(config, workdir, table=table, strategy=strategy)
+            done[step] = f"{stats['images']} images, {stats['images_per_second']:.0f} images/s"
+        elif step == "refs":
+            reference_sets = run_refs(config, workdir, table=table)
+            done[step] = "{} classes x {} references x {} dims".format(*reference_sets.references.shape)
+        elif step == "train":
+            result = train_lib.run_train(config, workdir, table=table, strategy=strategy)
+            done[step] = (f"{result['steps']} steps, best at {result['best_step']}, "
+                          f"{result['samples_per_second']:.0f} samples/s")
+        else:
+            raise ValueError(f"Unknown step {step!r}; expected one of {STEPS}")
+        logging.info("%s: %s", step, done[step])
+    return done

@@ -78,3 +78,20 @@ def test_refs_then_train_on_precomputed_features(tmp_path):
     assert train.returncode == 0, train.stderr[-3000:]
     metrics = json.loads((tmp_path / "work" / "cleannet" / "metrics.json").read_text())
     assert metrics["best_step"] in (50, 100) and np.isfinite(metrics["detection_error"])
+
+
+def test_run_chains_the_steps_and_skips_complete_ones(tmp_path):
+    from conftest import write_feature_dataset
+
+    overrides, _, _ = write_feature_dataset(tmp_path / "data")
+    flags = [f"--config.{k}={v}" for k, v in overrides.items()] + [
+        f"--workdir={tmp_path / 'work'}", "--config.refs.num_references=16", "--config.refs.n_init=1",
+        "--config.train.steps=60", "--config.train.batch_size=16", "--config.train.eval_every=30"]
+    first = _run("run", *flags)
+    assert first.returncode == 0, first.stderr[-3000:]
+    lines = dict(line.split(None, 1) for line in first.stdout.strip().splitlines())
+    assert lines["extract"].startswith("skipped") and lines["train"].startswith("60 steps")
+    second = _run("run", *flags)
+    assert second.returncode == 0
+    lines = dict(line.split(None, 1) for line in second.stdout.strip().splitlines())
+    assert lines["refs"] == lines["train"] == "already complete"
