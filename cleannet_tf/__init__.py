@@ -4,7 +4,15 @@ Reference: K.-H. Lee, X. He, L. Zhang, L. Yang. "CleanNet: Transfer Learning for
 Scalable Image Classifier Training with Label Noise", CVPR 2018.
 
 Notation used throughout: N images, C classes, D feature dimension, K references
-per class.
+per class, E embedding dimension.
+
+Importing the package registers CleanNet's Keras layers, so
+`keras.saving.load_model("WORKDIR/cleannet/model.keras")` works afterwards.
 """
 
 __version__ = "0.1.0"
+
+from cleannet_tf.label_noise import find_label_issues, sample_weights  # noqa: E402
+from cleannet_tf.model import build_cleannet  # noqa: E402  (also registers the layers)
+
+__all__ = ["build_cleannet", "find_label_issues", "sample_weights", "__version__"]

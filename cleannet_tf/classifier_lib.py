@@ -36,29 +36,6 @@ def classifier_dir(workdir: str) -> str:
     return os.path.join(workdir, "classifier")
 
 
-def weights_from_scores(scores: np.ndarray, verification: np.ndarray, *, mode: str,
-                        threshold: float = 0.0) -> np.ndarray:
-    """Per-image weights: (N,) scores (NaN = unscored), (N,) verification (-1/0/1) -> (N,) float32.
-
-    mode: "none" (1), "soft" (max(0, s)), "hard" (1[s >= threshold]); a
-    verification label takes precedence; unscored unverified images get 1.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    if mode == "none":
-        weights = np.ones(len(scores))
-    elif mode == "soft":
-        weights = np.maximum(0.0, scores)
-    elif mode == "hard":
-        weights = (scores >= threshold).astype(np.float64)
-    else:
-        raise ValueError(f"mode must be none, soft or hard. Received: {mode!r}")
-    weights = np.where(np.isnan(scores), 1.0, weights)
-    verification = np.asarray(verification)
-    if mode != "none":
-        weights = np.where(verification == 1, 1.0, np.where(verification == 0, 0.0, weights))
-    return weights.astype(np.float32)
-
-
 def _per_epoch_dataset(paths, labels, weights, *, epoch, image_size, per_replica_batch, config, shard,
                        num_shards) -> tf.data.Dataset:
     """One epoch of this input pipeline's shard, shuffled by (seed, epoch), per-replica batches."""
