@@ -16,15 +16,40 @@ AUTOTUNE = tf.data.AUTOTUNE
 _CENTER_CROP_FRACTION = 0.875  # 224 of 256, as in ImageNet evaluation
 
 
+def _decode_at_least(image_bytes: tf.Tensor, min_height: int, min_width: int) -> tf.Tensor:
+    """Decodes to (h, w, 3) uint8, JPEGs at the smallest DCT scale (1, 1/2, 1/4, 1/8) still >= the minimum.
+
+    libjpeg's scaled decoding skips most of the work for images much larger
+    than the target (e.g. 320-px photos for a 32-px CNN) and filters as it
+    scales; other formats decode at full size.
+    """
+
+    def jpeg():
+        shape = tf.cast(tf.image.extract_jpeg_shape(image_bytes), tf.float32)
+        fits = [tf.logical_and(tf.math.ceil(shape[0] / r) >= min_height, tf.math.ceil(shape[1] / r) >= min_width)
+                for r in (2.0, 4.0, 8.0)]
+        index = tf.reduce_sum(tf.cast(tf.stack(fits), tf.int32))  # feasible ratios are a prefix of 2, 4, 8
+        return tf.switch_case(index, [lambda r=r: tf.io.decode_jpeg(image_bytes, channels=3, ratio=r)
+                                      for r in (1, 2, 4, 8)])
+
+    def other():
+        return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+
+    return tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+
+
 def decode_image(image_bytes: tf.Tensor, image_size: tuple[int, int], resize: str = "squash") -> tf.Tensor:
     """Decodes one image and resizes it: bytes -> (H, W, 3) float32 in [0, 255].
 
     resize: "squash" (resize to H x W) or "center_crop" (resize the short side
     to H/0.875, then take the central H x W).
     """
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    image = tf.cast(image, tf.float32)
     height, width = image_size
+    if resize == "center_crop":
+        minimum = (int(np.ceil(height / _CENTER_CROP_FRACTION)), int(np.ceil(width / _CENTER_CROP_FRACTION)))
+    else:
+        minimum = (height, width)
+    image = tf.cast(_decode_at_least(image_bytes, *minimum), tf.float32)
     if resize == "center_crop":
         shape = tf.cast(tf.shape(image)[:2], tf.float32)
         scale = tf.maximum(height / shape[0], width / shape[1]) / _CENTER_CROP_FRACTION
