@@ -704,13 +704,14 @@ def load_table(config, workdir: str) -> LabelTable:
     root = resolve_data_root(config, workdir)
     heldout_list = data.heldout_list
     if data.demo:
-        if not os.path.exists(os.path.join(root, "meta", "classes.txt")):
-            from cleannet_tf import demo_data  # lazy: only the demo needs it
+        from cleannet_tf import demo_data  # lazy: only the demo needs it
 
+        if not os.path.exists(os.path.join(root, "meta", "classes.txt")):
             logging.info("Generating the %r demo dataset under %s.", data.demo, root)
-            demo_data.generate_demo_dataset(root, kind=data.demo, noise_rate=data.demo_noise_rate,
-                                            images_per_class=data.demo_images_per_class or None,
-                                            heldout=data.demo_heldout, seed=config.seed)
+        # Returns at once when the dataset is there; adds a missing held-out list.
+        demo_data.generate_demo_dataset(root, kind=data.demo, noise_rate=data.demo_noise_rate,
+                                        images_per_class=data.demo_images_per_class or None,
+                                        heldout=data.demo_heldout, seed=config.seed)
         if not heldout_list and data.demo_heldout > 0:
             heldout_list = os.path.join(root, "meta", f"classes_heldout_{data.demo_heldout}.txt")
 

@@ -66,6 +66,7 @@ ROOT.tmp-<pid> and renamed to ROOT at the end, so ROOT never holds half a datase
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -169,12 +170,16 @@ def _class_of(digits: Sequence[int]) -> int:
     return digits[0] if len(digits) == 1 else digits[0] * 10 + digits[1]
 
 
+@functools.cache
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
-    """(1797, 8, 8) float64 images in 0..16 and (1797,) int targets, from the scikit-learn package."""
+    """(1797, 8, 8) float64 images in 0..16 and (1797,) int targets, from the scikit-learn package (read-only)."""
     from sklearn.datasets import load_digits  # lazy: only the demo needs scikit-learn; reads a bundled file
 
     digits = load_digits()
-    return digits.images, digits.target
+    images, targets = np.array(digits.images), np.array(digits.target)
+    images.setflags(write=False)
+    targets.setflags(write=False)
+    return images, targets
 
 
 def split_source_digits(seed: int, targets: np.ndarray | None = None) -> tuple[dict[int, np.ndarray],
@@ -213,12 +218,15 @@ class _Dealer:
         return deck.pop()
 
 
-def _upscale(images: np.ndarray) -> np.ndarray:
-    """(M, 8, 8) values 0..16 -> (M, 32, 32) float32 values 0..255, bilinear."""
+@functools.cache
+def _source_tiles() -> np.ndarray:
+    """(1797, 32, 32) float32 in 0..255: every source digit upscaled (bilinear), read-only."""
+    images = _load_digits()[0]
     tiles = np.empty((len(images), DIGIT_PIXELS, DIGIT_PIXELS), np.float32)
     for i, image in enumerate(images):
         small = Image.fromarray((image * (255.0 / 16.0)).astype(np.float32))  # mode "F"
         tiles[i] = np.asarray(small.resize((DIGIT_PIXELS, DIGIT_PIXELS), Image.Resampling.BILINEAR))
+    tiles.setflags(write=False)
     return tiles
 
 
@@ -429,8 +437,8 @@ def _write_dataset(out: str, parameters: dict, class_names: tuple[str, ...], hel
     spec = KINDS[kind]
     num_classes, per_class, test_per_class = spec.num_classes, parameters["images_per_class"], parameters[
         "test_images_per_class"]
-    images, targets = _load_digits()
-    tiles = _upscale(images)
+    targets = _load_digits()[1]
+    tiles = _source_tiles()
     pool_sources, test_sources = split_source_digits(seed, targets)
 
     # Noise: exactly round(rate * n) wrong labels, round(share * that) of them look-alike flips.

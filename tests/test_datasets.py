@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import io
 import os
-import sys
-import types
 
 import numpy as np
 import pytest
 from PIL import Image
 
-import cleannet_tf
 from cleannet_tf import config as config_lib
 from cleannet_tf import datasets
 from cleannet_tf.datasets import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, UNKNOWN, DatasetError
@@ -549,40 +546,17 @@ def test_load_table_food101n_test_root_and_check_images(tmp_path):
     assert len(datasets.load_table(config, str(tmp_path))) == 10
 
 
-def test_load_table_demo_generates_once_and_uses_its_heldout_list(tmp_path, monkeypatch, caplog):
-    """A stand-in demo_data module checks the call; the real module is not imported."""
-    calls = []
-
-    def generate_demo_dataset(root, *, kind, noise_rate, images_per_class, heldout, seed):
-        calls.append(dict(root=root, kind=kind, noise_rate=noise_rate, images_per_class=images_per_class,
-                          heldout=heldout, seed=seed))
-        make_food101n(root)
-        write_lines(os.path.join(root, "meta", f"classes_heldout_{heldout}.txt"),
-                    ["class_name\tkeep", "apple_pie\t1", "baklava\t0", "ramen\t1"])
-
-    fake = types.ModuleType("cleannet_tf.demo_data")
-    fake.generate_demo_dataset = generate_demo_dataset
-    monkeypatch.setitem(sys.modules, "cleannet_tf.demo_data", fake)
-    monkeypatch.setattr(cleannet_tf, "demo_data", fake, raising=False)
-    config = make_config("food101n", "", demo="digits", demo_heldout=1, demo_images_per_class=0)
-    config.seed = 7
-    workdir = str(tmp_path / "work")
-    caplog.set_level("INFO")
-    table = datasets.load_table(config, workdir)
-    root = os.path.join(workdir, "demo_data")
-    assert calls == [dict(root=root, kind="digits", noise_rate=0.3, images_per_class=None, heldout=1, seed=7)]
-    np.testing.assert_array_equal(table.heldout_classes, [False, True, False])
-    assert "9 images, 3 classes; train 7" in caplog.text
-    datasets.load_table(config, workdir)
-    assert len(calls) == 1  # already generated
-
-
 def test_load_table_real_demo_data(tmp_path):
-    pytest.importorskip("cleannet_tf.demo_data")
     config = make_config("food101n", "", demo="digits", demo_images_per_class=20, demo_heldout=2)
     table = datasets.load_table(config, str(tmp_path))
     assert table.num_classes == 10 and len(table) > 0
     assert int(table.heldout_classes.sum()) == 2
+    imagelist = tmp_path / "demo_data" / "meta" / "imagelist.tsv"
+    stamp = imagelist.stat().st_mtime_ns
+    # Another held-out count on the same data: the list is added, the data is not regenerated.
+    config.data.demo_heldout = 4
+    table = datasets.load_table(config, str(tmp_path))
+    assert int(table.heldout_classes.sum()) == 4 and imagelist.stat().st_mtime_ns == stamp
 
 
 # --------------------------------------------------------------------------- precomputed features
