@@ -17,9 +17,7 @@ metrics.json (test accuracy, weighting), checkpoints/, logs/.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 
 import keras
@@ -29,7 +27,7 @@ import tensorflow as tf
 import tqdm
 from absl import logging
 
-from cleannet_tf import backbones, datasets, distribute, input_pipeline
+from cleannet_tf import backbones, checkpointing, datasets, distribute, input_pipeline
 
 
 def classifier_dir(workdir: str) -> str:
@@ -75,8 +73,7 @@ def train_classifier(table: datasets.LabelTable, config: ml_collections.ConfigDi
     """
     strategy = strategy or tf.distribute.get_strategy()
     chief = distribute.is_chief(strategy)
-    write_dir = output_dir if chief else tempfile.mkdtemp(prefix="classifier-worker-")
-    os.makedirs(write_dir, exist_ok=True)
+    write_dir = checkpointing.worker_output_dir(strategy, output_dir)
     image_size = (config.model.image_height, config.model.image_width)
     weights = np.ones(len(table), np.float32) if sample_weights is None else np.asarray(sample_weights, np.float32)
     pool = np.nonzero((table.split != datasets.SPLIT_TEST) & (weights > 0))[0]
@@ -99,10 +96,7 @@ def train_classifier(table: datasets.LabelTable, config: ml_collections.ConfigDi
         optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9)
         optimizer.build(model.trainable_variables)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "checkpoints"), max_to_keep=2)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("Resumed the classifier from %s", manager.latest_checkpoint)
+    manager = checkpointing.restore_latest(checkpoint, os.path.join(write_dir, "checkpoints"), max_to_keep=2)
     start_step = int(optimizer.iterations.numpy())
 
     def dataset_fn(context: tf.distribute.InputContext):
@@ -169,11 +163,6 @@ def train_classifier(table: datasets.LabelTable, config: ml_collections.ConfigDi
                "seconds": seconds, "history": history}
     logging.info("Classifier (%s weighting): test accuracy %s", metrics["weighting"], test_accuracy)
     if chief:
-        tmp = os.path.join(output_dir, f"model.tmp-{os.getpid()}.keras")
-        model.save(tmp)
-        os.replace(tmp, os.path.join(output_dir, "model.keras"))
-        tmp = os.path.join(output_dir, f"metrics.json.tmp-{os.getpid()}")
-        with open(tmp, "w") as f:
-            json.dump(metrics, f, indent=2)
-        os.replace(tmp, os.path.join(output_dir, "metrics.json"))
+        checkpointing.save_model(model, os.path.join(output_dir, "model.keras"))
+        checkpointing.write_json(os.path.join(output_dir, "metrics.json"), metrics)
     return model, metrics

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 
 import keras
@@ -26,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cleannet_tf import datasets, distribute, extract_lib, losses, metrics, train_data
+from cleannet_tf import checkpointing, datasets, distribute, extract_lib, losses, metrics, train_data
 from cleannet_tf.model import build_cleannet, encode_classes, query_encoder_of, reference_encoder_of
 from cleannet_tf.references import ReferenceSets, references_path
 
@@ -86,13 +85,6 @@ def validation_metrics(scores: np.ndarray, data: train_data.TrainingData) -> dic
     per_class = metrics.per_class_error(scores, verification, labels, threshold, len(data.class_names))
     result["per_class_error"] = {data.class_names[c]: float(e) for c, e in enumerate(per_class) if np.isfinite(e)}
     return result
-
-
-def _write_json(path: str, payload: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _make_train_step(model, optimizer, references, strategy, *, global_batch: int, encoding: str,
@@ -156,8 +148,7 @@ def train_cleannet(data: train_data.TrainingData, reference_sets: ReferenceSets,
     if half % replicas:
         raise ValueError(f"train.batch_size / 2 = {half} must be divisible by the {replicas} replicas.")
     chief = distribute.is_chief(strategy)
-    write_dir = output_dir if chief else tempfile.mkdtemp(prefix="cleannet-worker-")
-    os.makedirs(write_dir, exist_ok=True)
+    write_dir = checkpointing.worker_output_dir(strategy, output_dir)
     steps = config.train.steps
 
     keras.utils.set_random_seed(config.seed)
@@ -167,10 +158,7 @@ def train_cleannet(data: train_data.TrainingData, reference_sets: ReferenceSets,
         optimizer.build(model.trainable_variables)  # slots now, not lazily inside the replica function
         references = tf.Variable(reference_sets.references, trainable=False, name="references")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "checkpoints"), max_to_keep=3)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("Resumed from %s", manager.latest_checkpoint)
+    manager = checkpointing.restore_latest(checkpoint, os.path.join(write_dir, "checkpoints"))
     start_step = int(optimizer.iterations.numpy())
 
     metrics_path = os.path.join(output_dir, "metrics.json")
@@ -244,23 +232,20 @@ def train_cleannet(data: train_data.TrainingData, reference_sets: ReferenceSets,
                 if state["best"] is None or val["detection_error"] < state["best"]["detection_error"]:
                     state["best"], state["best_step"] = val, step
                     if chief:
-                        tmp = os.path.join(output_dir, f"model.tmp-{os.getpid()}.keras")
-                        model.save(tmp)
-                        os.replace(tmp, os.path.join(output_dir, "model.keras"))
+                        checkpointing.save_model(model, os.path.join(output_dir, "model.keras"))
         if step % config.train.checkpoint_every == 0 or step == steps:
             manager.save(checkpoint_number=step)
         if entry is not None:
             state["history"].append(entry)
             if chief:
-                _write_json(metrics_path, _metrics_payload(state, config, encoding, step, samples_per_second))
+                payload = _metrics_payload(state, config, encoding, step, samples_per_second)
+                checkpointing.write_json(metrics_path, payload)
     if chief and not len(data.validation):
-        tmp = os.path.join(output_dir, f"model.tmp-{os.getpid()}.keras")
-        model.save(tmp)
-        os.replace(tmp, os.path.join(output_dir, "model.keras"))
+        checkpointing.save_model(model, os.path.join(output_dir, "model.keras"))
     writer.flush()
     payload = _metrics_payload(state, config, encoding, step, samples_per_second)
     if chief:
-        _write_json(metrics_path, payload)
+        checkpointing.write_json(metrics_path, payload)
     return model, payload
 
 
