@@ -21,7 +21,7 @@ RESIZE_MODES = ("squash", "center_crop")
 AUGMENTATIONS = ("none", "flip", "flip_crop", "randaugment")
 FEATURE_NORMS = ("log", "l2", "none")
 WEIGHTINGS = ("none", "soft", "hard")
-CLEANNET_MODES = ("paper",)
+CLEANNET_MODES = ("paper", "robust")
 ENCODINGS = ("per_class", "per_sample")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
 
@@ -84,11 +84,16 @@ def default_config() -> ml_collections.ConfigDict:
     # Bound on the images k-means sees per class (a seeded sample above it); this
     # bounds memory at max_samples_per_class x D floats whatever N is. 0 = all.
     config.refs.max_samples_per_class = 50000
+    # Fraction of each class nearest its trimmed mean that k-means runs on
+    # (1.0: the paper, every image; 0.7 with cleannet.mode=robust).
+    config.refs.core_fraction = 1.0
 
     # --- CleanNet model (paper dimensions).
     config.cleannet = ml_collections.ConfigDict()
-    # paper: the method as published. Other modes improve transfer to classes
-    # without verification labels (see README, "Transfer to unverified classes").
+    # paper: the method as published; an image's score is cos(query, its class).
+    # robust: the score is the margin of its class over the best other class
+    # (with refs.core_fraction < 1): transfers to classes nobody verified
+    # (README, "Transfer to unverified classes").
     config.cleannet.mode = "paper"
     # per_class: each distinct class of a batch encoded once per step (fast);
     # per_sample: the paper's, one reference-set copy (and dropout mask) per sample.
@@ -258,6 +263,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
     _check_choice(config, "cleannet.feature_norm", FEATURE_NORMS)
     _check_choice(config, "cleannet.mode", CLEANNET_MODES)
+    if not 0.0 < config.refs.core_fraction <= 1.0:
+        _fail("refs.core_fraction", "must be in (0, 1]", config.refs.core_fraction)
     _check_choice(config, "cleannet.encoding", ENCODINGS)
     if not 0.0 <= config.cleannet.dropout_rate < 1.0:
         _fail("cleannet.dropout_rate", "must be in [0, 1)", config.cleannet.dropout_rate)

@@ -75,7 +75,7 @@ def _detection_summary(config, workdir, table, centroid_scores) -> dict:
     if held.any():
         baseline["detection_error_heldout"] = metrics.detection_metrics(
             centroid_scores[held], table.verification[held], threshold)["error"]
-    return {"cleannet": {k: cleannet[k] for k in ("detection_error", "detection_error_heldout", "roc_auc",
+    return {"cleannet": {k: cleannet[k] for k in ("mode", "detection_error", "detection_error_heldout", "roc_auc",
                                                    "roc_auc_heldout", "threshold")},
             "centroid": baseline}
 
@@ -99,7 +99,8 @@ def format_summary(summary: dict, *, seconds: float) -> str:
 
     lines.append("  detection error on verified validation labels (threshold chosen on verified classes):")
     lines.append(f"    {'':<28} {'verified classes':>16} {'held-out classes':>17}")
-    for name, key in (("CleanNet (paper mode)", "cleannet"), ("class-centroid cosine", "centroid")):
+    for name, key in ((f"CleanNet ({detection['cleannet']['mode']} mode)", "cleannet"),
+                      ("class-centroid cosine", "centroid")):
         lines.append(f"    {name:<28} {pct(detection[key]['detection_error']):>16} "
                      f"{pct(detection[key]['detection_error_heldout']):>17}")
     lines.append(f"  time           {seconds:.0f} s on {summary['replicas']} replica(s)")

@@ -40,6 +40,7 @@ def run_refs(config: ml_collections.ConfigDict, workdir: str, *, table: datasets
         features.gather, table.labels, reference_rows(table, features.valid()), table.class_names,
         num_references=config.refs.num_references, n_init=config.refs.n_init, max_iter=config.refs.max_iter,
         tol=config.refs.tol, max_samples_per_class=config.refs.max_samples_per_class, seed=config.seed,
+        core_fraction=config.refs.core_fraction,
         progress=progress)
     reference_sets.save(references_path(workdir))
     logging.info("Wrote %s: %d classes x %d references x %d dims.", references_path(workdir),

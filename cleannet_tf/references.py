@@ -176,6 +176,26 @@ def references_path(workdir: str) -> str:
     return os.path.join(workdir, "references.npz")
 
 
+def core_rows(x: np.ndarray, core_fraction: float, *, iterations: int = 3) -> np.ndarray:
+    """Indices of the `core_fraction` of a class's images nearest its clean majority: (n, D) -> (m,) sorted.
+
+    Nearness is cosine on ln(1 + x) features to a trimmed mean: the class mean,
+    then `iterations` times the mean of the current core. Far-off groups of
+    noisy images fall outside the core, so k-means on the core spends no
+    centre on them (plain k-means gives every far-off group its own centre,
+    and a small class's reference set is then mostly noise).
+    """
+    normalized = np.sign(x) * np.log1p(np.abs(x))
+    normalized /= np.maximum(np.linalg.norm(normalized, axis=1, keepdims=True), 1e-12)
+    keep = max(1, int(np.ceil(core_fraction * len(x))))
+    core = np.arange(len(x))
+    for _ in range(iterations + 1):
+        centre = normalized[core].mean(axis=0)
+        similarity = normalized @ (centre / max(float(np.linalg.norm(centre)), 1e-12))
+        core = np.sort(np.argsort(-similarity, kind="stable")[:keep])
+    return core
+
+
 def build_reference_sets(
     gather_features: GatherFn,
     labels: np.ndarray,
@@ -188,6 +208,7 @@ def build_reference_sets(
     tol: float = 1e-4,
     max_samples_per_class: int = 50000,
     seed: int = 0,
+    core_fraction: float = 1.0,
     progress: bool = True,
 ) -> ReferenceSets:
     """Builds per-class reference sets with k-means++ (scikit-learn `KMeans`), one class at a time.
@@ -207,6 +228,8 @@ def build_reference_sets(
             (without replacement); 0 means no cap.
         seed: non-negative; the sample and the k-means seed of class c derive from (seed, c), so a class's result
             does not depend on the other classes.
+        core_fraction: in (0, 1]. Below 1 (the "robust" mode), k-means runs on that fraction of each class
+            nearest its trimmed mean (`core_rows`); 1 is the paper's k-means on every image of the class.
         progress: show a tqdm bar over classes.
 
     Returns:
@@ -234,6 +257,8 @@ def build_reference_sets(
             f"Need num_references >= 1, n_init >= 1, max_iter >= 1, tol >= 0. Received {k}, {n_init}, {max_iter}, "
             f"{tol}."
         )
+    if not 0.0 < core_fraction <= 1.0:
+        raise ValueError(f"core_fraction must be in (0, 1]. Received {core_fraction}.")
     if max_samples_per_class < 0 or seed < 0:
         raise ValueError(f"Need max_samples_per_class >= 0 and seed >= 0. Received {max_samples_per_class}, {seed}.")
 
@@ -292,7 +317,9 @@ def build_reference_sets(
                 f"{int(rows[first_bad])}."
             )
 
-        num_images[c] = len(rows)
+        if core_fraction < 1.0:
+            x = np.ascontiguousarray(x[core_rows(x, core_fraction)])
+        num_images[c] = len(x)
         distinct = _fewer_distinct_than(x, k)
         if distinct is not None:
             references[c] = _fill_cyclic(distinct, k)
@@ -313,7 +340,8 @@ def build_reference_sets(
     )
     metadata = {
         "seed": int(seed), "K": k, "n_init": int(n_init), "max_iter": int(max_iter), "tol": float(tol),
-        "max_samples_per_class": int(max_samples_per_class), "algorithm": "sklearn KMeans k-means++ (lloyd)",
+        "max_samples_per_class": int(max_samples_per_class), "core_fraction": float(core_fraction),
+        "algorithm": "sklearn KMeans k-means++ (lloyd)",
     }
     return ReferenceSets(references=references, counts=counts, class_names=class_names, num_images=num_images,
                          metadata=metadata)

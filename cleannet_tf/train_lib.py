@@ -52,8 +52,13 @@ def build_optimizer(train_config: ml_collections.ConfigDict) -> keras.optimizers
 
 
 def score_pool_rows(model: keras.Model, data: train_data.TrainingData, references: np.ndarray, rows: np.ndarray,
-                    *, batch_size: int = 8192) -> np.ndarray:
-    """Scores (dropout off) of pool rows `rows` against their labels: (len(rows),) float32."""
+                    *, margin: bool = False, batch_size: int = 8192) -> np.ndarray:
+    """Scores (dropout off) of pool rows `rows` against their labels: (len(rows),) float32.
+
+    margin=False: s = cos(query, own class), the paper's score. margin=True (mode
+    "robust"): s minus the best cosine to any other class, which needs no
+    per-class threshold and so carries over to classes nobody verified.
+    """
     class_embeddings = encode_classes(model, references)
     class_embeddings = tf.math.l2_normalize(class_embeddings, axis=-1)
     encoder = query_encoder_of(model)
@@ -61,7 +66,12 @@ def score_pool_rows(model: keras.Model, data: train_data.TrainingData, reference
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         query = tf.math.l2_normalize(encoder(data.features[chunk], training=False)["query_embedding"], axis=-1)
-        scores.append(tf.reduce_sum(query * tf.gather(class_embeddings, data.labels[chunk]), axis=-1).numpy())
+        similarity = tf.matmul(query, class_embeddings, transpose_b=True).numpy()  # (b, C)
+        own = similarity[np.arange(len(chunk)), data.labels[chunk]]
+        if margin:
+            similarity[np.arange(len(chunk)), data.labels[chunk]] = -np.inf
+            own = own - similarity.max(axis=1)
+        scores.append(own.astype(np.float32))
     return np.concatenate(scores) if scores else np.zeros(0, np.float32)
 
 
@@ -190,7 +200,8 @@ def train_cleannet(data: train_data.TrainingData, reference_sets: ReferenceSets,
                  start_step, steps, replicas, half, half, encoding)
 
     def evaluate(step: int) -> dict:
-        scores = score_pool_rows(model, data, reference_sets.references, data.validation)
+        scores = score_pool_rows(model, data, reference_sets.references, data.validation,
+                                 margin=config.cleannet.mode == "robust")
         return validation_metrics(scores, data)
 
     step = start_step

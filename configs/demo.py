@@ -29,6 +29,9 @@ def get_config(kind: str = "two_digits"):
     config.extract.shard_size = 2048
     config.refs.num_references = 8
     config.refs.n_init = 3
+    # Transfer to the held-out classes: k-means on each class's clean core, margin scores.
+    config.cleannet.mode = "robust"
+    config.refs.core_fraction = 0.7
     config.train.steps = 3000
     config.train.eval_every = 500
     config.train.lr_decay_steps = 1500

@@ -194,3 +194,39 @@ def test_load_errors_name_the_file(tmp_path):
     np.savez(partial, references=np.zeros((1, 2, 3), np.float32))
     with pytest.raises(ValueError, match=r"partial\.npz.*counts"):
         ReferenceSets.load(partial)
+
+
+def test_core_rows_leave_out_far_off_noisy_groups():
+    from cleannet_tf.references import core_rows
+
+    rng = np.random.default_rng(0)
+    clean = np.maximum(rng.normal(5.0, 1.0, (70, 16)), 0)
+    noisy = np.maximum(rng.normal(0.0, 1.0, (30, 16)), 0)
+    noisy[:, :8] += 12.0  # three far-off groups would each get a k-means centre
+    x = np.concatenate([clean, noisy]).astype(np.float32)
+    core = core_rows(x, 0.7)
+    assert len(core) == 70 and (core < 70).all()
+
+
+def test_core_fraction_puts_every_centre_in_the_clean_majority():
+    rng = np.random.default_rng(1)
+    clean = np.zeros((80, 16))
+    clean[:, :4] = rng.normal(10.0, 0.5, (80, 4))
+    groups = []
+    for g in range(4):  # far-off groups of noisy images, each in other dimensions (other classes)
+        group = np.zeros((5, 16))
+        group[:, 4 + 3 * g:7 + 3 * g] = rng.normal(30.0, 0.5, (5, 3))
+        groups.append(group)
+    x = np.maximum(np.concatenate([clean, *groups]), 0).astype(np.float32)
+    labels, valid = np.zeros(len(x), np.int64), np.ones(len(x), bool)
+
+    def build(fraction):
+        return build_reference_sets(lambda rows: x[rows].copy(), labels, valid, ["a"], num_references=6,
+                                    n_init=2, core_fraction=fraction, progress=False)
+
+    paper, robust = build(1.0), build(0.8)
+    near_clean = lambda refs: int((refs.references[0][:, 4:].max(axis=1) < 1.0).sum())  # noqa: E731
+    assert near_clean(paper) <= 2  # each far-off group took a centre
+    assert near_clean(robust) == 6 and robust.num_images[0] == 80
+    with pytest.raises(ValueError, match="core_fraction"):
+        build(0.0)

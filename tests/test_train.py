@@ -188,3 +188,22 @@ def test_heldout_classes_get_no_verified_training_rows(tmp_path):
     metrics = train_lib.run_train(config, workdir, progress=False)
     assert metrics["detection_error_heldout"] is not None and metrics["best"]["n_val_heldout"] > 0
     assert set(metrics["best"]["per_class_error"]) >= {"class0", "class1"}
+
+
+def test_margin_scores_are_own_minus_best_other_class(feature_workdir):
+    from cleannet_tf.model import encode_classes, query_encoder_of
+
+    config, workdir = feature_workdir
+    data, references = train_lib.load_training_inputs(config, workdir)
+    model = train_lib.build_model_from_config(config, data.feature_dim, references.references.shape[1])
+    rows = data.validation[:40]
+    plain = train_lib.score_pool_rows(model, data, references.references, rows)
+    margin = train_lib.score_pool_rows(model, data, references.references, rows, margin=True)
+    classes = np.asarray(encode_classes(model, references.references))
+    query = np.asarray(query_encoder_of(model)(data.features[rows])["query_embedding"])
+    cosine = (query / np.linalg.norm(query, axis=1, keepdims=True)) @ (
+        classes / np.linalg.norm(classes, axis=1, keepdims=True)).T
+    own = cosine[np.arange(len(rows)), data.labels[rows]]
+    cosine[np.arange(len(rows)), data.labels[rows]] = -np.inf
+    np.testing.assert_allclose(plain, own, atol=1e-5)
+    np.testing.assert_allclose(margin, own - cosine.max(axis=1), atol=1e-5)

@@ -1,0 +1,231 @@
+"""Post-hoc label-noise detectors on fixed features: class-agnostic signals and a stacked detector.
+
+CleanNet learns class embeddings from verification labels and transfers poorly to classes nobody verified
+(benchmarks/transfer.py). The detector here transfers by construction: every signal is computed the same way
+for every class from the features and the noisy labels alone, and only a handful of weights (one per signal,
+not per class) are fitted on the verification labels of the verified classes.
+
+Signals of an image i labelled y_i, with x_i = ln(1 + x) features scaled to unit norm:
+
+    centroid_cosine          cos(x_i, mean of class y_i)
+    centroid_margin          centroid_cosine - max_{c != y_i} cos(x_i, mean of class c)
+    robust_cosine            cos(x_i, robust mean of class y_i): the mean of the `keep` fraction of the class
+                             most similar to the previous mean, iterated (mass-aware: the clean majority
+                             decides, far-off noisy images do not)
+    robust_margin            robust_cosine - max_{c != y_i} cos(x_i, robust mean of class c)
+    robust_cosine_standardized  robust_cosine standardised per class by median / MAD over the class's images
+    knn_agreement_<k>        fraction of the k nearest other images (cosine) that carry label y_i
+
+    signals, names = detection_signals(features, labels, num_classes=C)          # (N, F)
+    detector = StackedDetector().fit(signals[verified_rows], verification[verified_rows])
+    scores = detector.score(signals)                                              # (N,) P(label correct)
+
+NumPy in, NumPy out; memory is bounded by `batch_size` rows against all N rows (kNN) or all C classes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MODELS = ("logistic", "gradient_boosting")
+
+
+def log_normalize(features: np.ndarray) -> np.ndarray:
+    """CleanNet's ln(1 + x) (sign-symmetric for negative inputs), then unit L2 norm: (N, D) -> (N, D) float32."""
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim != 2:
+        raise ValueError(f"features must be (N, D). Received shape {features.shape}")
+    x = np.sign(features) * np.log1p(np.abs(features))
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _check_labels(labels: np.ndarray, n: int, num_classes: int) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be ({n},) integers. Received shape {labels.shape}, dtype {labels.dtype}")
+    if n and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must be in [0, {num_classes}). Received range [{labels.min()}, {labels.max()}]")
+    return labels.astype(np.int64)
+
+
+def class_means(x: np.ndarray, labels: np.ndarray, *, num_classes: int,
+                weights: np.ndarray | None = None) -> np.ndarray:
+    """Unit-norm (weighted) mean of each class: x (N, D), labels (N,) -> (C, D). Empty classes give zeros."""
+    labels = _check_labels(labels, len(x), num_classes)
+    w = np.ones(len(x), np.float32) if weights is None else np.asarray(weights, np.float32)
+    sums = np.zeros((num_classes, x.shape[1]), np.float64)
+    np.add.at(sums, labels, x * w[:, None])
+    return (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def _per_class_quantile_mask(values: np.ndarray, labels: np.ndarray, num_classes: int, keep: float) -> np.ndarray:
+    """(N,) bool: within each class, the ceil(keep * n_c) rows with the highest values."""
+    order = np.lexsort((-values, labels))  # by class, then by value descending
+    counts = np.bincount(labels, minlength=num_classes)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty(len(values), np.int64)
+    rank[order] = np.arange(len(values)) - np.repeat(starts, counts)
+    return rank < np.ceil(keep * counts[labels])
+
+
+def robust_class_means(x: np.ndarray, labels: np.ndarray, *, num_classes: int, keep: float = 0.7,
+                       iterations: int = 3) -> np.ndarray:
+    """Trimmed class means: x (N, D) unit rows, labels (N,) -> (C, D) unit rows.
+
+    Starts from the plain mean; each iteration keeps the `keep` fraction of each class most similar to its
+    current mean and recomputes the mean from those. With less than (1 - keep) noise per class, the result is
+    the mean of the clean majority, whatever the noisy images look like.
+    """
+    if not 0.0 < keep <= 1.0 or iterations < 0:
+        raise ValueError(f"Need 0 < keep <= 1 and iterations >= 0. Received keep={keep}, iterations={iterations}")
+    labels = _check_labels(labels, len(x), num_classes)
+    means = class_means(x, labels, num_classes=num_classes)
+    for _ in range(iterations):
+        own = np.einsum("nd,nd->n", x, means[labels])
+        means = class_means(x, labels, num_classes=num_classes,
+                            weights=_per_class_quantile_mask(own, labels, num_classes, keep))
+    return means
+
+
+def own_class_margin(x: np.ndarray, labels: np.ndarray, class_vectors: np.ndarray, *,
+                     batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Similarity to the own class and its margin to the best other class.
+
+    Args:
+        x: (N, E) unit rows (image features or query embeddings).
+        labels: (N,) int. class_vectors: (C, E) unit rows (means, or CleanNet class embeddings), C >= 2.
+    Returns:
+        own (N,) = x_i . v_{y_i}; margin (N,) = own - max_{c != y_i} x_i . v_c. Both float32.
+    """
+    labels = _check_labels(labels, len(x), len(class_vectors))
+    if len(class_vectors) < 2:
+        raise ValueError("own_class_margin needs at least 2 classes.")
+    own = np.empty(len(x), np.float32)
+    margin = np.empty(len(x), np.float32)
+    for start in range(0, len(x), batch_size):
+        sims = x[start:start + batch_size] @ class_vectors.T
+        rows = np.arange(len(sims))
+        lab = labels[start:start + batch_size]
+        own[start:start + batch_size] = sims[rows, lab]
+        sims[rows, lab] = -np.inf
+        margin[start:start + batch_size] = own[start:start + batch_size] - sims.max(axis=1)
+    return own, margin
+
+
+def knn_label_agreement(x: np.ndarray, labels: np.ndarray, *, k: int = 10, batch_size: int = 0) -> np.ndarray:
+    """Fraction of each row's k nearest other rows (cosine) that share its label: (N, D) unit, (N,) -> (N,).
+
+    Exact search; batch_size query rows at a time against all N (0: about 64 MB of similarities per batch).
+    """
+    n = len(x)
+    labels = np.asarray(labels)
+    if not 1 <= k < n:
+        raise ValueError(f"k must be in [1, N) = [1, {n}). Received k={k}")
+    batch_size = batch_size or max(1, (1 << 24) // n)
+    out = np.empty(n, np.float32)
+    for start in range(0, n, batch_size):
+        sims = x[start:start + batch_size] @ x.T
+        rows = np.arange(len(sims))
+        sims[rows, start + rows] = -np.inf  # not itself
+        neighbours = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        out[start:start + batch_size] = (labels[neighbours] == labels[start:start + batch_size, None]).mean(axis=1)
+    return out
+
+
+def per_class_standardize(scores: np.ndarray, labels: np.ndarray, *, num_classes: int) -> np.ndarray:
+    """(s - median of its class) / (1.4826 MAD of its class), over all of the class's rows: (N,), (N,) -> (N,).
+
+    Needs no verification labels; removes per-class offsets and scales of a score (a class whose images all
+    score low no longer has all its images flagged).
+    """
+    scores = np.asarray(scores, np.float64)
+    labels = _check_labels(labels, len(scores), num_classes)
+    out = np.zeros(len(scores), np.float64)
+    for c in np.unique(labels):
+        rows = labels == c
+        median = np.median(scores[rows])
+        mad = 1.4826 * np.median(np.abs(scores[rows] - median))
+        out[rows] = (scores[rows] - median) / (mad + 1e-6)
+    return out
+
+
+def detection_signals(features: np.ndarray, labels: np.ndarray, *, num_classes: int, knn_k=(10, 30),
+                      keep: float = 0.7, iterations: int = 3) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Class-agnostic per-image signals (see the module docstring): (N, D), (N,) -> (N, F) float32, F names.
+
+    Args:
+        features: (N, D) raw features (e.g. pool5 / the classifier's penultimate layer) of every image.
+        labels: (N,) int noisy labels in [0, num_classes).
+        knn_k: neighbour counts of the kNN agreement signals (each must be < N).
+        keep, iterations: robust class means (see robust_class_means).
+    """
+    x = log_normalize(features)
+    labels = _check_labels(labels, len(x), num_classes)
+    columns: dict[str, np.ndarray] = {}
+    columns["centroid_cosine"], columns["centroid_margin"] = own_class_margin(
+        x, labels, class_means(x, labels, num_classes=num_classes))
+    robust = robust_class_means(x, labels, num_classes=num_classes, keep=keep, iterations=iterations)
+    columns["robust_cosine"], columns["robust_margin"] = own_class_margin(x, labels, robust)
+    columns["robust_cosine_standardized"] = per_class_standardize(columns["robust_cosine"], labels,
+                                                                  num_classes=num_classes)
+    for k in knn_k:
+        columns[f"knn_agreement_{k}"] = knn_label_agreement(x, labels, k=int(k))
+    names = tuple(columns)
+    return np.stack([columns[name] for name in names], axis=1).astype(np.float32), names
+
+
+class StackedDetector:
+    """A small model on class-agnostic signals, fitted on verification labels: P(label correct | signals).
+
+    Fit it on the verified rows of the verified classes; because its inputs mean the same thing in every
+    class, it applies unchanged to classes without verification labels.
+
+    Args:
+        model: "logistic" (standardised inputs, L2-regularised logistic regression; default) or
+            "gradient_boosting" (scikit-learn HistGradientBoostingClassifier, shallow).
+        regularization: inverse L2 strength C of the logistic regression.
+        seed: random state of the model.
+    """
+
+    def __init__(self, *, model: str = "logistic", regularization: float = 1.0, seed: int = 0):
+        if model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}. Received: {model!r}")
+        self.model_name = model
+        self.regularization = regularization
+        self.seed = seed
+        self.model = None
+
+    def fit(self, signals: np.ndarray, verification: np.ndarray) -> StackedDetector:
+        """signals (n, F) float, verification (n,) 0/1 (1 = label correct; both values needed). Returns self."""
+        from sklearn.ensemble import HistGradientBoostingClassifier
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        signals = np.asarray(signals, np.float64)
+        verification = np.asarray(verification)
+        if signals.ndim != 2 or verification.shape != (len(signals),):
+            raise ValueError(f"Need signals (n, F) and verification (n,). Received {signals.shape}, "
+                             f"{verification.shape}")
+        if not np.isin(verification, (0, 1)).all() or len(np.unique(verification)) < 2:
+            raise ValueError("verification must be 0/1 with both values present.")
+        if self.model_name == "logistic":
+            self.model = make_pipeline(StandardScaler(), LogisticRegression(C=self.regularization, max_iter=1000,
+                                                                            random_state=self.seed))
+        else:
+            self.model = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_leaf_nodes=8,
+                                                        min_samples_leaf=10, random_state=self.seed)
+        self.model.fit(signals, verification.astype(np.int64))
+        return self
+
+    def score(self, signals: np.ndarray) -> np.ndarray:
+        """(N, F) -> (N,) float64 P(label correct); low = likely wrong label."""
+        if self.model is None:
+            raise ValueError("StackedDetector.score called before fit.")
+        return self.model.predict_proba(np.asarray(signals, np.float64))[:, 1]
+
+    def coefficients(self, names) -> dict[str, float]:
+        """Logistic weights per (standardised) signal, by name; empty for gradient boosting."""
+        if self.model_name != "logistic" or self.model is None:
+            return {}
+        return {name: float(w) for name, w in zip(names, self.model[-1].coef_[0], strict=True)}

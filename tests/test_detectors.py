@@ -1,0 +1,122 @@
+"""Post-hoc detectors on planted clusters with known label noise (real computations, small data)."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from cleannet_tf import detectors
+
+
+def planted(num_classes=8, per_class=60, dim=16, noise_rate=0.3, spread=0.6, seed=0):
+    """Non-negative clustered features; a `noise_rate` share of labels flipped to a random other class.
+
+    Returns (features (N, D), noisy labels (N,), true labels (N,), centres (C, D)).
+    """
+    rng = np.random.default_rng(seed)
+    true = np.repeat(np.arange(num_classes), per_class)
+    centres = rng.gamma(1.0, 1.0, (num_classes, dim)) * 3
+    features = np.maximum(centres[true] + rng.normal(0, spread, (len(true), dim)), 0).astype(np.float32)
+    noisy = true.copy()
+    flip = rng.permutation(len(true))[: int(round(noise_rate * len(true)))]
+    noisy[flip] = (true[flip] + rng.integers(1, num_classes, len(flip))) % num_classes
+    return features, noisy, true, centres
+
+
+def test_log_normalize_unit_rows_and_sign():
+    x = detectors.log_normalize(np.array([[np.e - 1, 0.0], [0.0, 0.0], [-(np.e - 1), np.e - 1]]))
+    np.testing.assert_allclose(x[0], [1.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(x[1], [0.0, 0.0])  # zero rows stay finite
+    np.testing.assert_allclose(x[2], [-np.sqrt(0.5), np.sqrt(0.5)], atol=1e-6)
+
+
+def test_robust_means_ignore_noise_better_than_plain_means():
+    features, noisy, true, _ = planted(noise_rate=0.3)
+    x = detectors.log_normalize(features)
+    clean = detectors.class_means(x, true, num_classes=8)  # means of the true classes: the target
+    plain = detectors.class_means(x, noisy, num_classes=8)
+    robust = detectors.robust_class_means(x, noisy, num_classes=8, keep=0.6)
+    plain_gap = 1 - np.einsum("cd,cd->c", plain, clean)
+    robust_gap = 1 - np.einsum("cd,cd->c", robust, clean)
+    assert robust_gap.mean() < 0.5 * plain_gap.mean()
+    np.testing.assert_allclose(np.linalg.norm(robust, axis=1), 1.0, atol=1e-5)
+    # keep=1 (or no iteration) is the plain mean.
+    np.testing.assert_allclose(detectors.robust_class_means(x, noisy, num_classes=8, keep=1.0), plain, atol=1e-6)
+
+
+def test_own_class_margin_matches_brute_force():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 6)).astype(np.float32)
+    vectors = rng.normal(size=(5, 6)).astype(np.float32)
+    labels = rng.integers(0, 5, 50)
+    own, margin = detectors.own_class_margin(x, labels, vectors, batch_size=7)
+    sims = x @ vectors.T
+    np.testing.assert_allclose(own, sims[np.arange(50), labels], rtol=1e-5)
+    others = np.where(np.eye(5, dtype=bool)[labels], -np.inf, sims)
+    np.testing.assert_allclose(margin, own - others.max(axis=1), rtol=1e-5, atol=1e-6)
+
+
+def test_knn_label_agreement_matches_brute_force_and_excludes_self():
+    rng = np.random.default_rng(2)
+    x = detectors.log_normalize(rng.gamma(1.0, 1.0, (40, 5)))
+    labels = rng.integers(0, 3, 40)
+    got = detectors.knn_label_agreement(x, labels, k=4, batch_size=9)
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    nearest = np.argsort(-sims, axis=1)[:, :4]
+    np.testing.assert_allclose(got, (labels[nearest] == labels[:, None]).mean(axis=1))
+    # Two tight pairs far apart, labels disagreeing within one pair: self must not count.
+    pair_x = detectors.log_normalize(np.array([[9.0, 0.0], [9.0, 0.01], [0.0, 9.0], [0.01, 9.0]]))
+    np.testing.assert_allclose(detectors.knn_label_agreement(pair_x, np.array([0, 0, 1, 2]), k=1), [1, 1, 0, 0])
+    with pytest.raises(ValueError, match="k must be"):
+        detectors.knn_label_agreement(pair_x, np.array([0, 0, 1, 2]), k=4)
+
+
+def test_per_class_standardize_removes_class_offsets():
+    rng = np.random.default_rng(3)
+    labels = np.repeat([0, 1], 101)
+    base = rng.normal(size=202)
+    shifted = base + np.where(labels == 1, 5.0, 0.0)  # class 1 scores all 5 higher
+    a = detectors.per_class_standardize(base, labels, num_classes=2)
+    b = detectors.per_class_standardize(shifted, labels, num_classes=2)
+    np.testing.assert_allclose(a, b, atol=1e-9)
+    for c in (0, 1):
+        assert np.median(b[labels == c]) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_signals_separate_wrong_labels():
+    features, noisy, true, _ = planted()
+    signals, names = detectors.detection_signals(features, noisy, num_classes=8, knn_k=(5, 15))
+    assert signals.shape == (len(noisy), len(names)) and "robust_margin" in names and "knn_agreement_15" in names
+    correct = noisy == true
+    for j, name in enumerate(names):
+        assert roc_auc_score(correct, signals[:, j]) > 0.9, name
+
+
+def test_stacked_detector_transfers_to_unverified_classes():
+    # Verification labels for classes 0-3 only; the detector must rank wrong labels in classes 4-7 too.
+    features, noisy, true, _ = planted(seed=4)
+    signals, names = detectors.detection_signals(features, noisy, num_classes=8, knn_k=(5, 15))
+    correct = (noisy == true).astype(int)
+    rng = np.random.default_rng(5)
+    verified = np.nonzero((noisy < 4) & (rng.random(len(noisy)) < 0.5))[0]
+    for model in detectors.MODELS:
+        detector = detectors.StackedDetector(model=model).fit(signals[verified], correct[verified])
+        scores = detector.score(signals)
+        assert scores.shape == (len(noisy),) and np.all((scores >= 0) & (scores <= 1))
+        unverified_classes = noisy >= 4
+        assert roc_auc_score(correct[unverified_classes], scores[unverified_classes]) > 0.95, model
+        # At the threshold of 0.5 most held-out-class labels are classified right.
+        assert np.mean((scores[unverified_classes] >= 0.5) == correct[unverified_classes]) > 0.9, model
+    weights = detectors.StackedDetector().fit(signals[verified], correct[verified]).coefficients(names)
+    assert set(weights) == set(names) and sum(weights.values()) > 0  # higher signals mean "label correct"
+
+
+def test_stacked_detector_errors():
+    with pytest.raises(ValueError, match="model must be"):
+        detectors.StackedDetector(model="svm")
+    with pytest.raises(ValueError, match="before fit"):
+        detectors.StackedDetector().score(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="both values"):
+        detectors.StackedDetector().fit(np.zeros((4, 2)), np.ones(4))
+    with pytest.raises(ValueError, match="labels must be"):
+        detectors.detection_signals(np.ones((3, 2)), np.array([0, 1, 5]), num_classes=2, knn_k=(1,))
