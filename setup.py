@@ -46,6 +46,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8.0", "ruff>=0.6"],
+        # benchmarks/transfer.py compares with cleanlab (Confident Learning).
+        "bench": ["cleanlab==2.9.*"],
     },
     entry_points={
         "console_scripts": [f"{name}={target}" for name, target in _ENTRY_POINTS.items()],

@@ -1,0 +1,481 @@
+"""Benchmark: label-noise detection on classes WITHOUT verification labels, every method side by side.
+
+Protocol (the same for every method): score every pool image; choose the threshold on the verified classes'
+validation rows (metrics.best_threshold); report detection error and ROC-AUC on (a) the verified classes'
+validation rows and (b) the held-out classes' validation rows at that same threshold. Two settings:
+"heldout" (the demo's 50 held-out classes lose their verified training rows) and "all" (every class verified;
+no held-out column). On the demo, the true labels are known, so the same threshold is also scored against
+the truth on every pool image of each group ("truth" columns: ~3000 images per group instead of ~300 rows).
+
+Methods:
+    baselines (no verification labels): class-centroid cosine (demo_lib), kNN label agreement (k=10),
+        cleanlab 2.9 on 5-fold cross-validated logistic-regression probabilities (find_label_issues at its own
+        threshold, and its label-quality score at a threshold chosen on verified classes)
+    CleanNet, the paper's mode (train_lib.train_cleannet, unchanged), 3k steps; 10k steps with dropout 0.2
+    CleanNet with mass-aware reference sets: the attention logit of each k-means centre gets + log(its
+        cluster size), so a centre of one far-off noisy image no longer counts as much as the clean majority's
+        (a training-loop variant defined here; see train_mass_aware)
+    post-hoc per CleanNet score: per-class median/MAD standardisation; margin to the best other class
+    detectors.py: robust (trimmed) class-mean margin; the stacked detector (logistic regression on
+        class-agnostic signals, fitted on the verified classes' training rows)
+
+    python benchmarks/transfer.py --workdir=/tmp/transfer_base               # an existing demo workdir
+    python benchmarks/transfer.py                                             # builds /tmp/cleannet_transfer
+    python benchmarks/transfer.py --workdir=/tmp/transfer_base --setting=heldout --long_steps=0   # quick
+
+Without --workdir, the demo pipeline's steps run first (pipeline.run_train_classifier, extract_lib.run_extract,
+pipeline.run_refs; about 8 minutes on 2 CPU cores); complete steps of an existing workdir are reused. Nothing is
+written into --workdir except by those steps; CleanNet runs train in temporary folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import logging  # noqa: E402
+
+from cleannet_tf import (  # noqa: E402
+    config as config_lib,
+)
+from cleannet_tf import (  # noqa: E402
+    datasets,
+    demo_data,
+    demo_lib,
+    detectors,
+    extract_lib,
+    losses,
+    metrics,
+    pipeline,
+    train_data,
+    train_lib,
+)
+from cleannet_tf.model import build_cleannet, encode_classes, query_encoder_of, reference_encoder_of  # noqa: E402
+from cleannet_tf.references import ReferenceSets, references_path  # noqa: E402
+from configs import demo as demo_config  # noqa: E402
+
+HELDOUT = 50  # the demo's held-out list
+
+
+# --------------------------------------------------------------------------- data
+
+
+def build_workdir(config, workdir: str) -> None:
+    """Runs the demo pipeline's steps before CleanNet, skipping complete ones."""
+    table = datasets.load_table(config, workdir)
+    if not pipeline.step_complete("train_classifier", config, workdir):
+        print(f"[build] training the classifier on the noisy labels -> {workdir}/classifier", flush=True)
+        pipeline.run_train_classifier(config, workdir, table=table, progress=False)
+    if not pipeline.step_complete("extract", config, workdir):
+        print(f"[build] extracting features -> {workdir}/features", flush=True)
+        extract_lib.run_extract(config, workdir, table=table, progress=False)
+    if not pipeline.step_complete("refs", config, workdir):
+        print(f"[build] reference sets -> {workdir}/references.npz", flush=True)
+        pipeline.run_refs(config, workdir, table=table, progress=False)
+
+
+def load_table(config, workdir: str) -> datasets.LabelTable:
+    """datasets.load_table; for demo data written by an older generator version, read it as it is."""
+    try:
+        return datasets.load_table(config, workdir)
+    except ValueError as error:
+        if "other parameters" not in str(error):
+            raise
+        root = config_lib.resolve_data_root(config, workdir)
+        logging.warning("%s was made by another demo-generator version; reading it as it is.", root)
+        table = datasets.read_food101n(root)
+        if config.data.demo_heldout:
+            heldout_list = os.path.join(root, "meta", f"classes_heldout_{config.data.demo_heldout}.txt")
+            table = datasets.apply_heldout(table, datasets.read_heldout_list(heldout_list, table.class_names))
+        return table
+
+
+@dataclasses.dataclass
+class Setting:
+    name: str
+    config: object
+    data: train_data.TrainingData
+    reference_sets: ReferenceSets
+    truth_correct: np.ndarray | None  # (P,) bool: the noisy label equals the true label (demo only)
+
+
+def load_setting(base_config, workdir: str, name: str) -> Setting:
+    config = copy.deepcopy(base_config)
+    config.data.demo_heldout = HELDOUT if name == "heldout" else 0
+    table = load_table(config, workdir)
+    features = extract_lib.open_features(config, workdir, table)
+    reference_sets = ReferenceSets.load(references_path(workdir))
+    data = train_data.prepare_training_data(table, features, reference_sets.class_names,
+                                            reference_sets.references.shape[2], reference_sets.counts)
+    truth_correct = None
+    truth_file = os.path.join(config_lib.resolve_data_root(config, workdir), "meta", "truth.tsv")
+    if os.path.exists(truth_file):
+        truth = demo_data.read_demo_truth(os.path.dirname(os.path.dirname(truth_file)))
+        true = np.array([truth.get(key, -1) for key in table.keys[data.table_rows]])
+        truth_correct = true == data.labels
+    return Setting(name, config, data, reference_sets, truth_correct)
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+def evaluate(scores: np.ndarray | None, setting: Setting, *, flagged: np.ndarray | None = None) -> dict:
+    """The protocol on pool scores (P,) (high = label correct), or on a fixed (P,) bool `flagged` decision."""
+    data = setting.data
+    rows = data.validation
+    labels, verification = data.labels[rows], data.verification[rows]
+    held = data.heldout_classes[labels]
+    verified_train = np.zeros(len(data.labels), bool)
+    verified_train[data.verified_train] = True
+    result = {}
+    if flagged is None:
+        threshold, _ = metrics.best_threshold(scores[rows][~held], verification[~held])
+        flagged = scores < threshold
+        result["threshold"] = threshold
+    for tag, mask in (("verified", ~held), ("heldout", held)):
+        if not mask.any():
+            continue
+        wrong = verification[mask] == 0
+        result[f"error_{tag}"] = float(np.mean(flagged[rows][mask] != wrong))
+        if scores is not None and 0 < wrong.sum() < len(wrong):
+            result[f"auc_{tag}"] = float(metrics.detection_metrics(scores[rows][mask], verification[mask],
+                                                                   0.0)["roc_auc"])
+        if setting.truth_correct is not None:  # every pool image of the group but the fitted (verified) rows
+            pool = (data.heldout_classes[data.labels] == (tag == "heldout")) & ~verified_train
+            result[f"truth_error_{tag}"] = float(np.mean(flagged[pool] == setting.truth_correct[pool]))
+    return result
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def lognorm(features: np.ndarray) -> np.ndarray:
+    return detectors.log_normalize(features)
+
+
+def cleanlab_probabilities(data: train_data.TrainingData, seed: int) -> np.ndarray:
+    """(P, C) out-of-fold probabilities of sklearn LogisticRegression on ln(1+x) features, 5 folds."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    x = np.log1p(np.maximum(data.features, 0.0))
+    return cross_val_predict(LogisticRegression(max_iter=500), x, data.labels, method="predict_proba",
+                             cv=StratifiedKFold(5, shuffle=True, random_state=seed))
+
+
+# --------------------------------------------------------------------------- CleanNet
+
+
+def cleannet_similarities(model: keras.Model, features: np.ndarray, references: np.ndarray,
+                          log_mass: np.ndarray | None = None) -> np.ndarray:
+    """(P, C) cosine of every image's query embedding to every class embedding (dropout off)."""
+    if log_mass is None:
+        classes = encode_classes(model, references).numpy()
+    else:
+        classes = encode_references(model, tf.constant(references), tf.constant(log_mass, tf.float32),
+                                    training=False).numpy()
+    classes /= np.maximum(np.linalg.norm(classes, axis=1, keepdims=True), 1e-12)
+    query = query_encoder_of(model)(features, training=False)["query_embedding"].numpy()
+    query /= np.maximum(np.linalg.norm(query, axis=1, keepdims=True), 1e-12)
+    return query @ classes.T
+
+
+def train_paper(setting: Setting, *, steps: int, dropout: float, seed: int) -> tuple[np.ndarray, float]:
+    """The library's train_cleannet (paper mode), in a temporary folder; (P, C) similarities of the best model."""
+    config = copy.deepcopy(setting.config)
+    config.seed = seed
+    config.train.steps = steps
+    config.train.lr_decay_steps = max(1, steps // 2)
+    config.train.eval_every = 500 if steps <= 5000 else 1000
+    config.train.checkpoint_every = steps
+    config.cleannet.dropout_rate = dropout
+    with tempfile.TemporaryDirectory(prefix="transfer-cleannet-") as output_dir:
+        start = time.perf_counter()
+        train_lib.train_cleannet(setting.data, setting.reference_sets, config, output_dir, encoding="per_class",
+                                 progress=False)
+        seconds = time.perf_counter() - start
+        model = keras.models.load_model(os.path.join(output_dir, "model.keras"))
+    return cleannet_similarities(model, setting.data.features, setting.reference_sets.references), seconds
+
+
+def reference_masses(data: train_data.TrainingData, references: np.ndarray) -> np.ndarray:
+    """(C, K) cluster sizes: pool images of class c whose nearest centre (squared L2, as k-means) is slot k.
+
+    Repeated slots (classes with fewer than K distinct images) share their vector's images.
+    """
+    masses = np.zeros(references.shape[:2], np.float64)
+    for c in range(references.shape[0]):
+        x = data.features[data.labels == c]
+        centres = references[c]
+        distances = (x ** 2).sum(1)[:, None] - 2 * x @ centres.T + (centres ** 2).sum(1)[None]
+        nearest = distances.argmin(axis=1)
+        _, distinct, copies = np.unique(centres, axis=0, return_inverse=True, return_counts=True)
+        counts = np.bincount(nearest, minlength=len(centres)).astype(np.float64)
+        for slot in range(len(centres)):  # split each distinct vector's images over its copies
+            same = distinct == distinct[slot]
+            masses[c, slot] = counts[same].sum() / copies[distinct[slot]]
+    return masses
+
+
+def encode_references(model: keras.Model, references, log_mass, *, training: bool):
+    """The reference encoder with an additive attention bias: (B, K, D), (B, K) -> class embeddings (B, E).
+
+    Same layers and weights as the model's reference encoder; attention logits e_i = u_i . c + log_mass_i.
+    With log_mass = 0 this is exactly the paper's encoder.
+    """
+    encoder = reference_encoder_of(model)
+    hidden = encoder.get_layer("feature_normalization")(references)
+    hidden = encoder.get_layer("reference_hidden")(hidden)
+    if any(layer.name == "reference_dropout" for layer in encoder.layers):
+        hidden = encoder.get_layer("reference_dropout")(hidden, training=training)
+    values = encoder.get_layer("reference_values")(hidden)
+    keys = encoder.get_layer("reference_keys")(values)
+    logits = tf.einsum("bka,a->bk", keys, encoder.get_layer("attention_pooling").context) + log_mass
+    attention = tf.nn.softmax(logits, axis=-1)
+    return encoder.get_layer("class_embedding")(tf.einsum("bk,bkh->bh", attention, values))
+
+
+def train_mass_aware(setting: Setting, log_mass: np.ndarray, *, steps: int, dropout: float,
+                     seed: int) -> tuple[np.ndarray, float]:
+    """train_lib's loop (one device, per-class encoding, same sampler, losses, optimiser and best-step
+    selection) with the log-mass attention bias; (P, C) similarities of the best step."""
+    config, data, references = setting.config, setting.data, setting.reference_sets.references
+    c = config.cleannet
+    keras.utils.set_random_seed(seed)
+    model = build_cleannet(data.feature_dim, references.shape[1], query_hidden_dim=c.query_hidden_dim,
+                           reference_hidden_dim=c.reference_hidden_dim, attention_dim=c.attention_dim,
+                           embed_dim=c.embed_dim, feature_norm=c.feature_norm, dropout_rate=dropout,
+                           weight_decay=c.weight_decay)
+    train_config = copy.deepcopy(config.train)
+    train_config.lr_decay_steps = max(1, steps // 2)
+    optimizer = train_lib.build_optimizer(train_config)
+    weights = losses.LossWeights.from_config(config.loss)
+    half = config.train.batch_size // 2
+    sampler = train_data.StepSampler(data, verified_per_step=half, unverified_per_step=half, seed=seed)
+    references_t, log_mass_t = tf.constant(references), tf.constant(log_mass.astype(np.float32))
+    query_encoder = query_encoder_of(model)
+    is_verified = np.concatenate([np.ones(half, np.float32), np.zeros(half, np.float32)])
+
+    @tf.function
+    def train_step(features, labels, verification):
+        with tf.GradientTape() as tape:
+            query = query_encoder(features, training=True)
+            classes, index = tf.unique(labels)
+            class_embedding = encode_references(model, tf.gather(references_t, classes),
+                                                tf.gather(log_mass_t, classes), training=True)
+            score = tf.reduce_sum(tf.math.l2_normalize(query["query_embedding"], -1)
+                                  * tf.math.l2_normalize(tf.gather(class_embedding, index), -1), axis=-1)
+            per_sample = losses.per_sample_loss(score, query["normalized_features"], query["reconstruction"],
+                                                verification, is_verified, weights)
+            loss = tf.reduce_sum(per_sample) / (2 * half) + tf.add_n(model.losses)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+
+    eval_every = 500 if steps <= 5000 else 1000
+    best_error, best = np.inf, None
+    start = time.perf_counter()
+    for step in range(steps):
+        rows = np.concatenate([sampler.verified(step), sampler.unverified(step)])
+        verification = np.maximum(data.verification[rows], 0).astype(np.float32) * is_verified
+        train_step(data.features[rows], data.labels[rows], verification)
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            similarities = cleannet_similarities(model, data.features, references, log_mass)
+            scores = own(similarities, data.labels)[data.validation]
+            error = train_lib.validation_metrics(scores, data)["detection_error"]
+            if error < best_error:  # as train_lib: the best validation error on verified classes is kept
+                best_error, best = error, similarities
+    return best, time.perf_counter() - start
+
+
+def kilo(steps: int) -> str:
+    return f"{steps / 1000:g}k steps"
+
+
+def own(similarities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return similarities[np.arange(len(labels)), labels]
+
+
+def margin(similarities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    others = similarities.copy()
+    others[np.arange(len(labels)), labels] = -np.inf
+    return own(similarities, labels) - others.max(axis=1)
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def run_setting(setting: Setting, args, shared: dict) -> list[dict]:
+    data = setting.data
+    num_classes = len(data.class_names)
+    results = []
+
+    def add(method, scores=None, seconds=0.0, *, flagged=None, note=""):
+        row = {"setting": setting.name, "method": method, "seconds": seconds, "note": note,
+               **evaluate(scores, setting, flagged=flagged)}
+        results.append(row)
+        print(format_row(row), flush=True)
+
+    print(f"\n== setting: {setting.name} ({int(data.heldout_classes.sum())} held-out classes, "
+          f"{len(data.verified_train)} verified training rows, {len(data.validation)} validation rows)")
+    print(HEADER)
+
+    # Baselines: no verification labels.
+    start = time.perf_counter()
+    pool = np.ones(len(data.labels), bool)
+    add("class-centroid cosine", demo_lib.centroid_cosine_scores(data.features, data.labels, pool, num_classes),
+        time.perf_counter() - start)
+    start = time.perf_counter()
+    x = lognorm(data.features)
+    add("kNN agreement k=10", detectors.knn_label_agreement(x, data.labels, k=10), time.perf_counter() - start)
+    if "cleanlab" not in args.skip:
+        from cleanlab.filter import find_label_issues
+        from cleanlab.rank import get_label_quality_scores
+
+        if "cleanlab" not in shared:  # label-free: the same for both settings
+            start = time.perf_counter()
+            probabilities = cleanlab_probabilities(data, args.seed)
+            probability_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            issues = find_label_issues(data.labels, probabilities)
+            issue_seconds = time.perf_counter() - start
+            shared["cleanlab"] = (probabilities, probability_seconds, issues, issue_seconds)
+        probabilities, probability_seconds, issues, issue_seconds = shared["cleanlab"]
+        add("cleanlab find_label_issues (own thr.)", seconds=probability_seconds + issue_seconds, flagged=issues,
+            note=f"flags {issues.mean():.0%} of the pool")
+        start = time.perf_counter()
+        quality = get_label_quality_scores(data.labels, probabilities)
+        add("cleanlab label quality (thr. on verif.)", quality, probability_seconds + time.perf_counter() - start)
+
+    # CleanNet, paper mode (the library's loop, unchanged).
+    if "paper" not in args.skip:
+        similarities, seconds = train_paper(setting, steps=args.steps, dropout=0.0, seed=args.seed)
+        scores = own(similarities, data.labels)
+        add(f"CleanNet paper {kilo(args.steps)}", scores, seconds)
+        add("  + per-class median/MAD", detectors.per_class_standardize(scores, data.labels,
+                                                                        num_classes=num_classes), seconds)
+        add("  + margin to best other class", margin(similarities, data.labels), seconds)
+    if args.long_steps and "paper_long" not in args.skip:
+        similarities, seconds = train_paper(setting, steps=args.long_steps, dropout=0.2, seed=args.seed)
+        scores = own(similarities, data.labels)
+        add(f"CleanNet paper {kilo(args.long_steps)}, dropout 0.2", scores, seconds)
+        add("  + per-class median/MAD", detectors.per_class_standardize(scores, data.labels,
+                                                                        num_classes=num_classes), seconds)
+
+    # CleanNet with mass-aware reference sets.
+    mass_similarities = None
+    if "mass" not in args.skip:
+        start = time.perf_counter()
+        log_mass = np.log(np.maximum(reference_masses(data, setting.reference_sets.references), 0.5))
+        mass_seconds = time.perf_counter() - start
+        for steps in [args.steps] + ([args.long_steps] if args.long_steps else []):
+            similarities, seconds = train_mass_aware(setting, log_mass, steps=steps, dropout=0.0, seed=args.seed)
+            seconds += mass_seconds
+            scores = own(similarities, data.labels)
+            add(f"CleanNet mass-aware refs {kilo(steps)}", scores, seconds)
+            add("  + per-class median/MAD", detectors.per_class_standardize(scores, data.labels,
+                                                                            num_classes=num_classes), seconds)
+            add("  + margin to best other class", margin(similarities, data.labels), seconds)
+            mass_similarities = similarities
+
+    # Post-hoc detectors (detectors.py).
+    start = time.perf_counter()
+    signals, names = detectors.detection_signals(data.features, data.labels, num_classes=num_classes)
+    signal_seconds = time.perf_counter() - start
+    add("robust class-mean margin (no verif.)", signals[:, names.index("robust_margin")], signal_seconds)
+    train = data.verified_train  # verified classes only: held-out classes have no training rows
+    for model in detectors.MODELS:
+        start = time.perf_counter()
+        detector = detectors.StackedDetector(model=model, seed=args.seed).fit(signals[train],
+                                                                              data.verification[train])
+        add(f"stacked detector ({model})", detector.score(signals), signal_seconds + time.perf_counter() - start)
+        if model == "logistic":
+            weights = detector.coefficients(names)
+            print("    weights: " + ", ".join(f"{k} {v:+.2f}" for k, v in weights.items()))
+    if mass_similarities is not None:
+        own_scores = own(mass_similarities, data.labels)
+        extra = np.stack([own_scores, margin(mass_similarities, data.labels),
+                          detectors.per_class_standardize(own_scores, data.labels, num_classes=num_classes)], 1)
+        start = time.perf_counter()
+        both = np.concatenate([signals, extra], axis=1)
+        detector = detectors.StackedDetector(seed=args.seed).fit(both[train], data.verification[train])
+        add("stacked (logistic) + CleanNet mass-aware", detector.score(both), signal_seconds + time.perf_counter()
+            - start, note="CleanNet saw these training rows")
+    return results
+
+
+HEADER = (f"{'method':<42} {'error V':>8} {'error H':>8} {'AUC V':>7} {'AUC H':>7} {'truth V':>8} {'truth H':>8} "
+          f"{'time':>7}")
+
+
+def format_row(row: dict) -> str:
+    def pct(key):
+        return f"{row[key]:8.1%}" if key in row else f"{'n/a':>8}"
+
+    def auc(key):
+        return f"{row[key]:7.3f}" if key in row else f"{'n/a':>7}"
+
+    return (f"{row['method']:<42} {pct('error_verified')} {pct('error_heldout')} {auc('auc_verified')} "
+            f"{auc('auc_heldout')} {pct('truth_error_verified')} {pct('truth_error_heldout')} "
+            f"{row['seconds']:6.1f}s" + (f"  ({row['note']})" if row["note"] else ""))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="", help="a demo pipeline workdir (default: build --build_dir)")
+    parser.add_argument("--build_dir", default="/tmp/cleannet_transfer", help="where to build one when no --workdir")
+    parser.add_argument("--setting", choices=("both", "heldout", "all"), default="both")
+    parser.add_argument("--steps", type=int, default=3000, help="CleanNet steps (the demo config's)")
+    parser.add_argument("--long_steps", type=int, default=10000, help="the longer CleanNet runs; 0 skips them")
+    parser.add_argument("--seed", type=int, default=0, help="CleanNet / cross-validation seed (not the data's)")
+    parser.add_argument("--data_seed", type=int, default=0,
+                        help="config.seed of the demo data and pipeline when building (a new --build_dir per seed)")
+    parser.add_argument("--skip", default="", help="comma list of: cleanlab, paper, paper_long, mass")
+    parser.add_argument("--json", default="", help="also write the rows to this .json file")
+    args = parser.parse_args(argv)
+    args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    logging.set_verbosity(logging.WARNING)
+
+    config = demo_config.get_config()
+    config.seed = args.data_seed
+    workdir = os.path.abspath(args.workdir or args.build_dir)
+    if not args.workdir:
+        build_workdir(config, workdir)
+    for step in ("extract", "refs"):
+        if not pipeline.step_complete(step, config, workdir):
+            raise SystemExit(f"{workdir} has no complete {step} step; run without --workdir to build one.")
+    print(f"workdir {workdir}; CleanNet seed {args.seed}; {os.cpu_count()} CPUs")
+    settings = ("heldout", "all") if args.setting == "both" else (args.setting,)
+    rows, shared = [], {}
+    start = time.perf_counter()
+    for name in settings:
+        rows += run_setting(load_setting(config, workdir, name), args, shared)
+    print(f"\nV = verified classes' validation rows (threshold chosen there), H = held-out classes' validation rows "
+          f"at that threshold; truth = the same threshold against the true labels of every pool image of the group. "
+          f"Total {time.perf_counter() - start:.0f} s.")
+    for name in settings:
+        print(f"\n== {name}\n{HEADER}")
+        for row in rows:
+            if row["setting"] == name:
+                print(format_row(row))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
