@@ -13,8 +13,8 @@ Methods:
         threshold, and its label-quality score at a threshold chosen on verified classes)
     CleanNet, the paper's mode (train_lib.train_cleannet, unchanged), 3k steps; 10k steps with dropout 0.2
     CleanNet with mass-aware reference sets: the attention logit of each k-means centre gets + log(its
-        cluster size), so a centre of one far-off noisy image no longer counts as much as the clean majority's
-        (a training-loop variant defined here; see train_mass_aware)
+        cluster size), so a centre of one far-off noisy image no longer counts as much as the clean majority's;
+        and the robust class mean as the only reference (a training-loop variant defined here: train_variant)
     post-hoc per CleanNet score: per-class median/MAD standardisation; margin to the best other class
     detectors.py: robust (trimmed) class-mean margin; the stacked detector (logistic regression on
         class-agnostic signals, fitted on the verified classes' training rows)
@@ -249,11 +249,13 @@ def encode_references(model: keras.Model, references, log_mass, *, training: boo
     return encoder.get_layer("class_embedding")(tf.einsum("bk,bkh->bh", attention, values))
 
 
-def train_mass_aware(setting: Setting, log_mass: np.ndarray, *, steps: int, dropout: float,
-                     seed: int) -> tuple[np.ndarray, float]:
+def train_variant(setting: Setting, references: np.ndarray, log_mass: np.ndarray, *, steps: int, dropout: float,
+                  seed: int) -> tuple[np.ndarray, float]:
     """train_lib's loop (one device, per-class encoding, same sampler, losses, optimiser and best-step
-    selection) with the log-mass attention bias; (P, C) similarities of the best step."""
-    config, data, references = setting.config, setting.data, setting.reference_sets.references
+    selection) on other reference sets (C, K, D) and with an attention bias log_mass (C, K);
+    (P, C) similarities of the best step. With the library's references and log_mass = 0 it reproduces
+    train_lib.train_cleannet's numbers."""
+    config, data = setting.config, setting.data
     c = config.cleannet
     keras.utils.set_random_seed(seed)
     model = build_cleannet(data.feature_dim, references.shape[1], query_hidden_dim=c.query_hidden_dim,
@@ -375,14 +377,17 @@ def run_setting(setting: Setting, args, shared: dict) -> list[dict]:
         add("  + per-class median/MAD", detectors.per_class_standardize(scores, data.labels,
                                                                         num_classes=num_classes), seconds)
 
-    # CleanNet with mass-aware reference sets.
+    # CleanNet with mass-aware reference sets: k-means centres with a log(cluster size) attention bias, and
+    # the robust class mean (the mean of the 70% of the class nearest its trimmed mean) as the only reference.
     mass_similarities = None
+    references = setting.reference_sets.references
     if "mass" not in args.skip:
         start = time.perf_counter()
-        log_mass = np.log(np.maximum(reference_masses(data, setting.reference_sets.references), 0.5))
+        log_mass = np.log(np.maximum(reference_masses(data, references), 0.5))
         mass_seconds = time.perf_counter() - start
         for steps in [args.steps] + ([args.long_steps] if args.long_steps else []):
-            similarities, seconds = train_mass_aware(setting, log_mass, steps=steps, dropout=0.0, seed=args.seed)
+            similarities, seconds = train_variant(setting, references, log_mass, steps=steps, dropout=0.0,
+                                                  seed=args.seed)
             seconds += mass_seconds
             scores = own(similarities, data.labels)
             add(f"CleanNet mass-aware refs {kilo(steps)}", scores, seconds)
@@ -390,6 +395,19 @@ def run_setting(setting: Setting, args, shared: dict) -> list[dict]:
                                                                             num_classes=num_classes), seconds)
             add("  + margin to best other class", margin(similarities, data.labels), seconds)
             mass_similarities = similarities
+    if "robust_mean" not in args.skip:
+        start = time.perf_counter()
+        members = detectors.robust_class_members(lognorm(data.features), data.labels, num_classes=num_classes)
+        robust_mean = np.stack([data.features[members & (data.labels == c)].mean(axis=0)
+                                for c in range(num_classes)])[:, None, :].astype(np.float32)
+        means_seconds = time.perf_counter() - start
+        steps = args.long_steps or args.steps
+        similarities, seconds = train_variant(setting, robust_mean, np.zeros((num_classes, 1), np.float32),
+                                              steps=steps, dropout=0.0, seed=args.seed)
+        seconds += means_seconds
+        scores = own(similarities, data.labels)
+        add(f"CleanNet robust-mean reference {kilo(steps)}", scores, seconds)
+        add("  + margin to best other class", margin(similarities, data.labels), seconds)
 
     # Post-hoc detectors (detectors.py).
     start = time.perf_counter()
@@ -444,7 +462,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="CleanNet / cross-validation seed (not the data's)")
     parser.add_argument("--data_seed", type=int, default=0,
                         help="config.seed of the demo data and pipeline when building (a new --build_dir per seed)")
-    parser.add_argument("--skip", default="", help="comma list of: cleanlab, paper, paper_long, mass")
+    parser.add_argument("--skip", default="",
+                        help="comma list of: cleanlab, paper, paper_long, mass, robust_mean")
     parser.add_argument("--json", default="", help="also write the rows to this .json file")
     args = parser.parse_args(argv)
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}

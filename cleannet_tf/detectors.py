@@ -68,6 +68,23 @@ def _per_class_quantile_mask(values: np.ndarray, labels: np.ndarray, num_classes
     return rank < np.ceil(keep * counts[labels])
 
 
+def robust_class_members(x: np.ndarray, labels: np.ndarray, *, num_classes: int, keep: float = 0.7,
+                         iterations: int = 3) -> np.ndarray:
+    """(N,) bool: the rows the trimmed class means are made of (see robust_class_means).
+
+    x (N, D) unit rows, labels (N,). With iterations=0 every row is a member.
+    """
+    if not 0.0 < keep <= 1.0 or iterations < 0:
+        raise ValueError(f"Need 0 < keep <= 1 and iterations >= 0. Received keep={keep}, iterations={iterations}")
+    labels = _check_labels(labels, len(x), num_classes)
+    members = np.ones(len(x), bool)
+    for _ in range(iterations):
+        means = class_means(x, labels, num_classes=num_classes, weights=members)
+        own = np.einsum("nd,nd->n", x, means[labels])
+        members = _per_class_quantile_mask(own, labels, num_classes, keep)
+    return members
+
+
 def robust_class_means(x: np.ndarray, labels: np.ndarray, *, num_classes: int, keep: float = 0.7,
                        iterations: int = 3) -> np.ndarray:
     """Trimmed class means: x (N, D) unit rows, labels (N,) -> (C, D) unit rows.
@@ -76,15 +93,8 @@ def robust_class_means(x: np.ndarray, labels: np.ndarray, *, num_classes: int, k
     current mean and recomputes the mean from those. With less than (1 - keep) noise per class, the result is
     the mean of the clean majority, whatever the noisy images look like.
     """
-    if not 0.0 < keep <= 1.0 or iterations < 0:
-        raise ValueError(f"Need 0 < keep <= 1 and iterations >= 0. Received keep={keep}, iterations={iterations}")
-    labels = _check_labels(labels, len(x), num_classes)
-    means = class_means(x, labels, num_classes=num_classes)
-    for _ in range(iterations):
-        own = np.einsum("nd,nd->n", x, means[labels])
-        means = class_means(x, labels, num_classes=num_classes,
-                            weights=_per_class_quantile_mask(own, labels, num_classes, keep))
-    return means
+    members = robust_class_members(x, labels, num_classes=num_classes, keep=keep, iterations=iterations)
+    return class_means(x, labels, num_classes=num_classes, weights=members)
 
 
 def own_class_margin(x: np.ndarray, labels: np.ndarray, class_vectors: np.ndarray, *,

@@ -39,6 +39,9 @@ def test_robust_means_ignore_noise_better_than_plain_means():
     robust_gap = 1 - np.einsum("cd,cd->c", robust, clean)
     assert robust_gap.mean() < 0.5 * plain_gap.mean()
     np.testing.assert_allclose(np.linalg.norm(robust, axis=1), 1.0, atol=1e-5)
+    members = detectors.robust_class_members(x, noisy, num_classes=8, keep=0.6)
+    assert np.mean(noisy[members] == true[members]) > 0.95 > np.mean(noisy == true)  # the kept rows are clean
+    assert abs(members.mean() - 0.6) < 0.02
     # keep=1 (or no iteration) is the plain mean.
     np.testing.assert_allclose(detectors.robust_class_means(x, noisy, num_classes=8, keep=1.0), plain, atol=1e-6)
 
