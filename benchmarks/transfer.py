@@ -12,6 +12,7 @@ Methods:
         cleanlab 2.9 on 5-fold cross-validated logistic-regression probabilities (find_label_issues at its own
         threshold, and its label-quality score at a threshold chosen on verified classes)
     CleanNet, the paper's mode (train_lib.train_cleannet, unchanged), 3k steps; 10k steps with dropout 0.2
+    CleanNet, the library's robust mode (k-means on each class's core, refs.core_fraction=0.7; margin scores)
     CleanNet with mass-aware reference sets: the attention logit of each k-means centre gets + log(its
         cluster size), so a centre of one far-off noisy image no longer counts as much as the clean majority's;
         and the robust class mean as the only reference (a training-loop variant defined here: train_variant)
@@ -49,9 +50,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
-from cleannet_tf import (  # noqa: E402
-    config as config_lib,
-)
+from cleannet_tf import config as config_lib  # noqa: E402
 from cleannet_tf import (  # noqa: E402
     datasets,
     demo_data,
@@ -64,11 +63,13 @@ from cleannet_tf import (  # noqa: E402
     train_data,
     train_lib,
 )
+from cleannet_tf import references as references_lib  # noqa: E402
 from cleannet_tf.model import build_cleannet, encode_classes, query_encoder_of, reference_encoder_of  # noqa: E402
 from cleannet_tf.references import ReferenceSets, references_path  # noqa: E402
 from configs import demo as demo_config  # noqa: E402
 
 HELDOUT = 50  # the demo's held-out list
+ROBUST_CORE_FRACTION = 0.7  # refs.core_fraction of the library's robust mode (configs/demo.py)
 
 
 # --------------------------------------------------------------------------- data
@@ -109,16 +110,34 @@ class Setting:
     name: str
     config: object
     data: train_data.TrainingData
-    reference_sets: ReferenceSets
+    reference_sets: ReferenceSets  # the paper's: k-means on every image of a class (refs.core_fraction = 1)
+    core_reference_sets: ReferenceSets  # the library's robust mode: k-means on each class's core
     truth_correct: np.ndarray | None  # (P,) bool: the noisy label equals the true label (demo only)
 
 
-def load_setting(base_config, workdir: str, name: str) -> Setting:
+def reference_sets_for(config, workdir: str, table: datasets.LabelTable, core_fraction: float) -> ReferenceSets:
+    """WORKDIR/references.npz when it was built with `core_fraction`, else built here in memory (not saved)."""
+    existing = ReferenceSets.load(references_path(workdir))
+    if float(existing.metadata.get("core_fraction", 1.0)) == core_fraction:
+        return existing
+    features = extract_lib.open_features(config, workdir, table)
+    refs = config.refs
+    return references_lib.build_reference_sets(
+        features.gather, table.labels, pipeline.reference_rows(table, features.valid()), table.class_names,
+        num_references=refs.num_references, n_init=refs.n_init, max_iter=refs.max_iter, tol=refs.tol,
+        max_samples_per_class=refs.max_samples_per_class, seed=config.seed, core_fraction=core_fraction,
+        progress=False)
+
+
+def load_setting(base_config, workdir: str, name: str, cache: dict) -> Setting:
     config = copy.deepcopy(base_config)
     config.data.demo_heldout = HELDOUT if name == "heldout" else 0
     table = load_table(config, workdir)
     features = extract_lib.open_features(config, workdir, table)
-    reference_sets = ReferenceSets.load(references_path(workdir))
+    if "references" not in cache:  # label-free: the same in both settings
+        cache["references"] = (reference_sets_for(config, workdir, table, 1.0),
+                               reference_sets_for(config, workdir, table, ROBUST_CORE_FRACTION))
+    reference_sets, core_reference_sets = cache["references"]
     data = train_data.prepare_training_data(table, features, reference_sets.class_names,
                                             reference_sets.references.shape[2], reference_sets.counts)
     truth_correct = None
@@ -127,7 +146,7 @@ def load_setting(base_config, workdir: str, name: str) -> Setting:
         truth = demo_data.read_demo_truth(os.path.dirname(os.path.dirname(truth_file)))
         true = np.array([truth.get(key, -1) for key in table.keys[data.table_rows]])
         truth_correct = true == data.labels
-    return Setting(name, config, data, reference_sets, truth_correct)
+    return Setting(name, config, data, reference_sets, core_reference_sets, truth_correct)
 
 
 # --------------------------------------------------------------------------- protocol
@@ -194,9 +213,16 @@ def cleannet_similarities(model: keras.Model, features: np.ndarray, references: 
     return query @ classes.T
 
 
-def train_paper(setting: Setting, *, steps: int, dropout: float, seed: int) -> tuple[np.ndarray, float]:
-    """The library's train_cleannet (paper mode), in a temporary folder; (P, C) similarities of the best model."""
+def train_library(setting: Setting, *, mode: str, steps: int, dropout: float, seed: int) -> tuple[np.ndarray, float]:
+    """The library's train_cleannet in a temporary folder; (P, C) similarities of its best model.
+
+    mode "paper": k-means on every image, best step by the cosine score's error (the method as published);
+    "robust": k-means on each class's core (refs.core_fraction), best step by the margin score's error.
+    """
     config = copy.deepcopy(setting.config)
+    config.cleannet.mode = mode
+    config.refs.core_fraction = 1.0 if mode == "paper" else ROBUST_CORE_FRACTION
+    reference_sets = setting.reference_sets if mode == "paper" else setting.core_reference_sets
     config.seed = seed
     config.train.steps = steps
     config.train.lr_decay_steps = max(1, steps // 2)
@@ -205,11 +231,11 @@ def train_paper(setting: Setting, *, steps: int, dropout: float, seed: int) -> t
     config.cleannet.dropout_rate = dropout
     with tempfile.TemporaryDirectory(prefix="transfer-cleannet-") as output_dir:
         start = time.perf_counter()
-        train_lib.train_cleannet(setting.data, setting.reference_sets, config, output_dir, encoding="per_class",
+        train_lib.train_cleannet(setting.data, reference_sets, config, output_dir, encoding="per_class",
                                  progress=False)
         seconds = time.perf_counter() - start
         model = keras.models.load_model(os.path.join(output_dir, "model.keras"))
-    return cleannet_similarities(model, setting.data.features, setting.reference_sets.references), seconds
+    return cleannet_similarities(model, setting.data.features, reference_sets.references), seconds
 
 
 def reference_masses(data: train_data.TrainingData, references: np.ndarray) -> np.ndarray:
@@ -362,20 +388,26 @@ def run_setting(setting: Setting, args, shared: dict) -> list[dict]:
         quality = get_label_quality_scores(data.labels, probabilities)
         add("cleanlab label quality (thr. on verif.)", quality, probability_seconds + time.perf_counter() - start)
 
-    # CleanNet, paper mode (the library's loop, unchanged).
+    # CleanNet in the library's modes (train_lib.train_cleannet, unchanged).
     if "paper" not in args.skip:
-        similarities, seconds = train_paper(setting, steps=args.steps, dropout=0.0, seed=args.seed)
+        similarities, seconds = train_library(setting, mode="paper", steps=args.steps, dropout=0.0, seed=args.seed)
         scores = own(similarities, data.labels)
         add(f"CleanNet paper {kilo(args.steps)}", scores, seconds)
         add("  + per-class median/MAD", detectors.per_class_standardize(scores, data.labels,
                                                                         num_classes=num_classes), seconds)
         add("  + margin to best other class", margin(similarities, data.labels), seconds)
     if args.long_steps and "paper_long" not in args.skip:
-        similarities, seconds = train_paper(setting, steps=args.long_steps, dropout=0.2, seed=args.seed)
+        similarities, seconds = train_library(setting, mode="paper", steps=args.long_steps, dropout=0.2,
+                                              seed=args.seed)
         scores = own(similarities, data.labels)
         add(f"CleanNet paper {kilo(args.long_steps)}, dropout 0.2", scores, seconds)
         add("  + per-class median/MAD", detectors.per_class_standardize(scores, data.labels,
                                                                         num_classes=num_classes), seconds)
+    if "robust" not in args.skip:
+        for steps in [args.steps] + ([args.long_steps] if args.long_steps else []):
+            similarities, seconds = train_library(setting, mode="robust", steps=steps, dropout=0.0, seed=args.seed)
+            add(f"CleanNet robust mode {kilo(steps)} (margin)", margin(similarities, data.labels), seconds)
+            add("  its cosine score (no margin)", own(similarities, data.labels), seconds)
 
     # CleanNet with mass-aware reference sets: k-means centres with a log(cluster size) attention bias, and
     # the robust class mean (the mean of the 70% of the class nearest its trimmed mean) as the only reference.
@@ -463,7 +495,7 @@ def main(argv=None) -> None:
     parser.add_argument("--data_seed", type=int, default=0,
                         help="config.seed of the demo data and pipeline when building (a new --build_dir per seed)")
     parser.add_argument("--skip", default="",
-                        help="comma list of: cleanlab, paper, paper_long, mass, robust_mean")
+                        help="comma list of: cleanlab, paper, paper_long, robust, mass, robust_mean")
     parser.add_argument("--json", default="", help="also write the rows to this .json file")
     args = parser.parse_args(argv)
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -482,7 +514,7 @@ def main(argv=None) -> None:
     rows, shared = [], {}
     start = time.perf_counter()
     for name in settings:
-        rows += run_setting(load_setting(config, workdir, name), args, shared)
+        rows += run_setting(load_setting(config, workdir, name, shared), args, shared)
     print(f"\nV = verified classes' validation rows (threshold chosen there), H = held-out classes' validation rows "
           f"at that threshold; truth = the same threshold against the true labels of every pool image of the group. "
           f"Total {time.perf_counter() - start:.0f} s.")
