@@ -15,6 +15,7 @@ _ENTRY_POINTS = {
     "cleannet-extract": "cleannet_tf.extract:run",
     "cleannet-refs": "cleannet_tf.refs:run",
     "cleannet-train": "cleannet_tf.train:run",
+    "cleannet-verify": "cleannet_tf.verify:run",
     "cleannet-run": "cleannet_tf.run:run",
     "cleannet-demo": "cleannet_tf.demo:run",
 }

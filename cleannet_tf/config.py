@@ -21,7 +21,7 @@ RESIZE_MODES = ("squash", "center_crop")
 AUGMENTATIONS = ("none", "flip", "flip_crop", "randaugment")
 FEATURE_NORMS = ("log", "l2", "none")
 WEIGHTINGS = ("none", "soft", "hard")
-CLEANNET_MODES = ("paper", "robust")
+CLEANNET_MODES = ("paper", "robust", "stacked")
 ENCODINGS = ("per_class", "per_sample")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
 
@@ -94,7 +94,13 @@ def default_config() -> ml_collections.ConfigDict:
     # robust: the score is the margin of its class over the best other class
     # (with refs.core_fraction < 1): transfers to classes nobody verified
     # (README, "Transfer to unverified classes").
+    # stacked: trained as robust; cleannet-verify then scores with a logistic
+    # regression over CleanNet's cosine and margin and the features' cosine and
+    # margin to robust class means, fitted on verified validation rows.
     config.cleannet.mode = "paper"
+    # Share of the verified classes kept out of CleanNet's training as
+    # calibration classes: the stacked scoring is fitted on their verified rows.
+    config.cleannet.calibration_fraction = 0.0
     # per_class: each distinct class of a batch encoded once per step (fast);
     # per_sample: the paper's, one reference-set copy (and dropout mask) per sample.
     config.cleannet.encoding = "per_class"
@@ -125,6 +131,19 @@ def default_config() -> ml_collections.ConfigDict:
     config.train.eval_every = 2000
     config.train.checkpoint_every = 1000
     config.train.log_every = 100
+
+    # --- cleannet-verify.
+    config.verify = ml_collections.ConfigDict()
+    # Share of each class nearest its trimmed mean that makes its robust class
+    # mean (the stacked scoring's class-mean signals).
+    config.verify.class_mean_keep = 0.7
+    # Signals (comma list of verifier.SIGNAL_NAMES) the stacked scoring combines: CleanNet's
+    # cosine and margin, the features' cosine and margin to robust class means.
+    config.verify.signals = "cleannet_cosine,cleannet_margin,class_mean_cosine,class_mean_margin"
+    # Active verification: images proposed for a person to verify, per class.
+    config.verify.budget_per_class = 10
+    # report.html: classes shown with their most suspicious images.
+    config.verify.report_classes = 6
 
     # --- cleannet-train-classifier.
     config.classifier = ml_collections.ConfigDict()
@@ -273,6 +292,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _check_positive(config, field, allow_zero=True)
     if not 0.0 < config.train.lr_decay_factor <= 1.0:
         _fail("train.lr_decay_factor", "must be in (0, 1]", config.train.lr_decay_factor)
+    if not 0.0 <= config.cleannet.calibration_fraction < 1.0:
+        _fail("cleannet.calibration_fraction", "must be in [0, 1)", config.cleannet.calibration_fraction)
+    if not 0.0 < config.verify.class_mean_keep <= 1.0:
+        _fail("verify.class_mean_keep", "must be in (0, 1]", config.verify.class_mean_keep)
+    signal_names = ("cleannet_cosine", "cleannet_margin", "class_mean_cosine", "class_mean_margin")
+    signals = tuple(name.strip() for name in str(config.verify.signals).split(",") if name.strip())
+    if not signals or not set(signals) <= set(signal_names) or len(set(signals)) != len(signals):
+        _fail("verify.signals", f"must be distinct names among {signal_names}", signals)
+    _check_positive(config, "verify.budget_per_class", allow_zero=True)
+    _check_positive(config, "verify.report_classes", allow_zero=True)
     _check_choice(config, "classifier.weighting", WEIGHTINGS)
     initial = config.classifier.initial_weights
     if initial not in ("auto", "random", "imagenet") and not initial.endswith((".keras", ".weights.h5")):

@@ -201,7 +201,7 @@ def train_cleannet(data: train_data.TrainingData, reference_sets: ReferenceSets,
 
     def evaluate(step: int) -> dict:
         scores = score_pool_rows(model, data, reference_sets.references, data.validation,
-                                 margin=config.cleannet.mode == "robust")
+                                 margin=config.cleannet.mode in ("robust", "stacked"))
         return validation_metrics(scores, data)
 
     step = start_step
@@ -270,10 +270,34 @@ def _metrics_payload(state, config, encoding, step, samples_per_second) -> dict:
             "samples_per_second": samples_per_second, "best": best, "history": state["history"]}
 
 
+def calibration_classes(table: datasets.LabelTable, fraction: float, seed: int) -> np.ndarray:
+    """(C,) bool: the verified classes whose verification labels CleanNet does not train on (a seeded draw).
+
+    With cleannet.mode=stacked, cleannet-verify fits its score combination on these classes' verified rows,
+    where CleanNet behaves as on classes nobody verified. fraction 0: none.
+    """
+    calibration = np.zeros(table.num_classes, bool)
+    verified = (table.verification >= 0) & (table.split == datasets.SPLIT_TRAIN)
+    candidates = np.unique(table.labels[verified & ~table.heldout_classes[table.labels]])
+    if fraction <= 0 or len(candidates) < 2:
+        return calibration
+    count = min(len(candidates) - 1, max(1, round(fraction * len(candidates))))
+    calibration[np.random.default_rng([seed, 0xCA11]).choice(candidates, count, replace=False)] = True
+    return calibration
+
+
 def load_training_inputs(config: ml_collections.ConfigDict, workdir: str,
-                         table: datasets.LabelTable | None = None) -> tuple[train_data.TrainingData, ReferenceSets]:
-    """The table, features and reference sets the earlier steps wrote, checked."""
+                         table: datasets.LabelTable | None = None, *,
+                         for_training: bool = False) -> tuple[train_data.TrainingData, ReferenceSets]:
+    """The table, features and reference sets the earlier steps wrote, checked.
+
+    for_training: the calibration classes (cleannet.calibration_fraction) lose their verified train rows and
+    count as held out, as CleanNet must not see them.
+    """
     table = table if table is not None else datasets.load_table(config, workdir)
+    if for_training and config.cleannet.calibration_fraction > 0:
+        table = datasets.apply_heldout(table, calibration_classes(table, config.cleannet.calibration_fraction,
+                                                                  config.seed))
     features = extract_lib.open_features(config, workdir, table)
     reference_sets = ReferenceSets.load(references_path(workdir))
     data = train_data.prepare_training_data(table, features, reference_sets.class_names,
@@ -284,7 +308,7 @@ def load_training_inputs(config: ml_collections.ConfigDict, workdir: str,
 def run_train(config: ml_collections.ConfigDict, workdir: str, *, strategy: tf.distribute.Strategy | None = None,
               table: datasets.LabelTable | None = None, progress: bool = True) -> dict:
     """cleannet-train: trains CleanNet on WORKDIR's features and reference sets -> WORKDIR/cleannet/."""
-    data, reference_sets = load_training_inputs(config, workdir, table)
+    data, reference_sets = load_training_inputs(config, workdir, table, for_training=True)
     _, payload = train_cleannet(data, reference_sets, config, cleannet_dir(workdir), strategy=strategy,
                                 encoding=config.cleannet.encoding, progress=progress)
     return payload

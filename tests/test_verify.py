@@ -1,0 +1,168 @@
+"""The verifier model and cleannet-verify: scores, thresholds, suggested labels, outputs on disk."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import small_train_config, write_feature_dataset
+
+from cleannet_tf import datasets, detectors, metrics, pipeline, scores_io, train_lib, verifier, verify_lib
+from cleannet_tf.model import build_cleannet, encode_classes
+
+
+def _random_verifier(scoring, *, threshold=0.1, weights=(0.5, -1.0, 2.0, 1.5), bias=-0.3, seed=0):
+    keras.utils.set_random_seed(seed)
+    cleannet = build_cleannet(feature_dim=12, num_references=3, query_hidden_dim=8, reference_hidden_dim=8,
+                              attention_dim=4, embed_dim=6)
+    rng = np.random.default_rng(seed)
+    references = rng.gamma(1.0, 1.0, (5, 3, 12)).astype(np.float32)
+    class_embeddings = encode_classes(cleannet, references).numpy()
+    means = detectors.log_normalize(rng.gamma(1.0, 1.0, (5, 12)))
+    model = verifier.build_verifier(cleannet, class_embeddings, means, scoring=scoring, threshold=threshold,
+                                    signal_weights=weights, signal_bias=bias)
+    return model, cleannet, class_embeddings, means
+
+
+def _numpy_class_scores(cleannet, class_embeddings, means, features, scoring, weights, bias):
+    query = cleannet.get_layer("query_encoder")(features)["query_embedding"].numpy()
+    query /= np.linalg.norm(query, axis=1, keepdims=True)
+    classes = class_embeddings / np.linalg.norm(class_embeddings, axis=1, keepdims=True)
+    cosine = query @ classes.T
+    mean_cosine = detectors.log_normalize(features) @ means.T
+
+    def margin(s):
+        out = np.empty_like(s)
+        for c in range(s.shape[1]):
+            out[:, c] = s[:, c] - np.delete(s, c, axis=1).max(axis=1)
+        return out
+
+    signals = [cosine, margin(cosine), mean_cosine, margin(mean_cosine)]
+    if scoring == "cosine":
+        return signals[0]
+    if scoring == "margin":
+        return signals[1]
+    logit = bias + sum(w * s for w, s in zip(weights, signals, strict=True))
+    return 2 / (1 + np.exp(-logit)) - 1
+
+
+@pytest.mark.parametrize("scoring", verifier.SCORINGS)
+def test_verifier_outputs_match_a_numpy_computation(scoring):
+    model, cleannet, class_embeddings, means = _random_verifier(scoring)
+    rng = np.random.default_rng(1)
+    features = rng.gamma(1.0, 1.0, (7, 12)).astype(np.float32)
+    labels = rng.integers(0, 5, 7)
+    expected = _numpy_class_scores(cleannet, class_embeddings, means, features, scoring, (0.5, -1.0, 2.0, 1.5), -0.3)
+    out = model({"features": features, "label": labels})
+    np.testing.assert_allclose(out["score"], expected[np.arange(7), labels], atol=1e-5)
+    np.testing.assert_array_equal(out["is_noisy"], expected[np.arange(7), labels] < 0.1)
+    np.testing.assert_allclose(out["weight_soft"], np.clip(expected[np.arange(7), labels], 0, 1), atol=1e-5)
+    np.testing.assert_array_equal(out["suggested_label"], expected.argmax(axis=1))
+    np.testing.assert_allclose(out["suggested_score"], expected.max(axis=1), atol=1e-5)
+    assert out["suggested_label"].dtype == tf.int64 and out["is_noisy"].dtype == tf.bool
+    np.testing.assert_allclose(verifier.class_scores(model, features), expected, atol=1e-5)
+
+
+def test_verifier_keras_round_trip_and_bad_labels(tmp_path):
+    model, *_ = _random_verifier("stacked")
+    features = np.random.default_rng(2).gamma(1.0, 1.0, (4, 12)).astype(np.float32)
+    labels = np.array([0, 4, 2, 1])
+    path = str(tmp_path / "verifier.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    before, after = model({"features": features, "label": labels}), loaded({"features": features, "label": labels})
+    for name in before:
+        np.testing.assert_array_equal(before[name], after[name])
+    assert verifier.verification_head_of(loaded).threshold == pytest.approx(0.1)
+    for bad in ([0, 5, 0, 0], [0, -1, 0, 0]):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="label must be a class id"):
+            loaded({"features": features, "label": np.array(bad)})
+
+
+def test_fitted_signal_weights_reproduce_the_logistic_regression():
+    rng = np.random.default_rng(3)
+    signals = rng.normal(size=(300, 4)) * [1, 5, 0.1, 2] + [0, 3, -1, 0]
+    verification = (signals @ [1, 0.2, 8, -0.5] + rng.normal(0, 1, 300) > -8).astype(int)
+    weights, bias = verifier.fit_signal_weights(signals, verification)
+    detector = detectors.StackedDetector().fit(signals, verification)
+    np.testing.assert_allclose(1 / (1 + np.exp(-(signals @ weights + bias))), detector.score(signals), atol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def verified_workdir(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("verify")
+    overrides, true, noisy = write_feature_dataset(tmp_path / "data", num_classes=6, heldout=(4, 5))
+    config = small_train_config(overrides, **{"cleannet.mode": "stacked", "cleannet.calibration_fraction": 0.25,
+                                              "refs.core_fraction": 0.7})
+    workdir = str(tmp_path / "work")
+    pipeline.run_refs(config, workdir, progress=False)
+    train_lib.run_train(config, workdir, progress=False)
+    report = verify_lib.run_verify(config, workdir)
+    return config, workdir, report, true, noisy
+
+
+def test_verify_writes_scores_metrics_and_verifier(verified_workdir):
+    config, workdir, report, true, noisy = verified_workdir
+    table = datasets.load_table(config, workdir)
+    scores = scores_io.read_scores_tsv(os.path.join(workdir, "verify", "scores.tsv"))
+    pool = table.split != datasets.SPLIT_TEST
+    assert len(scores) == int(pool.sum())
+    rows = {key: i for i, key in enumerate(table.keys)}
+    table_rows = np.array([rows[key] for key in scores.keys])
+    assert list(scores.labels) == [table.class_names[c] for c in table.labels[table_rows]]
+    threshold = report["threshold"]
+    np.testing.assert_array_equal(scores.noisy, scores.scores < threshold - 1e-6 * (scores.scores == threshold))
+    np.testing.assert_allclose(scores.weight_soft, np.clip(scores.scores, 0, 1), atol=2e-6)
+    np.testing.assert_array_equal(scores.weight_hard == 1, ~scores.noisy)
+
+    # The planted noise is found, in verified and held-out classes alike.
+    key_index = {f"img{i:05d}.jpg": i for i in range(len(true))}
+    planted = np.array([key_index[key] for key in scores.keys])
+    wrong = true[planted] != noisy[planted]
+    assert np.mean(scores.noisy == wrong) > 0.9
+    # Suggested labels recover the true label of most flagged images.
+    flagged = scores.noisy & wrong
+    suggested = np.array([table.class_names.index(name) for name in scores.suggested_labels])
+    assert np.mean(suggested[flagged] == true[planted][flagged]) > 0.8
+
+    written = json.load(open(os.path.join(workdir, "verify", "metrics.json")))
+    assert written["threshold"] == pytest.approx(threshold)
+    for field in ("detection_error", "detection_error_heldout", "roc_auc", "n_val", "precision", "recall", "f1"):
+        assert field in written
+    assert written["detection_error"] < 0.1 and written["detection_error_heldout"] < 0.15
+    assert set(written["per_class"]) == set(table.class_names)
+    assert len(written["calibration_classes"]) == 1  # 25% of the 4 verified classes
+
+    # metrics.json numbers equal a recomputation from scores.tsv and the validation rows.
+    val = (table.split[table_rows] == datasets.SPLIT_VAL) & (table.verification[table_rows] >= 0)
+    held = table.heldout_classes[table.labels[table_rows]]
+    expected = metrics.detection_metrics(scores.scores[val & ~held], table.verification[table_rows][val & ~held],
+                                         threshold)
+    assert written["detection_error"] == pytest.approx(expected["error"], abs=1e-9)
+    assert written["n_val"] == expected["n"]
+    class0 = table.class_names[0]
+    share = np.mean(scores.noisy[scores.labels == class0])
+    assert written["per_class"][class0]["noise_rate_estimate"] == pytest.approx(share)
+
+
+def test_load_verifier_scores_like_scores_tsv(verified_workdir):
+    config, workdir, report, _, _ = verified_workdir
+    model, class_names, threshold = verify_lib.load_verifier(workdir)
+    assert threshold == pytest.approx(report["threshold"])
+    data, _ = train_lib.load_training_inputs(config, workdir)
+    scores = scores_io.read_scores_tsv(os.path.join(workdir, "verify", "scores.tsv"))
+    out = model({"features": data.features[:50], "label": data.labels[:50].astype(np.int64)})
+    np.testing.assert_allclose(out["score"], scores.scores[:50], atol=1e-5)
+    assert [class_names[c] for c in np.asarray(out["suggested_label"])] == list(scores.suggested_labels[:50])
+
+
+def test_calibration_classes_are_kept_out_of_training(verified_workdir):
+    config, workdir, report, _, _ = verified_workdir
+    table = datasets.load_table(config, workdir)
+    calibration = train_lib.calibration_classes(table, 0.25, config.seed)
+    assert calibration.sum() == 1 and not (calibration & table.heldout_classes).any()
+    trained_on, _ = train_lib.load_training_inputs(config, workdir, for_training=True)
+    assert not calibration[trained_on.labels[trained_on.verified_train]].any()
+    assert [table.class_names[c] for c in np.nonzero(calibration)[0]] == report["calibration_classes"]
