@@ -15,23 +15,30 @@ import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
 from cleannet_tf import config as config_lib
-from cleannet_tf import datasets, demo_data, distribute, extract_lib, metrics, pipeline, train_lib
+from cleannet_tf import (
+    datasets,
+    demo_data,
+    detectors,
+    distribute,
+    extract_lib,
+    metrics,
+    pipeline,
+    scores_io,
+    verify_lib,
+)
 
 
 def centroid_cosine_scores(features: np.ndarray, labels: np.ndarray, pool: np.ndarray, num_classes: int) -> np.ndarray:
-    """Weakly supervised baseline: cosine of each image to its label's class mean.
+    """Weakly supervised baseline: cosine of each image to its label's (plain) class mean.
 
     Args:
         features: (N, D) float. labels: (N,) int. pool: (N,) bool rows that form the means.
     Returns:
         (N,) float scores; low = likely wrong label.
     """
-    log_features = np.log1p(np.maximum(features, 0.0))
-    centroids = np.zeros((num_classes, features.shape[1]), np.float64)
-    np.add.at(centroids, labels[pool], log_features[pool])
-    centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
-    normed = log_features / np.maximum(np.linalg.norm(log_features, axis=1, keepdims=True), 1e-12)
-    return np.einsum("nd,nd->n", normed, centroids[labels])
+    normalized = detectors.log_normalize(features)
+    means = detectors.class_means(normalized[pool], labels[pool], num_classes=num_classes)
+    return np.einsum("nd,nd->n", normalized, means[labels])
 
 
 def run_demo(config: ml_collections.ConfigDict, workdir: str, table: datasets.LabelTable) -> dict:
@@ -48,6 +55,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str, table: datasets.La
     scores = centroid_cosine_scores(features.load_all(), table.labels, pool & features.valid(), table.num_classes)
     heldout_rows = pool & table.heldout_classes[table.labels]
     summary["detection"] = _detection_summary(config, workdir, table, scores)
+    summary["suspicious"] = _most_suspicious(workdir, truth, table.class_names, count=10)
     summary.update(
         dataset=root, images=int(pool.sum()), test_images=int((~pool).sum()), classes=table.num_classes,
         noise_rate=float(is_wrong[pool].mean()), heldout_classes=int(table.heldout_classes.sum()),
@@ -66,7 +74,7 @@ def _detection_summary(config, workdir, table, centroid_scores) -> dict:
     Both thresholds are chosen on verified classes' validation rows and applied
     unchanged to the held-out classes' rows, as a user without their labels would.
     """
-    with open(f"{train_lib.cleannet_dir(workdir)}/metrics.json") as f:
+    with open(f"{verify_lib.verify_dir(workdir)}/metrics.json") as f:
         cleannet = json_load(f)
     val = (table.split == datasets.SPLIT_VAL) & (table.verification >= 0)
     seen, held = val & ~table.heldout_classes[table.labels], val & table.heldout_classes[table.labels]
@@ -78,6 +86,15 @@ def _detection_summary(config, workdir, table, centroid_scores) -> dict:
     return {"cleannet": {k: cleannet[k] for k in ("mode", "detection_error", "detection_error_heldout", "roc_auc",
                                                    "roc_auc_heldout", "threshold")},
             "centroid": baseline}
+
+
+def _most_suspicious(workdir: str, truth: dict[str, int], class_names, *, count: int) -> list[dict]:
+    """The `count` lowest-scored images of WORKDIR/verify/scores.tsv, with their true label (demo only)."""
+    scores = scores_io.read_scores_tsv(f"{verify_lib.verify_dir(workdir)}/scores.tsv")
+    order = np.argsort(scores.scores, kind="stable")[:count]
+    return [{"key": str(scores.keys[i]), "label": str(scores.labels[i]), "score": float(scores.scores[i]),
+             "suggested": str(scores.suggested_labels[i]),
+             "true": class_names[truth[scores.keys[i]]] if scores.keys[i] in truth else "?"} for i in order]
 
 
 def format_summary(summary: dict, *, seconds: float) -> str:
@@ -103,5 +120,11 @@ def format_summary(summary: dict, *, seconds: float) -> str:
                       ("class-centroid cosine", "centroid")):
         lines.append(f"    {name:<28} {pct(detection[key]['detection_error']):>16} "
                      f"{pct(detection[key]['detection_error_heldout']):>17}")
+    if summary.get("suspicious"):
+        lines.append("  the ten most suspicious labels (cleannet-verify; full list in verify/scores.tsv):")
+        lines.append(f"    {'image':<46} {'label':>8} {'score':>7} {'suggested':>10} {'true':>8}")
+        for row in summary["suspicious"]:
+            lines.append(f"    {row['key']:<46} {row['label']:>8} {row['score']:>7.3f} {row['suggested']:>10} "
+                         f"{row['true']:>8}")
     lines.append(f"  time           {seconds:.0f} s on {summary['replicas']} replica(s)")
     return "\n".join(lines)

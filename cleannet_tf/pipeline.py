@@ -4,6 +4,7 @@
     extract -> WORKDIR/features/                            (extract_lib.run_extract)
     refs    -> WORKDIR/references.npz                       (run_refs)
     train   -> WORKDIR/cleannet/                            (train_lib.run_train)
+    verify  -> WORKDIR/verify/                              (verify_lib.run_verify)
 
 Each step reads what the earlier ones wrote to WORKDIR.
 """
@@ -17,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cleannet_tf import backbones, classifier_lib, datasets, extract_lib, references, train_lib
+from cleannet_tf import backbones, classifier_lib, datasets, extract_lib, references, train_lib, verify_lib
 from cleannet_tf.feature_store import FeatureStore
 from cleannet_tf.references import references_path
 
@@ -87,10 +88,13 @@ def step_complete(step: str, config: ml_collections.ConfigDict, workdir: str) ->
     if step == "train":
         return os.path.exists(os.path.join(train_lib.cleannet_dir(workdir), "model.keras")) and os.path.exists(
             os.path.join(train_lib.cleannet_dir(workdir), "metrics.json"))
+    if step == "verify":
+        return all(os.path.exists(os.path.join(verify_lib.verify_dir(workdir), name))
+                   for name in ("metrics.json", "scores.tsv", "verifier.keras"))
     raise ValueError(f"Unknown step {step!r}")
 
 
-STEPS = ("train_classifier", "extract", "refs", "train")
+STEPS = ("train_classifier", "extract", "refs", "train", "verify")
 
 
 def run_steps(config: ml_collections.ConfigDict, workdir: str, *, table: datasets.LabelTable | None = None,
@@ -122,6 +126,10 @@ def run_steps(config: ml_collections.ConfigDict, workdir: str, *, table: dataset
             result = train_lib.run_train(config, workdir, table=table, strategy=strategy)
             done[step] = (f"{result['steps']} steps, best at {result['best_step']}, "
                           f"{result['samples_per_second']:.0f} samples/s")
+        elif step == "verify":
+            result = verify_lib.run_verify(config, workdir, table=table)
+            done[step] = (f"threshold {result['threshold']:.3f}, {result['n_flagged']} of {result['n_images']} "
+                          "images flagged")
         else:
             raise ValueError(f"Unknown step {step!r}; expected one of {STEPS}")
         logging.info("%s: %s", step, done[step])

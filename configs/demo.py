@@ -29,8 +29,10 @@ def get_config(kind: str = "two_digits"):
     config.extract.shard_size = 2048
     config.refs.num_references = 8
     config.refs.n_init = 3
-    # Transfer to the held-out classes: k-means on each class's clean core, margin scores.
-    config.cleannet.mode = "robust"
+    # Transfer to the held-out classes: k-means on each class's clean core;
+    # scores combine CleanNet's with the robust class means' (README, "Transfer").
+    config.cleannet.mode = "stacked"
+    config.cleannet.calibration_fraction = 0.3
     config.refs.core_fraction = 0.7
     config.train.steps = 3000
     config.train.eval_every = 500
