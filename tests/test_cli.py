@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from cleannet_tf import datasets
+from cleannet_tf import datasets, pipeline
 from cleannet_tf.references import ReferenceSets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +40,8 @@ def test_demo_runs_every_step_then_skips_them(tmp_path):
     assert "cleannet_tf demo" in first.stdout and "held-out classes" in first.stdout
     assert "10 classes" in first.stdout and "30.0% of the noisy labels are wrong" in first.stdout
     for path in ("classifier/model.keras", "classifier/metrics.json", "features/manifest.json", "references.npz",
-                 "cleannet/model.keras", "cleannet/metrics.json", "config.demo.json"):
+                 "cleannet/model.keras", "cleannet/metrics.json", "config.demo.json", "verify/scores.tsv",
+                 "verify/metrics.json", "verify/verifier.keras"):
         assert (workdir / path).exists(), path
     references = ReferenceSets.load(str(workdir / "references.npz"))
     assert references.references.shape == (10, 8, 256)
@@ -54,13 +55,21 @@ def test_demo_runs_every_step_then_skips_them(tmp_path):
     in_heldout = table.heldout_classes[table.labels]
     verified = table.verification >= 0
     assert not (verified & in_heldout & (table.split == datasets.SPLIT_TRAIN)).any()
-    assert (verified & in_heldout & (table.split == datasets.SPLIT_VAL)).sum() == cleannet["best"]["n_val_heldout"]
+    verify = json.loads((workdir / "verify" / "metrics.json").read_text())
+    assert (verified & in_heldout & (table.split == datasets.SPLIT_VAL)).sum() == verify["n_val_heldout"]
+    assert verify["detection_error_heldout"] is not None
+    # CleanNet trained without the held-out classes' and the calibration classes' verified rows.
+    calibration = [table.class_names.index(name) for name in verify["calibration_classes"]]
+    assert calibration and not table.heldout_classes[calibration].any()
+    calibration_val = verified & np.isin(table.labels, calibration) & (table.split == datasets.SPLIT_VAL)
+    assert cleannet["best"]["n_val_heldout"] == verify["n_val_heldout"] + calibration_val.sum()
+    assert "the ten most suspicious labels" in first.stdout
     classifier = json.loads((workdir / "classifier" / "metrics.json").read_text())
     assert classifier["weighting"] == "none" and 0.0 <= classifier["test_accuracy"] <= 1.0
 
     second = _run("demo", *args)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stdout.count("already complete") == 4
+    assert second.stdout.count("already complete") == len(pipeline.STEPS)
 
 
 def test_refs_then_train_on_precomputed_features(tmp_path):
