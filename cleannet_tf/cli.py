@@ -46,7 +46,14 @@ def setup(argv: list[str], step: str) -> tuple[ml_collections.ConfigDict, str]:
     return config, workdir
 
 
-def set_default_config(path: str | None) -> None:
-    """Makes `path` the --config default (for commands that have a natural one)."""
-    if path:
-        flags.FLAGS.set_default("config", path)
+def set_default_config(path: str | None, argv: list[str]) -> None:
+    """Makes `path` the --config default when argv names no --config (for commands that have a natural one).
+
+    The override flags (--config.section.field) the schema's default defined are removed first, so the new
+    default defines its own.
+    """
+    if not path or any(arg == "--config" or arg.startswith("--config=") for arg in argv[1:]):
+        return
+    for name in [name for name in flags.FLAGS if name.startswith("config.")]:
+        delattr(flags.FLAGS, name)
+    flags.FLAGS.set_default("config", path)

@@ -119,6 +119,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.loss.reconstruction_weight = 0.1
     config.loss.unverified_weight = 0.1
     config.loss.pseudo_label_threshold = 0.1
+    # Not in the paper: weight of a hinge pushing each image from a random other
+    # class's embedding (negatives from other classes' reference sets). 0 = off.
+    config.loss.other_class_weight = 0.0
 
     # --- cleannet-train (paper: SGD momentum 0.9, lr 0.01 x0.1 at half, 60k steps).
     config.train = ml_collections.ConfigDict()
@@ -288,7 +291,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if not 0.0 <= config.cleannet.dropout_rate < 1.0:
         _fail("cleannet.dropout_rate", "must be in [0, 1)", config.cleannet.dropout_rate)
     for field in ("cleannet.weight_decay", "loss.negative_weight", "loss.reconstruction_weight",
-                  "loss.unverified_weight", "train.momentum"):
+                  "loss.unverified_weight", "loss.other_class_weight", "train.momentum"):
         _check_positive(config, field, allow_zero=True)
     if not 0.0 < config.train.lr_decay_factor <= 1.0:
         _fail("train.lr_decay_factor", "must be in (0, 1]", config.train.lr_decay_factor)

@@ -7,6 +7,7 @@ Generates the demo data (real digits, known label noise) under WORKDIR/demo_data
 then runs each pipeline step that exists, skipping those already complete.
 """
 
+import sys
 import time
 
 from absl import app
@@ -23,7 +24,7 @@ def main(argv):
 
 
 def run():
-    cli.set_default_config(cli.default_config_path("demo"))
+    cli.set_default_config(cli.default_config_path("demo"), sys.argv)
     app.run(main)
 
 

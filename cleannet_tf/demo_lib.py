@@ -83,8 +83,9 @@ def _detection_summary(config, workdir, table, centroid_scores) -> dict:
     if held.any():
         baseline["detection_error_heldout"] = metrics.detection_metrics(
             centroid_scores[held], table.verification[held], threshold)["error"]
-    return {"cleannet": {k: cleannet[k] for k in ("mode", "detection_error", "detection_error_heldout", "roc_auc",
-                                                   "roc_auc_heldout", "threshold")},
+    return {"cleannet": {**{k: cleannet[k] for k in ("mode", "detection_error", "detection_error_heldout",
+                                                      "roc_auc", "roc_auc_heldout", "threshold")},
+                         "signals": [name for name, w in cleannet.get("signal_weights", {}).items() if w]},
             "centroid": baseline}
 
 
@@ -116,10 +117,12 @@ def format_summary(summary: dict, *, seconds: float) -> str:
 
     lines.append("  detection error on verified validation labels (threshold chosen on verified classes):")
     lines.append(f"    {'':<28} {'verified classes':>16} {'held-out classes':>17}")
-    for name, key in ((f"CleanNet ({detection['cleannet']['mode']} mode)", "cleannet"),
+    for name, key in ((f"cleannet-verify ({detection['cleannet']['mode']} mode)", "cleannet"),
                       ("class-centroid cosine", "centroid")):
         lines.append(f"    {name:<28} {pct(detection[key]['detection_error']):>16} "
                      f"{pct(detection[key]['detection_error_heldout']):>17}")
+    if detection["cleannet"]["signals"]:
+        lines.append(f"    (stacked score of: {', '.join(detection['cleannet']['signals'])})")
     if summary.get("suspicious"):
         lines.append("  the ten most suspicious labels (cleannet-verify; full list in verify/scores.tsv):")
         lines.append(f"    {'image':<46} {'label':>8} {'score':>7} {'suggested':>10} {'true':>8}")

@@ -6,8 +6,9 @@ With s the score (cosine), l the verification label (1 = label correct):
     reconstruction sum_d (v_d - r_d)^2 over the D normalised features  every sample
     unverified     1[s >= t] (1 - s), the pseudo-label t=0.1 held fixed  unverified samples
 
-    total = mean_b [ is_verified v + beta rec + gamma (1 - is_verified) u ] + L2
-    (paper: w_neg = 5, m = 0.1, beta = gamma = 0.1, t = 0.1)
+    other class    max(0, s' - m), s' the score against a random other class   every sample
+    total = mean_b [ is_verified v + beta rec + gamma (1 - is_verified) u + delta o ] + L2
+    (paper: w_neg = 5, m = 0.1, beta = gamma = 0.1, t = 0.1, delta = 0: no other-class term)
 """
 
 from __future__ import annotations
@@ -45,10 +46,16 @@ class LossWeights:
     reconstruction_weight: float = 0.1
     unverified_weight: float = 0.1
     pseudo_label_threshold: float = 0.1
+    other_class_weight: float = 0.0
 
     @classmethod
     def from_config(cls, loss_config) -> LossWeights:
         return cls(**{field.name: float(loss_config[field.name]) for field in dataclasses.fields(cls)})
+
+
+def other_class_loss(negative_score, *, margin: float = 0.1):
+    """Pushes an image away from a class it was not labelled with: (B,) -> (B,) max(0, s' - margin)."""
+    return ops.relu(negative_score - margin)
 
 
 def per_sample_loss(score, normalized_features, reconstruction, verification_label, is_verified,

@@ -102,6 +102,7 @@ class StepSampler:
         self.verified_per_step = verified_per_step
         self.unverified_per_step = unverified_per_step
         self.seed = seed
+        self.num_classes = len(data.class_names)
         order = np.argsort(data.labels, kind="stable")
         classes, starts, counts = np.unique(data.labels[order], return_index=True, return_counts=True)
         self.rows_by_class = order
@@ -129,6 +130,13 @@ class StepSampler:
         return self.rows_by_class[self.class_starts[classes] + within]
 
 
+    def negative_labels(self, step: int, labels: np.ndarray) -> np.ndarray:
+        """A class other than each label, uniformly (loss.other_class_weight): (n,) -> (n,) int32."""
+        rng = np.random.default_rng([self.seed, 2, step])
+        offset = rng.integers(1, max(self.num_classes, 2), size=len(labels))
+        return ((labels + offset) % self.num_classes).astype(np.int32)
+
+
 def make_train_dataset(data: TrainingData, sampler: StepSampler, *, start_step: int, num_steps: int,
                        num_replicas: int, replica_ids) -> tf.data.Dataset:
     """Per-replica batches of steps [start_step, num_steps) for the replicas `replica_ids`.
@@ -136,7 +144,7 @@ def make_train_dataset(data: TrainingData, sampler: StepSampler, *, start_step: 
     Each global step is split evenly: replica r gets its share of the verified
     and of the unverified half. Elements come replica after replica, step after
     step: {"query_features" (b, D), "label" (b,), "verification_label" (b,),
-    "is_verified" (b,)} with b = global batch / num_replicas.
+    "is_verified" (b,), "negative_label" (b,) a random other class} with b = global batch / num_replicas.
     """
     verified_share = sampler.verified_per_step // num_replicas
     unverified_share = sampler.unverified_per_step // num_replicas
@@ -145,27 +153,33 @@ def make_train_dataset(data: TrainingData, sampler: StepSampler, *, start_step: 
     def batches_of_step(step):
         step = int(step)
         verified, unverified = sampler.verified(step), sampler.unverified(step)
+        all_rows = np.concatenate([verified, unverified])
+        negatives = dict(zip(("verified", "unverified"), np.split(
+            sampler.negative_labels(step, data.labels[all_rows]), [len(verified)]), strict=True))
         out = []
         for r in replica_ids:
             rows = np.concatenate([verified[r * verified_share:(r + 1) * verified_share],
                                    unverified[r * unverified_share:(r + 1) * unverified_share]])
             is_verified = np.concatenate([np.ones(verified_share, np.float32), np.zeros(unverified_share, np.float32)])
             label = np.maximum(data.verification[rows], 0).astype(np.float32) * is_verified
-            out.append((data.features[rows], data.labels[rows], label, is_verified))
+            negative = np.concatenate([negatives["verified"][r * verified_share:(r + 1) * verified_share],
+                                       negatives["unverified"][r * unverified_share:(r + 1) * unverified_share]])
+            out.append((data.features[rows], data.labels[rows], label, is_verified, negative))
         return [np.stack(column) for column in zip(*out, strict=True)]
 
     feature_dim = data.feature_dim
     per_replica = verified_share + unverified_share
 
     def load(step):
-        features, labels, verification, is_verified = tf.numpy_function(
-            batches_of_step, [step], [tf.float32, tf.int32, tf.float32, tf.float32], stateful=False)
+        features, labels, verification, is_verified, negative = tf.numpy_function(
+            batches_of_step, [step], [tf.float32, tf.int32, tf.float32, tf.float32, tf.int32], stateful=False)
         n = len(replica_ids)
         return tf.data.Dataset.from_tensor_slices({
             "query_features": tf.ensure_shape(features, (n, per_replica, feature_dim)),
             "label": tf.ensure_shape(labels, (n, per_replica)),
             "verification_label": tf.ensure_shape(verification, (n, per_replica)),
             "is_verified": tf.ensure_shape(is_verified, (n, per_replica)),
+            "negative_label": tf.ensure_shape(negative, (n, per_replica)),
         })
 
     dataset = tf.data.Dataset.range(start_step, num_steps).flat_map(load)

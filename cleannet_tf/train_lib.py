@@ -102,19 +102,28 @@ def _make_train_step(model, optimizer, references, strategy, *, global_batch: in
     query_encoder, reference_encoder = query_encoder_of(model), reference_encoder_of(model)
 
     def replica_step(batch):
+        use_negatives = weights.other_class_weight > 0
         with tf.GradientTape() as tape:
             query = query_encoder(batch["query_features"], training=True)
+            labels = batch["label"]
+            if use_negatives:
+                labels = tf.concat([labels, batch["negative_label"]], axis=0)
             if encoding == "per_class":  # each distinct class of the batch once
-                classes, index = tf.unique(batch["label"])
+                classes, index = tf.unique(labels)
                 class_embedding = reference_encoder(tf.gather(references, classes), training=True)["class_embedding"]
                 class_embedding = tf.gather(class_embedding, index)
             else:  # the paper's: every sample carries its own copy of its class's reference set
-                class_embedding = reference_encoder(tf.gather(references, batch["label"]),
-                                                    training=True)["class_embedding"]
-            score = tf.reduce_sum(tf.math.l2_normalize(query["query_embedding"], -1)
-                                  * tf.math.l2_normalize(class_embedding, -1), axis=-1)
+                class_embedding = reference_encoder(tf.gather(references, labels), training=True)["class_embedding"]
+            query_embedding = tf.math.l2_normalize(query["query_embedding"], -1)
+            class_embedding = tf.math.l2_normalize(class_embedding, -1)
+            batch_size = tf.shape(query_embedding)[0]
+            score = tf.reduce_sum(query_embedding * class_embedding[:batch_size], axis=-1)
             per_sample = losses.per_sample_loss(score, query["normalized_features"], query["reconstruction"],
                                                 batch["verification_label"], batch["is_verified"], weights)
+            if use_negatives:
+                negative_score = tf.reduce_sum(query_embedding * class_embedding[batch_size:], axis=-1)
+                per_sample += weights.other_class_weight * losses.other_class_loss(negative_score,
+                                                                                   margin=weights.margin)
             loss = tf.nn.compute_average_loss(per_sample, global_batch_size=global_batch)
             regularization = tf.add_n(model.losses) if model.losses else tf.constant(0.0)
             loss += tf.nn.scale_regularization_loss(regularization)

@@ -104,3 +104,10 @@ def test_run_chains_the_steps_and_skips_complete_ones(tmp_path):
     assert second.returncode == 0
     lines = dict(line.split(None, 1) for line in second.stdout.strip().splitlines())
     assert lines["refs"] == lines["train"] == "already complete"
+
+
+def test_demo_takes_config_overrides_without_config_flag(tmp_path):
+    # Its default --config is configs/demo.py; an override alone must reach it (and be validated).
+    result = _run("demo", f"--workdir={tmp_path}", "--config.train.steps=-1")
+    assert result.returncode != 0
+    assert "train.steps" in result.stderr and "defined twice" not in result.stderr

@@ -50,3 +50,9 @@ def test_loss_weights_from_config():
     assert weights == losses.LossWeights()
     with pytest.raises(TypeError):
         losses.LossWeights(bogus=1.0)
+
+
+def test_other_class_loss_hand_computed():
+    negative_score = np.array([0.5, 0.1, -0.3, 0.12], np.float32)
+    np.testing.assert_allclose(losses.other_class_loss(negative_score, margin=0.1), [0.4, 0.0, 0.0, 0.02],
+                               atol=1e-6)

@@ -1,5 +1,6 @@
 """CleanNet training: learns planted noise; identical under Mirrored and MultiWorker; resumes after SIGKILL."""
 
+import copy
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import pytest
 import tensorflow as tf
 from conftest import small_train_config, write_feature_dataset
 
-from cleannet_tf import datasets, pipeline, train_lib
+from cleannet_tf import datasets, pipeline, train_data, train_lib
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -80,6 +81,32 @@ def _free_ports(count):
     for s in sockets:
         s.close()
     return ports
+
+
+def test_other_class_negatives_per_class_equals_per_sample_and_changes_training(feature_workdir):
+    config, workdir = feature_workdir
+    config = copy.deepcopy(config)
+    config.train.steps = 30
+    data, references = train_lib.load_training_inputs(config, workdir)
+    plain, _ = train_lib.train_cleannet(data, references, config, os.path.join(workdir, "n0"), progress=False)
+    config.loss.other_class_weight = 1.0
+    per_class, _ = train_lib.train_cleannet(data, references, config, os.path.join(workdir, "n1"), progress=False)
+    per_sample, _ = train_lib.train_cleannet(data, references, config, os.path.join(workdir, "n2"),
+                                             encoding="per_sample", progress=False)
+    for got, want in zip(_weights(per_class), _weights(per_sample), strict=True):
+        np.testing.assert_allclose(got, want, atol=2e-5)
+    assert max(np.abs(a - b).max() for a, b in zip(_weights(per_class), _weights(plain), strict=True)) > 1e-4
+
+
+def test_negative_labels_are_other_classes_and_deterministic(feature_workdir):
+    config, workdir = feature_workdir
+    data, _ = train_lib.load_training_inputs(config, workdir)
+    sampler = train_data.StepSampler(data, verified_per_step=8, unverified_per_step=8, seed=3)
+    labels = data.labels[:500]
+    negatives = sampler.negative_labels(7, labels)
+    assert not np.any(negatives == labels) and negatives.min() >= 0 and negatives.max() < len(data.class_names)
+    np.testing.assert_array_equal(negatives, sampler.negative_labels(7, labels))
+    assert len(np.unique(negatives)) == len(data.class_names)  # every class is drawn for some label
 
 
 def test_multi_worker_two_processes_identical_weights(feature_workdir, tmp_path):
