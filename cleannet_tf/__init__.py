@@ -12,7 +12,8 @@ Importing the package registers CleanNet's Keras layers, so
 
 __version__ = "0.1.0"
 
+from cleannet_tf.detector import CleanNetDetector  # noqa: E402
 from cleannet_tf.label_noise import find_label_issues, sample_weights  # noqa: E402
 from cleannet_tf.model import build_cleannet  # noqa: E402  (also registers the layers)
 
-__all__ = ["build_cleannet", "find_label_issues", "sample_weights", "__version__"]
+__all__ = ["CleanNetDetector", "build_cleannet", "find_label_issues", "sample_weights", "__version__"]

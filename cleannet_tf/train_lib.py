@@ -279,20 +279,26 @@ def _metrics_payload(state, config, encoding, step, samples_per_second) -> dict:
             "samples_per_second": samples_per_second, "best": best, "history": state["history"]}
 
 
+def pick_calibration_classes(verified_labels: np.ndarray, num_classes: int, fraction: float, seed: int) -> np.ndarray:
+    """(C,) bool: a seeded `fraction` of the classes in `verified_labels` (labels of verified training rows)."""
+    calibration = np.zeros(num_classes, bool)
+    candidates = np.unique(verified_labels)
+    if fraction <= 0 or len(candidates) < 2:
+        return calibration
+    count = min(len(candidates) - 1, max(1, round(fraction * len(candidates))))
+    calibration[np.random.default_rng([seed, 0xCA11]).choice(candidates, count, replace=False)] = True
+    return calibration
+
+
 def calibration_classes(table: datasets.LabelTable, fraction: float, seed: int) -> np.ndarray:
     """(C,) bool: the verified classes whose verification labels CleanNet does not train on (a seeded draw).
 
     With cleannet.mode=stacked, cleannet-verify fits its score combination on these classes' verified rows,
     where CleanNet behaves as on classes nobody verified. fraction 0: none.
     """
-    calibration = np.zeros(table.num_classes, bool)
     verified = (table.verification >= 0) & (table.split == datasets.SPLIT_TRAIN)
-    candidates = np.unique(table.labels[verified & ~table.heldout_classes[table.labels]])
-    if fraction <= 0 or len(candidates) < 2:
-        return calibration
-    count = min(len(candidates) - 1, max(1, round(fraction * len(candidates))))
-    calibration[np.random.default_rng([seed, 0xCA11]).choice(candidates, count, replace=False)] = True
-    return calibration
+    verified_labels = table.labels[verified & ~table.heldout_classes[table.labels]]
+    return pick_calibration_classes(verified_labels, table.num_classes, fraction, seed)
 
 
 def load_training_inputs(config: ml_collections.ConfigDict, workdir: str,

@@ -1,0 +1,69 @@
+"""cleannet_tf.CleanNetDetector: fit on arrays, audit new data, save and load."""
+
+import numpy as np
+import pytest
+from conftest import small_train_config
+
+import cleannet_tf
+
+
+def _planted(seed, n_per_class=120, num_classes=6, dim=24, noise=0.2):
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(0).gamma(1.0, 1.0, (num_classes, dim)) * 3
+    true = np.repeat(np.arange(num_classes), n_per_class)
+    features = np.maximum(centres[true] + rng.normal(0, 0.8, (len(true), dim)), 0).astype(np.float32)
+    noisy = true.copy()
+    flipped = rng.random(len(true)) < noise
+    noisy[flipped] = (true[flipped] + rng.integers(1, num_classes, flipped.sum())) % num_classes
+    return features, noisy, true
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    features, noisy, true = _planted(1)
+    rng = np.random.default_rng(2)
+    verification = np.where((rng.random(len(noisy)) < 0.5) & (noisy < 4), (noisy == true).astype(int), -1)
+    config = small_train_config({"data.format": "tsv", "data.root": "unused.tsv"}, **{"train.steps": 400})
+    detector = cleannet_tf.CleanNetDetector(mode="stacked", steps=400, num_references=8, config=config)
+    return detector.fit(features, noisy, verification), features, noisy, true
+
+
+def test_detector_finds_planted_noise_on_new_data_including_unverified_classes(fitted):
+    detector, *_ = fitted
+    features, noisy, true = _planted(5)
+    flagged = detector.find_label_issues(features, noisy)
+    wrong = noisy != true
+    assert np.mean(flagged == wrong) > 0.9
+    unverified_classes = noisy >= 4
+    assert np.mean(flagged[unverified_classes] == wrong[unverified_classes]) > 0.85
+    ranked = detector.find_label_issues(features, noisy, return_ranked=True)
+    scores = detector.score(features, noisy)
+    np.testing.assert_array_equal(np.sort(ranked), np.nonzero(flagged)[0])
+    assert np.all(np.diff(scores[ranked]) >= 0)
+    suggested, _ = detector.suggest_labels(features)
+    assert np.mean(suggested[flagged & wrong] == true[flagged & wrong]) > 0.8
+
+
+def test_detector_weights_and_save_load(fitted, tmp_path):
+    detector, features, noisy, _ = fitted
+    scores = detector.score(features, noisy)
+    np.testing.assert_allclose(detector.sample_weights(features, noisy, mode="soft"), np.clip(scores, 0, 1),
+                               atol=1e-6)
+    hard = detector.sample_weights(features, noisy, mode="hard")
+    np.testing.assert_array_equal(hard, (scores >= detector.threshold_).astype(np.float32))
+    path = str(tmp_path / "detector.keras")
+    detector.save(path)
+    loaded = cleannet_tf.CleanNetDetector.load(path)
+    np.testing.assert_array_equal(loaded.score(features, noisy), scores)
+    assert loaded.threshold_ == pytest.approx(detector.threshold_)
+
+
+def test_detector_rejects_bad_input():
+    features, noisy, _ = _planted(3, n_per_class=20)
+    detector = cleannet_tf.CleanNetDetector(steps=10)
+    with pytest.raises(ValueError, match="verification must hold"):
+        detector.fit(features, noisy, np.full(len(noisy), 2))
+    with pytest.raises(ValueError, match="Need verified rows"):
+        detector.fit(features, noisy, np.full(len(noisy), -1))
+    with pytest.raises(ValueError, match="not fitted"):
+        detector.score(features, noisy)
