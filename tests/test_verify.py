@@ -45,7 +45,7 @@ def _numpy_class_scores(cleannet, class_embeddings, means, features, scoring, we
     if scoring == "margin":
         return signals[1]
     logit = bias + sum(w * s for w, s in zip(weights, signals, strict=True))
-    return 2 / (1 + np.exp(-logit)) - 1
+    return 2 / (1 + np.exp(-logit / verifier.STACKED_TEMPERATURE)) - 1
 
 
 @pytest.mark.parametrize("scoring", verifier.SCORINGS)
