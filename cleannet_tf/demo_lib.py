@@ -79,12 +79,15 @@ def _detection_summary(config, workdir, table, centroid_scores) -> dict:
     val = (table.split == datasets.SPLIT_VAL) & (table.verification >= 0)
     seen, held = val & ~table.heldout_classes[table.labels], val & table.heldout_classes[table.labels]
     threshold, error = metrics.best_threshold(centroid_scores[seen], table.verification[seen])
-    baseline = {"detection_error": error, "detection_error_heldout": None}
+    baseline = {"detection_error": error, "detection_error_heldout": None,
+                "detection_error_all": metrics.detection_metrics(centroid_scores[val], table.verification[val],
+                                                                 threshold)["error"]}
     if held.any():
         baseline["detection_error_heldout"] = metrics.detection_metrics(
             centroid_scores[held], table.verification[held], threshold)["error"]
     return {"cleannet": {**{k: cleannet[k] for k in ("mode", "detection_error", "detection_error_heldout",
-                                                      "roc_auc", "roc_auc_heldout", "threshold")},
+                                                      "detection_error_all", "roc_auc", "roc_auc_heldout",
+                                                      "threshold")},
                          "signals": [name for name, w in cleannet.get("signal_weights", {}).items() if w]},
             "centroid": baseline}
 
@@ -116,11 +119,12 @@ def format_summary(summary: dict, *, seconds: float) -> str:
         return "n/a" if value is None else f"{value:.1%}"
 
     lines.append("  detection error on verified validation labels (threshold chosen on verified classes):")
-    lines.append(f"    {'':<28} {'verified classes':>16} {'held-out classes':>17}")
+    lines.append(f"    {'':<30} {'verified classes':>16} {'held-out classes':>17} {'all':>6}")
     for name, key in ((f"cleannet-verify ({detection['cleannet']['mode']} mode)", "cleannet"),
                       ("class-centroid cosine", "centroid")):
-        lines.append(f"    {name:<28} {pct(detection[key]['detection_error']):>16} "
-                     f"{pct(detection[key]['detection_error_heldout']):>17}")
+        lines.append(f"    {name:<30} {pct(detection[key]['detection_error']):>16} "
+                     f"{pct(detection[key]['detection_error_heldout']):>17} "
+                     f"{pct(detection[key]['detection_error_all']):>6}")
     if detection["cleannet"]["signals"]:
         lines.append(f"    (stacked score of: {', '.join(detection['cleannet']['signals'])})")
     if summary.get("suspicious"):
