@@ -103,10 +103,11 @@ def run_setting(config, workdir: str, name: str, shared: dict) -> None:
             cleannet = keras.saving.load_model(os.path.join(output_dir, "model.keras"))
         train_seconds = time.perf_counter() - start
         calibration = train_lib.calibration_classes(table, config.cleannet.calibration_fraction, config.seed)
-        for label, signals in ((f"CleanNet {config.cleannet.mode} mode", config.verify.signals.split(",")),
-                               ("  stacked on class-mean signals only", ["class_mean_cosine", "class_mean_margin"])):
-            if config.cleannet.mode != "stacked" and label.startswith("  "):
-                continue
+        variants = [(f"CleanNet {config.cleannet.mode} mode", tuple(verifier.SIGNAL_NAMES))]
+        if config.cleannet.mode == "stacked":
+            variants = [("CleanNet stacked: CleanNet + class-mean signals", verifier.SIGNAL_NAMES),
+                        ("  stacked: class-mean signals only", ("class_mean_cosine", "class_mean_margin"))]
+        for label, signals in variants:
             start = time.perf_counter()
             model, _ = verify_lib.fit_verifier(cleannet, data, reference_sets, mode=config.cleannet.mode,
                                                class_mean_keep=config.verify.class_mean_keep,
