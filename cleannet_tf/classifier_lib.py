@@ -34,6 +34,13 @@ def classifier_dir(workdir: str) -> str:
     return os.path.join(workdir, "classifier")
 
 
+def weighted_cross_entropy(labels, logits, weights, *, global_batch_size: int):
+    """sum_i w_i CE(logits_i, labels_i) / global_batch_size: (b,), (b, C), (b,) -> scalar (a replica's share)."""
+    cross_entropy = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    return tf.nn.compute_average_loss(cross_entropy * tf.cast(weights, cross_entropy.dtype),
+                                      global_batch_size=global_batch_size)
+
+
 def _per_epoch_dataset(paths, labels, weights, *, epoch, image_size, per_replica_batch, config, shard,
                        num_shards) -> tf.data.Dataset:
     """One epoch of this input pipeline's shard, shuffled by (seed, epoch), per-replica batches."""
@@ -119,8 +126,7 @@ def train_classifier(table: datasets.LabelTable, config: ml_collections.ConfigDi
     def replica_step(batch):
         with tf.GradientTape() as tape:
             logits = model(batch["image"], training=True)["logits"]
-            cross_entropy = keras.losses.sparse_categorical_crossentropy(batch["label"], logits, from_logits=True)
-            loss = tf.nn.compute_average_loss(cross_entropy * batch["weight"], global_batch_size=global_batch)
+            loss = weighted_cross_entropy(batch["label"], logits, batch["weight"], global_batch_size=global_batch)
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
         gradients = tape.gradient(loss, model.trainable_variables)
@@ -159,6 +165,7 @@ def train_classifier(table: datasets.LabelTable, config: ml_collections.ConfigDi
     test_accuracy = (evaluate_accuracy(model, table.paths[test], table.labels[test], image_size=image_size,
                                        config=config) if test.any() else None)
     metrics = {"test_accuracy": test_accuracy, "weighting": config.classifier.weighting, "n_test": int(test.sum()),
+               "mean_weight": float(weights_pool.mean()) if len(weights_pool) else None,
                "n_train": int(len(pool)), "epochs": config.classifier.epochs, "steps": total_steps,
                "seconds": seconds, "history": history}
     logging.info("Classifier (%s weighting): test accuracy %s", metrics["weighting"], test_accuracy)

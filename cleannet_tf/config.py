@@ -151,6 +151,9 @@ def default_config() -> ml_collections.ConfigDict:
     # --- cleannet-train-classifier.
     config.classifier = ml_collections.ConfigDict()
     config.classifier.weighting = "none"  # none | soft (max(0, s)) | hard (s >= threshold)
+    # Weighted classifiers cleannet-run trains after cleannet-verify (comma
+    # list of soft, hard; "" for none). Each goes to WORKDIR/classifier_<w>/.
+    config.classifier.after_verify = "soft"
     # Backbone weights the classifier starts from: auto (imagenet, the paper's,
     # where the backbone has them, else random), imagenet, random, or a file.
     config.classifier.initial_weights = "auto"
@@ -306,6 +309,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check_positive(config, "verify.budget_per_class", allow_zero=True)
     _check_positive(config, "verify.report_classes", allow_zero=True)
     _check_choice(config, "classifier.weighting", WEIGHTINGS)
+    for weighting in (name.strip() for name in config.classifier.after_verify.split(",") if name.strip()):
+        if weighting not in ("soft", "hard"):
+            _fail("classifier.after_verify", "must be a comma list of soft, hard", config.classifier.after_verify)
     initial = config.classifier.initial_weights
     if initial not in ("auto", "random", "imagenet") and not initial.endswith((".keras", ".weights.h5")):
         _fail("classifier.initial_weights",

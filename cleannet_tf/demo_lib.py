@@ -7,6 +7,7 @@ wrong labels from right ones are exact.
 
 from __future__ import annotations
 
+import os
 from json import load as json_load
 
 import ml_collections
@@ -56,6 +57,10 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str, table: datasets.La
     heldout_rows = pool & table.heldout_classes[table.labels]
     summary["detection"] = _detection_summary(config, workdir, table, scores)
     summary["suspicious"] = _most_suspicious(workdir, truth, table.class_names, count=10)
+    summary["classifier_accuracy"] = {}
+    for weighting in ["none", *pipeline.weighted_classifiers(config)]:
+        with open(os.path.join(pipeline.classifier_output_dir(workdir, weighting), "metrics.json")) as f:
+            summary["classifier_accuracy"][weighting] = json_load(f)["test_accuracy"]
     summary.update(
         dataset=root, images=int(pool.sum()), test_images=int((~pool).sum()), classes=table.num_classes,
         noise_rate=float(is_wrong[pool].mean()), heldout_classes=int(table.heldout_classes.sum()),
@@ -133,5 +138,8 @@ def format_summary(summary: dict, *, seconds: float) -> str:
         for row in summary["suspicious"]:
             lines.append(f"    {row['key']:<46} {row['label']:>8} {row['score']:>7.3f} {row['suggested']:>10} "
                          f"{row['true']:>8}")
+    if summary.get("classifier_accuracy"):
+        lines.append("  classifier test accuracy by training weights (clean test images): " + ", ".join(
+            f"{name} {pct(value)}" for name, value in summary["classifier_accuracy"].items()))
     lines.append(f"  time           {seconds:.0f} s on {summary['replicas']} replica(s)")
     return "\n".join(lines)

@@ -45,4 +45,5 @@ def get_config(kind: str = "two_digits"):
     config.classifier.epochs = 8
     config.classifier.batch_size = 64
     config.classifier.learning_rate = 0.05
+    config.classifier.after_verify = "soft,hard"  # the demo compares none / soft / hard
     return config

@@ -1,0 +1,112 @@
+"""The weighted classifier: loss, gradients, weights from cleannet-verify's scores, the pipeline step."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cleannet_tf import config as config_lib
+from cleannet_tf import datasets, pipeline, scores_io
+from cleannet_tf.classifier_lib import weighted_cross_entropy
+
+
+def test_weighted_loss_equals_hand_weighted_cross_entropy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(5, 4)).astype(np.float32)
+    labels = np.array([0, 3, 1, 1, 2])
+    weights = np.array([1.0, 0.0, 0.5, 0.25, 1.0], np.float32)
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    expected = -np.sum(weights * log_softmax[np.arange(5), labels]) / 8  # global batch of 8 over 2 replicas
+    got = weighted_cross_entropy(labels, logits, weights, global_batch_size=8)
+    np.testing.assert_allclose(float(got), expected, rtol=1e-6)
+
+
+def test_zero_weight_removes_a_samples_gradient():
+    keras.utils.set_random_seed(0)
+    dense = keras.layers.Dense(3)
+    features = np.random.default_rng(1).normal(size=(4, 6)).astype(np.float32)
+    labels = np.array([0, 2, 1, 2])
+    dense(features)
+
+    def gradients(x, y, w):
+        with tf.GradientTape() as tape:
+            loss = weighted_cross_entropy(y, dense(x), w, global_batch_size=4)
+        return tape.gradient(loss, dense.trainable_variables)
+
+    with_zero = gradients(features, labels, np.array([1.0, 0.0, 0.7, 1.0], np.float32))
+    without = gradients(features[[0, 2, 3]], labels[[0, 2, 3]], np.array([1.0, 0.7, 1.0], np.float32))
+    for a, b in zip(with_zero, without, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    changed = gradients(features, labels, np.array([1.0, 0.5, 0.7, 1.0], np.float32))
+    assert np.abs(changed[0] - with_zero[0]).max() > 1e-4
+
+
+@pytest.fixture
+def verified_image_workdir(tmp_path, make_images):
+    """A TSV image dataset (3 classes, train / val / test) with a cleannet-verify output written beside it."""
+    paths = make_images(tmp_path / "data", 48, size=(32, 32))
+    splits = ["train"] * 30 + ["val"] * 6 + ["test"] * 12
+    verified = ["1", "0"] + [""] * 28 + ["1"] * 6 + [""] * 12
+    lines = ["path\tlabel\tverified\tsplit"] + [
+        f"{os.path.basename(p)}\tclass{i % 3}\t{verified[i]}\t{splits[i]}" for i, p in enumerate(paths)]
+    (tmp_path / "data" / "labels.tsv").write_text("\n".join(lines) + "\n")
+    config = config_lib.default_config()
+    config.data.format, config.data.root = "tsv", str(tmp_path / "data" / "labels.tsv")
+    config.model.backbone, config.model.weights = "small_cnn", "random"
+    config.model.image_height = config.model.image_width = 32
+    config.classifier.epochs, config.classifier.batch_size, config.classifier.initial_weights = 2, 8, "random"
+    config = config_lib.validate(config)
+    workdir = str(tmp_path / "work")
+    table = datasets.load_table(config, workdir)
+    pool = np.nonzero(table.split != datasets.SPLIT_TEST)[0]
+    scores = np.linspace(-0.5, 0.9, len(pool)).astype(np.float32)
+    os.makedirs(os.path.join(workdir, "verify"))
+    names = np.asarray(table.class_names)
+    scores_io.write_scores_tsv(os.path.join(workdir, "verify", "scores.tsv"), scores_io.ScoresTable(
+        keys=table.keys[pool], labels=names[table.labels[pool]], scores=scores, noisy=scores < 0.2,
+        weight_soft=np.clip(scores, 0, 1), weight_hard=scores >= 0.2, suggested_labels=names[table.labels[pool]],
+        suggested_scores=scores))
+    with open(os.path.join(workdir, "verify", "metrics.json"), "w") as f:
+        json.dump({"threshold": 0.2}, f)
+    return config, workdir, table, pool, scores
+
+
+def test_weights_from_scores_with_verified_labels_first(verified_image_workdir):
+    config, workdir, table, pool, scores = verified_image_workdir
+    soft = pipeline.classifier_weights(table, workdir, "soft")
+    hard = pipeline.classifier_weights(table, workdir, "hard")
+    expected_soft = np.clip(scores, 0, 1)
+    expected_hard = (scores >= 0.2).astype(np.float32)
+    for weights, expected in ((soft, expected_soft), (hard, expected_hard)):
+        expected = np.where(table.verification[pool] == 1, 1.0, np.where(table.verification[pool] == 0, 0.0,
+                                                                         expected))
+        np.testing.assert_allclose(weights[pool], expected, atol=1e-6)
+        assert np.all(weights[table.split == datasets.SPLIT_TEST] == 1.0)
+    assert soft[pool][0] == 1.0 and soft[pool][1] == 0.0  # the two verified train rows, whatever their scores
+
+
+def test_weighted_classifier_through_the_pipeline(verified_image_workdir):
+    config, workdir, table, pool, scores = verified_image_workdir
+    config.classifier.weighting = "hard"
+    metrics = pipeline.run_train_classifier(config, workdir, table=table, progress=False)
+    written = json.load(open(os.path.join(workdir, "classifier_hard", "metrics.json")))
+    assert written["weighting"] == "hard" and 0.0 <= written["test_accuracy"] <= 1.0
+    weights = pipeline.classifier_weights(table, workdir, "hard")
+    assert metrics["n_train"] == int(np.sum(weights[pool] > 0))  # weight-0 images are not trained on
+    assert os.path.exists(os.path.join(workdir, "classifier_hard", "model.keras"))
+    assert pipeline.step_complete("train_classifier", config, workdir)
+
+
+def test_stale_scores_are_an_error(verified_image_workdir):
+    config, workdir, table, pool, scores = verified_image_workdir
+    path = os.path.join(workdir, "verify", "scores.tsv")
+    lines = open(path).read().splitlines()
+    open(path, "w").write("\n".join(lines[:10]) + "\n")
+    with pytest.raises(ValueError, match="have no score"):
+        pipeline.classifier_weights(table, workdir, "soft")
+    os.remove(path)
+    with pytest.raises(FileNotFoundError, match="run cleannet-verify first"):
+        pipeline.classifier_weights(table, workdir, "soft")
