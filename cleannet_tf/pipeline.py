@@ -168,8 +168,10 @@ def run_steps(config: ml_collections.ConfigDict, workdir: str, *, table: dataset
     if config.classifier.weighting != "none":  # the first classifier extracts features: unweighted
         first_config = _with_weighting(config, "none")
     for step in steps:
-        if step in ("train_classifier", "extract") and config.data.features:
+        if step in ("train_classifier", "extract", "weighted_classifiers") and config.data.features:
             done[step] = "skipped: precomputed features (data.features)"
+        elif step == "weighted_classifiers" and not weighted_classifiers(config):
+            done[step] = "skipped: classifier.after_verify is empty"
         elif step_complete(step, first_config if step == "train_classifier" else config, workdir):
             done[step] = "already complete"
         elif step == "train_classifier":

@@ -100,6 +100,7 @@ def test_run_chains_the_steps_and_skips_complete_ones(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     lines = dict(line.split(None, 1) for line in first.stdout.strip().splitlines())
     assert lines["extract"].startswith("skipped") and lines["train"].startswith("60 steps")
+    assert lines["verify"].startswith("threshold") and lines["weighted_classifiers"].startswith("skipped")
     second = _run("run", *flags)
     assert second.returncode == 0
     lines = dict(line.split(None, 1) for line in second.stdout.strip().splitlines())
