@@ -2,6 +2,8 @@
 
     verifier.keras   the verifier model (features, label -> score, is_noisy, weight_soft, suggested_label, ...)
     scores.tsv       one row per image of the noisy pool (scores_io)
+    to_verify.tsv    the images a person should verify next, in verified_train.tsv's format (active_verification)
+    report.html      histogram, ROC / PR curves, noise rate per class, most suspicious images (report.py)
     metrics.json     threshold, detection error / precision / recall / F1 / ROC-AUC on verified validation rows
                      (verified classes) and on held-out classes' validation rows, per class, noise-rate estimates
 
@@ -18,7 +20,18 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cleannet_tf import checkpointing, datasets, detectors, metrics, scores_io, train_data, train_lib, verifier
+from cleannet_tf import (
+    active_verification,
+    checkpointing,
+    datasets,
+    detectors,
+    metrics,
+    scores_io,
+    train_data,
+    train_lib,
+    verifier,
+)
+from cleannet_tf import report as report_lib
 from cleannet_tf.model import encode_classes
 from cleannet_tf.references import ReferenceSets
 
@@ -181,6 +194,27 @@ def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: datase
               "n_images": int(len(scores)), "n_flagged": int(np.sum(scores < threshold)),
               "class_names": list(data.class_names)}
     checkpointing.write_json(os.path.join(output_dir, "metrics.json"), report)
+
+    train_rows = table.split[data.table_rows] == datasets.SPLIT_TRAIN
+    keys = table.keys[data.table_rows]
+    proposals = active_verification.propose_verification(
+        data.labels, scores, np.where(train_rows, data.verification, -1), threshold=threshold,
+        budget_per_class=config.verify.budget_per_class, num_classes=len(class_names),
+        candidates=train_rows & (data.verification < 0))
+    has_verification = np.bincount(data.labels[train_rows & (data.verification >= 0)],
+                                   minlength=len(class_names)) > 0
+    active_verification.write_verification_tsv(
+        os.path.join(output_dir, "to_verify.tsv"), keys[proposals], scores[proposals] >= threshold,
+        scores=scores[proposals], suggested_labels=class_names[suggested[proposals]],
+        reasons=["class has no verified label" if not has_verification[c] else "near the threshold"
+                 for c in data.labels[proposals]])
+    validation = np.zeros(len(scores), bool)
+    validation[data.validation] = True
+    report_lib.write_report(
+        output_dir, keys=keys, labels=data.labels, scores=scores, verification=data.verification,
+        validation=validation, threshold=threshold, class_names=class_names,
+        image_paths=table.paths[data.table_rows], suggested_labels=suggested, metrics=report,
+        worst_classes=config.verify.report_classes)
     logging.info("cleannet-verify: threshold %.4f, detection error %s (held-out %s), %d of %d images flagged.",
                  threshold, report["detection_error"], report["detection_error_heldout"], report["n_flagged"],
                  report["n_images"])

@@ -134,6 +134,8 @@ def test_verify_writes_scores_metrics_and_verifier(verified_workdir):
     assert written["detection_error"] < 0.1 and written["detection_error_heldout"] < 0.15
     assert set(written["per_class"]) == set(table.class_names)
     assert len(written["calibration_classes"]) == 1  # 25% of the 4 verified classes
+    for name in ("report.html", "to_verify.tsv", "scores_histogram.png", "roc_pr.png"):
+        assert os.path.getsize(os.path.join(workdir, "verify", name)) > 0
 
     # metrics.json numbers equal a recomputation from scores.tsv and the validation rows.
     val = (table.split[table_rows] == datasets.SPLIT_VAL) & (table.verification[table_rows] >= 0)

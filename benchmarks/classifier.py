@@ -1,0 +1,79 @@
+"""Benchmark: classifier test accuracy with none / soft / hard CleanNet weights, and with clean labels.
+
+On a finished demo workdir (`cleannet-demo`, which wrote verify/scores.tsv), trains the demo's classifier
+four times with the same config and seed: on the noisy labels unweighted, weighted soft (max(0, s)) and hard
+(1[s >= threshold]) by cleannet-verify's scores (verified labels first), and on the true labels (the demo
+knows them: the ceiling). Prints test accuracy on the clean test images and the share of the clean-label gain
+each weighting recovers, (acc_w - acc_none) / (acc_clean - acc_none); the paper recovers 47% with soft
+weights on Food-101N with 3.2% of images verified.
+
+    python benchmarks/classifier.py --workdir=/tmp/cleannet_demo
+
+Classifiers go to --output_dir (default WORKDIR/classifier_benchmark/<name>/), not to the pipeline's folders;
+a finished one is reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cleannet_tf import classifier_lib, datasets, demo_data, pipeline  # noqa: E402
+from cleannet_tf import config as config_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Pipeline config file.")
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/cleannet_demo", "A finished cleannet-demo workdir.")
+_OUTPUT = flags.DEFINE_string("output_dir", "", "Where the classifiers go (default WORKDIR/classifier_benchmark).")
+
+
+def main(argv) -> None:
+    del argv
+    config, workdir = _CONFIG.value, _WORKDIR.value
+    output_root = _OUTPUT.value or os.path.join(workdir, "classifier_benchmark")
+    table = datasets.load_table(config, workdir)
+    truth = demo_data.read_demo_truth(config_lib.resolve_data_root(config, workdir))
+    true_labels = np.array([truth.get(key, label) for key, label in zip(table.keys, table.labels, strict=True)])
+    pool = table.split != datasets.SPLIT_TEST
+    print(f"{int(pool.sum())} training images, {np.mean(true_labels[pool] != table.labels[pool]):.1%} wrong labels, "
+          f"{int((table.verification[pool] >= 0).sum())} verified; {int((~pool).sum())} clean test images")
+    runs = {
+        "none": (table, None),
+        "soft": (table, pipeline.classifier_weights(table, workdir, "soft")),
+        "hard": (table, pipeline.classifier_weights(table, workdir, "hard")),
+        "clean labels": (dataclasses.replace(table, labels=true_labels.astype(table.labels.dtype)), None),
+    }
+    accuracy = {}
+    print(f"\n{'training labels / weights':<28} {'test accuracy':>13} {'mean weight':>12} {'seconds':>8}")
+    for name, (run_table, weights) in runs.items():
+        output_dir = os.path.join(output_root, name.replace(" ", "_"))
+        metrics_path = os.path.join(output_dir, "metrics.json")
+        start = time.perf_counter()
+        if os.path.exists(metrics_path):
+            with open(metrics_path) as f:
+                metrics = json.load(f)
+        else:
+            _, metrics = classifier_lib.train_classifier(run_table, config, output_dir, sample_weights=weights,
+                                                         initial_weights="random", progress=False)
+        accuracy[name] = metrics["test_accuracy"]
+        mean_weight = 1.0 if weights is None else float(weights[pool].mean())
+        print(f"{name:<28} {accuracy[name]:>13.3f} {mean_weight:>12.3f} {time.perf_counter() - start:>8.0f}",
+              flush=True)
+    gain = accuracy["clean labels"] - accuracy["none"]
+    for name in ("soft", "hard"):
+        share = (accuracy[name] - accuracy["none"]) / gain if gain > 0 else float("nan")
+        print(f"share of the clean-label gain recovered by {name} weights: {share:.0%}")
+
+
+if __name__ == "__main__":
+    app.run(main)
