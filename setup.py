@@ -16,6 +16,8 @@ _ENTRY_POINTS = {
     "cleannet-refs": "cleannet_tf.refs:run",
     "cleannet-train": "cleannet_tf.train:run",
     "cleannet-verify": "cleannet_tf.verify:run",
+    "cleannet-export": "cleannet_tf.export:run",
+    "cleannet-serve": "cleannet_tf.serve:run",
     "cleannet-run": "cleannet_tf.run:run",
     "cleannet-demo": "cleannet_tf.demo:run",
 }

@@ -5,7 +5,8 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ENTRY_SCRIPTS = {"cli.py", "extract.py", "refs.py", "train.py", "train_classifier.py", "run.py", "demo.py", "verify.py"}
+ENTRY_SCRIPTS = {"cli.py", "extract.py", "refs.py", "train.py", "train_classifier.py", "run.py", "demo.py", "verify.py",
+                 "export.py", "serve.py"}
 
 
 def _readme_commands():

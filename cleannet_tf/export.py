@@ -1,0 +1,28 @@
+"""cleannet-export: the verifier and the classifier as SavedModels for TF Serving.
+
+    cleannet-export --config=configs/demo.py --workdir=/tmp/cleannet_demo --export_dir=saved_models
+
+Writes EXPORT_DIR/cleannet_verifier/<version>/, EXPORT_DIR/cleannet_classifier/<version>/ (each export adds
+the next version) and EXPORT_DIR/models.config.
+"""
+
+from absl import app, flags
+
+from cleannet_tf import cli, export_lib
+
+_EXPORT_DIR = flags.DEFINE_string("export_dir", "saved_models", "Where the SavedModels and models.config go.")
+
+
+def main(argv):
+    config, workdir = cli.setup(argv, "export")
+    result = export_lib.export_all(config, workdir, _EXPORT_DIR.value)
+    for name in ("verifier", "classifier", "models_config"):
+        print(f"{name}: {result[name]}")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

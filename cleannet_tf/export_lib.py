@@ -1,0 +1,249 @@
+"""cleannet-export: SavedModels in TF Serving's layout, with warmup requests and a models.config.
+
+    EXPORT_DIR/cleannet_verifier/<version>/     signatures (every input named, batch dimension dynamic):
+        serving_default    image_bytes (B,) string, label (B,) int64   -> score, is_noisy, weight_soft,
+                                                                          suggested_label, suggested_score
+        verify_label_name  image_bytes (B,) string, label_name (B,) string -> the same
+        verify_features    features (B, D) float32, label (B,) int64   -> the same
+        embed              image_bytes (B,) string                     -> query_embedding (B, E)
+    EXPORT_DIR/cleannet_classifier/<version>/
+        serving_default    image_bytes (B,) string -> probabilities (B, C), top_k (B, k) int64,
+                           top_k_names (B, k) string, top_k_scores (B, k)
+        classify           inputs (B,) serialized tf.Example with "image/encoded" -> classes (B, C) string,
+                           scores (B, C) float32  (TF Serving's Classify API)
+    EXPORT_DIR/models.config                    ModelServerConfig text proto listing both models
+
+Images (JPEG, PNG, GIF, BMP) are decoded and resized in the graph exactly as `cleannet-extract` does
+(input_pipeline.decode_image); bad bytes fail the request with INVALID_ARGUMENT. Core TF ops only, no XLA.
+Each version is written to a temporary folder whose name is not a number (servers ignore it) and renamed, so a
+polling server never sees half a model; VERSION/assets.extra/ holds tf_serving_warmup_requests (real requests
+for every signature) and labels.txt (class names in id order).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import keras
+import ml_collections
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from cleannet_tf import datasets, extract_lib, input_pipeline, pipeline, verify_lib
+from cleannet_tf.model import query_encoder_of
+
+VERIFIER, CLASSIFIER = "cleannet_verifier", "cleannet_classifier"
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+LABELS_FILE = os.path.join("assets.extra", "labels.txt")
+IMAGE_FEATURE = "image/encoded"
+
+
+def _decode_batch(image_bytes: tf.Tensor, image_size: tuple[int, int], resize: str) -> tf.Tensor:
+    """(B,) encoded images -> (B, H, W, 3) float32 in [0, 255]."""
+    return tf.map_fn(lambda b: input_pipeline.decode_image(b, image_size, resize), image_bytes,
+                     fn_output_signature=tf.TensorSpec((*image_size, 3), tf.float32))
+
+
+def build_verifier_archive(verifier: keras.Model, backbone: keras.Model, class_names, *, image_size, resize: str,
+                           ) -> keras.export.ExportArchive:
+    """The cleannet_verifier signatures around a verifier model and the backbone that made its features."""
+    feature_dim = int(verifier.inputs[0].shape[-1]) if not isinstance(verifier.input, dict) else int(
+        verifier.input["features"].shape[-1])
+    encoder = query_encoder_of(verifier)
+    table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        tf.constant(list(class_names)), tf.range(len(class_names), dtype=tf.int64)), default_value=-1)
+    archive = keras.export.ExportArchive()
+    archive.track(verifier)
+    archive.track(backbone)
+    archive.track(table)
+
+    def verify(features, label):
+        outputs = verifier({"features": features, "label": label}, training=False)
+        return {name: tf.cast(value, tf.float32) if value.dtype.is_floating else value
+                for name, value in outputs.items()}
+
+    def image_features(image_bytes):
+        return backbone(_decode_batch(image_bytes, image_size, resize), training=False)["features"]
+
+    image_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
+    label_spec = tf.TensorSpec([None], tf.int64, name="label")
+    archive.add_endpoint("serving_default", lambda image_bytes, label: verify(image_features(image_bytes), label),
+                         input_signature=[image_spec, label_spec])
+
+    def verify_label_name(image_bytes, label_name):
+        label = table.lookup(label_name)
+        with tf.control_dependencies([tf.debugging.assert_non_negative(
+                label, message="label_name is not one of the model's classes (assets.extra/labels.txt)")]):
+            label = tf.identity(label)
+        return verify(image_features(image_bytes), label)
+
+    archive.add_endpoint("verify_label_name", verify_label_name,
+                         input_signature=[image_spec, tf.TensorSpec([None], tf.string, name="label_name")])
+    archive.add_endpoint("verify_features", verify,
+                         input_signature=[tf.TensorSpec([None, feature_dim], tf.float32, name="features"), label_spec])
+    archive.add_endpoint("embed", lambda image_bytes: {"query_embedding": tf.cast(
+        encoder(image_features(image_bytes), training=False)["query_embedding"], tf.float32)},
+        input_signature=[image_spec])
+    return archive
+
+
+def build_classifier_archive(classifier: keras.Model, class_names, *, image_size, resize: str,
+                             top_k: int = 5) -> keras.export.ExportArchive:
+    """The cleannet_classifier signatures: serving_default (Predict) and classify (Classify)."""
+    names = tf.constant(list(class_names))
+    top_k = min(top_k, len(class_names))
+    archive = keras.export.ExportArchive()
+    archive.track(classifier)
+
+    def probabilities_of(image_bytes):
+        images = _decode_batch(image_bytes, image_size, resize)
+        return tf.cast(classifier(images, training=False)["probabilities"], tf.float32)
+
+    def predict(image_bytes):
+        probabilities = probabilities_of(image_bytes)
+        best = tf.math.top_k(probabilities, k=top_k)
+        ids = tf.cast(best.indices, tf.int64)
+        return {"probabilities": probabilities, "top_k": ids, "top_k_names": tf.gather(names, ids),
+                "top_k_scores": best.values}
+
+    def classify(inputs):
+        parsed = tf.io.parse_example(inputs, {IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string)})
+        probabilities = probabilities_of(parsed[IMAGE_FEATURE])
+        return {"classes": tf.broadcast_to(names, tf.shape(probabilities)), "scores": probabilities}
+
+    archive.add_endpoint("serving_default", predict,
+                         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    archive.add_endpoint("classify", classify, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    return archive
+
+
+def next_version(model_base: str) -> int:
+    """1 + the largest integer-named version folder under model_base (1 when there is none)."""
+    versions = [int(name) for name in os.listdir(model_base) if name.isdigit()] if os.path.isdir(model_base) else []
+    return max(versions, default=0) + 1
+
+
+def example_of(image_bytes: bytes) -> bytes:
+    """A serialized tf.Example carrying one encoded image under "image/encoded" (the classify input)."""
+    feature = {IMAGE_FEATURE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_bytes]))}
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def warmup_records(model_name: str, signatures: dict[str, dict[str, np.ndarray]]) -> list[bytes]:
+    """Serialized PredictionLogs: one request per signature (Classify for "classify", Predict otherwise)."""
+    from tensorflow_serving.apis import (
+        classification_pb2,
+        input_pb2,
+        model_pb2,
+        predict_pb2,
+        prediction_log_pb2,
+    )
+
+    records = []
+    for signature, inputs in signatures.items():
+        spec = model_pb2.ModelSpec(name=model_name, signature_name=signature)
+        if signature == "classify":
+            examples = [tf.train.Example.FromString(serialized) for serialized in inputs["inputs"]]
+            request = classification_pb2.ClassificationRequest(
+                model_spec=spec, input=input_pb2.Input(example_list=input_pb2.ExampleList(examples=examples)))
+            log = prediction_log_pb2.PredictionLog(classify_log=prediction_log_pb2.ClassifyLog(request=request))
+        else:
+            request = predict_pb2.PredictRequest(
+                model_spec=spec, inputs={name: tf.make_tensor_proto(value) for name, value in inputs.items()})
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+        records.append(log.SerializeToString())
+    return records
+
+
+def publish(archive: keras.export.ExportArchive, model_base: str, *, class_names, warmup: list[bytes],
+            version: int | None = None) -> str:
+    """Writes `archive` as model_base/<version>/ (temporary folder, then rename); returns that path."""
+    os.makedirs(model_base, exist_ok=True)
+    version = version or next_version(model_base)
+    final = os.path.join(model_base, str(version))
+    if os.path.exists(final):
+        raise FileExistsError(f"{final} exists: versions are never overwritten.")
+    tmp = os.path.join(model_base, f".tmp-{version}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        archive.write_out(tmp, verbose=False)
+        os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+        with tf.io.TFRecordWriter(os.path.join(tmp, WARMUP_FILE)) as writer:
+            for record in warmup:
+                writer.write(record)
+        with open(os.path.join(tmp, LABELS_FILE), "w", encoding="utf-8") as f:
+            f.write("".join(f"{name}\n" for name in class_names))
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def write_models_config(export_dir: str, model_names=(VERIFIER, CLASSIFIER)) -> str:
+    """EXPORT_DIR/models.config (ModelServerConfig text proto, latest version of each model), atomically."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    for name in model_names:
+        entry = config.model_config_list.config.add()
+        entry.name = name
+        entry.base_path = os.path.abspath(os.path.join(export_dir, name))
+        entry.model_platform = "tensorflow"
+        entry.model_version_policy.latest.num_versions = 1
+    path = os.path.join(export_dir, "models.config")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text_format.MessageToString(config))
+    os.replace(tmp, path)
+    return path
+
+
+def classifier_path(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """The weighted classifier cleannet-run trained last (classifier.after_verify), else the unweighted one."""
+    for weighting in [*pipeline.weighted_classifiers(config), "none"]:
+        path = os.path.join(pipeline.classifier_output_dir(workdir, weighting), "model.keras")
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError(f"No classifier in {workdir}: run cleannet-train-classifier first.")
+
+
+def _sample_inputs(table: datasets.LabelTable, features: np.ndarray, count: int = 2):
+    rows = np.nonzero(table.split != datasets.SPLIT_TEST)[0][:count]
+    images = np.array([open(path, "rb").read() for path in table.paths[rows]], dtype=object)
+    return images, table.labels[rows].astype(np.int64), np.asarray(table.class_names)[table.labels[rows]], rows
+
+
+def export_all(config: ml_collections.ConfigDict, workdir: str, export_dir: str, *,
+               table: datasets.LabelTable | None = None) -> dict:
+    """cleannet-export: both models as new versions under export_dir, and models.config. Returns their paths."""
+    table = table if table is not None else datasets.load_table(config, workdir)
+    verifier, class_names, threshold = verify_lib.load_verifier(workdir)
+    if list(class_names) != list(table.class_names):
+        raise ValueError(f"{verify_lib.verifier_path(workdir)} was made for other classes: rerun cleannet-verify.")
+    image_size, resize = (config.model.image_height, config.model.image_width), config.input.resize
+    backbone = extract_lib.build_config_backbone(config, workdir)
+    features = extract_lib.open_features(config, workdir, table)
+    images, labels, label_names, rows = _sample_inputs(table, features)
+    sample_features = features.gather(rows)
+
+    verifier_archive = build_verifier_archive(verifier, backbone, class_names, image_size=image_size, resize=resize)
+    verifier_dir = publish(verifier_archive, os.path.join(export_dir, VERIFIER), class_names=class_names,
+                           warmup=warmup_records(VERIFIER, {
+                               "serving_default": {"image_bytes": images, "label": labels},
+                               "verify_label_name": {"image_bytes": images, "label_name": label_names},
+                               "verify_features": {"features": sample_features, "label": labels},
+                               "embed": {"image_bytes": images}}))
+    classifier = keras.saving.load_model(classifier_path(config, workdir))
+    classifier_archive = build_classifier_archive(classifier, class_names, image_size=image_size, resize=resize)
+    classifier_dir = publish(classifier_archive, os.path.join(export_dir, CLASSIFIER), class_names=class_names,
+                             warmup=warmup_records(CLASSIFIER, {
+                                 "serving_default": {"image_bytes": images},
+                                 "classify": {"inputs": [example_of(image) for image in images]}}))
+    config_path = write_models_config(export_dir)
+    logging.info("Exported %s and %s (threshold %.4f); %s", verifier_dir, classifier_dir, threshold, config_path)
+    return {"verifier": verifier_dir, "classifier": classifier_dir, "models_config": config_path,
+            "threshold": threshold}
