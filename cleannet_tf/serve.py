@@ -1,0 +1,50 @@
+"""cleannet-serve: TF Serving's gRPC API (and REST) over the exported SavedModels.
+
+    cleannet-serve --model_config_file=saved_models/models.config --port=8500 --rest_api_port=8501
+    cleannet-serve --model_name=cleannet_verifier --model_base_path=saved_models/cleannet_verifier
+
+The flags are tensorflow_model_server's for the same jobs. Serves until SIGTERM or SIGINT, then lets running
+requests finish. Binds 127.0.0.1 unless --host says otherwise.
+"""
+
+import signal
+import threading
+
+from absl import app, flags, logging
+
+from cleannet_tf import serving
+
+_PORT = flags.DEFINE_integer("port", 8500, "gRPC port (0: any free port).")
+_REST_PORT = flags.DEFINE_integer("rest_api_port", 0, "REST port (0: no REST).")
+_CONFIG = flags.DEFINE_string("model_config_file", None, "A ModelServerConfig text proto (models.config).")
+_NAME = flags.DEFINE_string("model_name", None, "One model's name (with --model_base_path).")
+_BASE = flags.DEFINE_string("model_base_path", None, "One model's base path (integer-named version folders).")
+_POLL = flags.DEFINE_float("file_system_poll_wait_seconds", 1.0, "How often to look for new versions.")
+_HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind (0.0.0.0 for every interface).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        server = serving.start_server(model_config_file=_CONFIG.value, model_name=_NAME.value,
+                                      model_base_path=_BASE.value, port=_PORT.value, rest_port=_REST_PORT.value,
+                                      host=_HOST.value, poll_seconds=_POLL.value)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"READY grpc={server.port} rest={server.rest_port}", flush=True)
+    while not stop.wait(0.5):
+        pass
+    logging.info("Shutting down.")
+    server.stop()
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

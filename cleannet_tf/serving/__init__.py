@@ -1,0 +1,27 @@
+"""Serving the exported SavedModels over TF Serving's gRPC and REST APIs, and a client on the official stubs."""
+
+from cleannet_tf.serving.client import Client
+from cleannet_tf.serving.model_manager import ModelManager, ModelSpecConfig, ServingError, parse_model_config
+
+__all__ = ["Client", "ModelManager", "ModelSpecConfig", "ServingError", "parse_model_config", "start_server"]
+
+
+def start_server(*, model_config_file: str | None = None, model_name: str | None = None,
+                 model_base_path: str | None = None, port: int = 8500, rest_port: int = 0, host: str = "127.0.0.1",
+                 poll_seconds: float = 1.0):
+    """Loads the models (a models.config, or one name + base path), starts gRPC (+ REST); returns the server."""
+    import os
+
+    from cleannet_tf.serving.server import ModelServer, replay_warmup
+
+    if model_config_file:
+        with open(model_config_file) as f:
+            models = parse_model_config(f.read(), source=model_config_file)
+    elif model_name and model_base_path:
+        models = [ModelSpecConfig(name=model_name, base_path=os.path.abspath(model_base_path))]
+    else:
+        raise ValueError("Give model_config_file, or model_name and model_base_path.")
+    manager = ModelManager(models, warmup_runner=replay_warmup, poll_seconds=poll_seconds)
+    server = ModelServer(manager, port=port, rest_port=rest_port, host=host)
+    server.start()
+    return server
