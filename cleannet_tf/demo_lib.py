@@ -100,7 +100,8 @@ def _detection_summary(config, workdir, table, centroid_scores) -> dict:
 def _most_suspicious(workdir: str, truth: dict[str, int], class_names, *, count: int) -> list[dict]:
     """The `count` lowest-scored images of WORKDIR/verify/scores.tsv, with their true label (demo only)."""
     scores = scores_io.read_scores_tsv(f"{verify_lib.verify_dir(workdir)}/scores.tsv")
-    order = np.argsort(scores.scores, kind="stable")[:count]
+    # Lowest score first; among equal scores, the image another class claims most strongly.
+    order = np.lexsort((-scores.suggested_scores, scores.scores))[:count]
     return [{"key": str(scores.keys[i]), "label": str(scores.labels[i]), "score": float(scores.scores[i]),
              "suggested": str(scores.suggested_labels[i]),
              "true": class_names[truth[scores.keys[i]]] if scores.keys[i] in truth else "?"} for i in order]

@@ -137,12 +137,13 @@ def _fmt(value, percent=False) -> str:
 
 
 def write_report(output_dir: str, *, keys, labels, scores, verification, validation, threshold: float,
-                 class_names, image_paths, suggested_labels, metrics: dict, worst_classes: int = 6,
+                 class_names, image_paths, suggested_labels, suggested_scores, metrics: dict, worst_classes: int = 6,
                  images_per_class: int = 8) -> str:
     """Writes output_dir/report.html and its PNG figures; returns the report's path.
 
     Args:
-        keys, image_paths: (N,) str. labels, suggested_labels: (N,) int class ids. scores: (N,) float.
+        keys, image_paths: (N,) str. labels, suggested_labels: (N,) int class ids. scores, suggested_scores:
+            (N,) float (the most suspicious images: lowest score, then highest suggested score).
         verification: (N,) int 1 / 0 / -1. validation: (N,) bool rows of verified_val (the curves).
         threshold: float. class_names: C str. metrics: the dict of WORKDIR/verify/metrics.json (missing or None
         values are shown as n/a). worst_classes, images_per_class: the grid of suspicious images.
@@ -150,6 +151,7 @@ def write_report(output_dir: str, *, keys, labels, scores, verification, validat
     os.makedirs(output_dir, exist_ok=True)
     scores = np.asarray(scores, np.float64)
     labels, suggested_labels = np.asarray(labels), np.asarray(suggested_labels)
+    suggested_scores = np.asarray(suggested_scores, np.float64)
     verification, validation = np.asarray(verification), np.asarray(validation, bool)
     class_names = list(class_names)
     heldout = {name for name, value in metrics.get("per_class", {}).items() if value.get("heldout")}
@@ -173,7 +175,7 @@ def write_report(output_dir: str, *, keys, labels, scores, verification, validat
     for name in ranked_classes[:worst_classes]:
         c = class_names.index(name)
         rows = np.nonzero((labels == c) & (scores < threshold))[0]
-        rows = rows[np.argsort(scores[rows], kind="stable")][:images_per_class]
+        rows = rows[np.lexsort((-suggested_scores[rows], scores[rows]))][:images_per_class]
         cells = []
         for row in rows:
             uri = _thumbnail(str(image_paths[row]))

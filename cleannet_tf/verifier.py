@@ -12,8 +12,8 @@ score of the pair is the entry of its label, the suggested label the best entry.
 Scorings (`cleannet.mode` picks one):
     cosine   cos(query embedding, class embedding): the paper's score (mode "paper")
     margin   cosine minus the best cosine of another class (mode "robust")
-    stacked  2 sigmoid(logit / 4) - 1, the logit of a logistic regression P(label correct) over signals that
-             mean the same in every class (temperature 4 keeps scores apart in float32, so every image ranks),
+    stacked  2 P(label correct) - 1, P a logistic regression over signals that mean the same in every class
+             (so weight_soft = max(0, score) is near 1 for labels it trusts),
              fitted on verified validation rows (mode "stacked"): the CleanNet cosine and margin, and the cosine
              and margin of the features to the robust class means (the mean of each class's clean core,
              `detectors.robust_class_means`). Classes without verification labels are scored by the same weights.
@@ -32,7 +32,7 @@ from cleannet_tf.model import query_encoder_of
 
 SCORINGS = ("cosine", "margin", "stacked")
 SIGNAL_NAMES = ("cleannet_cosine", "cleannet_margin", "class_mean_cosine", "class_mean_margin")
-STACKED_TEMPERATURE = 4.0
+STACKED_TEMPERATURE = 1.0  # score = 2 sigmoid(logit / T) - 1
 MODE_SCORING = {"paper": "cosine", "robust": "margin", "stacked": "stacked"}
 
 

@@ -213,7 +213,8 @@ def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: datase
     report_lib.write_report(
         output_dir, keys=keys, labels=data.labels, scores=scores, verification=data.verification,
         validation=validation, threshold=threshold, class_names=class_names,
-        image_paths=table.paths[data.table_rows], suggested_labels=suggested, metrics=report,
+        image_paths=table.paths[data.table_rows], suggested_labels=suggested,
+        suggested_scores=all_scores[pool, suggested], metrics=report,
         worst_classes=config.verify.report_classes)
     logging.info("cleannet-verify: threshold %.4f, detection error %s (held-out %s), %d of %d images flagged.",
                  threshold, report["detection_error"], report["detection_error_heldout"], report["n_flagged"],

@@ -77,6 +77,7 @@ def written_report(tmp_path, make_images):
     path = report.write_report(str(tmp_path / "verify"), keys=[os.path.basename(p) for p in paths], labels=labels,
                                scores=scores, verification=verification, validation=validation, threshold=0.1,
                                class_names=class_names, image_paths=paths, suggested_labels=suggested,
+                               suggested_scores=np.ones(n),
                                metrics=metrics, worst_classes=3, images_per_class=4)
     return path, metrics
 
