@@ -1,0 +1,307 @@
+"""SavedModel export and the TF Serving-compatible server, over real gRPC on loopback with the official stubs."""
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import grpc
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    prediction_log_pb2,
+)
+from tensorflow_serving.config import model_server_config_pb2
+
+from cleannet_tf import backbones, detectors, export_lib, input_pipeline, verifier
+from cleannet_tf.model import build_cleannet, encode_classes
+from cleannet_tf.serving import Client, start_server
+from cleannet_tf.serving.server import replay_warmup
+
+IMAGE_SIZE = (32, 32)
+CLASS_NAMES = [f"class_{c}" for c in range(4)]
+
+
+def _models(threshold=0.1, seed=0):
+    keras.utils.set_random_seed(seed)
+    backbone = backbones.build_backbone("small_cnn", image_size=IMAGE_SIZE, weights="random", feature_dim=16)
+    cleannet = build_cleannet(feature_dim=16, num_references=3, query_hidden_dim=8, reference_hidden_dim=8,
+                              attention_dim=4, embed_dim=6)
+    rng = np.random.default_rng(seed)
+    class_embeddings = encode_classes(cleannet, rng.gamma(1.0, 1.0, (4, 3, 16)).astype(np.float32)).numpy()
+    model = verifier.build_verifier(cleannet, class_embeddings, detectors.log_normalize(rng.gamma(1, 1, (4, 16))),
+                                    scoring="stacked", threshold=threshold, signal_weights=(1.0, 2.0, 3.0, 4.0),
+                                    signal_bias=-1.0)
+    classifier = backbones.build_classifier(backbone, len(CLASS_NAMES))
+    return backbone, model, classifier
+
+
+def _publish(export_dir, images, threshold=0.1, seed=0, version=None):
+    backbone, model, classifier = _models(threshold, seed)
+    labels = np.array([0, 3], np.int64)
+    features = np.abs(np.random.default_rng(1).normal(size=(2, 16))).astype(np.float32)
+    image_bytes = np.array(images[:2], dtype=object)
+    export_lib.publish(
+        export_lib.build_verifier_archive(model, backbone, CLASS_NAMES, image_size=IMAGE_SIZE, resize="squash"),
+        os.path.join(export_dir, export_lib.VERIFIER), class_names=CLASS_NAMES, version=version,
+        warmup=export_lib.warmup_records(export_lib.VERIFIER, {
+            "serving_default": {"image_bytes": image_bytes, "label": labels},
+            "verify_label_name": {"image_bytes": image_bytes, "label_name": np.array([b"class_0", b"class_3"],
+                                                                                     dtype=object)},
+            "verify_features": {"features": features, "label": labels},
+            "embed": {"image_bytes": image_bytes}}))
+    export_lib.publish(
+        export_lib.build_classifier_archive(classifier, CLASS_NAMES, image_size=IMAGE_SIZE, resize="squash", top_k=2),
+        os.path.join(export_dir, export_lib.CLASSIFIER), class_names=CLASS_NAMES, version=version,
+        warmup=export_lib.warmup_records(export_lib.CLASSIFIER, {
+            "serving_default": {"image_bytes": image_bytes},
+            "classify": {"inputs": [export_lib.example_of(b) for b in images[:2]]}}))
+    export_lib.write_models_config(export_dir)
+    return backbone, model, classifier
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("serving")
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(5):
+        path = root / f"img{i}.{'png' if i == 4 else 'jpg'}"
+        Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(path)
+        images.append(path.read_bytes())
+    export_dir = str(root / "saved_models")
+    models = _publish(export_dir, images)
+    server = start_server(model_config_file=os.path.join(export_dir, "models.config"), port=0, rest_port=0,
+                          poll_seconds=0.2)
+    client = Client(f"127.0.0.1:{server.port}")
+    yield {"export_dir": export_dir, "images": images, "models": models, "server": server, "client": client}
+    client.close()
+    server.stop(grace=1)
+
+
+def _in_process_image_features(backbone, images):
+    batch = tf.stack([input_pipeline.decode_image(tf.constant(b), IMAGE_SIZE, "squash") for b in images])
+    return backbone(batch, training=False)["features"]
+
+
+def test_every_signature_matches_the_in_process_model(served):
+    client, images = served["client"], served["images"]
+    backbone, model, classifier = served["models"]
+    labels = np.array([0, 1, 2, 3, 1], np.int64)
+    features = _in_process_image_features(backbone, images)
+    expected = model({"features": features, "label": tf.constant(labels)})
+    for got in (client.verify_image(images, labels.tolist()),
+                client.verify_image(images, [CLASS_NAMES[i] for i in labels])):
+        for name in ("score", "weight_soft", "suggested_score"):
+            np.testing.assert_allclose(got[name], expected[name], atol=1e-5)
+        np.testing.assert_array_equal(got["is_noisy"], expected["is_noisy"])
+        np.testing.assert_array_equal(got["suggested_label"], expected["suggested_label"])
+    raw = np.abs(np.random.default_rng(3).normal(size=(7, 16))).astype(np.float32)  # batch 7: dynamic
+    got = client.verify_features(raw, [0, 1, 2, 3, 0, 1, 2])
+    np.testing.assert_allclose(got["score"], model({"features": raw, "label": np.array([0, 1, 2, 3, 0, 1, 2])})[
+        "score"], atol=1e-5)
+    np.testing.assert_allclose(client.embed_image(images[:1]), model.get_layer("query_encoder")(
+        features[:1])["query_embedding"], atol=1e-5)
+    probabilities = classifier(tf.stack([input_pipeline.decode_image(tf.constant(b), IMAGE_SIZE, "squash")
+                                         for b in images]))["probabilities"].numpy()
+    predicted = client.predict(export_lib.CLASSIFIER, {"image_bytes": np.array(images, dtype=object)})
+    np.testing.assert_allclose(predicted["probabilities"], probabilities, atol=1e-5)
+    np.testing.assert_array_equal(predicted["top_k"][:, 0], probabilities.argmax(axis=1))
+    classified = client.classify_image(images, top=4)
+    for row, probs in zip(classified, probabilities, strict=True):
+        assert [name for name, _ in row][0] == CLASS_NAMES[int(probs.argmax())]
+        np.testing.assert_allclose(sorted(s for _, s in row), sorted(probs), atol=1e-5)
+
+
+def test_keras_model_and_savedmodel_agree(served, tmp_path):
+    _, model, _ = served["models"]
+    path = str(tmp_path / "verifier.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    saved = tf.saved_model.load(os.path.join(served["export_dir"], export_lib.VERIFIER, "1"))
+    raw = np.abs(np.random.default_rng(4).normal(size=(3, 16))).astype(np.float32)
+    labels = np.array([2, 0, 1], np.int64)
+    a = reloaded({"features": raw, "label": labels})["score"]
+    b = saved.signatures["verify_features"](features=tf.constant(raw), label=tf.constant(labels))["score"]
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_metadata_lists_every_signature_and_status(served):
+    signatures = served["client"].signatures(export_lib.VERIFIER)
+    assert {"serving_default", "verify_label_name", "verify_features", "embed"} <= set(signatures)
+    assert set(signatures["serving_default"].inputs) == {"image_bytes", "label"}
+    assert signatures["verify_features"].inputs["features"].tensor_shape.dim[0].size == -1  # dynamic batch
+    assert {"classify", "serving_default"} <= set(served["client"].signatures(export_lib.CLASSIFIER))
+    stub = model_service_pb2_grpc.ModelServiceStub(served["client"].channel)
+    status = stub.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(
+        model_spec=model_pb2.ModelSpec(name=export_lib.VERIFIER)))
+    assert [(s.version, s.state) for s in status.model_version_status][-1][1] == 30  # AVAILABLE
+    with pytest.raises(grpc.RpcError) as error:
+        stub.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(name="nope")))
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_bad_requests_get_tf_servings_status_codes_and_the_server_keeps_serving(served):
+    client, images = served["client"], served["images"]
+    cases = [
+        (lambda: client.predict("nope", {"label": np.zeros(1, np.int64)}), grpc.StatusCode.NOT_FOUND),
+        (lambda: client.verify_features(np.zeros((1, 16)), [0], version=99), grpc.StatusCode.NOT_FOUND),
+        (lambda: client.predict(export_lib.VERIFIER, {"label": np.zeros(1, np.int64)}, signature="nope"),
+         grpc.StatusCode.FAILED_PRECONDITION),
+        (lambda: client.predict(export_lib.VERIFIER, {"label": np.zeros(1, np.int64)}),
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (lambda: client.verify_features(np.zeros((1, 5)), [0]), grpc.StatusCode.INVALID_ARGUMENT),
+        (lambda: client.verify_image(b"these are not image bytes", 0), grpc.StatusCode.INVALID_ARGUMENT),
+        (lambda: client.verify_image(images[0], 17), grpc.StatusCode.INVALID_ARGUMENT),
+        (lambda: client.verify_image(images[0], "not_a_class"), grpc.StatusCode.INVALID_ARGUMENT),
+    ]
+    for call, code in cases:
+        with pytest.raises(grpc.RpcError) as error:
+            call()
+        assert error.value.code() == code, error.value.details()
+    assert client.verify_image(images[0], 1)["score"].shape == (1,)  # still serving
+
+
+def test_warmup_records_parse_and_succeed(served):
+    for model in (export_lib.VERIFIER, export_lib.CLASSIFIER):
+        version_dir = os.path.join(served["export_dir"], model, "1")
+        servable = served["server"].manager.get(model, version=1)
+        kinds = []
+        for record in tf.data.TFRecordDataset(os.path.join(version_dir, export_lib.WARMUP_FILE)):
+            log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            kinds.append(log.WhichOneof("log_type"))
+            replay_warmup(servable, record.numpy())
+        expected = {export_lib.VERIFIER: 4, export_lib.CLASSIFIER: 2}[model]
+        assert len(kinds) == expected and set(kinds) <= {"predict_log", "classify_log"}
+
+
+def test_models_config_parses_with_the_serving_protos(served):
+    config = model_server_config_pb2.ModelServerConfig()
+    text_format.Parse(open(os.path.join(served["export_dir"], "models.config")).read(), config)
+    entries = {c.name: c for c in config.model_config_list.config}
+    assert set(entries) == {export_lib.VERIFIER, export_lib.CLASSIFIER}
+    for name, entry in entries.items():
+        assert entry.base_path == os.path.join(served["export_dir"], name) and entry.model_platform == "tensorflow"
+
+
+def test_no_xla_functions_in_the_savedmodels(served):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    for model in (export_lib.VERIFIER, export_lib.CLASSIFIER):
+        proto = saved_model_pb2.SavedModel()
+        proto.ParseFromString(open(os.path.join(served["export_dir"], model, "1", "saved_model.pb"), "rb").read())
+        for function in proto.meta_graphs[0].graph_def.library.function:
+            assert not function.attr["_XlaMustCompile"].b, function.signature.name
+
+
+def test_rest_api_in_tf_servings_json_format(served):
+    from cleannet_tf.serving.server import ModelServer
+
+    server, images = served["server"], served["images"]
+    http = ModelServer(server.manager, port=0, rest_port=_free_port())  # REST on the same models
+    threading.Thread(target=http.rest_server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{http.rest_port}/v1/models/{export_lib.VERIFIER}"
+        rows = {"instances": [{"image_bytes": {"b64": base64.b64encode(images[0]).decode()}, "label": 2}]}
+        got = _post(base + ":predict", rows)
+        grpc_score = served["client"].verify_image(images[0], 2)["score"][0]
+        assert abs(got["predictions"][0]["score"] - grpc_score) < 1e-5
+        columns = {"signature_name": "verify_features", "inputs": {"features": [[0.5] * 16], "label": [1]}}
+        assert len(_post(base + "/versions/1:predict", columns)["outputs"]["score"]) == 1
+        status = json.load(urllib.request.urlopen(base))
+        assert status["model_version_status"][0]["state"] == "AVAILABLE"
+        metadata = json.load(urllib.request.urlopen(base + "/metadata"))
+        assert "verify_features" in metadata["metadata"]["signature_def"]["signatureDef"]
+        with pytest.raises(urllib.error.HTTPError) as error:
+            _post(base + ":predict", {"instances": [{"image_bytes": {"b64": "bm90IGFuIGltYWdl"}, "label": 0}]})
+        assert error.value.code == 400 and "error" in json.loads(error.value.read())
+    finally:
+        http.rest_server.shutdown()
+        http.grpc_server.stop(0)
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url, payload):
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    return json.load(urllib.request.urlopen(request))
+
+
+def test_new_version_is_picked_up_during_a_stream_of_requests(served):
+    client, images = served["client"], served["images"]
+    failures, versions, stop = [], set(), threading.Event()
+    request = np.abs(np.random.default_rng(5).normal(size=(1, 16))).astype(np.float32)
+
+    def stream():
+        from tensorflow_serving.apis import predict_pb2
+
+        while not stop.is_set():
+            message = predict_pb2.PredictRequest()
+            message.model_spec.name, message.model_spec.signature_name = export_lib.VERIFIER, "verify_features"
+            message.inputs["features"].CopyFrom(tf.make_tensor_proto(request))
+            message.inputs["label"].CopyFrom(tf.make_tensor_proto(np.array([1], np.int64)))
+            try:
+                versions.add(client.stub.Predict(message, timeout=10).model_spec.version.value)
+            except grpc.RpcError as error:
+                failures.append(error.code())
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    time.sleep(0.5)
+    _publish(served["export_dir"], images, threshold=0.5, seed=1, version=2)
+    deadline = time.time() + 60
+    while 2 not in versions and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    stop.set()
+    thread.join()
+    assert not failures and versions == {1, 2}
+
+
+def test_failed_publication_leaves_no_version(tmp_path):
+    backbone, model, classifier = _models()
+    archive = export_lib.build_verifier_archive(model, backbone, CLASS_NAMES, image_size=IMAGE_SIZE, resize="squash")
+    base = str(tmp_path / export_lib.VERIFIER)
+    with pytest.raises(TypeError):
+        export_lib.publish(archive, base, class_names=CLASS_NAMES, warmup=[object()])  # fails after write_out
+    assert os.listdir(base) == [] and export_lib.next_version(base) == 1
+
+
+def test_serve_command_shuts_down_gracefully_on_sigterm(served):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cleannet_tf.serve", f"--model_config_file={served['export_dir']}/models.config",
+         "--port=0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = ""
+        deadline = time.time() + 120
+        while "READY" not in line and time.time() < deadline and process.poll() is None:
+            line = process.stdout.readline()
+        port = int(line.split("grpc=")[1].split()[0])
+        with Client(f"127.0.0.1:{port}") as client:
+            assert client.verify_features(np.ones((1, 16)), [0])["score"].shape == (1,)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
