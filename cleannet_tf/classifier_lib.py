@@ -143,7 +143,7 @@ def train_classifier(table: datasets.LabelTable, config: ml_collections.ConfigDi
     start = time.perf_counter()
     running = {"loss": 0.0, "correct": 0.0, "steps": 0}
     with tqdm.tqdm(total=total_steps, initial=start_step, unit="step", desc="classifier",
-                   disable=not progress) as bar:
+                   disable=None if progress else True) as bar:
         for step in range(start_step + 1, total_steps + 1):
             logs = train_step(iterator)
             running["loss"] += float(logs["loss"])

@@ -111,7 +111,7 @@ def extract_features(paths: np.ndarray, store: FeatureStore, backbone: keras.Mod
         pending_rows, pending_features = [got_rows], [got_features]
 
     start_time = time.perf_counter()
-    with tqdm.tqdm(total=len(rows), unit="img", desc="extract", disable=not progress) as bar:
+    with tqdm.tqdm(total=len(rows), unit="img", desc="extract", disable=None if progress else True) as bar:
         for batch in strategy.experimental_distribute_dataset(dataset):
             batch_rows, batch_features = step(batch)
             batch_rows = _local_concat(strategy, batch_rows)

@@ -289,7 +289,7 @@ def build_reference_sets(
     references: np.ndarray | None = None
     feature_dim = -1
     start_time = time.perf_counter()
-    for c in tqdm(range(num_classes), desc="reference sets", unit="class", disable=not progress):
+    for c in tqdm(range(num_classes), desc="reference sets", unit="class", disable=None if progress else True):
         name = class_names[c]
         rows = rows_by_label[bounds[c]:bounds[c + 1]]
         if len(rows) == 0:
