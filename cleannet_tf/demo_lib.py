@@ -8,6 +8,7 @@ wrong labels from right ones are exact.
 from __future__ import annotations
 
 import os
+import time
 from json import load as json_load
 
 import ml_collections
@@ -57,6 +58,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str, table: datasets.La
     heldout_rows = pool & table.heldout_classes[table.labels]
     summary["detection"] = _detection_summary(config, workdir, table, scores)
     summary["suspicious"] = _most_suspicious(workdir, truth, table.class_names, count=10)
+    summary["served"] = _verify_through_the_server(workdir, table, summary["suspicious"])
     summary["classifier_accuracy"] = {}
     for weighting in ["none", *pipeline.weighted_classifiers(config)]:
         with open(os.path.join(pipeline.classifier_output_dir(workdir, weighting), "metrics.json")) as f:
@@ -95,6 +97,35 @@ def _detection_summary(config, workdir, table, centroid_scores) -> dict:
                                                       "threshold")},
                          "signals": [name for name, w in cleannet.get("signal_weights", {}).items() if w]},
             "centroid": baseline}
+
+
+def _verify_through_the_server(workdir: str, table: datasets.LabelTable, suspicious: list[dict]) -> dict:
+    """Starts cleannet-serve's server on WORKDIR/saved_models (a free loopback port), verifies demo images with
+    the official TF Serving stub (three suspicious ones, two others), classifies one; stops the server."""
+    from cleannet_tf import serving
+
+    server = serving.start_server(model_config_file=os.path.join(pipeline.export_dir(workdir), "models.config"),
+                                  port=0)
+    try:
+        flagged = {row["key"] for row in suspicious}
+        others = [key for key in table.keys[table.split == datasets.SPLIT_TRAIN][::97] if key not in flagged][:2]
+        keys = [row["key"] for row in suspicious[:3]] + others
+        row_of = {key: row for row, key in enumerate(table.keys)}
+        rows = [row_of[key] for key in keys]
+        labels = [table.class_names[table.labels[row]] for row in rows]
+        with serving.Client(f"127.0.0.1:{server.port}") as client:
+            start = time.perf_counter()
+            verdicts = client.verify_image([table.paths[row] for row in rows], labels)
+            seconds = time.perf_counter() - start
+            classified = client.classify_image(table.paths[rows[0]], top=1)[0][0]
+    finally:
+        server.stop(grace=1)
+    return {"port": server.port, "seconds": seconds, "classified": (keys[0], *classified),
+            "rows": [{"key": key, "label": label, "score": float(score), "noisy": bool(noisy),
+                      "suggested": table.class_names[int(suggested)]}
+                     for key, label, score, noisy, suggested in zip(
+                         keys, labels, verdicts["score"], verdicts["is_noisy"], verdicts["suggested_label"],
+                         strict=True)]}
 
 
 def _most_suspicious(workdir: str, truth: dict[str, int], class_names, *, count: int) -> list[dict]:
@@ -139,6 +170,15 @@ def format_summary(summary: dict, *, seconds: float) -> str:
         for row in summary["suspicious"]:
             lines.append(f"    {row['key']:<46} {row['label']:>8} {row['score']:>7.3f} {row['suggested']:>10} "
                          f"{row['true']:>8}")
+    served = summary.get("served")
+    if served:
+        lines.append(f"  served         saved_models/ through the TF Serving gRPC API (127.0.0.1:{served['port']}); "
+                     f"{len(served['rows'])} images verified in {served['seconds'] * 1000:.0f} ms:")
+        for row in served["rows"]:
+            verdict = f"WRONG LABEL? suggests {row['suggested']}" if row["noisy"] else "label looks right"
+            lines.append(f"    {row['key']:<46} {row['label']:>8} {row['score']:>7.3f}  {verdict}")
+        key, name, score = served["classified"]
+        lines.append(f"    classifier (Classify API): {key} -> {name} ({score:.2f})")
     if summary.get("classifier_accuracy"):
         lines.append("  classifier test accuracy by training weights (clean test images): " + ", ".join(
             f"{name} {pct(value)}" for name, value in summary["classifier_accuracy"].items()))

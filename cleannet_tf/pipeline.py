@@ -135,13 +135,20 @@ def step_complete(step: str, config: ml_collections.ConfigDict, workdir: str) ->
     if step == "train":
         return os.path.exists(os.path.join(train_lib.cleannet_dir(workdir), "model.keras")) and os.path.exists(
             os.path.join(train_lib.cleannet_dir(workdir), "metrics.json"))
+    if step == "export":
+        return os.path.exists(os.path.join(export_dir(workdir), "models.config"))
     if step == "verify":
         return all(os.path.exists(os.path.join(verify_lib.verify_dir(workdir), name))
                    for name in ("metrics.json", "scores.tsv", "verifier.keras"))
     raise ValueError(f"Unknown step {step!r}")
 
 
-STEPS = ("train_classifier", "extract", "refs", "train", "verify", "weighted_classifiers")
+STEPS = ("train_classifier", "extract", "refs", "train", "verify", "weighted_classifiers", "export")
+
+
+def export_dir(workdir: str) -> str:
+    """Where cleannet-run and cleannet-demo export: WORKDIR/saved_models."""
+    return os.path.join(workdir, "saved_models")
 
 
 def weighted_classifiers(config: ml_collections.ConfigDict) -> list[str]:
@@ -168,7 +175,7 @@ def run_steps(config: ml_collections.ConfigDict, workdir: str, *, table: dataset
     if config.classifier.weighting != "none":  # the first classifier extracts features: unweighted
         first_config = _with_weighting(config, "none")
     for step in steps:
-        if step in ("train_classifier", "extract", "weighted_classifiers") and config.data.features:
+        if step in ("train_classifier", "extract", "weighted_classifiers", "export") and config.data.features:
             done[step] = "skipped: precomputed features (data.features)"
         elif step == "weighted_classifiers" and not weighted_classifiers(config):
             done[step] = "skipped: classifier.after_verify is empty"
@@ -203,6 +210,11 @@ def run_steps(config: ml_collections.ConfigDict, workdir: str, *, table: dataset
                     accuracy = json.load(f)["test_accuracy"]
                 accuracies.append(f"{weighting} {accuracy:.3f}" if accuracy is not None else f"{weighting} n/a")
             done[step] = "test accuracy " + ", ".join(accuracies)
+        elif step == "export":
+            from cleannet_tf import export_lib  # TF Serving protos only when exporting
+
+            result = export_lib.export_all(config, workdir, export_dir(workdir), table=table)
+            done[step] = f"{result['verifier']}, {result['classifier']}"
         else:
             raise ValueError(f"Unknown step {step!r}; expected one of {STEPS}")
         logging.info("%s: %s", step, done[step])
