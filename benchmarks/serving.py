@@ -7,7 +7,8 @@ Starts `python -m cleannet_tf.serve` on the export folder in its own process (as
 verifier's `verify_features` (one feature vector) and `serving_default` (one JPEG + label) prints:
 - single-request latency p50 / p99 over sequential calls with the official PredictionServiceStub, and the same
   signature called in-process (tf.saved_model.load) — the overhead ratio;
-- requests/s and images/s with 1, 8 and 32 concurrent clients (one channel each; batch 1 and batch 8).
+- requests/s and images/s with 1, 8 and 32 concurrent clients (one channel each; batch 1 and batch 8);
+for each server setting of --server_settings (default: TensorFlow's thread pools, then one thread per op).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ _EXPORT_DIR = flags.DEFINE_string("export_dir", "/tmp/cleannet_demo/saved_models
 _IMAGES = flags.DEFINE_string("images", "/tmp/cleannet_demo/demo_data/images", "A folder of JPEGs (searched deep).")
 _REQUESTS = flags.DEFINE_integer("requests", 300, "Sequential requests per latency measurement.")
 _SECONDS = flags.DEFINE_float("seconds", 5.0, "Duration of each throughput measurement.")
+_SETTINGS = flags.DEFINE_list("server_settings", ["", "--tensorflow_intra_op_parallelism=1"],
+                              "cleannet-serve flags to compare, one server run each ('' = defaults).")
 MODEL = "cleannet_verifier"
 
 
@@ -84,8 +87,28 @@ def main(argv) -> None:
     feature_dim = int(loaded.signatures["verify_features"].structured_input_signature[1]["features"].shape[-1])
     features = np.abs(np.random.default_rng(0).normal(size=(8, feature_dim))).astype(np.float32)
 
+    local_features = loaded.signatures["verify_features"]
+    local_images = loaded.signatures["serving_default"]
+    cases = {
+        "verify_features": (
+            lambda c, b=1: c.verify_features(features[:b], [0] * b),
+            lambda b=1: local_features(features=tf.constant(features[:b]), label=tf.zeros([b], tf.int64))),
+        "image bytes (serving_default)": (
+            lambda c, b=1: c.verify_image(images[:b], [0] * b),
+            lambda b=1: local_images(image_bytes=tf.constant(images[:b]), label=tf.zeros([b], tf.int64))),
+    }
+    local_p50 = {name: percentiles(time_calls(local, _REQUESTS.value))[0] for name, (_, local) in cases.items()}
+    print(f"{MODEL} version {versions[-1]}, feature dim {feature_dim}, {len(images)} JPEGs of "
+          f"{np.mean([len(b) for b in images]) / 1024:.1f} KiB; in-process p50 (this process, TensorFlow's "
+          f"default threads): " + ", ".join(f"{name} {value:.2f} ms" for name, value in local_p50.items()))
+    for setting in _SETTINGS.value:
+        benchmark_server(export_dir, setting, cases, local_p50)
+
+
+def benchmark_server(export_dir: str, setting: str, cases: dict, local_p50: dict) -> None:
     process = subprocess.Popen([sys.executable, "-m", "cleannet_tf.serve",
-                                f"--model_config_file={export_dir}/models.config", "--port=0"],
+                                f"--model_config_file={export_dir}/models.config", "--port=0",
+                                *([setting] if setting else [])],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         line = ""
@@ -94,26 +117,14 @@ def main(argv) -> None:
             if process.poll() is not None:
                 raise RuntimeError("cleannet-serve did not start")
         target = f"127.0.0.1:{int(line.split('grpc=')[1].split()[0])}"
-        print(f"server {target}, {MODEL} version {versions[-1]}, feature dim {feature_dim}, "
-              f"{len(images)} JPEGs of {np.mean([len(b) for b in images]) / 1024:.1f} KiB\n")
-
+        print(f"\ncleannet-serve {setting or '(default flags)'} on {target}")
         client = Client(target)
-        local_features = loaded.signatures["verify_features"]
-        local_images = loaded.signatures["serving_default"]
-        cases = {
-            "verify_features": (
-                lambda c, b=1: c.verify_features(features[:b], [0] * b),
-                lambda b=1: local_features(features=tf.constant(features[:b]), label=tf.zeros([b], tf.int64))),
-            "image bytes (serving_default)": (
-                lambda c, b=1: c.verify_image(images[:b], [0] * b),
-                lambda b=1: local_images(image_bytes=tf.constant(images[:b]), label=tf.zeros([b], tf.int64))),
-        }
         print(f"{'signature':<30} {'gRPC p50':>9} {'gRPC p99':>9} {'in-proc p50':>12} {'ratio':>6}")
-        for name, (remote, local) in cases.items():
+        for name, (remote, _) in cases.items():
             grpc_p50, grpc_p99 = percentiles(time_calls(lambda remote=remote: remote(client), _REQUESTS.value))
-            local_p50, _ = percentiles(time_calls(local, _REQUESTS.value))
-            print(f"{name:<30} {grpc_p50:>7.2f}ms {grpc_p99:>7.2f}ms {local_p50:>10.2f}ms {grpc_p50 / local_p50:>6.1f}")
-        print(f"\n{'signature':<30} {'clients':>7} {'batch':>5} {'requests/s':>11} {'images/s':>9}")
+            print(f"{name:<30} {grpc_p50:>7.2f}ms {grpc_p99:>7.2f}ms {local_p50[name]:>10.2f}ms "
+                  f"{grpc_p50 / local_p50[name]:>6.1f}", flush=True)
+        print(f"{'signature':<30} {'clients':>7} {'batch':>5} {'requests/s':>11} {'images/s':>9}")
         for name, (remote, _) in cases.items():
             for batch in (1, 8):
                 for clients in (1, 8, 32):

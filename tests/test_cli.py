@@ -66,6 +66,12 @@ def test_demo_runs_every_step_then_skips_them(tmp_path):
     assert "the ten most suspicious labels" in first.stdout
     classifier = json.loads((workdir / "classifier" / "metrics.json").read_text())
     assert classifier["weighting"] == "none" and 0.0 <= classifier["test_accuracy"] <= 1.0
+    # It ends by exporting, serving saved_models/ and verifying images through the official stub.
+    assert (workdir / "saved_models" / "models.config").exists()
+    assert (workdir / "saved_models" / "cleannet_verifier" / "1" / "saved_model.pb").exists()
+    assert "through the TF Serving gRPC API" in first.stdout and "classifier (Classify API)" in first.stdout
+    served = first.stdout.split("through the TF Serving gRPC API")[1].split("classifier (Classify API)")[0]
+    assert served.count("label looks right") + served.count("WRONG LABEL?") == 5
 
     second = _run("demo", *args)
     assert second.returncode == 0, second.stderr[-3000:]

@@ -29,6 +29,7 @@ from cleannet_tf import backbones, detectors, export_lib, input_pipeline, verifi
 from cleannet_tf.model import build_cleannet, encode_classes
 from cleannet_tf.serving import Client, start_server
 from cleannet_tf.serving.server import replay_warmup
+from cleannet_tf.serving.tensor_proto import to_tensor_proto
 
 IMAGE_SIZE = (32, 32)
 CLASS_NAMES = [f"class_{c}" for c in range(4)]
@@ -291,7 +292,8 @@ def test_failed_publication_leaves_no_version(tmp_path):
 def test_serve_command_shuts_down_gracefully_on_sigterm(served):
     process = subprocess.Popen(
         [sys.executable, "-m", "cleannet_tf.serve", f"--model_config_file={served['export_dir']}/models.config",
-         "--port=0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+         "--port=0", "--tensorflow_intra_op_parallelism=1"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        text=True)
     try:
         line = ""
         deadline = time.time() + 120
@@ -305,3 +307,15 @@ def test_serve_command_shuts_down_gracefully_on_sigterm(served):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+@pytest.mark.parametrize("value", [
+    np.arange(12, dtype=np.float32).reshape(3, 4), np.array([1, -2], np.int64), np.array([True, False]),
+    np.zeros((0, 5), np.float32), np.float32(3.5), np.arange(6, dtype=np.int32).reshape(2, 3).T,
+    np.array([b"ab", b"c"], dtype=object)])
+def test_tensor_proto_round_trips_like_tensorflows(value):
+    proto = to_tensor_proto(value)
+    back = tf.make_ndarray(proto)
+    assert back.dtype == np.asarray(value).dtype and back.shape == np.shape(value)
+    np.testing.assert_array_equal(back, value)
+    np.testing.assert_array_equal(back, tf.make_ndarray(tf.make_tensor_proto(value)))

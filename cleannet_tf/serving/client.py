@@ -23,6 +23,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from cleannet_tf.serving.tensor_proto import to_tensor_proto
+
 VERIFIER, CLASSIFIER = "cleannet_verifier", "cleannet_classifier"
 MAX_MESSAGE_BYTES = 256 << 20
 
@@ -62,7 +64,7 @@ class Client:
         if version is not None:
             request.model_spec.version.value = version
         for name, value in inputs.items():
-            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+            request.inputs[name].CopyFrom(to_tensor_proto(value))
         response = self.stub.Predict(request, timeout=self.timeout)
         return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
 

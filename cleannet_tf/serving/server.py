@@ -35,6 +35,7 @@ from tensorflow_serving.apis import (
 )
 
 from cleannet_tf.serving.model_manager import ModelManager, Servable, ServingError, from_model_server_config
+from cleannet_tf.serving.tensor_proto import to_tensor_proto
 
 MAX_MESSAGE_BYTES = 256 << 20
 _STATE_NAMES = {10: "START", 20: "LOADING", 30: "AVAILABLE", 40: "UNLOADING", 50: "END"}
@@ -132,7 +133,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.model_spec.version.value = servable.version
         response.model_spec.signature_name = signature_name
         for name, value in outputs.items():
-            response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
+            response.outputs[name].CopyFrom(to_tensor_proto(value))
         return response
 
     def Classify(self, request, context):
