@@ -50,6 +50,17 @@ def _predict_fn(backbone: keras.Model, strategy: tf.distribute.Strategy):
     return step
 
 
+def _pad_batch(batch: dict, batch_size: int) -> dict:
+    """Pads every tensor of a batch to batch_size rows: zeros, and row id -1."""
+    missing = batch_size - tf.shape(batch["row"])[0]
+
+    def pad(name, tensor):
+        paddings = [[0, missing]] + [[0, 0]] * (len(tensor.shape) - 1)
+        return tf.pad(tensor, paddings, constant_values=-1 if name == "row" else 0)
+
+    return {name: pad(name, tensor) for name, tensor in batch.items()}
+
+
 def _local_concat(strategy, per_replica) -> np.ndarray:
     return np.concatenate([t.numpy() for t in strategy.experimental_local_results(per_replica)], axis=0)
 
@@ -79,6 +90,10 @@ def extract_features(paths: np.ndarray, store: FeatureStore, backbone: keras.Mod
     dataset = input_pipeline.make_image_dataset(
         paths[rows], rows=rows, image_size=image_size, batch_size=batch_size, resize=resize,
         parallel_calls=parallel_calls)
+    if strategy.num_replicas_in_sync > 1:
+        # Full batches only: an uneven last batch would leave a replica an empty batch, which some CPU
+        # kernels (oneDNN convolutions) reject. Padding rows are -1 and dropped below.
+        dataset = dataset.map(lambda batch: _pad_batch(batch, batch_size))
     step = _predict_fn(backbone, strategy)
     pending_rows, pending_features = [], []
     next_shard = 0  # index into `shards`
@@ -115,9 +130,11 @@ def extract_features(paths: np.ndarray, store: FeatureStore, backbone: keras.Mod
         for batch in strategy.experimental_distribute_dataset(dataset):
             batch_rows, batch_features = step(batch)
             batch_rows = _local_concat(strategy, batch_rows)
+            batch_features = _local_concat(strategy, batch_features)[batch_rows >= 0]
+            batch_rows = batch_rows[batch_rows >= 0]
             order = np.argsort(batch_rows, kind="stable")
             pending_rows.append(batch_rows[order])
-            pending_features.append(_local_concat(strategy, batch_features)[order])
+            pending_features.append(batch_features[order])
             stats["images"] += len(batch_rows)
             bar.update(len(batch_rows))
             # Rows arrive in order, so every shard ending at or before the last
