@@ -9,6 +9,9 @@ weights of 1 give plain cross-entropy.
 Weights (config.classifier.weighting): "none" (all 1), "soft" (max(0, s)),
 "hard" (1[s >= threshold]), with s the CleanNet score of the image's label;
 a verification label overrides the score (1 -> weight 1, 0 -> weight 0).
+With config.classifier.finetune_epochs > 0, a second phase follows: that
+many epochs on the images verified as correctly labelled, unweighted, at
+config.classifier.finetune_learning_rate (the same loop and checkpoints).
 
 Outputs in WORKDIR/classifier/: model.keras (the classifier; its layer
 "backbone" is what `model.weights=classifier` extracts features with),
@@ -52,6 +55,24 @@ def _per_epoch_dataset(paths, labels, weights, *, epoch, image_size, per_replica
         seed=config.seed + epoch, parallel_calls=config.input.parallel_calls, drop_remainder=True)
 
 
+class NoisyThenFinetuneSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Cosine decay from `learning_rate` over the first `noisy_steps` steps, then `finetune_learning_rate`."""
+
+    def __init__(self, learning_rate: float, noisy_steps: int, finetune_learning_rate: float):
+        self.learning_rate, self.noisy_steps = learning_rate, noisy_steps
+        self.finetune_learning_rate = finetune_learning_rate
+        self.cosine = keras.optimizers.schedules.CosineDecay(learning_rate, noisy_steps)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        return keras.ops.where(step < self.noisy_steps, self.cosine(keras.ops.minimum(step, self.noisy_steps)),
+                               self.finetune_learning_rate)
+
+    def get_config(self) -> dict:
+        return {"learning_rate": self.learning_rate, "noisy_steps": self.noisy_steps,
+                "finetune_learning_rate": self.finetune_learning_rate}
+
+
 def evaluate_accuracy(model: keras.Model, paths: np.ndarray, labels: np.ndarray, *, image_size, config,
                       batch_size: int = 256) -> float:
     """Top-1 accuracy on images (unreadable ones skipped)."""
@@ -83,23 +104,33 @@ def train_classifier(table: datasets.LabelTable, config: ml_collections.ConfigDi
     write_dir = checkpointing.worker_output_dir(strategy, output_dir)
     image_size = (config.model.image_height, config.model.image_width)
     weights = np.ones(len(table), np.float32) if sample_weights is None else np.asarray(sample_weights, np.float32)
-    pool = np.nonzero((table.split != datasets.SPLIT_TEST) & (weights > 0))[0]
-    paths, labels, weights_pool = table.paths[pool], table.labels[pool], weights[pool]
+    in_pool = table.split != datasets.SPLIT_TEST
+    pool = np.nonzero(in_pool & (weights > 0))[0]
+    verified_clean = np.nonzero(in_pool & (table.verification == 1))[0]
     global_batch = config.classifier.batch_size
     replicas = strategy.num_replicas_in_sync
     if global_batch % replicas:
         raise ValueError(f"classifier.batch_size {global_batch} must be divisible by the {replicas} replicas.")
-    steps_per_epoch = len(pool) // global_batch
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(pool)} training images is fewer than one batch of {global_batch}.")
-    total_steps = steps_per_epoch * config.classifier.epochs
+    # The epochs of both phases: (rows, weights, steps) each; the rows of an epoch are a function of (seed, epoch).
+    epochs = []
+    for name, rows, rows_weights, count in (
+            ("noisy labels", pool, weights[pool], config.classifier.epochs),
+            ("fine-tuning on verified-correct labels", verified_clean, np.ones(len(verified_clean), np.float32),
+             config.classifier.finetune_epochs)):
+        if count and len(rows) // global_batch == 0:
+            raise ValueError(f"{len(rows)} training images ({name}) is fewer than one batch of {global_batch}.")
+        epochs += [(rows, rows_weights, len(rows) // global_batch)] * count
+    epoch_ends = np.cumsum([steps for _, _, steps in epochs])
+    total_steps = int(epoch_ends[-1])
+    noisy_steps = int(epoch_ends[config.classifier.epochs - 1])
 
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         backbone = backbones.build_backbone(config.model.backbone, image_size=image_size, weights=initial_weights,
                                             feature_dim=config.model.feature_dim)
         model = backbones.build_classifier(backbone, table.num_classes)
-        schedule = keras.optimizers.schedules.CosineDecay(config.classifier.learning_rate, total_steps)
+        schedule = NoisyThenFinetuneSchedule(config.classifier.learning_rate, noisy_steps,
+                                             config.classifier.finetune_learning_rate)
         optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9)
         optimizer.build(model.trainable_variables)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
@@ -108,14 +139,15 @@ def train_classifier(table: datasets.LabelTable, config: ml_collections.ConfigDi
 
     def dataset_fn(context: tf.distribute.InputContext):
         per_replica = context.get_per_replica_batch_size(global_batch)
-        first_epoch, skip = divmod(start_step, steps_per_epoch)
-        parts = [_per_epoch_dataset(paths, labels, weights_pool, epoch=epoch, image_size=image_size,
-                                    per_replica_batch=per_replica, config=config, shard=context.input_pipeline_id,
-                                    num_shards=context.num_input_pipelines)
-                 for epoch in range(first_epoch, config.classifier.epochs)]
-        # Every epoch yields exactly steps_per_epoch batches per replica (shards stay in step).
+        first_epoch = int(np.searchsorted(epoch_ends, start_step, side="right"))
+        skip = start_step - (int(epoch_ends[first_epoch - 1]) if first_epoch else 0)
+        # Every epoch yields exactly its steps' batches per replica (shards stay in step).
         replicas_here = context.num_replicas_in_sync // context.num_input_pipelines
-        parts = [p.repeat().take(steps_per_epoch * replicas_here) for p in parts]
+        parts = [_per_epoch_dataset(table.paths[rows], table.labels[rows], rows_weights, epoch=epoch,
+                                    image_size=image_size, per_replica_batch=per_replica, config=config,
+                                    shard=context.input_pipeline_id, num_shards=context.num_input_pipelines)
+                 .repeat().take(steps * replicas_here)
+                 for epoch, (rows, rows_weights, steps) in enumerate(epochs) if epoch >= first_epoch]
         combined = parts[0]
         for part in parts[1:]:
             combined = combined.concatenate(part)
@@ -139,6 +171,7 @@ def train_classifier(table: datasets.LabelTable, config: ml_collections.ConfigDi
         outputs = strategy.run(replica_step, args=(next(iterator),))
         return {name: strategy.reduce("SUM", value, axis=None) for name, value in outputs.items()}
 
+    epoch_end_steps = {int(end): epoch + 1 for epoch, end in enumerate(epoch_ends)}
     history = []
     start = time.perf_counter()
     running = {"loss": 0.0, "correct": 0.0, "steps": 0}
@@ -150,13 +183,14 @@ def train_classifier(table: datasets.LabelTable, config: ml_collections.ConfigDi
             running["correct"] += float(logs["correct"])
             running["steps"] += 1
             bar.update(1)
-            if step % steps_per_epoch == 0 or step == total_steps:
-                epoch = step // steps_per_epoch
-                entry = {"epoch": epoch, "step": step, "loss": running["loss"] / running["steps"],
-                         "train_accuracy_noisy_labels": running["correct"] / (running["steps"] * global_batch)}
+            if step in epoch_end_steps:
+                epoch = epoch_end_steps[step]
+                phase = "noisy" if epoch <= config.classifier.epochs else "finetune"
+                entry = {"epoch": epoch, "phase": phase, "step": step, "loss": running["loss"] / running["steps"],
+                         "train_accuracy": running["correct"] / (running["steps"] * global_batch)}
                 history.append(entry)
-                logging.info("classifier epoch %d: loss %.4f, accuracy on the noisy labels %.3f", epoch,
-                             entry["loss"], entry["train_accuracy_noisy_labels"])
+                logging.info("classifier epoch %d (%s): loss %.4f, training accuracy %.3f", epoch, phase,
+                             entry["loss"], entry["train_accuracy"])
                 manager.save(checkpoint_number=step)
                 running = {"loss": 0.0, "correct": 0.0, "steps": 0}
     seconds = time.perf_counter() - start
@@ -165,8 +199,10 @@ def train_classifier(table: datasets.LabelTable, config: ml_collections.ConfigDi
     test_accuracy = (evaluate_accuracy(model, table.paths[test], table.labels[test], image_size=image_size,
                                        config=config) if test.any() else None)
     metrics = {"test_accuracy": test_accuracy, "weighting": config.classifier.weighting, "n_test": int(test.sum()),
-               "mean_weight": float(weights_pool.mean()) if len(weights_pool) else None,
+               "mean_weight": float(weights[pool].mean()) if len(pool) else None,
                "n_train": int(len(pool)), "epochs": config.classifier.epochs, "steps": total_steps,
+               "finetune_epochs": config.classifier.finetune_epochs,
+               "n_finetune": int(len(verified_clean)) if config.classifier.finetune_epochs else 0,
                "seconds": seconds, "history": history}
     logging.info("Classifier (%s weighting): test accuracy %s", metrics["weighting"], test_accuracy)
     if chief:

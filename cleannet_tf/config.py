@@ -160,6 +160,11 @@ def default_config() -> ml_collections.ConfigDict:
     config.classifier.epochs = 30
     config.classifier.batch_size = 64
     config.classifier.learning_rate = 0.01
+    # Optional second phase: this many epochs on the images verified as
+    # correctly labelled (verification label 1), unweighted, at this constant
+    # learning rate, after the (weighted) epochs on the noisy labels.
+    config.classifier.finetune_epochs = 0
+    config.classifier.finetune_learning_rate = 0.001
 
     # --- Distribution.
     config.runtime = ml_collections.ConfigDict()
@@ -275,10 +280,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for field in ("extract.batch_size", "extract.shard_size", "refs.num_references", "refs.n_init", "refs.max_iter",
                   "refs.tol", "train.steps", "train.batch_size", "train.learning_rate", "train.eval_every",
                   "train.checkpoint_every", "train.log_every", "train.lr_decay_steps", "classifier.epochs",
-                  "classifier.batch_size", "classifier.learning_rate", "cleannet.query_hidden_dim",
+                  "classifier.batch_size", "classifier.learning_rate", "classifier.finetune_learning_rate",
+                  "cleannet.query_hidden_dim",
                   "cleannet.reference_hidden_dim", "cleannet.attention_dim", "cleannet.embed_dim"):
         _check_positive(config, field)
     _check_positive(config, "refs.max_samples_per_class", allow_zero=True)
+    _check_positive(config, "classifier.finetune_epochs", allow_zero=True)
     if config.refs.max_samples_per_class and config.refs.max_samples_per_class < config.refs.num_references:
         _fail("refs.max_samples_per_class", "must be 0 (all) or at least refs.num_references",
               config.refs.max_samples_per_class)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cleannet_tf import classifier_lib, datasets, pipeline, scores_io
 from cleannet_tf import config as config_lib
-from cleannet_tf import datasets, pipeline, scores_io
 from cleannet_tf.classifier_lib import weighted_cross_entropy
 
 
@@ -110,3 +110,30 @@ def test_stale_scores_are_an_error(verified_image_workdir):
     os.remove(path)
     with pytest.raises(FileNotFoundError, match="run cleannet-verify first"):
         pipeline.classifier_weights(table, workdir, "soft")
+
+
+def test_finetune_phase_on_verified_correct_images_resumes_like_an_uninterrupted_run(verified_image_workdir):
+    config, workdir, table, pool, scores = verified_image_workdir
+    config.classifier.batch_size, config.classifier.finetune_epochs = 4, 1
+    config.classifier.finetune_learning_rate = 0.02
+    weights = pipeline.classifier_weights(table, workdir, "soft")
+    model, metrics = classifier_lib.train_classifier(table, config, os.path.join(workdir, "whole"),
+                                                     sample_weights=weights, progress=False)
+    verified_correct = int(np.sum((table.verification == 1) & (table.split != datasets.SPLIT_TEST)))
+    noisy_steps = 2 * (int(np.sum(weights[pool] > 0)) // 4)
+    assert metrics["n_finetune"] == verified_correct == 7
+    assert metrics["steps"] == noisy_steps + verified_correct // 4
+    assert [h["phase"] for h in metrics["history"]] == ["noisy", "noisy", "finetune"]
+    schedule = classifier_lib.NoisyThenFinetuneSchedule(0.01, noisy_steps, 0.02)
+    assert float(schedule(noisy_steps - 1)) < 0.001 and float(schedule(noisy_steps)) == pytest.approx(0.02)
+
+    # Stopped after the noisy phase, then restarted with the fine-tuning: the same weights.
+    stopped = config.copy_and_resolve_references()
+    stopped.classifier.finetune_epochs = 0
+    classifier_lib.train_classifier(table, stopped, os.path.join(workdir, "parts"), sample_weights=weights,
+                                    progress=False)
+    resumed, resumed_metrics = classifier_lib.train_classifier(table, config, os.path.join(workdir, "parts"),
+                                                               sample_weights=weights, progress=False)
+    assert [h["step"] for h in resumed_metrics["history"]] == [metrics["steps"]]
+    for a, b in zip(model.get_weights(), resumed.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
