@@ -4,7 +4,9 @@ The same custom loop as CleanNet's (strategy.run; default, Mirrored and
 MultiWorkerMirrored strategies), resumable from WORKDIR/classifier/checkpoints
 with the same data order. The loss of a batch is sum_i w_i CE(x_i, y_i) / B
 (B = the global batch size), so a weight of 0 removes an image's gradient and
-weights of 1 give plain cross-entropy.
+weights of 1 give plain cross-entropy. Images of weight 0 are not read at all,
+but an epoch is as many samples as the whole pool, so every weighting trains
+for the same number of steps as the unweighted run (as the paper compares them).
 
 Weights (config.classifier.weighting): "none" (all 1), "soft" (max(0, s)),
 "hard" (1[s >= threshold]), with s the CleanNet score of the image's label;
@@ -112,14 +114,15 @@ def train_classifier(table: datasets.LabelTable, config: ml_collections.ConfigDi
     if global_batch % replicas:
         raise ValueError(f"classifier.batch_size {global_batch} must be divisible by the {replicas} replicas.")
     # The epochs of both phases: (rows, weights, steps) each; the rows of an epoch are a function of (seed, epoch).
+    # A noisy-label epoch has the whole pool's steps whatever the weights (the rows it samples repeat to fill it).
     epochs = []
-    for name, rows, rows_weights, count in (
-            ("noisy labels", pool, weights[pool], config.classifier.epochs),
+    for name, rows, rows_weights, count, epoch_size in (
+            ("noisy labels", pool, weights[pool], config.classifier.epochs, int(in_pool.sum())),
             ("fine-tuning on verified-correct labels", verified_clean, np.ones(len(verified_clean), np.float32),
-             config.classifier.finetune_epochs)):
+             config.classifier.finetune_epochs, len(verified_clean))):
         if count and len(rows) // global_batch == 0:
             raise ValueError(f"{len(rows)} training images ({name}) is fewer than one batch of {global_batch}.")
-        epochs += [(rows, rows_weights, len(rows) // global_batch)] * count
+        epochs += [(rows, rows_weights, epoch_size // global_batch)] * count
     epoch_ends = np.cumsum([steps for _, _, steps in epochs])
     total_steps = int(epoch_ends[-1])
     noisy_steps = int(epoch_ends[config.classifier.epochs - 1])

@@ -96,6 +96,7 @@ def test_weighted_classifier_through_the_pipeline(verified_image_workdir):
     assert written["weighting"] == "hard" and 0.0 <= written["test_accuracy"] <= 1.0
     weights = pipeline.classifier_weights(table, workdir, "hard")
     assert metrics["n_train"] == int(np.sum(weights[pool] > 0))  # weight-0 images are not trained on
+    assert metrics["steps"] == config.classifier.epochs * (len(pool) // config.classifier.batch_size)
     assert os.path.exists(os.path.join(workdir, "classifier_hard", "model.keras"))
     assert pipeline.step_complete("train_classifier", config, workdir)
 
@@ -120,7 +121,7 @@ def test_finetune_phase_on_verified_correct_images_resumes_like_an_uninterrupted
     model, metrics = classifier_lib.train_classifier(table, config, os.path.join(workdir, "whole"),
                                                      sample_weights=weights, progress=False)
     verified_correct = int(np.sum((table.verification == 1) & (table.split != datasets.SPLIT_TEST)))
-    noisy_steps = 2 * (int(np.sum(weights[pool] > 0)) // 4)
+    noisy_steps = 2 * (len(pool) // 4)  # weight-0 images are skipped, the epochs keep the whole pool's length
     assert metrics["n_finetune"] == verified_correct == 7
     assert metrics["steps"] == noisy_steps + verified_correct // 4
     assert [h["phase"] for h in metrics["history"]] == ["noisy", "noisy", "finetune"]
