@@ -8,7 +8,7 @@ each weighting recovers (also soft weights followed by fine-tuning on the images
 (acc_w - acc_none) / (acc_clean - acc_none); the paper recovers 47% with soft
 weights on Food-101N with 3.2% of images verified.
 
-    python benchmarks/classifier.py --workdir=/tmp/cleannet_demo
+    python benchmarks/classifier.py --workdir=/tmp/cleannet_demo --training_seeds=0,1,2
 
 Classifiers go to --output_dir (default WORKDIR/classifier_benchmark/<name>/), not to the pipeline's folders;
 a finished one is reused.
@@ -37,6 +37,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Pipeline
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/cleannet_demo", "A finished cleannet-demo workdir.")
 _FINETUNE_EPOCHS = flags.DEFINE_integer("finetune_epochs", 2, "Epochs of fine-tuning on verified-correct images "
                                         "after the soft-weighted ones (classifier.finetune_epochs).")
+_SEEDS = flags.DEFINE_list("training_seeds", ["0"], "Training seeds (initialisation, data order); every row is "
+                           "trained once per seed and the mean and range are printed. The data stay the workdir's.")
 _OUTPUT = flags.DEFINE_string("output_dir", "", "Where the classifiers go (default WORKDIR/classifier_benchmark).")
 
 
@@ -60,26 +62,35 @@ def main(argv) -> None:
             table, pipeline.classifier_weights(table, workdir, "soft"), finetuned),
         "clean labels": (dataclasses.replace(table, labels=true_labels.astype(table.labels.dtype)), None, config),
     }
+    seeds = [int(seed) for seed in _SEEDS.value]
     accuracy = {}
-    print(f"\n{'training labels / weights':<28} {'test accuracy':>13} {'mean weight':>12} {'seconds':>8}")
+    print(f"\n{'training labels / weights':<28} {'test accuracy':>13} {'range':>13} {'mean weight':>12} "
+          f"{'seconds':>8}   (training seeds {', '.join(map(str, seeds))})")
     for name, (run_table, weights, run_config) in runs.items():
-        output_dir = os.path.join(output_root, name.replace(" ", "_"))
-        metrics_path = os.path.join(output_dir, "metrics.json")
         start = time.perf_counter()
-        if os.path.exists(metrics_path):
-            with open(metrics_path) as f:
-                metrics = json.load(f)
-        else:
-            _, metrics = classifier_lib.train_classifier(run_table, run_config, output_dir, sample_weights=weights,
-                                                         initial_weights="random", progress=False)
-        accuracy[name] = metrics["test_accuracy"]
+        accuracy[name] = [train_once(run_table, weights, run_config, seed,
+                                     os.path.join(output_root, name.replace(" ", "_"), f"seed_{seed}"))
+                          for seed in seeds]
         mean_weight = 1.0 if weights is None else float(weights[pool].mean())
-        print(f"{name:<28} {accuracy[name]:>13.3f} {mean_weight:>12.3f} {time.perf_counter() - start:>8.0f}",
-              flush=True)
-    gain = accuracy["clean labels"] - accuracy["none"]
+        print(f"{name:<28} {np.mean(accuracy[name]):>13.3f} {min(accuracy[name]):>6.3f}-{max(accuracy[name]):.3f} "
+              f"{mean_weight:>12.3f} {time.perf_counter() - start:>8.0f}", flush=True)
+    gain = np.mean(accuracy["clean labels"]) - np.mean(accuracy["none"])
     for name in [name for name in runs if name not in ("none", "clean labels")]:
-        share = (accuracy[name] - accuracy["none"]) / gain if gain > 0 else float("nan")
-        print(f"share of the clean-label gain recovered by {name} weights: {share:.0%}")
+        share = (np.mean(accuracy[name]) - np.mean(accuracy["none"])) / gain if gain > 0 else float("nan")
+        print(f"share of the clean-label gain recovered by {name}: {share:.0%}")
+
+
+def train_once(table, weights, config, seed: int, output_dir: str) -> float:
+    """Test accuracy of one classifier (reused from output_dir when it finished there before)."""
+    metrics_path = os.path.join(output_dir, "metrics.json")
+    if os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+            return json.load(f)["test_accuracy"]
+    config = config.copy_and_resolve_references()
+    config.seed = seed
+    _, metrics = classifier_lib.train_classifier(table, config, output_dir, sample_weights=weights,
+                                                 initial_weights="random", progress=False)
+    return metrics["test_accuracy"]
 
 
 if __name__ == "__main__":
