@@ -106,15 +106,18 @@ def run_setting(config, workdir: str, name: str, shared: dict) -> None:
         variants = [(f"CleanNet {config.cleannet.mode} mode", tuple(verifier.SIGNAL_NAMES))]
         if config.cleannet.mode == "stacked":
             variants = [("CleanNet stacked: CleanNet + class-mean signals", verifier.SIGNAL_NAMES),
-                        ("  stacked: class-mean signals only", ("class_mean_cosine", "class_mean_margin"))]
+                        ("  stacked: class-mean cosine + margin", ("class_mean_cosine", "class_mean_margin")),
+                        ("  stacked: class-mean margin", ("class_mean_margin",))]
         for label, signals in variants:
+            # A score on class-mean signals only does not use CleanNet's output: its time is the fit alone.
+            uses_cleannet = any(name.startswith("cleannet_") for name in signals)
             start = time.perf_counter()
             model, _ = verify_lib.fit_verifier(cleannet, data, reference_sets, mode=config.cleannet.mode,
                                                class_mean_keep=config.verify.class_mean_keep,
                                                calibration_classes=calibration, signals=tuple(signals),
                                                seed=config.seed)
             scores = verifier.class_scores(model, data.features)[np.arange(len(data.labels)), data.labels]
-            add(label, scores, train_seconds + time.perf_counter() - start)
+            add(label, scores, train_seconds * uses_cleannet + time.perf_counter() - start)
         for mode in ("paper", "robust"):
             if mode == config.cleannet.mode:
                 continue
@@ -171,7 +174,8 @@ def main(argv) -> None:
     for name in _SETTINGS.value:
         run_setting(config, workdir, name, shared)
     print(f"\nV: verified classes' validation rows (each method's threshold chosen there); H: held-out classes' "
-          f"validation rows at that threshold. Seconds include CleanNet training. "
+          f"validation rows at that threshold. Seconds include CleanNet training where the score uses CleanNet's "
+          f"output. "
           f"Total {time.perf_counter() - start:.0f} s.")
 
 
