@@ -34,13 +34,16 @@ class CleanNetDetector:
         steps: CleanNet training steps. num_references: K per class.
         validation_fraction: share of the verified rows (drawn per seed) kept to choose the threshold (and fit
             the stacked score) when `fit` gets no `validation` mask.
+        signals: the stacked score's signals, a comma list of verifier.SIGNAL_NAMES (default: the config's
+            verify.signals, all four); "class_mean_margin" transferred best to unverified classes on the demo.
         config: optional full config (config.default_config() schema) for every other setting; the
             arguments above override it.
         seed: int.
     """
 
     def __init__(self, *, mode: str = "stacked", steps: int = 3000, num_references: int = 8,
-                 validation_fraction: float = 0.3, config: ml_collections.ConfigDict | None = None, seed: int = 0):
+                 validation_fraction: float = 0.3, signals: str | None = None,
+                 config: ml_collections.ConfigDict | None = None, seed: int = 0):
         config = config_lib.default_config() if config is None else ml_collections.ConfigDict(config.to_dict())
         config.cleannet.mode = mode
         config.train.steps = steps
@@ -48,6 +51,8 @@ class CleanNetDetector:
         config.train.eval_every = max(1, min(config.train.eval_every, steps // 4 or 1))
         config.train.checkpoint_every = max(1, min(config.train.checkpoint_every, steps))
         config.refs.num_references = num_references
+        if signals is not None:
+            config.verify.signals = signals
         if mode != "paper":
             config.refs.core_fraction = min(config.refs.core_fraction, 0.7)
         if mode == "stacked" and not config.cleannet.calibration_fraction:

@@ -67,3 +67,21 @@ def test_detector_rejects_bad_input():
         detector.fit(features, noisy, np.full(len(noisy), -1))
     with pytest.raises(ValueError, match="not fitted"):
         detector.score(features, noisy)
+
+
+def test_detector_on_the_class_mean_margin_alone():
+    features, noisy, true = _planted(1)
+    rng = np.random.default_rng(2)
+    verification = np.where((rng.random(len(noisy)) < 0.5) & (noisy < 4), (noisy == true).astype(int), -1)
+    config = small_train_config({"data.format": "tsv", "data.root": "unused.tsv"}, **{"train.steps": 50})
+    detector = cleannet_tf.CleanNetDetector(steps=50, signals="class_mean_margin", config=config)
+    detector.fit(features, noisy, verification)
+    weights = detector.info_["signal_weights"]
+    assert weights["class_mean_margin"] > 0
+    assert all(weight == 0 for name, weight in weights.items() if name != "class_mean_margin")
+    features, noisy, true = _planted(5)
+    flagged = detector.find_label_issues(features, noisy)
+    unverified_classes = noisy >= 4
+    assert np.mean(flagged[unverified_classes] == (noisy != true)[unverified_classes]) > 0.85
+    with pytest.raises(ValueError, match="verify.signals"):
+        cleannet_tf.CleanNetDetector(signals="class_mean_margin,no_such_signal")
