@@ -54,12 +54,12 @@ def main(argv) -> None:
           f"{int((table.verification[pool] >= 0).sum())} verified; {int((~pool).sum())} clean test images")
     finetuned = config.copy_and_resolve_references()
     finetuned.classifier.finetune_epochs = _FINETUNE_EPOCHS.value
+    soft = pipeline.classifier_weights(table, workdir, "soft")
     runs = {
         "none": (table, None, config),
-        "soft": (table, pipeline.classifier_weights(table, workdir, "soft"), config),
+        "soft": (table, soft, config),
         "hard": (table, pipeline.classifier_weights(table, workdir, "hard"), config),
-        f"soft + {_FINETUNE_EPOCHS.value} epochs fine-tuning": (
-            table, pipeline.classifier_weights(table, workdir, "soft"), finetuned),
+        f"soft + {_FINETUNE_EPOCHS.value} epochs fine-tuning": (table, soft, finetuned),
         "clean labels": (dataclasses.replace(table, labels=true_labels.astype(table.labels.dtype)), None, config),
     }
     seeds = [int(seed) for seed in _SEEDS.value]

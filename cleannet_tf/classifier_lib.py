@@ -67,8 +67,8 @@ class NoisyThenFinetuneSchedule(keras.optimizers.schedules.LearningRateSchedule)
 
     def __call__(self, step):
         step = keras.ops.cast(step, "float32")
-        return keras.ops.where(step < self.noisy_steps, self.cosine(keras.ops.minimum(step, self.noisy_steps)),
-                               self.finetune_learning_rate)
+        # CosineDecay holds its last value past noisy_steps; the fine-tuning rate replaces it there.
+        return keras.ops.where(step < self.noisy_steps, self.cosine(step), self.finetune_learning_rate)
 
     def get_config(self) -> dict:
         return {"learning_rate": self.learning_rate, "noisy_steps": self.noisy_steps,

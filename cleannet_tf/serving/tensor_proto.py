@@ -1,4 +1,4 @@
-"""NumPy -> TensorProto without tf.make_tensor_proto's per-call overhead (about 20 µs against 2 µs)."""
+"""NumPy -> TensorProto without tf.make_tensor_proto's per-call overhead (4 µs against 16 µs for a (1, 5) array)."""
 
 from __future__ import annotations
 
