@@ -67,7 +67,8 @@ def _local_concat(strategy, per_replica) -> np.ndarray:
 
 def extract_features(paths: np.ndarray, store: FeatureStore, backbone: keras.Model, *, image_size: tuple[int, int],
                      batch_size: int, resize: str = "squash", strategy: tf.distribute.Strategy | None = None,
-                     parallel_calls: int = 0, progress: bool = True) -> dict:
+                     parallel_calls: int = 0, progress: bool = True,
+                     max_pixels: int = input_pipeline.DEFAULT_MAX_PIXELS) -> dict:
     """Fills the unfinished shards of `store` with `backbone` features of `paths`.
 
     Args:
@@ -76,20 +77,21 @@ def extract_features(paths: np.ndarray, store: FeatureStore, backbone: keras.Mod
         backbone: input "image" (B, H, W, 3) -> {"features": (B, D)}, built in
             `strategy.scope()`.
         batch_size: int. Global batch size (split over replicas).
+        max_pixels: images over this many pixels (by their header) are skipped undecoded as "too large".
 
     Returns:
-        Stats: images, unreadable (row list), seconds, images_per_second.
+        Stats: images, unreadable_rows and too_large_rows (row lists), seconds, images_per_second.
     """
     strategy = strategy or tf.distribute.get_strategy()
     shards = store.unfinished_shards()
-    stats = {"images": 0, "unreadable_rows": [], "seconds": 0.0, "images_per_second": 0.0,
+    stats = {"images": 0, "unreadable_rows": [], "too_large_rows": [], "seconds": 0.0, "images_per_second": 0.0,
              "shards_done_before": store.num_shards - len(shards)}
     if not shards:
         return stats
     rows = np.concatenate([np.arange(*store.shard_rows(s)) for s in shards])
     dataset = input_pipeline.make_image_dataset(
         paths[rows], rows=rows, image_size=image_size, batch_size=batch_size, resize=resize,
-        parallel_calls=parallel_calls)
+        parallel_calls=parallel_calls, max_pixels=max_pixels)
     if strategy.num_replicas_in_sync > 1:
         # Full batches only: an uneven last batch would leave a replica an empty batch, which some CPU
         # kernels (oneDNN convolutions) reject. Padding rows are -1 and dropped below.
@@ -115,11 +117,17 @@ def extract_features(paths: np.ndarray, store: FeatureStore, backbone: keras.Mod
             valid = np.zeros(end - start, bool)
             features[got_rows[inside] - start] = got_features[inside]
             valid[got_rows[inside] - start] = True
-            unreadable = np.arange(start, end)[~valid]
-            if len(unreadable):
-                logging.warning("Shard %d: %d unreadable image(s) skipped, e.g. %s", shards[next_shard],
-                                len(unreadable), ", ".join(paths[unreadable[:3]]))
-                stats["unreadable_rows"].extend(unreadable.tolist())
+            skipped = np.arange(start, end)[~valid]
+            if len(skipped):
+                reasons = np.array(input_pipeline.skipped_reasons(paths[skipped], max_pixels))
+                for reason, key in ((input_pipeline.UNREADABLE, "unreadable_rows"),
+                                    (input_pipeline.TOO_LARGE, "too_large_rows")):
+                    rows_of = skipped[reasons == reason]
+                    if len(rows_of):
+                        logging.warning("Shard %d: %d %s image(s) skipped%s, e.g. %s", shards[next_shard],
+                                        len(rows_of), reason, f" (over {max_pixels} pixels)"
+                                        if reason == input_pipeline.TOO_LARGE else "", ", ".join(paths[rows_of[:3]]))
+                        stats[key].extend(rows_of.tolist())
             store.write_shard(shards[next_shard], features, valid)
             got_rows, got_features = got_rows[~inside], got_features[~inside]
             next_shard += 1
@@ -143,9 +151,9 @@ def extract_features(paths: np.ndarray, store: FeatureStore, backbone: keras.Mod
     flush(store.num_rows + 1)
     stats["seconds"] = time.perf_counter() - start_time
     stats["images_per_second"] = stats["images"] / max(stats["seconds"], 1e-9)
-    logging.info("Extracted %d images in %.1f s (%.1f images/s) on %d replica(s); %d unreadable.",
+    logging.info("Extracted %d images in %.1f s (%.1f images/s) on %d replica(s); %d unreadable, %d too large.",
                  stats["images"], stats["seconds"], stats["images_per_second"], strategy.num_replicas_in_sync,
-                 len(stats["unreadable_rows"]))
+                 len(stats["unreadable_rows"]), len(stats["too_large_rows"]))
     return stats
 
 

@@ -72,3 +72,81 @@ def test_shuffle_is_a_function_of_seed(tmp_path, make_images):
 
     np.testing.assert_array_equal(order(1), order(1))
     assert sorted(order(1)) == list(range(20)) and not np.array_equal(order(1), order(2))
+
+
+# ----------------------------------------------------------------------------- the pixel limit
+
+def test_header_size_of_every_format_without_decoding(tmp_path):
+    import io
+
+    from image_bombs import bmp_header, gif_header
+
+    for fmt, extra in (("PNG", {}), ("GIF", {}), ("BMP", {}), ("JPEG", {}), ("WEBP", {}),
+                       ("WEBP", {"lossless": True})):
+        buffer = io.BytesIO()
+        Image.new("RGB", (37, 23)).save(buffer, format=fmt, **extra)
+        np.testing.assert_array_equal(input_pipeline.header_size(tf.constant(buffer.getvalue())), [23, 37], fmt)
+    np.testing.assert_array_equal(input_pipeline.header_size(tf.constant(gif_header(30000, 20000))), [20000, 30000])
+    np.testing.assert_array_equal(input_pipeline.header_size(tf.constant(bmp_header(300, -200))), [200, 300])
+    np.testing.assert_array_equal(input_pipeline.header_size(tf.constant(b"xx")), [0, 0])
+
+
+def test_images_over_the_pixel_limit_fail_before_decoding(tmp_path):
+    from image_bombs import bmp_header, gif_header, write_png_bomb
+
+    write_png_bomb(tmp_path / "bomb.png")
+    for data in (open(tmp_path / "bomb.png", "rb").read(), gif_header(9000, 9000), bmp_header(7000, -7000)):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"image is \d+ x \d+ pixels, over the limit of "
+                                                                 r"40000000"):
+            input_pipeline.decode_image(tf.constant(data), (8, 8))
+    Image.new("RGB", (100, 50)).save(tmp_path / "ok.png")
+    data = tf.io.read_file(str(tmp_path / "ok.png"))
+    assert input_pipeline.decode_image(data, (8, 8), max_pixels=5000).shape == (8, 8, 3)  # exactly at the limit
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image is 100 x 50 pixels, over the limit of 4999"):
+        input_pipeline.decode_image(data, (8, 8), max_pixels=4999)
+
+
+_EXTRACT_CHILD = r"""
+import json, sys
+import keras, numpy as np, tensorflow as tf
+from cleannet_tf import backbones, extract_lib
+from cleannet_tf.feature_store import FeatureStore
+
+def peak_rss():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) * 1024
+
+paths = np.array(sys.argv[1:])
+backbone = backbones.build_backbone("small_cnn", image_size=(32, 32))
+store = FeatureStore.create_or_open(sys.argv[1] + ".features", keys=paths, paths=paths, feature_dim=256,
+                                    shard_size=4, extractor={"test": 1})
+extract_lib.extract_features(paths[:1], FeatureStore.create_or_open(sys.argv[1] + ".warm", keys=paths[:1],
+                             paths=paths[:1], feature_dim=256, shard_size=4, extractor={"test": 1}), backbone,
+                             image_size=(32, 32), batch_size=4, progress=False)  # TF and the model warmed up
+before = peak_rss()
+stats = extract_lib.extract_features(paths, store, backbone, image_size=(32, 32), batch_size=4, progress=False)
+print(json.dumps({"before": before, "after": peak_rss(), "too_large": stats["too_large_rows"],
+                  "unreadable": stats["unreadable_rows"], "images": stats["images"], "complete": store.complete}))
+"""
+
+
+def test_extraction_skips_a_png_bomb_as_too_large_with_bounded_memory(tmp_path, make_images):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from image_bombs import write_png_bomb
+
+    paths = list(make_images(tmp_path / "imgs", 6))
+    assert write_png_bomb(tmp_path / "bomb.png") < 200_000  # 20000 x 20000 pixels in a small file
+    paths[2] = str(tmp_path / "bomb.png")
+    (tmp_path / "bad.jpg").write_bytes(b"garbage")
+    paths[4] = str(tmp_path / "bad.jpg")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run([sys.executable, "-c", _EXTRACT_CHILD, *paths], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    assert got["too_large"] == [2] and got["unreadable"] == [4] and got["images"] == 4 and got["complete"]
+    assert got["after"] - got["before"] < 300 << 20, got  # decoding it would take 1.2 GB (uint8), 4.8 GB (float)
+    assert "too large image(s) skipped (over 40000000 pixels)" in result.stderr
