@@ -319,3 +319,142 @@ def test_tensor_proto_round_trips_like_tensorflows(value):
     assert back.dtype == np.asarray(value).dtype and back.shape == np.shape(value)
     np.testing.assert_array_equal(back, value)
     np.testing.assert_array_equal(back, tf.make_ndarray(tf.make_tensor_proto(value)))
+
+
+# ----------------------------------------------------------------------------- bad and half-written versions
+
+class _RequestStream:
+    """verify_features requests in a loop on a thread: the versions that answered and the failures."""
+
+    def __init__(self, client):
+        self.client, self.versions, self.failures, self.count = client, set(), [], 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self):
+        from tensorflow_serving.apis import predict_pb2
+
+        features = np.abs(np.random.default_rng(5).normal(size=(1, 16))).astype(np.float32)
+        while not self._stop.is_set():
+            message = predict_pb2.PredictRequest()
+            message.model_spec.name, message.model_spec.signature_name = export_lib.VERIFIER, "verify_features"
+            message.inputs["features"].CopyFrom(tf.make_tensor_proto(features))
+            message.inputs["label"].CopyFrom(tf.make_tensor_proto(np.array([1], np.int64)))
+            try:
+                self.versions.add(self.client.stub.Predict(message, timeout=10).model_spec.version.value)
+            except grpc.RpcError as error:
+                self.failures.append((error.code(), error.details()))
+            self.count += 1
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def wait_for(self, version, seconds=60):
+        deadline = time.time() + seconds
+        while version not in self.versions and time.time() < deadline:
+            time.sleep(0.1)
+        return version in self.versions
+
+
+def _status(client, name=export_lib.VERIFIER):
+    stub = model_service_pb2_grpc.ModelServiceStub(client.channel)
+    response = stub.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(
+        name=name)))
+    return {s.version: (s.state, s.status.error_code, s.status.error_message) for s in response.model_version_status}
+
+
+def _wait(condition, seconds=60):
+    deadline = time.time() + seconds
+    while not condition() and time.time() < deadline:
+        time.sleep(0.1)
+    return condition()
+
+
+def test_a_corrupt_new_version_never_takes_the_model_offline(served, tmp_path):
+    import shutil
+
+    good = os.path.join(served["export_dir"], export_lib.VERIFIER, "1")
+    base = tmp_path / export_lib.VERIFIER
+    shutil.copytree(good, base / "1")
+    server = start_server(model_name=export_lib.VERIFIER, model_base_path=str(base), port=0, poll_seconds=0.2)
+    client = Client(f"127.0.0.1:{server.port}")
+    try:
+        with _RequestStream(client) as stream:
+            assert stream.wait_for(1)
+            shutil.copytree(good, base / ".tmp-2")
+            (base / ".tmp-2" / "saved_model.pb").write_bytes(b"\x08\x01 this is not a SavedModel proto")
+            os.rename(base / ".tmp-2", base / "2")  # published atomically, but broken
+            assert _wait(lambda: 2 in _status(client))
+            time.sleep(2.0)  # retried meanwhile, with backoff
+            failure = server.manager._failures[(export_lib.VERIFIER, 2)]
+            assert 2 <= failure.attempts <= 7, failure  # 0.2 s doubling: ~5 attempts in 2 s, not 10 polls
+            status = _status(client)
+            assert status[1] == (30, 0, "")  # AVAILABLE, OK
+            state, code, message = status[2]
+            assert state == 50 and code == grpc.StatusCode.DATA_LOSS.value[0] and "parse" in message.lower()
+            rest = _rest_status(server)
+            assert rest[1]["state"] == "AVAILABLE" and rest[0]["status"]["error_code"] == "DATA_LOSS"
+            # The broken file is replaced (atomically): retried at once, and served.
+            shutil.copy(os.path.join(good, "saved_model.pb"), tmp_path / "pb")
+            os.replace(tmp_path / "pb", base / "2" / "saved_model.pb")
+            assert stream.wait_for(2)
+            # And a further good version is picked up as before.
+            shutil.copytree(good, base / ".tmp-3")
+            os.rename(base / ".tmp-3", base / "3")
+            assert stream.wait_for(3)
+            time.sleep(0.3)
+        assert not stream.failures and stream.versions == {1, 2, 3} and stream.count > 20
+        assert _status(client)[2][:2] == (50, 0) and _status(client)[3] == (30, 0, "")  # 2 unloaded cleanly
+    finally:
+        client.close()
+        server.stop(grace=1)
+
+
+def _rest_status(server):  # noqa: N802 (reads as the call it makes)
+    """GET /v1/models/NAME over REST on the same manager: model_version_status, newest first."""
+    from cleannet_tf.serving.server import ModelServer
+
+    http = ModelServer(server.manager, port=0, rest_port=_free_port())
+    threading.Thread(target=http.rest_server.serve_forever, daemon=True).start()
+    try:
+        rows = json.load(urllib.request.urlopen(f"http://127.0.0.1:{http.rest_port}/v1/models/"
+                                                f"{export_lib.VERIFIER}"))["model_version_status"]
+    finally:
+        http.rest_server.shutdown()
+        http.grpc_server.stop(0)
+    return sorted(rows, key=lambda row: -int(row["version"]))
+
+
+def test_a_version_copied_in_slowly_is_loaded_only_when_complete(served, tmp_path):
+    import shutil
+
+    good = os.path.join(served["export_dir"], export_lib.VERIFIER, "1")
+    base = tmp_path / export_lib.VERIFIER
+    shutil.copytree(good, base / "1")
+    server = start_server(model_name=export_lib.VERIFIER, model_base_path=str(base), port=0, poll_seconds=1.0)
+    client = Client(f"127.0.0.1:{server.port}")
+    try:
+        with _RequestStream(client) as stream:
+            assert stream.wait_for(1)
+            target = base / "2"  # a plain copy straight into the base path, saved_model.pb first
+            files = sorted((os.path.relpath(os.path.join(root, f), good) for root, _, names in os.walk(good)
+                            for f in names), key=lambda f: f != "saved_model.pb")
+            for relative in files:
+                (target / relative).parent.mkdir(parents=True, exist_ok=True)
+                data = open(os.path.join(good, relative), "rb").read()
+                with open(target / relative, "wb") as f:
+                    for start in range(0, max(len(data), 1), max(len(data) // 3, 1)):
+                        f.write(data[start:start + max(len(data) // 3, 1)])
+                        f.flush()
+                        time.sleep(0.1)
+                assert 2 not in _status(client)  # never tried while it was being written
+            assert stream.wait_for(2)
+        assert not stream.failures and _status(client)[2] == (30, 0, "")
+    finally:
+        client.close()
+        server.stop(grace=1)

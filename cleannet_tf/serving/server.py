@@ -39,6 +39,7 @@ from cleannet_tf.serving.tensor_proto import to_tensor_proto
 
 MAX_MESSAGE_BYTES = 256 << 20
 _STATE_NAMES = {10: "START", 20: "LOADING", 30: "AVAILABLE", 40: "UNLOADING", 50: "END"}
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
 # --------------------------------------------------------------------------- the calls, transport-free
@@ -194,9 +195,9 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         except ServingError as error:
             return _abort(context, error)
         response = get_model_status_pb2.GetModelStatusResponse()
-        for version, state, message in rows:
+        for version, state, code, message in rows:
             status = response.model_version_status.add(version=version, state=state)
-            status.status.error_code = 0 if not message else 13  # INTERNAL
+            status.status.error_code = code
             status.status.error_message = message
         return response
 
@@ -289,8 +290,8 @@ class _RestHandler(BaseHTTPRequestHandler):
             rows = self.manager.status(match["name"], version)
             return self._reply(200, {"model_version_status": [
                 {"version": str(v), "state": _STATE_NAMES.get(state, str(state)),
-                 "status": {"error_code": "OK" if not message else "INTERNAL", "error_message": message}}
-                for v, state, message in rows]})
+                 "status": {"error_code": _CODE_NAMES.get(code, str(code)), "error_message": message}}
+                for v, state, code, message in rows]})
         except ServingError as error:
             return self._error(error)
 
