@@ -415,7 +415,7 @@ def test_a_corrupt_new_version_never_takes_the_model_offline(served, tmp_path):
         server.stop(grace=1)
 
 
-def _rest_status(server):  # noqa: N802 (reads as the call it makes)
+def _rest_status(server):
     """GET /v1/models/NAME over REST on the same manager: model_version_status, newest first."""
     from cleannet_tf.serving.server import ModelServer
 
