@@ -2,7 +2,8 @@
 
     EXPORT_DIR/cleannet_verifier/<version>/     signatures (every input named, batch dimension dynamic):
         serving_default    image_bytes (B,) string, label (B,) int64   -> score, is_noisy, weight_soft,
-                                                                          suggested_label, suggested_score
+                                                                          suggested_label, suggested_label_name,
+                                                                          suggested_score
         verify_label_name  image_bytes (B,) string, label_name (B,) string -> the same
         verify_features    features (B, D) float32, label (B,) int64   -> the same
         embed              image_bytes (B,) string                     -> query_embedding (B, E)
@@ -13,16 +14,21 @@
                            scores (B, C) float32  (TF Serving's Classify API)
     EXPORT_DIR/models.config                    ModelServerConfig text proto listing both models
 
-Images (JPEG, PNG, GIF, BMP) are decoded and resized in the graph exactly as `cleannet-extract` does
-(input_pipeline.decode_image); bad bytes fail the request with INVALID_ARGUMENT. Core TF ops only, no XLA.
+Images (JPEG, PNG, GIF, BMP, WebP) are decoded and resized in the graph exactly as `cleannet-extract` does
+(input_pipeline.decode_image); bad bytes, images over `max_pixels` by their header ("image is W x H pixels, over
+the limit of N"), an unknown label_name ("unknown class 'x'; known: ...") and NaN/Inf features fail the request
+with INVALID_ARGUMENT, in the graph, so tensorflow_model_server enforces them too. Core TF ops only, no XLA.
 Each version is written to a temporary folder whose name is not a number (servers ignore it) and renamed, so a
-polling server never sees half a model; VERSION/assets.extra/ holds tf_serving_warmup_requests (real requests
-for every signature) and labels.txt (class names in id order).
+polling server never sees half a model; temporary folders of killed exports (`.tmp-VERSION-PID` of a dead PID)
+are removed by the next export. Both models of one export get the same version number (one above the larger of
+the two current ones). VERSION/assets.extra/ holds tf_serving_warmup_requests (real requests for every
+signature) and labels.txt (class names in id order).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import keras
@@ -40,15 +46,23 @@ LABELS_FILE = os.path.join("assets.extra", "labels.txt")
 IMAGE_FEATURE = "image/encoded"
 
 
-def _decode_batch(image_bytes: tf.Tensor, image_size: tuple[int, int], resize: str) -> tf.Tensor:
+def _decode_batch(image_bytes: tf.Tensor, image_size: tuple[int, int], resize: str, max_pixels: int) -> tf.Tensor:
     """(B,) encoded images -> (B, H, W, 3) float32 in [0, 255]."""
-    return tf.map_fn(lambda b: input_pipeline.decode_image(b, image_size, resize), image_bytes,
+    return tf.map_fn(lambda b: input_pipeline.decode_image(b, image_size, resize, max_pixels), image_bytes,
                      fn_output_signature=tf.TensorSpec((*image_size, 3), tf.float32))
 
 
+def _known_classes(class_names, shown: int = 20) -> str:
+    names = list(class_names)
+    return ", ".join(names[:shown]) + (f", ... ({len(names)} classes)" if len(names) > shown else "")
+
+
 def build_verifier_archive(verifier: keras.Model, backbone: keras.Model, class_names, *, image_size, resize: str,
-                           ) -> keras.export.ExportArchive:
-    """The cleannet_verifier signatures around a verifier model and the backbone that made its features."""
+                           max_pixels: int = input_pipeline.DEFAULT_MAX_PIXELS) -> keras.export.ExportArchive:
+    """The cleannet_verifier signatures around a verifier model and the backbone that made its features.
+
+    Every verify signature also returns suggested_label_name (B,) string, the class name of suggested_label.
+    """
     feature_dim = int(verifier.inputs[0].shape[-1]) if not isinstance(verifier.input, dict) else int(
         verifier.input["features"].shape[-1])
     encoder = query_encoder_of(verifier)
@@ -58,30 +72,40 @@ def build_verifier_archive(verifier: keras.Model, backbone: keras.Model, class_n
     archive.track(verifier)
     archive.track(backbone)
     archive.track(table)
+    names = tf.constant(list(class_names))
 
     def verify(features, label):
         outputs = verifier({"features": features, "label": label}, training=False)
-        return {name: tf.cast(value, tf.float32) if value.dtype.is_floating else value
-                for name, value in outputs.items()}
+        outputs = {name: tf.cast(value, tf.float32) if value.dtype.is_floating else value
+                   for name, value in outputs.items()}
+        outputs["suggested_label_name"] = tf.gather(names, outputs["suggested_label"])
+        return outputs
+
+    def verify_finite_features(features, label):
+        features = tf.debugging.check_numerics(features, "features must be finite (NaN or Inf found)")
+        return verify(features, label)
 
     def image_features(image_bytes):
-        return backbone(_decode_batch(image_bytes, image_size, resize), training=False)["features"]
+        return backbone(_decode_batch(image_bytes, image_size, resize, max_pixels), training=False)["features"]
 
     image_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
     label_spec = tf.TensorSpec([None], tf.int64, name="label")
     archive.add_endpoint("serving_default", lambda image_bytes, label: verify(image_features(image_bytes), label),
                          input_signature=[image_spec, label_spec])
 
+    known = _known_classes(class_names)
+
     def verify_label_name(image_bytes, label_name):
         label = table.lookup(label_name)
-        with tf.control_dependencies([tf.debugging.assert_non_negative(
-                label, message="label_name is not one of the model's classes (assets.extra/labels.txt)")]):
+        first_unknown = tf.gather(tf.concat([label_name, [""]], 0), tf.argmin(tf.concat([label, [0]], 0)))
+        message = tf.strings.join(["unknown class '", first_unknown, f"'; known: {known}"])
+        with tf.control_dependencies([tf.debugging.Assert(tf.reduce_all(label >= 0), [message])]):
             label = tf.identity(label)
         return verify(image_features(image_bytes), label)
 
     archive.add_endpoint("verify_label_name", verify_label_name,
                          input_signature=[image_spec, tf.TensorSpec([None], tf.string, name="label_name")])
-    archive.add_endpoint("verify_features", verify,
+    archive.add_endpoint("verify_features", verify_finite_features,
                          input_signature=[tf.TensorSpec([None, feature_dim], tf.float32, name="features"), label_spec])
     archive.add_endpoint("embed", lambda image_bytes: {"query_embedding": tf.cast(
         encoder(image_features(image_bytes), training=False)["query_embedding"], tf.float32)},
@@ -89,8 +113,8 @@ def build_verifier_archive(verifier: keras.Model, backbone: keras.Model, class_n
     return archive
 
 
-def build_classifier_archive(classifier: keras.Model, class_names, *, image_size, resize: str,
-                             top_k: int = 5) -> keras.export.ExportArchive:
+def build_classifier_archive(classifier: keras.Model, class_names, *, image_size, resize: str, top_k: int = 5,
+                             max_pixels: int = input_pipeline.DEFAULT_MAX_PIXELS) -> keras.export.ExportArchive:
     """The cleannet_classifier signatures: serving_default (Predict) and classify (Classify)."""
     names = tf.constant(list(class_names))
     top_k = min(top_k, len(class_names))
@@ -98,7 +122,7 @@ def build_classifier_archive(classifier: keras.Model, class_names, *, image_size
     archive.track(classifier)
 
     def probabilities_of(image_bytes):
-        images = _decode_batch(image_bytes, image_size, resize)
+        images = _decode_batch(image_bytes, image_size, resize, max_pixels)
         return tf.cast(classifier(images, training=False)["probabilities"], tf.float32)
 
     def predict(image_bytes):
@@ -119,10 +143,38 @@ def build_classifier_archive(classifier: keras.Model, class_names, *, image_size
     return archive
 
 
-def next_version(model_base: str) -> int:
-    """1 + the largest integer-named version folder under model_base (1 when there is none)."""
-    versions = [int(name) for name in os.listdir(model_base) if name.isdigit()] if os.path.isdir(model_base) else []
+def next_version(*model_bases: str) -> int:
+    """1 + the largest integer-named version folder under any of model_bases (1 when there is none)."""
+    versions = [int(name) for base in model_bases if os.path.isdir(base) for name in os.listdir(base)
+                if name.isdigit()]
     return max(versions, default=0) + 1
+
+
+_TEMP_NAME = re.compile(r"^\.tmp-(\d+)-(\d+)$")  # .tmp-VERSION-PID, as publish() names them
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temps(model_base: str) -> list[str]:
+    """Deletes publish()'s temporary folders under model_base whose process is gone (killed exports)."""
+    removed = []
+    if not os.path.isdir(model_base):
+        return removed
+    for name in os.listdir(model_base):
+        match = _TEMP_NAME.match(name)
+        if match and int(match[2]) != os.getpid() and not _pid_alive(int(match[2])):
+            shutil.rmtree(os.path.join(model_base, name), ignore_errors=True)
+            removed.append(os.path.join(model_base, name))
+            logging.info("Removed %s, left by a killed export (process %s).", removed[-1], match[2])
+    return removed
 
 
 def example_of(image_bytes: bytes) -> bytes:
@@ -161,6 +213,7 @@ def publish(archive: keras.export.ExportArchive, model_base: str, *, class_names
             version: int | None = None) -> str:
     """Writes `archive` as model_base/<version>/ (temporary folder, then rename); returns that path."""
     os.makedirs(model_base, exist_ok=True)
+    remove_stale_temps(model_base)
     version = version or next_version(model_base)
     final = os.path.join(model_base, str(version))
     if os.path.exists(final):
@@ -180,6 +233,21 @@ def publish(archive: keras.export.ExportArchive, model_base: str, *, class_names
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def publish_models(export_dir: str, models: dict[str, tuple[keras.export.ExportArchive, list[bytes]]], *,
+                   class_names) -> dict[str, str]:
+    """Publishes several models (name -> (archive, warmup records)) under ONE version number, the next above
+    every one of them, and writes models.config; returns name -> version folder."""
+    bases = {name: os.path.join(export_dir, name) for name in models}
+    for base in bases.values():
+        os.makedirs(base, exist_ok=True)
+        remove_stale_temps(base)
+    version = next_version(*bases.values())
+    paths = {name: publish(archive, bases[name], class_names=class_names, warmup=warmup, version=version)
+             for name, (archive, warmup) in models.items()}
+    write_models_config(export_dir)
+    return paths
 
 
 def write_models_config(export_dir: str, model_names=(VERIFIER, CLASSIFIER)) -> str:
@@ -218,8 +286,12 @@ def _sample_inputs(table: datasets.LabelTable, features: np.ndarray, count: int 
 
 
 def export_all(config: ml_collections.ConfigDict, workdir: str, export_dir: str, *,
-               table: datasets.LabelTable | None = None) -> dict:
-    """cleannet-export: both models as new versions under export_dir, and models.config. Returns their paths."""
+               table: datasets.LabelTable | None = None,
+               max_pixels: int = input_pipeline.DEFAULT_MAX_PIXELS) -> dict:
+    """cleannet-export: both models as new versions (one number for both) under export_dir, and models.config.
+
+    max_pixels: the image pixel limit baked into both graphs. Returns their paths.
+    """
     table = table if table is not None else datasets.load_table(config, workdir)
     verifier, class_names, threshold = verify_lib.load_verifier(workdir)
     if list(class_names) != list(table.class_names):
@@ -230,20 +302,23 @@ def export_all(config: ml_collections.ConfigDict, workdir: str, export_dir: str,
     images, labels, label_names, rows = _sample_inputs(table, features)
     sample_features = features.gather(rows)
 
-    verifier_archive = build_verifier_archive(verifier, backbone, class_names, image_size=image_size, resize=resize)
-    verifier_dir = publish(verifier_archive, os.path.join(export_dir, VERIFIER), class_names=class_names,
-                           warmup=warmup_records(VERIFIER, {
-                               "serving_default": {"image_bytes": images, "label": labels},
-                               "verify_label_name": {"image_bytes": images, "label_name": label_names},
-                               "verify_features": {"features": sample_features, "label": labels},
-                               "embed": {"image_bytes": images}}))
     classifier = keras.saving.load_model(classifier_path(config, workdir))
-    classifier_archive = build_classifier_archive(classifier, class_names, image_size=image_size, resize=resize)
-    classifier_dir = publish(classifier_archive, os.path.join(export_dir, CLASSIFIER), class_names=class_names,
-                             warmup=warmup_records(CLASSIFIER, {
-                                 "serving_default": {"image_bytes": images},
-                                 "classify": {"inputs": [example_of(image) for image in images]}}))
-    config_path = write_models_config(export_dir)
+    paths = publish_models(export_dir, {
+        VERIFIER: (build_verifier_archive(verifier, backbone, class_names, image_size=image_size, resize=resize,
+                                          max_pixels=max_pixels),
+                   warmup_records(VERIFIER, {
+                       "serving_default": {"image_bytes": images, "label": labels},
+                       "verify_label_name": {"image_bytes": images, "label_name": label_names},
+                       "verify_features": {"features": sample_features, "label": labels},
+                       "embed": {"image_bytes": images}})),
+        CLASSIFIER: (build_classifier_archive(classifier, class_names, image_size=image_size, resize=resize,
+                                              max_pixels=max_pixels),
+                     warmup_records(CLASSIFIER, {
+                         "serving_default": {"image_bytes": images},
+                         "classify": {"inputs": [example_of(image) for image in images]}}))},
+        class_names=class_names)
+    verifier_dir, classifier_dir = paths[VERIFIER], paths[CLASSIFIER]
+    config_path = os.path.join(export_dir, "models.config")
     logging.info("Exported %s and %s (threshold %.4f); %s", verifier_dir, classifier_dir, threshold, config_path)
     return {"verifier": verifier_dir, "classifier": classifier_dir, "models_config": config_path,
             "threshold": threshold}

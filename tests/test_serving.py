@@ -458,3 +458,238 @@ def test_a_version_copied_in_slowly_is_loaded_only_when_complete(served, tmp_pat
     finally:
         client.close()
         server.stop(grace=1)
+
+
+# ----------------------------------------------------------------------------- inputs checked like TF Serving
+
+def _details(call, code=grpc.StatusCode.INVALID_ARGUMENT):
+    with pytest.raises(grpc.RpcError) as error:
+        call()
+    assert error.value.code() == code, error.value.details()
+    return error.value.details()
+
+
+def test_dtype_mismatches_and_non_finite_features_are_invalid_argument_over_grpc(served):
+    client, images = served["client"], served["images"]
+    image = np.array(images[:1], dtype=object)
+    for label in (np.array([5.7]), np.array([-0.9], np.float32), np.array([1], np.int32)):
+        details = _details(lambda label=label: client.predict(export_lib.VERIFIER, {"image_bytes": image,
+                                                                                    "label": label}))
+        assert details == f"Expects arg 'label' to be int64 but {tf.as_dtype(label.dtype).name} is provided"
+    details = _details(lambda: client.predict(export_lib.VERIFIER, {
+        "features": np.ones((1, 16), np.int32), "label": np.array([1])}, signature="verify_features"))
+    assert details == "Expects arg 'features' to be float32 but int32 is provided"
+    for bad in (np.nan, np.inf, -np.inf):
+        features = np.ones((2, 16), np.float32)
+        features[1, 3] = bad
+        assert "NaN or Inf" in _details(lambda features=features: client.verify_features(features, [0, 1]))
+    assert client.verify_features(np.ones((1, 16)), [0])["score"].shape == (1,)  # still serving
+
+
+def test_the_exported_graphs_check_inputs_themselves(served):
+    """What tensorflow_model_server (no cleannet code) gets: the checks live in the SavedModel's graph."""
+    saved = tf.saved_model.load(os.path.join(served["export_dir"], export_lib.VERIFIER, "1"))
+    features = np.ones((1, 16), np.float32)
+    features[0, 0] = np.nan
+    with pytest.raises(tf.errors.InvalidArgumentError, match="features must be finite"):
+        saved.signatures["verify_features"](features=tf.constant(features), label=tf.constant([0], tf.int64))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"unknown class \\?'nope\\?'; known: class_0, "
+                                                             "class_1, class_2, class_3"):
+        saved.signatures["verify_label_name"](image_bytes=tf.constant(served["images"][:1]),
+                                              label_name=tf.constant(["class_1", "nope"][1:]))
+    got = saved.signatures["verify_label_name"](image_bytes=tf.constant(served["images"][:2]),
+                                                label_name=tf.constant(["class_1", "class_2"]))
+    assert [CLASS_NAMES[i] for i in got["suggested_label"].numpy()] == [
+        n.decode() for n in got["suggested_label_name"].numpy()]
+
+
+def test_suggested_label_name_and_a_plain_error_for_an_unknown_name(served):
+    client, images = served["client"], served["images"]
+    for got in (client.verify_image(images, [0, 1, 2, 3, 0]), client.verify_image(images, ["class_1"] * 5),
+                client.verify_features(np.ones((2, 16)), [0, 1])):
+        assert [n.decode() for n in got["suggested_label_name"]] == [CLASS_NAMES[i] for i in got["suggested_label"]]
+        assert {"score", "is_noisy", "weight_soft", "suggested_label", "suggested_score"} <= set(got)
+    details = _details(lambda: client.verify_image(images[:2], ["class_0", "ramen"]))
+    assert details == "unknown class 'ramen'; known: class_0, class_1, class_2, class_3"
+    signature = client.signatures(export_lib.VERIFIER)["serving_default"]
+    assert "suggested_label_name" in signature.outputs
+
+
+@pytest.fixture(scope="module")
+def rest_url(served):
+    from cleannet_tf.serving.server import ModelServer
+
+    http = ModelServer(served["server"].manager, port=0, rest_port=_free_port())
+    threading.Thread(target=http.rest_server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{http.rest_port}/v1/models/{export_lib.VERIFIER}"
+    http.rest_server.shutdown()
+    http.grpc_server.stop(0)
+
+
+def _raw_post(url, body: bytes, headers=None):
+    """(HTTP status, parsed JSON body) of a POST with exactly these bytes (json.loads must accept the answer)."""
+    import http.client
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        connection.putrequest("POST", parts.path)
+        for name, value in {"Content-Length": str(len(body)), "Content-Type": "application/json",
+                            **(headers or {})}.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        if "Content-Length" not in (headers or {}):
+            connection.send(body)
+        response = connection.getresponse()
+        text = response.read().decode()
+        return response.status, json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in {text}"))
+    finally:
+        connection.close()
+
+
+def test_every_rest_body_gets_a_json_answer(served, rest_url):
+    predict = rest_url + ":predict"
+    b64 = base64.b64encode(served["images"][0]).decode()
+
+    def features_body(first: bytes) -> bytes:
+        return (b'{"signature_name": "verify_features", "inputs": {"features": [[' + first + b", 1" * 15
+                + b']], "label": [1]}}')
+
+    bodies = {
+        b"[1]": 400, b"null": 400, b'"a bare string"': 400, b"42": 400, b"[" * 100_000 + b"]" * 100_000: 400,
+        b"{" * 100_000: 400, b'{"instances": [1, 2}': 400, b"\xff\xfe\x00{": 400, b'{"instances": {"a": 1}}': 400,
+        b'{"instances": [{"image_bytes": {"b64": "%s"}, "label": 5.7}]}' % b64.encode(): 400,
+        b'{"instances": [{"image_bytes": {"b64": "%s"}, "label": -0.9}]}' % b64.encode(): 400,
+        b'{"instances": [{"image_bytes": {"b64": "%s"}, "label": true}]}' % b64.encode(): 400,
+        b'{"instances": [{"image_bytes": {"b64": "%s"}, "label": 1}, {"label": 1}]}' % b64.encode(): 400,
+        b'{"instances": [{"image_bytes": {"b64": "@@not b64@@"}, "label": 1}]}': 400,
+        features_body(b"NaN"): 400, features_body(b"Infinity"): 400, features_body(b"-Infinity"): 400,
+        features_body(b'"a"'): 400, features_body(b"1e999"): 400,
+        b'{"signature_name": "verify_features", "inputs": {"features": [[1, 2], [3]], "label": [1]}}': 400,
+        b'{"signature_name": ["x"], "instances": []}': 400,
+        b'{"signature_name": "nope", "instances": []}': 400,
+    }
+    for body, status in bodies.items():
+        got_status, got = _raw_post(predict, body)
+        assert got_status == status and isinstance(got.get("error"), str) and got["error"], (body[:80], got)
+    status, got = _raw_post(predict, b"{}", headers={"Content-Length": str(1 << 40)})  # a huge body, not read
+    assert status == 413 and "over the limit" in got["error"]
+    status, got = _raw_post(rest_url + ":classify", b'{"examples": [1]}')
+    assert status == 400 and "error" in got
+    label = b'{"instances": [{"image_bytes": {"b64": "%s"}, "label": 1}]}' % b64.encode()
+    status, got = _raw_post(predict, label)  # still serving
+    assert status == 200 and got["predictions"][0]["suggested_label_name"] in CLASS_NAMES
+    status, got = _raw_post(predict, b'{"signature_name": "verify_label_name", "instances": [{"image_bytes": '
+                            b'{"b64": "%s"}, "label_name": "ramen"}]}' % b64.encode())
+    assert status == 400 and got["error"] == "unknown class 'ramen'; known: class_0, class_1, class_2, class_3"
+
+
+def test_rest_never_writes_a_bare_nan():
+    from cleannet_tf.serving.server import _encode_json_value
+
+    encoded = _encode_json_value("score", np.array([[np.nan, np.inf], [-np.inf, 0.5]], np.float32))
+    assert json.loads(json.dumps(encoded, allow_nan=False)) == [["NaN", "Infinity"], ["-Infinity", 0.5]]
+
+
+def test_server_refuses_a_png_bomb_with_bounded_memory_and_keeps_serving(served, tmp_path):
+    from image_bombs import write_png_bomb
+
+    write_png_bomb(tmp_path / "bomb.png")
+    bomb = (tmp_path / "bomb.png").read_bytes()
+    rest_port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cleannet_tf.serve", f"--model_config_file={served['export_dir']}/models.config",
+         "--port=0", f"--rest_api_port={rest_port}", "--tensorflow_intra_op_parallelism=1"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def peak_rss():
+        return int(next(line for line in open(f"/proc/{process.pid}/status")
+                        if line.startswith("VmHWM")).split()[1]) * 1024
+
+    try:
+        line = ""
+        deadline = time.time() + 120
+        while "READY" not in line and time.time() < deadline and process.poll() is None:
+            line = process.stdout.readline()
+        port = int(line.split("grpc=")[1].split()[0])
+        with Client(f"127.0.0.1:{port}") as client:
+            client.verify_image(served["images"][:1], [0])
+            client.classify_image(served["images"][:1])
+            before = peak_rss()
+            message = "image is 20000 x 20000 pixels, over the limit of 40000000"
+            assert _details(lambda: client.verify_image(bomb, 0)) == message
+            assert _details(lambda: client.verify_image([served["images"][0], bomb], ["class_0", "class_1"])) == message
+            assert _details(lambda: client.predict(export_lib.CLASSIFIER, {"image_bytes": np.array([bomb], object)})
+                            ) == message
+            assert _details(lambda: client.classify_image(bomb)) == message
+            status, got = _raw_post(f"http://127.0.0.1:{rest_port}/v1/models/{export_lib.CLASSIFIER}:predict",
+                                    json.dumps({"instances": [{"b64": base64.b64encode(bomb).decode()}]}).encode())
+            assert status == 400 and got["error"] == message
+            growth = peak_rss() - before
+            assert growth < 300 << 20, growth  # decoding it: 1.2 GB of uint8 pixels, 4.8 GB as float32
+            assert client.verify_image(served["images"][:1], [0])["score"].shape == (1,)  # still serving
+    finally:
+        process.kill()
+        process.wait()
+
+
+# ----------------------------------------------------------------------------- export: one version, no litter
+
+def test_both_models_get_one_version_above_both_maxima(tmp_path):
+    backbone, model, classifier = _models()
+    export_dir = tmp_path / "saved_models"
+    for version in (1, 2, 3):
+        (export_dir / export_lib.VERIFIER / str(version)).mkdir(parents=True)
+    (export_dir / export_lib.CLASSIFIER / "1").mkdir(parents=True)
+    paths = export_lib.publish_models(str(export_dir), {
+        export_lib.VERIFIER: (export_lib.build_verifier_archive(model, backbone, CLASS_NAMES, image_size=IMAGE_SIZE,
+                                                                resize="squash"), []),
+        export_lib.CLASSIFIER: (export_lib.build_classifier_archive(classifier, CLASS_NAMES, image_size=IMAGE_SIZE,
+                                                                    resize="squash"), [])}, class_names=CLASS_NAMES)
+    assert paths == {name: str(export_dir / name / "4") for name in (export_lib.VERIFIER, export_lib.CLASSIFIER)}
+    assert os.path.exists(export_dir / "models.config")
+
+
+_KILLED_EXPORT = r"""
+import sys, time
+import keras
+from cleannet_tf import backbones, export_lib
+
+class Stall:  # the warmup records: iterating them never ends, so the export is caught half-way
+    def __iter__(self):
+        print("WRITING", flush=True)
+        while True:
+            time.sleep(1)
+            yield b""
+
+backbone = backbones.build_backbone("small_cnn", image_size=(32, 32), weights="random", feature_dim=16)
+archive = export_lib.build_classifier_archive(backbones.build_classifier(backbone, 2), ["a", "b"],
+                                              image_size=(32, 32), resize="squash")
+export_lib.publish(archive, sys.argv[1], class_names=["a", "b"], warmup=Stall())
+"""
+
+
+def test_a_killed_exports_temporary_folder_is_removed_by_the_next_export(tmp_path):
+    base = tmp_path / export_lib.CLASSIFIER
+    process = subprocess.Popen([sys.executable, "-c", _KILLED_EXPORT, str(base)], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    try:
+        assert process.stdout.readline().strip() == "WRITING"
+    finally:
+        process.kill()  # SIGKILL: no cleanup runs
+        process.wait()
+    killed = base / f".tmp-1-{process.pid}"
+    assert (killed / "saved_model.pb").exists()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        running = base / f".tmp-7-{alive.pid}"  # an export still running: left alone
+        running.mkdir()
+        _, _, classifier = _models()
+        path = export_lib.publish(export_lib.build_classifier_archive(classifier, CLASS_NAMES, image_size=IMAGE_SIZE,
+                                                                      resize="squash"), str(base),
+                                  class_names=CLASS_NAMES, warmup=[])
+        assert sorted(os.listdir(base)) == sorted([os.path.basename(path), running.name])
+    finally:
+        alive.kill()
+        alive.wait()

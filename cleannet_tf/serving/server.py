@@ -13,6 +13,7 @@ signature, bad image bytes, labels out of range). A failed request never stops t
 from __future__ import annotations
 
 import base64
+import codecs
 import json
 import re
 import threading
@@ -45,6 +46,33 @@ _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 # --------------------------------------------------------------------------- the calls, transport-free
 
 
+def plain_message(message: str) -> str:
+    """The useful line of a TensorFlow op error: an assertion's own text, without "Graph execution error",
+    the Python stack of where the node was defined, and the node name."""
+    match = re.search(r"assertion failed: \[(.*?)\]\s*\n\s*\[\[", message, re.S)
+    if match:  # the Assert op C-escapes its strings (\' for ', octal for non-ASCII bytes)
+        return codecs.escape_decode(match.group(1).encode("utf-8"))[0].decode("utf-8", "replace")
+    match = re.search(r"Summarized data: b'(.*)'\s*$", message, re.S)  # the eager form of an assertion
+    if match:
+        return match.group(1)
+    head = message.split("\n\t [[")[0]
+    if head.startswith("Graph execution error"):
+        head = head.rsplit("\n\n", 1)[-1]
+    return head.strip()
+
+
+def _dtype_name(array: np.ndarray) -> str:
+    return "string" if array.dtype == object or array.dtype.kind in "SU" else tf.as_dtype(array.dtype).name
+
+
+def _dtype_matches(array: np.ndarray, dtype: tf.DType) -> bool:
+    """True if `array` is of `dtype` exactly (strings: bytes objects); TF Serving never casts an input."""
+    if dtype == tf.string:
+        return array.dtype.kind == "S" or (array.dtype == object and all(
+            isinstance(v, bytes) for v in array.reshape(-1)))
+    return array.dtype != object and array.dtype.kind not in "SU" and tf.as_dtype(array.dtype) == dtype
+
+
 def predict(servable: Servable, signature_name: str, inputs: dict[str, np.ndarray],
             output_filter=()) -> dict[str, np.ndarray]:
     """Runs a signature on NumPy inputs the way TF Serving checks them; ServingError on a bad request."""
@@ -63,8 +91,15 @@ def predict(servable: Servable, signature_name: str, inputs: dict[str, np.ndarra
     tensors = {}
     for name, value in inputs.items():
         spec = specs[name]
+        array = np.asarray(value)
+        if not _dtype_matches(array, spec.dtype):
+            raise ServingError("INVALID_ARGUMENT", f"Expects arg {name!r} to be {spec.dtype.name} but "
+                               f"{_dtype_name(array)} is provided")
+        if spec.dtype.is_floating and not np.all(np.isfinite(array)):
+            raise ServingError("INVALID_ARGUMENT", f"input {name!r} has NaN or Inf values; every value must be "
+                               "finite")
         try:
-            tensor = tf.convert_to_tensor(value, dtype=spec.dtype)
+            tensor = tf.convert_to_tensor(array, dtype=spec.dtype)
         except (TypeError, ValueError) as error:
             raise ServingError("INVALID_ARGUMENT", f"input {name!r}: expected {spec.dtype.name}: {error}") from None
         if not spec.shape.is_compatible_with(tensor.shape):
@@ -74,9 +109,9 @@ def predict(servable: Servable, signature_name: str, inputs: dict[str, np.ndarra
     try:
         outputs = function(**tensors)
     except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as error:
-        raise ServingError("INVALID_ARGUMENT", error.message) from None
+        raise ServingError("INVALID_ARGUMENT", plain_message(error.message)) from None
     except tf.errors.OpError as error:
-        raise ServingError("INTERNAL", error.message) from None
+        raise ServingError("INTERNAL", plain_message(error.message)) from None
     unknown = [name for name in output_filter if name not in outputs]
     if unknown:
         raise ServingError("INVALID_ARGUMENT", f"output tensor alias not found in signature: {unknown[0]}")
@@ -157,6 +192,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             results = classify(servable, signature_name, examples)
         except ServingError as error:
             return _abort(context, error)
+        except Exception as error:  # the request fails, the server stays
+            return _abort(context, ServingError("INVALID_ARGUMENT", f"{type(error).__name__}: {error}"))
         response = classification_pb2.ClassificationResponse()
         response.model_spec.name = servable.name
         response.model_spec.version.value = servable.version
@@ -233,12 +270,52 @@ _PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/
                    r"(?::(?P<verb>predict|classify)|(?P<metadata>/metadata))?$")
 
 
+MAX_REST_BODY_BYTES = MAX_MESSAGE_BYTES
+
+
 def _decode_json_value(value):
     if isinstance(value, dict) and set(value) == {"b64"}:
-        return base64.b64decode(value["b64"])
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except (TypeError, ValueError) as error:
+            raise ServingError("INVALID_ARGUMENT", f"Malformed request: bad b64 value: {error}") from None
     if isinstance(value, list):
         return [_decode_json_value(v) for v in value]
     return value
+
+
+def _json_input(name: str, value, dtype: tf.DType) -> np.ndarray:
+    """A JSON value -> an array of the signature's dtype, as TF Serving parses JSON: ints (and floats) for a
+    float input, ints only for an int input, true/false for bool, strings or {"b64": ...} for string."""
+    if dtype == tf.string:
+        array = np.array(_decode_json_value(value), dtype=object)
+        flat = array.reshape(-1)
+        for i, item in enumerate(flat):
+            if isinstance(item, str):
+                flat[i] = item.encode()
+            elif not isinstance(item, bytes):
+                raise ServingError("INVALID_ARGUMENT", f"JSON value {item!r} of input {name!r} is not a string "
+                                   'or {"b64": ...}')
+        return array
+    array = np.array(value)
+    kind = array.dtype.kind
+    fits = kind == "b" if dtype.is_bool else kind in "iu" if dtype.is_integer else kind in "iuf"
+    if not fits:
+        example = next((v for v in array.reshape(-1) if not isinstance(v, bool | int | float)), array.reshape(-1)[:1])
+        raise ServingError("INVALID_ARGUMENT", f"JSON value of input {name!r} is not {dtype.name}: "
+                           f"{np.asarray(example).tolist()!r:.80}")
+    if dtype.is_integer and array.size:
+        info = np.iinfo(dtype.as_numpy_dtype)
+        if array.min() < info.min or array.max() > info.max:
+            raise ServingError("INVALID_ARGUMENT", f"JSON value of input {name!r} is out of range for {dtype.name}")
+    return array.astype(dtype.as_numpy_dtype)
+
+
+def _json_float(value: float):
+    """A float for JSON: NaN and +-Inf as the strings "NaN", "Infinity", "-Infinity" (proto3 JSON), never bare."""
+    if np.isfinite(value):
+        return value
+    return "NaN" if np.isnan(value) else "Infinity" if value > 0 else "-Infinity"
 
 
 def _encode_json_value(name: str, value: np.ndarray):
@@ -247,25 +324,34 @@ def _encode_json_value(name: str, value: np.ndarray):
         items = [{"b64": base64.b64encode(v).decode()} if name.endswith("_bytes") else v.decode("utf-8", "replace")
                  for v in flat]
         return np.array(items, dtype=object).reshape(value.shape).tolist()
+    if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+        return np.array([_json_float(v) for v in value.reshape(-1).tolist()], dtype=object).reshape(
+            value.shape).tolist()
     return value.tolist()
 
 
 class _RestHandler(BaseHTTPRequestHandler):
+    """TF Serving's REST API. Every request gets a JSON answer; an error is {"error": "..."} with 4xx/5xx."""
+
     manager: ModelManager
+    protocol_version = "HTTP/1.1"
 
     def log_message(self, format, *args):  # noqa: A002 (the base class's name)
         logging.debug("REST " + format, *args)
 
     def _reply(self, status: int, payload: dict) -> None:
-        body = json.dumps(payload).encode()
+        body = json.dumps(payload, allow_nan=False).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
     def _error(self, error: ServingError) -> None:
-        status = {"NOT_FOUND": 404, "INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400}.get(error.code, 500)
+        status = {"NOT_FOUND": 404, "INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400,
+                  "RESOURCE_EXHAUSTED": 413}.get(error.code, 500)
         self._reply(status, {"error": error.message})
 
     def _servable(self, match) -> Servable:
@@ -273,6 +359,13 @@ class _RestHandler(BaseHTTPRequestHandler):
         return self.manager.get(match["name"], version=version, label=match["label"])
 
     def do_GET(self):  # noqa: N802 (http.server's name)
+        try:
+            self._get()
+        except Exception as error:  # never a dropped connection
+            logging.exception("REST GET %s failed", self.path)
+            self._reply(500, {"error": f"{type(error).__name__}: {error}"})
+
+    def _get(self):
         match = _PATH.match(self.path)
         if not match or match["verb"]:
             return self._reply(404, {"error": f"Malformed request: GET {self.path}"})
@@ -295,38 +388,90 @@ class _RestHandler(BaseHTTPRequestHandler):
         except ServingError as error:
             return self._error(error)
 
+    def _read_body(self):
+        """The request's JSON object; ServingError (with close_connection set for bodies not read) otherwise."""
+        try:
+            length = int(self.headers.get("Content-Length", 0))
+        except ValueError:
+            length = -1
+        if length < 0:
+            self.close_connection = True
+            raise ServingError("INVALID_ARGUMENT", "Malformed request: bad Content-Length header")
+        if length > MAX_REST_BODY_BYTES:
+            self.close_connection = True
+            raise ServingError("RESOURCE_EXHAUSTED", f"Request body of {length} bytes is over the limit of "
+                               f"{MAX_REST_BODY_BYTES} bytes")
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw.decode("utf-8")) if raw.strip() else {}
+        except UnicodeDecodeError as error:
+            raise ServingError("INVALID_ARGUMENT", f"Malformed request: body is not UTF-8 ({error})") from None
+        except ValueError as error:
+            raise ServingError("INVALID_ARGUMENT", f"Malformed request: JSON parse error: {error}") from None
+        except RecursionError:
+            raise ServingError("INVALID_ARGUMENT", "Malformed request: JSON nested too deep") from None
+        if not isinstance(body, dict):
+            raise ServingError("INVALID_ARGUMENT", "Malformed request: the body must be a JSON object, got "
+                               f"{type(body).__name__ if body is not None else 'null'}")
+        return body
+
     def do_POST(self):  # noqa: N802
+        try:
+            self._post()
+        except ServingError as error:
+            self._error(error)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
+            self._error(ServingError("INVALID_ARGUMENT", f"Malformed request: {type(error).__name__}: {error}"))
+        except RecursionError:
+            self._error(ServingError("INVALID_ARGUMENT", "Malformed request: JSON nested too deep"))
+        except Exception as error:  # never a dropped connection
+            logging.exception("REST POST %s failed", self.path)
+            self._reply(500, {"error": f"{type(error).__name__}: {error}"})
+
+    def _post(self):
         match = _PATH.match(self.path)
+        body = self._read_body()  # read before any reply, so the connection stays in step
         if not match or not match["verb"]:
             return self._reply(404, {"error": f"Malformed request: POST {self.path}"})
-        try:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-            servable = self._servable(match)
-            signature_name = body.get("signature_name", "serving_default")
-            if match["verb"] == "classify":
-                examples = [_json_example(e) for e in body.get("examples", [])]
-                results = classify(servable, signature_name, examples)
-                return self._reply(200, {"results": [[[label, score] for label, score in row] for row in results]})
-            if ("instances" in body) == ("inputs" in body):
-                raise ServingError("INVALID_ARGUMENT", 'Request must have exactly one of "instances" or "inputs".')
-            names = list(servable.signature_defs.get(signature_name, _Empty).inputs)
-            if "inputs" in body:
-                columns = body["inputs"] if isinstance(body["inputs"], dict) else {names[0]: body["inputs"]}
-                inputs = {k: np.array(_decode_json_value(v), dtype=object if _is_bytes(v) else None)
-                          for k, v in columns.items()}
+        servable = self._servable(match)
+        signature_name = body.get("signature_name", "serving_default")
+        if not isinstance(signature_name, str):
+            raise ServingError("INVALID_ARGUMENT", "Malformed request: signature_name must be a string")
+        if match["verb"] == "classify":
+            examples = body.get("examples", [])
+            if not isinstance(examples, list) or not all(isinstance(e, dict) for e in examples):
+                raise ServingError("INVALID_ARGUMENT", 'Malformed request: "examples" must be a list of objects')
+            results = classify(servable, signature_name, [_json_example(e) for e in examples])
+            return self._reply(200, {"results": [[[label, _json_float(score)] for label, score in row]
+                                                 for row in results]})
+        if ("instances" in body) == ("inputs" in body):
+            raise ServingError("INVALID_ARGUMENT", 'Request must have exactly one of "instances" or "inputs".')
+        if signature_name not in servable.signature_defs:
+            raise ServingError("FAILED_PRECONDITION", f'Serving signature key "{signature_name}" not found.')
+        signature_inputs = servable.signature_defs[signature_name].inputs
+        dtypes = {name: tf.as_dtype(info.dtype) for name, info in signature_inputs.items()}
+        names = list(dtypes)
+
+        def typed(name, value):
+            if name not in dtypes:
+                return np.asarray(0)  # predict() names the extra input
+            return _json_input(name, value, dtypes[name])
+
+        if "inputs" in body:
+            columns = body["inputs"] if isinstance(body["inputs"], dict) else {names[0]: body["inputs"]}
+            inputs = {k: typed(k, v) for k, v in columns.items()}
+        else:
+            rows = body["instances"]
+            if not isinstance(rows, list):
+                raise ServingError("INVALID_ARGUMENT", 'Malformed request: "instances" must be a list')
+            if rows and isinstance(rows[0], dict) and not set(rows[0]) == {"b64"}:
+                if not all(isinstance(r, dict) and set(r) == set(rows[0]) for r in rows):
+                    raise ServingError("INVALID_ARGUMENT", "Malformed request: every instance must name the same "
+                                       "inputs")
+                inputs = {k: typed(k, [r[k] for r in rows]) for k in rows[0]}
             else:
-                rows = body["instances"]
-                if rows and isinstance(rows[0], dict) and not set(rows[0]) == {"b64"}:
-                    inputs = {k: np.array([_decode_json_value(r[k]) for r in rows],
-                                          dtype=object if _is_bytes([r[k] for r in rows]) else None) for k in rows[0]}
-                else:
-                    inputs = {names[0] if names else "inputs": np.array(
-                        [_decode_json_value(r) for r in rows], dtype=object if _is_bytes(rows) else None)}
-            outputs = predict(servable, signature_name, inputs)
-        except ServingError as error:
-            return self._error(error)
-        except (ValueError, KeyError, TypeError) as error:
-            return self._error(ServingError("INVALID_ARGUMENT", f"Malformed request: {error}"))
+                inputs = {names[0] if names else "inputs": typed(names[0] if names else "inputs", rows)}
+        outputs = predict(servable, signature_name, inputs)
         if "inputs" in body:
             return self._reply(200, {"outputs": {k: _encode_json_value(k, v) for k, v in outputs.items()}})
         if len(outputs) == 1:
@@ -335,18 +480,6 @@ class _RestHandler(BaseHTTPRequestHandler):
         count = len(next(iter(outputs.values())))
         return self._reply(200, {"predictions": [{k: _encode_json_value(k, v[i:i + 1])[0] for k, v in outputs.items()}
                                                  for i in range(count)]})
-
-
-class _Empty:
-    inputs: dict = {}
-
-
-def _is_bytes(value) -> bool:
-    if isinstance(value, dict):
-        return set(value) == {"b64"}
-    if isinstance(value, list):
-        return bool(value) and _is_bytes(value[0])
-    return isinstance(value, str)
 
 
 def _json_example(example: dict) -> bytes:
