@@ -116,18 +116,26 @@ def _noise_rates(per_class, max_classes=40):
     return figure
 
 
-def _thumbnail(path: str, size: int = 96) -> str | None:
+def _thumbnail(path: str, size: int = 96, max_pixels: int = 40_000_000) -> tuple[str | None, str]:
+    """(JPEG data URI, "") of an image's thumbnail, or (None, why not): "unreadable", or "too large (W x H)" for
+    an image over max_pixels by its header (checked before any pixel is decoded; input_pipeline's limit)."""
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # reads the header only
+            width, height = image.size
+            if width * height > max_pixels:
+                return None, f"too large ({width} x {height})"
+            image.draft("RGB", (size * 2, size))  # JPEG: decode at a reduced scale
             image = image.convert("RGB")
             image.thumbnail((size * 2, size))
             buffer = io.BytesIO()
             image.save(buffer, format="JPEG", quality=85)
-    except (OSError, ValueError):
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    except Image.DecompressionBombError:  # PIL's own limit, over twice Image.MAX_IMAGE_PIXELS
+        return None, "too large"
+    except (OSError, ValueError, SyntaxError):
+        return None, "unreadable"
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"), ""
 
 
 def _fmt(value, percent=False) -> str:
@@ -178,9 +186,9 @@ def write_report(output_dir: str, *, keys, labels, scores, verification, validat
         rows = rows[np.lexsort((-suggested_scores[rows], scores[rows]))][:images_per_class]
         cells = []
         for row in rows:
-            uri = _thumbnail(str(image_paths[row]))
+            uri, problem = _thumbnail(str(image_paths[row]))
             image = (f'<img src="{uri}" alt="{html.escape(str(keys[row]))}">' if uri
-                     else '<div class="missing">unreadable</div>')
+                     else f'<div class="missing">{problem}</div>')
             cells.append(f'<figure>{image}<figcaption><b>{html.escape(name)}</b> → '
                          f'{html.escape(class_names[suggested_labels[row]])}<br>score {scores[row]:.3f}<br>'
                          f'<span class="key">{html.escape(str(keys[row]))}</span></figcaption></figure>')

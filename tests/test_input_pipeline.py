@@ -150,3 +150,38 @@ def test_extraction_skips_a_png_bomb_as_too_large_with_bounded_memory(tmp_path, 
     assert got["too_large"] == [2] and got["unreadable"] == [4] and got["images"] == 4 and got["complete"]
     assert got["after"] - got["before"] < 300 << 20, got  # decoding it would take 1.2 GB (uint8), 4.8 GB (float)
     assert "too large image(s) skipped (over 40000000 pixels)" in result.stderr
+
+
+_THUMBNAIL_CHILD = r"""
+import json, sys
+from cleannet_tf.report import _thumbnail
+
+def peak_rss():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) * 1024
+
+_thumbnail(sys.argv[2])
+before = peak_rss()
+results = [_thumbnail(path) for path in sys.argv[1:]]
+print(json.dumps({"growth": peak_rss() - before, "results": [[uri is not None, why] for uri, why in results]}))
+"""
+
+
+def test_report_thumbnails_refuse_images_over_the_pixel_limit(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from image_bombs import write_png_bomb
+
+    write_png_bomb(tmp_path / "bomb.png")  # 400 MP: PIL's own DecompressionBombError
+    write_png_bomb(tmp_path / "big.png", 8000, 6000)  # 48 MP: under PIL's limit, over ours
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(tmp_path / "ok.jpg")
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    paths = [str(tmp_path / name) for name in ("bomb.png", "ok.jpg", "big.png", "bad.jpg")]
+    result = subprocess.run([sys.executable, "-c", _THUMBNAIL_CHILD, *paths], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    assert got["results"] == [[False, "too large"], [True, ""], [False, "too large (8000 x 6000)"],
+                              [False, "unreadable"]]
+    assert got["growth"] < 100 << 20, got  # decoding the 48 MP one as RGB alone would take 144 MB
