@@ -7,7 +7,8 @@
     client.signatures("cleannet_verifier")
 
 Every call returns NumPy arrays by output name (or lists for classify) and raises grpc.RpcError with the
-server's status code on a bad request.
+server's status code on a bad request. The verify calls' outputs: score, is_noisy, weight_soft,
+suggested_label (class id), suggested_label_name (class name, bytes), suggested_score.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ class Client:
                             version=version)
 
     def verify_features(self, features, labels, *, model: str = VERIFIER, version: int | None = None) -> dict:
-        """features (B, D), labels (B,) class ids -> score, is_noisy, weight_soft, suggested_label, ..."""
+        """features (B, D), labels (B,) class ids -> score, is_noisy, weight_soft, suggested_label,
+        suggested_label_name, suggested_score, each (B,)."""
         return self.predict(model, {"features": np.asarray(features, np.float32),
                                     "label": np.asarray(labels, np.int64)}, signature="verify_features",
                             version=version)
