@@ -391,12 +391,13 @@ def test_a_corrupt_new_version_never_takes_the_model_offline(served, tmp_path):
             os.rename(base / ".tmp-2", base / "2")  # published atomically, but broken
             assert _wait(lambda: 2 in _status(client))
             time.sleep(2.0)  # retried meanwhile, with backoff
-            failure = server.manager._failures[(export_lib.VERIFIER, 2)]
-            assert 2 <= failure.attempts <= 7, failure  # 0.2 s doubling: ~5 attempts in 2 s, not 10 polls
+            assert not stream.failures and stream.versions == {1}
             status = _status(client)
             assert status[1] == (30, 0, "")  # AVAILABLE, OK
             state, code, message = status[2]
             assert state == 50 and code == grpc.StatusCode.DATA_LOSS.value[0] and "parse" in message.lower()
+            failure = server.manager._failures[(export_lib.VERIFIER, 2)]
+            assert 2 <= failure.attempts <= 7, failure  # 0.2 s doubling: ~5 attempts in 2 s, not 10 polls
             rest = _rest_status(server)
             assert rest[1]["state"] == "AVAILABLE" and rest[0]["status"]["error_code"] == "DATA_LOSS"
             # The broken file is replaced (atomically): retried at once, and served.
@@ -431,33 +432,46 @@ def _rest_status(server):
 
 
 def test_a_version_copied_in_slowly_is_loaded_only_when_complete(served, tmp_path):
+    """A plain copy straight into the base path, saved_model.pb first, with a poll after every write."""
     import shutil
+
+    from cleannet_tf.serving import ModelManager, ModelSpecConfig
+    from cleannet_tf.serving.server import ModelServer
 
     good = os.path.join(served["export_dir"], export_lib.VERIFIER, "1")
     base = tmp_path / export_lib.VERIFIER
     shutil.copytree(good, base / "1")
-    server = start_server(model_name=export_lib.VERIFIER, model_base_path=str(base), port=0, poll_seconds=1.0)
+    manager = ModelManager([ModelSpecConfig(export_lib.VERIFIER, str(base))], warmup_runner=replay_warmup,
+                           poll_seconds=0.1)
+    server = ModelServer(manager, port=0)
+    server.grpc_server.start()  # no poller thread: this test polls (manager.refresh) itself
     client = Client(f"127.0.0.1:{server.port}")
     try:
-        with _RequestStream(client) as stream:
-            assert stream.wait_for(1)
-            target = base / "2"  # a plain copy straight into the base path, saved_model.pb first
-            files = sorted((os.path.relpath(os.path.join(root, f), good) for root, _, names in os.walk(good)
-                            for f in names), key=lambda f: f != "saved_model.pb")
-            for relative in files:
-                (target / relative).parent.mkdir(parents=True, exist_ok=True)
-                data = open(os.path.join(good, relative), "rb").read()
-                with open(target / relative, "wb") as f:
-                    for start in range(0, max(len(data), 1), max(len(data) // 3, 1)):
-                        f.write(data[start:start + max(len(data) // 3, 1)])
-                        f.flush()
-                        time.sleep(0.1)
-                assert 2 not in _status(client)  # never tried while it was being written
-            assert stream.wait_for(2)
-        assert not stream.failures and _status(client)[2] == (30, 0, "")
+        target = base / "2"
+        files = sorted((os.path.relpath(os.path.join(root, f), good) for root, _, names in os.walk(good)
+                        for f in names), key=lambda f: f != "saved_model.pb")
+        polls = 0
+        for relative in files:
+            (target / relative).parent.mkdir(parents=True, exist_ok=True)
+            data = open(os.path.join(good, relative), "rb").read()
+            step = max(len(data) // 3, 1)
+            with open(target / relative, "wb") as f:
+                for start in range(0, max(len(data), 1), step):
+                    f.write(data[start:start + step])
+                    f.flush()
+                    manager.refresh()
+                    polls += 1
+                    assert 2 not in _status(client)  # never tried while it was being written
+                    assert client.verify_features(np.ones((1, 16)), [0])["score"].shape == (1,)
+        assert polls >= 12
+        manager.refresh()  # unchanged since the poll after the last write: stable, loaded
+        assert _status(client)[2] == (30, 0, "")
+        assert client.predict(export_lib.VERIFIER, {"features": np.ones((1, 16), np.float32),
+                                                    "label": np.array([0])}, signature="verify_features",
+                              version=2)["score"].shape == (1,)
     finally:
         client.close()
-        server.stop(grace=1)
+        server.grpc_server.stop(0)
 
 
 # ----------------------------------------------------------------------------- inputs checked like TF Serving
