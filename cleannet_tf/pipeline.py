@@ -342,17 +342,18 @@ def adopt_legacy(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
     """
     if os.path.isdir(done_dir(workdir)):
         return []
-    adopted = []
+    complete = []
     for step in STEPS:
         if _skip_reason(step, config):
             continue
         names = _record_names(step, config)
         if not all(_legacy_complete(name, config, workdir) for name in names):
             break
-        for name in names:
-            _write_record(name, config, workdir, outputs=[], legacy=True)
-            adopted.append(name)
+        complete += names
     os.makedirs(done_dir(workdir), exist_ok=True)
+    for name in complete:
+        _write_record(name, config, workdir, outputs=[], legacy=True)
+    adopted = complete
     if adopted:
         logging.info("%s has no DONE records (an older version wrote it); its complete steps count as done: %s.",
                      workdir, ", ".join(adopted))
@@ -570,5 +571,7 @@ def run_steps(config: ml_collections.ConfigDict, workdir: str, *, table: dataset
             else:
                 logging.info("%s: %s; running it.", step, stale)
                 done[step] = run_step(step, step_config, workdir, table=table, strategy=strategy)
+                if stale != "not run yet":
+                    done[step] += f" (ran again: {stale})"
             logging.info("%s: %s", step, done[step])
     return done
