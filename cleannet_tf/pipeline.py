@@ -439,8 +439,9 @@ def _is_chief_process(config: ml_collections.ConfigDict) -> bool:
 def start_command(config: ml_collections.ConfigDict, workdir: str, command: str) -> None:
     """A command's start: takes the workdir lock for the whole process (cleaning temp litter of killed runs).
 
-    cleannet-run and cleannet-demo also write WORKDIR/config.<command>.json; a step command writes its
-    config.<step>.json when it finishes (so it describes the outputs).
+    cleannet-run, cleannet-demo and cleannet-export also write WORKDIR/config.<command>.json now; the other step
+    commands go through run_step, which writes config.<step>.json when the step finishes (so it describes the
+    outputs).
     Raises:
         workdir_lock.WorkdirBusyError: another process holds the lock (the message names it).
     """
@@ -448,7 +449,7 @@ def start_command(config: ml_collections.ConfigDict, workdir: str, command: str)
         workdir_lock.acquire(workdir, command_line(command))
     else:
         os.makedirs(workdir, exist_ok=True)
-    if command not in STEPS:
+    if command not in STEPS or command == "export":
         config_lib.save_config(config, os.path.join(workdir, f"config.{command}.json"))
 
 
