@@ -7,7 +7,6 @@ others write to a private temporary folder.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 
@@ -15,7 +14,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from cleannet_tf import distribute
+from cleannet_tf import atomic_io, distribute
 
 
 def worker_output_dir(strategy: tf.distribute.Strategy, output_dir: str) -> str:
@@ -37,15 +36,10 @@ def restore_latest(checkpoint: tf.train.Checkpoint, directory: str, *,
 
 def save_model(model: keras.Model, path: str) -> None:
     """model.save(path) through a temporary name, so readers never see half a file."""
-    root, extension = os.path.splitext(path)
-    tmp = f"{root}.tmp-{os.getpid()}{extension}"
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic_io.atomic_path(path) as tmp:
+        model.save(tmp)
 
 
 def write_json(path: str, payload: dict) -> None:
     """JSON written through a temporary name."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
+    atomic_io.write_json(path, payload)

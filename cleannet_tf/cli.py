@@ -7,6 +7,7 @@ Every command takes `--config=configs/<x>.py` (fields overridable as
 from __future__ import annotations
 
 import os
+import sys
 
 import ml_collections
 from absl import app, flags, logging
@@ -28,7 +29,7 @@ def default_config_path(name: str) -> str | None:
 
 
 def setup(argv: list[str], step: str) -> tuple[ml_collections.ConfigDict, str]:
-    """Validates flags and config, creates the workdir, writes WORKDIR/config.<step>.json."""
+    """Validates flags and config, creates the workdir and takes its lock (pipeline.start_command)."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     if not _WORKDIR.value:
@@ -40,8 +41,12 @@ def setup(argv: list[str], step: str) -> tuple[ml_collections.ConfigDict, str]:
         raise app.UsageError(str(error)) from error
     distribute.configure_logical_cpus(config.runtime.logical_cpu_devices)
     workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
-    os.makedirs(workdir, exist_ok=True)
-    config_lib.save_config(config, os.path.join(workdir, f"config.{step}.json"))
+    from cleannet_tf import pipeline, workdir_lock
+
+    try:  # the workdir lock for the whole process; config.<step>.json
+        pipeline.start_command(config, workdir, step)
+    except workdir_lock.WorkdirBusyError as error:
+        sys.exit(f"cleannet-{step.replace('_', '-')}: {error}")
     logging.info("%s: workdir %s, config:\n%s", step, workdir, config)
     return config, workdir
 

@@ -338,9 +338,41 @@ def resolve_data_root(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def save_config(config: ml_collections.ConfigDict, path: str) -> None:
-    """Writes the resolved config as JSON (temporary name, then rename)."""
+    """Writes the resolved config as JSON (per-process temporary name, then rename)."""
+    from cleannet_tf import atomic_io
+
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(config.to_dict(), f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_io.write_json(path, config.to_dict(), sort_keys=True)
+
+
+def select_fields(config: ml_collections.ConfigDict, patterns) -> dict[str, Any]:
+    """{"section.field": value} of the fields `patterns` name, in schema order.
+
+    A pattern is a field ("train.steps", "seed"), a section ("refs.*"), or "-section.field" to leave one out.
+    """
+    flat = {}
+    for name, value in config.items():
+        if _is_section(value):
+            flat.update({f"{name}.{field}": inner for field, inner in value.items()})
+        else:
+            flat[name] = value
+    chosen: dict[str, Any] = {}
+    for pattern in patterns:
+        if pattern.startswith("-"):
+            chosen.pop(pattern[1:], None)
+        elif pattern.endswith(".*"):
+            chosen.update({k: v for k, v in flat.items() if k.startswith(pattern[:-1])})
+        elif pattern in flat:
+            chosen[pattern] = flat[pattern]
+        else:
+            raise KeyError(f"config.{pattern}: no such field")
+    return chosen
+
+
+def hash_fields(values: Mapping[str, Any]) -> str:
+    """sha256 (hex, 16 digits) of {field: value}: equal exactly when every value is equal."""
+    import hashlib
+
+    same = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in values.items()}  # 1.0 == 1
+    text = json.dumps(same, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

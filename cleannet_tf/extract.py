@@ -8,13 +8,13 @@ Skipped when --config.data.features names a precomputed .npz.
 
 from absl import app
 
-from cleannet_tf import cli, distribute, extract_lib
+from cleannet_tf import cli, distribute, pipeline
 
 
 def main(argv):
     config, workdir = cli.setup(argv, "extract")
     strategy = distribute.build_strategy(config.runtime.strategy)
-    extract_lib.run_extract(config, workdir, strategy=strategy)
+    pipeline.run_step("extract", config, workdir, strategy=strategy)
 
 
 def run():

@@ -10,7 +10,7 @@ from cleannet_tf import cli, pipeline
 
 def main(argv):
     config, workdir = cli.setup(argv, "refs")
-    pipeline.run_refs(config, workdir)
+    pipeline.run_step("refs", config, workdir)
 
 
 def run():

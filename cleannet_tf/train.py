@@ -9,13 +9,13 @@ set; only the chief writes WORKDIR/cleannet/.
 
 from absl import app
 
-from cleannet_tf import cli, distribute, train_lib
+from cleannet_tf import cli, distribute, pipeline
 
 
 def main(argv):
     config, workdir = cli.setup(argv, "train")
     strategy = distribute.build_strategy(config.runtime.strategy)
-    train_lib.run_train(config, workdir, strategy=strategy)
+    pipeline.run_step("train", config, workdir, strategy=strategy)
 
 
 def run():

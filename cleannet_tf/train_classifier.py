@@ -15,7 +15,7 @@ from cleannet_tf import cli, distribute, pipeline
 def main(argv):
     config, workdir = cli.setup(argv, "train_classifier")
     strategy = distribute.build_strategy(config.runtime.strategy)
-    pipeline.run_train_classifier(config, workdir, strategy=strategy)
+    pipeline.run_step("train_classifier", config, workdir, strategy=strategy)
 
 
 def run():

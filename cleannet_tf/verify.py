@@ -9,12 +9,12 @@ detection error on verified validation rows.
 
 from absl import app
 
-from cleannet_tf import cli, verify_lib
+from cleannet_tf import cli, pipeline
 
 
 def main(argv):
     config, workdir = cli.setup(argv, "verify")
-    verify_lib.run_verify(config, workdir)
+    pipeline.run_step("verify", config, workdir)
 
 
 def run():

@@ -8,7 +8,9 @@
                      (verified classes) and on held-out classes' validation rows, per class, noise-rate estimates
 
 The threshold is the one with the lowest detection error on the verified classes' validation rows; held-out
-classes are scored with the same threshold and reported apart.
+classes are scored with the same threshold and reported apart. The five files (and report.html's figures) are
+written to a temporary folder beside WORKDIR/verify/ and published as one set (atomic_io.staging_dir): a kill at
+any moment leaves the previous complete set or the new one, never a mix.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from absl import logging
 
 from cleannet_tf import (
     active_verification,
+    atomic_io,
     checkpointing,
     datasets,
     detectors,
@@ -179,17 +182,28 @@ def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: datase
                                seed=config.seed)
     threshold = info["threshold"]
     all_scores = verifier.class_scores(model, data.features)  # (P, C)
-    pool = np.arange(len(data.labels))
-    scores = all_scores[pool, data.labels]
+    scores = all_scores[np.arange(len(data.labels)), data.labels]
     suggested = all_scores.argmax(axis=1)
+    with atomic_io.staging_dir(verify_dir(workdir)) as output_dir:  # published whole, replacing the last set
+        report = _write_outputs(output_dir, config, table, data, model, info, scores, all_scores, suggested)
+    logging.info("cleannet-verify: threshold %.4f, detection error %s (held-out %s), %d of %d images flagged.",
+                 threshold, report["detection_error"], report["detection_error_heldout"], report["n_flagged"],
+                 report["n_images"])
+    return report
+
+
+def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: datasets.LabelTable,
+                   data: train_data.TrainingData, model: keras.Model, info: dict, scores: np.ndarray,
+                   all_scores: np.ndarray, suggested: np.ndarray) -> dict:
+    """scores.tsv, verifier.keras, metrics.json, to_verify.tsv, report.html into output_dir; returns the metrics."""
+    threshold = info["threshold"]
+    pool = np.arange(len(data.labels))
     class_names = np.asarray(data.class_names)
-    output_dir = verify_dir(workdir)
-    os.makedirs(output_dir, exist_ok=True)
     scores_io.write_scores_tsv(os.path.join(output_dir, "scores.tsv"), scores_io.ScoresTable(
         keys=table.keys[data.table_rows], labels=class_names[data.labels], scores=scores,
         noisy=scores < threshold, weight_soft=np.clip(scores, 0.0, 1.0), weight_hard=scores >= threshold,
         suggested_labels=class_names[suggested], suggested_scores=all_scores[pool, suggested]))
-    checkpointing.save_model(model, verifier_path(workdir))
+    checkpointing.save_model(model, os.path.join(output_dir, "verifier.keras"))
     report = {"mode": config.cleannet.mode, **info, **detection_report(scores, data, threshold),
               "n_images": int(len(scores)), "n_flagged": int(np.sum(scores < threshold)),
               "class_names": list(data.class_names)}
@@ -216,7 +230,4 @@ def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: datase
         image_paths=table.paths[data.table_rows], suggested_labels=suggested,
         suggested_scores=all_scores[pool, suggested], metrics=report,
         worst_classes=config.verify.report_classes)
-    logging.info("cleannet-verify: threshold %.4f, detection error %s (held-out %s), %d of %d images flagged.",
-                 threshold, report["detection_error"], report["detection_error_heldout"], report["n_flagged"],
-                 report["n_images"])
     return report

@@ -93,6 +93,13 @@ def test_refs_then_train_on_precomputed_features(tmp_path):
     assert train.returncode == 0, train.stderr[-3000:]
     metrics = json.loads((tmp_path / "work" / "cleannet" / "metrics.json").read_text())
     assert metrics["best_step"] in (50, 100) and np.isfinite(metrics["detection_error"])
+    # The step commands write the DONE records cleannet-run trusts, and config.<step>.json of their outputs.
+    refs = json.loads((tmp_path / "work" / "done" / "refs.json").read_text())
+    train = json.loads((tmp_path / "work" / "done" / "train.json").read_text())
+    assert train["inputs"] == {"refs": refs["id"]} and train["config"]["train.steps"] == 100
+    assert "references.npz" in refs["outputs"] and "cleannet/model.keras" in train["outputs"]
+    assert json.loads((tmp_path / "work" / "config.train.json").read_text())["train"]["steps"] == 100
+    assert not (tmp_path / "work" / "done" / "extract.json").exists()  # skipped: precomputed features
 
 
 def test_run_chains_the_steps_and_skips_complete_ones(tmp_path):

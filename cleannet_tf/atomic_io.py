@@ -1,0 +1,209 @@
+"""Outputs published whole: written under a per-process temporary name next to the target, then renamed.
+
+    PATH.tmp-<pid>-<token>[.ext]   a file or folder being written (the extension is kept: .keras, .npy, ...)
+    PATH.old-<pid>-<token>         the previous folder, moved aside while a new one is swapped in
+
+A reader (or a process killed at any moment) sees the old complete file or folder or the new complete one,
+never a mix. A full disk raises DiskFullError naming the path, and the temporary file is removed.
+`clean_litter` removes what killed processes left (their pid is dead) and puts back a folder a kill left aside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import json
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+from absl import logging
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# PATH.tmp-<pid>[-<token>] and PATH.old-<pid>-<token> (ours), then export_lib's version folders .tmp-<version>-<pid>.
+_TEMP_NAME = re.compile(r"\.(tmp|old)-(\d+)(?:-[0-9a-f]{8})?(?=$|\.)")
+_EXPORT_TEMP_NAME = re.compile(r"\.tmp-\d+-(\d+)")
+_MULTI_EXTENSIONS = (".weights.h5",)
+
+
+class DiskFullError(OSError):
+    """Writing PATH failed: no space left on device (or a file-size limit); nothing was left behind."""
+
+
+def _split_extension(name: str) -> tuple[str, str]:
+    for extension in _MULTI_EXTENSIONS:
+        if name.endswith(extension) and len(name) > len(extension):
+            return name[: -len(extension)], extension
+    return os.path.splitext(name)
+
+
+def temp_path(path: str, kind: str = "tmp") -> str:
+    """PATH.<kind>-<pid>-<token>[.ext]: a name no other process uses, in PATH's folder (so a rename is atomic)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    root, extension = _split_extension(name)
+    return os.path.join(directory, f"{root}.{kind}-{os.getpid()}-{secrets.token_hex(4)}{extension}")
+
+
+def _no_space_errno(error: BaseException) -> int | None:
+    """The errno of a full disk anywhere in `error`'s cause chain (libraries wrap OSError), else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _NO_SPACE:
+            return error.errno
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def remove_path(path: str) -> None:
+    """Removes a file or folder tree if it exists."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+def _disk_full(code: int, path: str) -> DiskFullError:
+    reason = "no space left on device" if code != errno.EFBIG else "no space left on device (file size limit reached)"
+    return DiskFullError(code, f"Cannot write {path}: {reason}; free some space (or use another --workdir) and rerun")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yields a temporary path for a writer (a file, or a folder it creates); renamed to `path` on success.
+
+    On any error the temporary file or folder is removed; a full disk becomes DiskFullError naming `path`.
+    A folder replaces an existing `path` folder as publish_dir does.
+    """
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        if os.path.isdir(tmp):
+            publish_dir(tmp, path)
+        else:
+            os.replace(tmp, path)
+    except BaseException as error:
+        remove_path(tmp)
+        code = _no_space_errno(error)
+        if code is not None and not isinstance(error, DiskFullError):
+            raise _disk_full(code, path) from error
+        raise
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """`data` to `path` through a temporary name (flushed to disk before the rename)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_text(path: str, text: str, *, encoding: str = "utf-8") -> None:
+    """`text` to `path` through a temporary name."""
+    write_bytes(path, text.encode(encoding))
+
+
+def write_json(path: str, payload: Any, *, indent: int = 2, sort_keys: bool = False) -> None:
+    """`payload` as JSON to `path` through a temporary name."""
+    write_text(path, json.dumps(payload, indent=indent, sort_keys=sort_keys) + "\n")
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swaps two existing paths in one step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.ENOTSUP):
+        return False
+    raise OSError(code, f"Cannot swap {a} into {b}: {os.strerror(code)}")
+
+
+def publish_dir(tmp: str, path: str) -> None:
+    """Puts the complete folder `tmp` at `path`, replacing a previous `path` folder; then removes the old one.
+
+    Where the kernel can swap the two in one step it does; otherwise the old folder is renamed aside
+    (PATH.old-<pid>-<token>) and the new one renamed in: a kill between the two renames leaves the old one
+    aside, which clean_litter puts back.
+    """
+    if not os.path.lexists(path):
+        os.rename(tmp, path)
+        return
+    if _exchange(tmp, path):
+        remove_path(tmp)  # now the old folder
+        return
+    aside = temp_path(path, kind="old")
+    os.rename(path, aside)
+    os.rename(tmp, path)
+    remove_path(aside)
+
+
+@contextlib.contextmanager
+def staging_dir(path: str) -> Iterator[str]:
+    """Yields a new empty temporary folder beside `path`; on success it becomes `path` (publish_dir)."""
+    with atomic_path(path) as tmp:
+        os.makedirs(tmp)
+        yield tmp
+
+
+def temp_owner(name: str) -> tuple[str, int] | None:
+    """("tmp" or "old", pid) when `name` is a temporary name of this package, else None."""
+    match = _EXPORT_TEMP_NAME.fullmatch(name)
+    if match:
+        return "tmp", int(match.group(1))
+    match = _TEMP_NAME.search(name)
+    if match:
+        return match.group(1), int(match.group(2))
+    return None
+
+
+def pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_litter(root: str) -> list[str]:
+    """Removes temporary files and folders under `root` whose process is dead; puts back folders left aside.
+
+    Call it only while holding root's workdir lock (no other writer of ours is then at work there).
+    Returns the paths removed or restored.
+    """
+    cleaned = []
+    for directory, folders, files in os.walk(root):
+        for name in sorted(folders) + sorted(files):
+            owner = temp_owner(name)
+            if owner is None or pid_alive(owner[1]):
+                continue
+            path = os.path.join(directory, name)
+            kind = owner[0]
+            target = os.path.join(directory, name[: _TEMP_NAME.search(name).start()]) if kind == "old" else None
+            if target and not os.path.lexists(target):
+                os.rename(path, target)  # killed between the two renames of publish_dir: the old set goes back
+                logging.warning("Restored %s (a killed process left it at %s).", target, path)
+            else:
+                remove_path(path)
+            cleaned.append(path)
+            if name in folders:
+                folders.remove(name)
+    if cleaned:
+        logging.info("Removed or restored %d temporary file(s) of killed runs under %s.", len(cleaned), root)
+    return cleaned
