@@ -67,6 +67,13 @@ def setup(argv: list[str], step: str) -> tuple[ml_collections.ConfigDict, str]:
     return config, workdir
 
 
+def config_if_given() -> ml_collections.ConfigDict | None:
+    """The validated --config, or None when the command line names no --config file."""
+    if flags.FLAGS["config"].using_default_value:
+        return None
+    return config_lib.validate(_CONFIG.value)
+
+
 def set_default_config(path: str | None, argv: list[str]) -> None:
     """Makes `path` the --config default when argv names no --config (for commands that have a natural one).
 
@@ -132,20 +139,22 @@ def _print_error(error: BaseException) -> None:
 
 
 def run(main: Callable[[list[str]], object], *, default_config: str | None = None,
-        pipeline_flags: bool = True) -> None:
+        pipeline_flags: bool = True, workdir_flag: bool = True) -> None:
     """app.run(main) with one-line errors and a --help that shows the module docstring and its flags.
 
     Args:
         main: the entry script's main(argv).
         default_config: a config file that replaces the schema's default --config (e.g. configs/demo.py).
         pipeline_flags: show --config and --workdir in --help (False for cleannet-serve, which has neither).
+        workdir_flag: show --workdir in --help (False for cleannet-config).
     """
     module = sys.modules[main.__module__]
     main_module = sys.modules["__main__"]
     if module is not main_module and not main_module.__doc__:  # a console script's stub: absl prints its doc
         main_module.__doc__ = module.__doc__
     set_default_config(default_config, sys.argv)
-    shown = [name for name in _COMMON_FLAGS if pipeline_flags or name not in ("config", "workdir")]
+    hidden = (() if pipeline_flags else ("config", "workdir")) + (() if workdir_flag else ("workdir",))
+    shown = [name for name in _COMMON_FLAGS if name not in hidden]
     own = flags.FLAGS.flags_by_module_dict().get(main.__module__, [])
     for flag in [flags.FLAGS[name] for name in shown] + own:
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
