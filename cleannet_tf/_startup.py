@@ -1,8 +1,9 @@
 """Quiet start-up for the commands: runs before TensorFlow is first imported (from the package __init__).
 
 When the process is one of the console scripts (`cleannet-*`) or `python -m cleannet_tf.<module>`, and the
-user set neither TF_CPP_MIN_LOG_LEVEL nor a verbosity (`--verbosity=1`, `-v 1`, `--debug`):
-- TF_CPP_MIN_LOG_LEVEL=2 (3 on machines without an NVIDIA device, which hides the CUDA init error), and
+user asked for no verbosity (`--verbosity=1`, `-v 1`, `--debug`):
+- TF_CPP_MIN_LOG_LEVEL=2 unless the user set it (3 on machines without an NVIDIA device, which hides the
+  CUDA init error), and
 - TensorFlow's start-up lines written before its logging starts (oneDNN, "Could not find cuda drivers") are
   held back while TensorFlow is imported; `finish_import` prints them only when the import failed.
 Library users (`import cleannet_tf`) are left alone.
@@ -51,10 +52,9 @@ def quiet_tensorflow_startup() -> None:
     global _held
     if _held is not None or not launched_as_command() or verbose_requested(sys.argv[1:]):
         return
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
-        return
-    has_gpu = any(name.startswith("nvidia") for name in (os.listdir("/dev") if os.path.isdir("/dev") else []))
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2" if has_gpu else "3"
+    if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+        has_gpu = any(name.startswith("nvidia") for name in (os.listdir("/dev") if os.path.isdir("/dev") else []))
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2" if has_gpu else "3"
     try:
         sys.stderr.flush()
         held_file = tempfile.TemporaryFile()

@@ -879,9 +879,12 @@ def load_precomputed_features(npz_path: str, table: LabelTable) -> tuple[np.ndar
         False for the absent test rows.
     """
     _require_file(npz_path, "an .npz with arrays 'keys' (N,) and 'features' (N, D)")
-    from cleannet_tf.feature_store import load_npz
+    from cleannet_tf.feature_store import CorruptFileError, load_npz
 
-    npz = load_npz(npz_path, fix="Check data.features: write it with np.savez(path, keys=..., features=...).")
+    try:
+        npz = load_npz(npz_path, fix="Check data.features: write it with np.savez(path, keys=..., features=...).")
+    except CorruptFileError as error:
+        raise DatasetError(str(error)) from error
     arrays = {name: npz[name] for name in ("keys", "features") if name in npz}
     names_in_file = list(npz)
     absent = [name for name in ("keys", "features") if name not in arrays]

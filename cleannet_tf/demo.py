@@ -3,13 +3,13 @@
     cleannet-demo --workdir=/tmp/cleannet_demo
     cleannet-demo --config=configs/demo.py:digits --workdir=/tmp/cleannet_digits
 
-Reads: nothing but its flags (default --config: configs/demo.py). Generates the
-demo data (real digits, known label noise) under WORKDIR/demo_data (or an empty
-or new --config.data.root), then runs each pipeline step that is not complete
-(WORKDIR/classifier/, features/, references.npz, cleannet/, verify/,
-saved_models/), verifies images through the server it starts, and prints a
-summary. A data.root holding your own dataset is used as it is, with the demo's
-settings.
+Reads: nothing but its flags (default --config: configs/demo.py). A data.root
+holding your own dataset is used as it is, with the demo's settings.
+Writes: the demo data (real digits, known label noise) under WORKDIR/demo_data
+(or a new or empty --config.data.root), then each pipeline step's outputs that
+are not complete (WORKDIR/classifier/, features/, references.npz, cleannet/,
+verify/, saved_models/); verifies images through the server it starts and
+prints a summary.
 
 Config: --config=configs/<x>.py, any field overridden as --config.section.field=value;
 `cleannet-config --show` lists every field with its comment and default (schema:

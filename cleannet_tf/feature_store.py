@@ -47,6 +47,12 @@ def load_npz(path: str, *, fix: str = "") -> dict[str, np.ndarray]:
             return {name: npz[name] for name in npz.files}
     except FileNotFoundError:
         raise
+    except ValueError as error:
+        if "allow_pickle" not in str(error):
+            raise CorruptFileError(f"{path} is not a valid .npz (truncated or corrupt): {error}." + (
+                f" {fix}" if fix else "")) from error
+        raise CorruptFileError(f"{path} holds Python objects (pickled arrays), which are not read: save plain "
+                               "arrays (e.g. keys as str)." + (f" {fix}" if fix else "")) from error
     except _CORRUPT_FILE_ERRORS as error:
         raise CorruptFileError(f"{path} is not a valid .npz (truncated or corrupt): {error}." + (
             f" {fix}" if fix else "")) from error

@@ -5,10 +5,10 @@
 
 Reads: the dataset (checked for what every step needs before any training).
 Steps: train_classifier (weighting none) -> extract -> refs -> train -> verify ->
-the classifiers of classifier.after_verify -> export; writes WORKDIR/classifier/,
-features/, references.npz, cleannet/, verify/, classifier_<w>/, saved_models/, and
-prints one line per step. A killed run rerun with the same flags picks up where
-it stopped (each step resumes too).
+the classifiers of classifier.after_verify -> export.
+Writes: WORKDIR/classifier/, features/, references.npz, cleannet/, verify/,
+classifier_<w>/, saved_models/; prints one line per step. A killed run rerun with
+the same flags picks up where it stopped (each step resumes too).
 
 Config: --config=configs/<x>.py, any field overridden as --config.section.field=value;
 `cleannet-config --show` lists every field with its comment and default (schema:

@@ -4,7 +4,8 @@
     cleannet-serve --model_name=cleannet_verifier --model_base_path=saved_models/cleannet_verifier
 
 Reads: the SavedModels cleannet-export wrote (integer-named version folders; new versions are picked up
-while serving). Serves: TF Serving's PredictionService/ModelService gRPC API on --port and its REST API on
+while serving).
+Writes: nothing; serves TF Serving's PredictionService/ModelService gRPC API on --port and its REST API on
 --rest_api_port; prints "READY grpc=<port> rest=<port>" once listening.
 The flags are tensorflow_model_server's for the same jobs. Serves until SIGTERM or SIGINT, then lets running
 requests finish. Binds 127.0.0.1 unless --host says otherwise. Errors print one line and exit 1; --debug
