@@ -20,9 +20,9 @@ from cleannet_tf import cli, datasets, distribute, train_lib
 
 def main(argv):
     config, workdir = cli.setup(argv, "train")
+    table = datasets.load_table(config, workdir, steps=("train",))  # what training needs, before it starts
     strategy = distribute.build_strategy(config.runtime.strategy)
-    train_lib.run_train(config, workdir, strategy=strategy,
-                        table=datasets.load_table(config, workdir, steps=("train",)))
+    train_lib.run_train(config, workdir, strategy=strategy, table=table)
 
 
 def run():
