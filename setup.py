@@ -20,6 +20,7 @@ _ENTRY_POINTS = {
     "cleannet-serve": "cleannet_tf.serve:run",
     "cleannet-run": "cleannet_tf.run:run",
     "cleannet-demo": "cleannet_tf.demo:run",
+    "cleannet-config": "cleannet_tf.config_cli:run",
 }
 
 setup(

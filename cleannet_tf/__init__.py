@@ -12,6 +12,16 @@ Importing the package registers CleanNet's Keras layers, so
 
 __version__ = "0.1.0"
 
+from cleannet_tf import _startup  # noqa: E402  (before TensorFlow: the commands' quiet start-up)
+
+_startup.quiet_tensorflow_startup()
+try:
+    import tensorflow  # noqa: E402, F401
+except BaseException:
+    _startup.finish_import(failed=True)
+    raise
+_startup.finish_import(failed=False)
+
 from cleannet_tf.detector import CleanNetDetector  # noqa: E402
 from cleannet_tf.label_noise import find_label_issues, sample_weights  # noqa: E402
 from cleannet_tf.model import build_cleannet  # noqa: E402  (also registers the layers)

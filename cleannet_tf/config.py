@@ -49,7 +49,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.data.check_images = True
     # Embedded demo data: "digits" (10 classes) or "two_digits" (100 classes).
     # When set, the dataset is generated under data.root (or WORKDIR/demo_data
-    # when data.root is empty) if it is not there yet. No download.
+    # when data.root is empty) if it is not there yet. No download. A data.root
+    # holding anything else is your own data: read as it is, with the demo's
+    # settings. "" turns the demo off.
     config.data.demo = ""
     config.data.demo_noise_rate = 0.3
     config.data.demo_images_per_class = 0  # 0: the generator's default.
@@ -249,9 +251,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check_choice(config, "data.demo", DEMO_DATASETS)
     if not config.data.root and not config.data.demo:
         _fail("data.root", "is required (the dataset root, or the .tsv file for format 'tsv')", config.data.root)
-    if config.data.demo and config.data.format != "food101n":
-        _fail("data.format", "must be 'food101n' when data.demo is set (the demo is written in that layout)",
-              config.data.format)
+    if config.data.demo and not config.data.root and config.data.format != "food101n":
+        _fail("data.format", "must be 'food101n' when data.demo generates into WORKDIR/demo_data (the demo is "
+              "written in that layout)", config.data.format)
     if not 0.0 <= config.data.demo_noise_rate < 1.0:
         _fail("data.demo_noise_rate", "must be in [0, 1)", config.data.demo_noise_rate)
     _check_positive(config, "data.demo_images_per_class", allow_zero=True)

@@ -106,12 +106,30 @@ def _numbered_lines(path: str) -> list[tuple[int, str]]:
 
     Universal newlines turn "\\r\\n" into "\\n"; a UTF-8 byte-order mark is dropped.
     """
+    with open(path, "rb") as f:
+        data = f.read()
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            text = f.read()
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise DatasetError(f"{path}: not UTF-8 text ({e}).") from e
+        lineno = data[:e.start].count(b"\n") + 1
+        raise DatasetError(f"{_where(path, lineno)}: not UTF-8 text (byte {data[e.start:e.start + 1]!r} cannot be "
+                           "decoded): save the file as UTF-8.") from None
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     return [(lineno, line) for lineno, line in enumerate(text.split("\n"), 1) if line.strip()]
+
+
+def _leaves_root(key: str) -> bool:
+    """Whether a relative dataset key names a file outside its root (absolute, or `..` past the top)."""
+    if not key.startswith(("/", "\\")) and ".." not in key and not (len(key) > 1 and key[1] == ":"):
+        return False  # the fast path for the usual key
+    normalized = os.path.normpath(key)
+    return os.path.isabs(key) or normalized == os.pardir or normalized.startswith(os.pardir + os.sep)
+
+
+def _check_inside_root(key: str, where: str, root: str) -> None:
+    if _leaves_root(key):
+        raise DatasetError(f"{where}: key {key!r} leaves the dataset root {root} (an absolute path or '..' past "
+                           "it); keys are paths inside the root (symbolic links inside it are fine).")
 
 
 def _tab_fields(line: str) -> list[str]:
@@ -317,6 +335,7 @@ def read_food101n(root: str, *, heldout_list: str | None = None, test_root: str 
     labels: list[int] = []
     linenos: list[int] = []
     key_to_row: dict[str, int] = {}
+    images_dir = os.path.join(root, "images")
     first = True
     for lineno, line in _numbered_lines(imagelist_path):
         key = _tab_fields(line)[0]
@@ -327,6 +346,7 @@ def read_food101n(root: str, *, heldout_list: str | None = None, test_root: str 
             continue
         if not name:
             raise DatasetError(f"{_where(imagelist_path, lineno)}: expected 'class/key.jpg'. Got: {key!r}.")
+        _check_inside_root(key, _where(imagelist_path, lineno), images_dir)
         if class_name not in class_index:
             raise DatasetError(f"{_where(imagelist_path, lineno)}: unknown class {class_name!r} "
                                f"(not in {classes_path}).")
@@ -339,7 +359,6 @@ def read_food101n(root: str, *, heldout_list: str | None = None, test_root: str 
         linenos.append(lineno)
     _check_no_empty_class(labels, class_names, classes_path, class_linenos, imagelist_path)
 
-    images_dir = os.path.join(root, "images")
     images_prefix = os.path.join(images_dir, "")  # string concatenation: os.path.join is slow on 1M rows
     paths = [images_prefix + key for key in keys]
     verification = [UNKNOWN] * len(keys)
@@ -374,6 +393,7 @@ def read_food101n(root: str, *, heldout_list: str | None = None, test_root: str 
             class_name, _, image = name.partition("/")
             if not image:
                 raise DatasetError(f"{_where(test_list, lineno)}: expected 'class/key'. Got: {name!r}.")
+            _check_inside_root(name, _where(test_list, lineno), test_dir)
             if class_name not in class_index:
                 raise DatasetError(f"{_where(test_list, lineno)}: unknown class {class_name!r} "
                                    f"(not in {classes_path}).")
@@ -456,15 +476,17 @@ def _read_label_kv_line_by_line(path: str, numbered: list[tuple[int, str]], num_
     return labels
 
 
-def _read_key_list(path: str, labels: dict[str, int], kv_path: str) -> dict[str, int]:
-    """Reads one key per line. Returns key -> line, in file order; every key must have a label."""
+def _read_key_list(path: str, labels: dict[str, int], kv_path: str, root: str) -> dict[str, int]:
+    """Reads one key per line. Returns key -> line, in file order; every key must have a label and be in root."""
     numbered = _numbered_lines(path)
     key_lines = {line.strip(): lineno for lineno, line in numbered}
-    if len(key_lines) == len(numbered) and key_lines.keys() <= labels.keys():
+    if (len(key_lines) == len(numbered) and key_lines.keys() <= labels.keys()
+            and not any(map(_leaves_root, key_lines))):
         return key_lines  # fast path; otherwise find the first bad line
     key_lines = {}
     for lineno, line in numbered:
         key = line.strip()
+        _check_inside_root(key, _where(path, lineno), root)
         if key in key_lines:
             raise DatasetError(f"{_where(path, lineno)}: duplicate key {key!r} (also on line {key_lines[key]}).")
         if key not in labels:
@@ -506,9 +528,9 @@ def read_clothing1m(root: str, *, check_images: bool = True) -> LabelTable:
     noisy = _read_label_kv(noisy_kv_path, num_classes)
     clean = _read_label_kv(clean_kv_path, num_classes)
     noisy_train_path = _clothing1m_file(root, _CLOTHING1M_NOISY_TRAIN)
-    noisy_train = _read_key_list(noisy_train_path, noisy, noisy_kv_path)
+    noisy_train = _read_key_list(noisy_train_path, noisy, noisy_kv_path, root)
     clean_list_paths = [_clothing1m_file(root, name) for name in _CLOTHING1M_CLEAN_LISTS]
-    clean_lists = [_read_key_list(path, clean, clean_kv_path) for path in clean_list_paths]
+    clean_lists = [_read_key_list(path, clean, clean_kv_path, root) for path in clean_list_paths]
     for i in range(3):
         for j in range(i + 1, 3):
             for key, lineno in clean_lists[j].items():
@@ -589,7 +611,7 @@ _VERIFIED_VALUES = {"1": 1, "0": 0, "": UNKNOWN, "-1": UNKNOWN}
 def read_tsv(path: str, *, check_images: bool = True, class_names: Sequence[str] | None = None) -> LabelTable:
     """Reads one tab-separated file with a header naming its columns (any order).
 
-    Columns: `path` (relative to the file's folder, or absolute), `label` (a class
+    Columns: `path` (relative to the file's folder, without `..` past it, or absolute), `label` (a class
     name), optional `verified` (1, 0, or empty / -1 = not verified) and `split`
     (train, val or test; default train). Other columns are ignored. Key = `path` as
     written.
@@ -643,6 +665,9 @@ def read_tsv(path: str, *, check_images: bool = True, class_names: Sequence[str]
             raise DatasetError(f"{_where(path, lineno)}: empty {'path' if not key else 'label'}.")
         if key in key_lines:
             raise DatasetError(f"{_where(path, lineno)}: duplicate path {key!r} (also on line {key_lines[key]}).")
+        if not os.path.isabs(key) and _leaves_root(key):
+            raise DatasetError(f"{_where(path, lineno)}: path {key!r} leaves the file's folder {base} through '..'; "
+                               "write paths inside that folder, or an absolute path.")
         split_name = fields[split_col] if split_col is not None else ""
         if split_name not in SPLITS and split_name != "":
             raise DatasetError(f"{_where(path, lineno)}: split must be train, val or test. Got: {split_name!r}.")
@@ -686,65 +711,182 @@ def read_tsv(path: str, *, check_images: bool = True, class_names: Sequence[str]
 # --------------------------------------------------------------------------- config entry points
 
 
-def load_table(config, workdir: str) -> LabelTable:
+def load_table(config, workdir: str, *, steps: Sequence[str] = ()) -> LabelTable:
     """Reads the dataset `config.data` names (generating the demo data first if asked).
 
     Dispatches on `config.data.format`; root from `config.resolve_data_root`; applies
     `config.data.heldout_list` (any format), or for the demo
-    `ROOT/meta/classes_heldout_<demo_heldout>.txt` when demo_heldout > 0.
+    `ROOT/meta/classes_heldout_<demo_heldout>.txt` when demo_heldout > 0. With
+    data.demo set, a data.root that holds something other than a demo dataset is the
+    user's own data: it is read as it is (format from its layout) with the demo's
+    settings, and the log says so.
 
     Args:
         config: the full cleannet_tf config (`ml_collections.ConfigDict`).
         workdir: the run's work directory (demo data goes to WORKDIR/demo_data when
             data.root is empty).
+        steps: pipeline steps about to run (pipeline.STEPS names); what they need of the
+            data is checked now, before any training (`check_for_steps`).
+    Raises:
+        DatasetError: bad input, naming the file and line, or the data lack what `steps` need.
     """
     from cleannet_tf.config import resolve_data_root
 
     data = config.data
     root = resolve_data_root(config, workdir)
+    data_format = data.format
     heldout_list = data.heldout_list
     if data.demo:
         from cleannet_tf import demo_data  # lazy: only the demo needs it
 
-        if not os.path.exists(os.path.join(root, "meta", "classes.txt")):
-            logging.info("Generating the %r demo dataset under %s.", data.demo, root)
-        # Returns at once when the dataset is there; adds a missing held-out list.
-        demo_data.generate_demo_dataset(root, kind=data.demo, noise_rate=data.demo_noise_rate,
-                                        images_per_class=data.demo_images_per_class or None,
-                                        heldout=data.demo_heldout, seed=config.seed)
-        if not heldout_list and data.demo_heldout > 0:
-            heldout_list = os.path.join(root, "meta", f"classes_heldout_{data.demo_heldout}.txt")
+        if data.root and demo_data.holds_demo_dataset(root) is False:
+            data_format = _detect_format(root, data_format, data.demo)
+            logging.warning("data.root %s is not a demo dataset: using it as a %s dataset with the demo's settings "
+                            "(data.demo=%r generates data only in a new or empty folder; --config.data.demo= "
+                            "turns that off).", root, data_format, data.demo)
+        else:
+            if data_format != "food101n":
+                raise DatasetError(f"data.demo={data.demo!r} writes its data to {root} in the food101n layout, but "
+                                   f"data.format is {data_format!r}: set --config.data.format=food101n, or point "
+                                   "data.root at your own dataset.")
+            if not os.path.exists(os.path.join(root, "meta", "classes.txt")):
+                logging.info("Generating the %r demo dataset under %s.", data.demo, root)
+            # Returns at once when the dataset is there; adds a missing held-out list.
+            demo_data.generate_demo_dataset(root, kind=data.demo, noise_rate=data.demo_noise_rate,
+                                            images_per_class=data.demo_images_per_class or None,
+                                            heldout=data.demo_heldout, seed=config.seed)
+            if not heldout_list and data.demo_heldout > 0:
+                heldout_list = os.path.join(root, "meta", f"classes_heldout_{data.demo_heldout}.txt")
 
-    if data.format == "food101n":
+    if data_format == "food101n":
         table = read_food101n(root, test_root=data.test_root or None, check_images=data.check_images)
-    elif data.format == "clothing1m":
+    elif data_format == "clothing1m":
         table = read_clothing1m(root, check_images=data.check_images)
-    elif data.format == "tsv":
+    elif data_format == "tsv":
+        if os.path.isdir(root):
+            raise DatasetError(f"data.root {root} is a folder; for data.format=tsv it is the .tsv file itself "
+                               "(image paths relative to the file's folder).")
         table = read_tsv(root, check_images=data.check_images)
     else:
-        raise ValueError(f"config.data.format: must be one of {', '.join(FORMATS)}. Received: {data.format!r}")
+        raise ValueError(f"config.data.format: must be one of {', '.join(FORMATS)}. Received: {data_format!r}")
     if heldout_list:
         heldout_path = os.path.abspath(os.path.expanduser(heldout_list))
         table = apply_heldout(table, read_heldout_list(heldout_path, table.class_names))
-    logging.info("Dataset %s (%s): %s", root, data.format, table.summary())
+    logging.info("Dataset %s (%s): %s", root, data_format, table.summary())
+    if steps:
+        check_for_steps(table, config, steps, data_format=data_format, root=root)
     return table
 
 
-def load_precomputed_features(npz_path: str, table: LabelTable) -> np.ndarray:
+def _detect_format(root: str, configured: str, demo: str) -> str:
+    """The layout of a user's dataset at `root` (a file: tsv), else `configured` if it is not the demo's."""
+    if os.path.isfile(root):
+        return "tsv"
+    if os.path.isfile(os.path.join(root, "meta", "classes.txt")):
+        return "food101n"
+    if any(os.path.isfile(os.path.join(root, *sub, _CLOTHING1M_CLASSES)) for sub in ((), ("annotations",))):
+        return "clothing1m"
+    if configured != "food101n":
+        return configured
+    raise DatasetError(f"data.root {root} is not a demo dataset, nor a dataset in a layout this package reads "
+                       f"(food101n: ROOT/meta/classes.txt; clothing1m: ROOT/{_CLOTHING1M_CLASSES}; tsv: the .tsv "
+                       f"file itself). Point data.root at your dataset, or at a new or empty folder for the {demo!r} "
+                       "demo data.")
+
+
+def _verification_sources(data_format: str, root: str) -> tuple[str, str]:
+    """Where the layout keeps its verified training and validation labels, in its own words."""
+    if data_format == "food101n":
+        return (f"{os.path.join(root, 'meta', 'verified_train.tsv')} (class/key.jpg<TAB>1 if the label is right, "
+                "0 if wrong)", f"{os.path.join(root, 'meta', 'verified_val.tsv')} (class/key.jpg<TAB>1 or 0)")
+    if data_format == "clothing1m":
+        return (f"the images of {_CLOTHING1M_NOISY_TRAIN} or {_CLOTHING1M_CLEAN_LISTS[0]} under {root} with both a "
+                f"noisy ({_CLOTHING1M_NOISY_KV}) and a clean ({_CLOTHING1M_CLEAN_KV}) label",
+                f"the images of {_CLOTHING1M_CLEAN_LISTS[1]} under {root} with a noisy label in "
+                f"{_CLOTHING1M_NOISY_KV}")
+    return (f"{root}: rows with split=train (or no split) and a `verified` value (1 = label right, 0 = wrong)",
+            f"{root}: rows with split=val and a `verified` value (1 = label right, 0 = wrong)")
+
+
+def check_for_steps(table: LabelTable, config, steps: Sequence[str], *, data_format: str, root: str) -> None:
+    """Checks now what the pipeline's `steps` will need of the data, so a run fails before training, not after.
+
+    refs, train: every class has images in the noisy pool (train/val). train: verified training rows in
+    classes that are not held out. verify: verified validation rows in such classes; cleannet.mode=stacked:
+    of both kinds, and its calibration classes' verified rows of both kinds.
+
+    Raises:
+        DatasetError: what is missing, where the format keeps it, and what to add.
+    """
+    steps = set(steps)
+    pool = table.split != SPLIT_TEST
+    held = table.heldout_classes[table.labels]
+    n_held = int(table.heldout_classes.sum())
+    held_note = (f" in classes that are not held out ({n_held} of {table.num_classes} classes are, by "
+                 "data.heldout_list)") if n_held else ""
+    train_source, val_source = _verification_sources(data_format, root)
+    if steps & {"refs", "train"}:
+        counts = np.bincount(table.labels[pool], minlength=table.num_classes)
+        empty = np.flatnonzero(counts == 0)
+        if len(empty):
+            named = ", ".join(repr(table.class_names[i]) for i in empty[:_MAX_EXAMPLES])
+            raise DatasetError(f"{root}: {len(empty)} class(es) have no training or validation image, only test "
+                               f"rows: {named}. Every class needs images in the noisy pool: its reference set is "
+                               "built from them.")
+    if "train" in steps:
+        verified_train = (table.verification >= 0) & (table.split == SPLIT_TRAIN) & ~held
+        if not verified_train.any():
+            raise DatasetError(f"No verified training rows{held_note}: CleanNet learns what a wrong label looks like "
+                               f"from them. Add some: {train_source}.")
+    if "verify" in steps:
+        val = table.split == SPLIT_VAL
+        if data_format == "tsv" and not val.any():
+            raise DatasetError(f"{root} has no validation rows: add a `split` column with values train/val/test, or "
+                               "mark verified rows with split=val (cleannet-verify chooses its threshold on verified "
+                               "validation rows).")
+        verified_val = val & (table.verification >= 0) & ~held
+        if not verified_val.any():
+            raise DatasetError(f"No verified validation rows{held_note}: cleannet-verify chooses its threshold on "
+                               f"them. Add some: {val_source}.")
+        if config.cleannet.mode == "stacked":
+            kinds = table.verification[verified_val]
+            n_right, n_wrong = int((kinds == 1).sum()), int((kinds == 0).sum())
+            if not (n_right and n_wrong):
+                raise DatasetError(f"cleannet.mode=stacked fits its score on verified validation rows of both kinds, "
+                                   f"but they are {n_right} labelled right and {n_wrong} wrong ({val_source}): "
+                                   "verify rows of both kinds, or set --config.cleannet.mode=robust.")
+            if config.cleannet.calibration_fraction > 0:
+                from cleannet_tf.train_lib import calibration_classes  # lazy: TensorFlow
+
+                calibration = calibration_classes(table, config.cleannet.calibration_fraction, config.seed)
+                fit = pool & (table.verification >= 0) & calibration[table.labels]
+                if calibration.any() and len(np.unique(table.verification[fit])) < 2:
+                    raise DatasetError(
+                        f"cleannet.calibration_fraction={config.cleannet.calibration_fraction}: the "
+                        f"{int(calibration.sum())} calibration classes' verified rows are all of one kind (label "
+                        "right, or wrong): raise cleannet.calibration_fraction, verify rows of both kinds, or set "
+                        "it to 0.")
+
+
+def load_precomputed_features(npz_path: str, table: LabelTable) -> tuple[np.ndarray, np.ndarray]:
     """Reads `data.features`: an .npz with `keys` (M,) str and `features` (M, D), aligned to the table.
 
-    Every table row needs its key in the file; extra keys are ignored (and logged).
+    Every noisy-pool row (train/val) needs its key in the file; test rows may be absent (detection never uses
+    them). Extra keys are ignored (and logged).
 
     Returns:
-        (N, D) float32, row i = features of `table.keys[i]`.
+        features (N, D) float32, row i = features of `table.keys[i]` (zeros where absent), and valid (N,) bool,
+        False for the absent test rows.
     """
     _require_file(npz_path, "an .npz with arrays 'keys' (N,) and 'features' (N, D)")
+    from cleannet_tf.feature_store import CorruptFileError, load_npz
+
     try:
-        with np.load(npz_path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in ("keys", "features") if name in npz.files}
-            names_in_file = list(npz.files)
-    except (ValueError, OSError) as e:
-        raise DatasetError(f"{npz_path}: cannot read as an .npz of plain arrays ({e}).") from e
+        npz = load_npz(npz_path, fix="Check data.features: write it with np.savez(path, keys=..., features=...).")
+    except CorruptFileError as error:
+        raise DatasetError(str(error)) from error
+    arrays = {name: npz[name] for name in ("keys", "features") if name in npz}
+    names_in_file = list(npz)
     absent = [name for name in ("keys", "features") if name not in arrays]
     if absent:
         raise DatasetError(f"{npz_path}: lacks array(s) {', '.join(absent)}; has {names_in_file}.")
@@ -769,22 +911,28 @@ def load_precomputed_features(npz_path: str, table: LabelTable) -> np.ndarray:
     position = np.searchsorted(sorted_keys, table.keys)
     position = np.minimum(position, max(len(sorted_keys) - 1, 0))
     found = (sorted_keys[position] == table.keys) if len(sorted_keys) else np.zeros(len(table), dtype=bool)
-    if not found.all():
-        missing_keys = table.keys[~found]
-        raise DatasetError(f"{npz_path}: {len(missing_keys)} of the dataset's {len(table)} keys have no features, "
-                           f"e.g. {[str(k) for k in missing_keys[:_MAX_EXAMPLES]]}.")
-    aligned = np.empty((len(table), features.shape[1]), dtype=np.float32)
+    pool = table.split != SPLIT_TEST
+    if not found[pool].all():
+        missing_keys = table.keys[pool & ~found]
+        raise DatasetError(f"{npz_path}: {len(missing_keys)} of the dataset's {int(pool.sum())} train/val keys have "
+                           f"no features, e.g. {[str(k) for k in missing_keys[:_MAX_EXAMPLES]]}.")
+    aligned = np.zeros((len(table), features.shape[1]), dtype=np.float32)
     rows = order[position]
     block = 65536
     for start in range(0, len(table), block):  # bounded temporaries on 1M rows
-        chunk = features[rows[start:start + block]].astype(np.float32)
+        chunk_found = found[start:start + block]
+        chunk = features[rows[start:start + block][chunk_found]].astype(np.float32)
         bad = ~np.isfinite(chunk).all(axis=1)
         if bad.any():
-            first_bad = start + int(np.argmax(bad))
+            first_bad = start + int(np.flatnonzero(chunk_found)[np.argmax(bad)])
             raise DatasetError(f"{npz_path}: features of key {str(table.keys[first_bad])!r} contain NaN or Inf.")
-        aligned[start:start + block] = chunk
-    n_extra = len(file_keys) - len(table)
+        aligned[start:start + block][chunk_found] = chunk
+    n_extra = len(file_keys) - int(found.sum())
     if n_extra:
         logging.info("%s: %d keys not in the dataset ignored.", npz_path, n_extra)
+    n_absent_test = int((~found).sum())
+    if n_absent_test:
+        logging.info("%s: %d test rows have no features (not needed: detection uses the train/val rows).",
+                     npz_path, n_absent_test)
     logging.info("Loaded precomputed features %s from %s.", aligned.shape, npz_path)
-    return aligned
+    return aligned, found

@@ -310,6 +310,18 @@ def _info_json(info: DemoInfo) -> str:
     return json.dumps(record, indent=2) + "\n"
 
 
+def holds_demo_dataset(root: str) -> bool | None:
+    """True: `root` holds a demo dataset (meta/demo_info.json); False: it holds something else (e.g. the user's
+    own data, or a file); None: nothing is there (missing, or an empty folder), so the demo may write there."""
+    if not os.path.exists(root):
+        return None
+    if not os.path.isdir(root):
+        return False
+    if not os.listdir(root):
+        return None
+    return os.path.isfile(os.path.join(root, "meta", _INFO_FILE))
+
+
 def _read_info(root: str) -> dict | None:
     """The parsed meta/demo_info.json of `root`; None if `root` is missing or an empty folder."""
     if not os.path.exists(root):
@@ -320,8 +332,9 @@ def _read_info(root: str) -> dict | None:
         return None
     path = os.path.join(root, "meta", _INFO_FILE)
     if not os.path.isfile(path):
-        raise ValueError(f"{root} exists and is not a demo dataset (no meta/{_INFO_FILE}); delete it or choose "
-                         "another folder.")
+        raise ValueError(f"{root} exists and is not a demo dataset (no meta/{_INFO_FILE}); to generate the demo "
+                         "data choose a new or empty folder (a folder of your own data is read as it is by "
+                         "load_table).")
     try:
         with open(path, encoding="utf-8") as f:
             record = json.load(f)

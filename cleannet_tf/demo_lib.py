@@ -49,7 +49,8 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str, table: datasets.La
     summary = {"steps": pipeline.run_steps(config, workdir, table=table, strategy=strategy)}
 
     root = config_lib.resolve_data_root(config, workdir)
-    truth = demo_data.read_demo_truth(root)
+    # The user's own data under the demo's settings (datasets.load_table) has no known true labels.
+    truth = demo_data.read_demo_truth(root) if demo_data.holds_demo_dataset(root) else {}
     pool = table.split != datasets.SPLIT_TEST
     true_labels = np.array([truth.get(key, -1) for key in table.keys])
     is_wrong = (true_labels != table.labels) & pool
@@ -65,12 +66,12 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str, table: datasets.La
             summary["classifier_accuracy"][weighting] = json_load(f)["test_accuracy"]
     summary.update(
         dataset=root, images=int(pool.sum()), test_images=int((~pool).sum()), classes=table.num_classes,
-        noise_rate=float(is_wrong[pool].mean()), heldout_classes=int(table.heldout_classes.sum()),
+        noise_rate=float(is_wrong[pool].mean()) if truth else None, heldout_classes=int(table.heldout_classes.sum()),
         verified_train=int(((table.verification >= 0) & (table.split == datasets.SPLIT_TRAIN)).sum()),
         verified_val=int(((table.verification >= 0) & (table.split == datasets.SPLIT_VAL)).sum()),
-        centroid_auc=float(roc_auc_score(~is_wrong[pool], scores[pool])),
+        centroid_auc=float(roc_auc_score(~is_wrong[pool], scores[pool])) if truth else None,
         centroid_auc_heldout=(float(roc_auc_score(~is_wrong[heldout_rows], scores[heldout_rows]))
-                              if heldout_rows.any() else None),
+                              if truth and heldout_rows.any() else None),
         replicas=strategy.num_replicas_in_sync, devices=[d.name for d in tf.config.list_logical_devices()])
     return summary
 
@@ -144,7 +145,8 @@ def format_summary(summary: dict, *, seconds: float) -> str:
         "cleannet_tf demo",
         f"  dataset        {summary['dataset']}",
         f"  images         {summary['images']} in {summary['classes']} classes (+{summary['test_images']} clean test)",
-        f"  true noise     {summary['noise_rate']:.1%} of the noisy labels are wrong",
+        (f"  true noise     {summary['noise_rate']:.1%} of the noisy labels are wrong"
+         if summary["noise_rate"] is not None else "  true noise     unknown (not a demo dataset: no true labels)"),
         f"  verified       {summary['verified_train']} train + {summary['verified_val']} val labels; "
         f"{summary['heldout_classes']} classes held out (no verified train labels)",
     ]

@@ -2,12 +2,19 @@
 
     cleannet-export --config=configs/demo.py --workdir=/tmp/cleannet_demo --export_dir=saved_models
 
-Writes EXPORT_DIR/cleannet_verifier/<version>/, EXPORT_DIR/cleannet_classifier/<version>/ (each export adds
-the next version, one number for both models) and EXPORT_DIR/models.config. --max_pixels is the image pixel
-limit baked into both graphs (requests with larger images get INVALID_ARGUMENT, before decoding).
+Reads: WORKDIR/verify/verifier.keras, WORKDIR/classifier*/model.keras, the dataset's class names.
+Writes: EXPORT_DIR/cleannet_verifier/<version>/, EXPORT_DIR/cleannet_classifier/<version>/ (each export adds
+the next version, one number for both models) and EXPORT_DIR/models.config (for cleannet-serve).
+--max_pixels is the image pixel limit baked into both graphs (requests with larger images get
+INVALID_ARGUMENT, before decoding).
+
+Config: --config=configs/<x>.py, any field overridden as --config.section.field=value;
+`cleannet-config --show` lists every field with its comment and default (schema:
+cleannet_tf/config.py). Also writes the config it ran with to WORKDIR/config.export.json.
+Errors print one line and exit 1; --debug (or --verbosity=1) adds the traceback.
 """
 
-from absl import app, flags
+from absl import flags
 
 from cleannet_tf import cli, export_lib, input_pipeline
 
@@ -24,7 +31,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

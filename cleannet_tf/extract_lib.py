@@ -192,7 +192,7 @@ def run_extract(config: ml_collections.ConfigDict, workdir: str, *, table: datas
 def open_features(config: ml_collections.ConfigDict, workdir: str, table: datasets.LabelTable) -> FeatureSource:
     """The features of `table`: data.features if given, else the finished WORKDIR/features/ store."""
     if config.data.features:
-        return ArrayFeatures(datasets.load_precomputed_features(config.data.features, table))
+        return ArrayFeatures(*datasets.load_precomputed_features(config.data.features, table))
     store = FeatureStore(features_dir(workdir))
     if store.num_rows != len(table) or not np.array_equal(store.keys(), table.keys):
         raise ValueError(f"{store.directory} holds features of another table ({store.num_rows} rows, "

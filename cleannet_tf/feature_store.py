@@ -19,11 +19,58 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
+import zlib
 from typing import Protocol
 
 import numpy as np
 
 MANIFEST = "manifest.json"
+# What np.load raises on a truncated or corrupt file.
+_CORRUPT_FILE_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
+
+
+class CorruptFileError(ValueError):
+    """A NumPy file that exists but cannot be read; the message names it."""
+
+
+def load_npz(path: str, *, fix: str = "") -> dict[str, np.ndarray]:
+    """Every array of the .npz at `path`, read now (no pickles).
+
+    Raises:
+        CorruptFileError: "PATH is not a valid .npz (truncated or corrupt): ...", then `fix` (what to do).
+    """
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise ValueError("it holds a single .npy array, not named arrays")
+            return {name: npz[name] for name in npz.files}
+    except FileNotFoundError:
+        raise
+    except ValueError as error:
+        if "allow_pickle" not in str(error):
+            raise CorruptFileError(f"{path} is not a valid .npz (truncated or corrupt): {error}." + (
+                f" {fix}" if fix else "")) from error
+        raise CorruptFileError(f"{path} holds Python objects (pickled arrays), which are not read: save plain "
+                               "arrays (e.g. keys as str)." + (f" {fix}" if fix else "")) from error
+    except _CORRUPT_FILE_ERRORS as error:
+        raise CorruptFileError(f"{path} is not a valid .npz (truncated or corrupt): {error}." + (
+            f" {fix}" if fix else "")) from error
+
+
+def load_npy(path: str, *, mmap: bool = False, fix: str = "") -> np.ndarray:
+    """The array of the .npy at `path` (memory-mapped when `mmap`).
+
+    Raises:
+        CorruptFileError: "PATH is not a valid .npy (truncated or corrupt): ...", then `fix`.
+    """
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except _CORRUPT_FILE_ERRORS as error:
+        raise CorruptFileError(f"{path} is not a valid .npy (truncated or corrupt): {error}." + (
+            f" {fix}" if fix else "")) from error
 
 
 class FeatureSource(Protocol):
@@ -61,8 +108,13 @@ class FeatureStore:
         path = os.path.join(directory, MANIFEST)
         if not os.path.exists(path):
             raise FileNotFoundError(f"No feature store at {directory} ({MANIFEST} missing): run cleannet-extract.")
-        with open(path) as f:
-            manifest = json.load(f)
+        try:
+            with open(path) as f:
+                manifest = json.load(f)
+            int(manifest["num_rows"]), int(manifest["feature_dim"]), int(manifest["shard_size"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise CorruptFileError(f"{path} is not a valid feature-store manifest ({error}): delete {directory} "
+                                   "and rerun cleannet-extract.") from error
         self.directory = directory
         self.manifest = manifest
         self.num_rows = int(manifest["num_rows"])
@@ -128,8 +180,12 @@ class FeatureStore:
         _atomic_save(self._path(shard, "valid"), np.asarray(valid, dtype=bool))
         _atomic_save(self._path(shard, "features"), features)  # last: marks the shard finished
 
+    def _load(self, path: str, *, mmap: bool = False) -> np.ndarray:
+        return load_npy(path, mmap=mmap, fix=f"Delete it and rerun cleannet-extract (it recomputes what is "
+                                             f"missing), or delete {self.directory} to extract everything again.")
+
     def keys(self) -> np.ndarray:
-        return np.load(os.path.join(self.directory, "keys.npy"))
+        return self._load(os.path.join(self.directory, "keys.npy"))
 
     def _check_complete(self) -> None:
         missing = self.unfinished_shards()
@@ -142,11 +198,17 @@ class FeatureStore:
         self._check_complete()
         if self.num_rows == 0:
             return np.zeros(0, dtype=bool)
-        return np.concatenate([np.load(self._path(s, "valid")) for s in range(self.num_shards)])
+        return np.concatenate([self._load(self._path(s, "valid")) for s in range(self.num_shards)])
 
     def shard_features(self, shard: int, mmap: bool = True) -> np.ndarray:
         """(n, D) float32 features of one shard (memory-mapped by default)."""
-        return np.load(self._path(shard, "features"), mmap_mode="r" if mmap else None)
+        features = self._load(self._path(shard, "features"), mmap=mmap)
+        start, end = self.shard_rows(shard)
+        if features.shape != (end - start, self.feature_dim):
+            raise CorruptFileError(f"{self._path(shard, 'features')}: shape {features.shape}, expected "
+                                   f"({end - start}, {self.feature_dim}) (truncated or from another store). Delete "
+                                   "it and rerun cleannet-extract to recompute that shard.")
+        return features
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
         """Features of `rows` (any order): (len(rows), D) float32, read through memory maps."""

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from cleannet_tf.feature_store import load_npz
+
 GatherFn = Callable[[np.ndarray], np.ndarray]
 
 _ARRAYS = ("references", "counts", "class_names", "num_images")
@@ -94,18 +96,18 @@ class ReferenceSets:
         """
         if not os.path.exists(path):
             raise FileNotFoundError(f"No reference-set file at {path}: build it with build_reference_sets.")
-        with np.load(path, allow_pickle=False) as data:
-            missing = [name for name in _ARRAYS if name not in data.files]
-            if missing:
-                raise ValueError(
-                    f"Reference-set file {path} lacks array(s) {missing} (has {sorted(data.files)}): "
-                    "not a file written by ReferenceSets.save, or written by an older version."
-                )
-            references = data["references"].astype(np.float32, copy=False)
-            counts = data["counts"].astype(np.int32, copy=False)
-            class_names = tuple(str(n) for n in data["class_names"])
-            num_images = data["num_images"].astype(np.int64, copy=False)
-            metadata = json.loads(str(data["metadata"])) if "metadata" in data.files else {}
+        data = load_npz(path, fix="Delete it and rerun cleannet-refs.")
+        missing = [name for name in _ARRAYS if name not in data]
+        if missing:
+            raise ValueError(
+                f"Reference-set file {path} lacks array(s) {missing} (has {sorted(data)}): "
+                "not a file written by ReferenceSets.save, or written by an older version."
+            )
+        references = data["references"].astype(np.float32, copy=False)
+        counts = data["counts"].astype(np.int32, copy=False)
+        class_names = tuple(str(n) for n in data["class_names"])
+        num_images = data["num_images"].astype(np.int64, copy=False)
+        metadata = json.loads(str(data["metadata"])) if "metadata" in data else {}
         num_classes = len(class_names)
         if references.ndim != 3 or references.shape[0] != num_classes or counts.shape != (num_classes,) or (
             num_images.shape != (num_classes,)

@@ -3,8 +3,13 @@
     cleannet-serve --model_config_file=saved_models/models.config --port=8500 --rest_api_port=8501
     cleannet-serve --model_name=cleannet_verifier --model_base_path=saved_models/cleannet_verifier
 
+Reads: the SavedModels cleannet-export wrote (integer-named version folders; new versions are picked up
+while serving).
+Writes: nothing; serves TF Serving's PredictionService/ModelService gRPC API on --port and its REST API on
+--rest_api_port; prints "READY grpc=<port> rest=<port>" once listening.
 The flags are tensorflow_model_server's for the same jobs. Serves until SIGTERM or SIGINT, then lets running
-requests finish. Binds 127.0.0.1 unless --host says otherwise.
+requests finish. Binds 127.0.0.1 unless --host says otherwise. Errors print one line and exit 1; --debug
+adds the traceback.
 """
 
 import signal
@@ -13,7 +18,7 @@ import threading
 import tensorflow as tf
 from absl import app, flags, logging
 
-from cleannet_tf import serving
+from cleannet_tf import cli, serving
 
 _PORT = flags.DEFINE_integer("port", 8500, "gRPC port (0: any free port).")
 _REST_PORT = flags.DEFINE_integer("rest_api_port", 0, "REST port (0: no REST).")
@@ -53,7 +58,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    cli.run(main, pipeline_flags=False)
 
 
 if __name__ == "__main__":

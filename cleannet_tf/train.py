@@ -1,25 +1,32 @@
-"""cleannet-train: train CleanNet on WORKDIR's features and reference sets -> WORKDIR/cleannet/.
+"""cleannet-train: train CleanNet on the features, reference sets and verification labels -> WORKDIR/cleannet/.
 
     cleannet-train --config=configs/demo.py --workdir=/tmp/cleannet_demo
 
+Reads: the dataset (its verified rows), WORKDIR/features/ (or data.features),
+WORKDIR/references.npz. Settings: cleannet.*, loss.*, train.*.
+Writes: WORKDIR/cleannet/ (checkpoints/, model.keras, metrics.json).
 Resumes from WORKDIR/cleannet/checkpoints after a kill. Under
 --config.runtime.strategy=multi_worker, start one process per host with TF_CONFIG
 set; only the chief writes WORKDIR/cleannet/.
+
+Config: --config=configs/<x>.py, any field overridden as --config.section.field=value;
+`cleannet-config --show` lists every field with its comment and default (schema:
+cleannet_tf/config.py). When it finishes, writes the config of its outputs to WORKDIR/config.train.json.
+Errors print one line and exit 1; --debug (or --verbosity=1) adds the traceback.
 """
 
-from absl import app
-
-from cleannet_tf import cli, distribute, pipeline
+from cleannet_tf import cli, datasets, distribute, pipeline
 
 
 def main(argv):
     config, workdir = cli.setup(argv, "train")
+    table = datasets.load_table(config, workdir, steps=("train",))  # what training needs, before it starts
     strategy = distribute.build_strategy(config.runtime.strategy)
-    pipeline.run_step("train", config, workdir, strategy=strategy)
+    pipeline.run_step("train", config, workdir, strategy=strategy, table=table)
 
 
 def run():
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,19 @@
 
     cleannet-train-classifier --config=configs/demo.py --workdir=/tmp/cleannet_demo
 
+Reads: the dataset's images and labels; with classifier.weighting=soft|hard also
+WORKDIR/verify/scores.tsv. Settings: model.*, input.*, classifier.*.
+Writes: WORKDIR/classifier/ (weighting none) or WORKDIR/classifier_<weighting>/:
+checkpoints, model.keras, metrics.json (test accuracy on the clean test split).
 With --config.classifier.weighting=none this is the paper's first step: the
 backbone fine-tuned on the noisy labels, whose features CleanNet then uses
 (`model.weights=classifier`). Resumes from its checkpoints after a kill.
-"""
 
-from absl import app
+Config: --config=configs/<x>.py, any field overridden as --config.section.field=value;
+`cleannet-config --show` lists every field with its comment and default (schema:
+cleannet_tf/config.py). When it finishes, writes the config of its outputs to WORKDIR/config.train_classifier.json.
+Errors print one line and exit 1; --debug (or --verbosity=1) adds the traceback.
+"""
 
 from cleannet_tf import cli, distribute, pipeline
 
@@ -19,7 +26,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

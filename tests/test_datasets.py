@@ -575,16 +575,16 @@ def test_load_precomputed_features_aligns_to_table(tmp_path, caplog):
     file_keys = np.array(["c", "extra", "a", "b"])
     features = np.arange(8, dtype=np.float64).reshape(4, 2)
     np.savez(path, keys=file_keys, features=features)
-    aligned = datasets.load_precomputed_features(path, small_table(["a", "b", "c"]))
-    assert aligned.dtype == np.float32 and aligned.shape == (3, 2)
+    aligned, valid = datasets.load_precomputed_features(path, small_table(["a", "b", "c"]))
+    assert aligned.dtype == np.float32 and aligned.shape == (3, 2) and valid.all()
     np.testing.assert_array_equal(aligned, [[4, 5], [6, 7], [0, 1]])
     assert "1 keys not in the dataset" in caplog.text
     np.savez(path, keys=np.char.encode(file_keys), features=features)  # bytes keys work too
-    np.testing.assert_array_equal(datasets.load_precomputed_features(path, small_table(["b"])), [[6, 7]])
+    np.testing.assert_array_equal(datasets.load_precomputed_features(path, small_table(["b"]))[0], [[6, 7]])
 
 
 @pytest.mark.parametrize("keys, features, pattern", [
-    (["a", "b"], np.zeros((2, 3)), r"2 of the dataset's 4 keys have no features, e\.g\. \['x', 'y'\]"),
+    (["a", "b"], np.zeros((2, 3)), r"2 of the dataset's 4 train/val keys have no features, e\.g\. \['x', 'y'\]"),
     (["a", "b", "x", "y"], np.zeros(4), r"'features' must be 2-D"),
     (["a", "b", "x", "y"], np.zeros((3, 2)), r"4 keys but 3 feature rows"),
     (["a", "b", "x", "y", "b"], np.zeros((5, 2)), r"1 duplicate key\(s\), e\.g\. 'b'"),
@@ -607,5 +607,5 @@ def test_load_precomputed_features_bad_files(tmp_path):
     with pytest.raises(DatasetError, match=r"lacks array\(s\) features"):
         datasets.load_precomputed_features(path, table)
     np.savez(path, keys=np.array(["a"], dtype=object), features=np.zeros((1, 2)))
-    with pytest.raises(DatasetError, match="cannot read"):
+    with pytest.raises(DatasetError, match="holds Python objects"):
         datasets.load_precomputed_features(path, table)
