@@ -11,8 +11,13 @@ const state = {
   browseOffset: 0,
   retrainOffset: 0,
   retrainStarted: null,
-  busy: false,
+  chain: Promise.resolve(),  // decisions and undos run one after another, in key order
 };
+
+function enqueue(action) {
+  state.chain = state.chain.then(action).catch((error) => toast(error.message));
+  return state.chain;
+}
 
 const $ = (id) => document.getElementById(id);
 
@@ -218,10 +223,13 @@ function countDecision(key, decision, sign) {
 
 // ---------------------------------------------------------------- decisions
 
-async function decide(decision, label) {
+function decide(decision, label) {
+  return enqueue(() => decideNow(decision, label));
+}
+
+async function decideNow(decision, label) {
   const item = state.cards[state.cursor];
-  if (!item || state.busy) return;
-  state.busy = true;
+  if (!item) return;
   try {
     const body = {key: item.key, decision};
     if (label !== undefined) body.label = label;
@@ -248,14 +256,14 @@ async function decide(decision, label) {
     }
   } catch (error) {
     toast(error.message);
-  } finally {
-    state.busy = false;
   }
 }
 
-async function undo() {
-  if (state.busy) return;
-  state.busy = true;
+function undo() {
+  return enqueue(undoNow);
+}
+
+async function undoNow() {
   try {
     const payload = await api("/api/undo", {});
     showSummary(payload.summary);
@@ -273,8 +281,6 @@ async function undo() {
     toast(`undone: ${restored.key}`, true);
   } catch (error) {
     toast(error.message);
-  } finally {
-    state.busy = false;
   }
 }
 
@@ -501,11 +507,12 @@ document.addEventListener("keydown", (event) => {
   const actions = {
     y: () => decide("correct"), c: () => decide("correct"),
     n: () => decide("wrong"), w: () => decide("wrong"), x: () => decide("wrong"),
-    p: openPicker, r: openPicker,
-    s: () => setCursor(state.cursor + 1 < state.cards.length ? state.cursor + 1 : 0),
-    ArrowRight: () => setCursor(state.cursor + 1), ArrowLeft: () => setCursor(state.cursor - 1),
-    j: () => setCursor(state.cursor + 1), k: () => setCursor(state.cursor - 1),
-    g: showNeighbours, Escape: () => { $("neighbours").hidden = true; },
+    p: () => enqueue(openPicker), r: () => enqueue(openPicker),
+    s: () => enqueue(() => setCursor(state.cursor + 1 < state.cards.length ? state.cursor + 1 : 0)),
+    ArrowRight: () => enqueue(() => setCursor(state.cursor + 1)),
+    ArrowLeft: () => enqueue(() => setCursor(state.cursor - 1)),
+    j: () => enqueue(() => setCursor(state.cursor + 1)), k: () => enqueue(() => setCursor(state.cursor - 1)),
+    g: () => enqueue(showNeighbours), Escape: () => { $("neighbours").hidden = true; },
     1: () => showView("queue"), 2: () => showView("browse"), 3: () => showView("retrain"),
   };
   if (state.view === "retrain" && !"123".includes(key)) return;
