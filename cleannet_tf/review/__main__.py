@@ -19,12 +19,6 @@ from absl import app, flags
 from cleannet_tf import cli
 from cleannet_tf import config as config_lib
 
-_HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind; anything but loopback lets other machines "
-                                                 "reach the page (they still need the token).")
-_PORT = flags.DEFINE_integer("port", 0, "Port; 0 picks a free one.")
-_USER = flags.DEFINE_string("user", None, "Name saved with each decision (default: the login name).")
-_RETRAIN = flags.DEFINE_boolean("retrain", True, "Offer the Retrain button (runs cleannet-train and "
-                                                 "cleannet-verify in a subprocess).")
 _SAVED_CONFIGS = ("config.verify.json", "config.run.json", "config.demo.json")
 
 
@@ -70,12 +64,12 @@ def main(argv):
             raise app.UsageError("--workdir is required.")
         workdir = os.path.abspath(os.path.expanduser(flags.FLAGS.workdir))
         config = _saved_config(workdir)
-    session = ReviewSession(config, workdir, user=_USER.value or getpass.getuser())
+    session = ReviewSession(config, workdir, user=flags.FLAGS.user or getpass.getuser())
     retrainer = None
-    if _RETRAIN.value:
+    if flags.FLAGS.retrain:
         retrainer = Retrainer(config, workdir, read_metrics=read_metrics,
                               on_finished=lambda succeeded: succeeded and session.reload())
-    server = ReviewServer(session, retrainer, host=_HOST.value, port=_PORT.value)
+    server = ReviewServer(session, retrainer, host=flags.FLAGS.host, port=flags.FLAGS.port)
     summary = session.summary()
     print(f"cleannet-review: {summary['proposed'] - summary['proposed_decided']} of {summary['proposed']} proposed "
           f"images to verify, {summary['decided']} decisions in {session.store.tsv_path}", flush=True)
@@ -88,7 +82,18 @@ def main(argv):
         server.stop()
 
 
+def _define_flags() -> None:
+    """Defined when the command runs, not on import: cleannet-serve has its own --host and --port."""
+    flags.DEFINE_string("host", "127.0.0.1", "Address to bind; anything but loopback lets other machines reach the "
+                                             "page (they still need the token).")
+    flags.DEFINE_integer("port", 0, "Port; 0 picks a free one.")
+    flags.DEFINE_string("user", None, "Name saved with each decision (default: the login name).")
+    flags.DEFINE_boolean("retrain", True, "Offer the Retrain button (runs cleannet-train and cleannet-verify in a "
+                                          "subprocess).")
+
+
 def run():
+    _define_flags()
     app.run(main)
 
 
