@@ -375,10 +375,13 @@ def test_queue_browse_references_and_neighbours(server):
 # ---------------------------------------------------------------------- the page in Chromium
 
 
-def start_review_process(config_path: str, work: str, log_path: str):
-    """cleannet-review in a real subprocess; returns (process, URL) once it prints the URL."""
+def start_review_process(config_path: str | None, work: str, log_path: str):
+    """cleannet-review in a real subprocess; returns (process, URL) once it prints the URL.
+
+    config_path None: no --config (the workdir's newest saved config)."""
     log = open(log_path, "ab")
-    process = subprocess.Popen([sys.executable, "-m", "cleannet_tf.review", f"--config={config_path}",
+    config_flag = [f"--config={config_path}"] if config_path else []
+    process = subprocess.Popen([sys.executable, "-m", "cleannet_tf.review", *config_flag,
                                 f"--workdir={work}", "--port=0", "--user=tester", "--noretrain"],
                                stdout=subprocess.PIPE, stderr=log, cwd=REPO,
                                env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -507,7 +510,7 @@ def test_page_keyboard_decisions_survive_reload_and_sigkill(workdir, browser, tm
         process.kill()
         process.wait(timeout=30)
 
-    process, url = start_review_process(config_path, work, log_path)
+    process, url = start_review_process(None, work, log_path)  # the config saved by the first run
     try:
         page.open(url)  # a new token: the new URL
         assert page.decided() == 6

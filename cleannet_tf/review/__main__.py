@@ -5,7 +5,7 @@
 
 Serves on 127.0.0.1 (--host to change; --port=0 picks a free port) and prints the URL to open, with a
 random access token: any request without it gets 403. Without --config, the newest of
-WORKDIR/config.{verify,run,demo}.json is used (what the last run saved).
+WORKDIR/config.{verify,run,demo,review}.json is used (what the last run saved).
 """
 
 import getpass
@@ -19,7 +19,7 @@ from absl import app, flags
 from cleannet_tf import cli
 from cleannet_tf import config as config_lib
 
-_SAVED_CONFIGS = ("config.verify.json", "config.run.json", "config.demo.json")
+_SAVED_CONFIGS = ("config.verify.json", "config.run.json", "config.demo.json", "config.review.json")
 
 
 def _config_given(argv: list[str]) -> bool:

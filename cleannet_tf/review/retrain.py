@@ -111,9 +111,10 @@ class Retrainer:
             entry = {"started": _now(), "decisions": decisions,
                      "before": metrics_subset(self._read_metrics(self.workdir))}
             self.last = entry
+            started = json.loads(json.dumps(entry))  # a copy: the thread adds to `entry`
             self._thread = threading.Thread(target=self._run, args=(entry,), name="retrain", daemon=True)
             self._thread.start()
-            return entry
+            return started
 
     def _run(self, entry: dict) -> None:
         returncode = None

@@ -24,6 +24,7 @@ import numpy as np
 from absl import logging
 
 from cleannet_tf import active_verification, datasets, detectors, scores_io, verify_lib
+from cleannet_tf import config as config_lib
 from cleannet_tf.references import ReferenceSets, references_path
 from cleannet_tf.review.store import DecisionStore
 
@@ -41,13 +42,8 @@ class ReviewError(ValueError):
 
 
 def review_dir(workdir: str) -> str:
-    return os.path.dirname(_review_tsv(workdir))
-
-
-def _review_tsv(workdir: str) -> str:
-    from cleannet_tf.config import review_verified_path
-
-    return review_verified_path(workdir)
+    """WORKDIR/review/: the folder of config.review_verified_path."""
+    return os.path.dirname(config_lib.review_verified_path(workdir))
 
 
 def read_metrics(workdir: str) -> dict | None:

@@ -26,7 +26,7 @@ from cleannet_tf import active_verification
 
 DECISIONS = ("correct", "wrong", "relabel")
 LOG_NAME = "decisions.jsonl"
-TSV_NAME = "verified_train.tsv"
+TSV_NAME = "verified_train.tsv"  # config.review_verified_path's name: what data.extra_verified="auto" reads
 RELABELLED_NAME = "relabelled.tsv"
 
 

@@ -58,8 +58,14 @@ function showSummary(summary) {
   const c = summary.counts;
   const done = summary.proposed ? summary.proposed_decided / summary.proposed : 0;
   $("progress-fill").style.width = (100 * done).toFixed(1) + "%";
-  $("progress-text").textContent = `${summary.proposed_decided} of ${summary.proposed} proposed images decided · ` +
-    `${c.correct} correct · ${c.wrong} wrong · ${c.relabel} relabelled (${summary.decided} decisions)`;
+  $("progress-text").textContent = `${summary.proposed_decided} of ${summary.proposed} proposed decided · ` +
+    `in all ${c.correct} correct, ${c.wrong} wrong, ${c.relabel} relabelled`;
+  const m = summary.metrics;
+  $("metrics-now").textContent = m ? `Now (WORKDIR/verify/metrics.json): detection error ${pct(m.detection_error)} ` +
+    `on verified classes, ${pct(m.detection_error_heldout)} on held-out classes, ${pct(m.detection_error_all)} on ` +
+    `all ${(m.n_val || 0) + (m.n_val_heldout || 0)} verified validation labels; ${m.n_flagged} of ${m.n_images} ` +
+    `images flagged.` : "No WORKDIR/verify/metrics.json yet.";
+  $("progress-text").title = `${summary.decided} decisions in all, saved in ${summary.review_file}`;
   $("progress-text").dataset.decided = summary.decided;
 }
 
@@ -173,6 +179,14 @@ function renderClassList() {
   });
 }
 
+function classHeader() {
+  const group = state.queue[state.classIndex];
+  if (!group) return;
+  const threshold = state.summary ? ` · flagged: score below ${fmt(state.summary.threshold)}` : "";
+  $("class-why").textContent = `${group.why}: ${group.decided} of ${group.proposed} proposed images decided ` +
+    `(${group.correct} correct, ${group.wrong + group.relabel} wrong)${threshold}`;
+}
+
 function selectClass(index) {
   state.classIndex = index;
   renderClassList();
@@ -186,9 +200,8 @@ function selectClass(index) {
     return;
   }
   $("class-title").textContent = group.class;
-  $("class-why").textContent = `${group.items.length} to verify (${group.why}); ${group.decided} of ` +
-    `${group.proposed} proposed decided`;
   renderGrid($("queue-grid"), group.items);
+  classHeader();
   const first = group.items.findIndex((item) => !item.decision);
   setCursor(first < 0 ? 0 : first);
   showRefs($("queue-refs"), group.class);
@@ -240,6 +253,7 @@ async function decideNow(decision, label) {
     showSummary(payload.summary);
     if (state.view === "queue") {
       renderClassList();
+      classHeader();
       const next = nextOpen(state.cursor + 1);
       if (next >= 0) setCursor(next);
       else {
@@ -274,7 +288,7 @@ async function undoNow() {
       countDecision(restored.key, restored.decision, +1);
       updateCard(index, restored);
       setCursor(index);
-      if (state.view === "queue") renderClassList();
+      if (state.view === "queue") { renderClassList(); classHeader(); }
     } else if (state.view === "queue") {
       await loadQueue(restored.key);
     }
@@ -449,11 +463,13 @@ async function pollRetrain() {
       state.retrainStarted = started;
       state.retrainOffset = 0;
       $("retrain-log").textContent = "";
+      $("retrain-log").className = "";
       return pollRetrain();
     }
     $("retrain-commands").textContent = status.commands;
     if (status.log) {
       const log = $("retrain-log");
+      if (log.className === "muted") { log.textContent = ""; log.className = ""; }
       log.textContent = (log.textContent + status.log).slice(-100000);
       log.scrollTop = log.scrollHeight;
     }
