@@ -64,7 +64,10 @@ def main(argv):
             raise app.UsageError("--workdir is required.")
         workdir = os.path.abspath(os.path.expanduser(flags.FLAGS.workdir))
         config = _saved_config(workdir)
-    session = ReviewSession(config, workdir, user=flags.FLAGS.user or getpass.getuser())
+    try:
+        session = ReviewSession(config, workdir, user=flags.FLAGS.user or getpass.getuser())
+    except (OSError, ValueError) as error:  # no cleannet-verify outputs yet, a bad dataset or review file
+        raise app.UsageError(str(error)) from error
     retrainer = None
     if flags.FLAGS.retrain:
         retrainer = Retrainer(config, workdir, read_metrics=read_metrics,

@@ -59,12 +59,12 @@ class _Snapshot:
     """One consistent read of the table and of cleannet-verify's outputs (replaced whole by `reload`)."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-        self.table = datasets.load_table(config, workdir)
-        self.row_of = {key: row for row, key in enumerate(self.table.keys)}
         output = verify_lib.verify_dir(workdir)
         for name in ("scores.tsv", "to_verify.tsv"):
             if not os.path.exists(os.path.join(output, name)):
                 raise FileNotFoundError(f"{os.path.join(output, name)} not found: run cleannet-verify first.")
+        self.table = datasets.load_table(config, workdir)
+        self.row_of = {key: row for row, key in enumerate(self.table.keys)}
         self.metrics = read_metrics(workdir) or {}
         self.threshold = float(self.metrics.get("threshold", 0.0))
         scores = scores_io.read_scores_tsv(os.path.join(output, "scores.tsv"))
