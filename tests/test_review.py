@@ -522,6 +522,18 @@ def test_page_keyboard_decisions_survive_reload_and_sigkill(workdir, browser, tm
         assert review_rows(work)[-1] == f"{next_class[0]}\t0"
         ramen_item = browser.find_element("css selector", '#class-list li[data-class="ramen"] .count').text
         assert ramen_item.startswith("6/6")
+
+        # Browse: filter to the flagged images, open an image's neighbours.
+        from selenium.webdriver.support.ui import Select
+
+        page.press("2")
+        browse_cards = lambda: browser.find_elements("css selector", "#browse-grid .card")  # noqa: E731
+        wait_for(lambda: len(browse_cards()) == 3 * PER_CLASS, "every image in the browse grid")
+        Select(browser.find_element("id", "filter-flagged")).select_by_value("1")
+        flagged = scores_io.read_scores_tsv(os.path.join(work, "verify", "scores.tsv")).noisy.sum()
+        wait_for(lambda: len(browse_cards()) == flagged, "the flagged images")
+        page.press("g")
+        wait_for(lambda: len(browser.find_elements("css selector", "#neighbours-grid .card")) == 12, "neighbours")
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
