@@ -21,6 +21,7 @@ _ENTRY_POINTS = {
     "cleannet-run": "cleannet_tf.run:run",
     "cleannet-demo": "cleannet_tf.demo:run",
     "cleannet-config": "cleannet_tf.config_cli:run",
+    "cleannet-review": "cleannet_tf.review.__main__:run",
 }
 
 setup(
@@ -34,6 +35,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["cleannet_tf", "cleannet_tf.*"]),
+    # cleannet-review's page: served from the package, no CDN.
+    package_data={"cleannet_tf.review": ["static/*.html", "static/*.js", "static/*.css"]},
     install_requires=[
         "tensorflow==2.21.*",
         "tensorflow-serving-api==2.21.*",
@@ -49,7 +52,8 @@ setup(
         "tensorboard>=2.19",  # tf.summary for training curves; TF 2.21 no longer pulls it in
     ],
     extras_require={
-        "test": ["pytest>=8.0", "ruff>=0.6"],
+        # selenium drives headless Chromium in tests/test_review.py (Debian's chromium + chromium-driver).
+        "test": ["pytest>=8.0", "ruff>=0.6", "selenium>=4.10"],
         # benchmarks/transfer.py compares with cleanlab (Confident Learning).
         "bench": ["cleanlab==2.9.*"],
     },

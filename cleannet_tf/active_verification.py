@@ -75,3 +75,26 @@ def write_verification_tsv(path: str, keys, guesses, *, scores=None, suggested_l
                                                          strict=True):
             f.write(f"{key}\t{int(bool(guess))}\t{score}\t{suggested}\t{reason}\n")
     os.replace(tmp, path)
+
+
+def read_verification_tsv(path: str) -> list[dict]:
+    """Reads a proposal file back, in file order: [{"key", "guess" (0/1), "score" (float|None), "suggested_label",
+    "why"}]; a malformed row raises ValueError naming the file and line."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        header = tuple(f.readline().rstrip("\n").split("\t"))
+        if header[:2] != HEADER[:2]:
+            raise ValueError(f"{path}:1: expected header {' '.join(HEADER)!r}, got {' '.join(header)!r}")
+        for line_number, line in enumerate(f, start=2):
+            if not line.strip():
+                continue
+            fields = line.rstrip("\n").split("\t") + [""] * len(HEADER)
+            if fields[1] not in ("0", "1"):
+                raise ValueError(f"{path}:{line_number}: verification label must be 0 or 1, got {fields[1]!r}")
+            try:
+                score = float(fields[2]) if fields[2] else None
+            except ValueError:
+                raise ValueError(f"{path}:{line_number}: score must be a number, got {fields[2]!r}") from None
+            rows.append({"key": fields[0], "guess": int(fields[1]), "score": score, "suggested_label": fields[3],
+                         "why": fields[4]})
+    return rows

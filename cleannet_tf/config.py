@@ -56,6 +56,10 @@ def default_config() -> ml_collections.ConfigDict:
     config.data.demo_noise_rate = 0.3
     config.data.demo_images_per_class = 0  # 0: the generator's default.
     config.data.demo_heldout = 0  # held-out classes in the demo's heldout list.
+    # Extra verification labels in verified_train.tsv format (header, `key<TAB>0|1`), comma list, applied after
+    # heldout_list (a person's decisions count in held-out classes too) to training rows; they win over the
+    # dataset's own. "auto": WORKDIR/review/verified_train.tsv (cleannet-review's) when it exists; "": none.
+    config.data.extra_verified = "auto"
 
     # --- Image input pipeline and backbone (feature extractor, classifier).
     config.model = ml_collections.ConfigDict()
@@ -337,6 +341,19 @@ def resolve_data_root(config: ml_collections.ConfigDict, workdir: str) -> str:
     if config.data.root:
         return os.path.abspath(os.path.expanduser(config.data.root))
     return os.path.join(os.path.abspath(workdir), "demo_data")
+
+
+def review_verified_path(workdir: str) -> str:
+    """Where cleannet-review saves a person's decisions: WORKDIR/review/verified_train.tsv."""
+    return os.path.join(os.path.abspath(workdir), "review", "verified_train.tsv")
+
+
+def resolve_extra_verified(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """The files data.extra_verified names ("auto": the review file, when it exists)."""
+    if config.data.extra_verified == "auto":
+        path = review_verified_path(workdir)
+        return [path] if os.path.exists(path) else []
+    return [os.path.abspath(os.path.expanduser(p.strip())) for p in config.data.extra_verified.split(",") if p.strip()]
 
 
 def save_config(config: ml_collections.ConfigDict, path: str) -> None:

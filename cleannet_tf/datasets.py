@@ -253,6 +253,24 @@ def apply_heldout(table: LabelTable, heldout_mask: np.ndarray) -> LabelTable:
                                skipped=skipped)
 
 
+def apply_extra_verified(table: LabelTable, path: str) -> LabelTable:
+    """A new table with the verification labels of `path` (verified_train.tsv format) on its training rows.
+
+    They replace the table's own labels of those rows; keys not in the table are counted in `skipped`;
+    a validation or test row raises DatasetError (naming the file and line).
+    """
+    skipped = dict(table.skipped)
+    rows = {key: row for row, key in enumerate(table.keys)}
+    verification = table.verification.copy()
+    for key, (value, lineno) in _read_food101n_verified(_require_file(path, "verification labels"), rows,
+                                                        skipped).items():
+        if table.split[rows[key]] != SPLIT_TRAIN:
+            raise DatasetError(f"{_where(path, lineno)}: {key!r} is a {SPLITS[table.split[rows[key]]]} row; extra "
+                               "verification labels go to training rows only.")
+        verification[rows[key]] = value
+    return dataclasses.replace(table, verification=verification, skipped=skipped)
+
+
 # --------------------------------------------------------------------------- Food-101N
 
 
@@ -772,9 +790,17 @@ def load_table(config, workdir: str, *, steps: Sequence[str] = ()) -> LabelTable
     if heldout_list:
         heldout_path = os.path.abspath(os.path.expanduser(heldout_list))
         table = apply_heldout(table, read_heldout_list(heldout_path, table.class_names))
+<<<<<<< HEAD
     logging.info("Dataset %s (%s): %s", root, data_format, table.summary())
     if steps:
         check_for_steps(table, config, steps, data_format=data_format, root=root)
+=======
+    from cleannet_tf.config import resolve_extra_verified
+
+    for path in resolve_extra_verified(config, workdir):
+        table = apply_extra_verified(table, path)
+    logging.info("Dataset %s (%s): %s", root, data.format, table.summary())
+>>>>>>> review
     return table
 
 

@@ -73,6 +73,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str, table: datasets.La
         centroid_auc_heldout=(float(roc_auc_score(~is_wrong[heldout_rows], scores[heldout_rows]))
                               if truth and heldout_rows.any() else None),
         replicas=strategy.num_replicas_in_sync, devices=[d.name for d in tf.config.list_logical_devices()])
+    summary["workdir"] = workdir  # the summary's last line: the cleannet-review command
     return summary
 
 
@@ -184,5 +185,8 @@ def format_summary(summary: dict, *, seconds: float) -> str:
     if summary.get("classifier_accuracy"):
         lines.append("  classifier test accuracy by training weights (clean test images): " + ", ".join(
             f"{name} {pct(value)}" for name, value in summary["classifier_accuracy"].items()))
+    if summary.get("workdir"):
+        lines.append(f"  review         cleannet-review --workdir={summary['workdir']}   (verify the proposed labels "
+                     "in a browser)")
     lines.append(f"  time           {seconds:.0f} s on {summary['replicas']} replica(s)")
     return "\n".join(lines)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRY_SCRIPTS = {"cli.py", "extract.py", "refs.py", "train.py", "train_classifier.py", "run.py", "demo.py", "verify.py",
-                 "export.py", "serve.py", "config_cli.py"}
+                 "export.py", "serve.py", "config_cli.py",
+                 "__main__.py"}  # __main__.py: python -m cleannet_tf.review
 
 
 def _readme_commands():
