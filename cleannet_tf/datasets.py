@@ -790,17 +790,13 @@ def load_table(config, workdir: str, *, steps: Sequence[str] = ()) -> LabelTable
     if heldout_list:
         heldout_path = os.path.abspath(os.path.expanduser(heldout_list))
         table = apply_heldout(table, read_heldout_list(heldout_path, table.class_names))
-<<<<<<< HEAD
-    logging.info("Dataset %s (%s): %s", root, data_format, table.summary())
-    if steps:
-        check_for_steps(table, config, steps, data_format=data_format, root=root)
-=======
     from cleannet_tf.config import resolve_extra_verified
 
     for path in resolve_extra_verified(config, workdir):
         table = apply_extra_verified(table, path)
-    logging.info("Dataset %s (%s): %s", root, data.format, table.summary())
->>>>>>> review
+    logging.info("Dataset %s (%s): %s", root, data_format, table.summary())
+    if steps:
+        check_for_steps(table, config, steps, data_format=data_format, root=root)
     return table
 
 
