@@ -183,12 +183,10 @@ class ModelManager:
     def _settle(self) -> None:
         """Two looks at the folders one poll apart (a version must be stable to load), loading what is ready."""
         self.refresh()
-        if any(key not in self._loaded_keys() for key in self._seen):
+        loaded = {(name, v) for name, versions in self._servables.items() for v in versions}
+        if any(key not in loaded for key in self._seen):
             time.sleep(self._poll_seconds)
             self.refresh()
-
-    def _loaded_keys(self) -> set[tuple[str, int]]:
-        return {(name, v) for name, versions in self._servables.items() for v in versions}
 
     # ------------------------------------------------------------------ loading
     def _load(self, spec: ModelSpecConfig, version: int) -> Servable:
@@ -216,7 +214,7 @@ class ModelManager:
             fingerprint = folder_fingerprint(os.path.join(spec.base_path, str(version)))
             if fingerprint is not None and self._seen.get(key) == fingerprint:
                 ready.append(version)
-            elif key in self._seen or fingerprint is not None:
+            elif fingerprint is not None:
                 logging.info("%s version %d: waiting for its folder to be complete and stable.", spec.name, version)
             self._seen[key] = fingerprint
         return [v for v in ready if _policy_allows(spec, v)]
