@@ -58,6 +58,7 @@ from cleannet_tf import (  # noqa: E402
     detectors,
     extract_lib,
     metrics,
+    ops,
     pipeline,
     train_data,
     train_lib,
@@ -181,16 +182,12 @@ def evaluate(scores: np.ndarray | None, setting: Setting, *, flagged: np.ndarray
 # --------------------------------------------------------------------------- baselines
 
 
-def lognorm(features: np.ndarray) -> np.ndarray:
-    return detectors.log_normalize(features)
-
-
 def cleanlab_probabilities(data: train_data.TrainingData, seed: int) -> np.ndarray:
-    """(P, C) out-of-fold probabilities of sklearn LogisticRegression on ln(1+x) features, 5 folds."""
+    """(P, C) out-of-fold probabilities of sklearn LogisticRegression on ln(1+x) features (ops), 5 folds."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-    x = np.log1p(np.maximum(data.features, 0.0))
+    x = ops.signed_log1p(data.features)
     return cross_val_predict(LogisticRegression(max_iter=500), x, data.labels, method="predict_proba",
                              cv=StratifiedKFold(5, shuffle=True, random_state=seed))
 
@@ -325,13 +322,11 @@ def kilo(steps: int) -> str:
 
 
 def own(similarities: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    return similarities[np.arange(len(labels)), labels]
+    return ops.own_and_margin(similarities, labels)[0]
 
 
 def margin(similarities: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    others = similarities.copy()
-    others[np.arange(len(labels)), labels] = -np.inf
-    return own(similarities, labels) - others.max(axis=1)
+    return ops.own_and_margin(similarities, labels)[1]
 
 
 # --------------------------------------------------------------------------- the table
@@ -358,7 +353,7 @@ def run_setting(setting: Setting, args, shared: dict) -> list[dict]:
     add("class-centroid cosine", demo_lib.centroid_cosine_scores(data.features, data.labels, pool, num_classes),
         time.perf_counter() - start)
     start = time.perf_counter()
-    x = lognorm(data.features)
+    x = ops.log_normalize(data.features)
     add("kNN agreement k=10", detectors.knn_label_agreement(x, data.labels, k=10), time.perf_counter() - start)
     if "cleanlab" not in args.skip:
         from cleanlab.filter import find_label_issues
@@ -420,7 +415,7 @@ def run_setting(setting: Setting, args, shared: dict) -> list[dict]:
             mass_similarities = similarities
     if "robust_mean" not in args.skip:
         start = time.perf_counter()
-        members = detectors.robust_class_members(lognorm(data.features), data.labels, num_classes=num_classes)
+        members = detectors.robust_class_members(ops.log_normalize(data.features), data.labels, num_classes=num_classes)
         robust_mean = np.stack([data.features[members & (data.labels == c)].mean(axis=0)
                                 for c in range(num_classes)])[:, None, :].astype(np.float32)
         means_seconds = time.perf_counter() - start

@@ -30,13 +30,18 @@ class FeatureNormalization(keras.layers.Layer):
     def call(self, features):
         features = ops.cast(features, self.compute_dtype)
         if self.mode == "log":
-            return ops.sign(features) * ops.log1p(ops.abs(features))
+            return signed_log1p(features)
         if self.mode == "l2":
             return l2_normalize(features)
         return features
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
+
+
+def signed_log1p(x):
+    """CleanNet's ln(1 + x), sign-symmetric: sign(x) ln(1 + |x|) in Keras ops (cleannet_tf.ops has the NumPy one)."""
+    return ops.sign(x) * ops.log1p(ops.abs(x))
 
 
 def l2_normalize(x, axis: int = -1):

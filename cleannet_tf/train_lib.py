@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cleannet_tf import datasets, extract_lib, losses, metrics, train_data, training_loop
+from cleannet_tf import datasets, extract_lib, losses, metrics, ops, train_data, training_loop
 from cleannet_tf.model import build_cleannet, encode_classes, query_encoder_of, reference_encoder_of
 from cleannet_tf.references import ReferenceSets, references_path
 
@@ -63,11 +63,8 @@ def score_pool_rows(model: keras.Model, data: train_data.TrainingData, reference
         chunk = rows[start:start + batch_size]
         query = tf.math.l2_normalize(encoder(data.features[chunk], training=False)["query_embedding"], axis=-1)
         similarity = tf.matmul(query, class_embeddings, transpose_b=True).numpy()  # (b, C)
-        own = similarity[np.arange(len(chunk)), data.labels[chunk]]
-        if margin:
-            similarity[np.arange(len(chunk)), data.labels[chunk]] = -np.inf
-            own = own - similarity.max(axis=1)
-        scores.append(own.astype(np.float32))
+        own, own_margin = ops.own_and_margin(similarity, data.labels[chunk])
+        scores.append((own_margin if margin else own).astype(np.float32))
     return np.concatenate(scores) if scores else np.zeros(0, np.float32)
 
 
