@@ -32,6 +32,8 @@ from absl import logging
 
 from cleannet_tf import backbones, datasets, input_pipeline, training_loop
 
+WEIGHTINGS = ("none", "soft", "hard")  # classifier.weighting (see the module docstring)
+
 
 def classifier_dir(workdir: str) -> str:
     return os.path.join(workdir, "classifier")

@@ -140,7 +140,7 @@ class CleanNetDetector:
             output_dir = workdir or scratch
             train_lib.train_cleannet(training, reference_sets, self.config, output_dir, progress=False)
             cleannet = keras.saving.load_model(os.path.join(output_dir, "model.keras"))
-        signals = tuple(name.strip() for name in self.config.verify.signals.split(",") if name.strip())
+        signals = config_lib.split_names(self.config.verify.signals)
         self.verifier_, self.info_ = verify_lib.fit_verifier(
             cleannet, data, reference_sets, mode=self.config.cleannet.mode,
             class_mean_keep=self.config.verify.class_mean_keep, calibration_classes=calibration, signals=signals,

@@ -8,6 +8,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+FEATURE_NORMS = ("log", "l2", "none")  # FeatureNormalization modes
+
 
 @keras.saving.register_keras_serializable(package="cleannet_tf")
 class FeatureNormalization(keras.layers.Layer):
@@ -23,7 +25,7 @@ class FeatureNormalization(keras.layers.Layer):
 
     def __init__(self, mode: str = "log", **kwargs):
         super().__init__(**kwargs)
-        if mode not in ("log", "l2", "none"):
+        if mode not in FEATURE_NORMS:
             raise ValueError(f"FeatureNormalization mode must be log, l2 or none. Received: mode={mode!r}")
         self.mode = mode
 

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cleannet_tf import datasets, extract_lib, losses, metrics, ops, train_data, training_loop
+from cleannet_tf import datasets, extract_lib, losses, metrics, ops, train_data, training_loop, verifier
 from cleannet_tf.model import build_cleannet, encode_classes, query_encoder_of, reference_encoder_of
 from cleannet_tf.references import ReferenceSets, references_path
 
@@ -192,7 +192,7 @@ class CleanNetTask(training_loop.Task):
     def pool_scores(self, rows: np.ndarray) -> np.ndarray:
         """The scores of pool rows that evaluation thresholds (the margin in modes robust and stacked)."""
         return score_pool_rows(self.model, self.data, self.reference_sets.references, rows,
-                               margin=self.config.cleannet.mode in ("robust", "stacked"))
+                               margin=verifier.MODE_SCORING[self.config.cleannet.mode] != "cosine")
 
     def evaluate(self, step: int) -> tuple[dict, dict[str, float]]:
         val = validation_metrics(self.pool_scores(self.data.validation), self.data)
