@@ -256,8 +256,10 @@ def _check_schema(config: Mapping, schema: Mapping, prefix: str = "") -> None:
             raise ValueError(f"config.{prefix}{name}: missing field.")
 
 
-def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> ml_collections.ConfigDict:
     """Checks `config` against the schema and for consistency; returns it.
+
+    needs_data=False: the data come as arrays (CleanNetDetector), so data.root may be empty.
 
     Raises:
         ValueError: naming the first bad field and the value received.
@@ -265,7 +267,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check_schema(config, default_config())
     _check_choice(config, "data.format", DATA_FORMATS)
     _check_choice(config, "data.demo", DEMO_DATASETS)
-    if not config.data.root and not config.data.demo:
+    if needs_data and not config.data.root and not config.data.demo:
         _fail("data.root", "is required (the dataset root, or the .tsv file for format 'tsv')", config.data.root)
     if config.data.demo and config.data.format != "food101n":
         _fail("data.format", "must be 'food101n' when data.demo is set (the demo is written in that layout)",
