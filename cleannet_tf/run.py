@@ -2,8 +2,10 @@
 
     cleannet-run --config=configs/food101n.py --config.data.root=/data/Food-101N_release --workdir=/tmp/food101n
 
-Steps: train_classifier (weighting none), extract, refs, train. A killed run
-rerun with the same flags picks up where it stopped (each step resumes too).
+Steps (pipeline.STEPS): train_classifier (weighting none), extract, refs,
+train, verify, weighted_classifiers (classifier.after_verify), export. A
+killed run rerun with the same flags picks up where it stopped (each step
+resumes too).
 """
 
 from absl import app
