@@ -209,29 +209,39 @@ def cleannet_similarities(model: keras.Model, features: np.ndarray, references: 
     return query @ classes.T
 
 
-def train_library(setting: Setting, *, mode: str, steps: int, dropout: float, seed: int) -> tuple[np.ndarray, float]:
-    """The library's train_cleannet in a temporary folder; (P, C) similarities of its best model.
-
-    mode "paper": k-means on every image, best step by the cosine score's error (the method as published);
-    "robust": k-means on each class's core (refs.core_fraction), best step by the margin score's error.
-    """
+def run_config(setting: Setting, *, steps: int, dropout: float, seed: int):
+    """The setting's config for one CleanNet run: lr decay at half, evaluation every 500 (1000 past 5k) steps."""
     config = copy.deepcopy(setting.config)
-    config.cleannet.mode = mode
-    config.refs.core_fraction = 1.0 if mode == "paper" else ROBUST_CORE_FRACTION
-    reference_sets = setting.reference_sets if mode == "paper" else setting.core_reference_sets
     config.seed = seed
     config.train.steps = steps
     config.train.lr_decay_steps = max(1, steps // 2)
     config.train.eval_every = 500 if steps <= 5000 else 1000
     config.train.checkpoint_every = steps
     config.cleannet.dropout_rate = dropout
+    return config
+
+
+def train_best(setting: Setting, reference_sets: ReferenceSets, config, *, task=None,
+               log_mass: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """train_lib.train_cleannet in a temporary folder; (P, C) similarities of its best model, seconds."""
     with tempfile.TemporaryDirectory(prefix="transfer-cleannet-") as output_dir:
         start = time.perf_counter()
-        train_lib.train_cleannet(setting.data, reference_sets, config, output_dir, encoding="per_class",
-                                 progress=False)
+        train_lib.train_cleannet(setting.data, reference_sets, config, output_dir, progress=False, task=task)
         seconds = time.perf_counter() - start
         model = keras.models.load_model(os.path.join(output_dir, "model.keras"))
-    return cleannet_similarities(model, setting.data.features, reference_sets.references), seconds
+    return cleannet_similarities(model, setting.data.features, reference_sets.references, log_mass), seconds
+
+
+def train_library(setting: Setting, *, mode: str, steps: int, dropout: float, seed: int) -> tuple[np.ndarray, float]:
+    """The library's train_cleannet; (P, C) similarities of its best model.
+
+    mode "paper": k-means on every image, best step by the cosine score's error (the method as published);
+    "robust": k-means on each class's core (refs.core_fraction), best step by the margin score's error.
+    """
+    config = run_config(setting, steps=steps, dropout=dropout, seed=seed)
+    config.cleannet.mode = mode
+    config.refs.core_fraction = 1.0 if mode == "paper" else ROBUST_CORE_FRACTION
+    return train_best(setting, setting.reference_sets if mode == "paper" else setting.core_reference_sets, config)
 
 
 def reference_masses(data: train_data.TrainingData, references: np.ndarray) -> np.ndarray:
@@ -301,20 +311,9 @@ def train_variant(setting: Setting, references: np.ndarray, log_mass: np.ndarray
     losses, optimiser and best-step selection) on other reference sets (C, K, D) and with an attention bias
     log_mass (C, K); (P, C) similarities of the best step. With the library's references and log_mass = 0 it is
     train_lib.train_cleannet in mode "paper"."""
-    config = copy.deepcopy(setting.config)
-    config.seed = seed
-    config.train.steps = steps
-    config.train.lr_decay_steps = max(1, steps // 2)
-    config.train.eval_every = 500 if steps <= 5000 else 1000
-    config.train.checkpoint_every = steps
-    config.cleannet.dropout_rate = dropout
+    config = run_config(setting, steps=steps, dropout=dropout, seed=seed)
     task = MassAwareTask(setting, references, log_mass, config)
-    with tempfile.TemporaryDirectory(prefix="transfer-variant-") as output_dir:
-        start = time.perf_counter()
-        train_lib.train_cleannet(setting.data, task.reference_sets, config, output_dir, progress=False, task=task)
-        seconds = time.perf_counter() - start
-        model = keras.models.load_model(os.path.join(output_dir, "model.keras"))
-    return cleannet_similarities(model, setting.data.features, references, log_mass), seconds
+    return train_best(setting, task.reference_sets, config, task=task, log_mass=log_mass)
 
 
 def kilo(steps: int) -> str:
