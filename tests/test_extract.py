@@ -1,15 +1,14 @@
 """Feature extraction: store == model.predict, mirrored == default, resume after a kill."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import kill_at_marker
 
 from cleannet_tf import backbones, extract_lib, input_pipeline
 from cleannet_tf import config as config_lib
@@ -122,16 +121,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, make_images):
     workdir = tmp_path / "killed"
     features = workdir / "features"
     marker = tmp_path / "after_shard_1"
-    process = subprocess.Popen(_stopping_after_shard_1(_cli(tsv, workdir), marker), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 240
-        while not marker.exists() and process.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert marker.exists(), "extraction did not write shard 1"
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait()
+    kill_at_marker(_stopping_after_shard_1(_cli(tsv, workdir), marker), marker, "shard 1")
     finished = sorted(p.name for p in features.glob("shard-*.features.npy"))
     assert "shard-00001.features.npy" in finished and len(finished) < 10  # killed with shards left to do
     mtimes = {name: os.stat(features / name).st_mtime_ns for name in finished}

@@ -3,17 +3,15 @@
 import copy
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import small_train_config, write_feature_dataset
+from conftest import kill_at_marker, small_train_config, write_feature_dataset
 
 from cleannet_tf import datasets, pipeline, train_data, train_lib
 
@@ -173,17 +171,7 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
         pipeline.run_refs(config, workdir, progress=False)
     # Killed at step 1250 (mid-interval): after the evaluations of 500 and 1000 and the checkpoint of 1200.
     marker = tmp_path / "at_step_1250"
-    process = subprocess.Popen(_train_cli(config, killed, stop_at_step=1250, marker=marker),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 240
-        while not marker.exists() and process.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
-        assert marker.exists(), "training did not reach step 1250"
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
+    kill_at_marker(_train_cli(config, killed, stop_at_step=1250, marker=marker), marker, "step 1250")
     checkpoints = os.path.join(killed, "cleannet", "checkpoints")
     assert tf.train.latest_checkpoint(checkpoints).endswith("ckpt-1200")
     before = json.loads(open(os.path.join(killed, "cleannet", "metrics.json")).read())
