@@ -21,7 +21,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from cleannet_tf import config as config_lib
-from cleannet_tf import train_data, train_lib
+from cleannet_tf import ops, train_data, train_lib
 from cleannet_tf.model import encode_classes, query_encoder_of
 from cleannet_tf.references import ReferenceSets
 
@@ -72,7 +72,7 @@ def time_training(data, references, encoding: str, steps: int) -> float:
 def numpy_forward(weights, features, class_table, labels):
     """The same arithmetic as cached scoring, in NumPy: ln(1+x), 2 tanh layers, cosine."""
     (w1, b1), (w2, b2) = weights
-    hidden = np.tanh(np.log1p(features) @ w1 + b1)
+    hidden = np.tanh(ops.signed_log1p(features) @ w1 + b1)
     query = np.tanh(hidden @ w2 + b2)
     query /= np.linalg.norm(query, axis=1, keepdims=True)
     return np.einsum("be,be->b", query, class_table[labels])

@@ -31,7 +31,7 @@ from ml_collections import config_flags  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cleannet_tf import datasets, demo_lib, detectors, metrics, pipeline, train_lib, verifier, verify_lib  # noqa: E402
+from cleannet_tf import datasets, demo_lib, detectors, metrics, ops, pipeline, train_lib, verifier, verify_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Pipeline config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/cleannet_demo", "Workdir of the pipeline's earlier steps.")
@@ -73,7 +73,7 @@ def cleanlab_probabilities(features: np.ndarray, labels: np.ndarray, seed: int) 
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-    x = np.log1p(np.maximum(features, 0.0))
+    x = ops.signed_log1p(features)
     return cross_val_predict(LogisticRegression(max_iter=500), x, labels, method="predict_proba",
                              cv=StratifiedKFold(5, shuffle=True, random_state=seed))
 

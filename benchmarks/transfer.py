@@ -15,7 +15,7 @@ Methods:
     CleanNet, the library's robust mode (k-means on each class's core, refs.core_fraction=0.7; margin scores)
     CleanNet with mass-aware reference sets: the attention logit of each k-means centre gets + log(its
         cluster size), so a centre of one far-off noisy image no longer counts as much as the clean majority's;
-        and the robust class mean as the only reference (a training-loop variant defined here: train_variant)
+        and the robust class mean as the only reference (a task on the package's training loop: train_variant)
     post-hoc per CleanNet score: per-class median/MAD standardisation; margin to the best other class
     detectors.py: robust (trimmed) class-mean margin; the stacked detector (logistic regression on
         class-agnostic signals, fitted on the verified classes' training rows)
@@ -57,14 +57,14 @@ from cleannet_tf import (  # noqa: E402
     demo_lib,
     detectors,
     extract_lib,
-    losses,
     metrics,
+    ops,
     pipeline,
     train_data,
     train_lib,
 )
 from cleannet_tf import references as references_lib  # noqa: E402
-from cleannet_tf.model import build_cleannet, encode_classes, query_encoder_of, reference_encoder_of  # noqa: E402
+from cleannet_tf.model import encode_classes, query_encoder_of, reference_encoder_of  # noqa: E402
 from cleannet_tf.references import ReferenceSets, references_path  # noqa: E402
 from configs import demo as demo_config  # noqa: E402
 
@@ -182,16 +182,12 @@ def evaluate(scores: np.ndarray | None, setting: Setting, *, flagged: np.ndarray
 # --------------------------------------------------------------------------- baselines
 
 
-def lognorm(features: np.ndarray) -> np.ndarray:
-    return detectors.log_normalize(features)
-
-
 def cleanlab_probabilities(data: train_data.TrainingData, seed: int) -> np.ndarray:
-    """(P, C) out-of-fold probabilities of sklearn LogisticRegression on ln(1+x) features, 5 folds."""
+    """(P, C) out-of-fold probabilities of sklearn LogisticRegression on ln(1+x) features (ops), 5 folds."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-    x = np.log1p(np.maximum(data.features, 0.0))
+    x = ops.signed_log1p(data.features)
     return cross_val_predict(LogisticRegression(max_iter=500), x, data.labels, method="predict_proba",
                              cv=StratifiedKFold(5, shuffle=True, random_state=seed))
 
@@ -213,29 +209,39 @@ def cleannet_similarities(model: keras.Model, features: np.ndarray, references: 
     return query @ classes.T
 
 
-def train_library(setting: Setting, *, mode: str, steps: int, dropout: float, seed: int) -> tuple[np.ndarray, float]:
-    """The library's train_cleannet in a temporary folder; (P, C) similarities of its best model.
-
-    mode "paper": k-means on every image, best step by the cosine score's error (the method as published);
-    "robust": k-means on each class's core (refs.core_fraction), best step by the margin score's error.
-    """
+def run_config(setting: Setting, *, steps: int, dropout: float, seed: int):
+    """The setting's config for one CleanNet run: lr decay at half, evaluation every 500 (1000 past 5k) steps."""
     config = copy.deepcopy(setting.config)
-    config.cleannet.mode = mode
-    config.refs.core_fraction = 1.0 if mode == "paper" else ROBUST_CORE_FRACTION
-    reference_sets = setting.reference_sets if mode == "paper" else setting.core_reference_sets
     config.seed = seed
     config.train.steps = steps
     config.train.lr_decay_steps = max(1, steps // 2)
     config.train.eval_every = 500 if steps <= 5000 else 1000
     config.train.checkpoint_every = steps
     config.cleannet.dropout_rate = dropout
+    return config
+
+
+def train_best(setting: Setting, reference_sets: ReferenceSets, config, *, task=None,
+               log_mass: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """train_lib.train_cleannet in a temporary folder; (P, C) similarities of its best model, seconds."""
     with tempfile.TemporaryDirectory(prefix="transfer-cleannet-") as output_dir:
         start = time.perf_counter()
-        train_lib.train_cleannet(setting.data, reference_sets, config, output_dir, encoding="per_class",
-                                 progress=False)
+        train_lib.train_cleannet(setting.data, reference_sets, config, output_dir, progress=False, task=task)
         seconds = time.perf_counter() - start
         model = keras.models.load_model(os.path.join(output_dir, "model.keras"))
-    return cleannet_similarities(model, setting.data.features, reference_sets.references), seconds
+    return cleannet_similarities(model, setting.data.features, reference_sets.references, log_mass), seconds
+
+
+def train_library(setting: Setting, *, mode: str, steps: int, dropout: float, seed: int) -> tuple[np.ndarray, float]:
+    """The library's train_cleannet; (P, C) similarities of its best model.
+
+    mode "paper": k-means on every image, best step by the cosine score's error (the method as published);
+    "robust": k-means on each class's core (refs.core_fraction), best step by the margin score's error.
+    """
+    config = run_config(setting, steps=steps, dropout=dropout, seed=seed)
+    config.cleannet.mode = mode
+    config.refs.core_fraction = 1.0 if mode == "paper" else ROBUST_CORE_FRACTION
+    return train_best(setting, setting.reference_sets if mode == "paper" else setting.core_reference_sets, config)
 
 
 def reference_masses(data: train_data.TrainingData, references: np.ndarray) -> np.ndarray:
@@ -275,58 +281,39 @@ def encode_references(model: keras.Model, references, log_mass, *, training: boo
     return encoder.get_layer("class_embedding")(tf.einsum("bk,bkh->bh", attention, values))
 
 
+class MassAwareTask(train_lib.CleanNetTask):
+    """CleanNetTask whose reference encoder adds an attention bias log_mass (C, K); best step by the cosine."""
+
+    def __init__(self, setting: Setting, references: np.ndarray, log_mass: np.ndarray, config):
+        counts = np.full(len(references), references.shape[1], np.int32)
+        reference_sets = ReferenceSets(references, counts, setting.data.class_names,
+                                       np.zeros(len(references), np.int64))
+        super().__init__(setting.data, reference_sets, config, encoding="per_class")
+        self.log_mass = log_mass.astype(np.float32)
+
+    def build(self) -> None:
+        super().build()
+        self.log_mass_t = tf.constant(self.log_mass)
+
+    def class_embeddings(self, classes, *, training: bool):
+        return encode_references(self.model, tf.gather(self.references, classes),
+                                 tf.gather(self.log_mass_t, classes), training=training)
+
+    def pool_scores(self, rows: np.ndarray) -> np.ndarray:
+        similarities = cleannet_similarities(self.model, self.data.features[rows], self.reference_sets.references,
+                                             self.log_mass)
+        return own(similarities, self.data.labels[rows])
+
+
 def train_variant(setting: Setting, references: np.ndarray, log_mass: np.ndarray, *, steps: int, dropout: float,
                   seed: int) -> tuple[np.ndarray, float]:
-    """train_lib's loop (one device, per-class encoding, same sampler, losses, optimiser and best-step
-    selection) on other reference sets (C, K, D) and with an attention bias log_mass (C, K);
-    (P, C) similarities of the best step. With the library's references and log_mass = 0 it reproduces
-    train_lib.train_cleannet's numbers."""
-    config, data = setting.config, setting.data
-    c = config.cleannet
-    keras.utils.set_random_seed(seed)
-    model = build_cleannet(data.feature_dim, references.shape[1], query_hidden_dim=c.query_hidden_dim,
-                           reference_hidden_dim=c.reference_hidden_dim, attention_dim=c.attention_dim,
-                           embed_dim=c.embed_dim, feature_norm=c.feature_norm, dropout_rate=dropout,
-                           weight_decay=c.weight_decay)
-    train_config = copy.deepcopy(config.train)
-    train_config.lr_decay_steps = max(1, steps // 2)
-    optimizer = train_lib.build_optimizer(train_config)
-    weights = losses.LossWeights.from_config(config.loss)
-    half = config.train.batch_size // 2
-    sampler = train_data.StepSampler(data, verified_per_step=half, unverified_per_step=half, seed=seed)
-    references_t, log_mass_t = tf.constant(references), tf.constant(log_mass.astype(np.float32))
-    query_encoder = query_encoder_of(model)
-    is_verified = np.concatenate([np.ones(half, np.float32), np.zeros(half, np.float32)])
-
-    @tf.function
-    def train_step(features, labels, verification):
-        with tf.GradientTape() as tape:
-            query = query_encoder(features, training=True)
-            classes, index = tf.unique(labels)
-            class_embedding = encode_references(model, tf.gather(references_t, classes),
-                                                tf.gather(log_mass_t, classes), training=True)
-            score = tf.reduce_sum(tf.math.l2_normalize(query["query_embedding"], -1)
-                                  * tf.math.l2_normalize(tf.gather(class_embedding, index), -1), axis=-1)
-            per_sample = losses.per_sample_loss(score, query["normalized_features"], query["reconstruction"],
-                                                verification, is_verified, weights)
-            loss = tf.reduce_sum(per_sample) / (2 * half) + tf.add_n(model.losses)
-        gradients = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
-
-    eval_every = 500 if steps <= 5000 else 1000
-    best_error, best = np.inf, None
-    start = time.perf_counter()
-    for step in range(steps):
-        rows = np.concatenate([sampler.verified(step), sampler.unverified(step)])
-        verification = np.maximum(data.verification[rows], 0).astype(np.float32) * is_verified
-        train_step(data.features[rows], data.labels[rows], verification)
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
-            similarities = cleannet_similarities(model, data.features, references, log_mass)
-            scores = own(similarities, data.labels)[data.validation]
-            error = train_lib.validation_metrics(scores, data)["detection_error"]
-            if error < best_error:  # as train_lib: the best validation error on verified classes is kept
-                best_error, best = error, similarities
-    return best, time.perf_counter() - start
+    """The package's training loop (train_lib.train_cleannet: one device, per-class encoding, same sampler,
+    losses, optimiser and best-step selection) on other reference sets (C, K, D) and with an attention bias
+    log_mass (C, K); (P, C) similarities of the best step. With the library's references and log_mass = 0 it is
+    train_lib.train_cleannet in mode "paper"."""
+    config = run_config(setting, steps=steps, dropout=dropout, seed=seed)
+    task = MassAwareTask(setting, references, log_mass, config)
+    return train_best(setting, task.reference_sets, config, task=task, log_mass=log_mass)
 
 
 def kilo(steps: int) -> str:
@@ -334,13 +321,11 @@ def kilo(steps: int) -> str:
 
 
 def own(similarities: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    return similarities[np.arange(len(labels)), labels]
+    return ops.own_and_margin(similarities, labels)[0]
 
 
 def margin(similarities: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    others = similarities.copy()
-    others[np.arange(len(labels)), labels] = -np.inf
-    return own(similarities, labels) - others.max(axis=1)
+    return ops.own_and_margin(similarities, labels)[1]
 
 
 # --------------------------------------------------------------------------- the table
@@ -367,7 +352,7 @@ def run_setting(setting: Setting, args, shared: dict) -> list[dict]:
     add("class-centroid cosine", demo_lib.centroid_cosine_scores(data.features, data.labels, pool, num_classes),
         time.perf_counter() - start)
     start = time.perf_counter()
-    x = lognorm(data.features)
+    x = ops.log_normalize(data.features)
     add("kNN agreement k=10", detectors.knn_label_agreement(x, data.labels, k=10), time.perf_counter() - start)
     if "cleanlab" not in args.skip:
         from cleanlab.filter import find_label_issues
@@ -429,7 +414,7 @@ def run_setting(setting: Setting, args, shared: dict) -> list[dict]:
             mass_similarities = similarities
     if "robust_mean" not in args.skip:
         start = time.perf_counter()
-        members = detectors.robust_class_members(lognorm(data.features), data.labels, num_classes=num_classes)
+        members = detectors.robust_class_members(ops.log_normalize(data.features), data.labels, num_classes=num_classes)
         robust_mean = np.stack([data.features[members & (data.labels == c)].mean(axis=0)
                                 for c in range(num_classes)])[:, None, :].astype(np.float32)
         means_seconds = time.perf_counter() - start

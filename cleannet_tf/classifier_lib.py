@@ -1,6 +1,6 @@
 """cleannet-train-classifier: backbone + softmax on the noisy labels, each image weighted.
 
-The same custom loop as CleanNet's (strategy.run; default, Mirrored and
+A task on the training loop, as CleanNet's (training_loop.py; default, Mirrored and
 MultiWorkerMirrored strategies), resumable from WORKDIR/classifier/checkpoints
 with the same data order. The loss of a batch is sum_i w_i CE(x_i, y_i) / B
 (B = the global batch size), so a weight of 0 removes an image's gradient and
@@ -23,16 +23,16 @@ metrics.json (test accuracy, weighting), checkpoints/, logs/.
 from __future__ import annotations
 
 import os
-import time
 
 import keras
 import ml_collections
 import numpy as np
 import tensorflow as tf
-import tqdm
 from absl import logging
 
-from cleannet_tf import backbones, checkpointing, datasets, distribute, input_pipeline
+from cleannet_tf import backbones, datasets, input_pipeline, training_loop
+
+WEIGHTINGS = ("none", "soft", "hard")  # classifier.weighting (see the module docstring)
 
 
 def classifier_dir(workdir: str) -> str:
@@ -88,10 +88,111 @@ def evaluate_accuracy(model: keras.Model, paths: np.ndarray, labels: np.ndarray,
     return correct / max(total, 1)
 
 
+class ClassifierTask(training_loop.Task):
+    """Backbone + softmax on the training loop: the weighted noisy-label epochs, then the fine-tuning epochs.
+
+    The rows of an epoch are a function of (seed, epoch); a noisy-label epoch has the whole pool's steps whatever
+    the weights (the rows it samples repeat to fill it). One history entry and one checkpoint per epoch.
+    """
+
+    name = "classifier"
+
+    def __init__(self, table: datasets.LabelTable, config: ml_collections.ConfigDict, *,
+                 sample_weights: np.ndarray | None = None, initial_weights: str = "random"):
+        self.table, self.config, self.initial_weights = table, config, initial_weights
+        self.image_size = (config.model.image_height, config.model.image_width)
+        weights = np.ones(len(table), np.float32) if sample_weights is None else np.asarray(sample_weights, np.float32)
+        in_pool = table.split != datasets.SPLIT_TEST
+        self.weights, self.pool = weights, np.nonzero(in_pool & (weights > 0))[0]
+        self.verified_clean = np.nonzero(in_pool & (table.verification == 1))[0]
+        self.global_batch = global_batch = config.classifier.batch_size
+        # The epochs of both phases: (rows, weights, steps) each.
+        self.epochs = []
+        for name, rows, rows_weights, count, epoch_size in (
+                ("noisy labels", self.pool, weights[self.pool], config.classifier.epochs, int(in_pool.sum())),
+                ("fine-tuning on verified-correct labels", self.verified_clean,
+                 np.ones(len(self.verified_clean), np.float32), config.classifier.finetune_epochs,
+                 len(self.verified_clean))):
+            if count and len(rows) // global_batch == 0:
+                raise ValueError(f"{len(rows)} training images ({name}) is fewer than one batch of {global_batch}.")
+            self.epochs += [(rows, rows_weights, epoch_size // global_batch)] * count
+        self.epoch_ends = np.cumsum([steps for _, _, steps in self.epochs])
+        self.total_steps = int(self.epoch_ends[-1])
+        self.noisy_steps = int(self.epoch_ends[config.classifier.epochs - 1])
+        self.epoch_end_steps = {int(end): epoch + 1 for epoch, end in enumerate(self.epoch_ends)}
+
+    def build(self) -> None:
+        config = self.config
+        backbone = backbones.build_backbone(config.model.backbone, image_size=self.image_size,
+                                            weights=self.initial_weights, feature_dim=config.model.feature_dim)
+        self.model = backbones.build_classifier(backbone, self.table.num_classes)
+        schedule = NoisyThenFinetuneSchedule(config.classifier.learning_rate, self.noisy_steps,
+                                             config.classifier.finetune_learning_rate)
+        self.optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9)
+
+    def dataset(self, context: tf.distribute.InputContext, start_step: int) -> tf.data.Dataset:
+        per_replica = context.get_per_replica_batch_size(self.global_batch)
+        first_epoch = int(np.searchsorted(self.epoch_ends, start_step, side="right"))
+        skip = start_step - (int(self.epoch_ends[first_epoch - 1]) if first_epoch else 0)
+        # Every epoch yields exactly its steps' batches per replica (shards stay in step).
+        replicas_here = context.num_replicas_in_sync // context.num_input_pipelines
+        table = self.table
+        parts = [_per_epoch_dataset(table.paths[rows], table.labels[rows], rows_weights, epoch=epoch,
+                                    image_size=self.image_size, per_replica_batch=per_replica, config=self.config,
+                                    shard=context.input_pipeline_id, num_shards=context.num_input_pipelines)
+                 .repeat().take(steps * replicas_here)
+                 for epoch, (rows, rows_weights, steps) in enumerate(self.epochs) if epoch >= first_epoch]
+        combined = parts[0]
+        for part in parts[1:]:
+            combined = combined.concatenate(part)
+        return combined.skip(skip * replicas_here)
+
+    def replica_step(self, batch: dict) -> dict[str, tf.Tensor]:
+        model = self.model
+        with tf.GradientTape() as tape:
+            logits = model(batch["image"], training=True)["logits"]
+            loss = weighted_cross_entropy(batch["label"], logits, batch["weight"],
+                                          global_batch_size=self.global_batch)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+        gradients = tape.gradient(loss, model.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+        correct = tf.reduce_sum(tf.cast(tf.argmax(logits, -1, output_type=tf.int32) == batch["label"], tf.float32))
+        return {"loss": loss, "correct": correct}
+
+    def is_log_step(self, step: int) -> bool:
+        return step in self.epoch_end_steps
+
+    is_checkpoint_step = is_log_step
+
+    def log_entry(self, step: int, window: training_loop.Window) -> tuple[dict, dict[str, float]]:
+        epoch = self.epoch_end_steps[step]
+        phase = "noisy" if epoch <= self.config.classifier.epochs else "finetune"
+        entry = {"epoch": epoch, "phase": phase, "step": step, "loss": window.sums["loss"] / window.steps,
+                 "train_accuracy": window.sums["correct"] / (window.steps * self.global_batch)}
+        logging.info("classifier epoch %d (%s): loss %.4f, training accuracy %.3f", epoch, phase, entry["loss"],
+                     entry["train_accuracy"])
+        return entry, {"train/loss": entry["loss"], "train/accuracy": entry["train_accuracy"]}
+
+    def payload(self, state: training_loop.LoopState) -> dict:
+        """Test accuracy of the final model, weighting, sizes, seconds and the per-epoch history."""
+        table, config, pool = self.table, self.config, self.pool
+        test = table.split == datasets.SPLIT_TEST
+        test_accuracy = (evaluate_accuracy(self.model, table.paths[test], table.labels[test],
+                                           image_size=self.image_size, config=config) if test.any() else None)
+        logging.info("Classifier (%s weighting): test accuracy %s", config.classifier.weighting, test_accuracy)
+        return {"test_accuracy": test_accuracy, "weighting": config.classifier.weighting, "n_test": int(test.sum()),
+                "mean_weight": float(self.weights[pool].mean()) if len(pool) else None,
+                "n_train": int(len(pool)), "epochs": config.classifier.epochs, "steps": self.total_steps,
+                "finetune_epochs": config.classifier.finetune_epochs,
+                "n_finetune": int(len(self.verified_clean)) if config.classifier.finetune_epochs else 0,
+                "seconds": state.seconds, "history": state.history}
+
+
 def train_classifier(table: datasets.LabelTable, config: ml_collections.ConfigDict, output_dir: str, *,
                      sample_weights: np.ndarray | None = None, initial_weights: str = "random",
                      strategy: tf.distribute.Strategy | None = None, progress: bool = True) -> tuple[keras.Model, dict]:
-    """Trains backbone + softmax on the pool rows (train and val) of `table`.
+    """Trains backbone + softmax on the pool rows (train and val) of `table` (ClassifierTask on the loop).
 
     Args:
         table: N rows; pool rows train, test rows (if any) measure accuracy.
@@ -102,113 +203,10 @@ def train_classifier(table: datasets.LabelTable, config: ml_collections.ConfigDi
         (classifier, metrics).
     """
     strategy = strategy or tf.distribute.get_strategy()
-    chief = distribute.is_chief(strategy)
-    write_dir = checkpointing.worker_output_dir(strategy, output_dir)
-    image_size = (config.model.image_height, config.model.image_width)
-    weights = np.ones(len(table), np.float32) if sample_weights is None else np.asarray(sample_weights, np.float32)
-    in_pool = table.split != datasets.SPLIT_TEST
-    pool = np.nonzero(in_pool & (weights > 0))[0]
-    verified_clean = np.nonzero(in_pool & (table.verification == 1))[0]
-    global_batch = config.classifier.batch_size
-    replicas = strategy.num_replicas_in_sync
+    global_batch, replicas = config.classifier.batch_size, strategy.num_replicas_in_sync
     if global_batch % replicas:
         raise ValueError(f"classifier.batch_size {global_batch} must be divisible by the {replicas} replicas.")
-    # The epochs of both phases: (rows, weights, steps) each; the rows of an epoch are a function of (seed, epoch).
-    # A noisy-label epoch has the whole pool's steps whatever the weights (the rows it samples repeat to fill it).
-    epochs = []
-    for name, rows, rows_weights, count, epoch_size in (
-            ("noisy labels", pool, weights[pool], config.classifier.epochs, int(in_pool.sum())),
-            ("fine-tuning on verified-correct labels", verified_clean, np.ones(len(verified_clean), np.float32),
-             config.classifier.finetune_epochs, len(verified_clean))):
-        if count and len(rows) // global_batch == 0:
-            raise ValueError(f"{len(rows)} training images ({name}) is fewer than one batch of {global_batch}.")
-        epochs += [(rows, rows_weights, epoch_size // global_batch)] * count
-    epoch_ends = np.cumsum([steps for _, _, steps in epochs])
-    total_steps = int(epoch_ends[-1])
-    noisy_steps = int(epoch_ends[config.classifier.epochs - 1])
-
-    keras.utils.set_random_seed(config.seed)
-    with strategy.scope():
-        backbone = backbones.build_backbone(config.model.backbone, image_size=image_size, weights=initial_weights,
-                                            feature_dim=config.model.feature_dim)
-        model = backbones.build_classifier(backbone, table.num_classes)
-        schedule = NoisyThenFinetuneSchedule(config.classifier.learning_rate, noisy_steps,
-                                             config.classifier.finetune_learning_rate)
-        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9)
-        optimizer.build(model.trainable_variables)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-    manager = checkpointing.restore_latest(checkpoint, os.path.join(write_dir, "checkpoints"), max_to_keep=2)
-    start_step = int(optimizer.iterations.numpy())
-
-    def dataset_fn(context: tf.distribute.InputContext):
-        per_replica = context.get_per_replica_batch_size(global_batch)
-        first_epoch = int(np.searchsorted(epoch_ends, start_step, side="right"))
-        skip = start_step - (int(epoch_ends[first_epoch - 1]) if first_epoch else 0)
-        # Every epoch yields exactly its steps' batches per replica (shards stay in step).
-        replicas_here = context.num_replicas_in_sync // context.num_input_pipelines
-        parts = [_per_epoch_dataset(table.paths[rows], table.labels[rows], rows_weights, epoch=epoch,
-                                    image_size=image_size, per_replica_batch=per_replica, config=config,
-                                    shard=context.input_pipeline_id, num_shards=context.num_input_pipelines)
-                 .repeat().take(steps * replicas_here)
-                 for epoch, (rows, rows_weights, steps) in enumerate(epochs) if epoch >= first_epoch]
-        combined = parts[0]
-        for part in parts[1:]:
-            combined = combined.concatenate(part)
-        return combined.skip(skip * replicas_here)
-
-    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-
-    def replica_step(batch):
-        with tf.GradientTape() as tape:
-            logits = model(batch["image"], training=True)["logits"]
-            loss = weighted_cross_entropy(batch["label"], logits, batch["weight"], global_batch_size=global_batch)
-            if model.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-        gradients = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
-        correct = tf.reduce_sum(tf.cast(tf.argmax(logits, -1, output_type=tf.int32) == batch["label"], tf.float32))
-        return {"loss": loss, "correct": correct}
-
-    @tf.function
-    def train_step(iterator):
-        outputs = strategy.run(replica_step, args=(next(iterator),))
-        return {name: strategy.reduce("SUM", value, axis=None) for name, value in outputs.items()}
-
-    epoch_end_steps = {int(end): epoch + 1 for epoch, end in enumerate(epoch_ends)}
-    history = []
-    start = time.perf_counter()
-    running = {"loss": 0.0, "correct": 0.0, "steps": 0}
-    with tqdm.tqdm(total=total_steps, initial=start_step, unit="step", desc="classifier",
-                   disable=None if progress else True) as bar:
-        for step in range(start_step + 1, total_steps + 1):
-            logs = train_step(iterator)
-            running["loss"] += float(logs["loss"])
-            running["correct"] += float(logs["correct"])
-            running["steps"] += 1
-            bar.update(1)
-            if step in epoch_end_steps:
-                epoch = epoch_end_steps[step]
-                phase = "noisy" if epoch <= config.classifier.epochs else "finetune"
-                entry = {"epoch": epoch, "phase": phase, "step": step, "loss": running["loss"] / running["steps"],
-                         "train_accuracy": running["correct"] / (running["steps"] * global_batch)}
-                history.append(entry)
-                logging.info("classifier epoch %d (%s): loss %.4f, training accuracy %.3f", epoch, phase,
-                             entry["loss"], entry["train_accuracy"])
-                manager.save(checkpoint_number=step)
-                running = {"loss": 0.0, "correct": 0.0, "steps": 0}
-    seconds = time.perf_counter() - start
-
-    test = table.split == datasets.SPLIT_TEST
-    test_accuracy = (evaluate_accuracy(model, table.paths[test], table.labels[test], image_size=image_size,
-                                       config=config) if test.any() else None)
-    metrics = {"test_accuracy": test_accuracy, "weighting": config.classifier.weighting, "n_test": int(test.sum()),
-               "mean_weight": float(weights[pool].mean()) if len(pool) else None,
-               "n_train": int(len(pool)), "epochs": config.classifier.epochs, "steps": total_steps,
-               "finetune_epochs": config.classifier.finetune_epochs,
-               "n_finetune": int(len(verified_clean)) if config.classifier.finetune_epochs else 0,
-               "seconds": seconds, "history": history}
-    logging.info("Classifier (%s weighting): test accuracy %s", metrics["weighting"], test_accuracy)
-    if chief:
-        checkpointing.save_model(model, os.path.join(output_dir, "model.keras"))
-        checkpointing.write_json(os.path.join(output_dir, "metrics.json"), metrics)
-    return model, metrics
+    task = ClassifierTask(table, config, sample_weights=sample_weights, initial_weights=initial_weights)
+    # metrics.json marks the step complete: written once, at the end.
+    return training_loop.train(task, output_dir, strategy=strategy, seed=config.seed, max_to_keep=2,
+                               running_metrics=False, progress=progress)

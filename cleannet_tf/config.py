@@ -14,16 +14,34 @@ from typing import Any
 
 import ml_collections
 
-DATA_FORMATS = ("food101n", "clothing1m", "tsv")
-DEMO_DATASETS = ("", "digits", "two_digits")
-BACKBONES = ("small_cnn", "resnet50", "mobilenet_v3_small", "efficientnet_v2_b0", "efficientnet_lite0")
-RESIZE_MODES = ("squash", "center_crop")
-AUGMENTATIONS = ("none", "flip", "flip_crop", "randaugment")
-FEATURE_NORMS = ("log", "l2", "none")
-WEIGHTINGS = ("none", "soft", "hard")
-CLEANNET_MODES = ("paper", "robust", "stacked")
-ENCODINGS = ("per_class", "per_sample")
-STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
+from cleannet_tf import (
+    backbones,
+    classifier_lib,
+    datasets,
+    demo_data,
+    distribute,
+    input_pipeline,
+    layers,
+    train_lib,
+    verifier,
+)
+
+# The choices of each field, from the module that implements them.
+DATA_FORMATS = datasets.FORMATS
+DEMO_DATASETS = ("", *demo_data.KINDS)
+BACKBONES = tuple(backbones.BACKBONES)
+RESIZE_MODES = input_pipeline.RESIZE_MODES
+AUGMENTATIONS = input_pipeline.AUGMENTATIONS
+FEATURE_NORMS = layers.FEATURE_NORMS
+WEIGHTINGS = classifier_lib.WEIGHTINGS
+CLEANNET_MODES = tuple(verifier.MODE_SCORING)
+ENCODINGS = train_lib.ENCODINGS
+STRATEGIES = distribute.STRATEGIES
+
+
+def split_names(value: str) -> tuple[str, ...]:
+    """The names of a comma list field ("soft, hard" -> ("soft", "hard")); empty items dropped."""
+    return tuple(name.strip() for name in str(value).split(",") if name.strip())
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -31,7 +49,7 @@ def default_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
 
-    # --- Dataset (see CONTRACT.md "Dataset layouts read").
+    # --- Dataset (layouts read: README "Datasets read").
     config.data = ml_collections.ConfigDict()
     config.data.format = "food101n"  # food101n | clothing1m | tsv
     # Dataset root (release layout), or for `tsv` the .tsv file itself.
@@ -246,8 +264,10 @@ def _check_schema(config: Mapping, schema: Mapping, prefix: str = "") -> None:
             raise ValueError(f"config.{prefix}{name}: missing field.")
 
 
-def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> ml_collections.ConfigDict:
     """Checks `config` against the schema and for consistency; returns it.
+
+    needs_data=False: the data come as arrays (CleanNetDetector), so data.root may be empty.
 
     Raises:
         ValueError: naming the first bad field and the value received.
@@ -255,7 +275,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check_schema(config, default_config())
     _check_choice(config, "data.format", DATA_FORMATS)
     _check_choice(config, "data.demo", DEMO_DATASETS)
-    if not config.data.root and not config.data.demo:
+    if needs_data and not config.data.root and not config.data.demo:
         _fail("data.root", "is required (the dataset root, or the .tsv file for format 'tsv')", config.data.root)
     if config.data.demo and not config.data.root and config.data.format != "food101n":
         _fail("data.format", "must be 'food101n' when data.demo generates into WORKDIR/demo_data (the demo is "
@@ -317,15 +337,15 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _fail("cleannet.calibration_fraction", "must be in [0, 1)", config.cleannet.calibration_fraction)
     if not 0.0 < config.verify.class_mean_keep <= 1.0:
         _fail("verify.class_mean_keep", "must be in (0, 1]", config.verify.class_mean_keep)
-    signal_names = ("cleannet_cosine", "cleannet_margin", "class_mean_cosine", "class_mean_margin")
-    signals = tuple(name.strip() for name in str(config.verify.signals).split(",") if name.strip())
+    signal_names = verifier.SIGNAL_NAMES
+    signals = split_names(config.verify.signals)
     if not signals or not set(signals) <= set(signal_names) or len(set(signals)) != len(signals):
         _fail("verify.signals", f"must be distinct names among {signal_names}", signals)
     _check_positive(config, "verify.budget_per_class", allow_zero=True)
     _check_positive(config, "verify.report_classes", allow_zero=True)
     _check_choice(config, "classifier.weighting", WEIGHTINGS)
-    for weighting in (name.strip() for name in config.classifier.after_verify.split(",") if name.strip()):
-        if weighting not in ("soft", "hard"):
+    for weighting in split_names(config.classifier.after_verify):
+        if weighting not in WEIGHTINGS or weighting == "none":
             _fail("classifier.after_verify", "must be a comma list of soft, hard", config.classifier.after_verify)
     initial = config.classifier.initial_weights
     if initial not in ("auto", "random", "imagenet") and not initial.endswith((".keras", ".weights.h5")):

@@ -20,10 +20,10 @@ from cleannet_tf import config as config_lib
 from cleannet_tf import (
     datasets,
     demo_data,
-    detectors,
     distribute,
     extract_lib,
     metrics,
+    ops,
     pipeline,
     scores_io,
     verify_lib,
@@ -38,8 +38,8 @@ def centroid_cosine_scores(features: np.ndarray, labels: np.ndarray, pool: np.nd
     Returns:
         (N,) float scores; low = likely wrong label.
     """
-    normalized = detectors.log_normalize(features)
-    means = detectors.class_means(normalized[pool], labels[pool], num_classes=num_classes)
+    normalized = ops.log_normalize(features)
+    means = ops.class_means(normalized[pool], labels[pool], num_classes=num_classes)
     return np.einsum("nd,nd->n", normalized, means[labels])
 
 

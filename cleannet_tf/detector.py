@@ -36,31 +36,22 @@ class CleanNetDetector:
             the stacked score) when `fit` gets no `validation` mask.
         signals: the stacked score's signals, a comma list of verifier.SIGNAL_NAMES (default: the config's
             verify.signals, all four); "class_mean_margin" transferred best to unverified classes on the demo.
-        config: optional full config (config.default_config() schema) for every other setting; the
-            arguments above override it.
+        config: optional full config (config.default_config() schema) for every other setting, used as
+            given except for the fields of the arguments above. Default: `detector_config(mode, steps)`.
         seed: int.
     """
 
     def __init__(self, *, mode: str = "stacked", steps: int = 3000, num_references: int = 8,
                  validation_fraction: float = 0.3, signals: str | None = None,
                  config: ml_collections.ConfigDict | None = None, seed: int = 0):
-        config = config_lib.default_config() if config is None else ml_collections.ConfigDict(config.to_dict())
+        config = detector_config(mode, steps) if config is None else ml_collections.ConfigDict(config.to_dict())
         config.cleannet.mode = mode
         config.train.steps = steps
-        config.train.lr_decay_steps = max(1, steps // 2)
-        config.train.eval_every = max(1, min(config.train.eval_every, steps // 4 or 1))
-        config.train.checkpoint_every = max(1, min(config.train.checkpoint_every, steps))
         config.refs.num_references = num_references
         if signals is not None:
             config.verify.signals = signals
-        if mode != "paper":
-            config.refs.core_fraction = min(config.refs.core_fraction, 0.7)
-        if mode == "stacked" and not config.cleannet.calibration_fraction:
-            config.cleannet.calibration_fraction = 0.3
         config.seed = seed
-        if not config.data.root and not config.data.demo:  # the data come as arrays; data.* is not read
-            config.data.format, config.data.root = "tsv", "(arrays given to CleanNetDetector.fit)"
-        self.config = config_lib.validate(config)
+        self.config = config_lib.validate(config, needs_data=False)  # data.* is not read: the data come as arrays
         if not 0.0 < validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1). Received {validation_fraction}")
         self.validation_fraction = validation_fraction
@@ -140,13 +131,12 @@ class CleanNetDetector:
             output_dir = workdir or scratch
             train_lib.train_cleannet(training, reference_sets, self.config, output_dir, progress=False)
             cleannet = keras.saving.load_model(os.path.join(output_dir, "model.keras"))
-        signals = tuple(name.strip() for name in self.config.verify.signals.split(",") if name.strip())
+        signals = config_lib.split_names(self.config.verify.signals)
         self.verifier_, self.info_ = verify_lib.fit_verifier(
             cleannet, data, reference_sets, mode=self.config.cleannet.mode,
             class_mean_keep=self.config.verify.class_mean_keep, calibration_classes=calibration, signals=signals,
             seed=self.config.seed)
         self.threshold_ = float(self.info_["threshold"])
-        self.class_names_ = class_names
         return self
 
     # ------------------------------------------------------------------ scoring
@@ -190,11 +180,32 @@ class CleanNetDetector:
 
     @classmethod
     def load(cls, path: str) -> CleanNetDetector:
-        """A fitted detector from a `save`d .keras file or WORKDIR/verify/verifier.keras."""
-        detector = cls.__new__(cls)
-        detector.config = None
-        detector.validation_fraction = None
-        detector.verifier_ = keras.saving.load_model(path)
-        detector.threshold_ = verifier.verification_head_of(detector.verifier_).threshold
-        detector.info_ = {}
+        """A fitted detector from a `save`d .keras file or WORKDIR/verify/verifier.keras.
+
+        Its mode is the verifier's; its other settings (used by a new `fit`) are the defaults of that mode.
+        """
+        model = keras.saving.load_model(path)
+        head = verifier.verification_head_of(model)
+        mode = {scoring: mode for mode, scoring in verifier.MODE_SCORING.items()}[head.scoring]
+        detector = cls(mode=mode)
+        detector.verifier_, detector.threshold_ = model, head.threshold
         return detector
+
+
+def detector_config(mode: str = "stacked", steps: int = 3000) -> ml_collections.ConfigDict:
+    """The default config with the detector's settings for `mode` and `steps` (data given as arrays).
+
+    lr decay at steps / 2; evaluation at least 4 times; modes robust and stacked build reference sets on each
+    class's core (refs.core_fraction 0.7); stacked holds out 30% of the verified classes to calibrate on.
+    """
+    config = config_lib.default_config()
+    config.cleannet.mode = mode
+    config.train.steps = steps
+    config.train.lr_decay_steps = max(1, steps // 2)
+    config.train.eval_every = max(1, min(config.train.eval_every, steps // 4 or 1))
+    config.train.checkpoint_every = max(1, min(config.train.checkpoint_every, steps))
+    if mode != "paper":
+        config.refs.core_fraction = min(config.refs.core_fraction, 0.7)
+    if mode == "stacked" and not config.cleannet.calibration_fraction:
+        config.cleannet.calibration_fraction = 0.3
+    return config

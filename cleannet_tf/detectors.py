@@ -27,62 +27,24 @@ from __future__ import annotations
 
 import numpy as np
 
+from cleannet_tf import ops
+
 MODELS = ("logistic", "gradient_boosting")
 
 
-def log_normalize(features: np.ndarray) -> np.ndarray:
-    """CleanNet's ln(1 + x) (sign-symmetric for negative inputs), then unit L2 norm: (N, D) -> (N, D) float32."""
-    features = np.asarray(features, dtype=np.float32)
-    if features.ndim != 2:
-        raise ValueError(f"features must be (N, D). Received shape {features.shape}")
-    x = np.sign(features) * np.log1p(np.abs(features))
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def _check_labels(labels: np.ndarray, n: int, num_classes: int) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be ({n},) integers. Received shape {labels.shape}, dtype {labels.dtype}")
-    if n and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must be in [0, {num_classes}). Received range [{labels.min()}, {labels.max()}]")
-    return labels.astype(np.int64)
-
-
-def class_means(x: np.ndarray, labels: np.ndarray, *, num_classes: int,
-                weights: np.ndarray | None = None) -> np.ndarray:
-    """Unit-norm (weighted) mean of each class: x (N, D), labels (N,) -> (C, D). Empty classes give zeros."""
-    labels = _check_labels(labels, len(x), num_classes)
-    w = np.ones(len(x), np.float32) if weights is None else np.asarray(weights, np.float32)
-    sums = np.zeros((num_classes, x.shape[1]), np.float64)
-    np.add.at(sums, labels, x * w[:, None])
-    return (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-
-def _per_class_quantile_mask(values: np.ndarray, labels: np.ndarray, num_classes: int, keep: float) -> np.ndarray:
-    """(N,) bool: within each class, the ceil(keep * n_c) rows with the highest values."""
-    order = np.lexsort((-values, labels))  # by class, then by value descending
-    counts = np.bincount(labels, minlength=num_classes)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank = np.empty(len(values), np.int64)
-    rank[order] = np.arange(len(values)) - np.repeat(starts, counts)
-    return rank < np.ceil(keep * counts[labels])
+# The shared math lives in ops.py; these names stay for callers of detectors.
+log_normalize = ops.log_normalize
+class_means = ops.class_means
+_check_labels = ops.check_labels
 
 
 def robust_class_members(x: np.ndarray, labels: np.ndarray, *, num_classes: int, keep: float = 0.7,
                          iterations: int = 3) -> np.ndarray:
-    """(N,) bool: the rows the trimmed class means are made of (see robust_class_means).
+    """(N,) bool: the rows the trimmed class means are made of (ops.trimmed_class_core; see robust_class_means).
 
     x (N, D) unit rows, labels (N,). With iterations=0 every row is a member.
     """
-    if not 0.0 < keep <= 1.0 or iterations < 0:
-        raise ValueError(f"Need 0 < keep <= 1 and iterations >= 0. Received keep={keep}, iterations={iterations}")
-    labels = _check_labels(labels, len(x), num_classes)
-    members = np.ones(len(x), bool)
-    for _ in range(iterations):
-        means = class_means(x, labels, num_classes=num_classes, weights=members)
-        own = np.einsum("nd,nd->n", x, means[labels])
-        members = _per_class_quantile_mask(own, labels, num_classes, keep)
-    return members
+    return ops.trimmed_class_core(x, labels, num_classes=num_classes, keep=keep, iterations=iterations)
 
 
 def robust_class_means(x: np.ndarray, labels: np.ndarray, *, num_classes: int, keep: float = 0.7,
@@ -113,12 +75,8 @@ def own_class_margin(x: np.ndarray, labels: np.ndarray, class_vectors: np.ndarra
     own = np.empty(len(x), np.float32)
     margin = np.empty(len(x), np.float32)
     for start in range(0, len(x), batch_size):
-        sims = x[start:start + batch_size] @ class_vectors.T
-        rows = np.arange(len(sims))
-        lab = labels[start:start + batch_size]
-        own[start:start + batch_size] = sims[rows, lab]
-        sims[rows, lab] = -np.inf
-        margin[start:start + batch_size] = own[start:start + batch_size] - sims.max(axis=1)
+        chunk = slice(start, start + batch_size)
+        own[chunk], margin[chunk] = ops.own_and_margin(x[chunk] @ class_vectors.T, labels[chunk])
     return own, margin
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import tensorflow as tf
 from absl import logging
 
+STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")  # build_strategy names
+
 
 def configure_logical_cpus(count: int) -> None:
     """Splits the host CPU into `count` logical devices (before TF initialises)."""

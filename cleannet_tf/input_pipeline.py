@@ -19,6 +19,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+RESIZE_MODES = ("squash", "center_crop")  # decode_image(resize=)
+AUGMENTATIONS = ("none", "flip", "flip_crop", "randaugment")  # make_image_dataset(augment=)
+
 AUTOTUNE = tf.data.AUTOTUNE
 _CENTER_CROP_FRACTION = 0.875  # 224 of 256, as in ImageNet evaluation
 DEFAULT_MAX_PIXELS = 40_000_000

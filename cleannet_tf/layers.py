@@ -8,6 +8,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+FEATURE_NORMS = ("log", "l2", "none")  # FeatureNormalization modes
+
 
 @keras.saving.register_keras_serializable(package="cleannet_tf")
 class FeatureNormalization(keras.layers.Layer):
@@ -23,20 +25,25 @@ class FeatureNormalization(keras.layers.Layer):
 
     def __init__(self, mode: str = "log", **kwargs):
         super().__init__(**kwargs)
-        if mode not in ("log", "l2", "none"):
+        if mode not in FEATURE_NORMS:
             raise ValueError(f"FeatureNormalization mode must be log, l2 or none. Received: mode={mode!r}")
         self.mode = mode
 
     def call(self, features):
         features = ops.cast(features, self.compute_dtype)
         if self.mode == "log":
-            return ops.sign(features) * ops.log1p(ops.abs(features))
+            return signed_log1p(features)
         if self.mode == "l2":
             return l2_normalize(features)
         return features
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
+
+
+def signed_log1p(x):
+    """CleanNet's ln(1 + x), sign-symmetric: sign(x) ln(1 + |x|) in Keras ops (cleannet_tf.ops has the NumPy one)."""
+    return ops.sign(x) * ops.log1p(ops.abs(x))
 
 
 def l2_normalize(x, axis: int = -1):

@@ -159,7 +159,7 @@ def export_dir(workdir: str) -> str:
 
 def weighted_classifiers(config: ml_collections.ConfigDict) -> list[str]:
     """The weightings of classifier.after_verify ("soft,hard" -> ["soft", "hard"])."""
-    return [name.strip() for name in config.classifier.after_verify.split(",") if name.strip()]
+    return list(config_lib.split_names(config.classifier.after_verify))
 
 
 def _with_weighting(config: ml_collections.ConfigDict, weighting: str) -> ml_collections.ConfigDict:

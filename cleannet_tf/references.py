@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from cleannet_tf import ops
 from cleannet_tf.feature_store import load_npz
 
 GatherFn = Callable[[np.ndarray], np.ndarray]
@@ -187,15 +188,10 @@ def core_rows(x: np.ndarray, core_fraction: float, *, iterations: int = 3) -> np
     centre on them (plain k-means gives every far-off group its own centre,
     and a small class's reference set is then mostly noise).
     """
-    normalized = np.sign(x) * np.log1p(np.abs(x))
-    normalized /= np.maximum(np.linalg.norm(normalized, axis=1, keepdims=True), 1e-12)
-    keep = max(1, int(np.ceil(core_fraction * len(x))))
-    core = np.arange(len(x))
-    for _ in range(iterations + 1):
-        centre = normalized[core].mean(axis=0)
-        similarity = normalized @ (centre / max(float(np.linalg.norm(centre)), 1e-12))
-        core = np.sort(np.argsort(-similarity, kind="stable")[:keep])
-    return core
+    # The first trim is against the mean of every image, then `iterations` times against the current core's.
+    core = ops.trimmed_class_core(ops.log_normalize(x), np.zeros(len(x), np.int64), num_classes=1,
+                                  keep=core_fraction, iterations=iterations + 1)
+    return np.nonzero(core)[0]
 
 
 def build_reference_sets(

@@ -1,11 +1,9 @@
-"""cleannet-train: one custom training loop for every tf.distribute strategy.
+"""cleannet-train: CleanNet as a task on the training loop (training_loop.py).
 
 The loop runs `strategy.run` on per-replica batches, so the same code trains on
 one CPU, under MirroredStrategy on many GPUs, and under
 MultiWorkerMirroredStrategy on many hosts (Keras 3.15's `fit()` is broken under
-the latter). Each replica's loss is summed over its samples and divided by the
-global batch size; gradients are summed across replicas, which equals the
-single-device mean.
+the latter).
 
 Outputs in WORKDIR/cleannet/: checkpoints/ (every train.checkpoint_every steps;
 a killed run resumes from the last one with the same data order), model.keras
@@ -15,9 +13,7 @@ a worse one), metrics.json, logs/ (TensorBoard). Only the chief writes them.
 
 from __future__ import annotations
 
-import json
 import os
-import time
 
 import keras
 import ml_collections
@@ -25,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cleannet_tf import checkpointing, datasets, distribute, extract_lib, losses, metrics, train_data
+from cleannet_tf import datasets, extract_lib, losses, metrics, ops, train_data, training_loop, verifier
 from cleannet_tf.model import build_cleannet, encode_classes, query_encoder_of, reference_encoder_of
 from cleannet_tf.references import ReferenceSets, references_path
 
@@ -67,11 +63,8 @@ def score_pool_rows(model: keras.Model, data: train_data.TrainingData, reference
         chunk = rows[start:start + batch_size]
         query = tf.math.l2_normalize(encoder(data.features[chunk], training=False)["query_embedding"], axis=-1)
         similarity = tf.matmul(query, class_embeddings, transpose_b=True).numpy()  # (b, C)
-        own = similarity[np.arange(len(chunk)), data.labels[chunk]]
-        if margin:
-            similarity[np.arange(len(chunk)), data.labels[chunk]] = -np.inf
-            own = own - similarity.max(axis=1)
-        scores.append(own.astype(np.float32))
+        own, own_margin = ops.own_and_margin(similarity, data.labels[chunk])
+        scores.append((own_margin if margin else own).astype(np.float32))
     return np.concatenate(scores) if scores else np.zeros(0, np.float32)
 
 
@@ -97,23 +90,64 @@ def validation_metrics(scores: np.ndarray, data: train_data.TrainingData) -> dic
     return result
 
 
-def _make_train_step(model, optimizer, references, strategy, *, global_batch: int, encoding: str,
-                     weights: losses.LossWeights):
-    query_encoder, reference_encoder = query_encoder_of(model), reference_encoder_of(model)
+class CleanNetTask(training_loop.Task):
+    """CleanNet on the training loop: each step half verified, half unverified rows (train_data.StepSampler).
 
-    def replica_step(batch):
+    Each replica's loss is summed over its samples and divided by the global batch size; gradients are summed
+    across replicas, which equals the single-device mean. `class_embeddings(classes, training)` maps (n,) class
+    ids to (n, E) class embeddings; override it to encode the reference sets differently (benchmarks).
+    """
+
+    name = "cleannet"
+
+    def __init__(self, data: train_data.TrainingData, reference_sets: ReferenceSets,
+                 config: ml_collections.ConfigDict, *, encoding: str = "per_class"):
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}. Received: {encoding!r}")
+        self.data, self.reference_sets, self.config, self.encoding = data, reference_sets, config, encoding
+        self.total_steps = config.train.steps
+        self.global_batch = config.train.batch_size
+        self.half = self.global_batch // 2
+        self.weights = losses.LossWeights.from_config(config.loss)
+        self.objective = "detection_error" if len(data.validation) else None
+        self.log_steps = training_loop.every(config.train.log_every, self.total_steps)
+        self.eval_steps = training_loop.every(config.train.eval_every, self.total_steps)
+        self.checkpoint_steps = training_loop.every(config.train.checkpoint_every, self.total_steps)
+        self.samples_per_second = None
+
+    def build(self) -> None:
+        self.model = build_model_from_config(self.config, self.data.feature_dim,
+                                             self.reference_sets.references.shape[1])
+        self.optimizer = build_optimizer(self.config.train)
+        self.references = tf.Variable(self.reference_sets.references, trainable=False, name="references")
+        self.query_encoder, self.reference_encoder = query_encoder_of(self.model), reference_encoder_of(self.model)
+
+    def dataset(self, context: tf.distribute.InputContext, start_step: int) -> tf.data.Dataset:
+        replicas = context.num_replicas_in_sync
+        sampler = train_data.StepSampler(self.data, verified_per_step=self.half, unverified_per_step=self.half,
+                                         seed=self.config.seed)
+        per_pipeline = replicas // context.num_input_pipelines
+        first = context.input_pipeline_id * per_pipeline
+        return train_data.make_train_dataset(self.data, sampler, start_step=start_step, num_steps=self.total_steps,
+                                             num_replicas=replicas, replica_ids=range(first, first + per_pipeline))
+
+    def class_embeddings(self, classes: tf.Tensor, *, training: bool) -> tf.Tensor:
+        """(n,) class ids -> (n, E) class embeddings of their reference sets."""
+        return self.reference_encoder(tf.gather(self.references, classes), training=training)["class_embedding"]
+
+    def replica_step(self, batch: dict) -> dict[str, tf.Tensor]:
+        weights, model = self.weights, self.model
         use_negatives = weights.other_class_weight > 0
         with tf.GradientTape() as tape:
-            query = query_encoder(batch["query_features"], training=True)
+            query = self.query_encoder(batch["query_features"], training=True)
             labels = batch["label"]
             if use_negatives:
                 labels = tf.concat([labels, batch["negative_label"]], axis=0)
-            if encoding == "per_class":  # each distinct class of the batch once
+            if self.encoding == "per_class":  # each distinct class of the batch once
                 classes, index = tf.unique(labels)
-                class_embedding = reference_encoder(tf.gather(references, classes), training=True)["class_embedding"]
-                class_embedding = tf.gather(class_embedding, index)
+                class_embedding = tf.gather(self.class_embeddings(classes, training=True), index)
             else:  # the paper's: every sample carries its own copy of its class's reference set
-                class_embedding = reference_encoder(tf.gather(references, labels), training=True)["class_embedding"]
+                class_embedding = self.class_embeddings(labels, training=True)
             query_embedding = tf.math.l2_normalize(query["query_embedding"], -1)
             class_embedding = tf.math.l2_normalize(class_embedding, -1)
             batch_size = tf.shape(query_embedding)[0]
@@ -124,28 +158,67 @@ def _make_train_step(model, optimizer, references, strategy, *, global_batch: in
                 negative_score = tf.reduce_sum(query_embedding * class_embedding[batch_size:], axis=-1)
                 per_sample += weights.other_class_weight * losses.other_class_loss(negative_score,
                                                                                    margin=weights.margin)
-            loss = tf.nn.compute_average_loss(per_sample, global_batch_size=global_batch)
+            loss = tf.nn.compute_average_loss(per_sample, global_batch_size=self.global_batch)
             regularization = tf.add_n(model.losses) if model.losses else tf.constant(0.0)
             loss += tf.nn.scale_regularization_loss(regularization)
         gradients = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+        self.optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
         verified = batch["is_verified"]
         wrong = tf.cast((score >= 0.1) != (batch["verification_label"] > 0), tf.float32) * verified
-        return {"loss": loss, "regularization": regularization / strategy.num_replicas_in_sync,
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        return {"loss": loss, "regularization": regularization / replicas,
                 "verified_error_sum": tf.reduce_sum(wrong), "verified_count": tf.reduce_sum(verified)}
 
-    @tf.function
-    def train_step(iterator):
-        outputs = strategy.run(replica_step, args=(next(iterator),))
-        return {name: strategy.reduce("SUM", value, axis=None) for name, value in outputs.items()}
+    def is_log_step(self, step: int) -> bool:
+        return self.log_steps(step)
 
-    return train_step
+    def is_eval_step(self, step: int) -> bool:
+        return self.eval_steps(step)
+
+    def is_checkpoint_step(self, step: int) -> bool:
+        return self.checkpoint_steps(step)
+
+    def log_entry(self, step: int, window: training_loop.Window) -> tuple[dict, dict[str, float]]:
+        self.samples_per_second = window.steps * self.global_batch / max(window.seconds, 1e-9)
+        entry = {"step": step, "loss": window.sums["loss"] / window.steps,
+                 "train_error_at_0.1": window.sums["verified_error_sum"] / max(window.sums["verified_count"], 1.0),
+                 "learning_rate": float(self.optimizer.learning_rate), "samples_per_second": self.samples_per_second}
+        logging.info("step %d: loss %.4f, train error %.3f, lr %.4g, %.0f samples/s", step, entry["loss"],
+                     entry["train_error_at_0.1"], entry["learning_rate"], self.samples_per_second)
+        return entry, {"train/loss": entry["loss"], "train/error_at_0.1": entry["train_error_at_0.1"],
+                       "train/learning_rate": entry["learning_rate"],
+                       "train/steps_per_second": self.samples_per_second / self.global_batch}
+
+    def pool_scores(self, rows: np.ndarray) -> np.ndarray:
+        """The scores of pool rows that evaluation thresholds (the margin in modes robust and stacked)."""
+        return score_pool_rows(self.model, self.data, self.reference_sets.references, rows,
+                               margin=verifier.MODE_SCORING[self.config.cleannet.mode] != "cosine")
+
+    def evaluate(self, step: int) -> tuple[dict, dict[str, float]]:
+        val = validation_metrics(self.pool_scores(self.data.validation), self.data)
+        if not val.get("n_val"):
+            return val, {}
+        logging.info("step %d: validation error %.4f at threshold %.3f, ROC-AUC %.4f; held-out error %s",
+                     step, val["detection_error"], val["threshold"], val["roc_auc"], val["detection_error_heldout"])
+        scalars = {"val/detection_error": val["detection_error"], "val/roc_auc": val["roc_auc"]}
+        if val["detection_error_heldout"] is not None:
+            scalars["val/detection_error_heldout"] = val["detection_error_heldout"]
+        return val, scalars
+
+    def payload(self, state: training_loop.LoopState) -> dict:
+        best = state.best or {}
+        return {"mode": self.config.cleannet.mode, "encoding": self.encoding, "step": state.step,
+                "steps": self.total_steps, "best_step": state.best_step, "threshold": best.get("threshold"),
+                "detection_error": best.get("detection_error"), "roc_auc": best.get("roc_auc"),
+                "detection_error_heldout": best.get("detection_error_heldout"),
+                "roc_auc_heldout": best.get("roc_auc_heldout"), "n_val": best.get("n_val", 0),
+                "samples_per_second": self.samples_per_second, "best": best, "history": state.history}
 
 
 def train_cleannet(data: train_data.TrainingData, reference_sets: ReferenceSets, config: ml_collections.ConfigDict,
                    output_dir: str, *, strategy: tf.distribute.Strategy | None = None, encoding: str = "per_class",
-                   progress: bool = True) -> tuple[keras.Model, dict]:
-    """Trains CleanNet; resumes from output_dir/checkpoints when there is one.
+                   progress: bool = True, task: CleanNetTask | None = None) -> tuple[keras.Model, dict]:
+    """Trains CleanNet on the training loop; resumes from output_dir/checkpoints when there is one.
 
     Args:
         data: rows and features (see train_data.prepare_training_data).
@@ -154,129 +227,18 @@ def train_cleannet(data: train_data.TrainingData, reference_sets: ReferenceSets,
         output_dir: WORKDIR/cleannet.
         encoding: "per_class" (each distinct class of a batch encoded once) or
             "per_sample" (the paper's; one reference-set copy per sample).
+        progress: a progress bar (on a terminal).
+        task: a CleanNetTask (subclass) to train instead of CleanNetTask(data, reference_sets, config, encoding).
 
     Returns:
         (the model after the last step, the contents of metrics.json).
     """
-    if encoding not in ENCODINGS:
-        raise ValueError(f"encoding must be one of {ENCODINGS}. Received: {encoding!r}")
     strategy = strategy or tf.distribute.get_strategy()
+    task = task or CleanNetTask(data, reference_sets, config, encoding=encoding)
     replicas = strategy.num_replicas_in_sync
-    global_batch = config.train.batch_size
-    half = global_batch // 2
-    if half % replicas:
-        raise ValueError(f"train.batch_size / 2 = {half} must be divisible by the {replicas} replicas.")
-    chief = distribute.is_chief(strategy)
-    write_dir = checkpointing.worker_output_dir(strategy, output_dir)
-    steps = config.train.steps
-
-    keras.utils.set_random_seed(config.seed)
-    with strategy.scope():
-        model = build_model_from_config(config, data.feature_dim, reference_sets.references.shape[1])
-        optimizer = build_optimizer(config.train)
-        optimizer.build(model.trainable_variables)  # slots now, not lazily inside the replica function
-        references = tf.Variable(reference_sets.references, trainable=False, name="references")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-    manager = checkpointing.restore_latest(checkpoint, os.path.join(write_dir, "checkpoints"))
-    start_step = int(optimizer.iterations.numpy())
-
-    metrics_path = os.path.join(output_dir, "metrics.json")
-    state = {"history": [], "best": None, "best_step": None}
-    if start_step and os.path.exists(metrics_path):
-        with open(metrics_path) as f:
-            previous = json.load(f)
-        state["history"] = [h for h in previous.get("history", []) if h["step"] <= start_step]
-        evaluated = [h for h in state["history"] if "val" in h]
-        if evaluated:
-            best = min(evaluated, key=lambda h: (h["val"]["detection_error"], h["step"]))
-            state["best"], state["best_step"] = best["val"], best["step"]
-
-    sampler = train_data.StepSampler(data, verified_per_step=half, unverified_per_step=half, seed=config.seed)
-
-    def dataset_fn(context: tf.distribute.InputContext):
-        per_pipeline = replicas // context.num_input_pipelines
-        first = context.input_pipeline_id * per_pipeline
-        return train_data.make_train_dataset(data, sampler, start_step=start_step, num_steps=steps,
-                                             num_replicas=replicas, replica_ids=range(first, first + per_pipeline))
-
-    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-    train_step = _make_train_step(model, optimizer, references, strategy, global_batch=global_batch,
-                                  encoding=encoding, weights=losses.LossWeights.from_config(config.loss))
-    writer = tf.summary.create_file_writer(os.path.join(write_dir, "logs"))
-    window = {"loss": 0.0, "errors": 0.0, "count": 0.0, "steps": 0, "start": time.perf_counter()}
-    samples_per_second = None
-    logging.info("Training CleanNet from step %d to %d: %d replica(s), batch %d (+%d), %s encoding.",
-                 start_step, steps, replicas, half, half, encoding)
-
-    def evaluate(step: int) -> dict:
-        scores = score_pool_rows(model, data, reference_sets.references, data.validation,
-                                 margin=config.cleannet.mode in ("robust", "stacked"))
-        return validation_metrics(scores, data)
-
-    step = start_step
-    while step < steps:
-        logs = train_step(iterator)
-        step += 1
-        window["loss"] += float(logs["loss"])
-        window["errors"] += float(logs["verified_error_sum"])
-        window["count"] += float(logs["verified_count"])
-        window["steps"] += 1
-        entry = None
-        if step % config.train.log_every == 0 or step == steps:
-            elapsed = time.perf_counter() - window["start"]
-            samples_per_second = window["steps"] * global_batch / max(elapsed, 1e-9)
-            entry = {"step": step, "loss": window["loss"] / window["steps"],
-                     "train_error_at_0.1": window["errors"] / max(window["count"], 1.0),
-                     "learning_rate": float(optimizer.learning_rate), "samples_per_second": samples_per_second}
-            logging.info("step %d: loss %.4f, train error %.3f, lr %.4g, %.0f samples/s", step, entry["loss"],
-                         entry["train_error_at_0.1"], entry["learning_rate"], samples_per_second)
-            with writer.as_default(step=step):
-                tf.summary.scalar("train/loss", entry["loss"])
-                tf.summary.scalar("train/error_at_0.1", entry["train_error_at_0.1"])
-                tf.summary.scalar("train/learning_rate", entry["learning_rate"])
-                tf.summary.scalar("train/steps_per_second", samples_per_second / global_batch)
-            window = {"loss": 0.0, "errors": 0.0, "count": 0.0, "steps": 0, "start": time.perf_counter()}
-        if len(data.validation) and (step % config.train.eval_every == 0 or step == steps):
-            entry = entry or {"step": step}
-            entry["val"] = evaluate(step)
-            val = entry["val"]
-            if val.get("n_val"):
-                logging.info("step %d: validation error %.4f at threshold %.3f, ROC-AUC %.4f; held-out error %s",
-                             step, val["detection_error"], val["threshold"], val["roc_auc"],
-                             val["detection_error_heldout"])
-                with writer.as_default(step=step):
-                    tf.summary.scalar("val/detection_error", val["detection_error"])
-                    tf.summary.scalar("val/roc_auc", val["roc_auc"])
-                    if val["detection_error_heldout"] is not None:
-                        tf.summary.scalar("val/detection_error_heldout", val["detection_error_heldout"])
-                if state["best"] is None or val["detection_error"] < state["best"]["detection_error"]:
-                    state["best"], state["best_step"] = val, step
-                    if chief:
-                        checkpointing.save_model(model, os.path.join(output_dir, "model.keras"))
-        if step % config.train.checkpoint_every == 0 or step == steps:
-            manager.save(checkpoint_number=step)
-        if entry is not None:
-            state["history"].append(entry)
-            if chief:
-                payload = _metrics_payload(state, config, encoding, step, samples_per_second)
-                checkpointing.write_json(metrics_path, payload)
-    if chief and not len(data.validation):
-        checkpointing.save_model(model, os.path.join(output_dir, "model.keras"))
-    writer.flush()
-    payload = _metrics_payload(state, config, encoding, step, samples_per_second)
-    if chief:
-        checkpointing.write_json(metrics_path, payload)
-    return model, payload
-
-
-def _metrics_payload(state, config, encoding, step, samples_per_second) -> dict:
-    best = state["best"] or {}
-    return {"mode": config.cleannet.mode, "encoding": encoding, "step": step, "steps": config.train.steps,
-            "best_step": state["best_step"], "threshold": best.get("threshold"),
-            "detection_error": best.get("detection_error"), "roc_auc": best.get("roc_auc"),
-            "detection_error_heldout": best.get("detection_error_heldout"),
-            "roc_auc_heldout": best.get("roc_auc_heldout"), "n_val": best.get("n_val", 0),
-            "samples_per_second": samples_per_second, "best": best, "history": state["history"]}
+    if task.half % replicas:
+        raise ValueError(f"train.batch_size / 2 = {task.half} must be divisible by the {replicas} replicas.")
+    return training_loop.train(task, output_dir, strategy=strategy, seed=config.seed, progress=progress)
 
 
 def pick_calibration_classes(verified_labels: np.ndarray, num_classes: int, fraction: float, seed: int) -> np.ndarray:

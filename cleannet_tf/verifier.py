@@ -28,6 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cleannet_tf import layers
 from cleannet_tf.model import query_encoder_of
 
 SCORINGS = ("cosine", "margin", "stacked")
@@ -45,8 +46,8 @@ def _margin_to_best_other(similarity: tf.Tensor) -> tf.Tensor:
 
 
 def log_l2_normalize(features: tf.Tensor) -> tf.Tensor:
-    """sign(x) ln(1 + |x|), then unit L2 rows (detectors.log_normalize in TF): (B, D) -> (B, D)."""
-    x = tf.sign(features) * tf.math.log1p(tf.abs(features))
+    """layers.signed_log1p, then unit L2 rows (ops.log_normalize in the graph): (B, D) -> (B, D)."""
+    x = layers.signed_log1p(features)
     return tf.math.l2_normalize(x, axis=-1, epsilon=1e-24)
 
 

@@ -34,6 +34,7 @@ from cleannet_tf import (
     train_lib,
     verifier,
 )
+from cleannet_tf import config as config_lib
 from cleannet_tf import report as report_lib
 from cleannet_tf.model import encode_classes
 from cleannet_tf.references import ReferenceSets
@@ -178,7 +179,7 @@ def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: datase
     calibration = train_lib.calibration_classes(table, config.cleannet.calibration_fraction, config.seed)
     model, info = fit_verifier(cleannet, data, reference_sets, mode=config.cleannet.mode,
                                class_mean_keep=config.verify.class_mean_keep, calibration_classes=calibration,
-                               signals=tuple(name.strip() for name in config.verify.signals.split(",") if name.strip()),
+                               signals=config_lib.split_names(config.verify.signals),
                                seed=config.seed)
     threshold = info["threshold"]
     all_scores = verifier.class_scores(model, data.features)  # (P, C)

@@ -74,6 +74,28 @@ def write_feature_dataset(directory, *, num_classes=6, per_class=150, feature_di
     return overrides, true, noisy
 
 
+def kill_at_marker(command, marker, what: str, *, timeout: float = 240) -> int:
+    """Runs `command` (a process that touches `marker` and then waits), SIGKILLs it once `marker` exists.
+
+    Returns the process id (its temporary files carry it). Fails, naming `what`, if the marker never appears.
+    """
+    import signal
+    import subprocess
+    import time
+
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + timeout
+        while not marker.exists() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert marker.exists(), f"the process did not reach {what} (exit code {process.poll()})"
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    return process.pid
+
+
 def small_train_config(overrides, **extra):
     """A validated config for fast CleanNet training on a feature dataset."""
     from cleannet_tf import config as config_lib

@@ -6,9 +6,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from cleannet_tf import datasets, pipeline
 from cleannet_tf.references import ReferenceSets
+
+pytestmark = pytest.mark.slow  # every test here runs the entry points as subprocesses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

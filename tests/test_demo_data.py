@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cleannet_tf import demo_data
+from cleannet_tf import datasets, demo_data
 
 SMALL = {"digits": 40, "two_digits": 3}  # images per class in most tests: fast
 
@@ -247,12 +247,10 @@ def test_heldout_lists(tmp_path, kind, heldout, expected):
         mask = demo_data.heldout_classes(len(info.class_names), count, 0)
         assert held == {info.class_names[i] for i in np.flatnonzero(mask)}
     assert all(a < b for a, b in zip(held_sets, held_sets[1:], strict=False))  # nested
-    datasets = pytest.importorskip("cleannet_tf.datasets")
-    if hasattr(datasets, "read_heldout_list"):
-        for count in expected:
-            mask = datasets.read_heldout_list(os.path.join(info.root, "meta", f"classes_heldout_{count}.txt"),
-                                              info.class_names)
-            assert mask.shape == (len(info.class_names),) and int(mask.sum()) == count
+    for count in expected:  # and the package's reader reads them back
+        mask = datasets.read_heldout_list(os.path.join(info.root, "meta", f"classes_heldout_{count}.txt"),
+                                          info.class_names)
+        assert mask.shape == (len(info.class_names),) and int(mask.sum()) == count
 
 
 def test_heldout_choice_depends_on_the_seed():
@@ -363,6 +361,7 @@ def test_failure_midway_leaves_nothing_at_root(tmp_path, monkeypatch):
     assert _generate(tmp_path / "demo").num_images == 400
 
 
+@pytest.mark.slow
 def test_sigkill_midway_leaves_nothing_at_root(tmp_path):
     root, marker = tmp_path / "demo", tmp_path / "started"
     # The module is loaded on its own (it imports nothing from the package), so the child does not pay for the
@@ -428,9 +427,6 @@ def test_concurrent_generation_of_the_same_dataset(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("kind", ["digits", "two_digits"])
 def test_read_back_with_read_food101n(tmp_path, kind):
-    datasets = pytest.importorskip("cleannet_tf.datasets")
-    if not hasattr(datasets, "read_food101n"):
-        pytest.skip("cleannet_tf.datasets.read_food101n not available")
     info = _generate(tmp_path / kind, kind=kind, images_per_class=SMALL[kind], test_images_per_class=2)
     table = datasets.read_food101n(info.root)
     assert table.class_names == info.class_names

@@ -23,7 +23,10 @@ def fitted():
     features, noisy, true = _planted(1)
     rng = np.random.default_rng(2)
     verification = np.where((rng.random(len(noisy)) < 0.5) & (noisy < 4), (noisy == true).astype(int), -1)
-    config = small_train_config({"data.format": "tsv", "data.root": "unused.tsv"}, **{"train.steps": 400})
+    # A caller's config is used as given: these are the settings detector_config would choose for 400 steps.
+    config = small_train_config({"data.format": "tsv", "data.root": "unused.tsv"}, **{
+        "train.steps": 400, "train.lr_decay_steps": 200, "refs.core_fraction": 0.7,
+        "cleannet.calibration_fraction": 0.3})
     detector = cleannet_tf.CleanNetDetector(mode="stacked", steps=400, num_references=8, config=config)
     return detector.fit(features, noisy, verification), features, noisy, true
 
@@ -56,6 +59,7 @@ def test_detector_weights_and_save_load(fitted, tmp_path):
     loaded = cleannet_tf.CleanNetDetector.load(path)
     np.testing.assert_array_equal(loaded.score(features, noisy), scores)
     assert loaded.threshold_ == pytest.approx(detector.threshold_)
+    assert loaded.config.cleannet.mode == "stacked" and loaded.validation_fraction == detector.validation_fraction
 
 
 def test_detector_rejects_bad_input():
@@ -73,7 +77,9 @@ def test_detector_on_the_class_mean_margin_alone():
     features, noisy, true = _planted(1)
     rng = np.random.default_rng(2)
     verification = np.where((rng.random(len(noisy)) < 0.5) & (noisy < 4), (noisy == true).astype(int), -1)
-    config = small_train_config({"data.format": "tsv", "data.root": "unused.tsv"}, **{"train.steps": 50})
+    config = small_train_config({"data.format": "tsv", "data.root": "unused.tsv"}, **{
+        "train.steps": 50, "train.lr_decay_steps": 25, "train.eval_every": 12, "train.checkpoint_every": 50,
+        "refs.core_fraction": 0.7, "cleannet.calibration_fraction": 0.3})
     detector = cleannet_tf.CleanNetDetector(steps=50, signals="class_mean_margin", config=config)
     detector.fit(features, noisy, verification)
     weights = detector.info_["signal_weights"]
@@ -85,3 +91,22 @@ def test_detector_on_the_class_mean_margin_alone():
     assert np.mean(flagged[unverified_classes] == (noisy != true)[unverified_classes]) > 0.85
     with pytest.raises(ValueError, match="verify.signals"):
         cleannet_tf.CleanNetDetector(signals="class_mean_margin,no_such_signal")
+
+
+def test_detector_keeps_the_callers_config_and_plants_no_data_root():
+    from cleannet_tf import config as config_lib
+    from cleannet_tf.detector import detector_config
+
+    config = config_lib.default_config()
+    config.train.lr_decay_steps, config.train.eval_every, config.train.checkpoint_every = 777, 333, 444
+    config.refs.core_fraction, config.cleannet.calibration_fraction = 0.9, 0.1
+    detector = cleannet_tf.CleanNetDetector(mode="robust", steps=100, num_references=4, config=config, seed=3)
+    got = detector.config
+    assert (got.train.lr_decay_steps, got.train.eval_every, got.train.checkpoint_every) == (777, 333, 444)
+    assert (got.refs.core_fraction, got.cleannet.calibration_fraction) == (0.9, 0.1)
+    assert (got.cleannet.mode, got.train.steps, got.refs.num_references, got.seed) == ("robust", 100, 4, 3)
+    assert got.data.root == "" and config.cleannet.mode == "paper"  # the caller's config is not modified
+    own = cleannet_tf.CleanNetDetector(mode="stacked", steps=100).config
+    assert own.data.root == "" and own.train.to_dict() == detector_config("stacked", 100).train.to_dict()
+    assert (own.train.lr_decay_steps, own.train.eval_every, own.refs.core_fraction,
+            own.cleannet.calibration_fraction) == (50, 25, 0.7, 0.3)

@@ -1,15 +1,14 @@
 """Feature extraction: store == model.predict, mirrored == default, resume after a kill."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import kill_at_marker
 
 from cleannet_tf import backbones, extract_lib, input_pipeline
 from cleannet_tf import config as config_lib
@@ -98,20 +97,33 @@ def _cli(tsv, workdir, *extra):
             "--config.extract.batch_size=16", "--config.runtime.strategy=default", *extra]
 
 
+def _stopping_after_shard_1(command, marker):
+    """`command` (python -m cleannet_tf.extract ...) as a process that waits, to be killed, once shard 1 is written."""
+    script = f"""
+import os, sys, time
+sys.argv = ["cleannet-extract", *{command[3:]!r}]  # before the flags are defined (config_flags reads them then)
+real_replace = os.replace
+def replace(src, dst):
+    real_replace(src, dst)
+    if str(dst).endswith("shard-00001.features.npy"):
+        open({str(marker)!r}, "w").close()
+        time.sleep(600)
+os.replace = replace
+from cleannet_tf import extract
+extract.run()
+"""
+    return [sys.executable, "-c", script]
+
+
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, make_images):
     tsv = _write_tsv(tmp_path, make_images, 640)
     workdir = tmp_path / "killed"
     features = workdir / "features"
-    process = subprocess.Popen(_cli(tsv, workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not (features / "shard-00001.features.npy").exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    marker = tmp_path / "after_shard_1"
+    kill_at_marker(_stopping_after_shard_1(_cli(tsv, workdir), marker), marker, "shard 1")
     finished = sorted(p.name for p in features.glob("shard-*.features.npy"))
-    assert "shard-00001.features.npy" in finished
-    if len(finished) == 10:
-        pytest.skip("extraction finished before the kill; nothing to resume")
+    assert "shard-00001.features.npy" in finished and len(finished) < 10  # killed with shards left to do
     mtimes = {name: os.stat(features / name).st_mtime_ns for name in finished}
 
     subprocess.run(_cli(tsv, workdir), check=True, capture_output=True)

@@ -38,6 +38,7 @@ def test_bad_arguments():
         cleannet_tf.find_label_issues([0.1], 0.0)  # options are keyword-only
 
 
+@pytest.mark.slow
 def test_load_model_after_plain_import(tmp_path):
     model = cleannet_tf.build_cleannet(8, 2)
     model.save(tmp_path / "model.keras")

@@ -98,6 +98,7 @@ def test_report_is_self_contained_and_shows_the_metrics(written_report):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="No Chromium: install Debian's (apt-get install chromium) to check "
                                              "the report in a real browser; .ci/run does.")
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(written_report, tmp_path):
     path, _ = written_report
     result = subprocess.run(

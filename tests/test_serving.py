@@ -289,6 +289,7 @@ def test_failed_publication_leaves_no_version(tmp_path):
     assert os.listdir(base) == [] and export_lib.next_version(base) == 1
 
 
+@pytest.mark.slow
 def test_serve_command_shuts_down_gracefully_on_sigterm(served):
     process = subprocess.Popen(
         [sys.executable, "-m", "cleannet_tf.serve", f"--model_config_file={served['export_dir']}/models.config",

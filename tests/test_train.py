@@ -3,17 +3,15 @@
 import copy
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import small_train_config, write_feature_dataset
+from conftest import kill_at_marker, small_train_config, write_feature_dataset
 
 from cleannet_tf import datasets, pipeline, train_data, train_lib
 
@@ -109,6 +107,7 @@ def test_negative_labels_are_other_classes_and_deterministic(feature_workdir):
     assert len(np.unique(negatives)) == len(data.class_names)  # every class is drawn for some label
 
 
+@pytest.mark.slow
 def test_multi_worker_two_processes_identical_weights(feature_workdir, tmp_path):
     config, workdir = feature_workdir
     config.train.steps = 40
@@ -137,34 +136,46 @@ def test_multi_worker_two_processes_identical_weights(feature_workdir, tmp_path)
     assert os.path.exists(os.path.join(workdir, "cleannet", "model.keras"))
 
 
-def _train_cli(config, workdir):
-    args = [sys.executable, "-m", "cleannet_tf.train", f"--workdir={workdir}", "--config.runtime.strategy=default"]
+def _train_cli(config, workdir, *, stop_at_step=None, marker=None):
+    """The cleannet-train command line; with stop_at_step, a process that trains until that step, touches
+    `marker` and waits there (to be killed)."""
+    flags = [f"--workdir={workdir}", "--config.runtime.strategy=default"]
     for section in ("data", "refs", "cleannet", "train"):
         for name, value in config[section].items():
-            args.append(f"--config.{section}.{name}={value}")
-    return args
+            flags.append(f"--config.{section}.{name}={value}")
+    if stop_at_step is None:
+        return [sys.executable, "-m", "cleannet_tf.train", *flags]
+    script = f"""
+import sys, time
+sys.argv = ["cleannet-train", *{flags!r}]  # before the flags are defined: config_flags reads the overrides then
+from cleannet_tf import train, train_lib
+real = train_lib.CleanNetTask.is_log_step
+def is_log_step(self, step):
+    if step == {stop_at_step}:
+        open({str(marker)!r}, "w").close()
+        time.sleep(600)
+    return real(self, step)
+train_lib.CleanNetTask.is_log_step = is_log_step
+train.run()
+"""
+    return [sys.executable, "-c", script]
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
     overrides, _, _ = write_feature_dataset(tmp_path / "data")
-    config = small_train_config(overrides, **{"train.steps": 3000, "train.checkpoint_every": 100,
-                                              "train.eval_every": 500, "train.log_every": 500})
+    config = small_train_config(overrides, **{"train.steps": 1600, "train.checkpoint_every": 100,
+                                              "train.eval_every": 500, "train.log_every": 250})
     killed, clean = str(tmp_path / "killed"), str(tmp_path / "clean")
     for workdir in (killed, clean):
         pipeline.run_refs(config, workdir, progress=False)
-    process = subprocess.Popen(_train_cli(config, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Killed at step 1250 (mid-interval): after the evaluations of 500 and 1000 and the checkpoint of 1200.
+    marker = tmp_path / "at_step_1250"
+    kill_at_marker(_train_cli(config, killed, stop_at_step=1250, marker=marker), marker, "step 1250")
     checkpoints = os.path.join(killed, "cleannet", "checkpoints")
-    deadline = time.time() + 240
-    while process.poll() is None and time.time() < deadline:
-        if os.path.exists(os.path.join(checkpoints, "ckpt-300.index")):
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    process.wait()
-    if process.returncode == 0:
-        pytest.skip("training finished before the kill")
-    last = tf.train.latest_checkpoint(checkpoints)
-    assert last is not None and int(last.rsplit("-", 1)[1]) < 3000
+    assert tf.train.latest_checkpoint(checkpoints).endswith("ckpt-1200")
+    before = json.loads(open(os.path.join(killed, "cleannet", "metrics.json")).read())
+    assert [h["step"] for h in before["history"]] == [250, 500, 750, 1000] and before["step"] == 1000
     subprocess.run(_train_cli(config, killed), check=True, capture_output=True)
     subprocess.run(_train_cli(config, clean), check=True, capture_output=True)
     resumed = json.loads(open(os.path.join(killed, "cleannet", "metrics.json")).read())
