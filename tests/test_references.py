@@ -300,7 +300,7 @@ def test_float32_throughout():
     distances = _squared_distances(x[:4], x, x_sq)
     assert distances.dtype == np.float32 and distances.shape == (4, 60) and distances.min() >= 0
     np.testing.assert_allclose(distances, ((x[:4, None] - x[None]) ** 2).sum(-1), atol=1e-5)
-    centres = _kmeans_plusplus(x, x_sq, 6, 3, np.random.default_rng(0))
+    centres = _kmeans_plusplus(x, x_sq, 6, 3, np.random.default_rng(0), trials=4)
     assert centres.dtype == np.float32 and centres.shape == (3, 6, 5)
     labels, nearest = _assign(x, x_sq, centres)
     assert labels.shape == (3, 60) and nearest.dtype == np.float32
