@@ -182,12 +182,12 @@ def test_workers_in_process_fill_one_store(tmp_path, image_paths):
 
 
 def test_two_worker_processes_equal_one_and_resume_after_sigkill(tmp_path, make_images):
-    tsv = _write_tsv(tmp_path, make_images, 640)
-    features = tmp_path / "two" / "features"  # 20 shards of 32 rows: worker 0 owns 0-9, worker 1 owns 10-19
+    tsv = _write_tsv(tmp_path, make_images, 320)
+    features = tmp_path / "two" / "features"  # 20 shards of 16 rows: worker 0 owns 0-9, worker 1 owns 10-19
     tf_config = {"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 0}}
-    worker0 = subprocess.Popen(_cli(tsv, tmp_path / "two", shard_size=32), stdout=subprocess.DEVNULL,
+    worker0 = subprocess.Popen(_cli(tsv, tmp_path / "two", shard_size=16), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, env=dict(os.environ, TF_CONFIG=json.dumps(tf_config)))
-    worker1_cli = _cli(tsv, tmp_path / "two", "--task_index=1", "--num_tasks=2", shard_size=32)
+    worker1_cli = _cli(tsv, tmp_path / "two", "--task_index=1", "--num_tasks=2", shard_size=16)
     worker1 = subprocess.Popen(worker1_cli, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (features / "shard-00010.features.npy").exists() and worker1.poll() is None and time.time() < deadline:
@@ -203,12 +203,12 @@ def test_two_worker_processes_equal_one_and_resume_after_sigkill(tmp_path, make_
 
     subprocess.run(worker1_cli, check=True, capture_output=True)  # the restarted worker 1 finishes the store
     record = json.loads((features / "complete.json").read_text())
-    assert record == {"num_rows": 640, "num_shards": 20, "valid_rows": 640}
+    assert record == {"num_rows": 320, "num_shards": 20, "valid_rows": 320}
     for shard, mtime in mtimes.items():  # finished shards (both workers') were kept, not redone
         assert os.stat(features / f"shard-{shard:05d}.features.npy").st_mtime_ns == mtime
     assert not list(features.glob("*tmp*"))
 
-    subprocess.run(_cli(tsv, tmp_path / "one", shard_size=32), check=True, capture_output=True)  # one process
+    subprocess.run(_cli(tsv, tmp_path / "one", shard_size=16), check=True, capture_output=True)  # one process
     one = FeatureStore(str(tmp_path / "one" / "features"))
     assert one.finalized
     two = FeatureStore(str(features))
