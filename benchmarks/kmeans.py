@@ -1,4 +1,5 @@
-"""Benchmark: `build_reference_sets` on synthetic pool5-like features in a memory-mapped .npy on disk.
+"""Benchmark: `build_reference_sets` (float32 k-means) on synthetic pool5-like features in a memory-mapped .npy on
+disk, against scikit-learn's KMeans (`kmeans_backend="sklearn"`) measured in the same run.
 
 Writes N x D float32 features (non-negative, clustered per class, 20% label noise by default) to a temporary .npy
 with plain file writes, then builds the reference sets through a gather callable that reads it through memory maps
@@ -6,7 +7,13 @@ of `--shard_rows`-row windows, mapped and unmapped on every call (as `FeatureSto
 Prints wall time, images/s and the peak RSS of the process (ru_maxrss, plus the sampled peak of anonymous memory),
 next to the size the features would take in RAM, to show that memory is bounded by one class, not by N.
 
+The scikit-learn baseline runs on the first `--baseline_classes` classes only (it takes ~4 s a class on an idle
+machine) and its time is scaled to all classes; the inertia ratio (sum over those classes of the float32 result's
+inertia / scikit-learn's, both computed here in float64 on the same rows) compares the two on the same data.
+CPU-seconds (getrusage, all threads) are printed besides wall time: the machine may be shared.
+
     python benchmarks/kmeans.py                        # 100k x 2048, 101 classes, K=32, n_init=10, max_iter=50
+    python benchmarks/kmeans.py --baseline_classes=101 # scikit-learn on every class (slow)
     python benchmarks/kmeans.py --classes=1            # one huge class (sampled down to --max_samples)
     python benchmarks/kmeans.py --n=20000 --n_init=1   # quick look
 """
@@ -52,6 +59,24 @@ def status_bytes(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def inertia_float64(x: np.ndarray, centres: np.ndarray) -> float:
+    """Sum over rows of the squared distance to the nearest centre, in float64, 4096 rows at a time."""
+    centres = centres.astype(np.float64)
+    centres_sq = (centres**2).sum(axis=1)
+    total = 0.0
+    for start in range(0, len(x), CHUNK_ROWS):
+        chunk = x[start:start + CHUNK_ROWS].astype(np.float64)
+        d = (chunk**2).sum(axis=1)[:, None] - 2 * chunk @ centres.T + centres_sq[None, :]
+        total += float(np.maximum(d.min(axis=1), 0).sum())
+    return total
 
 
 def current_rss_bytes() -> int:
@@ -156,6 +181,8 @@ def main() -> None:
     parser.add_argument("--tmpdir", default=None, help="where to write the temporary .npy (default: system temp)")
     parser.add_argument("--shard_rows", type=int, default=10_000, help="rows per memory-mapped window (a 'shard')")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--baseline_classes", type=int, default=10,
+                        help="classes the scikit-learn baseline runs on (its time is scaled to all); 0: no baseline")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(dir=args.tmpdir, prefix="kmeans-bench-") as tmp:
@@ -177,15 +204,37 @@ def main() -> None:
             from threadpoolctl import threadpool_limits
 
             limits = threadpool_limits(args.threads)
-        t0 = time.perf_counter()
+        load_before = os.getloadavg()[0]
+        t0, cpu0 = time.perf_counter(), cpu_seconds()
         refs = build_reference_sets(gather, labels, np.ones(args.n, bool), [f"c{i}" for i in range(args.classes)],
                                     num_references=args.k, n_init=args.n_init, max_iter=args.max_iter, tol=args.tol,
-                                    max_samples_per_class=args.max_samples, seed=args.seed)
-        wall = time.perf_counter() - t0
-        if limits is not None:
-            limits.unregister()
+                                    max_samples_per_class=args.max_samples, seed=args.seed, progress=False)
+        wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
         peak_anon = sampler.stop()
         peak = status_bytes("VmHWM") if hwm_reset else peak_rss_bytes()
+        gathers = len(gather.calls)
+
+        baseline = None
+        m = min(args.baseline_classes, args.classes)
+        if m > 0:
+            # The first m classes, relabelled 0..m-1 (so no other class needs rows), through scikit-learn.
+            chosen = labels < m
+            t0, cpu0 = time.perf_counter(), cpu_seconds()
+            sk_refs = build_reference_sets(gather, labels, chosen, [f"c{i}" for i in range(m)],
+                                           num_references=args.k, n_init=args.n_init, max_iter=args.max_iter,
+                                           tol=args.tol, max_samples_per_class=args.max_samples, seed=args.seed,
+                                           progress=False, kmeans_backend="sklearn")
+            sk_wall, sk_cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+            ours_total = theirs_total = 0.0
+            worse = 0
+            for c in range(m):
+                x = gather(np.flatnonzero(labels == c))
+                ours, theirs = inertia_float64(x, refs.references[c]), inertia_float64(x, sk_refs.references[c])
+                ours_total, theirs_total, worse = ours_total + ours, theirs_total + theirs, worse + (ours > theirs)
+            baseline = (m, sk_wall, sk_cpu, ours_total / theirs_total, worse)
+        load_after = os.getloadavg()[0]
+        if limits is not None:
+            limits.unregister()
 
     in_ram = args.n * args.d * 4
     biggest = int(used.max()) * args.d * 4
@@ -193,13 +242,25 @@ def main() -> None:
     print(f"settings: N={args.n} D={args.d} C={args.classes} K={args.k} n_init={args.n_init} "
           f"max_iter={args.max_iter} tol={args.tol} max_samples_per_class={args.max_samples} "
           f"threads={args.threads or 'default'} cpus={os.cpu_count()}")
-    print(f"classes: {len(gather.calls)} gathers, rows per class min/median/max "
+    print(f"classes: {gathers} gathers, rows per class min/median/max "
           f"{int(used.min())}/{int(np.median(used))}/{int(used.max())}, "
           f"{int(used.sum())} images clustered, counts<K: {int((refs.counts < args.k).sum())}")
-    print(f"wall time: {wall:.1f} s  ({int(used.sum()) / wall:.0f} images/s, {wall / args.classes:.2f} s/class)")
+    print(f"load average (1 min) before/after: {load_before:.1f}/{load_after:.1f} on {os.cpu_count()} CPUs")
+    print(f"float32 k-means, all {args.classes} classes: wall time {wall:.1f} s ({int(used.sum()) / wall:.0f} "
+          f"images/s, {wall / args.classes:.2f} s/class), CPU {cpu:.1f} s")
+    if baseline is not None:
+        m, sk_wall, sk_cpu, ratio, worse = baseline
+        scale = args.classes / m
+        print(f"scikit-learn KMeans, first {m} classes: wall {sk_wall:.1f} s, CPU {sk_cpu:.1f} s; scaled to "
+              f"{args.classes} classes: wall {sk_wall * scale:.0f} s, CPU {sk_cpu * scale:.0f} s")
+        print(f"speed-up over scikit-learn (same classes, scaled): wall {sk_wall * scale / wall:.1f}x, "
+              f"CPU {sk_cpu * scale / cpu:.1f}x")
+        print(f"inertia float32 / scikit-learn over those {m} classes (float64 on the same rows): {ratio:.5f}; "
+              f"float32 higher on {worse} of {m} classes")
     print(f"RSS before building {rss_before / gib:.3f} GiB; peak RSS while building "
           f"({'VmHWM after reset' if hwm_reset else 'ru_maxrss, whole run'}, incl. mapped file pages) "
-          f"{peak / gib:.3f} GiB; peak anonymous RSS while building (sampled every 5 ms) {peak_anon / gib:.3f} GiB; "
+          f"{peak / gib:.3f} GiB (+{(peak - rss_before) / gib:.3f}); "
+          f"peak anonymous RSS while building (sampled every 5 ms) {peak_anon / gib:.3f} GiB; "
           f"ru_maxrss of the whole run (incl. writing the file) {peak_rss_bytes() / gib:.3f} GiB")
     print(f"features in RAM would be {in_ram / gib:.3f} GiB; largest class used {biggest / gib:.3f} GiB; "
           f"peak RSS / in-RAM size = {peak / in_ram:.2f}")

@@ -44,8 +44,10 @@ def default_config_path(name: str) -> str | None:
     return path if os.path.exists(path) else None
 
 
-def setup(argv: list[str], step: str) -> tuple[ml_collections.ConfigDict, str]:
+def setup(argv: list[str], step: str, *, lock: bool = True) -> tuple[ml_collections.ConfigDict, str]:
     """Validates flags and config, creates the workdir and takes its lock (pipeline.start_command).
+
+    lock=False: processes that share the workdir on purpose (the workers of a multi-host extraction).
 
     Raises:
         ValueError: an unexpected argument, no --workdir, a bad config field, a workdir that is a file.
@@ -62,7 +64,7 @@ def setup(argv: list[str], step: str) -> tuple[ml_collections.ConfigDict, str]:
     distribute.configure_logical_cpus(config.runtime.logical_cpu_devices)
     from cleannet_tf import pipeline
 
-    pipeline.start_command(config, workdir, step)  # the workdir lock for the whole process
+    pipeline.start_command(config, workdir, step, lock=lock)  # the workdir lock for the whole process
     logging.info("%s: workdir %s", step, workdir)
     logging.vlog(1, "config:\n%s", config)
     return config, workdir

@@ -2,12 +2,17 @@
 
 Runs the backbone under any tf.distribute strategy (one device or mirrored over
 many), shard by shard, and is resumable: finished shards are kept and skipped.
+Across hosts, each worker (task i of n, from TF_CONFIG or flags) extracts its own
+block of shards into the same store; the worker that finds every shard present
+at its end writes the store's completion record.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from collections.abc import Mapping, Sequence
 
 import keras
 import ml_collections
@@ -65,11 +70,44 @@ def _local_concat(strategy, per_replica) -> np.ndarray:
     return np.concatenate([t.numpy() for t in strategy.experimental_local_results(per_replica)], axis=0)
 
 
+def worker_task(task_index: int | None = None, num_tasks: int | None = None,
+                environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """(task index, number of tasks) of this extraction worker.
+
+    From `task_index`/`num_tasks` when given, else from TF_CONFIG in `environ` (default os.environ): the chief
+    and the workers extract, in the order chief, worker 0, worker 1, ...; without TF_CONFIG, (0, 1).
+
+    Raises:
+        ValueError: only one of the two arguments given, an index out of range, or a TF_CONFIG that cannot be
+            read or whose task is not a chief or worker (e.g. "ps", "evaluator").
+    """
+    if (task_index is None) != (num_tasks is None):
+        raise ValueError(f"Give both task_index and num_tasks, or neither. Received task_index={task_index}, "
+                         f"num_tasks={num_tasks}.")
+    if task_index is None:
+        raw = (os.environ if environ is None else environ).get("TF_CONFIG", "")
+        if not raw:
+            return 0, 1
+        try:
+            tf_config = json.loads(raw)
+            cluster, task = tf_config.get("cluster", {}), tf_config.get("task", {})
+            chiefs, workers = len(cluster.get("chief", [])), len(cluster.get("worker", []))
+            task_type, index = task.get("type"), int(task.get("index", 0))
+        except (ValueError, AttributeError, TypeError) as error:
+            raise ValueError(f"TF_CONFIG is not a JSON object with 'cluster' and 'task': {error}") from error
+        if task_type not in ("chief", "worker"):
+            raise ValueError(f"TF_CONFIG task type {task_type!r} does not extract: only 'chief' and 'worker' do.")
+        task_index, num_tasks = (index if task_type == "chief" else chiefs + index), chiefs + workers
+    if not 0 <= task_index < num_tasks:
+        raise ValueError(f"Need 0 <= task_index < num_tasks. Received task_index={task_index}, num_tasks={num_tasks}.")
+    return int(task_index), int(num_tasks)
+
+
 def extract_features(paths: np.ndarray, store: FeatureStore, backbone: keras.Model, *, image_size: tuple[int, int],
                      batch_size: int, resize: str = "squash", strategy: tf.distribute.Strategy | None = None,
-                     parallel_calls: int = 0, progress: bool = True,
+                     parallel_calls: int = 0, progress: bool = True, shards: Sequence[int] | None = None,
                      max_pixels: int = input_pipeline.DEFAULT_MAX_PIXELS) -> dict:
-    """Fills the unfinished shards of `store` with `backbone` features of `paths`.
+    """Fills the unfinished shards of `store` (of `shards` only, when given) with `backbone` features of `paths`.
 
     Args:
         paths: (N,) str. Image files in table row order.
@@ -77,15 +115,18 @@ def extract_features(paths: np.ndarray, store: FeatureStore, backbone: keras.Mod
         backbone: input "image" (B, H, W, 3) -> {"features": (B, D)}, built in
             `strategy.scope()`.
         batch_size: int. Global batch size (split over replicas).
+        shards: the shards this call may write (a worker's share); None: all.
         max_pixels: images over this many pixels (by their header) are skipped undecoded as "too large".
 
     Returns:
-        Stats: images, unreadable_rows and too_large_rows (row lists), seconds, images_per_second.
+        Stats: images, unreadable_rows and too_large_rows (row lists), seconds, images_per_second,
+        shards_done_before (of `shards`), shards_written.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    shards = store.unfinished_shards()
+    mine = range(store.num_shards) if shards is None else sorted(int(s) for s in shards)
+    shards = [s for s in mine if not store.is_finished(s)]
     stats = {"images": 0, "unreadable_rows": [], "too_large_rows": [], "seconds": 0.0, "images_per_second": 0.0,
-             "shards_done_before": store.num_shards - len(shards)}
+             "shards_done_before": len(mine) - len(shards), "shards_written": []}
     if not shards:
         return stats
     rows = np.concatenate([np.arange(*store.shard_rows(s)) for s in shards])
@@ -129,6 +170,7 @@ def extract_features(paths: np.ndarray, store: FeatureStore, backbone: keras.Mod
                                         if reason == input_pipeline.TOO_LARGE else "", ", ".join(paths[rows_of[:3]]))
                         stats[key].extend(rows_of.tolist())
             store.write_shard(shards[next_shard], features, valid)
+            stats["shards_written"].append(shards[next_shard])
             got_rows, got_features = got_rows[~inside], got_features[~inside]
             next_shard += 1
         pending_rows, pending_features = [got_rows], [got_features]
@@ -165,9 +207,12 @@ def build_config_backbone(config: ml_collections.ConfigDict, workdir: str) -> ke
 
 
 def run_extract(config: ml_collections.ConfigDict, workdir: str, *, table: datasets.LabelTable | None = None,
-                strategy: tf.distribute.Strategy | None = None, progress: bool = True) -> dict:
+                strategy: tf.distribute.Strategy | None = None, progress: bool = True, task_index: int = 0,
+                num_tasks: int = 1) -> dict:
     """cleannet-extract: features of every table image into WORKDIR/features/.
 
+    Worker `task_index` of `num_tasks` extracts only its block of shards (`FeatureStore.task_shards`); when
+    every shard is then present, it checks the store and writes its completion record (stats["finalized"]).
     Skipped when config.data.features names a precomputed .npz.
     """
     if config.data.features:
@@ -181,12 +226,24 @@ def run_extract(config: ml_collections.ConfigDict, workdir: str, *, table: datas
     store = FeatureStore.create_or_open(
         features_dir(workdir), keys=table.keys, paths=table.paths, feature_dim=backbones.feature_dim_of(backbone),
         shard_size=config.extract.shard_size, extractor=extractor_settings(config, workdir))
-    logging.info("Feature store %s: %d rows, %d of %d shards to do.", store.directory, store.num_rows,
-                 len(store.unfinished_shards()), store.num_shards)
-    return extract_features(
+    mine = store.task_shards(task_index, num_tasks)
+    logging.info("Feature store %s: %d rows, %d shards; worker %d of %d owns %d shard(s) (rows %s), %d to do.",
+                 store.directory, store.num_rows, store.num_shards, task_index, num_tasks, len(mine),
+                 f"[{store.shard_rows(mine[0])[0]}, {store.shard_rows(mine[-1])[1]})" if mine else "none",
+                 sum(not store.is_finished(s) for s in mine))
+    stats = extract_features(
         table.paths, store, backbone, image_size=(config.model.image_height, config.model.image_width),
         batch_size=config.extract.batch_size, resize=config.input.resize, strategy=strategy,
-        parallel_calls=config.input.parallel_calls, progress=progress)
+        parallel_calls=config.input.parallel_calls, progress=progress, shards=mine)
+    record = store.finalize()
+    stats["finalized"] = record is not None
+    if record is None:
+        logging.info("Worker %d of %d done; %d shard(s) of other workers still missing: the last worker to finish "
+                     "writes the completion record.", task_index, num_tasks, len(store.unfinished_shards()))
+    else:
+        logging.info("Feature store complete: %d rows, %d valid; wrote its completion record.", record["num_rows"],
+                     record["valid_rows"])
+    return stats
 
 
 def open_features(config: ml_collections.ConfigDict, workdir: str, table: datasets.LabelTable) -> FeatureSource:

@@ -3,6 +3,7 @@
 Layout of a store directory (plain NumPy files, `np.load` reads each):
 
     manifest.json                 num_rows, feature_dim, shard_size, extractor, fingerprint
+    complete.json                 completion record: written once every shard is present and checked
     keys.npy                      (N,) str: the table keys, row order
     shard-00000.valid.npy         (n,) bool: False where the image could not be read
     shard-00000.features.npy      (n, D) float32: rows [0, n); zeros where not valid
@@ -12,6 +13,11 @@ Shard i holds rows [i * shard_size, min(N, (i + 1) * shard_size)). Each file is
 written under a temporary name and renamed; the features file is written last,
 so a shard counts as finished exactly when its features file exists. A killed
 extraction keeps its finished shards and redoes only the others.
+
+Several workers (processes or hosts sharing the directory) fill one store: worker
+i of n owns a contiguous block of shards (`task_shards`), writes only those, and
+whichever worker finds every shard present at its end checks them and writes
+complete.json (`finalize`; idempotent, so two workers finishing together agree).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import zipfile
 import zlib
 from typing import Protocol
@@ -26,6 +33,7 @@ from typing import Protocol
 import numpy as np
 
 MANIFEST = "manifest.json"
+COMPLETE = "complete.json"
 # What np.load raises on a truncated or corrupt file.
 _CORRUPT_FILE_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
 
@@ -95,9 +103,21 @@ def table_fingerprint(keys: np.ndarray, paths: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def _tmp_suffix() -> str:
+    """Unique per process across hosts sharing a directory (pids alone can collide)."""
+    return f"tmp-{socket.gethostname()}-{os.getpid()}"
+
+
 def _atomic_save(path: str, array: np.ndarray) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}.npy"
+    tmp = f"{path}.{_tmp_suffix()}.npy"
     np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def _atomic_write_json(path: str, record: dict) -> None:
+    tmp = f"{path}.{_tmp_suffix()}"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=2)
     os.replace(tmp, path)
 
 
@@ -146,16 +166,20 @@ class FeatureStore:
             return cls(directory)
         os.makedirs(directory, exist_ok=True)
         _atomic_save(os.path.join(directory, "keys.npy"), np.asarray(keys, dtype=str))
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(manifest, f, indent=2)
-        os.replace(tmp, path)
+        _atomic_write_json(path, manifest)
         return cls(directory)
 
     def shard_rows(self, shard: int) -> tuple[int, int]:
         """Table rows [start, end) held by `shard`."""
         start = shard * self.shard_size
         return start, min(self.num_rows, start + self.shard_size)
+
+    def task_shards(self, task_index: int, num_tasks: int) -> list[int]:
+        """The contiguous block of shards worker `task_index` of `num_tasks` extracts (blocks differ by <= 1)."""
+        if not 0 <= task_index < num_tasks:
+            raise ValueError(f"Need 0 <= task_index < num_tasks. Received task_index={task_index}, "
+                             f"num_tasks={num_tasks}.")
+        return [int(s) for s in np.array_split(np.arange(self.num_shards), num_tasks)[task_index]]
 
     def _path(self, shard: int, kind: str) -> str:
         return os.path.join(self.directory, f"shard-{shard:05d}.{kind}.npy")
@@ -183,6 +207,37 @@ class FeatureStore:
     def _load(self, path: str, *, mmap: bool = False) -> np.ndarray:
         return load_npy(path, mmap=mmap, fix=f"Delete it and rerun cleannet-extract (it recomputes what is "
                                              f"missing), or delete {self.directory} to extract everything again.")
+
+    @property
+    def finalized(self) -> bool:
+        """True once `finalize` wrote the completion record."""
+        return os.path.exists(os.path.join(self.directory, COMPLETE))
+
+    def finalize(self) -> dict | None:
+        """Checks every shard and writes complete.json; None (nothing written) while shards are missing.
+
+        Returns the record: num_rows, num_shards, valid_rows.
+
+        Raises:
+            ValueError: a shard file has the wrong shape or dtype (names the file).
+        """
+        if not self.complete:
+            return None
+        valid_rows = 0
+        for shard in range(self.num_shards):
+            start, end = self.shard_rows(shard)
+            for kind, shape, dtype in (("valid", (end - start,), np.bool_),
+                                       ("features", (end - start, self.feature_dim), np.float32)):
+                array = self._load(self._path(shard, kind), mmap=True)
+                if array.shape != shape or array.dtype != dtype:
+                    raise ValueError(f"{self._path(shard, kind)}: shape {array.shape} {array.dtype}, expected "
+                                     f"{shape} {np.dtype(dtype)}. Delete it and run cleannet-extract again.")
+                if kind == "valid":
+                    valid_rows += int(np.count_nonzero(array))
+                del array
+        record = {"num_rows": self.num_rows, "num_shards": self.num_shards, "valid_rows": valid_rows}
+        _atomic_write_json(os.path.join(self.directory, COMPLETE), record)
+        return record
 
     def keys(self) -> np.ndarray:
         return self._load(os.path.join(self.directory, "keys.npy"))

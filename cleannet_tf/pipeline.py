@@ -436,7 +436,7 @@ def _is_chief_process(config: ml_collections.ConfigDict) -> bool:
     return task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0
 
 
-def start_command(config: ml_collections.ConfigDict, workdir: str, command: str) -> None:
+def start_command(config: ml_collections.ConfigDict, workdir: str, command: str, *, lock: bool = True) -> None:
     """A command's start: takes the workdir lock for the whole process (cleaning temp litter of killed runs).
 
     cleannet-run, cleannet-demo and cleannet-export also write WORKDIR/config.<command>.json now; the other step
@@ -445,7 +445,7 @@ def start_command(config: ml_collections.ConfigDict, workdir: str, command: str)
     Raises:
         workdir_lock.WorkdirBusyError: another process holds the lock (the message names it).
     """
-    if _is_chief_process(config):
+    if lock and _is_chief_process(config):
         workdir_lock.acquire(workdir, command_line(command))
     else:
         os.makedirs(workdir, exist_ok=True)
@@ -455,8 +455,11 @@ def start_command(config: ml_collections.ConfigDict, workdir: str, command: str)
 
 def run_step(step: str, config: ml_collections.ConfigDict, workdir: str, *,
              table: datasets.LabelTable | None = None, strategy: tf.distribute.Strategy | None = None,
-             export_to: str | None = None) -> str:
+             export_to: str | None = None, extract_task: tuple[int, int] = (0, 1)) -> str:
     """Runs one step under the workdir lock and records it; returns one line saying what it did.
+
+    extract_task: (task index, number of tasks) of a multi-host extraction worker; with more than one task the
+    workers share WORKDIR, so none takes the lock or writes the DONE record (the next run records the step).
 
     train_classifier trains the classifier of config.classifier.weighting. An interrupted step resumes from its
     outputs; one whose last run had other settings starts over. export_to: cleannet-export's --export_dir
@@ -464,7 +467,7 @@ def run_step(step: str, config: ml_collections.ConfigDict, workdir: str, *,
     """
     if step not in STEPS:
         raise ValueError(f"Unknown step {step!r}; expected one of {STEPS}")
-    chief = strategy is None or distribute.is_chief(strategy)
+    chief = (strategy is None or distribute.is_chief(strategy)) and not (step == "extract" and extract_task[1] > 1)
     with workdir_lock.locked(workdir, command_line(step)) if chief else contextlib.nullcontext():
         recorded = chief and not (step == "extract" and config.data.features) and (
             step != "export" or export_to is None or os.path.abspath(export_to) == os.path.abspath(export_dir(workdir)))
@@ -476,14 +479,14 @@ def run_step(step: str, config: ml_collections.ConfigDict, workdir: str, *,
         if recorded:
             _begin(name, config, workdir)
         status, outputs = _run(step, config, workdir, table=table, strategy=strategy,
-                               export_to=export_to or export_dir(workdir))
+                               export_to=export_to or export_dir(workdir), extract_task=extract_task)
         if recorded:
             _finish(name, config, workdir, outputs)
         return status
 
 
 def _run(step: str, config: ml_collections.ConfigDict, workdir: str, *, table, strategy,
-         export_to: str) -> tuple[str, list[str]]:
+         export_to: str, extract_task: tuple[int, int] = (0, 1)) -> tuple[str, list[str]]:
     """Runs the step's library function: (status line, the files it produced)."""
     if step == "train_classifier":
         result = run_train_classifier(config, workdir, table=table, strategy=strategy)
@@ -492,7 +495,9 @@ def _run(step: str, config: ml_collections.ConfigDict, workdir: str, *, table, s
                 (f"{accuracy:.3f}" if accuracy is not None else "n/a (no test split)"),
                 _files_under(classifier_output_dir(workdir, config.classifier.weighting)))
     if step == "extract":
-        stats = extract_lib.run_extract(config, workdir, table=table, strategy=strategy)
+        task_index, num_tasks = extract_task
+        stats = extract_lib.run_extract(config, workdir, table=table, strategy=strategy, task_index=task_index,
+                                        num_tasks=num_tasks)
         if config.data.features:
             return "skipped: precomputed features (data.features)", []
         return (f"{stats['images']} images, {stats['images_per_second']:.0f} images/s",

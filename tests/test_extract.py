@@ -1,5 +1,6 @@
 """Feature extraction: store == model.predict, mirrored == default, resume after a kill."""
 
+import json
 import os
 import subprocess
 import sys
@@ -90,10 +91,11 @@ def _write_tsv(tmp_path, make_images, count):
     return str(tmp_path / "data" / "labels.tsv")
 
 
-def _cli(tsv, workdir, *extra):
+def _cli(tsv, workdir, *extra, shard_size=64):
     return [sys.executable, "-m", "cleannet_tf.extract", f"--workdir={workdir}", "--config.data.format=tsv",
             f"--config.data.root={tsv}", "--config.model.backbone=small_cnn", "--config.model.weights=random",
-            "--config.model.image_height=96", "--config.model.image_width=96", "--config.extract.shard_size=64",
+            "--config.model.image_height=96", "--config.model.image_width=96",
+            f"--config.extract.shard_size={shard_size}",
             "--config.extract.batch_size=16", "--config.runtime.strategy=default", *extra]
 
 
@@ -142,3 +144,85 @@ def test_run_extract_skipped_with_precomputed_features(tmp_path):
     config = config_lib.default_config()
     config.data.features = str(tmp_path / "f.npz")
     assert extract_lib.run_extract(config, str(tmp_path)) == {"skipped": True}
+
+
+def test_worker_task_from_flags_or_tf_config():
+    assert extract_lib.worker_task(environ={}) == (0, 1)
+    assert extract_lib.worker_task(2, 3, environ={}) == (2, 3)
+    cluster = {"chief": ["h0:1"], "worker": ["h1:1", "h2:1"], "ps": ["h3:1"]}
+    for task, expected in (({"type": "chief", "index": 0}, (0, 3)), ({"type": "worker", "index": 1}, (2, 3))):
+        environ = {"TF_CONFIG": json.dumps({"cluster": cluster, "task": task})}
+        assert extract_lib.worker_task(environ=environ) == expected
+        assert extract_lib.worker_task(0, 1, environ=environ) == (0, 1)  # flags win
+    with pytest.raises(ValueError, match="'ps' does not extract"):
+        extract_lib.worker_task(environ={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "ps"}})})
+    with pytest.raises(ValueError, match="TF_CONFIG is not a JSON"):
+        extract_lib.worker_task(environ={"TF_CONFIG": "{not json"})
+    with pytest.raises(ValueError, match="both"):
+        extract_lib.worker_task(1, None, environ={})
+    with pytest.raises(ValueError, match="task_index=3, num_tasks=3"):
+        extract_lib.worker_task(3, 3, environ={})
+
+
+def test_task_shards_split_every_shard_once(tmp_path):
+    keys = np.arange(100).astype(str)
+    store = FeatureStore.create_or_open(str(tmp_path), keys=keys, paths=keys, feature_dim=2, shard_size=9,
+                                        extractor={})  # 12 shards
+    for num_tasks in (1, 2, 5, 12, 15):
+        blocks = [store.task_shards(i, num_tasks) for i in range(num_tasks)]
+        assert sum(blocks, []) == list(range(12))  # contiguous, in order, each shard once
+        assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
+
+
+def test_workers_in_process_fill_one_store(tmp_path, image_paths):
+    full, _, _ = _extract(image_paths, tmp_path / "one")
+    assert full.finalize() == {"num_rows": 45, "num_shards": 3, "valid_rows": 43} and full.finalized
+    store = FeatureStore.create_or_open(str(tmp_path / "two"), keys=image_paths, paths=image_paths, feature_dim=256,
+                                        shard_size=16, extractor={"test": 1})
+    with tf.distribute.get_strategy().scope():
+        keras.utils.set_random_seed(0)
+        backbone = backbones.build_backbone("small_cnn", image_size=IMAGE_SIZE)
+    for task in (1, 0):
+        stats = extract_lib.extract_features(image_paths, store, backbone, image_size=IMAGE_SIZE, batch_size=8,
+                                             progress=False, shards=store.task_shards(task, 2))
+        assert stats["shards_written"] == store.task_shards(task, 2)  # [0, 1] and [2]
+        if task == 1:
+            assert store.unfinished_shards() == [0, 1] and store.finalize() is None and not store.finalized
+    assert store.finalize()["valid_rows"] == 43
+    np.testing.assert_allclose(store.load_all(), full.load_all(), atol=1e-5)
+    np.testing.assert_array_equal(store.valid(), full.valid())
+
+
+def test_two_worker_processes_equal_one_and_resume_after_sigkill(tmp_path, make_images):
+    tsv = _write_tsv(tmp_path, make_images, 320)
+    features = tmp_path / "two" / "features"  # 20 shards of 16 rows: worker 0 owns 0-9, worker 1 owns 10-19
+    tf_config = {"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 0}}
+    worker0 = subprocess.Popen(_cli(tsv, tmp_path / "two", shard_size=16), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=dict(os.environ, TF_CONFIG=json.dumps(tf_config)))
+    worker1_cli = _cli(tsv, tmp_path / "two", "--task_index=1", "--num_tasks=2", shard_size=16)
+    worker1 = subprocess.Popen(worker1_cli, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (features / "shard-00010.features.npy").exists() and worker1.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    worker1.send_signal(signal.SIGKILL)
+    worker1.wait()
+    assert worker0.wait(timeout=300) == 0
+    finished = sorted(int(p.name[6:11]) for p in features.glob("shard-*.features.npy"))
+    assert finished[:10] == list(range(10)) and 10 in finished  # worker 0's block, and worker 1's first shard
+    assert len(finished) < 20, "worker 1 finished before the kill"  # worker 0 wrote none of worker 1's shards
+    assert not (features / "complete.json").exists()
+    mtimes = {s: os.stat(features / f"shard-{s:05d}.features.npy").st_mtime_ns for s in finished}
+
+    subprocess.run(worker1_cli, check=True, capture_output=True)  # the restarted worker 1 finishes the store
+    record = json.loads((features / "complete.json").read_text())
+    assert record == {"num_rows": 320, "num_shards": 20, "valid_rows": 320}
+    for shard, mtime in mtimes.items():  # finished shards (both workers') were kept, not redone
+        assert os.stat(features / f"shard-{shard:05d}.features.npy").st_mtime_ns == mtime
+    assert not list(features.glob("*tmp*"))
+
+    subprocess.run(_cli(tsv, tmp_path / "one", shard_size=16), check=True, capture_output=True)  # one process
+    one = FeatureStore(str(tmp_path / "one" / "features"))
+    assert one.finalized
+    two = FeatureStore(str(features))
+    np.testing.assert_allclose(two.load_all(), one.load_all(), atol=1e-5)
+    np.testing.assert_array_equal(two.valid(), one.valid())

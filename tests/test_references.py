@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cleannet_tf.references import ReferenceSets, build_reference_sets
+from cleannet_tf.references import (
+    KMEANS_BACKENDS,
+    ReferenceSets,
+    _assign,
+    _kmeans_plusplus,
+    _squared_distances,
+    build_reference_sets,
+    kmeans_float32,
+    kmeans_sklearn,
+)
 
 
 class RecordingGather:
@@ -34,10 +43,12 @@ def names(c):
     return tuple(f"class_{i}" for i in range(c))
 
 
-def test_recovers_planted_clusters():
+@pytest.mark.parametrize("backend", KMEANS_BACKENDS)
+def test_recovers_planted_clusters(backend):
     features, labels, centres = planted()
     refs = build_reference_sets(RecordingGather(features), labels, np.ones(len(labels), bool), names(3),
-                                num_references=4, n_init=10, progress=False)
+                                num_references=4, n_init=10, progress=False, kmeans_backend=backend)
+    assert refs.metadata["kmeans_backend"] == backend
     assert refs.references.shape == (3, 4, 16) and refs.references.dtype == np.float32
     np.testing.assert_array_equal(refs.counts, [4, 4, 4])
     assert refs.counts.dtype == np.int32 and refs.num_images.dtype == np.int64
@@ -230,3 +241,87 @@ def test_core_fraction_puts_every_centre_in_the_clean_majority():
     assert near_clean(robust) == 6 and robust.num_images[0] == 80
     with pytest.raises(ValueError, match="core_fraction"):
         build(0.0)
+
+
+def exact_inertia(x: np.ndarray, centres: np.ndarray) -> float:
+    """Sum of squared distances to the nearest centre, in float64 by differences (no expansion)."""
+    x, centres = x.astype(np.float64), centres.astype(np.float64)
+    return float(((x[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2).min(axis=1).sum())
+
+
+@pytest.mark.parametrize("n, dim, k, spread, seed", [(400, 8, 5, 1.5, 0), (600, 16, 8, 2.5, 1), (900, 32, 10, 4.0, 2),
+                                                     (500, 64, 6, 6.0, 3), (800, 4, 12, 1.0, 4)])
+def test_float32_inertia_at_most_sklearns_on_blobs(n, dim, k, spread, seed):
+    from sklearn.datasets import make_blobs
+
+    x, _ = make_blobs(n_samples=n, n_features=dim, centers=k, cluster_std=spread, random_state=seed)
+    x = x.astype(np.float32)
+    ours, reported = kmeans_float32(x.copy(), k, seed=seed)
+    theirs, _ = kmeans_sklearn(x.copy(), k, seed=seed)
+    assert ours.dtype == np.float32 and ours.shape == (k, dim)
+    assert exact_inertia(x, ours) <= 1.001 * exact_inertia(x, theirs)
+    assert reported == pytest.approx(exact_inertia(x, ours), rel=1e-4)  # float32 expansion on centred data
+
+
+def test_float32_kmeans_is_deterministic_and_leaves_input_unchanged():
+    rng = np.random.default_rng(5)
+    x = rng.random((500, 24), dtype=np.float32)  # no cluster structure: the result depends on the seed
+    before = x.copy()
+    a, inertia_a = kmeans_float32(x, 7, n_init=3, seed=11)
+    np.testing.assert_allclose(x, before, atol=1e-6)  # centred in place, then restored
+    b, inertia_b = kmeans_float32(before.copy(), 7, n_init=3, seed=11)
+    np.testing.assert_array_equal(a, b)
+    assert inertia_a == inertia_b
+    c, _ = kmeans_float32(before.copy(), 7, n_init=3, seed=12)
+    assert not np.array_equal(a, c)
+
+
+def test_float32_kmeans_with_duplicate_points_finds_each_distinct_vector():
+    rng = np.random.default_rng(6)
+    distinct = rng.normal(size=(8, 10)).astype(np.float32) * 5
+    x = np.repeat(distinct, [1, 2, 3, 5, 8, 13, 21, 34], axis=0)[rng.permutation(87)]  # exactly K distinct rows
+    centres, inertia = kmeans_float32(x.copy(), 8, seed=0)
+    distance = np.linalg.norm(distinct[:, None, :] - centres[None, :, :], axis=-1)
+    assert sorted(distance.argmin(axis=1)) == list(range(8)) and distance.min(axis=1).max() < 1e-4
+    assert inertia < 1e-3
+
+
+def test_float32_kmeans_refuses_too_few_rows_and_other_dtypes():
+    with pytest.raises(ValueError, match="k=4"):
+        kmeans_float32(np.zeros((3, 2), np.float32), 4)
+    with pytest.raises(ValueError, match="float64"):
+        kmeans_float32(np.zeros((10, 2)), 4)
+
+
+def test_float32_throughout():
+    rng = np.random.default_rng(7)
+    x = rng.random((60, 5), dtype=np.float32)
+    x_sq = np.einsum("ij,ij->i", x, x)
+    distances = _squared_distances(x[:4], x, x_sq)
+    assert distances.dtype == np.float32 and distances.shape == (4, 60) and distances.min() >= 0
+    np.testing.assert_allclose(distances, ((x[:4, None] - x[None]) ** 2).sum(-1), atol=1e-5)
+    centres = _kmeans_plusplus(x, x_sq, 6, 3, np.random.default_rng(0), trials=4)
+    assert centres.dtype == np.float32 and centres.shape == (3, 6, 5)
+    labels, nearest = _assign(x, x_sq, centres)
+    assert labels.shape == (3, 60) and nearest.dtype == np.float32
+    np.testing.assert_allclose(nearest, ((x[None, :, None] - centres[:, None]) ** 2).sum(-1).min(-1), atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", KMEANS_BACKENDS)
+def test_both_backends_handle_small_and_identical_classes(backend):
+    rng = np.random.default_rng(8)
+    features = np.concatenate([rng.random((3, 4), dtype=np.float32),  # class 0: fewer rows than K
+                               np.ones((20, 4), np.float32),  # class 1: all rows identical
+                               rng.random((30, 4), dtype=np.float32)])
+    labels = np.repeat([0, 1, 2], [3, 20, 30])
+    refs = build_reference_sets(RecordingGather(features), labels, np.ones(53, bool), names(3), num_references=5,
+                                n_init=2, progress=False, kmeans_backend=backend)
+    np.testing.assert_array_equal(refs.counts, [3, 1, 5])
+    np.testing.assert_array_equal(refs.references[1], np.ones((5, 4), np.float32))
+    assert refs.references.dtype == np.float32
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="kmeans_backend"):
+        build_reference_sets(RecordingGather(np.zeros((2, 2), np.float32)), np.array([0, 0]), np.ones(2, bool),
+                             names(1), progress=False, kmeans_backend="faiss")
