@@ -99,15 +99,15 @@ def _cli(tsv, workdir, *extra, shard_size=64):
             "--config.extract.batch_size=16", "--config.runtime.strategy=default", *extra]
 
 
-def _stopping_after_shard_1(command, marker):
-    """`command` (python -m cleannet_tf.extract ...) as a process that waits, to be killed, once shard 1 is written."""
+def _stopping_after_shard(command, marker, shard: int = 1):
+    """`command` (python -m cleannet_tf.extract ...) as a process that waits, to be killed, once `shard` is written."""
     script = f"""
 import os, sys, time
 sys.argv = ["cleannet-extract", *{command[3:]!r}]  # before the flags are defined (config_flags reads them then)
 real_replace = os.replace
 def replace(src, dst):
     real_replace(src, dst)
-    if str(dst).endswith("shard-00001.features.npy"):
+    if str(dst).endswith("shard-{shard:05d}.features.npy"):
         open({str(marker)!r}, "w").close()
         time.sleep(600)
 os.replace = replace
@@ -123,7 +123,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, make_images):
     workdir = tmp_path / "killed"
     features = workdir / "features"
     marker = tmp_path / "after_shard_1"
-    kill_at_marker(_stopping_after_shard_1(_cli(tsv, workdir), marker), marker, "shard 1")
+    kill_at_marker(_stopping_after_shard(_cli(tsv, workdir), marker), marker, "shard 1")
     finished = sorted(p.name for p in features.glob("shard-*.features.npy"))
     assert "shard-00001.features.npy" in finished and len(finished) < 10  # killed with shards left to do
     mtimes = {name: os.stat(features / name).st_mtime_ns for name in finished}
@@ -200,12 +200,8 @@ def test_two_worker_processes_equal_one_and_resume_after_sigkill(tmp_path, make_
     worker0 = subprocess.Popen(_cli(tsv, tmp_path / "two", shard_size=16), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, env=dict(os.environ, TF_CONFIG=json.dumps(tf_config)))
     worker1_cli = _cli(tsv, tmp_path / "two", "--task_index=1", "--num_tasks=2", shard_size=16)
-    worker1 = subprocess.Popen(worker1_cli, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (features / "shard-00010.features.npy").exists() and worker1.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    worker1.send_signal(signal.SIGKILL)
-    worker1.wait()
+    marker = tmp_path / "after_shard_10"
+    kill_at_marker(_stopping_after_shard(worker1_cli, marker, 10), marker, "shard 10")  # worker 1's first shard
     assert worker0.wait(timeout=300) == 0
     finished = sorted(int(p.name[6:11]) for p in features.glob("shard-*.features.npy"))
     assert finished[:10] == list(range(10)) and 10 in finished  # worker 0's block, and worker 1's first shard
