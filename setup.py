@@ -51,6 +51,8 @@ setup(
         "test": ["pytest>=8.0", "ruff>=0.6"],
         # benchmarks/transfer.py compares with cleanlab (Confident Learning).
         "bench": ["cleanlab==2.9.*"],
+        # Approximate nearest neighbours (neighbours.py) above 50k rows; without it the search is exact, O(N^2).
+        "scale": ["faiss-cpu>=1.8"],
     },
     entry_points={
         "console_scripts": [f"{name}={target}" for name, target in _ENTRY_POINTS.items()],
