@@ -24,7 +24,7 @@ from absl import logging
 
 METHODS = ("auto", "exact", "faiss")
 EXACT_MAX_ROWS = 50_000
-BLOCK_BYTES = 1 << 28  # 256 MB of similarities per exact block
+BLOCK_BYTES = 1 << 27  # 128 MB of similarities per exact block (peak about 4x: the top-k selection)
 
 
 def _unit_rows(block: np.ndarray) -> np.ndarray:
@@ -80,7 +80,7 @@ def nearest_neighbours(features: np.ndarray, k: int, *, exclude_self: bool = Tru
                             "rows, O(N^2).", n)
             method = "exact"
     if method == "exact":
-        return _exact(features, k, exclude_self, block_rows)
+        return exact_search(features, k, exclude_self=exclude_self, block_rows=block_rows)
     if not faiss_available():
         raise ImportError("method='faiss' needs faiss-cpu: pip install 'cleannet_tf[scale]'")
     return _faiss(features, k, exclude_self, block_rows=block_rows or 1024, reduce_dim=reduce_dim, nlist=nlist,
@@ -89,14 +89,15 @@ def nearest_neighbours(features: np.ndarray, k: int, *, exclude_self: bool = Tru
 
 def _top_k(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(B, M) similarities -> positions (B, k) and values (B, k) of the k largest, by decreasing value."""
-    part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    part = np.argpartition(sims, sims.shape[1] - k, axis=1)[:, -k:]
     values = np.take_along_axis(sims, part, axis=1)
     order = np.argsort(-values, axis=1, kind="stable")
     return np.take_along_axis(part, order, axis=1), np.take_along_axis(values, order, axis=1)
 
 
-def _exact(features, k: int, exclude_self: bool, block_rows: int, queries: np.ndarray | None = None):
-    """Exact search of `queries` (row numbers; None: all) against every row.
+def exact_search(features: np.ndarray, k: int, *, exclude_self: bool = True, block_rows: int = 0,
+                 queries: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact search of the rows `queries` (Q,) (None: all N) against every row: (Q, k) indices, similarities.
 
     Query blocks of block_rows rows against base chunks of rows (all N when they fit in BLOCK_BYTES), with a
     running top k: memory about 2 x BLOCK_BYTES whatever N.
@@ -118,11 +119,14 @@ def _exact(features, k: int, exclude_self: bool, block_rows: int, queries: np.nd
             if exclude_self:
                 inside = (rows >= first) & (rows < first + len(sims[0]))
                 sims[np.flatnonzero(inside), rows[inside] - first] = -np.inf
-            columns = np.broadcast_to(np.arange(first, first + sims.shape[1]), sims.shape)
-            sims = np.concatenate([best_s, sims], axis=1)
-            columns = np.concatenate([best_i, columns], axis=1)
-            positions, best_s = _top_k(sims, min(k, sims.shape[1]))
-            best_i = np.take_along_axis(columns, positions, axis=1)
+            positions, values = _top_k(sims, min(k, sims.shape[1]))
+            del sims
+            if best_i.shape[1]:  # merge with the best of the earlier chunks
+                positions, values = first + positions, np.concatenate([best_s, values], axis=1)
+                merged, best_s = _top_k(values, k)
+                best_i = np.take_along_axis(np.concatenate([best_i, positions], axis=1), merged, axis=1)
+            else:
+                best_i, best_s = first + positions, values
         indices[start:start + len(rows)], similarities[start:start + len(rows)] = best_i, best_s
     return indices, similarities
 
@@ -155,7 +159,8 @@ def _faiss(features, k: int, exclude_self: bool, *, block_rows: int, reduce_dim:
     dim = len(mean) if directions is None else directions.shape[1]
     index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist, faiss.METRIC_L2)
     index.cp.seed = seed
-    index.train(reduced(np.sort(train)))
+    index.cp.niter = 10
+    index.train(reduced(np.sort(train[:64 * nlist])))
     for start in range(0, n, block_rows):
         index.add(reduced(slice(start, start + block_rows)))
     index.nprobe = min(nprobe, nlist)
@@ -178,14 +183,20 @@ def _faiss(features, k: int, exclude_self: bool, *, block_rows: int, reduce_dim:
         similarities[start:stop] = values
         short.extend(start + np.flatnonzero(~np.isfinite(values).all(axis=1)))
     if short:
-        indices[short], similarities[short] = _exact(features, k, exclude_self, 0, queries=np.array(short))
+        indices[short], similarities[short] = exact_search(features, k, exclude_self=exclude_self,
+                                                           queries=np.array(short))
     return indices, similarities
 
 
 def recall_at_k(features: np.ndarray, indices: np.ndarray, *, exclude_self: bool = True, sample: int = 1000,
-                seed: int = 0) -> float:
-    """Mean share of each sampled row's exact k nearest rows that `indices` (N, k) contains: in [0, 1]."""
+                seed: int = 0, exact: tuple[np.ndarray, np.ndarray] | None = None) -> float:
+    """Mean share of each sampled row's exact k nearest rows that `indices` (N, k) contains: in [0, 1].
+
+    exact: (rows (S,), their exact indices (S, k)) when already computed; else `sample` rows drawn with `seed`.
+    """
     n, k = indices.shape
-    rows = np.sort(np.random.default_rng(seed).choice(n, min(n, sample), replace=False))
-    exact, _ = _exact(features, k, exclude_self, 0, queries=rows)
-    return float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(exact, indices[rows], strict=True)]))
+    if exact is None:
+        rows = np.sort(np.random.default_rng(seed).choice(n, min(n, sample), replace=False))
+        exact = rows, exact_search(features, k, exclude_self=exclude_self, queries=rows)[0]
+    rows, truth = exact
+    return float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(truth, indices[rows], strict=True)]))
