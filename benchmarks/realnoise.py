@@ -17,6 +17,10 @@ classes_heldout_<H>.txt; made for CIFAR-10N by make_realnoise.py, or a user's ow
                                  mode (configs/demo.py: stacked, core k-means, calibration classes) with its
                                  verify.signals and the other signal choices, and the margin (robust) score of
                                  that same CleanNet
+    stacked + neighbour signals  benchmark-only rows (not a library mode): detectors.StackedDetector on the
+                                 class-mean margin, kNN agreement and vote share (fitted on the verified classes'
+                                 verified_train rows), and with CleanNet's four signals too (fitted on the
+                                 calibration classes' verified_train rows, which CleanNet did not train on)
 
 Protocol, the same for every method: the threshold is the one with the lowest error on the verified classes'
 verified_train rows (metrics.best_threshold); error, precision, recall, F1 (wrong label = positive) and ROC-AUC
@@ -184,10 +188,15 @@ def release_config(base, name: str, root: str, seed: int):
     return config
 
 
-def cleannet_rows(config, workdir: str, table: datasets.LabelTable, add) -> None:
-    """CleanNet in the paper's mode and in the config's mode (its signal choices, and its margin score)."""
+def cleannet_rows(config, workdir: str, table: datasets.LabelTable, add) -> tuple[np.ndarray, np.ndarray] | None:
+    """CleanNet in the paper's mode and in the config's mode (its signal choices, and its margin score).
+
+    Returns the config-mode CleanNet's (P, 4) verifier.SIGNAL_NAMES of every pool image and its (C,) calibration
+    classes (None when the config's mode is paper).
+    """
     import keras
 
+    out = None
     runs = [("paper", 1.0, 0.0)] if "paper" not in _SKIP.value else []
     if config.cleannet.mode != "paper":
         runs.append((config.cleannet.mode, config.refs.core_fraction, config.cleannet.calibration_fraction))
@@ -227,6 +236,19 @@ def cleannet_rows(config, workdir: str, table: datasets.LabelTable, add) -> None
                                                signals=tuple(signals), seed=run_config.seed)
             scores = verifier.class_scores(model, data.features)[np.arange(len(data.labels)), data.labels]
             add(label, scores, train_seconds * uses_cleannet + time.perf_counter() - start)
+            if mode != "paper" and out is None:
+                out = verifier.own_class_signals(model, data.features, data.labels), calibration
+    return out
+
+
+def stacked_with_neighbours(data: train_data.TrainingData, columns: dict[str, np.ndarray], fit: np.ndarray,
+                            seed: int) -> np.ndarray:
+    """detectors.StackedDetector (logistic) on the named (P,) signal columns, fitted on pool rows `fit`: (P,)."""
+    signals = np.stack(list(columns.values()), axis=1)
+    detector = detectors.StackedDetector(seed=seed).fit(signals[fit], data.verification[fit])
+    weights = ", ".join(f"{name} {w:+.2f}" for name, w in detector.coefficients(list(columns)).items())
+    print(f"    weights: {weights}")
+    return detector.score(signals)
 
 
 def run_release(base_config, name: str, root: str, seed: int) -> list[dict]:
@@ -266,25 +288,46 @@ def run_release(base_config, name: str, root: str, seed: int) -> list[dict]:
         add("cleanlab find_label_issues (its threshold)",
             flagged=find_label_issues(data.labels, probabilities), seconds=seconds + time.perf_counter() - start)
     start = time.perf_counter()
-    agreement = detectors.knn_label_agreement(detectors.log_normalize(data.features), data.labels, k=_K.value)
-    add(f"kNN label agreement k={_K.value}", agreement, time.perf_counter() - start)
+    x = detectors.log_normalize(data.features)
+    agreement = detectors.knn_label_agreement(x, data.labels, k=_K.value)
+    knn_seconds = time.perf_counter() - start
+    add(f"kNN label agreement k={_K.value}", agreement, knn_seconds)
+    extra = {f"knn_agreement_{_K.value}": agreement}
     if "vote" not in _SKIP.value:
         start = time.perf_counter()
         score, flagged = neighbour_vote(data.features, data.labels, num_classes, k=_K.value, rounds=_VOTE_ROUNDS.value,
                                         dim=_VOTE_DIM.value, seed=seed)
         seconds = time.perf_counter() - start
+        knn_seconds += seconds
         add(f"neighbour vote (SimiFeat-style) k={_K.value}, {_VOTE_ROUNDS.value} rounds: vote share", score, seconds)
         add("  its vote rule (majority of rounds)", flagged=flagged, seconds=seconds)
+        extra["vote_share"] = score
     start = time.perf_counter()
     add("class-centroid cosine", demo_lib.centroid_cosine_scores(data.features, data.labels,
                                                                  np.ones(len(data.labels), bool), num_classes),
         time.perf_counter() - start)
+    # Neighbour signals stacked with the class-mean margin (no CleanNet; benchmark-only, not a library mode),
+    # fitted on the verified classes' verified_train rows, the rows every threshold comes from.
+    start = time.perf_counter()
+    robust = detectors.robust_class_means(x, data.labels, num_classes=num_classes, keep=config.verify.class_mean_keep)
+    margin = detectors.own_class_margin(x, data.labels, robust)[1]
+    fit = data.verified_train[~data.heldout_classes[data.labels[data.verified_train]]]
+    add("stacked: class-mean margin + neighbour signals (benchmark-only)",
+        stacked_with_neighbours(data, {"class_mean_margin": margin, **extra}, fit, seed),
+        knn_seconds + time.perf_counter() - start)
     if "cleannet" not in _SKIP.value:
         if _WORKDIR.value:
-            cleannet_rows(config, os.path.join(_WORKDIR.value, name), table, add)
+            found = cleannet_rows(config, os.path.join(_WORKDIR.value, name), table, add)
         else:
             with tempfile.TemporaryDirectory(prefix="realnoise-refs-") as workdir:
-                cleannet_rows(config, workdir, table, add)
+                found = cleannet_rows(config, workdir, table, add)
+        if found is not None:  # CleanNet's signals too, fitted where CleanNet did not train: calibration classes
+            signals, calibration = found
+            calibration_fit = data.verified_train[calibration[data.labels[data.verified_train]]]
+            if calibration.any() and len(np.unique(data.verification[calibration_fit])) == 2:
+                columns = {name: signals[:, i] for i, name in enumerate(verifier.SIGNAL_NAMES)}
+                add("stacked: CleanNet + class-mean + neighbour signals (benchmark-only)",
+                    stacked_with_neighbours(data, {**columns, **extra}, calibration_fit, seed), knn_seconds)
     return rows
 
 

@@ -52,7 +52,7 @@ def faiss_available() -> bool:
 
 def nearest_neighbours(features: np.ndarray, k: int, *, exclude_self: bool = True, method: str = "auto",
                        block_rows: int = 0, exact_max_rows: int = EXACT_MAX_ROWS, reduce_dim: int = 256,
-                       nlist: int = 0, nprobe: int = 16, candidates: int = 0, train_rows: int = 100_000,
+                       nlist: int = 0, nprobe: int = 16, candidates: int = 0, pca_rows: int = 20_000,
                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The k most cosine-similar rows of every row: (N, D) -> indices (N, k) int64, similarities (N, k) float32.
 
@@ -65,8 +65,8 @@ def nearest_neighbours(features: np.ndarray, k: int, *, exclude_self: bool = Tru
         reduce_dim: faiss: dimensions kept by the projection (0 or >= D: none).
         nlist, nprobe: faiss: inverted lists (0: about 4 sqrt(N)) and lists searched per query.
         candidates: faiss: rows per query re-ranked exactly (0: max(3k, k + 10)).
-        train_rows: faiss: rows sampled for the projection and the coarse quantiser.
-        seed: faiss: the sample and the quantiser's k-means.
+        pca_rows: faiss: rows sampled for the projection (the quantiser's k-means sees 40 x nlist rows).
+        seed: faiss: the samples and the quantiser's k-means.
     Returns:
         indices (N, k) int64 and similarities (N, k) float32, each row by decreasing similarity.
     """
@@ -84,7 +84,7 @@ def nearest_neighbours(features: np.ndarray, k: int, *, exclude_self: bool = Tru
     if not faiss_available():
         raise ImportError("method='faiss' needs faiss-cpu: pip install 'cleannet_tf[scale]'")
     return _faiss(features, k, exclude_self, block_rows=block_rows or 1024, reduce_dim=reduce_dim, nlist=nlist,
-                  nprobe=nprobe, candidates=candidates or max(3 * k, k + 10), train_rows=train_rows, seed=seed)
+                  nprobe=nprobe, candidates=candidates or max(3 * k, k + 10), pca_rows=pca_rows, seed=seed)
 
 
 def _top_k(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,36 +131,35 @@ def exact_search(features: np.ndarray, k: int, *, exclude_self: bool = True, blo
     return indices, similarities
 
 
-def _projection(features, train: np.ndarray, reduce_dim: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Mean (D,) and top principal directions (D, reduce_dim) of the unit rows `train`; None: no projection."""
-    sample = _unit_rows(features[np.sort(train)])
+def _projection(features, rows: np.ndarray, reduce_dim: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mean (D,) and top principal directions (D, reduce_dim) of the unit rows `rows`; None: no projection."""
+    sample = _unit_rows(features[np.sort(rows)])
     mean = sample.mean(axis=0)
     if not reduce_dim or reduce_dim >= sample.shape[1]:
         return mean, None
-    centred = (sample - mean).astype(np.float64)
-    _, vectors = np.linalg.eigh(centred.T @ centred)
+    sample -= mean
+    _, vectors = np.linalg.eigh((sample.T @ sample).astype(np.float64))
     return mean, np.ascontiguousarray(vectors[:, ::-1][:, :reduce_dim], dtype=np.float32)
 
 
 def _faiss(features, k: int, exclude_self: bool, *, block_rows: int, reduce_dim: int, nlist: int, nprobe: int,
-           candidates: int, train_rows: int, seed: int):
+           candidates: int, pca_rows: int, seed: int):
     import faiss
 
     n, _ = features.shape
     rng = np.random.default_rng(seed)
-    train = rng.choice(n, min(n, train_rows), replace=False)
-    mean, directions = _projection(features, train, reduce_dim)
+    mean, directions = _projection(features, rng.choice(n, min(n, pca_rows), replace=False), reduce_dim)
 
     def reduced(rows_or_slice) -> np.ndarray:
         block = _unit_rows(features[rows_or_slice]) - mean
         return np.ascontiguousarray(block if directions is None else block @ directions, dtype=np.float32)
 
-    nlist = nlist or int(np.clip(4 * np.sqrt(n), 1, max(1, len(train) // 39)))
+    nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 40))
     dim = len(mean) if directions is None else directions.shape[1]
     index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist, faiss.METRIC_L2)
     index.cp.seed = seed
     index.cp.niter = 10
-    index.train(reduced(np.sort(train[:64 * nlist])))
+    index.train(reduced(np.sort(rng.choice(n, min(n, 40 * nlist), replace=False))))
     for start in range(0, n, block_rows):
         index.add(reduced(slice(start, start + block_rows)))
     index.nprobe = min(nprobe, nlist)

@@ -12,7 +12,8 @@ CLASSES = [f"c{i}" for i in range(6)]
 METHODS = ["no detection", "cleanlab self-confidence", "cleanlab find_label_issues", "kNN label agreement k=10",
            "neighbour vote (SimiFeat-style)", "its vote rule", "class-centroid cosine", "CleanNet mode=paper",
            "CleanNet mode=stacked, signals=class_mean_margin (config)", "stacked, signals=cleannet_cosine",
-           "same CleanNet, margin score"]
+           "same CleanNet, margin score", "stacked: class-mean margin + neighbour signals",
+           "stacked: CleanNet + class-mean + neighbour signals"]
 
 
 def write_release(root: str, seed: int = 0) -> tuple[str, dict]:
