@@ -48,7 +48,8 @@ setup(
         "tensorboard>=2.19",  # tf.summary for training curves; TF 2.21 no longer pulls it in
     ],
     extras_require={
-        "test": ["pytest>=8.0", "ruff>=0.6"],
+        # The tests run the faiss path of neighbours.py and benchmarks/realnoise.py (cleanlab) too.
+        "test": ["pytest>=8.0", "ruff>=0.6", "faiss-cpu>=1.8", "cleanlab==2.9.*"],
         # benchmarks/transfer.py compares with cleanlab (Confident Learning).
         "bench": ["cleanlab==2.9.*"],
         # Approximate nearest neighbours (neighbours.py) above 50k rows; without it the search is exact, O(N^2).

@@ -83,3 +83,12 @@ def test_auto_switches_at_the_threshold_and_bad_input_errors():
         neighbours.nearest_neighbours(x, 5, method="scann")
     with pytest.raises(ValueError, match="2-D"):
         neighbours.nearest_neighbours(x[0], 5)
+
+
+def test_without_faiss_auto_falls_back_to_exact_and_faiss_says_how_to_install(monkeypatch):
+    x = clustered(300, 8, seed=6)
+    exact = neighbours.nearest_neighbours(x, 4, method="exact")
+    monkeypatch.setattr(neighbours, "faiss_available", lambda: False)
+    np.testing.assert_array_equal(neighbours.nearest_neighbours(x, 4, exact_max_rows=100)[0], exact[0])
+    with pytest.raises(ImportError, match=r"cleannet_tf\[scale\]"):
+        neighbours.nearest_neighbours(x, 4, method="faiss")
