@@ -11,16 +11,16 @@ _VERSION = re.search(
 ).group(1)
 
 _ENTRY_POINTS = {
-    "cleannet-train-classifier": "cleannet_tf.train_classifier:run",
-    "cleannet-extract": "cleannet_tf.extract:run",
-    "cleannet-refs": "cleannet_tf.refs:run",
-    "cleannet-train": "cleannet_tf.train:run",
-    "cleannet-verify": "cleannet_tf.verify:run",
-    "cleannet-export": "cleannet_tf.export:run",
-    "cleannet-serve": "cleannet_tf.serve:run",
-    "cleannet-run": "cleannet_tf.run:run",
-    "cleannet-demo": "cleannet_tf.demo:run",
-    "cleannet-config": "cleannet_tf.config_cli:run",
+    "cleannet-train-classifier": "cleannet_tf.cli.train_classifier:run",
+    "cleannet-extract": "cleannet_tf.cli.extract:run",
+    "cleannet-refs": "cleannet_tf.cli.refs:run",
+    "cleannet-train": "cleannet_tf.cli.train:run",
+    "cleannet-verify": "cleannet_tf.cli.verify:run",
+    "cleannet-export": "cleannet_tf.cli.export:run",
+    "cleannet-serve": "cleannet_tf.cli.serve:run",
+    "cleannet-run": "cleannet_tf.cli.run:run",
+    "cleannet-demo": "cleannet_tf.cli.demo:run",
+    "cleannet-config": "cleannet_tf.cli.config:run",
     "cleannet-review": "cleannet_tf.review.__main__:run",
 }
 

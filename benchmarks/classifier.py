@@ -30,8 +30,12 @@ from ml_collections import config_flags  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cleannet_tf import classifier_lib, datasets, demo_data, pipeline  # noqa: E402
 from cleannet_tf import config as config_lib
+from cleannet_tf.data import demo
+from cleannet_tf.data import table as datasets
+from cleannet_tf.pipeline import runner  # noqa: E402
+from cleannet_tf.pipeline.table import load_table
+from cleannet_tf.training import classifier
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Pipeline config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/cleannet_demo", "A finished cleannet-demo workdir.")
@@ -46,19 +50,19 @@ def main(argv) -> None:
     del argv
     config, workdir = _CONFIG.value, _WORKDIR.value
     output_root = _OUTPUT.value or os.path.join(workdir, "classifier_benchmark")
-    table = datasets.load_table(config, workdir)
-    truth = demo_data.read_demo_truth(config_lib.resolve_data_root(config, workdir))
+    table = load_table(config, workdir)
+    truth = demo.read_demo_truth(config_lib.resolve_data_root(config, workdir))
     true_labels = np.array([truth.get(key, label) for key, label in zip(table.keys, table.labels, strict=True)])
     pool = table.split != datasets.SPLIT_TEST
     print(f"{int(pool.sum())} training images, {np.mean(true_labels[pool] != table.labels[pool]):.1%} wrong labels, "
           f"{int((table.verification[pool] >= 0).sum())} verified; {int((~pool).sum())} clean test images")
     finetuned = config.copy_and_resolve_references()
     finetuned.classifier.finetune_epochs = _FINETUNE_EPOCHS.value
-    soft = pipeline.classifier_weights(table, workdir, "soft")
+    soft = runner.classifier_weights(table, workdir, "soft")
     runs = {
         "none": (table, None, config),
         "soft": (table, soft, config),
-        "hard": (table, pipeline.classifier_weights(table, workdir, "hard"), config),
+        "hard": (table, runner.classifier_weights(table, workdir, "hard"), config),
         f"soft + {_FINETUNE_EPOCHS.value} epochs fine-tuning": (table, soft, finetuned),
         "clean labels": (dataclasses.replace(table, labels=true_labels.astype(table.labels.dtype)), None, config),
     }
@@ -88,7 +92,7 @@ def train_once(table, weights, config, seed: int, output_dir: str) -> float:
             return json.load(f)["test_accuracy"]
     config = config.copy_and_resolve_references()
     config.seed = seed
-    _, metrics = classifier_lib.train_classifier(table, config, output_dir, sample_weights=weights,
+    _, metrics = classifier.train_classifier(table, config, output_dir, sample_weights=weights,
                                                  initial_weights="random", progress=False)
     return metrics["test_accuracy"]
 

@@ -21,9 +21,11 @@ import tensorflow as tf
 from absl import app, flags
 
 from cleannet_tf import config as config_lib
-from cleannet_tf import ops, train_data, train_lib
-from cleannet_tf.model import encode_classes, query_encoder_of
-from cleannet_tf.references import ReferenceSets
+from cleannet_tf import ops
+from cleannet_tf.features import pool
+from cleannet_tf.features.references import ReferenceSets
+from cleannet_tf.model.cleannet import encode_classes, query_encoder_of
+from cleannet_tf.training import cleannet
 
 _CLASSES = flags.DEFINE_integer("classes", 101, "Classes (101 as Food-101N; 14 as Clothing1M).")
 _STEPS = flags.DEFINE_integer("train_steps", 60, "Timed training steps per encoding.")
@@ -38,7 +40,7 @@ def _data(num_classes: int, rows: int, seed: int = 0):
     labels = rng.integers(num_classes, size=rows).astype(np.int32)
     verification = np.where(rng.random(rows) < 0.3, (rng.random(rows) < 0.8).astype(np.int8), -1).astype(np.int8)
     split = np.zeros(rows, np.int8)
-    data = train_data.TrainingData(
+    data = pool.TrainingData(
         features=features, labels=labels, verification=verification, table_rows=np.arange(rows),
         verified_train=np.nonzero(verification >= 0)[0], validation=np.zeros(0, np.int64),
         heldout_classes=np.zeros(num_classes, bool), class_names=tuple(f"c{i}" for i in range(num_classes)))
@@ -58,11 +60,11 @@ def time_training(data, references, encoding: str, steps: int) -> float:
     warmup = 5
     with tempfile.TemporaryDirectory() as directory:
         config.train.steps = warmup
-        train_lib.train_cleannet(data, references, config, os.path.join(directory, "w"), encoding=encoding,
+        cleannet.train_cleannet(data, references, config, os.path.join(directory, "w"), encoding=encoding,
                                  progress=False)
         config.train.steps = warmup + steps
         start = time.perf_counter()
-        train_lib.train_cleannet(data, references, config, os.path.join(directory, "t"), encoding=encoding,
+        cleannet.train_cleannet(data, references, config, os.path.join(directory, "t"), encoding=encoding,
                                  progress=False)
         seconds = time.perf_counter() - start
     # The second run also traced and ran `warmup` steps; subtract them at the measured rate.
@@ -80,7 +82,7 @@ def numpy_forward(weights, features, class_table, labels):
 
 def time_scoring(data, references, rows: int, batch: int) -> tuple[float, float]:
     config = config_lib.default_config()
-    model = train_lib.build_model_from_config(config, _FEATURE_DIM, _NUM_REFS)
+    model = cleannet.build_model_from_config(config, _FEATURE_DIM, _NUM_REFS)
     table = tf.math.l2_normalize(encode_classes(model, references.references), axis=-1)
     encoder = query_encoder_of(model)
     features = data.features[np.arange(rows) % len(data.features)]

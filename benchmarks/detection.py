@@ -31,7 +31,16 @@ from ml_collections import config_flags  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cleannet_tf import datasets, demo_lib, detectors, metrics, ops, pipeline, train_lib, verifier, verify_lib  # noqa: E402
+from cleannet_tf import ops
+from cleannet_tf.detection import (
+    fit,  # noqa: E402
+    metrics,
+    verifier,
+)
+from cleannet_tf.detection import signals as detectors
+from cleannet_tf.pipeline import demo, runner
+from cleannet_tf.pipeline.table import load_table
+from cleannet_tf.training import cleannet as train_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Pipeline config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/cleannet_demo", "Workdir of the pipeline's earlier steps.")
@@ -83,7 +92,7 @@ def run_setting(config, workdir: str, name: str, shared: dict) -> None:
     if name == "all":
         config.data.demo_heldout = 0
         config.data.heldout_list = ""
-    table = datasets.load_table(config, workdir)
+    table = load_table(config, workdir)
     data, reference_sets = train_lib.load_training_inputs(config, workdir, table)
     print(f"\n== setting {name}: {int(data.heldout_classes.sum())} held-out classes of {len(data.class_names)}, "
           f"{len(data.verified_train)} verified training rows, {len(data.validation)} validation rows")
@@ -112,7 +121,7 @@ def run_setting(config, workdir: str, name: str, shared: dict) -> None:
             # A score on class-mean signals only does not use CleanNet's output: its time is the fit alone.
             uses_cleannet = any(name.startswith("cleannet_") for name in signals)
             start = time.perf_counter()
-            model, _ = verify_lib.fit_verifier(cleannet, data, reference_sets, mode=config.cleannet.mode,
+            model, _ = fit.fit_verifier(cleannet, data, reference_sets, mode=config.cleannet.mode,
                                                class_mean_keep=config.verify.class_mean_keep,
                                                calibration_classes=calibration, signals=tuple(signals),
                                                seed=config.seed)
@@ -122,12 +131,12 @@ def run_setting(config, workdir: str, name: str, shared: dict) -> None:
             if mode == config.cleannet.mode:
                 continue
             start = time.perf_counter()
-            model, _ = verify_lib.fit_verifier(cleannet, data, reference_sets, mode=mode)
+            model, _ = fit.fit_verifier(cleannet, data, reference_sets, mode=mode)
             scores = verifier.class_scores(model, data.features)[np.arange(len(data.labels)), data.labels]
             add(f"  same CleanNet, {verifier.MODE_SCORING[mode]} score", scores, time.perf_counter() - start)
 
     start = time.perf_counter()
-    add("class-centroid cosine", demo_lib.centroid_cosine_scores(data.features, data.labels,
+    add("class-centroid cosine", demo.centroid_cosine_scores(data.features, data.labels,
                                                                  np.ones(len(data.labels), bool), num_classes),
         time.perf_counter() - start)
     start = time.perf_counter()
@@ -163,12 +172,12 @@ def main(argv) -> None:
         config.train.steps = _STEPS.value
         config.train.lr_decay_steps = max(1, _STEPS.value // 2)
     workdir = _WORKDIR.value
-    table = datasets.load_table(config, workdir)
-    missing = [step for step in ("train_classifier", "extract", "refs") if not pipeline.step_complete(step, config,
+    table = load_table(config, workdir)
+    missing = [step for step in ("train_classifier", "extract", "refs") if not runner.step_complete(step, config,
                                                                                                      workdir)]
     if missing:
         logging.info("Running %s first.", missing)
-        pipeline.run_steps(config, workdir, table=table, steps=missing)
+        runner.run_steps(config, workdir, table=table, steps=missing)
     shared: dict = {}
     start = time.perf_counter()
     for name in _SETTINGS.value:

@@ -19,8 +19,9 @@ import tensorflow as tf
 from absl import app, flags
 from PIL import Image
 
-from cleannet_tf import backbones, extract_lib, input_pipeline
-from cleannet_tf.feature_store import FeatureStore
+from cleannet_tf.data import images as input_pipeline
+from cleannet_tf.features import backbones, extract
+from cleannet_tf.features.store import FeatureStore
 
 _BACKBONES = flags.DEFINE_list("backbones", ["small_cnn", "resnet50"], "Backbones to time.")
 _IMAGES = flags.DEFINE_integer("images", 0, "Images per backbone (0: 4096 for small_cnn, 256 for the others).")
@@ -63,7 +64,7 @@ def bench(name: str, paths: np.ndarray, image_size, batch_size: int, repeats: in
         directory = tempfile.mkdtemp(dir=workdir)
         store = FeatureStore.create_or_open(directory, keys=paths, paths=paths, feature_dim=feature_dim,
                                             shard_size=2048, extractor={"bench": name})
-        extract_lib.extract_features(paths, store, backbone, image_size=image_size, batch_size=batch_size,
+        extract.extract_features(paths, store, backbone, image_size=image_size, batch_size=batch_size,
                                      progress=False)
 
     images = np.stack([input_pipeline.decode_image(tf.io.read_file(p), image_size).numpy() for p in paths])

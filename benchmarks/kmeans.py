@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cleannet_tf.references import build_reference_sets  # noqa: E402
+from cleannet_tf.features.references import build_reference_sets  # noqa: E402
 
 CHUNK_ROWS = 4096
 

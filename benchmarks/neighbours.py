@@ -27,7 +27,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from cleannet_tf import neighbours
+from cleannet_tf.features import neighbours
 
 _N = flags.DEFINE_integer("n", 1_000_000, "Rows.")
 _DIM = flags.DEFINE_integer("dim", 1280, "Feature dimension.")

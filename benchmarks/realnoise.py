@@ -57,19 +57,14 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from benchmarks.transfer import cleanlab_probabilities  # noqa: E402
-from cleannet_tf import (  # noqa: E402
-    datasets,
-    demo_lib,
-    detectors,
-    extract_lib,
-    metrics,
-    neighbours,
-    pipeline,
-    train_data,
-    train_lib,
-    verifier,
-    verify_lib,
-)
+from cleannet_tf.data import table as datasets
+from cleannet_tf.detection import fit as verify_lib
+from cleannet_tf.detection import metrics, verifier
+from cleannet_tf.detection import signals as detectors
+from cleannet_tf.features import extract, neighbours, pool
+from cleannet_tf.pipeline import demo, runner
+from cleannet_tf.pipeline.table import load_table
+from cleannet_tf.training import cleannet as train_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Config of the CleanNet modes.")
 _ROOT = flags.DEFINE_string("root", "", "One release (instead of --dataset/--seeds).")
@@ -128,7 +123,7 @@ def neighbour_vote(features: np.ndarray, labels: np.ndarray, num_classes: int, *
 # --------------------------------------------------------------------------- protocol
 
 
-def evaluate(data: train_data.TrainingData, scores: np.ndarray | None = None, *,
+def evaluate(data: pool.TrainingData, scores: np.ndarray | None = None, *,
              flagged: np.ndarray | None = None) -> dict:
     """Metrics on verified_val rows, V and H apart: threshold from the verified classes' verified_train rows.
 
@@ -207,8 +202,8 @@ def cleannet_rows(config, workdir: str, table: datasets.LabelTable, add) -> tupl
         run_config.cleannet.calibration_fraction = calibration_fraction
         run_dir = os.path.join(workdir, f"{mode}_core{core_fraction:g}")
         start = time.perf_counter()
-        if not pipeline.step_complete("refs", run_config, run_dir):
-            pipeline.run_refs(run_config, run_dir, table=table, progress=False)
+        if not runner.step_complete("refs", run_config, run_dir):
+            runner.run_refs(run_config, run_dir, table=table, progress=False)
         training, reference_sets = train_lib.load_training_inputs(run_config, run_dir, table, for_training=True)
         with tempfile.TemporaryDirectory(prefix="realnoise-cleannet-") as output_dir:
             train_lib.train_cleannet(training, reference_sets, run_config, output_dir, progress=False)
@@ -241,7 +236,7 @@ def cleannet_rows(config, workdir: str, table: datasets.LabelTable, add) -> tupl
     return out
 
 
-def stacked_with_neighbours(data: train_data.TrainingData, columns: dict[str, np.ndarray], fit: np.ndarray,
+def stacked_with_neighbours(data: pool.TrainingData, columns: dict[str, np.ndarray], fit: np.ndarray,
                             seed: int) -> np.ndarray:
     """detectors.StackedDetector (logistic) on the named (P,) signal columns, fitted on pool rows `fit`: (P,)."""
     signals = np.stack(list(columns.values()), axis=1)
@@ -253,9 +248,9 @@ def stacked_with_neighbours(data: train_data.TrainingData, columns: dict[str, np
 
 def run_release(base_config, name: str, root: str, seed: int) -> list[dict]:
     config = release_config(base_config, name, root, seed)
-    table = datasets.load_table(config, os.path.join(tempfile.gettempdir(), "realnoise-unused"))
-    features = extract_lib.open_features(config, "", table)
-    data = train_data.prepare_training_data(table, features, table.class_names, features.feature_dim,
+    table = load_table(config, os.path.join(tempfile.gettempdir(), "realnoise-unused"))
+    features = extract.open_features(config, "", table)
+    data = pool.prepare_training_data(table, features, table.class_names, features.feature_dim,
                                             np.ones(table.num_classes))
     num_classes = len(data.class_names)
     held = data.heldout_classes[data.labels[data.validation]]
@@ -303,7 +298,7 @@ def run_release(base_config, name: str, root: str, seed: int) -> list[dict]:
         add("  its vote rule (majority of rounds)", flagged=flagged, seconds=seconds)
         extra["vote_share"] = score
     start = time.perf_counter()
-    add("class-centroid cosine", demo_lib.centroid_cosine_scores(data.features, data.labels,
+    add("class-centroid cosine", demo.centroid_cosine_scores(data.features, data.labels,
                                                                  np.ones(len(data.labels), bool), num_classes),
         time.perf_counter() - start)
     # Neighbour signals stacked with the class-mean margin (no CleanNet; benchmark-only, not a library mode),

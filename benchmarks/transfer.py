@@ -51,21 +51,21 @@ import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
 from cleannet_tf import config as config_lib  # noqa: E402
-from cleannet_tf import (  # noqa: E402
-    datasets,
-    demo_data,
-    demo_lib,
-    detectors,
-    extract_lib,
-    metrics,
-    ops,
-    pipeline,
-    train_data,
-    train_lib,
-)
-from cleannet_tf import references as references_lib  # noqa: E402
-from cleannet_tf.model import encode_classes, query_encoder_of, reference_encoder_of  # noqa: E402
-from cleannet_tf.references import ReferenceSets, references_path  # noqa: E402
+from cleannet_tf import ops
+from cleannet_tf.data import demo
+from cleannet_tf.data import table as datasets
+from cleannet_tf.data.food101n import read_food101n
+from cleannet_tf.detection import metrics
+from cleannet_tf.detection import signals as detectors
+from cleannet_tf.features import extract
+from cleannet_tf.features import pool as train_data
+from cleannet_tf.features import references as references_lib  # noqa: E402
+from cleannet_tf.features.references import ReferenceSets, references_path  # noqa: E402
+from cleannet_tf.model.cleannet import encode_classes, query_encoder_of, reference_encoder_of  # noqa: E402
+from cleannet_tf.pipeline import demo as demo_lib
+from cleannet_tf.pipeline import runner
+from cleannet_tf.pipeline import table as table_lib
+from cleannet_tf.training import cleannet
 from configs import demo as demo_config  # noqa: E402
 
 HELDOUT = 50  # the demo's held-out list
@@ -77,28 +77,28 @@ ROBUST_CORE_FRACTION = 0.7  # refs.core_fraction of the library's robust mode (c
 
 def build_workdir(config, workdir: str) -> None:
     """Runs the demo pipeline's steps before CleanNet, skipping complete ones."""
-    table = datasets.load_table(config, workdir)
-    if not pipeline.step_complete("train_classifier", config, workdir):
+    table = load_table(config, workdir)
+    if not runner.step_complete("train_classifier", config, workdir):
         print(f"[build] training the classifier on the noisy labels -> {workdir}/classifier", flush=True)
-        pipeline.run_train_classifier(config, workdir, table=table, progress=False)
-    if not pipeline.step_complete("extract", config, workdir):
+        runner.run_train_classifier(config, workdir, table=table, progress=False)
+    if not runner.step_complete("extract", config, workdir):
         print(f"[build] extracting features -> {workdir}/features", flush=True)
-        extract_lib.run_extract(config, workdir, table=table, progress=False)
-    if not pipeline.step_complete("refs", config, workdir):
+        extract.run_extract(config, workdir, table=table, progress=False)
+    if not runner.step_complete("refs", config, workdir):
         print(f"[build] reference sets -> {workdir}/references.npz", flush=True)
-        pipeline.run_refs(config, workdir, table=table, progress=False)
+        runner.run_refs(config, workdir, table=table, progress=False)
 
 
 def load_table(config, workdir: str) -> datasets.LabelTable:
-    """datasets.load_table; for demo data written by an older generator version, read it as it is."""
+    """load_table; for demo data written by an older generator version, read it as it is."""
     try:
-        return datasets.load_table(config, workdir)
+        return table_lib.load_table(config, workdir)
     except ValueError as error:
         if "other parameters" not in str(error):
             raise
         root = config_lib.resolve_data_root(config, workdir)
         logging.warning("%s was made by another demo-generator version; reading it as it is.", root)
-        table = datasets.read_food101n(root)
+        table = read_food101n(root)
         if config.data.demo_heldout:
             heldout_list = os.path.join(root, "meta", f"classes_heldout_{config.data.demo_heldout}.txt")
             table = datasets.apply_heldout(table, datasets.read_heldout_list(heldout_list, table.class_names))
@@ -120,10 +120,10 @@ def reference_sets_for(config, workdir: str, table: datasets.LabelTable, core_fr
     existing = ReferenceSets.load(references_path(workdir))
     if float(existing.metadata.get("core_fraction", 1.0)) == core_fraction:
         return existing
-    features = extract_lib.open_features(config, workdir, table)
+    features = extract.open_features(config, workdir, table)
     refs = config.refs
     return references_lib.build_reference_sets(
-        features.gather, table.labels, pipeline.reference_rows(table, features.valid()), table.class_names,
+        features.gather, table.labels, runner.reference_rows(table, features.valid()), table.class_names,
         num_references=refs.num_references, n_init=refs.n_init, max_iter=refs.max_iter, tol=refs.tol,
         max_samples_per_class=refs.max_samples_per_class, seed=config.seed, core_fraction=core_fraction,
         progress=False)
@@ -133,7 +133,7 @@ def load_setting(base_config, workdir: str, name: str, cache: dict) -> Setting:
     config = copy.deepcopy(base_config)
     config.data.demo_heldout = HELDOUT if name == "heldout" else 0
     table = load_table(config, workdir)
-    features = extract_lib.open_features(config, workdir, table)
+    features = extract.open_features(config, workdir, table)
     if "references" not in cache:  # label-free: the same in both settings
         cache["references"] = (reference_sets_for(config, workdir, table, 1.0),
                                reference_sets_for(config, workdir, table, ROBUST_CORE_FRACTION))
@@ -143,7 +143,7 @@ def load_setting(base_config, workdir: str, name: str, cache: dict) -> Setting:
     truth_correct = None
     truth_file = os.path.join(config_lib.resolve_data_root(config, workdir), "meta", "truth.tsv")
     if os.path.exists(truth_file):
-        truth = demo_data.read_demo_truth(os.path.dirname(os.path.dirname(truth_file)))
+        truth = demo.read_demo_truth(os.path.dirname(os.path.dirname(truth_file)))
         true = np.array([truth.get(key, -1) for key in table.keys[data.table_rows]])
         truth_correct = true == data.labels
     return Setting(name, config, data, reference_sets, core_reference_sets, truth_correct)
@@ -226,7 +226,7 @@ def train_best(setting: Setting, reference_sets: ReferenceSets, config, *, task=
     """train_lib.train_cleannet in a temporary folder; (P, C) similarities of its best model, seconds."""
     with tempfile.TemporaryDirectory(prefix="transfer-cleannet-") as output_dir:
         start = time.perf_counter()
-        train_lib.train_cleannet(setting.data, reference_sets, config, output_dir, progress=False, task=task)
+        cleannet.train_cleannet(setting.data, reference_sets, config, output_dir, progress=False, task=task)
         seconds = time.perf_counter() - start
         model = keras.models.load_model(os.path.join(output_dir, "model.keras"))
     return cleannet_similarities(model, setting.data.features, reference_sets.references, log_mass), seconds
@@ -281,7 +281,7 @@ def encode_references(model: keras.Model, references, log_mass, *, training: boo
     return encoder.get_layer("class_embedding")(tf.einsum("bk,bkh->bh", attention, values))
 
 
-class MassAwareTask(train_lib.CleanNetTask):
+class MassAwareTask(cleannet.CleanNetTask):
     """CleanNetTask whose reference encoder adds an attention bias log_mass (C, K); best step by the cosine."""
 
     def __init__(self, setting: Setting, references: np.ndarray, log_mass: np.ndarray, config):
@@ -492,7 +492,7 @@ def main(argv=None) -> None:
     if not args.workdir:
         build_workdir(config, workdir)
     for step in ("extract", "refs"):
-        if not pipeline.step_complete(step, config, workdir):
+        if not runner.step_complete(step, config, workdir):
             raise SystemExit(f"{workdir} has no complete {step} step; run without --workdir to build one.")
     print(f"workdir {workdir}; CleanNet seed {args.seed}; {os.cpu_count()} CPUs")
     settings = ("heldout", "all") if args.setting == "both" else (args.setting,)

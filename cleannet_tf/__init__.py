@@ -22,8 +22,8 @@ except BaseException:
     raise
 _startup.finish_import(failed=False)
 
+from cleannet_tf.detection.label_noise import find_label_issues, sample_weights  # noqa: E402
 from cleannet_tf.detector import CleanNetDetector  # noqa: E402
-from cleannet_tf.label_noise import find_label_issues, sample_weights  # noqa: E402
-from cleannet_tf.model import build_cleannet  # noqa: E402  (also registers the layers)
+from cleannet_tf.model.cleannet import build_cleannet  # noqa: E402  (also registers the layers)
 
 __all__ = ["CleanNetDetector", "build_cleannet", "find_label_issues", "sample_weights", "__version__"]

@@ -14,28 +14,22 @@ from typing import Any
 
 import ml_collections
 
-from cleannet_tf import (
-    backbones,
-    classifier_lib,
-    datasets,
-    demo_data,
-    distribute,
-    input_pipeline,
-    layers,
-    train_lib,
-    verifier,
-)
+from cleannet_tf.data import demo, images, table
+from cleannet_tf.detection import verifier
+from cleannet_tf.features import backbones
+from cleannet_tf.model import layers
+from cleannet_tf.training import classifier, cleannet, distribute
 
 # The choices of each field, from the module that implements them.
-DATA_FORMATS = datasets.FORMATS
-DEMO_DATASETS = ("", *demo_data.KINDS)
+DATA_FORMATS = table.FORMATS
+DEMO_DATASETS = ("", *demo.KINDS)
 BACKBONES = tuple(backbones.BACKBONES)
-RESIZE_MODES = input_pipeline.RESIZE_MODES
-AUGMENTATIONS = input_pipeline.AUGMENTATIONS
+RESIZE_MODES = images.RESIZE_MODES
+AUGMENTATIONS = images.AUGMENTATIONS
 FEATURE_NORMS = layers.FEATURE_NORMS
-WEIGHTINGS = classifier_lib.WEIGHTINGS
+WEIGHTINGS = classifier.WEIGHTINGS
 CLEANNET_MODES = tuple(verifier.MODE_SCORING)
-ENCODINGS = train_lib.ENCODINGS
+ENCODINGS = cleannet.ENCODINGS
 STRATEGIES = distribute.STRATEGIES
 
 

@@ -1,38 +1,5 @@
-"""cleannet-demo: the whole pipeline on the embedded demo dataset, then a summary.
-
-    cleannet-demo --workdir=/tmp/cleannet_demo
-    cleannet-demo --config=configs/demo.py:digits --workdir=/tmp/cleannet_digits
-
-Reads: nothing but its flags (default --config: configs/demo.py). A data.root
-holding your own dataset is used as it is, with the demo's settings.
-Writes: the demo data (real digits, known label noise) under WORKDIR/demo_data
-(or a new or empty --config.data.root), then each pipeline step's outputs that
-are not complete (WORKDIR/classifier/, features/, references.npz, cleannet/,
-verify/, saved_models/); verifies images through the server it starts and
-prints a summary.
-
-Config: --config=configs/<x>.py, any field overridden as --config.section.field=value;
-`cleannet-config --show` lists every field with its comment and default (schema:
-cleannet_tf/config.py). Also writes the config it ran with to WORKDIR/config.demo.json.
-Errors print one line and exit 1; --debug (or --verbosity=1) adds the traceback.
-"""
-
-import time
-
-from cleannet_tf import cli, datasets, demo_lib, pipeline
-
-
-def main(argv):
-    config, workdir = cli.setup(argv, "demo")
-    start = time.perf_counter()
-    table = datasets.load_table(config, workdir, steps=pipeline.STEPS)
-    summary = demo_lib.run_demo(config, workdir, table)
-    print(demo_lib.format_summary(summary, seconds=time.perf_counter() - start))
-
-
-def run():
-    cli.run(main, default_config=cli.default_config_path("demo"))
-
+"""Old name of cleannet_tf.cli.demo (one release)."""
+from cleannet_tf.cli.demo import main, run  # noqa: F401
 
 if __name__ == "__main__":
     run()

@@ -23,7 +23,10 @@ import ml_collections
 import numpy as np
 
 from cleannet_tf import config as config_lib
-from cleannet_tf import label_noise, references, train_data, train_lib, verifier, verify_lib
+from cleannet_tf.detection import fit as verify_lib
+from cleannet_tf.detection import label_noise, verifier
+from cleannet_tf.features import pool, references
+from cleannet_tf.training import cleannet as train_lib
 
 
 class CleanNetDetector:
@@ -105,11 +108,11 @@ class CleanNetDetector:
 
         present = np.bincount(labels, minlength=num_classes) > 0
         heldout = ~np.isin(np.arange(num_classes), labels[verified & ~validation]) & present
-        data = train_data.TrainingData(
+        data = pool.TrainingData(
             features=features, labels=labels.astype(np.int32), verification=verification.astype(np.int8),
             table_rows=np.arange(n, dtype=np.int64), verified_train=np.nonzero(verified & ~validation)[0],
             validation=np.nonzero(validation)[0], heldout_classes=heldout, class_names=class_names)
-        train_data.check_features(features, np.array([f"row {i}" for i in range(n)]))
+        pool.check_features(features, np.array([f"row {i}" for i in range(n)]))
         refs = self.config.refs
         reference_sets = references.build_reference_sets(
             lambda rows: features[rows], labels, np.ones(n, bool), class_names, num_references=refs.num_references,
@@ -174,7 +177,7 @@ class CleanNetDetector:
 
     def save(self, path: str) -> None:
         """Writes the verifier model (threshold and class embeddings inside) to `path` (.keras), atomically."""
-        from cleannet_tf.checkpointing import save_model
+        from cleannet_tf.training.checkpointing import save_model
 
         save_model(self._check_fitted(), path)
 

@@ -1,27 +1,5 @@
-"""cleannet-refs: per-class reference sets (k-means++ centres of each class's features) -> WORKDIR/references.npz.
-
-    cleannet-refs --config=configs/demo.py --workdir=/tmp/cleannet_demo
-
-Reads: the dataset, WORKDIR/features/ (or data.features). Settings: refs.*.
-Writes: WORKDIR/references.npz ((C, K, D) references, counts, class names).
-
-Config: --config=configs/<x>.py, any field overridden as --config.section.field=value;
-`cleannet-config --show` lists every field with its comment and default (schema:
-cleannet_tf/config.py). When it finishes, writes the config of its outputs to WORKDIR/config.refs.json.
-Errors print one line and exit 1; --debug (or --verbosity=1) adds the traceback.
-"""
-
-from cleannet_tf import cli, datasets, pipeline
-
-
-def main(argv):
-    config, workdir = cli.setup(argv, "refs")
-    pipeline.run_step("refs", config, workdir, table=datasets.load_table(config, workdir, steps=("refs",)))
-
-
-def run():
-    cli.run(main)
-
+"""Old name of cleannet_tf.cli.refs (one release)."""
+from cleannet_tf.cli.refs import main, run  # noqa: F401
 
 if __name__ == "__main__":
     run()

@@ -1,35 +1,5 @@
-"""cleannet-run: every pipeline step in order, skipping those whose outputs are complete.
-
-    cleannet-run --config=configs/food101n.py --config.data.root=/data/Food-101N_release --workdir=/tmp/food101n
-    cleannet-run --config=configs/demo.py --config.data.root=labels.tsv --workdir=/tmp/mine
-
-Reads: the dataset (checked for what every step needs before any training).
-Steps: train_classifier (weighting none) -> extract -> refs -> train -> verify ->
-the classifiers of classifier.after_verify -> export.
-Writes: WORKDIR/classifier/, features/, references.npz, cleannet/, verify/,
-classifier_<w>/, saved_models/; prints one line per step. A killed run rerun with
-the same flags picks up where it stopped (each step resumes too).
-
-Config: --config=configs/<x>.py, any field overridden as --config.section.field=value;
-`cleannet-config --show` lists every field with its comment and default (schema:
-cleannet_tf/config.py). Also writes the config it ran with to WORKDIR/config.run.json.
-Errors print one line and exit 1; --debug (or --verbosity=1) adds the traceback.
-"""
-
-from cleannet_tf import cli, datasets, distribute, pipeline
-
-
-def main(argv):
-    config, workdir = cli.setup(argv, "run")
-    table = datasets.load_table(config, workdir, steps=pipeline.STEPS)  # every step's needs, before any training
-    strategy = distribute.build_strategy(config.runtime.strategy)
-    for step, status in pipeline.run_steps(config, workdir, table=table, strategy=strategy).items():
-        print(f"{step:<18} {status}")
-
-
-def run():
-    cli.run(main)
-
+"""Old name of cleannet_tf.cli.run (one release)."""
+from cleannet_tf.cli.run import main, run  # noqa: F401
 
 if __name__ == "__main__":
     run()

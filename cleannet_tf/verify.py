@@ -1,31 +1,5 @@
-"""cleannet-verify: score every training image against its label -> WORKDIR/verify/.
-
-    cleannet-verify --config=configs/demo.py --workdir=/tmp/cleannet_demo
-
-Reads: the dataset, WORKDIR/features/ (or data.features), WORKDIR/references.npz,
-WORKDIR/cleannet/model.keras. Settings: cleannet.mode, verify.*.
-Writes: WORKDIR/verify/: scores.tsv (score, noisy flag, soft and hard weights,
-suggested label per image), metrics.json, verifier.keras, report.html and
-to_verify.tsv; the threshold is the one with the lowest detection error on
-verified validation rows.
-
-Config: --config=configs/<x>.py, any field overridden as --config.section.field=value;
-`cleannet-config --show` lists every field with its comment and default (schema:
-cleannet_tf/config.py). When it finishes, writes the config of its outputs to WORKDIR/config.verify.json.
-Errors print one line and exit 1; --debug (or --verbosity=1) adds the traceback.
-"""
-
-from cleannet_tf import cli, datasets, pipeline
-
-
-def main(argv):
-    config, workdir = cli.setup(argv, "verify")
-    pipeline.run_step("verify", config, workdir, table=datasets.load_table(config, workdir, steps=("verify",)))
-
-
-def run():
-    cli.run(main)
-
+"""Old name of cleannet_tf.cli.verify (one release)."""
+from cleannet_tf.cli.verify import main, run  # noqa: F401
 
 if __name__ == "__main__":
     run()

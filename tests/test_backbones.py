@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from cleannet_tf import backbones
+from cleannet_tf.features import backbones
 
 
 @pytest.mark.parametrize("name, feature_dim", [("small_cnn", 256), ("resnet50", 2048), ("mobilenet_v3_small", 576),

@@ -8,9 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cleannet_tf import classifier_lib, datasets, pipeline, scores_io
 from cleannet_tf import config as config_lib
-from cleannet_tf.classifier_lib import weighted_cross_entropy
+from cleannet_tf.data import table as datasets
+from cleannet_tf.detection import scores_tsv
+from cleannet_tf.pipeline import runner
+from cleannet_tf.pipeline.table import load_table
+from cleannet_tf.training import classifier
+from cleannet_tf.training.classifier import weighted_cross_entropy
 
 
 def test_weighted_loss_equals_hand_weighted_cross_entropy():
@@ -60,12 +64,12 @@ def verified_image_workdir(tmp_path, make_images):
     config.classifier.epochs, config.classifier.batch_size, config.classifier.initial_weights = 2, 8, "random"
     config = config_lib.validate(config)
     workdir = str(tmp_path / "work")
-    table = datasets.load_table(config, workdir)
+    table = load_table(config, workdir)
     pool = np.nonzero(table.split != datasets.SPLIT_TEST)[0]
     scores = np.linspace(-0.5, 0.9, len(pool)).astype(np.float32)
     os.makedirs(os.path.join(workdir, "verify"))
     names = np.asarray(table.class_names)
-    scores_io.write_scores_tsv(os.path.join(workdir, "verify", "scores.tsv"), scores_io.ScoresTable(
+    scores_tsv.write_scores_tsv(os.path.join(workdir, "verify", "scores.tsv"), scores_tsv.ScoresTable(
         keys=table.keys[pool], labels=names[table.labels[pool]], scores=scores, noisy=scores < 0.2,
         weight_soft=np.clip(scores, 0, 1), weight_hard=scores >= 0.2, suggested_labels=names[table.labels[pool]],
         suggested_scores=scores))
@@ -76,8 +80,8 @@ def verified_image_workdir(tmp_path, make_images):
 
 def test_weights_from_scores_with_verified_labels_first(verified_image_workdir):
     config, workdir, table, pool, scores = verified_image_workdir
-    soft = pipeline.classifier_weights(table, workdir, "soft")
-    hard = pipeline.classifier_weights(table, workdir, "hard")
+    soft = runner.classifier_weights(table, workdir, "soft")
+    hard = runner.classifier_weights(table, workdir, "hard")
     expected_soft = np.clip(scores, 0, 1)
     expected_hard = (scores >= 0.2).astype(np.float32)
     for weights, expected in ((soft, expected_soft), (hard, expected_hard)):
@@ -91,14 +95,14 @@ def test_weights_from_scores_with_verified_labels_first(verified_image_workdir):
 def test_weighted_classifier_through_the_pipeline(verified_image_workdir):
     config, workdir, table, pool, scores = verified_image_workdir
     config.classifier.weighting = "hard"
-    metrics = pipeline.run_train_classifier(config, workdir, table=table, progress=False)
+    metrics = runner.run_train_classifier(config, workdir, table=table, progress=False)
     written = json.load(open(os.path.join(workdir, "classifier_hard", "metrics.json")))
     assert written["weighting"] == "hard" and 0.0 <= written["test_accuracy"] <= 1.0
-    weights = pipeline.classifier_weights(table, workdir, "hard")
+    weights = runner.classifier_weights(table, workdir, "hard")
     assert metrics["n_train"] == int(np.sum(weights[pool] > 0))  # weight-0 images are not trained on
     assert metrics["steps"] == config.classifier.epochs * (len(pool) // config.classifier.batch_size)
     assert os.path.exists(os.path.join(workdir, "classifier_hard", "model.keras"))
-    assert pipeline.step_complete("train_classifier", config, workdir)
+    assert runner.step_complete("train_classifier", config, workdir)
 
 
 def test_stale_scores_are_an_error(verified_image_workdir):
@@ -107,33 +111,33 @@ def test_stale_scores_are_an_error(verified_image_workdir):
     lines = open(path).read().splitlines()
     open(path, "w").write("\n".join(lines[:10]) + "\n")
     with pytest.raises(ValueError, match="have no score"):
-        pipeline.classifier_weights(table, workdir, "soft")
+        runner.classifier_weights(table, workdir, "soft")
     os.remove(path)
     with pytest.raises(FileNotFoundError, match="run cleannet-verify first"):
-        pipeline.classifier_weights(table, workdir, "soft")
+        runner.classifier_weights(table, workdir, "soft")
 
 
 def test_finetune_phase_on_verified_correct_images_resumes_like_an_uninterrupted_run(verified_image_workdir):
     config, workdir, table, pool, scores = verified_image_workdir
     config.classifier.batch_size, config.classifier.finetune_epochs = 4, 1
     config.classifier.finetune_learning_rate = 0.02
-    weights = pipeline.classifier_weights(table, workdir, "soft")
-    model, metrics = classifier_lib.train_classifier(table, config, os.path.join(workdir, "whole"),
+    weights = runner.classifier_weights(table, workdir, "soft")
+    model, metrics = classifier.train_classifier(table, config, os.path.join(workdir, "whole"),
                                                      sample_weights=weights, progress=False)
     verified_correct = int(np.sum((table.verification == 1) & (table.split != datasets.SPLIT_TEST)))
     noisy_steps = 2 * (len(pool) // 4)  # weight-0 images are skipped, the epochs keep the whole pool's length
     assert metrics["n_finetune"] == verified_correct == 7
     assert metrics["steps"] == noisy_steps + verified_correct // 4
     assert [h["phase"] for h in metrics["history"]] == ["noisy", "noisy", "finetune"]
-    schedule = classifier_lib.NoisyThenFinetuneSchedule(0.01, noisy_steps, 0.02)
+    schedule = classifier.NoisyThenFinetuneSchedule(0.01, noisy_steps, 0.02)
     assert float(schedule(noisy_steps - 1)) < 0.001 and float(schedule(noisy_steps)) == pytest.approx(0.02)
 
     # Stopped after the noisy phase, then restarted with the fine-tuning: the same weights.
     stopped = config.copy_and_resolve_references()
     stopped.classifier.finetune_epochs = 0
-    classifier_lib.train_classifier(table, stopped, os.path.join(workdir, "parts"), sample_weights=weights,
+    classifier.train_classifier(table, stopped, os.path.join(workdir, "parts"), sample_weights=weights,
                                     progress=False)
-    resumed, resumed_metrics = classifier_lib.train_classifier(table, config, os.path.join(workdir, "parts"),
+    resumed, resumed_metrics = classifier.train_classifier(table, config, os.path.join(workdir, "parts"),
                                                                sample_weights=weights, progress=False)
     assert [h["step"] for h in resumed_metrics["history"]] == [metrics["steps"]]
     for a, b in zip(model.get_weights(), resumed.get_weights(), strict=True):

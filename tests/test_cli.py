@@ -8,8 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from cleannet_tf import datasets, pipeline
-from cleannet_tf.references import ReferenceSets
+from cleannet_tf.data import table as datasets
+from cleannet_tf.data.food101n import read_food101n
+from cleannet_tf.features.references import ReferenceSets
+from cleannet_tf.pipeline import runner
 
 pytestmark = pytest.mark.slow  # every test here runs the entry points as subprocesses
 
@@ -53,7 +55,7 @@ def test_demo_runs_every_step_then_skips_them(tmp_path):
     # Held-out protocol: 5 of 10 classes lose their verified training rows, keep validation rows.
     config = json.loads((workdir / "config.demo.json").read_text())
     heldout_list = workdir / "demo_data" / "meta" / f"classes_heldout_{config['data']['demo_heldout']}.txt"
-    table = datasets.read_food101n(str(workdir / "demo_data"), heldout_list=str(heldout_list))
+    table = read_food101n(str(workdir / "demo_data"), heldout_list=str(heldout_list))
     assert int(table.heldout_classes.sum()) == 5
     in_heldout = table.heldout_classes[table.labels]
     verified = table.verification >= 0
@@ -78,7 +80,7 @@ def test_demo_runs_every_step_then_skips_them(tmp_path):
 
     second = _run("demo", *args)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stdout.count("already complete") == len(pipeline.STEPS)
+    assert second.stdout.count("already complete") == len(runner.STEPS)
 
 
 def test_refs_then_train_on_precomputed_features(tmp_path):

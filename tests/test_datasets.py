@@ -13,8 +13,13 @@ import pytest
 from PIL import Image
 
 from cleannet_tf import config as config_lib
-from cleannet_tf import datasets
-from cleannet_tf.datasets import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, UNKNOWN, DatasetError
+from cleannet_tf.data import table as datasets
+from cleannet_tf.data.clothing1m import read_clothing1m
+from cleannet_tf.data.features_npz import load_precomputed_features
+from cleannet_tf.data.food101n import read_food101n
+from cleannet_tf.data.table import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, UNKNOWN, DatasetError
+from cleannet_tf.data.tsv import read_tsv
+from cleannet_tf.pipeline.table import load_table
 
 _buffer = io.BytesIO()
 Image.new("RGB", (8, 8), (200, 30, 30)).save(_buffer, format="JPEG")
@@ -73,7 +78,7 @@ def make_food101n(root, *, keys=None, verified_train=None, verified_val=None, te
 
 def test_food101n_happy_path(tmp_path):
     root = make_food101n(tmp_path / "food")
-    table = datasets.read_food101n(root)
+    table = read_food101n(root)
     assert table.class_names == tuple(FOOD_CLASSES)
     assert table.keys.tolist() == FOOD_KEYS
     assert table.paths.tolist() == [os.path.join(root, "images", k) for k in FOOD_KEYS]
@@ -89,10 +94,10 @@ def test_food101n_happy_path(tmp_path):
 
 def test_food101n_crlf_blank_lines_and_no_classes_header(tmp_path):
     root = make_food101n(tmp_path / "food", crlf=True)
-    expected = datasets.read_food101n(root)
+    expected = read_food101n(root)
     write_lines(os.path.join(root, "meta", "classes.txt"), ["", *FOOD_CLASSES, "", ""], crlf=True)
     write_lines(os.path.join(root, "meta", "imagelist.tsv"), ["class_name/key", "", *FOOD_KEYS, "  "], crlf=True)
-    table = datasets.read_food101n(root)
+    table = read_food101n(root)
     assert table.class_names == tuple(FOOD_CLASSES)
     assert table.keys.tolist() == expected.keys.tolist() == FOOD_KEYS
     np.testing.assert_array_equal(table.verification, expected.verification)
@@ -100,7 +105,7 @@ def test_food101n_crlf_blank_lines_and_no_classes_header(tmp_path):
 
 def test_food101n_test_set_under_root(tmp_path):
     root = make_food101n(tmp_path / "food", test=["ramen/t1", "apple_pie/t2"])
-    table = datasets.read_food101n(root)
+    table = read_food101n(root)
     assert table.keys.tolist()[-2:] == ["test/ramen/t1", "test/apple_pie/t2"]
     assert table.paths.tolist()[-2:] == [os.path.join(root, "test", "ramen", "t1.jpg"),
                                          os.path.join(root, "test", "apple_pie", "t2.jpg")]
@@ -112,7 +117,7 @@ def test_food101n_test_set_under_root(tmp_path):
 def test_food101n_test_set_under_test_root(tmp_path):
     food101 = tmp_path / "food-101"
     root = make_food101n(tmp_path / "food", test=["baklava/t1"], test_dir=str(food101 / "images"))
-    table = datasets.read_food101n(root, test_root=str(food101))
+    table = read_food101n(root, test_root=str(food101))
     assert table.paths[-1] == os.path.join(str(food101), "images", "baklava", "t1.jpg")
     assert table.split[-1] == SPLIT_TEST and table.labels[-1] == 1
 
@@ -121,13 +126,13 @@ def test_food101n_test_list_without_images_dir(tmp_path):
     root = make_food101n(tmp_path / "food")
     write_lines(os.path.join(root, "meta", "test.txt"), ["ramen/t1"])
     with pytest.raises(DatasetError, match=r"test\.txt lists test images .*data\.test_root"):
-        datasets.read_food101n(root)
+        read_food101n(root)
 
 
 def test_food101n_test_list_unknown_class(tmp_path):
     root = make_food101n(tmp_path / "food", test=["ramen/t1", "pizza/t2"])
     with pytest.raises(DatasetError, match=r"test\.txt, line 2: unknown class 'pizza'"):
-        datasets.read_food101n(root)
+        read_food101n(root)
 
 
 def test_food101n_verified_key_absent_from_imagelist_is_counted(tmp_path, caplog):
@@ -135,7 +140,7 @@ def test_food101n_verified_key_absent_from_imagelist_is_counted(tmp_path, caplog
     caplog.set_level("WARNING")
     quirk = "ramen/a49e6fb.jpg"
     root = make_food101n(tmp_path / "food", verified_train=[*FOOD_VERIFIED_TRAIN, (quirk, 1)])
-    table = datasets.read_food101n(root)
+    table = read_food101n(root)
     assert quirk not in table.keys.tolist()
     assert table.skipped == {"verified_train.tsv rows whose key is not in imagelist.tsv": 1}
     assert "verified_train.tsv, line 6" in caplog.text and quirk in caplog.text
@@ -148,65 +153,65 @@ def test_food101n_missing_file(tmp_path, name):
     path = os.path.join(root, "meta", name)
     os.remove(path)
     with pytest.raises(DatasetError, match=f"{path}: file not found"):
-        datasets.read_food101n(root)
+        read_food101n(root)
 
 
 def test_food101n_unknown_class_in_imagelist(tmp_path):
     root = make_food101n(tmp_path / "food", keys=[*FOOD_KEYS[:3], "pizza/p0.jpg", *FOOD_KEYS[3:]], images=False)
     with pytest.raises(DatasetError, match=r"imagelist\.tsv, line 5: unknown class 'pizza'"):
-        datasets.read_food101n(root, check_images=False)
+        read_food101n(root, check_images=False)
 
 
 def test_food101n_malformed_imagelist_line(tmp_path):
     root = make_food101n(tmp_path / "food", keys=[*FOOD_KEYS, "ramen"], images=False)
     with pytest.raises(DatasetError, match=r"imagelist\.tsv, line 11: expected 'class/key\.jpg'"):
-        datasets.read_food101n(root, check_images=False)
+        read_food101n(root, check_images=False)
 
 
 def test_food101n_duplicate_key_in_imagelist(tmp_path):
     root = make_food101n(tmp_path / "food", keys=[*FOOD_KEYS, FOOD_KEYS[1]])
     with pytest.raises(DatasetError, match=r"imagelist\.tsv, line 11: duplicate key 'apple_pie/a1\.jpg' .*line 3"):
-        datasets.read_food101n(root)
+        read_food101n(root)
 
 
 def test_food101n_duplicate_class(tmp_path):
     root = make_food101n(tmp_path / "food")
     write_lines(os.path.join(root, "meta", "classes.txt"), ["class_name", *FOOD_CLASSES, "baklava"])
     with pytest.raises(DatasetError, match=r"classes\.txt, line 5: duplicate class 'baklava' \(also on line 3\)"):
-        datasets.read_food101n(root)
+        read_food101n(root)
 
 
 def test_food101n_bad_verification_label(tmp_path):
     root = make_food101n(tmp_path / "food", verified_train=[("apple_pie/a0.jpg", 1), ("apple_pie/a1.jpg", 2)])
     with pytest.raises(DatasetError, match=r"verified_train\.tsv, line 3: verification label must be 0 or 1"):
-        datasets.read_food101n(root)
+        read_food101n(root)
 
 
 def test_food101n_verified_line_without_label(tmp_path):
     root = make_food101n(tmp_path / "food")
     write_lines(os.path.join(root, "meta", "verified_val.tsv"), ["class_name/key\tverification_label", "ramen/r1.jpg"])
     with pytest.raises(DatasetError, match=r"verified_val\.tsv, line 2: expected 'class/key\.jpg<TAB>0\|1'"):
-        datasets.read_food101n(root)
+        read_food101n(root)
 
 
 def test_food101n_duplicate_verified_key(tmp_path):
     root = make_food101n(tmp_path / "food", verified_val=[("ramen/r1.jpg", 0), ("ramen/r1.jpg", 1)])
     with pytest.raises(DatasetError, match=r"verified_val\.tsv, line 3: duplicate key 'ramen/r1\.jpg' .*line 2"):
-        datasets.read_food101n(root)
+        read_food101n(root)
 
 
 def test_food101n_key_in_both_verified_lists(tmp_path):
     root = make_food101n(tmp_path / "food", verified_val=[("ramen/r1.jpg", 0), ("baklava/b0.jpg", 1)])
     with pytest.raises(DatasetError, match=r"verified_val\.tsv, line 3: key 'baklava/b0\.jpg' is in both verified "
                                            r"lists \(also .*verified_train\.tsv, line 4\)"):
-        datasets.read_food101n(root)
+        read_food101n(root)
 
 
 def test_food101n_empty_class(tmp_path):
     keys = [k for k in FOOD_KEYS if not k.startswith("baklava/")]
     root = make_food101n(tmp_path / "food", keys=keys, verified_train=[("ramen/r0.jpg", 1)], verified_val=[])
     with pytest.raises(DatasetError, match=r"1 class\(es\) have no image .*'baklava' \(.*classes\.txt, line 3\)"):
-        datasets.read_food101n(root)
+        read_food101n(root)
 
 
 def test_food101n_missing_images_reported_together(tmp_path):
@@ -214,19 +219,19 @@ def test_food101n_missing_images_reported_together(tmp_path):
     for key in FOOD_KEYS[:7]:
         os.remove(os.path.join(root, "images", key))
     with pytest.raises(DatasetError, match=r"^7 listed image\(s\) not found on disk\. First 5: ") as info:
-        datasets.read_food101n(root)
+        read_food101n(root)
     message = str(info.value)
     assert f"{os.path.join(root, 'images', FOOD_KEYS[0])} (" in message
     assert "imagelist.tsv, line 2)" in message and "imagelist.tsv, line 6)" in message
     assert "line 7)" not in message  # only the first 5 are named
-    assert len(datasets.read_food101n(root, check_images=False)) == 9
+    assert len(read_food101n(root, check_images=False)) == 9
 
 
 def test_food101n_missing_test_image(tmp_path):
     root = make_food101n(tmp_path / "food", test=["ramen/t1", "ramen/t2"])
     os.remove(os.path.join(root, "test", "ramen", "t2.jpg"))
     with pytest.raises(DatasetError, match=r"1 listed image.*t2\.jpg \(.*test\.txt, line 2\)"):
-        datasets.read_food101n(root)
+        read_food101n(root)
 
 
 # --------------------------------------------------------------------------- held-out lists
@@ -272,7 +277,7 @@ def test_food101n_heldout_list(tmp_path):
     root = make_food101n(tmp_path / "food")
     heldout = os.path.join(root, "meta", "classes_heldout_1.txt")
     write_lines(heldout, ["class_name\tkeep", "apple_pie\t0", "baklava\t1", "ramen\t1"])
-    table = datasets.read_food101n(root, heldout_list=heldout)
+    table = read_food101n(root, heldout_list=heldout)
     np.testing.assert_array_equal(table.heldout_classes, [True, False, False])
     # apple_pie loses its two verified train rows; its verified val row (a2) stays.
     np.testing.assert_array_equal(table.verification, [-1, -1, 1, 1, -1, -1, 1, 0, -1])
@@ -282,7 +287,7 @@ def test_food101n_heldout_list(tmp_path):
 
 
 def test_apply_heldout_returns_new_table(tmp_path):
-    table = datasets.read_food101n(make_food101n(tmp_path / "food"))
+    table = read_food101n(make_food101n(tmp_path / "food"))
     before = table.verification.copy()
     new = datasets.apply_heldout(table, np.array([False, False, True]))
     np.testing.assert_array_equal(table.verification, before)  # input unchanged
@@ -337,7 +342,7 @@ CLOTHING_EXPECTED = [  # name, label, verification, split
 @pytest.mark.parametrize("subdir", ["", "annotations"])
 def test_clothing1m_happy_path(tmp_path, subdir):
     root = make_clothing1m(tmp_path / "clothing", subdir=subdir)
-    table = datasets.read_clothing1m(root)
+    table = read_clothing1m(root)
     names, labels, verification, split = zip(*CLOTHING_EXPECTED, strict=True)
     assert table.class_names == tuple(CLOTHING_CLASSES)
     assert table.keys.tolist() == [clothing_key(n) for n in names]
@@ -357,14 +362,14 @@ def test_clothing1m_missing_file_names_both_places(tmp_path):
     os.remove(os.path.join(root, "clean_val_key_list.txt"))
     expected = os.path.join(root, "annotations", "clean_val_key_list.txt")
     with pytest.raises(DatasetError, match=f"clean_val_key_list.txt not found: expected .* or {expected}"):
-        datasets.read_clothing1m(root)
+        read_clothing1m(root)
 
 
 def test_clothing1m_key_without_label(tmp_path):
     root = make_clothing1m(tmp_path / "clothing", lists={"clean_test_key_list.txt": ["t0", "zz"]})
     with pytest.raises(DatasetError, match=r"clean_test_key_list\.txt, line 2: key 'images/2/z0/zz\.jpg' has no "
                                            r"label in .*clean_label_kv\.txt"):
-        datasets.read_clothing1m(root)
+        read_clothing1m(root)
 
 
 @pytest.mark.parametrize("value, pattern", [
@@ -378,7 +383,7 @@ def test_clothing1m_bad_label(tmp_path, value, pattern):
     with open(os.path.join(root, "noisy_label_kv.txt"), "a") as f:
         f.write(f"images/9/99/bad.jpg {value}\n")
     with pytest.raises(DatasetError, match=pattern):
-        datasets.read_clothing1m(root)
+        read_clothing1m(root)
 
 
 def test_clothing1m_duplicate_key_in_kv(tmp_path):
@@ -386,38 +391,38 @@ def test_clothing1m_duplicate_key_in_kv(tmp_path):
     with open(os.path.join(root, "clean_label_kv.txt"), "a") as f:
         f.write(f"{clothing_key('c1')} 1\n")
     with pytest.raises(DatasetError, match=r"clean_label_kv\.txt, line 9: duplicate key .*c1\.jpg' \(also on line 5\)"):
-        datasets.read_clothing1m(root)
+        read_clothing1m(root)
 
 
 def test_clothing1m_duplicate_key_in_list(tmp_path):
     root = make_clothing1m(tmp_path / "clothing", lists={"noisy_train_key_list.txt": ["n0", "n1", "n2", "n1"]})
     with pytest.raises(DatasetError, match=r"noisy_train_key_list\.txt, line 4: duplicate key .*\(also on line 2\)"):
-        datasets.read_clothing1m(root)
+        read_clothing1m(root)
 
 
 def test_clothing1m_overlapping_clean_lists(tmp_path):
     root = make_clothing1m(tmp_path / "clothing", lists={"clean_test_key_list.txt": ["t0", "c2"]})
     with pytest.raises(DatasetError, match=r"clean_test_key_list\.txt, line 2: key .*c2\.jpg' is also in "
                                            r".*clean_val_key_list\.txt, line 2"):
-        datasets.read_clothing1m(root)
+        read_clothing1m(root)
 
 
 def test_clothing1m_missing_image_and_crlf(tmp_path):
     root = make_clothing1m(tmp_path / "clothing")
     path = os.path.join(root, "noisy_train_key_list.txt")
     write_lines(path, [clothing_key(k) for k in CLOTHING_LISTS["noisy_train_key_list.txt"]], crlf=True)
-    assert len(datasets.read_clothing1m(root)) == len(CLOTHING_EXPECTED)
+    assert len(read_clothing1m(root)) == len(CLOTHING_EXPECTED)
     os.remove(os.path.join(root, clothing_key("n2")))
     with pytest.raises(DatasetError, match=r"1 listed image.*n2\.jpg \(.*noisy_train_key_list\.txt, line 3\)"):
-        datasets.read_clothing1m(root)
-    assert len(datasets.read_clothing1m(root, check_images=False)) == len(CLOTHING_EXPECTED)
+        read_clothing1m(root)
+    assert len(read_clothing1m(root, check_images=False)) == len(CLOTHING_EXPECTED)
 
 
 def test_clothing1m_class_without_noisy_rows(tmp_path):
     noisy = {**CLOTHING_NOISY, "n2": 0, "c2": 0}
     root = make_clothing1m(tmp_path / "clothing", noisy=noisy)
     with pytest.raises(DatasetError, match=r"'Down Coat' \(.*category_names_eng\.txt, line 3\)"):
-        datasets.read_clothing1m(root)
+        read_clothing1m(root)
 
 
 # --------------------------------------------------------------------------- generic TSV
@@ -442,7 +447,7 @@ def test_tsv_column_order_relative_and_absolute_paths(tmp_path):
         "\tdog\t\t\tc.jpg",
         "test\tbird\tx\t\t" + absolute,
     ], images=["imgs/a.jpg", "imgs/b.jpg", "c.jpg"])
-    table = datasets.read_tsv(path)
+    table = read_tsv(path)
     folder = str(tmp_path / "data")
     assert table.class_names == ("bird", "cat", "dog")
     assert table.keys.tolist() == ["imgs/a.jpg", "imgs/b.jpg", "c.jpg", absolute]
@@ -456,7 +461,7 @@ def test_tsv_column_order_relative_and_absolute_paths(tmp_path):
 
 def test_tsv_minimal_columns_class_names_and_crlf(tmp_path):
     path = make_tsv(tmp_path, ["label\tpath", "", "b\t1.jpg", "a\t2.jpg", ""], images=["1.jpg", "2.jpg"], crlf=True)
-    table = datasets.read_tsv(path, class_names=["b", "a", "unused"])
+    table = read_tsv(path, class_names=["b", "a", "unused"])
     assert table.class_names == ("b", "a", "unused")
     np.testing.assert_array_equal(table.labels, [0, 1])
     np.testing.assert_array_equal(table.verification, [UNKNOWN, UNKNOWN])
@@ -465,7 +470,7 @@ def test_tsv_minimal_columns_class_names_and_crlf(tmp_path):
 
 def test_tsv_short_row_padded_with_empty_optional_fields(tmp_path):
     path = make_tsv(tmp_path, ["path\tlabel\tverified\tsplit", "a.jpg\tdog"], images=["a.jpg"])
-    table = datasets.read_tsv(path)
+    table = read_tsv(path)
     assert table.verification.tolist() == [UNKNOWN] and table.split.tolist() == [SPLIT_TRAIN]
 
 
@@ -484,22 +489,22 @@ def test_tsv_short_row_padded_with_empty_optional_fields(tmp_path):
 def test_tsv_errors(tmp_path, lines, pattern):
     path = make_tsv(tmp_path, lines)
     with pytest.raises(DatasetError, match=pattern):
-        datasets.read_tsv(path, check_images=False)
+        read_tsv(path, check_images=False)
 
 
 def test_tsv_unknown_class_with_class_names(tmp_path):
     path = make_tsv(tmp_path, ["path\tlabel", "a.jpg\tdog", "b.jpg\tcow"])
     with pytest.raises(DatasetError, match=r"data\.tsv, line 3: unknown class 'cow'"):
-        datasets.read_tsv(path, check_images=False, class_names=["dog", "cat"])
+        read_tsv(path, check_images=False, class_names=["dog", "cat"])
 
 
 def test_tsv_missing_image_and_missing_file(tmp_path):
     path = make_tsv(tmp_path, ["path\tlabel", "a.jpg\tdog", "b.jpg\tdog"], images=["a.jpg"])
     with pytest.raises(DatasetError, match=r"1 listed image.*b\.jpg \(.*data\.tsv, line 3\)"):
-        datasets.read_tsv(path)
+        read_tsv(path)
     missing = str(tmp_path / "nope.tsv")
     with pytest.raises(DatasetError, match=f"{missing}: file not found"):
-        datasets.read_tsv(missing)
+        read_tsv(missing)
 
 
 # --------------------------------------------------------------------------- load_table
@@ -518,19 +523,19 @@ def test_load_table_dispatches_and_applies_heldout_list(tmp_path):
     root = make_food101n(tmp_path / "food")
     heldout = str(tmp_path / "heldout.txt")
     write_lines(heldout, ["ramen\t0"])
-    table = datasets.load_table(make_config("food101n", root, heldout_list=heldout), str(tmp_path / "work"))
+    table = load_table(make_config("food101n", root, heldout_list=heldout), str(tmp_path / "work"))
     np.testing.assert_array_equal(table.heldout_classes, [False, False, True])
     assert table.skipped == {datasets.HELDOUT_SKIP_REASON: 1}
 
     clothing = make_clothing1m(tmp_path / "clothing")
     heldout = str(tmp_path / "heldout_clothing.txt")
     write_lines(heldout, ["class\tkeep", "T-Shirt\t0", "Shirt\t1", "Down Coat\t1"])
-    table = datasets.load_table(make_config("clothing1m", clothing, heldout_list=heldout), str(tmp_path))
+    table = load_table(make_config("clothing1m", clothing, heldout_list=heldout), str(tmp_path))
     assert len(table) == len(CLOTHING_EXPECTED)
     assert table.verification[0] == UNKNOWN and table.skipped[datasets.HELDOUT_SKIP_REASON] == 1
 
     tsv = make_tsv(tmp_path / "tsv", ["path\tlabel", "a.jpg\tdog"])
-    table = datasets.load_table(make_config("tsv", tsv, check_images=False), str(tmp_path))
+    table = load_table(make_config("tsv", tsv, check_images=False), str(tmp_path))
     assert table.keys.tolist() == ["a.jpg"]
 
 
@@ -538,24 +543,24 @@ def test_load_table_food101n_test_root_and_check_images(tmp_path):
     food101 = tmp_path / "food-101"
     root = make_food101n(tmp_path / "food", test=["ramen/t1"], test_dir=str(food101 / "images"))
     config = make_config("food101n", root, test_root=str(food101))
-    assert datasets.load_table(config, str(tmp_path)).paths[-1] == str(food101 / "images" / "ramen" / "t1.jpg")
+    assert load_table(config, str(tmp_path)).paths[-1] == str(food101 / "images" / "ramen" / "t1.jpg")
     os.remove(os.path.join(root, "images", FOOD_KEYS[0]))
     with pytest.raises(DatasetError, match="not found on disk"):
-        datasets.load_table(config, str(tmp_path))
+        load_table(config, str(tmp_path))
     config.data.check_images = False
-    assert len(datasets.load_table(config, str(tmp_path))) == 10
+    assert len(load_table(config, str(tmp_path))) == 10
 
 
 def test_load_table_real_demo_data(tmp_path):
     config = make_config("food101n", "", demo="digits", demo_images_per_class=20, demo_heldout=2)
-    table = datasets.load_table(config, str(tmp_path))
+    table = load_table(config, str(tmp_path))
     assert table.num_classes == 10 and len(table) > 0
     assert int(table.heldout_classes.sum()) == 2
     imagelist = tmp_path / "demo_data" / "meta" / "imagelist.tsv"
     stamp = imagelist.stat().st_mtime_ns
     # Another held-out count on the same data: the list is added, the data is not regenerated.
     config.data.demo_heldout = 4
-    table = datasets.load_table(config, str(tmp_path))
+    table = load_table(config, str(tmp_path))
     assert int(table.heldout_classes.sum()) == 4 and imagelist.stat().st_mtime_ns == stamp
 
 
@@ -575,12 +580,12 @@ def test_load_precomputed_features_aligns_to_table(tmp_path, caplog):
     file_keys = np.array(["c", "extra", "a", "b"])
     features = np.arange(8, dtype=np.float64).reshape(4, 2)
     np.savez(path, keys=file_keys, features=features)
-    aligned, valid = datasets.load_precomputed_features(path, small_table(["a", "b", "c"]))
+    aligned, valid = load_precomputed_features(path, small_table(["a", "b", "c"]))
     assert aligned.dtype == np.float32 and aligned.shape == (3, 2) and valid.all()
     np.testing.assert_array_equal(aligned, [[4, 5], [6, 7], [0, 1]])
     assert "1 keys not in the dataset" in caplog.text
     np.savez(path, keys=np.char.encode(file_keys), features=features)  # bytes keys work too
-    np.testing.assert_array_equal(datasets.load_precomputed_features(path, small_table(["b"]))[0], [[6, 7]])
+    np.testing.assert_array_equal(load_precomputed_features(path, small_table(["b"]))[0], [[6, 7]])
 
 
 @pytest.mark.parametrize("keys, features, pattern", [
@@ -594,18 +599,18 @@ def test_load_precomputed_features_errors(tmp_path, keys, features, pattern):
     path = str(tmp_path / "f.npz")
     np.savez(path, keys=np.array(keys), features=features)
     with pytest.raises(DatasetError, match=pattern):
-        datasets.load_precomputed_features(path, small_table(["a", "x", "b", "y"]))
+        load_precomputed_features(path, small_table(["a", "x", "b", "y"]))
 
 
 def test_load_precomputed_features_bad_files(tmp_path):
     table = small_table(["a"])
     missing = str(tmp_path / "missing.npz")
     with pytest.raises(DatasetError, match=f"{missing}: file not found"):
-        datasets.load_precomputed_features(missing, table)
+        load_precomputed_features(missing, table)
     path = str(tmp_path / "f.npz")
     np.savez(path, keys=np.array(["a"]), feats=np.zeros((1, 2)))
     with pytest.raises(DatasetError, match=r"lacks array\(s\) features"):
-        datasets.load_precomputed_features(path, table)
+        load_precomputed_features(path, table)
     np.savez(path, keys=np.array(["a"], dtype=object), features=np.zeros((1, 2)))
     with pytest.raises(DatasetError, match="holds Python objects"):
-        datasets.load_precomputed_features(path, table)
+        load_precomputed_features(path, table)

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cleannet_tf import datasets, demo_data
+from cleannet_tf.data import demo as demo_data
+from cleannet_tf.data import table as datasets
+from cleannet_tf.data.food101n import read_food101n
 
 SMALL = {"digits": 40, "two_digits": 3}  # images per class in most tests: fast
 
@@ -428,7 +430,7 @@ def test_concurrent_generation_of_the_same_dataset(tmp_path, monkeypatch):
 @pytest.mark.parametrize("kind", ["digits", "two_digits"])
 def test_read_back_with_read_food101n(tmp_path, kind):
     info = _generate(tmp_path / kind, kind=kind, images_per_class=SMALL[kind], test_images_per_class=2)
-    table = datasets.read_food101n(info.root)
+    table = read_food101n(info.root)
     assert table.class_names == info.class_names
     assert len(table) == info.num_images + info.num_test_images
     split = np.asarray(table.split)
@@ -447,7 +449,7 @@ def test_read_back_with_read_food101n(tmp_path, kind):
     assert all(os.path.isfile(p) for p in table.paths)
     heldout_name = info.heldout_lists[0]
     count = int(heldout_name[len("classes_heldout_"):-len(".txt")])
-    held = datasets.read_food101n(info.root, heldout_list=os.path.join(info.root, "meta", heldout_name))
+    held = read_food101n(info.root, heldout_list=os.path.join(info.root, "meta", heldout_name))
     assert int(held.heldout_classes.sum()) == count
     assert not ((held.verification >= 0) & (held.split == datasets.SPLIT_TRAIN)
                 & held.heldout_classes[held.labels]).any()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cleannet_tf import detectors
+from cleannet_tf.detection import signals as detectors
 
 
 def planted(num_classes=8, per_class=60, dim=16, noise_rate=0.3, spread=0.6, seed=0):

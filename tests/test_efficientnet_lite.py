@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from cleannet_tf import backbones, efficientnet_lite
+from cleannet_tf.features import backbones, efficientnet_lite
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "data", "effl0_fixture.npz")  # see data/make_effl0_fixture.py
 

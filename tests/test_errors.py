@@ -14,10 +14,14 @@ import numpy as np
 import pytest
 
 from cleannet_tf import config as config_lib
-from cleannet_tf import datasets
-from cleannet_tf.datasets import DatasetError
-from cleannet_tf.feature_store import CorruptFileError, FeatureStore
-from cleannet_tf.references import ReferenceSets
+from cleannet_tf.data.clothing1m import read_clothing1m
+from cleannet_tf.data.features_npz import load_precomputed_features
+from cleannet_tf.data.food101n import read_food101n
+from cleannet_tf.data.table import DatasetError
+from cleannet_tf.data.tsv import read_tsv
+from cleannet_tf.features.references import ReferenceSets
+from cleannet_tf.features.store import CorruptFileError, FeatureStore
+from cleannet_tf.pipeline.table import load_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = ("extract", "refs", "train", "verify", "train_classifier", "run", "demo", "export", "serve", "config_cli")
@@ -156,7 +160,7 @@ def test_config_show_prints_every_field_with_its_comment_and_default():
 
 
 def test_describe_error_names_the_path_of_a_full_disk():
-    from cleannet_tf import cli
+    from cleannet_tf.cli import flags as cli
 
     error = OSError(errno.ENOSPC, "No space left on device", "/work/x/shard-00001.features.npy")
     assert cli.describe_error(error) == ("/work/x/shard-00001.features.npy: no space left on device: free some space "
@@ -195,7 +199,7 @@ def test_non_utf8_line_names_the_line(tmp_path):
     tsv = _write(tmp_path / "labels.tsv", "path\tlabel\na.jpg\tcat\n", "w")
     _write(tsv, b"b\xe9.jpg\tcat\nc.jpg\tdog\n", "ab")
     with pytest.raises(DatasetError) as error:
-        datasets.read_tsv(tsv, check_images=False)
+        read_tsv(tsv, check_images=False)
     assert str(error.value).startswith(f"{tsv}, line 3: not UTF-8 text")
     assert "position" not in str(error.value)
 
@@ -217,7 +221,7 @@ def _food101n(root, keys, verified_train=(), verified_val=()):
 def test_food101n_key_leaving_the_root_is_refused_with_file_and_line(tmp_path, key):
     root = _food101n(tmp_path / "food", ["three/a.jpg", "four/b.jpg", key])
     with pytest.raises(DatasetError, match=rf"imagelist\.tsv, line 4: key '{key}' leaves the dataset root"):
-        datasets.read_food101n(root, check_images=False)
+        read_food101n(root, check_images=False)
 
 
 def test_keys_inside_the_root_and_symlinks_are_fine(tmp_path):
@@ -228,7 +232,7 @@ def test_keys_inside_the_root_and_symlinks_are_fine(tmp_path):
         _write(os.path.join(root, "images", os.path.normpath(key)), "x")
     os.makedirs(os.path.join(root, "images", "three", "sub"))
     os.symlink(outside, os.path.join(root, "images", "four", "link.jpg"))  # a link may point anywhere
-    table = datasets.read_food101n(root, check_images=True)
+    table = read_food101n(root, check_images=True)
     assert table.keys.tolist() == keys
 
 
@@ -236,7 +240,7 @@ def test_tsv_relative_path_leaving_its_folder_is_refused(tmp_path):
     tsv = _tsv(tmp_path / "data", ["a.jpg\tcat\t\t", "../../etc/hostname\tcat\t\t"])
     with pytest.raises(DatasetError, match=r"labels\.tsv, line 3: path '\.\./\.\./etc/hostname' leaves the file's "
                                            "folder"):
-        datasets.read_tsv(tsv, check_images=False)
+        read_tsv(tsv, check_images=False)
 
 
 def test_clothing1m_key_leaving_the_root_is_refused(tmp_path):
@@ -248,7 +252,7 @@ def test_clothing1m_key_leaving_the_root_is_refused(tmp_path):
     for name in ("clean_train_key_list.txt", "clean_val_key_list.txt", "clean_test_key_list.txt"):
         _write(root / name, "\n")
     with pytest.raises(DatasetError, match=r"noisy_train_key_list\.txt, line 2: key '\.\./\.\./etc/hostname' leaves"):
-        datasets.read_clothing1m(str(root), check_images=False)
+        read_clothing1m(str(root), check_images=False)
 
 
 # --------------------------------------------------------------------------- the demo config on a user's root
@@ -274,7 +278,7 @@ def test_demo_config_on_a_users_tsv_uses_it_and_says_so(tmp_path, caplog):
     tsv = _tsv(tmp_path / "mine", rows)
     before = sorted(os.listdir(tmp_path / "mine"))
     with caplog.at_level(logging.WARNING):
-        table = datasets.load_table(_demo_config(tsv, data__check_images=False), str(tmp_path / "work"))
+        table = load_table(_demo_config(tsv, data__check_images=False), str(tmp_path / "work"))
     assert len(table) == 40 and table.class_names == ("class0", "class1")
     assert f"data.root {tsv} is not a demo dataset: using it as a tsv dataset with the demo's settings" in caplog.text
     assert sorted(os.listdir(tmp_path / "mine")) == before  # nothing written beside the user's data
@@ -283,7 +287,7 @@ def test_demo_config_on_a_users_tsv_uses_it_and_says_so(tmp_path, caplog):
 def test_demo_config_on_a_users_food101n_folder_reads_it(tmp_path, caplog):
     root = _food101n(tmp_path / "food", ["three/a.jpg", "four/b.jpg"], verified_train=[("three/a.jpg", 1)])
     with caplog.at_level(logging.WARNING):
-        table = datasets.load_table(_demo_config(root, data__check_images=False), str(tmp_path / "work"))
+        table = load_table(_demo_config(root, data__check_images=False), str(tmp_path / "work"))
     assert table.keys.tolist() == ["three/a.jpg", "four/b.jpg"]
     assert "using it as a food101n dataset" in caplog.text
 
@@ -292,7 +296,7 @@ def test_demo_config_on_an_unknown_folder_never_advises_deleting_it(tmp_path):
     (tmp_path / "photos").mkdir()
     _write(tmp_path / "photos" / "holiday.jpg", "x")
     with pytest.raises(DatasetError) as error:
-        datasets.load_table(_demo_config(tmp_path / "photos"), str(tmp_path / "work"))
+        load_table(_demo_config(tmp_path / "photos"), str(tmp_path / "work"))
     message = str(error.value)
     assert "is not a demo dataset, nor a dataset in a layout this package reads" in message
     assert "new or empty folder" in message and "delete" not in message.lower()
@@ -302,7 +306,7 @@ def test_demo_config_on_an_unknown_folder_never_advises_deleting_it(tmp_path):
 def test_demo_with_an_explicit_format_is_valid_on_a_users_root(tmp_path):
     tsv = _tsv(tmp_path / "mine", ["a.jpg\tcat\t1\ttrain", "b.jpg\tdog\t0\tval"])
     config = _demo_config(tsv, data__format="tsv", data__check_images=False)  # rejected by validate() before
-    assert len(datasets.load_table(config, str(tmp_path / "work"))) == 2
+    assert len(load_table(config, str(tmp_path / "work"))) == 2
     with pytest.raises(ValueError, match="data.format: must be 'food101n' when data.demo generates"):
         _demo_config("", data__format="tsv")
 
@@ -312,22 +316,22 @@ def test_demo_with_an_explicit_format_is_valid_on_a_users_root(tmp_path):
 
 def test_precomputed_features_need_the_noisy_pool_only(tmp_path):
     tsv = _tsv(tmp_path / "d", ["a.jpg\tcat\t1\ttrain", "b.jpg\tdog\t0\tval", "t.jpg\tcat\t\ttest"])
-    table = datasets.read_tsv(tsv, check_images=False)
+    table = read_tsv(tsv, check_images=False)
     npz = str(tmp_path / "f.npz")
     np.savez(npz, keys=np.array(["b.jpg", "a.jpg"]), features=np.array([[3.0, 4.0], [1.0, 2.0]]))
-    features, valid = datasets.load_precomputed_features(npz, table)
+    features, valid = load_precomputed_features(npz, table)
     np.testing.assert_array_equal(features, [[1, 2], [3, 4], [0, 0]])
     np.testing.assert_array_equal(valid, [True, True, False])
     np.savez(npz, keys=np.array(["a.jpg", "t.jpg"]), features=np.ones((2, 2)))
     with pytest.raises(DatasetError, match=r"1 of the dataset's 2 train/val keys have no features, e\.g\. "
                                            r"\['b\.jpg'\]"):
-        datasets.load_precomputed_features(npz, table)
+        load_precomputed_features(npz, table)
 
 
 def test_refs_run_on_features_without_the_test_split(tmp_path):
     from conftest import write_feature_dataset
 
-    from cleannet_tf import pipeline
+    from cleannet_tf.pipeline import runner
 
     overrides, _, _ = write_feature_dataset(tmp_path / "data", num_classes=3, per_class=30)
     tsv = overrides["data.root"]
@@ -335,8 +339,8 @@ def test_refs_run_on_features_without_the_test_split(tmp_path):
         f.write("".join(f"test{i}.jpg\tclass{i % 3}\t\ttest\n" for i in range(6)))
     config = _config(**{k.replace(".", "__"): v for k, v in overrides.items()}, refs__num_references=4,
                      refs__n_init=1)
-    table = datasets.load_table(config, str(tmp_path / "work"), steps=("refs",))
-    reference_sets = pipeline.run_refs(config, str(tmp_path / "work"), table=table, progress=False)
+    table = load_table(config, str(tmp_path / "work"), steps=("refs",))
+    reference_sets = runner.run_refs(config, str(tmp_path / "work"), table=table, progress=False)
     assert reference_sets.references.shape[:2] == (3, 4)
 
 
@@ -361,18 +365,18 @@ def _tsv_config(tsv, **fields):
 def test_missing_needs_of_later_steps_fail_at_load(tmp_path, rows, steps, pattern):
     tsv = _tsv(tmp_path / "d", rows)
     config = _tsv_config(tsv, cleannet__mode="stacked")
-    datasets.load_table(config, str(tmp_path / "w"))  # without steps: reading alone is fine
+    load_table(config, str(tmp_path / "w"))  # without steps: reading alone is fine
     with pytest.raises(DatasetError, match=pattern):
-        datasets.load_table(config, str(tmp_path / "w"), steps=steps)
+        load_table(config, str(tmp_path / "w"), steps=steps)
 
 
 def test_food101n_without_verified_validation_rows_names_its_file(tmp_path):
     root = _food101n(tmp_path / "food", ["three/a.jpg", "four/b.jpg"], verified_train=[("three/a.jpg", 1)])
     config = _config(data__root=root, data__check_images=False, model__backbone="small_cnn",
                      model__weights="random")
-    datasets.load_table(config, str(tmp_path / "w"), steps=("refs", "train"))
+    load_table(config, str(tmp_path / "w"), steps=("refs", "train"))
     with pytest.raises(DatasetError, match=r"No verified validation rows: .* Add some: .*meta/verified_val\.tsv"):
-        datasets.load_table(config, str(tmp_path / "w"), steps=("verify",))
+        load_table(config, str(tmp_path / "w"), steps=("verify",))
 
 
 def test_verified_rows_only_in_held_out_classes_say_so(tmp_path):
@@ -381,4 +385,4 @@ def test_verified_rows_only_in_held_out_classes_say_so(tmp_path):
     config = _tsv_config(tsv, data__heldout_list=heldout)
     with pytest.raises(DatasetError, match=r"No verified training rows in classes that are not held out \(1 of 2 "
                                            r"classes are, by data\.heldout_list\)"):
-        datasets.load_table(config, str(tmp_path / "w"), steps=("train",))
+        load_table(config, str(tmp_path / "w"), steps=("train",))

@@ -11,9 +11,10 @@ import pytest
 import tensorflow as tf
 from conftest import kill_at_marker
 
-from cleannet_tf import backbones, extract_lib, input_pipeline
 from cleannet_tf import config as config_lib
-from cleannet_tf.feature_store import FeatureStore
+from cleannet_tf.data import images as input_pipeline
+from cleannet_tf.features import backbones, extract
+from cleannet_tf.features.store import FeatureStore
 
 IMAGE_SIZE = (32, 32)
 
@@ -34,7 +35,7 @@ def _extract(paths, directory, strategy=None, shard_size=16, batch_size=8):
         backbone = backbones.build_backbone("small_cnn", image_size=IMAGE_SIZE)
     store = FeatureStore.create_or_open(str(directory), keys=paths, paths=paths, feature_dim=256,
                                         shard_size=shard_size, extractor={"test": 1})
-    stats = extract_lib.extract_features(paths, store, backbone, image_size=IMAGE_SIZE, batch_size=batch_size,
+    stats = extract.extract_features(paths, store, backbone, image_size=IMAGE_SIZE, batch_size=batch_size,
                                          strategy=strategy, progress=False)
     return store, backbone, stats
 
@@ -143,25 +144,25 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, make_images):
 def test_run_extract_skipped_with_precomputed_features(tmp_path):
     config = config_lib.default_config()
     config.data.features = str(tmp_path / "f.npz")
-    assert extract_lib.run_extract(config, str(tmp_path)) == {"skipped": True}
+    assert extract.run_extract(config, str(tmp_path)) == {"skipped": True}
 
 
 def test_worker_task_from_flags_or_tf_config():
-    assert extract_lib.worker_task(environ={}) == (0, 1)
-    assert extract_lib.worker_task(2, 3, environ={}) == (2, 3)
+    assert extract.worker_task(environ={}) == (0, 1)
+    assert extract.worker_task(2, 3, environ={}) == (2, 3)
     cluster = {"chief": ["h0:1"], "worker": ["h1:1", "h2:1"], "ps": ["h3:1"]}
     for task, expected in (({"type": "chief", "index": 0}, (0, 3)), ({"type": "worker", "index": 1}, (2, 3))):
         environ = {"TF_CONFIG": json.dumps({"cluster": cluster, "task": task})}
-        assert extract_lib.worker_task(environ=environ) == expected
-        assert extract_lib.worker_task(0, 1, environ=environ) == (0, 1)  # flags win
+        assert extract.worker_task(environ=environ) == expected
+        assert extract.worker_task(0, 1, environ=environ) == (0, 1)  # flags win
     with pytest.raises(ValueError, match="'ps' does not extract"):
-        extract_lib.worker_task(environ={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "ps"}})})
+        extract.worker_task(environ={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "ps"}})})
     with pytest.raises(ValueError, match="TF_CONFIG is not a JSON"):
-        extract_lib.worker_task(environ={"TF_CONFIG": "{not json"})
+        extract.worker_task(environ={"TF_CONFIG": "{not json"})
     with pytest.raises(ValueError, match="both"):
-        extract_lib.worker_task(1, None, environ={})
+        extract.worker_task(1, None, environ={})
     with pytest.raises(ValueError, match="task_index=3, num_tasks=3"):
-        extract_lib.worker_task(3, 3, environ={})
+        extract.worker_task(3, 3, environ={})
 
 
 def test_task_shards_split_every_shard_once(tmp_path):
@@ -183,7 +184,7 @@ def test_workers_in_process_fill_one_store(tmp_path, image_paths):
         keras.utils.set_random_seed(0)
         backbone = backbones.build_backbone("small_cnn", image_size=IMAGE_SIZE)
     for task in (1, 0):
-        stats = extract_lib.extract_features(image_paths, store, backbone, image_size=IMAGE_SIZE, batch_size=8,
+        stats = extract.extract_features(image_paths, store, backbone, image_size=IMAGE_SIZE, batch_size=8,
                                              progress=False, shards=store.task_shards(task, 2))
         assert stats["shards_written"] == store.task_shards(task, 2)  # [0, 1] and [2]
         if task == 1:

@@ -5,11 +5,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from cleannet_tf import input_pipeline
+from cleannet_tf.data import images
 
 
 def _decode(path, size, resize="squash"):
-    return input_pipeline.decode_image(tf.io.read_file(str(path)), size, resize).numpy()
+    return images.decode_image(tf.io.read_file(str(path)), size, resize).numpy()
 
 
 def test_png_at_target_size_is_exact(tmp_path):
@@ -42,22 +42,22 @@ def test_unreadable_files_are_skipped_and_reported(tmp_path, make_images):
     truncated = tmp_path / "truncated.jpg"
     truncated.write_bytes(open(paths[0], "rb").read()[:100])
     paths[2], paths[4], paths[6] = str(tmp_path / "bad.jpg"), str(tmp_path / "missing.png"), str(truncated)
-    dataset = input_pipeline.make_image_dataset(paths, image_size=(16, 16), batch_size=4,
+    dataset = images.make_image_dataset(paths, image_size=(16, 16), batch_size=4,
                                                 labels=np.arange(9) * 10, weights=np.linspace(0, 1, 9))
     batches = list(dataset)
     rows = np.concatenate([b["row"].numpy() for b in batches])
     np.testing.assert_array_equal(rows, [0, 1, 3, 5, 7, 8])
     np.testing.assert_array_equal(np.concatenate([b["label"].numpy() for b in batches]), rows * 10)
     np.testing.assert_allclose(np.concatenate([b["weight"].numpy() for b in batches]), np.linspace(0, 1, 9)[rows])
-    np.testing.assert_array_equal(input_pipeline.missing_rows(np.arange(9), rows), [2, 4, 6])
+    np.testing.assert_array_equal(images.missing_rows(np.arange(9), rows), [2, 4, 6])
 
 
 @pytest.mark.parametrize("augment", ["flip", "flip_crop", "randaugment"])
 def test_augmentations(tmp_path, make_images, augment):
     paths = make_images(tmp_path / "imgs", 8, size=(40, 40))
     kwargs = dict(image_size=(24, 24), batch_size=8, augment=augment, seed=3)
-    first = next(iter(input_pipeline.make_image_dataset(paths, **kwargs)))["image"].numpy()
-    plain = next(iter(input_pipeline.make_image_dataset(paths, image_size=(24, 24), batch_size=8)))["image"].numpy()
+    first = next(iter(images.make_image_dataset(paths, **kwargs)))["image"].numpy()
+    plain = next(iter(images.make_image_dataset(paths, image_size=(24, 24), batch_size=8)))["image"].numpy()
     assert first.shape == (8, 24, 24, 3)
     assert first.min() >= 0.0 and first.max() <= 255.0
     assert not np.allclose(first, plain)  # augmentation changed something
@@ -67,7 +67,7 @@ def test_shuffle_is_a_function_of_seed(tmp_path, make_images):
     paths = make_images(tmp_path / "imgs", 20, size=(8, 8))
 
     def order(seed):
-        dataset = input_pipeline.make_image_dataset(paths, image_size=(8, 8), batch_size=20, shuffle=True, seed=seed)
+        dataset = images.make_image_dataset(paths, image_size=(8, 8), batch_size=20, shuffle=True, seed=seed)
         return next(iter(dataset))["row"].numpy()
 
     np.testing.assert_array_equal(order(1), order(1))
@@ -85,10 +85,10 @@ def test_header_size_of_every_format_without_decoding(tmp_path):
                        ("WEBP", {"lossless": True})):
         buffer = io.BytesIO()
         Image.new("RGB", (37, 23)).save(buffer, format=fmt, **extra)
-        np.testing.assert_array_equal(input_pipeline.header_size(tf.constant(buffer.getvalue())), [23, 37], fmt)
-    np.testing.assert_array_equal(input_pipeline.header_size(tf.constant(gif_header(30000, 20000))), [20000, 30000])
-    np.testing.assert_array_equal(input_pipeline.header_size(tf.constant(bmp_header(300, -200))), [200, 300])
-    np.testing.assert_array_equal(input_pipeline.header_size(tf.constant(b"xx")), [0, 0])
+        np.testing.assert_array_equal(images.header_size(tf.constant(buffer.getvalue())), [23, 37], fmt)
+    np.testing.assert_array_equal(images.header_size(tf.constant(gif_header(30000, 20000))), [20000, 30000])
+    np.testing.assert_array_equal(images.header_size(tf.constant(bmp_header(300, -200))), [200, 300])
+    np.testing.assert_array_equal(images.header_size(tf.constant(b"xx")), [0, 0])
 
 
 def test_images_over_the_pixel_limit_fail_before_decoding(tmp_path):
@@ -98,12 +98,12 @@ def test_images_over_the_pixel_limit_fail_before_decoding(tmp_path):
     for data in (open(tmp_path / "bomb.png", "rb").read(), gif_header(9000, 9000), bmp_header(7000, -7000)):
         with pytest.raises(tf.errors.InvalidArgumentError, match=r"image is \d+ x \d+ pixels, over the limit of "
                                                                  r"40000000"):
-            input_pipeline.decode_image(tf.constant(data), (8, 8))
+            images.decode_image(tf.constant(data), (8, 8))
     Image.new("RGB", (100, 50)).save(tmp_path / "ok.png")
     data = tf.io.read_file(str(tmp_path / "ok.png"))
-    assert input_pipeline.decode_image(data, (8, 8), max_pixels=5000).shape == (8, 8, 3)  # exactly at the limit
+    assert images.decode_image(data, (8, 8), max_pixels=5000).shape == (8, 8, 3)  # exactly at the limit
     with pytest.raises(tf.errors.InvalidArgumentError, match="image is 100 x 50 pixels, over the limit of 4999"):
-        input_pipeline.decode_image(data, (8, 8), max_pixels=4999)
+        images.decode_image(data, (8, 8), max_pixels=4999)
 
 
 _EXTRACT_CHILD = r"""

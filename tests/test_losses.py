@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cleannet_tf import losses
+from cleannet_tf.model import losses
 
 
 def test_verification_loss_hand_computed():

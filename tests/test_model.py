@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import cleannet_tf  # noqa: F401  (registers the custom layers for load_model)
-from cleannet_tf import layers
-from cleannet_tf.model import (
+from cleannet_tf.model import layers
+from cleannet_tf.model.cleannet import (
     build_cleannet,
     encode_classes,
     query_encoder_of,

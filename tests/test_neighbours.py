@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cleannet_tf import neighbours
+from cleannet_tf.features import neighbours
 
 
 def clustered(n: int, d: int, *, clusters: int = 50, seed: int = 0) -> np.ndarray:

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from cleannet_tf import layers, ops
+from cleannet_tf import ops
+from cleannet_tf.model import layers
 
 
 def test_signed_log1p_matches_the_keras_layer():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cleannet_tf.references import (
+from cleannet_tf.features.references import (
     KMEANS_BACKENDS,
     ReferenceSets,
     _assign,
@@ -208,7 +208,7 @@ def test_load_errors_name_the_file(tmp_path):
 
 
 def test_core_rows_leave_out_far_off_noisy_groups():
-    from cleannet_tf.references import core_rows
+    from cleannet_tf.features.references import core_rows
 
     rng = np.random.default_rng(0)
     clean = np.maximum(rng.normal(5.0, 1.0, (70, 16)), 0)

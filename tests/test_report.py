@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from test_datasets import make_food101n, write_lines
 
-from cleannet_tf import active_verification, datasets, report
+from cleannet_tf.data import table as datasets
+from cleannet_tf.data.food101n import read_food101n
+from cleannet_tf.detection import active, report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -20,7 +22,7 @@ def test_proposals_prefer_unverified_classes_and_uncertain_images():
     verification = np.full(18, -1)
     verification[[0, 6]] = 1  # classes 0 and 1 have a verified label, class 2 none
     verification[1] = 0  # a verified row is never proposed
-    rows = active_verification.propose_verification(labels, scores, verification, threshold=0.3,
+    rows = active.propose_verification(labels, scores, verification, threshold=0.3,
                                                     budget_per_class=2, num_classes=3)
     assert list(labels[rows]) == [2, 2, 0, 0, 1, 1]  # the class nobody verified first
     assert list(rows[:2]) == [13, 16]  # |0.31 - 0.3| then |0.28 - 0.3|, the nearest to the threshold
@@ -32,14 +34,14 @@ def test_proposal_file_reads_back_through_the_food101n_reader(tmp_path):
     keys = [f"{c}/{c[0]}{i}.jpg" for c in ("apple_pie", "baklava", "ramen") for i in range(6)]
     root = make_food101n(tmp_path / "food", keys=keys, verified_train=[("apple_pie/a0.jpg", 1)],
                          verified_val=[("ramen/r5.jpg", 0)])
-    table = datasets.read_food101n(root)
+    table = read_food101n(root)
     scores = np.linspace(-0.4, 0.8, len(table))
     train = table.split == datasets.SPLIT_TRAIN
-    rows = active_verification.propose_verification(table.labels, scores, np.where(train, table.verification, -1),
+    rows = active.propose_verification(table.labels, scores, np.where(train, table.verification, -1),
                                                     threshold=0.2, budget_per_class=3, num_classes=3,
                                                     candidates=train & (table.verification < 0))
     proposal = tmp_path / "to_verify.tsv"
-    active_verification.write_verification_tsv(str(proposal), table.keys[rows], scores[rows] >= 0.2,
+    active.write_verification_tsv(str(proposal), table.keys[rows], scores[rows] >= 0.2,
                                                scores=scores[rows], suggested_labels=["x"] * len(rows),
                                                reasons=["near the threshold"] * len(rows))
     # The person answers in the 0/1 column; the rows go to verified_train.tsv as they are.
@@ -49,7 +51,7 @@ def test_proposal_file_reads_back_through_the_food101n_reader(tmp_path):
                              + "\t".join(line.split("\t")[2:]) for line in lines[1:]]
     existing = (tmp_path / "food" / "meta" / "verified_train.tsv").read_text().splitlines()
     write_lines(str(tmp_path / "food" / "meta" / "verified_train.tsv"), existing + answered[1:])
-    again = datasets.read_food101n(root)
+    again = read_food101n(root)
     for key, answer in answers.items():
         assert again.verification[list(again.keys).index(key)] == answer
     assert int((again.verification >= 0).sum()) == 2 + len(rows)

@@ -26,13 +26,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cleannet_tf import active_verification, checkpointing, datasets, scores_io
 from cleannet_tf import config as config_lib
-from cleannet_tf.references import ReferenceSets, references_path
+from cleannet_tf.data import table as datasets
+from cleannet_tf.detection import active, scores_tsv
+from cleannet_tf.features.references import ReferenceSets, references_path
+from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.review import retrain as retrain_lib
 from cleannet_tf.review.server import ReviewServer
 from cleannet_tf.review.session import ReviewSession
 from cleannet_tf.review.store import DecisionStore
+from cleannet_tf.training import checkpointing
 
 CLASSES = ("apple_pie", "baklava", "ramen")
 PER_CLASS = 12
@@ -110,7 +113,7 @@ def make_workdir(tmp_path, *, train_steps: int = 40):
     config = config_lib.validate(runpy.run_path(str(config_path))["get_config"]())
 
     workdir.mkdir()
-    table = datasets.load_table(config, str(workdir))
+    table = load_table(config, str(workdir))
     class_means = np.stack([features[table.labels == c].mean(0) for c in range(3)])
     ReferenceSets(references=np.stack([class_means, class_means * 1.1], axis=1).astype(np.float32),
                   counts=np.full(3, 2, np.int32), class_names=CLASSES,
@@ -124,16 +127,16 @@ def make_workdir(tmp_path, *, train_steps: int = 40):
     names = np.array(CLASSES)
     verify = workdir / "verify"
     verify.mkdir()
-    scores_io.write_scores_tsv(str(verify / "scores.tsv"), scores_io.ScoresTable(
+    scores_tsv.write_scores_tsv(str(verify / "scores.tsv"), scores_tsv.ScoresTable(
         keys=table.keys, labels=names[table.labels], scores=scores, noisy=scores < threshold,
         weight_soft=np.clip(scores, 0, 1), weight_hard=scores >= threshold, suggested_labels=names[suggested],
         suggested_scores=all_scores.max(1).astype(np.float32)))
     train = table.split == datasets.SPLIT_TRAIN
-    rows = active_verification.propose_verification(
+    rows = active.propose_verification(
         table.labels, scores, np.where(train, table.verification, -1), threshold=threshold, budget_per_class=6,
         num_classes=3, candidates=train & (table.verification < 0))
     has_verification = np.bincount(table.labels[train & (table.verification >= 0)], minlength=3) > 0
-    active_verification.write_verification_tsv(
+    active.write_verification_tsv(
         str(verify / "to_verify.tsv"), table.keys[rows], scores[rows] >= threshold, scores=scores[rows],
         suggested_labels=names[suggested[rows]],
         reasons=["near the threshold" if has_verification[c] else "class has no verified label"
@@ -145,7 +148,7 @@ def make_workdir(tmp_path, *, train_steps: int = 40):
 
 
 def proposals(workdir: str) -> list[dict]:
-    return active_verification.read_verification_tsv(os.path.join(workdir, "verify", "to_verify.tsv"))
+    return active.read_verification_tsv(os.path.join(workdir, "verify", "to_verify.tsv"))
 
 
 def review_rows(workdir: str) -> list[str]:
@@ -190,14 +193,14 @@ def test_extra_verified_changes_the_tables_labels_not_the_release(workdir, tmp_p
     _, work, config = workdir
     release = os.path.join(config.data.root, "meta", "verified_train.tsv")
     release_bytes = open(release, "rb").read()
-    base = datasets.load_table(config, work)
+    base = load_table(config, work)
     key_unverified, key_verified = "ramen/r06.jpg", "apple_pie/a00.jpg"  # -1 and 1 in the release
     row = {key: i for i, key in enumerate(base.keys)}
     assert base.verification[row[key_unverified]] == -1 and base.verification[row[key_verified]] == 1
     store = DecisionStore(os.path.join(work, "review"))
     store.decide(key_unverified, "correct", label="ramen", user="t")
     store.decide(key_verified, "relabel", label="apple_pie", chosen="ramen", user="t")
-    table = datasets.load_table(config, work)  # data.extra_verified = "auto": the review file
+    table = load_table(config, work)  # data.extra_verified = "auto": the review file
     assert table.verification[row[key_unverified]] == 1 and table.verification[row[key_verified]] == 0
     changed = np.nonzero(table.verification != base.verification)[0]
     assert sorted(changed) == sorted([row[key_unverified], row[key_verified]])
@@ -205,17 +208,17 @@ def test_extra_verified_changes_the_tables_labels_not_the_release(workdir, tmp_p
 
     config.unlock()
     config.data.extra_verified = ""
-    assert np.array_equal(datasets.load_table(config, work).verification, base.verification)
+    assert np.array_equal(load_table(config, work).verification, base.verification)
     extra = tmp_path / "extra.tsv"
     extra.write_text("class_name/key\tverification_label\nbaklava/b07.jpg\t0\nnot/in_the_data.jpg\t1\n")
     config.data.extra_verified = f"{extra}, {config_lib.review_verified_path(work)}"
-    table = datasets.load_table(config, work)
+    table = load_table(config, work)
     assert table.verification[row["baklava/b07.jpg"]] == 0 and table.verification[row[key_unverified]] == 1
     assert sum(table.skipped.values()) == 1  # the unknown key is counted, not fatal
     extra.write_text("class_name/key\tverification_label\nramen/r02.jpg\t1\n")  # a verified_val row
     config.data.extra_verified = str(extra)
     with pytest.raises(datasets.DatasetError, match=r"extra\.tsv, line 2: 'ramen/r02\.jpg' is a val row"):
-        datasets.load_table(config, work)
+        load_table(config, work)
 
 
 # ---------------------------------------------------------------------- HTTP
@@ -349,7 +352,7 @@ def test_queue_browse_references_and_neighbours(server):
     assert ramen["decided"] == 1 and ramen["relabel"] == 1 and first["key"] not in {i["key"] for i in ramen["items"]}
 
     _, _, flagged = client.request("GET", "/api/browse?flagged=1&limit=500")
-    scores = scores_io.read_scores_tsv(os.path.join(work, "verify", "scores.tsv"))
+    scores = scores_tsv.read_scores_tsv(os.path.join(work, "verify", "scores.tsv"))
     assert flagged["total"] == int(scores.noisy.sum()) and all(item["flagged"] for item in flagged["items"])
     assert [item["score"] for item in flagged["items"]] == sorted(item["score"] for item in flagged["items"])
     _, _, picked = client.request("GET", "/api/browse?label=baklava&suggested=apple_pie&decided=0")
@@ -530,14 +533,14 @@ def test_page_keyboard_decisions_survive_reload_and_sigkill(workdir, browser, tm
         browse_cards = lambda: browser.find_elements("css selector", "#browse-grid .card")  # noqa: E731
         wait_for(lambda: len(browse_cards()) == 3 * PER_CLASS, "every image in the browse grid")
         Select(browser.find_element("id", "filter-flagged")).select_by_value("1")
-        flagged = scores_io.read_scores_tsv(os.path.join(work, "verify", "scores.tsv")).noisy.sum()
+        flagged = scores_tsv.read_scores_tsv(os.path.join(work, "verify", "scores.tsv")).noisy.sum()
         wait_for(lambda: len(browse_cards()) == flagged, "the flagged images")
         page.press("g")
         wait_for(lambda: len(browser.find_elements("css selector", "#neighbours-grid .card")) == 12, "neighbours")
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
-    table = datasets.load_table(config, work)  # what cleannet-train reads on the next run
+    table = load_table(config, work)  # what cleannet-train reads on the next run
     row = {key: i for i, key in enumerate(table.keys)}
     assert [int(table.verification[row[key]]) for key in ramen] == [1, 0, 0, 0, 1, 1]
 

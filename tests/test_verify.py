@@ -9,8 +9,13 @@ import pytest
 import tensorflow as tf
 from conftest import small_train_config, write_feature_dataset
 
-from cleannet_tf import datasets, detectors, metrics, pipeline, scores_io, train_lib, verifier, verify_lib
-from cleannet_tf.model import build_cleannet, encode_classes
+from cleannet_tf.data import table as datasets
+from cleannet_tf.detection import fit, metrics, scores_tsv, verifier
+from cleannet_tf.detection import signals as detectors
+from cleannet_tf.model.cleannet import build_cleannet, encode_classes
+from cleannet_tf.pipeline import runner
+from cleannet_tf.pipeline.table import load_table
+from cleannet_tf.training import cleannet as train_lib
 
 
 def _random_verifier(scoring, *, threshold=0.1, weights=(0.5, -1.0, 2.0, 1.5), bias=-0.3, seed=0):
@@ -97,16 +102,16 @@ def verified_workdir(tmp_path_factory):
     config = small_train_config(overrides, **{"cleannet.mode": "stacked", "cleannet.calibration_fraction": 0.25,
                                               "refs.core_fraction": 0.7})
     workdir = str(tmp_path / "work")
-    pipeline.run_refs(config, workdir, progress=False)
+    runner.run_refs(config, workdir, progress=False)
     train_lib.run_train(config, workdir, progress=False)
-    report = verify_lib.run_verify(config, workdir)
+    report = fit.run_verify(config, workdir)
     return config, workdir, report, true, noisy
 
 
 def test_verify_writes_scores_metrics_and_verifier(verified_workdir):
     config, workdir, report, true, noisy = verified_workdir
-    table = datasets.load_table(config, workdir)
-    scores = scores_io.read_scores_tsv(os.path.join(workdir, "verify", "scores.tsv"))
+    table = load_table(config, workdir)
+    scores = scores_tsv.read_scores_tsv(os.path.join(workdir, "verify", "scores.tsv"))
     pool = table.split != datasets.SPLIT_TEST
     assert len(scores) == int(pool.sum())
     rows = {key: i for i, key in enumerate(table.keys)}
@@ -151,10 +156,10 @@ def test_verify_writes_scores_metrics_and_verifier(verified_workdir):
 
 def test_load_verifier_scores_like_scores_tsv(verified_workdir):
     config, workdir, report, _, _ = verified_workdir
-    model, class_names, threshold = verify_lib.load_verifier(workdir)
+    model, class_names, threshold = fit.load_verifier(workdir)
     assert threshold == pytest.approx(report["threshold"])
     data, _ = train_lib.load_training_inputs(config, workdir)
-    scores = scores_io.read_scores_tsv(os.path.join(workdir, "verify", "scores.tsv"))
+    scores = scores_tsv.read_scores_tsv(os.path.join(workdir, "verify", "scores.tsv"))
     out = model({"features": data.features[:50], "label": data.labels[:50].astype(np.int64)})
     np.testing.assert_allclose(out["score"], scores.scores[:50], atol=1e-5)
     assert [class_names[c] for c in np.asarray(out["suggested_label"])] == list(scores.suggested_labels[:50])
@@ -162,7 +167,7 @@ def test_load_verifier_scores_like_scores_tsv(verified_workdir):
 
 def test_calibration_classes_are_kept_out_of_training(verified_workdir):
     config, workdir, report, _, _ = verified_workdir
-    table = datasets.load_table(config, workdir)
+    table = load_table(config, workdir)
     calibration = train_lib.calibration_classes(table, 0.25, config.seed)
     assert calibration.sum() == 1 and not (calibration & table.heldout_classes).any()
     trained_on, _ = train_lib.load_training_inputs(config, workdir, for_training=True)

@@ -16,8 +16,8 @@ import sys
 import ml_collections
 from absl import app, flags
 
-from cleannet_tf import cli
 from cleannet_tf import config as config_lib
+from cleannet_tf.cli import flags as cli
 
 _SAVED_CONFIGS = ("config.verify.json", "config.run.json", "config.demo.json", "config.review.json")
 

@@ -6,7 +6,7 @@
     session.references(c)        # the class's reference images
     session.neighbours(key, 12)  # nearest images by cosine on ln(1 + x) features
 
-Inputs: the table (datasets.load_table, which also merges WORKDIR/review/verified_train.tsv through
+Inputs: the table (load_table, which also merges WORKDIR/review/verified_train.tsv through
 data.extra_verified), WORKDIR/verify/{scores.tsv, to_verify.tsv, metrics.json}, the features
 (extract_lib.open_features) and WORKDIR/references.npz. Bad input raises `ReviewError` (the server's 4xx).
 """
@@ -23,9 +23,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cleannet_tf import active_verification, datasets, detectors, scores_io, verify_lib
 from cleannet_tf import config as config_lib
-from cleannet_tf.references import ReferenceSets, references_path
+from cleannet_tf.data import table
+from cleannet_tf.detection import active, fit, scores_tsv, signals
+from cleannet_tf.features.references import ReferenceSets, references_path
+from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.review.store import DecisionStore
 
 REFERENCE_IMAGES = 8  # reference images shown per class
@@ -48,7 +50,7 @@ def review_dir(workdir: str) -> str:
 
 def read_metrics(workdir: str) -> dict | None:
     """WORKDIR/verify/metrics.json, or None when cleannet-verify has not run."""
-    path = os.path.join(verify_lib.verify_dir(workdir), "metrics.json")
+    path = os.path.join(fit.verify_dir(workdir), "metrics.json")
     if not os.path.exists(path):
         return None
     with open(path) as f:
@@ -59,15 +61,15 @@ class _Snapshot:
     """One consistent read of the table and of cleannet-verify's outputs (replaced whole by `reload`)."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-        output = verify_lib.verify_dir(workdir)
+        output = fit.verify_dir(workdir)
         for name in ("scores.tsv", "to_verify.tsv"):
             if not os.path.exists(os.path.join(output, name)):
                 raise FileNotFoundError(f"{os.path.join(output, name)} not found: run cleannet-verify first.")
-        self.table = datasets.load_table(config, workdir)
+        self.table = load_table(config, workdir)
         self.row_of = {key: row for row, key in enumerate(self.table.keys)}
         self.metrics = read_metrics(workdir) or {}
         self.threshold = float(self.metrics.get("threshold", 0.0))
-        scores = scores_io.read_scores_tsv(os.path.join(output, "scores.tsv"))
+        scores = scores_tsv.read_scores_tsv(os.path.join(output, "scores.tsv"))
         class_index = {name: c for c, name in enumerate(self.table.class_names)}
         # Per table row: score, suggested class (-1 / NaN where scores.tsv has no row, e.g. test rows).
         n = len(self.table)
@@ -88,9 +90,9 @@ class _Snapshot:
         self.scored = np.nonzero(~np.isnan(self.score))[0]
         self.flagged = self.score < self.threshold  # NaN rows: False
         self.proposals = []  # (row, to_verify.tsv entry), file order
-        for entry in active_verification.read_verification_tsv(os.path.join(output, "to_verify.tsv")):
+        for entry in active.read_verification_tsv(os.path.join(output, "to_verify.tsv")):
             row = self.row_of.get(entry["key"])
-            if row is None or self.table.split[row] != datasets.SPLIT_TRAIN:
+            if row is None or self.table.split[row] != table.SPLIT_TRAIN:
                 stale += 1
                 continue
             self.proposals.append((row, entry))
@@ -150,15 +152,15 @@ class ReviewSession:
                 "suggested": t.class_names[s.suggested[row]] if s.suggested[row] >= 0 else None,
                 "suggested_score": None if np.isnan(s.suggested_score[row])
                 else round(float(s.suggested_score[row]), 4),
-                "split": datasets.SPLITS[t.split[row]], "verified": int(t.verification[row]),
+                "split": table.SPLITS[t.split[row]], "verified": int(t.verification[row]),
                 "decision": decisions.get(key)}
 
     def decide(self, key, decision, label=None) -> dict:
         """Records a decision on a training image; `label` (name or id) is the right class of a relabel."""
         row = self.row_of(key)
         t = self.snapshot.table
-        if t.split[row] != datasets.SPLIT_TRAIN:
-            raise ReviewError(f"{key!r} is a {datasets.SPLITS[t.split[row]]} row: its labels are kept for "
+        if t.split[row] != table.SPLIT_TRAIN:
+            raise ReviewError(f"{key!r} is a {table.SPLITS[t.split[row]]} row: its labels are kept for "
                               "evaluation; only training images are reviewed")
         if decision not in ("correct", "wrong", "relabel"):
             raise ReviewError(f"'decision' must be correct, wrong or relabel. Received {decision!r}")
@@ -243,9 +245,9 @@ class ReviewSession:
     def _feature_source(self):
         with self._lock:
             if self._features is None:
-                from cleannet_tf import extract_lib
+                from cleannet_tf.features import extract
 
-                self._features = extract_lib.open_features(self.config, self.workdir, self.snapshot.table)
+                self._features = extract.open_features(self.config, self.workdir, self.snapshot.table)
             return self._features
 
     def references(self, label) -> dict:
@@ -299,13 +301,13 @@ class ReviewSession:
             raise ReviewError(f"'count' must be in [1, 100]. Received {count}")
         s = self.snapshot
         features = self._feature_source()
-        query = detectors.log_normalize(features.gather(np.array([row])))[0]
+        query = signals.log_normalize(features.gather(np.array([row])))[0]
         valid = features.valid()
         best_rows, best_sims = np.zeros(0, np.int64), np.zeros(0, np.float32)
         pool = s.scored[valid[s.scored] & (s.scored != row)]
         for start in range(0, len(pool), _NEIGHBOUR_BLOCK):
             block = pool[start:start + _NEIGHBOUR_BLOCK]
-            sims = detectors.log_normalize(features.gather(block)) @ query
+            sims = signals.log_normalize(features.gather(block)) @ query
             best_rows = np.concatenate([best_rows, block])
             best_sims = np.concatenate([best_sims, sims])
             keep = np.argsort(-best_sims, kind="stable")[:count]

@@ -22,7 +22,7 @@ import threading
 
 from absl import logging
 
-from cleannet_tf import active_verification
+from cleannet_tf.detection import active
 
 DECISIONS = ("correct", "wrong", "relabel")
 LOG_NAME = "decisions.jsonl"
@@ -111,7 +111,7 @@ class DecisionStore:
             os.fsync(f.fileno())
 
     def _write_tsvs(self) -> None:
-        header = "\t".join(active_verification.HEADER[:2])
+        header = "\t".join(active.HEADER[:2])
         write_text_atomic(self.tsv_path, "".join([header + "\n"] + [f"{key}\t{value['verified']}\n"
                                                                     for key, value in self.decisions.items()]))
         write_text_atomic(self.relabelled_path, "".join(

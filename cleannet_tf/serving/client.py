@@ -24,7 +24,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from cleannet_tf.export_lib import CLASSIFIER, VERIFIER  # the exported model names
+from cleannet_tf.export.savedmodel import CLASSIFIER, VERIFIER  # the exported model names
 from cleannet_tf.serving.server import MAX_MESSAGE_BYTES  # the server's gRPC message limit
 from cleannet_tf.serving.tensor_proto import to_tensor_proto
 

@@ -31,23 +31,16 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cleannet_tf import (
-    atomic_io,
-    backbones,
-    classifier_lib,
-    datasets,
-    distribute,
-    extract_lib,
-    label_noise,
-    references,
-    scores_io,
-    train_lib,
-    verify_lib,
-    workdir_lock,
-)
+from cleannet_tf import atomic_io
 from cleannet_tf import config as config_lib
-from cleannet_tf.feature_store import FeatureStore
-from cleannet_tf.references import references_path
+from cleannet_tf.data import table as datasets
+from cleannet_tf.detection import fit, label_noise, scores_tsv
+from cleannet_tf.features import backbones, extract, references
+from cleannet_tf.features.references import references_path
+from cleannet_tf.features.store import FeatureStore
+from cleannet_tf.pipeline import lock as workdir_lock
+from cleannet_tf.pipeline.table import load_table
+from cleannet_tf.training import classifier, cleannet, distribute
 
 
 def reference_rows(table: datasets.LabelTable, valid_features: np.ndarray) -> np.ndarray:
@@ -62,8 +55,8 @@ def reference_rows(table: datasets.LabelTable, valid_features: np.ndarray) -> np
 def run_refs(config: ml_collections.ConfigDict, workdir: str, *, table: datasets.LabelTable | None = None,
              progress: bool = True) -> references.ReferenceSets:
     """cleannet-refs: k-means++ reference sets of every class -> WORKDIR/references.npz."""
-    table = table if table is not None else datasets.load_table(config, workdir)
-    features = extract_lib.open_features(config, workdir, table)
+    table = table if table is not None else load_table(config, workdir)
+    features = extract.open_features(config, workdir, table)
     reference_sets = references.build_reference_sets(
         features.gather, table.labels, reference_rows(table, features.valid()), table.class_names,
         num_references=config.refs.num_references, n_init=config.refs.n_init, max_iter=config.refs.max_iter,
@@ -78,20 +71,20 @@ def run_refs(config: ml_collections.ConfigDict, workdir: str, *, table: datasets
 
 def classifier_output_dir(workdir: str, weighting: str) -> str:
     """WORKDIR/classifier for the unweighted classifier (the feature extractor), classifier_<weighting> otherwise."""
-    return classifier_lib.classifier_dir(workdir) + ("" if weighting == "none" else f"_{weighting}")
+    return classifier.classifier_dir(workdir) + ("" if weighting == "none" else f"_{weighting}")
 
 
 def run_train_classifier(config: ml_collections.ConfigDict, workdir: str, *, table: datasets.LabelTable | None = None,
                          strategy: tf.distribute.Strategy | None = None, progress: bool = True) -> dict:
     """cleannet-train-classifier: backbone + softmax on the noisy labels, weighted per classifier.weighting."""
-    table = table if table is not None else datasets.load_table(config, workdir)
+    table = table if table is not None else load_table(config, workdir)
     weighting = config.classifier.weighting
     weights = None if weighting == "none" else classifier_weights(table, workdir, weighting)
     initial_weights = config.classifier.initial_weights
     if initial_weights == "auto":
         has_imagenet = backbones.BACKBONES[config.model.backbone].has_imagenet_weights
         initial_weights = "imagenet" if has_imagenet else "random"
-    _, metrics = classifier_lib.train_classifier(
+    _, metrics = classifier.train_classifier(
         table, config, classifier_output_dir(workdir, weighting), sample_weights=weights,
         initial_weights=initial_weights, strategy=strategy, progress=progress)
     return metrics
@@ -104,12 +97,12 @@ def classifier_weights(table: datasets.LabelTable, workdir: str, weighting: str)
     Pool rows missing from scores.tsv (images without features, e.g. unreadable) get weight 1 with a warning;
     more than 1% missing is an error (a stale scores.tsv): rerun cleannet-verify.
     """
-    path = os.path.join(verify_lib.verify_dir(workdir), "scores.tsv")
-    metrics_path = os.path.join(verify_lib.verify_dir(workdir), "metrics.json")
+    path = os.path.join(fit.verify_dir(workdir), "scores.tsv")
+    metrics_path = os.path.join(fit.verify_dir(workdir), "metrics.json")
     if not os.path.exists(path) or not os.path.exists(metrics_path):
         raise FileNotFoundError(f"classifier.weighting={weighting!r} needs {path} and {metrics_path}: "
                                 "run cleannet-verify first.")
-    scores = scores_io.read_scores_tsv(path)
+    scores = scores_tsv.read_scores_tsv(path)
     with open(metrics_path) as f:
         threshold = float(json.load(f)["threshold"])
     row_of = {key: row for row, key in enumerate(table.keys)}
@@ -306,7 +299,7 @@ def _legacy_complete(name: str, config: ml_collections.ConfigDict, workdir: str)
     config = _record_config(name, config)
     if name == "extract":
         try:
-            return FeatureStore(extract_lib.features_dir(workdir)).complete
+            return FeatureStore(extract.features_dir(workdir)).complete
         except FileNotFoundError:
             return False
     if name == "refs":
@@ -316,13 +309,13 @@ def _legacy_complete(name: str, config: ml_collections.ConfigDict, workdir: str)
     if name == "weighted_classifiers":
         return all(_legacy_complete(upstream, config, workdir) for upstream in _upstream(name, config))
     if name == "train":
-        directory = train_lib.cleannet_dir(workdir)
+        directory = cleannet.cleannet_dir(workdir)
         last = tf.train.latest_checkpoint(os.path.join(directory, "checkpoints"))
         return (os.path.exists(os.path.join(directory, "model.keras"))
                 and os.path.exists(os.path.join(directory, "metrics.json"))
                 and last is not None and int(last.rsplit("-", 1)[1]) >= config.train.steps)
     if name == "verify":
-        return all(os.path.exists(os.path.join(verify_lib.verify_dir(workdir), output)) for output in VERIFY_OUTPUTS)
+        return all(os.path.exists(os.path.join(fit.verify_dir(workdir), output)) for output in VERIFY_OUTPUTS)
     if name == "export":
         return os.path.exists(os.path.join(export_dir(workdir), "models.config"))
     raise ValueError(f"Unknown step {name!r}; expected one of {STEPS}")
@@ -366,9 +359,9 @@ def _clear_paths(name: str, workdir: str) -> list[str]:
     verify and export keep theirs: verify replaces its folder whole, each export adds versions.
     """
     if name.startswith("train_classifier"):
-        return [classifier_lib.classifier_dir(workdir) + name[len("train_classifier"):]]
-    return {"extract": [extract_lib.features_dir(workdir)], "refs": [references_path(workdir)],
-            "train": [train_lib.cleannet_dir(workdir)]}.get(name, [])
+        return [classifier.classifier_dir(workdir) + name[len("train_classifier"):]]
+    return {"extract": [extract.features_dir(workdir)], "refs": [references_path(workdir)],
+            "train": [cleannet.cleannet_dir(workdir)]}.get(name, [])
 
 
 def _begin(name: str, config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -496,28 +489,28 @@ def _run(step: str, config: ml_collections.ConfigDict, workdir: str, *, table, s
                 _files_under(classifier_output_dir(workdir, config.classifier.weighting)))
     if step == "extract":
         task_index, num_tasks = extract_task
-        stats = extract_lib.run_extract(config, workdir, table=table, strategy=strategy, task_index=task_index,
+        stats = extract.run_extract(config, workdir, table=table, strategy=strategy, task_index=task_index,
                                         num_tasks=num_tasks)
         if config.data.features:
             return "skipped: precomputed features (data.features)", []
         return (f"{stats['images']} images, {stats['images_per_second']:.0f} images/s",
-                _files_under(extract_lib.features_dir(workdir)))
+                _files_under(extract.features_dir(workdir)))
     if step == "refs":
         reference_sets = run_refs(config, workdir, table=table)
         return ("{} classes x {} references x {} dims".format(*reference_sets.references.shape),
                 [references_path(workdir)])
     if step == "train":
-        result = train_lib.run_train(config, workdir, table=table, strategy=strategy)
+        result = cleannet.run_train(config, workdir, table=table, strategy=strategy)
         return (f"{result['steps']} steps, best at {result['best_step']}, "
-                f"{result['samples_per_second']:.0f} samples/s", _files_under(train_lib.cleannet_dir(workdir)))
+                f"{result['samples_per_second']:.0f} samples/s", _files_under(cleannet.cleannet_dir(workdir)))
     if step == "verify":
-        result = verify_lib.run_verify(config, workdir, table=table)
+        result = fit.run_verify(config, workdir, table=table)
         return (f"threshold {result['threshold']:.3f}, {result['n_flagged']} of {result['n_images']} images flagged",
-                _files_under(verify_lib.verify_dir(workdir)))
+                _files_under(fit.verify_dir(workdir)))
     if step == "export":
-        from cleannet_tf import export_lib  # TF Serving protos only when exporting
+        from cleannet_tf.export import savedmodel  # TF Serving protos only when exporting
 
-        result = export_lib.export_all(config, workdir, export_to, table=table)
+        result = savedmodel.export_all(config, workdir, export_to, table=table)
         return (f"{result['verifier']}, {result['classifier']}",
                 _files_under(result["verifier"], result["classifier"], result["models_config"]))
     raise ValueError(f"Unknown step {step!r}; expected one of {STEPS}")
@@ -564,7 +557,7 @@ def run_steps(config: ml_collections.ConfigDict, workdir: str, *, table: dataset
     done = {}
     with workdir_lock.locked(workdir, command_line("run")):
         adopt_legacy(config, workdir)
-        table = table if table is not None else datasets.load_table(config, workdir)
+        table = table if table is not None else load_table(config, workdir)
         for step in steps:
             # The first classifier makes the features: unweighted, whatever classifier.weighting says.
             step_config = _with_weighting(config, "none") if step == "train_classifier" else config

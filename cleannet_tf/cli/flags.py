@@ -24,7 +24,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cleannet_tf import config as config_lib
-from cleannet_tf import distribute
+from cleannet_tf.training import distribute
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", config_lib.__file__, "An ml_collections config file, e.g. configs/demo.py (default: the schema's "
@@ -40,7 +40,7 @@ _COMMON_FLAGS = ("config", "workdir", "debug", "verbosity")
 
 def default_config_path(name: str) -> str | None:
     """configs/<name>.py of the source checkout this package runs from, if there is one."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", f"{name}.py")
+    path = os.path.join(os.path.dirname(os.path.dirname(config_lib.__file__)), "configs", f"{name}.py")
     return path if os.path.exists(path) else None
 
 
@@ -62,9 +62,9 @@ def setup(argv: list[str], step: str, *, lock: bool = True) -> tuple[ml_collecti
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ValueError(f"--workdir {workdir} is a file, not a folder: choose a folder (it is created if missing).")
     distribute.configure_logical_cpus(config.runtime.logical_cpu_devices)
-    from cleannet_tf import pipeline
+    from cleannet_tf.pipeline import runner
 
-    pipeline.start_command(config, workdir, step, lock=lock)  # the workdir lock for the whole process
+    runner.start_command(config, workdir, step, lock=lock)  # the workdir lock for the whole process
     logging.info("%s: workdir %s", step, workdir)
     logging.vlog(1, "config:\n%s", config)
     return config, workdir

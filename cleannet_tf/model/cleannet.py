@@ -21,7 +21,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from cleannet_tf.layers import ContextAttentionPooling, CosineSimilarity, FeatureNormalization, l2_normalize
+from cleannet_tf.model.layers import ContextAttentionPooling, CosineSimilarity, FeatureNormalization, l2_normalize
 
 
 def _dense(units: int, name: str, weight_decay: float) -> keras.layers.Dense:

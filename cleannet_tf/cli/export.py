@@ -16,16 +16,18 @@ Errors print one line and exit 1; --debug (or --verbosity=1) adds the traceback.
 
 from absl import flags
 
-from cleannet_tf import cli, export_lib, input_pipeline
+from cleannet_tf.cli import flags as cli
+from cleannet_tf.data import images
+from cleannet_tf.export import savedmodel
 
 _EXPORT_DIR = flags.DEFINE_string("export_dir", "saved_models", "Where the SavedModels and models.config go.")
-_MAX_PIXELS = flags.DEFINE_integer("max_pixels", input_pipeline.DEFAULT_MAX_PIXELS,
+_MAX_PIXELS = flags.DEFINE_integer("max_pixels", images.DEFAULT_MAX_PIXELS,
                                    "Images with more pixels (width x height, read from the header) are refused.")
 
 
 def main(argv):
     config, workdir = cli.setup(argv, "export")
-    result = export_lib.export_all(config, workdir, _EXPORT_DIR.value, max_pixels=_MAX_PIXELS.value)
+    result = savedmodel.export_all(config, workdir, _EXPORT_DIR.value, max_pixels=_MAX_PIXELS.value)
     for name in ("verifier", "classifier", "models_config"):
         print(f"{name}: {result[name]}")
 

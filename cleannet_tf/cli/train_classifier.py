@@ -1,0 +1,35 @@
+"""cleannet-train-classifier: backbone + softmax trained on the noisy labels -> WORKDIR/classifier/.
+
+    cleannet-train-classifier --config=configs/demo.py --workdir=/tmp/cleannet_demo
+
+Reads: the dataset's images and labels; with classifier.weighting=soft|hard also
+WORKDIR/verify/scores.tsv. Settings: model.*, input.*, classifier.*.
+Writes: WORKDIR/classifier/ (weighting none) or WORKDIR/classifier_<weighting>/:
+checkpoints, model.keras, metrics.json (test accuracy on the clean test split).
+With --config.classifier.weighting=none this is the paper's first step: the
+backbone fine-tuned on the noisy labels, whose features CleanNet then uses
+(`model.weights=classifier`). Resumes from its checkpoints after a kill.
+
+Config: --config=configs/<x>.py, any field overridden as --config.section.field=value;
+`cleannet-config --show` lists every field with its comment and default (schema:
+cleannet_tf/config.py). When it finishes, writes the config of its outputs to WORKDIR/config.train_classifier.json.
+Errors print one line and exit 1; --debug (or --verbosity=1) adds the traceback.
+"""
+
+from cleannet_tf.cli import flags
+from cleannet_tf.pipeline import runner
+from cleannet_tf.training import distribute
+
+
+def main(argv):
+    config, workdir = flags.setup(argv, "train_classifier")
+    strategy = distribute.build_strategy(config.runtime.strategy)
+    runner.run_step("train_classifier", config, workdir, strategy=strategy)
+
+
+def run():
+    flags.run(main)
+
+
+if __name__ == "__main__":
+    run()

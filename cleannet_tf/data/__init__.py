@@ -1,0 +1,2 @@
+"""Dataset readers and the LabelTable: no config, no WORKDIR. Imports only `ops`, `atomic_io`.
+"""

@@ -1,0 +1,81 @@
+"""data.features: precomputed features in an .npz (keys, features), aligned to a LabelTable.
+
+Imports `data.table`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from absl import logging
+
+from cleannet_tf.data.table import _MAX_EXAMPLES, SPLIT_TEST, DatasetError, LabelTable, _require_file
+
+
+def load_precomputed_features(npz_path: str, table: LabelTable) -> tuple[np.ndarray, np.ndarray]:
+    """Reads `data.features`: an .npz with `keys` (M,) str and `features` (M, D), aligned to the table.
+
+    Every noisy-pool row (train/val) needs its key in the file; test rows may be absent (detection never uses
+    them). Extra keys are ignored (and logged).
+
+    Returns:
+        features (N, D) float32, row i = features of `table.keys[i]` (zeros where absent), and valid (N,) bool,
+        False for the absent test rows.
+    """
+    _require_file(npz_path, "an .npz with arrays 'keys' (N,) and 'features' (N, D)")
+    from cleannet_tf.features.store import CorruptFileError, load_npz
+
+    try:
+        npz = load_npz(npz_path, fix="Check data.features: write it with np.savez(path, keys=..., features=...).")
+    except CorruptFileError as error:
+        raise DatasetError(str(error)) from error
+    arrays = {name: npz[name] for name in ("keys", "features") if name in npz}
+    names_in_file = list(npz)
+    absent = [name for name in ("keys", "features") if name not in arrays]
+    if absent:
+        raise DatasetError(f"{npz_path}: lacks array(s) {', '.join(absent)}; has {names_in_file}.")
+    file_keys, features = arrays["keys"], arrays["features"]
+    if file_keys.dtype.kind == "S":
+        file_keys = np.char.decode(file_keys, "utf-8")
+    if file_keys.ndim != 1 or file_keys.dtype.kind != "U":
+        raise DatasetError(f"{npz_path}: 'keys' must be a 1-D array of strings; got shape {file_keys.shape}, "
+                           f"dtype {file_keys.dtype}.")
+    if features.ndim != 2:
+        raise DatasetError(f"{npz_path}: 'features' must be 2-D (N, D); got shape {features.shape}.")
+    if not (np.issubdtype(features.dtype, np.floating) or np.issubdtype(features.dtype, np.integer)):
+        raise DatasetError(f"{npz_path}: 'features' must be numeric; got dtype {features.dtype}.")
+    if len(features) != len(file_keys):
+        raise DatasetError(f"{npz_path}: {len(file_keys)} keys but {len(features)} feature rows.")
+
+    order = np.argsort(file_keys, kind="stable")
+    sorted_keys = file_keys[order]
+    duplicated = sorted_keys[1:][sorted_keys[1:] == sorted_keys[:-1]]
+    if len(duplicated):
+        raise DatasetError(f"{npz_path}: {len(duplicated)} duplicate key(s), e.g. {str(duplicated[0])!r}.")
+    position = np.searchsorted(sorted_keys, table.keys)
+    position = np.minimum(position, max(len(sorted_keys) - 1, 0))
+    found = (sorted_keys[position] == table.keys) if len(sorted_keys) else np.zeros(len(table), dtype=bool)
+    pool = table.split != SPLIT_TEST
+    if not found[pool].all():
+        missing_keys = table.keys[pool & ~found]
+        raise DatasetError(f"{npz_path}: {len(missing_keys)} of the dataset's {int(pool.sum())} train/val keys have "
+                           f"no features, e.g. {[str(k) for k in missing_keys[:_MAX_EXAMPLES]]}.")
+    aligned = np.zeros((len(table), features.shape[1]), dtype=np.float32)
+    rows = order[position]
+    block = 65536
+    for start in range(0, len(table), block):  # bounded temporaries on 1M rows
+        chunk_found = found[start:start + block]
+        chunk = features[rows[start:start + block][chunk_found]].astype(np.float32)
+        bad = ~np.isfinite(chunk).all(axis=1)
+        if bad.any():
+            first_bad = start + int(np.flatnonzero(chunk_found)[np.argmax(bad)])
+            raise DatasetError(f"{npz_path}: features of key {str(table.keys[first_bad])!r} contain NaN or Inf.")
+        aligned[start:start + block][chunk_found] = chunk
+    n_extra = len(file_keys) - int(found.sum())
+    if n_extra:
+        logging.info("%s: %d keys not in the dataset ignored.", npz_path, n_extra)
+    n_absent_test = int((~found).sum())
+    if n_absent_test:
+        logging.info("%s: %d test rows have no features (not needed: detection uses the train/val rows).",
+                     npz_path, n_absent_test)
+    logging.info("Loaded precomputed features %s from %s.", aligned.shape, npz_path)
+    return aligned, found

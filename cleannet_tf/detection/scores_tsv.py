@@ -1,0 +1,77 @@
+"""WORKDIR/verify/scores.tsv: one row per training image, written by cleannet-verify, read by the classifier.
+
+    key  label  score  noisy  weight_soft  weight_hard  suggested_label  suggested_score
+
+`key` is the dataset's own key (e.g. "apple_pie/abc.jpg"), `label` and `suggested_label` are class names,
+`noisy` and `weight_hard` are 0/1, the rest floats. Written through a temporary name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+COLUMNS = ("key", "label", "score", "noisy", "weight_soft", "weight_hard", "suggested_label", "suggested_score")
+
+
+@dataclasses.dataclass
+class ScoresTable:
+    """Columns of scores.tsv, each (N,): keys/labels/suggested_labels str, noisy bool, the rest float32."""
+
+    keys: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+    noisy: np.ndarray
+    weight_soft: np.ndarray
+    weight_hard: np.ndarray
+    suggested_labels: np.ndarray
+    suggested_scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def write_scores_tsv(path: str, table: ScoresTable) -> None:
+    """Writes `table` to `path` (header + one row per image) through a temporary name."""
+    n = len(table.keys)
+    for field in dataclasses.fields(table):
+        if len(getattr(table, field.name)) != n:
+            raise ValueError(f"{path}: column {field.name} has {len(getattr(table, field.name))} rows, keys {n}")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write("\t".join(COLUMNS) + "\n")
+        for row in zip(table.keys, table.labels, table.scores, table.noisy, table.weight_soft, table.weight_hard,
+                       table.suggested_labels, table.suggested_scores, strict=True):
+            key, label, score, noisy, soft, hard, suggested, suggested_score = row
+            f.write(f"{key}\t{label}\t{score:.6f}\t{int(noisy)}\t{soft:.6f}\t{int(hard)}\t{suggested}\t"
+                    f"{suggested_score:.6f}\n")
+    os.replace(tmp, path)
+
+
+def read_scores_tsv(path: str) -> ScoresTable:
+    """Reads a scores.tsv; a malformed row raises ValueError naming the file and line."""
+    with open(path) as f:
+        header = f.readline().rstrip("\n").split("\t")
+        if tuple(header) != COLUMNS:
+            raise ValueError(f"{path}:1: expected header {' '.join(COLUMNS)!r}, got {' '.join(header)!r}")
+        columns: list[list] = [[] for _ in COLUMNS]
+        for line_number, line in enumerate(f, start=2):
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) != len(COLUMNS):
+                raise ValueError(f"{path}:{line_number}: expected {len(COLUMNS)} tab-separated fields, "
+                                 f"got {len(fields)}")
+            try:
+                values = [fields[0], fields[1], float(fields[2]), int(fields[3]), float(fields[4]), int(fields[5]),
+                          fields[6], float(fields[7])]
+            except ValueError as error:
+                raise ValueError(f"{path}:{line_number}: {error}") from None
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+    keys, labels, scores, noisy, soft, hard, suggested, suggested_scores = columns
+    return ScoresTable(
+        keys=np.asarray(keys, dtype=str), labels=np.asarray(labels, dtype=str),
+        scores=np.asarray(scores, np.float32), noisy=np.asarray(noisy, bool),
+        weight_soft=np.asarray(soft, np.float32), weight_hard=np.asarray(hard, np.float32),
+        suggested_labels=np.asarray(suggested, dtype=str), suggested_scores=np.asarray(suggested_scores, np.float32))

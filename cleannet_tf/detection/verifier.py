@@ -1,0 +1,218 @@
+"""The verifier: one functional Keras model that checks (features, label) pairs with a trained CleanNet.
+
+    features (B, D) ─ query encoder ─► query_embedding (B, E) ─┐
+              └──────────────── log + L2 normalisation ────────┴─ VerificationHead ─► score, is_noisy,
+    label (B,) ─────────────────────────────────────────────────┘     weight_soft, suggested_label, suggested_score
+
+The head holds the cached class embeddings (C, E) of the CleanNet reference encoder, the robust class means
+(C, D) of the normalised features, the threshold, and the score combination, so scoring costs the query
+encoder and two (B, C) matrix products. It computes a (B, C) score of every image against every class; the
+score of the pair is the entry of its label, the suggested label the best entry.
+
+Scorings (`cleannet.mode` picks one):
+    cosine   cos(query embedding, class embedding): the paper's score (mode "paper")
+    margin   cosine minus the best cosine of another class (mode "robust")
+    stacked  2 P(label correct) - 1, P a logistic regression over signals that mean the same in every class
+             (so weight_soft = max(0, score) is near 1 for labels it trusts),
+             fitted on verified validation rows (mode "stacked"): the CleanNet cosine and margin, and the cosine
+             and margin of the features to the robust class means (the mean of each class's clean core,
+             `detectors.robust_class_means`). Classes without verification labels are scored by the same weights.
+
+All scores lie in [-1, 1] (margin in [-2, 2]); low means the label is likely wrong; a pair is noisy when
+score < threshold; weight_soft = clip(score, 0, 1) (the paper's max(0, s)).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cleannet_tf.model import layers
+from cleannet_tf.model.cleannet import query_encoder_of
+
+SCORINGS = ("cosine", "margin", "stacked")
+SIGNAL_NAMES = ("cleannet_cosine", "cleannet_margin", "class_mean_cosine", "class_mean_margin")
+STACKED_TEMPERATURE = 1.0  # score = 2 sigmoid(logit / T) - 1
+MODE_SCORING = {"paper": "cosine", "robust": "margin", "stacked": "stacked"}
+
+
+def _margin_to_best_other(similarity: tf.Tensor) -> tf.Tensor:
+    """(B, C) -> (B, C): each entry minus the best entry of another class in its row."""
+    top = tf.math.top_k(similarity, k=2).values  # (B, 2)
+    is_best = tf.one_hot(tf.argmax(similarity, axis=1), tf.shape(similarity)[1], on_value=True, off_value=False)
+    best_other = tf.where(is_best, top[:, 1:2], top[:, 0:1])
+    return similarity - best_other
+
+
+def log_l2_normalize(features: tf.Tensor) -> tf.Tensor:
+    """layers.signed_log1p, then unit L2 rows (ops.log_normalize in the graph): (B, D) -> (B, D)."""
+    x = layers.signed_log1p(features)
+    return tf.math.l2_normalize(x, axis=-1, epsilon=1e-24)
+
+
+@keras.saving.register_keras_serializable(package="cleannet_tf")
+class VerificationHead(keras.layers.Layer):
+    """Scores (features, query embedding, label) against every class; see the module docstring.
+
+    Args:
+        num_classes: C. embed_dim: E. feature_dim: D.
+        scoring: "cosine", "margin" or "stacked".
+        threshold: float. A pair is noisy when its score is below it.
+        signal_weights: 4 floats (SIGNAL_NAMES order) and signal_bias: float, the logistic regression of
+            "stacked" on raw (unstandardised) signals.
+
+    Weights (not trained): class_embeddings (C, E), class_means (C, D) unit rows.
+    Call: features (B, D), query_embedding (B, E), label (B,) int -> dict of score (B,) float32,
+    is_noisy (B,) bool, weight_soft (B,) float32, suggested_label (B,) int64, suggested_score (B,) float32.
+    """
+
+    def __init__(self, num_classes: int, embed_dim: int, feature_dim: int, *, scoring: str, threshold: float,
+                 signal_weights=(0.0, 0.0, 0.0, 0.0), signal_bias: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        if scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {SCORINGS}. Received: scoring={scoring!r}")
+        if len(signal_weights) != len(SIGNAL_NAMES):
+            raise ValueError(f"signal_weights needs {len(SIGNAL_NAMES)} values ({SIGNAL_NAMES}). "
+                             f"Received {signal_weights!r}")
+        self.num_classes, self.embed_dim, self.feature_dim = int(num_classes), int(embed_dim), int(feature_dim)
+        self.scoring = scoring
+        self.threshold = float(threshold)
+        self.signal_weights = tuple(float(w) for w in signal_weights)
+        self.signal_bias = float(signal_bias)
+        self.class_embeddings = self.add_weight(shape=(self.num_classes, self.embed_dim), initializer="zeros",
+                                                trainable=False, name="class_embeddings")
+        self.class_means = self.add_weight(shape=(self.num_classes, self.feature_dim), initializer="zeros",
+                                           trainable=False, name="class_means")
+
+    def signals(self, features, query_embedding) -> dict[str, tf.Tensor]:
+        """The four (B, C) signal matrices of SIGNAL_NAMES."""
+        query = tf.math.l2_normalize(query_embedding, axis=-1, epsilon=1e-24)
+        classes = tf.math.l2_normalize(tf.convert_to_tensor(self.class_embeddings), axis=-1, epsilon=1e-24)
+        cleannet_cosine = tf.matmul(query, classes, transpose_b=True)
+        class_mean_cosine = tf.matmul(log_l2_normalize(features), tf.convert_to_tensor(self.class_means),
+                                      transpose_b=True)
+        return {"cleannet_cosine": cleannet_cosine, "cleannet_margin": _margin_to_best_other(cleannet_cosine),
+                "class_mean_cosine": class_mean_cosine, "class_mean_margin": _margin_to_best_other(class_mean_cosine)}
+
+    def class_scores(self, features, query_embedding) -> tf.Tensor:
+        """(B, D), (B, E) -> (B, C) score of every image against every class."""
+        signals = self.signals(features, query_embedding)
+        if self.scoring == "cosine":
+            return signals["cleannet_cosine"]
+        if self.scoring == "margin":
+            return signals["cleannet_margin"]
+        logit = self.signal_bias + tf.add_n([w * signals[name] for w, name in zip(self.signal_weights, SIGNAL_NAMES,
+                                                                                  strict=True)])
+        return 2.0 * tf.sigmoid(logit / STACKED_TEMPERATURE) - 1.0
+
+    def call(self, features, query_embedding, label):
+        label = tf.cast(label, tf.int64)
+        tf.debugging.assert_less(label, tf.constant(self.num_classes, tf.int64),
+                                 message=f"label must be a class id in [0, {self.num_classes})")
+        tf.debugging.assert_non_negative(label, message=f"label must be a class id in [0, {self.num_classes})")
+        scores = self.class_scores(tf.cast(features, tf.float32), tf.cast(query_embedding, tf.float32))
+        score = tf.gather(scores, label, axis=1, batch_dims=1)
+        return {"score": score, "is_noisy": score < self.threshold, "weight_soft": tf.clip_by_value(score, 0.0, 1.0),
+                "suggested_label": tf.argmax(scores, axis=1, output_type=tf.int64),
+                "suggested_score": tf.reduce_max(scores, axis=1)}
+
+    def compute_output_spec(self, features, query_embedding, label):
+        batch = features.shape[0]
+        return {"score": keras.KerasTensor((batch,), "float32"), "is_noisy": keras.KerasTensor((batch,), "bool"),
+                "weight_soft": keras.KerasTensor((batch,), "float32"),
+                "suggested_label": keras.KerasTensor((batch,), "int64"),
+                "suggested_score": keras.KerasTensor((batch,), "float32")}
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "num_classes": self.num_classes, "embed_dim": self.embed_dim,
+                "feature_dim": self.feature_dim, "scoring": self.scoring, "threshold": self.threshold,
+                "signal_weights": list(self.signal_weights), "signal_bias": self.signal_bias}
+
+
+def build_verifier(cleannet: keras.Model, class_embeddings: np.ndarray, class_means: np.ndarray | None = None, *,
+                   scoring: str, threshold: float, signal_weights=(0.0, 0.0, 0.0, 0.0),
+                   signal_bias: float = 0.0) -> keras.Model:
+    """The verifier model "cleannet_verifier" of a trained CleanNet.
+
+    Args:
+        cleannet: the trained model (build_cleannet); its "query_encoder" sub-model is shared.
+        class_embeddings: (C, E) from model.encode_classes.
+        class_means: (C, D) unit rows (detectors.robust_class_means of log_normalize'd features); needed by
+            "stacked", zeros otherwise.
+        scoring, threshold, signal_weights, signal_bias: see VerificationHead.
+
+    Inputs: "features" (B, D) float32, "label" (B,) int64.
+    Outputs: "score", "is_noisy", "weight_soft", "suggested_label", "suggested_score", each (B,).
+    """
+    query_encoder = query_encoder_of(cleannet)
+    feature_dim = int(query_encoder.inputs[0].shape[-1])
+    class_embeddings = np.asarray(class_embeddings, np.float32)
+    num_classes, embed_dim = class_embeddings.shape
+    if class_means is None:
+        if scoring == "stacked":
+            raise ValueError("scoring='stacked' needs class_means (C, D).")
+        class_means = np.zeros((num_classes, feature_dim), np.float32)
+    class_means = np.asarray(class_means, np.float32)
+    if class_means.shape != (num_classes, feature_dim):
+        raise ValueError(f"class_means must be ({num_classes}, {feature_dim}). Received {class_means.shape}")
+    features = keras.Input((feature_dim,), name="features", dtype="float32")
+    label = keras.Input((), name="label", dtype="int64")
+    query_embedding = query_encoder(features)["query_embedding"]
+    head = VerificationHead(num_classes, embed_dim, feature_dim, scoring=scoring, threshold=threshold,
+                            signal_weights=signal_weights, signal_bias=signal_bias, name="verification_head")
+    outputs = {name: keras.layers.Identity(name=name)(tensor)
+               for name, tensor in head(features, query_embedding, label).items()}
+    head.class_embeddings.assign(class_embeddings)
+    head.class_means.assign(class_means)
+    return keras.Model({"features": features, "label": label}, outputs, name="cleannet_verifier")
+
+
+def verification_head_of(verifier: keras.Model) -> VerificationHead:
+    return verifier.get_layer("verification_head")
+
+
+def class_scores(verifier: keras.Model, features: np.ndarray, *, batch_size: int = 4096) -> np.ndarray:
+    """(N, D) -> (N, C) float32 score of every image against every class (dropout off)."""
+    head = verification_head_of(verifier)
+    encoder = query_encoder_of(verifier)
+    chunks = []
+    for start in range(0, len(features), batch_size):
+        batch = tf.convert_to_tensor(features[start:start + batch_size], tf.float32)
+        query = encoder(batch, training=False)["query_embedding"]
+        chunks.append(head.class_scores(batch, query).numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, head.num_classes), np.float32)
+
+
+def own_class_signals(verifier: keras.Model, features: np.ndarray, labels: np.ndarray, *,
+                      batch_size: int = 4096) -> np.ndarray:
+    """(N, D), (N,) -> (N, 4) float64: the SIGNAL_NAMES of each image against its own label."""
+    head = verification_head_of(verifier)
+    encoder = query_encoder_of(verifier)
+    chunks = []
+    for start in range(0, len(features), batch_size):
+        batch = tf.convert_to_tensor(features[start:start + batch_size], tf.float32)
+        signals = head.signals(batch, encoder(batch, training=False)["query_embedding"])
+        rows = np.arange(len(batch))
+        chunks.append(np.stack([signals[name].numpy()[rows, labels[start:start + batch_size]]
+                                for name in SIGNAL_NAMES], axis=1))
+    return np.concatenate(chunks).astype(np.float64) if chunks else np.zeros((0, len(SIGNAL_NAMES)))
+
+
+def fit_signal_weights(signals: np.ndarray, verification: np.ndarray, *, regularization: float = 1.0,
+                       seed: int = 0) -> tuple[np.ndarray, float]:
+    """Logistic regression P(correct | signals) on standardised signals, returned on raw signals.
+
+    Args:
+        signals: (n, 4) own-class signals (own_class_signals). verification: (n,) 0/1, both present.
+    Returns:
+        weights (4,), bias: logit = signals @ weights + bias.
+    """
+    from cleannet_tf.detection.signals import StackedDetector
+
+    detector = StackedDetector(model="logistic", regularization=regularization, seed=seed).fit(signals, verification)
+    scaler, logistic = detector.model[0], detector.model[-1]
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    weights = logistic.coef_[0] / scale
+    bias = float(logistic.intercept_[0] - np.sum(logistic.coef_[0] * scaler.mean_ / scale))
+    return weights.astype(np.float64), bias

@@ -1,0 +1,2 @@
+"""SavedModel archives, publishing, warmup records. Imports `data`, `features`, `model`, `detection`, `ops`.
+"""

@@ -1,0 +1,201 @@
+"""Nearest neighbours by cosine similarity: the one owner of kNN search in the project.
+
+    indices, similarities = nearest_neighbours(features, k=10)     # (N, k) int64, (N, k) float32
+
+Rows are L2-normalised here; neighbours are ranked by cosine similarity, most similar first. Two methods:
+
+    exact   every row against every row, `block_rows` query rows at a time (one sgemm and one argpartition per
+            block; memory about block_rows x N floats, never N x N). O(N^2 D): right below ~50k rows.
+    faiss   approximate (faiss-cpu, the `scale` extra): the rows are projected on their top `reduce_dim`
+            principal directions (centred covariance of a sample; L2 distances between rows are what the
+            projection keeps), an inverted-file index (IVF-Flat, k-means coarse quantiser, `nprobe` lists
+            searched per query) returns `candidates` rows per query in that space, and those are re-ranked by
+            their exact cosine in the full space. Memory: N x reduce_dim floats (the index) plus one block.
+
+"auto" is exact up to EXACT_MAX_ROWS rows and faiss above (exact, with a warning, when faiss is not
+installed). Both are deterministic for a given seed and thread count. recall_at_k measures an approximate
+result against exact search on a sample of query rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from absl import logging
+
+METHODS = ("auto", "exact", "faiss")
+EXACT_MAX_ROWS = 50_000
+BLOCK_BYTES = 1 << 27  # 128 MB of similarities per exact block (peak about 4x: the top-k selection)
+
+
+def _unit_rows(block: np.ndarray) -> np.ndarray:
+    block = np.asarray(block, np.float32)
+    return block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+
+
+def _check(features, k: int, exclude_self: bool) -> tuple[int, int]:
+    if getattr(features, "ndim", None) != 2:
+        raise ValueError(f"features must be a 2-D (N, D) array. Received shape {getattr(features, 'shape', None)}")
+    n, d = features.shape
+    if not 1 <= k <= n - int(exclude_self):
+        raise ValueError(f"k must be in [1, {n - int(exclude_self)}] for N={n} rows"
+                         f"{' (self excluded)' if exclude_self else ''}. Received k={k}")
+    return n, d
+
+
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def nearest_neighbours(features: np.ndarray, k: int, *, exclude_self: bool = True, method: str = "auto",
+                       block_rows: int = 0, exact_max_rows: int = EXACT_MAX_ROWS, reduce_dim: int = 256,
+                       nlist: int = 0, nprobe: int = 16, candidates: int = 0, pca_rows: int = 20_000,
+                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The k most cosine-similar rows of every row: (N, D) -> indices (N, k) int64, similarities (N, k) float32.
+
+    Args:
+        features: (N, D) float rows (any norm; a np.memmap is read block by block).
+        k: neighbours per row. exclude_self: a row is not its own neighbour (other identical rows still are).
+        method: "auto", "exact" or "faiss" (see the module docstring).
+        block_rows: query rows per block (0: about BLOCK_BYTES of similarities per exact block, 1024 for faiss).
+        exact_max_rows: the largest N that "auto" searches exactly.
+        reduce_dim: faiss: dimensions kept by the projection (0 or >= D: none).
+        nlist, nprobe: faiss: inverted lists (0: about 4 sqrt(N)) and lists searched per query.
+        candidates: faiss: rows per query re-ranked exactly (0: max(3k, k + 10)).
+        pca_rows: faiss: rows sampled for the projection (the quantiser's k-means sees 40 x nlist rows).
+        seed: faiss: the samples and the quantiser's k-means.
+    Returns:
+        indices (N, k) int64 and similarities (N, k) float32, each row by decreasing similarity.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}. Received {method!r}")
+    n, _ = _check(features, k, exclude_self)
+    if method == "auto":
+        method = "exact" if n <= exact_max_rows else "faiss"
+        if method == "faiss" and not faiss_available():
+            logging.warning("faiss-cpu is not installed (pip install 'cleannet_tf[scale]'): exact kNN search of %d "
+                            "rows, O(N^2).", n)
+            method = "exact"
+    if method == "exact":
+        return exact_search(features, k, exclude_self=exclude_self, block_rows=block_rows)
+    if not faiss_available():
+        raise ImportError("method='faiss' needs faiss-cpu: pip install 'cleannet_tf[scale]'")
+    return _faiss(features, k, exclude_self, block_rows=block_rows or 1024, reduce_dim=reduce_dim, nlist=nlist,
+                  nprobe=nprobe, candidates=candidates or max(3 * k, k + 10), pca_rows=pca_rows, seed=seed)
+
+
+def _top_k(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(B, M) similarities -> positions (B, k) and values (B, k) of the k largest, by decreasing value."""
+    part = np.argpartition(sims, sims.shape[1] - k, axis=1)[:, -k:]
+    values = np.take_along_axis(sims, part, axis=1)
+    order = np.argsort(-values, axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1), np.take_along_axis(values, order, axis=1)
+
+
+def exact_search(features: np.ndarray, k: int, *, exclude_self: bool = True, block_rows: int = 0,
+                 queries: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact search of the rows `queries` (Q,) (None: all N) against every row: (Q, k) indices, similarities.
+
+    Query blocks of block_rows rows against base chunks of rows (all N when they fit in BLOCK_BYTES), with a
+    running top k: memory about 2 x BLOCK_BYTES whatever N.
+    """
+    n, d = features.shape
+    queries = np.arange(n) if queries is None else np.asarray(queries, np.int64)
+    chunk = max(k + 1, min(n, BLOCK_BYTES // (4 * d)))
+    block_rows = block_rows or max(1, BLOCK_BYTES // (4 * chunk))
+    base = _unit_rows(features) if chunk >= n else None  # one chunk: normalised once
+    indices = np.empty((len(queries), k), np.int64)
+    similarities = np.empty((len(queries), k), np.float32)
+    for start in range(0, len(queries), block_rows):
+        rows = queries[start:start + block_rows]
+        query = base[rows] if base is not None else _unit_rows(features[rows])
+        best_i = np.empty((len(rows), 0), np.int64)
+        best_s = np.empty((len(rows), 0), np.float32)
+        for first in range(0, n, chunk):
+            sims = query @ (base if base is not None else _unit_rows(features[first:first + chunk])).T
+            if exclude_self:
+                inside = (rows >= first) & (rows < first + len(sims[0]))
+                sims[np.flatnonzero(inside), rows[inside] - first] = -np.inf
+            positions, values = _top_k(sims, min(k, sims.shape[1]))
+            del sims
+            if best_i.shape[1]:  # merge with the best of the earlier chunks
+                positions, values = first + positions, np.concatenate([best_s, values], axis=1)
+                merged, best_s = _top_k(values, k)
+                best_i = np.take_along_axis(np.concatenate([best_i, positions], axis=1), merged, axis=1)
+            else:
+                best_i, best_s = first + positions, values
+        indices[start:start + len(rows)], similarities[start:start + len(rows)] = best_i, best_s
+    return indices, similarities
+
+
+def _projection(features, rows: np.ndarray, reduce_dim: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mean (D,) and top principal directions (D, reduce_dim) of the unit rows `rows`; None: no projection."""
+    sample = _unit_rows(features[np.sort(rows)])
+    mean = sample.mean(axis=0)
+    if not reduce_dim or reduce_dim >= sample.shape[1]:
+        return mean, None
+    sample -= mean
+    _, vectors = np.linalg.eigh((sample.T @ sample).astype(np.float64))
+    return mean, np.ascontiguousarray(vectors[:, ::-1][:, :reduce_dim], dtype=np.float32)
+
+
+def _faiss(features, k: int, exclude_self: bool, *, block_rows: int, reduce_dim: int, nlist: int, nprobe: int,
+           candidates: int, pca_rows: int, seed: int):
+    import faiss
+
+    n, _ = features.shape
+    rng = np.random.default_rng(seed)
+    mean, directions = _projection(features, rng.choice(n, min(n, pca_rows), replace=False), reduce_dim)
+
+    def reduced(rows_or_slice) -> np.ndarray:
+        block = _unit_rows(features[rows_or_slice]) - mean
+        return np.ascontiguousarray(block if directions is None else block @ directions, dtype=np.float32)
+
+    nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 40))
+    dim = len(mean) if directions is None else directions.shape[1]
+    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist, faiss.METRIC_L2)
+    index.cp.seed = seed
+    index.cp.niter = 10
+    index.train(reduced(np.sort(rng.choice(n, min(n, 40 * nlist), replace=False))))
+    for start in range(0, n, block_rows):
+        index.add(reduced(slice(start, start + block_rows)))
+    index.nprobe = min(nprobe, nlist)
+    candidates = min(candidates + int(exclude_self), n)
+    indices = np.empty((n, k), np.int64)
+    similarities = np.empty((n, k), np.float32)
+    short = []  # rows with fewer than k candidates found: searched exactly afterwards
+    for start in range(0, n, block_rows):
+        stop = min(n, start + block_rows)
+        _, found = index.search(reduced(slice(start, stop)), candidates)
+        query = _unit_rows(features[start:stop])
+        # Re-rank by the exact cosine in the full space (one row gathered per candidate).
+        sims = np.einsum("bd,bcd->bc", query, _unit_rows(features[np.maximum(found, 0).ravel()]).reshape(
+            *found.shape, -1))
+        sims[found < 0] = -np.inf
+        if exclude_self:
+            sims[found == np.arange(start, stop)[:, None]] = -np.inf
+        positions, values = _top_k(sims, k)
+        indices[start:stop] = np.take_along_axis(found, positions, axis=1)
+        similarities[start:stop] = values
+        short.extend(start + np.flatnonzero(~np.isfinite(values).all(axis=1)))
+    if short:
+        indices[short], similarities[short] = exact_search(features, k, exclude_self=exclude_self,
+                                                           queries=np.array(short))
+    return indices, similarities
+
+
+def recall_at_k(features: np.ndarray, indices: np.ndarray, *, exclude_self: bool = True, sample: int = 1000,
+                seed: int = 0, exact: tuple[np.ndarray, np.ndarray] | None = None) -> float:
+    """Mean share of each sampled row's exact k nearest rows that `indices` (N, k) contains: in [0, 1].
+
+    exact: (rows (S,), their exact indices (S, k)) when already computed; else `sample` rows drawn with `seed`.
+    """
+    n, k = indices.shape
+    if exact is None:
+        rows = np.sort(np.random.default_rng(seed).choice(n, min(n, sample), replace=False))
+        exact = rows, exact_search(features, k, exclude_self=exclude_self, queries=rows)[0]
+    rows, truth = exact
+    return float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(truth, indices[rows], strict=True)]))

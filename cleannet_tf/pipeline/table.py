@@ -1,0 +1,199 @@
+"""load_table(config, workdir): the dataset `config.data` names, read once for every step.
+
+Generates the demo data first when asked, applies held-out lists and reviewed labels, and checks
+now what the steps will need of the data. Imports `config`, `data`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from absl import logging
+
+from cleannet_tf.data.clothing1m import (
+    _CLOTHING1M_CLASSES,
+    _CLOTHING1M_CLEAN_KV,
+    _CLOTHING1M_CLEAN_LISTS,
+    _CLOTHING1M_NOISY_KV,
+    _CLOTHING1M_NOISY_TRAIN,
+    read_clothing1m,
+)
+from cleannet_tf.data.food101n import apply_extra_verified, read_food101n
+from cleannet_tf.data.table import (
+    _MAX_EXAMPLES,
+    FORMATS,
+    SPLIT_TEST,
+    SPLIT_TRAIN,
+    SPLIT_VAL,
+    DatasetError,
+    LabelTable,
+    apply_heldout,
+    read_heldout_list,
+)
+from cleannet_tf.data.tsv import read_tsv
+
+
+def load_table(config, workdir: str, *, steps: Sequence[str] = ()) -> LabelTable:
+    """Reads the dataset `config.data` names (generating the demo data first if asked).
+
+    Dispatches on `config.data.format`; root from `config.resolve_data_root`; applies
+    `config.data.heldout_list` (any format), or for the demo
+    `ROOT/meta/classes_heldout_<demo_heldout>.txt` when demo_heldout > 0. With
+    data.demo set, a data.root that holds something other than a demo dataset is the
+    user's own data: it is read as it is (format from its layout) with the demo's
+    settings, and the log says so.
+
+    Args:
+        config: the full cleannet_tf config (`ml_collections.ConfigDict`).
+        workdir: the run's work directory (demo data goes to WORKDIR/demo_data when
+            data.root is empty).
+        steps: pipeline steps about to run (pipeline.STEPS names); what they need of the
+            data is checked now, before any training (`check_for_steps`).
+    Raises:
+        DatasetError: bad input, naming the file and line, or the data lack what `steps` need.
+    """
+    from cleannet_tf.config import resolve_data_root
+
+    data = config.data
+    root = resolve_data_root(config, workdir)
+    data_format = data.format
+    heldout_list = data.heldout_list
+    if data.demo:
+        from cleannet_tf.data import demo as demo_data  # lazy: only the demo needs it
+
+        if data.root and demo_data.holds_demo_dataset(root) is False:
+            data_format = _detect_format(root, data_format, data.demo)
+            logging.warning("data.root %s is not a demo dataset: using it as a %s dataset with the demo's settings "
+                            "(data.demo=%r generates data only in a new or empty folder; --config.data.demo= "
+                            "turns that off).", root, data_format, data.demo)
+        else:
+            if data_format != "food101n":
+                raise DatasetError(f"data.demo={data.demo!r} writes its data to {root} in the food101n layout, but "
+                                   f"data.format is {data_format!r}: set --config.data.format=food101n, or point "
+                                   "data.root at your own dataset.")
+            if not os.path.exists(os.path.join(root, "meta", "classes.txt")):
+                logging.info("Generating the %r demo dataset under %s.", data.demo, root)
+            # Returns at once when the dataset is there; adds a missing held-out list.
+            demo_data.generate_demo_dataset(root, kind=data.demo, noise_rate=data.demo_noise_rate,
+                                            images_per_class=data.demo_images_per_class or None,
+                                            heldout=data.demo_heldout, seed=config.seed)
+            if not heldout_list and data.demo_heldout > 0:
+                heldout_list = os.path.join(root, "meta", f"classes_heldout_{data.demo_heldout}.txt")
+
+    if data_format == "food101n":
+        table = read_food101n(root, test_root=data.test_root or None, check_images=data.check_images)
+    elif data_format == "clothing1m":
+        table = read_clothing1m(root, check_images=data.check_images)
+    elif data_format == "tsv":
+        if os.path.isdir(root):
+            raise DatasetError(f"data.root {root} is a folder; for data.format=tsv it is the .tsv file itself "
+                               "(image paths relative to the file's folder).")
+        table = read_tsv(root, check_images=data.check_images)
+    else:
+        raise ValueError(f"config.data.format: must be one of {', '.join(FORMATS)}. Received: {data_format!r}")
+    if heldout_list:
+        heldout_path = os.path.abspath(os.path.expanduser(heldout_list))
+        table = apply_heldout(table, read_heldout_list(heldout_path, table.class_names))
+    from cleannet_tf.config import resolve_extra_verified
+
+    for path in resolve_extra_verified(config, workdir):
+        table = apply_extra_verified(table, path)
+    logging.info("Dataset %s (%s): %s", root, data_format, table.summary())
+    if steps:
+        check_for_steps(table, config, steps, data_format=data_format, root=root)
+    return table
+
+
+
+def _detect_format(root: str, configured: str, demo: str) -> str:
+    """The layout of a user's dataset at `root` (a file: tsv), else `configured` if it is not the demo's."""
+    if os.path.isfile(root):
+        return "tsv"
+    if os.path.isfile(os.path.join(root, "meta", "classes.txt")):
+        return "food101n"
+    if any(os.path.isfile(os.path.join(root, *sub, _CLOTHING1M_CLASSES)) for sub in ((), ("annotations",))):
+        return "clothing1m"
+    if configured != "food101n":
+        return configured
+    raise DatasetError(f"data.root {root} is not a demo dataset, nor a dataset in a layout this package reads "
+                       f"(food101n: ROOT/meta/classes.txt; clothing1m: ROOT/{_CLOTHING1M_CLASSES}; tsv: the .tsv "
+                       f"file itself). Point data.root at your dataset, or at a new or empty folder for the {demo!r} "
+                       "demo data.")
+
+
+
+def _verification_sources(data_format: str, root: str) -> tuple[str, str]:
+    """Where the layout keeps its verified training and validation labels, in its own words."""
+    if data_format == "food101n":
+        return (f"{os.path.join(root, 'meta', 'verified_train.tsv')} (class/key.jpg<TAB>1 if the label is right, "
+                "0 if wrong)", f"{os.path.join(root, 'meta', 'verified_val.tsv')} (class/key.jpg<TAB>1 or 0)")
+    if data_format == "clothing1m":
+        return (f"the images of {_CLOTHING1M_NOISY_TRAIN} or {_CLOTHING1M_CLEAN_LISTS[0]} under {root} with both a "
+                f"noisy ({_CLOTHING1M_NOISY_KV}) and a clean ({_CLOTHING1M_CLEAN_KV}) label",
+                f"the images of {_CLOTHING1M_CLEAN_LISTS[1]} under {root} with a noisy label in "
+                f"{_CLOTHING1M_NOISY_KV}")
+    return (f"{root}: rows with split=train (or no split) and a `verified` value (1 = label right, 0 = wrong)",
+            f"{root}: rows with split=val and a `verified` value (1 = label right, 0 = wrong)")
+
+
+
+def check_for_steps(table: LabelTable, config, steps: Sequence[str], *, data_format: str, root: str) -> None:
+    """Checks now what the pipeline's `steps` will need of the data, so a run fails before training, not after.
+
+    refs, train: every class has images in the noisy pool (train/val). train: verified training rows in
+    classes that are not held out. verify: verified validation rows in such classes; cleannet.mode=stacked:
+    of both kinds, and its calibration classes' verified rows of both kinds.
+
+    Raises:
+        DatasetError: what is missing, where the format keeps it, and what to add.
+    """
+    steps = set(steps)
+    pool = table.split != SPLIT_TEST
+    held = table.heldout_classes[table.labels]
+    n_held = int(table.heldout_classes.sum())
+    held_note = (f" in classes that are not held out ({n_held} of {table.num_classes} classes are, by "
+                 "data.heldout_list)") if n_held else ""
+    train_source, val_source = _verification_sources(data_format, root)
+    if steps & {"refs", "train"}:
+        counts = np.bincount(table.labels[pool], minlength=table.num_classes)
+        empty = np.flatnonzero(counts == 0)
+        if len(empty):
+            named = ", ".join(repr(table.class_names[i]) for i in empty[:_MAX_EXAMPLES])
+            raise DatasetError(f"{root}: {len(empty)} class(es) have no training or validation image, only test "
+                               f"rows: {named}. Every class needs images in the noisy pool: its reference set is "
+                               "built from them.")
+    if "train" in steps:
+        verified_train = (table.verification >= 0) & (table.split == SPLIT_TRAIN) & ~held
+        if not verified_train.any():
+            raise DatasetError(f"No verified training rows{held_note}: CleanNet learns what a wrong label looks like "
+                               f"from them. Add some: {train_source}.")
+    if "verify" in steps:
+        val = table.split == SPLIT_VAL
+        if data_format == "tsv" and not val.any():
+            raise DatasetError(f"{root} has no validation rows: add a `split` column with values train/val/test, or "
+                               "mark verified rows with split=val (cleannet-verify chooses its threshold on verified "
+                               "validation rows).")
+        verified_val = val & (table.verification >= 0) & ~held
+        if not verified_val.any():
+            raise DatasetError(f"No verified validation rows{held_note}: cleannet-verify chooses its threshold on "
+                               f"them. Add some: {val_source}.")
+        if config.cleannet.mode == "stacked":
+            kinds = table.verification[verified_val]
+            n_right, n_wrong = int((kinds == 1).sum()), int((kinds == 0).sum())
+            if not (n_right and n_wrong):
+                raise DatasetError(f"cleannet.mode=stacked fits its score on verified validation rows of both kinds, "
+                                   f"but they are {n_right} labelled right and {n_wrong} wrong ({val_source}): "
+                                   "verify rows of both kinds, or set --config.cleannet.mode=robust.")
+            if config.cleannet.calibration_fraction > 0:
+                from cleannet_tf.training.cleannet import calibration_classes  # lazy: TensorFlow
+
+                calibration = calibration_classes(table, config.cleannet.calibration_fraction, config.seed)
+                fit = pool & (table.verification >= 0) & calibration[table.labels]
+                if calibration.any() and len(np.unique(table.verification[fit])) < 2:
+                    raise DatasetError(
+                        f"cleannet.calibration_fraction={config.cleannet.calibration_fraction}: the "
+                        f"{int(calibration.sum())} calibration classes' verified rows are all of one kind (label "
+                        "right, or wrong): raise cleannet.calibration_fraction, verify rows of both kinds, or set "
+                        "it to 0.")

@@ -1,0 +1,215 @@
+"""cleannet-train-classifier: backbone + softmax on the noisy labels, each image weighted.
+
+A task on the training loop, as CleanNet's (training_loop.py; default, Mirrored and
+MultiWorkerMirrored strategies), resumable from WORKDIR/classifier/checkpoints
+with the same data order. The loss of a batch is sum_i w_i CE(x_i, y_i) / B
+(B = the global batch size), so a weight of 0 removes an image's gradient and
+weights of 1 give plain cross-entropy. Images of weight 0 are not read at all,
+but an epoch is as many samples as the whole pool, so every weighting trains
+for the same number of steps as the unweighted run (as the paper compares them).
+
+Weights (config.classifier.weighting): "none" (all 1), "soft" (max(0, s)),
+"hard" (1[s >= threshold]), with s the CleanNet score of the image's label;
+a verification label overrides the score (1 -> weight 1, 0 -> weight 0).
+With config.classifier.finetune_epochs > 0, a second phase follows: that
+many epochs on the images verified as correctly labelled, unweighted, at
+config.classifier.finetune_learning_rate (the same loop and checkpoints).
+
+Outputs in WORKDIR/classifier/: model.keras (the classifier; its layer
+"backbone" is what `model.weights=classifier` extracts features with),
+metrics.json (test accuracy, weighting), checkpoints/, logs/.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import ml_collections
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from cleannet_tf.data import images
+from cleannet_tf.data import table as datasets
+from cleannet_tf.features import backbones
+from cleannet_tf.training import loop
+
+WEIGHTINGS = ("none", "soft", "hard")  # classifier.weighting (see the module docstring)
+
+
+def classifier_dir(workdir: str) -> str:
+    return os.path.join(workdir, "classifier")
+
+
+def weighted_cross_entropy(labels, logits, weights, *, global_batch_size: int):
+    """sum_i w_i CE(logits_i, labels_i) / global_batch_size: (b,), (b, C), (b,) -> scalar (a replica's share)."""
+    cross_entropy = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    return tf.nn.compute_average_loss(cross_entropy * tf.cast(weights, cross_entropy.dtype),
+                                      global_batch_size=global_batch_size)
+
+
+def _per_epoch_dataset(paths, labels, weights, *, epoch, image_size, per_replica_batch, config, shard,
+                       num_shards) -> tf.data.Dataset:
+    """One epoch of this input pipeline's shard, shuffled by (seed, epoch), per-replica batches."""
+    order = np.random.default_rng([config.seed, epoch]).permutation(len(paths))
+    order = order[shard::num_shards]
+    return images.make_image_dataset(
+        paths[order], rows=order, labels=labels[order], weights=weights[order], image_size=image_size,
+        batch_size=per_replica_batch, resize=config.input.resize, augment=config.input.augment,
+        seed=config.seed + epoch, parallel_calls=config.input.parallel_calls, drop_remainder=True)
+
+
+class NoisyThenFinetuneSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Cosine decay from `learning_rate` over the first `noisy_steps` steps, then `finetune_learning_rate`."""
+
+    def __init__(self, learning_rate: float, noisy_steps: int, finetune_learning_rate: float):
+        self.learning_rate, self.noisy_steps = learning_rate, noisy_steps
+        self.finetune_learning_rate = finetune_learning_rate
+        self.cosine = keras.optimizers.schedules.CosineDecay(learning_rate, noisy_steps)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        # CosineDecay holds its last value past noisy_steps; the fine-tuning rate replaces it there.
+        return keras.ops.where(step < self.noisy_steps, self.cosine(step), self.finetune_learning_rate)
+
+    def get_config(self) -> dict:
+        return {"learning_rate": self.learning_rate, "noisy_steps": self.noisy_steps,
+                "finetune_learning_rate": self.finetune_learning_rate}
+
+
+def evaluate_accuracy(model: keras.Model, paths: np.ndarray, labels: np.ndarray, *, image_size, config,
+                      batch_size: int = 256) -> float:
+    """Top-1 accuracy on images (unreadable ones skipped)."""
+    dataset = images.make_image_dataset(paths, labels=labels, image_size=image_size, batch_size=batch_size,
+                                                resize=config.input.resize, parallel_calls=config.input.parallel_calls)
+    correct = total = 0
+    for batch in dataset:
+        predicted = np.argmax(model(batch["image"], training=False)["logits"], axis=-1)
+        correct += int(np.sum(predicted == batch["label"].numpy()))
+        total += len(predicted)
+    return correct / max(total, 1)
+
+
+class ClassifierTask(loop.Task):
+    """Backbone + softmax on the training loop: the weighted noisy-label epochs, then the fine-tuning epochs.
+
+    The rows of an epoch are a function of (seed, epoch); a noisy-label epoch has the whole pool's steps whatever
+    the weights (the rows it samples repeat to fill it). One history entry and one checkpoint per epoch.
+    """
+
+    name = "classifier"
+
+    def __init__(self, table: datasets.LabelTable, config: ml_collections.ConfigDict, *,
+                 sample_weights: np.ndarray | None = None, initial_weights: str = "random"):
+        self.table, self.config, self.initial_weights = table, config, initial_weights
+        self.image_size = (config.model.image_height, config.model.image_width)
+        weights = np.ones(len(table), np.float32) if sample_weights is None else np.asarray(sample_weights, np.float32)
+        in_pool = table.split != datasets.SPLIT_TEST
+        self.weights, self.pool = weights, np.nonzero(in_pool & (weights > 0))[0]
+        self.verified_clean = np.nonzero(in_pool & (table.verification == 1))[0]
+        self.global_batch = global_batch = config.classifier.batch_size
+        # The epochs of both phases: (rows, weights, steps) each.
+        self.epochs = []
+        for name, rows, rows_weights, count, epoch_size in (
+                ("noisy labels", self.pool, weights[self.pool], config.classifier.epochs, int(in_pool.sum())),
+                ("fine-tuning on verified-correct labels", self.verified_clean,
+                 np.ones(len(self.verified_clean), np.float32), config.classifier.finetune_epochs,
+                 len(self.verified_clean))):
+            if count and len(rows) // global_batch == 0:
+                raise ValueError(f"{len(rows)} training images ({name}) is fewer than one batch of {global_batch}.")
+            self.epochs += [(rows, rows_weights, epoch_size // global_batch)] * count
+        self.epoch_ends = np.cumsum([steps for _, _, steps in self.epochs])
+        self.total_steps = int(self.epoch_ends[-1])
+        self.noisy_steps = int(self.epoch_ends[config.classifier.epochs - 1])
+        self.epoch_end_steps = {int(end): epoch + 1 for epoch, end in enumerate(self.epoch_ends)}
+
+    def build(self) -> None:
+        config = self.config
+        backbone = backbones.build_backbone(config.model.backbone, image_size=self.image_size,
+                                            weights=self.initial_weights, feature_dim=config.model.feature_dim)
+        self.model = backbones.build_classifier(backbone, self.table.num_classes)
+        schedule = NoisyThenFinetuneSchedule(config.classifier.learning_rate, self.noisy_steps,
+                                             config.classifier.finetune_learning_rate)
+        self.optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9)
+
+    def dataset(self, context: tf.distribute.InputContext, start_step: int) -> tf.data.Dataset:
+        per_replica = context.get_per_replica_batch_size(self.global_batch)
+        first_epoch = int(np.searchsorted(self.epoch_ends, start_step, side="right"))
+        skip = start_step - (int(self.epoch_ends[first_epoch - 1]) if first_epoch else 0)
+        # Every epoch yields exactly its steps' batches per replica (shards stay in step).
+        replicas_here = context.num_replicas_in_sync // context.num_input_pipelines
+        table = self.table
+        parts = [_per_epoch_dataset(table.paths[rows], table.labels[rows], rows_weights, epoch=epoch,
+                                    image_size=self.image_size, per_replica_batch=per_replica, config=self.config,
+                                    shard=context.input_pipeline_id, num_shards=context.num_input_pipelines)
+                 .repeat().take(steps * replicas_here)
+                 for epoch, (rows, rows_weights, steps) in enumerate(self.epochs) if epoch >= first_epoch]
+        combined = parts[0]
+        for part in parts[1:]:
+            combined = combined.concatenate(part)
+        return combined.skip(skip * replicas_here)
+
+    def replica_step(self, batch: dict) -> dict[str, tf.Tensor]:
+        model = self.model
+        with tf.GradientTape() as tape:
+            logits = model(batch["image"], training=True)["logits"]
+            loss = weighted_cross_entropy(batch["label"], logits, batch["weight"],
+                                          global_batch_size=self.global_batch)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+        gradients = tape.gradient(loss, model.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+        correct = tf.reduce_sum(tf.cast(tf.argmax(logits, -1, output_type=tf.int32) == batch["label"], tf.float32))
+        return {"loss": loss, "correct": correct}
+
+    def is_log_step(self, step: int) -> bool:
+        return step in self.epoch_end_steps
+
+    is_checkpoint_step = is_log_step
+
+    def log_entry(self, step: int, window: loop.Window) -> tuple[dict, dict[str, float]]:
+        epoch = self.epoch_end_steps[step]
+        phase = "noisy" if epoch <= self.config.classifier.epochs else "finetune"
+        entry = {"epoch": epoch, "phase": phase, "step": step, "loss": window.sums["loss"] / window.steps,
+                 "train_accuracy": window.sums["correct"] / (window.steps * self.global_batch)}
+        logging.info("classifier epoch %d (%s): loss %.4f, training accuracy %.3f", epoch, phase, entry["loss"],
+                     entry["train_accuracy"])
+        return entry, {"train/loss": entry["loss"], "train/accuracy": entry["train_accuracy"]}
+
+    def payload(self, state: loop.LoopState) -> dict:
+        """Test accuracy of the final model, weighting, sizes, seconds and the per-epoch history."""
+        table, config, pool = self.table, self.config, self.pool
+        test = table.split == datasets.SPLIT_TEST
+        test_accuracy = (evaluate_accuracy(self.model, table.paths[test], table.labels[test],
+                                           image_size=self.image_size, config=config) if test.any() else None)
+        logging.info("Classifier (%s weighting): test accuracy %s", config.classifier.weighting, test_accuracy)
+        return {"test_accuracy": test_accuracy, "weighting": config.classifier.weighting, "n_test": int(test.sum()),
+                "mean_weight": float(self.weights[pool].mean()) if len(pool) else None,
+                "n_train": int(len(pool)), "epochs": config.classifier.epochs, "steps": self.total_steps,
+                "finetune_epochs": config.classifier.finetune_epochs,
+                "n_finetune": int(len(self.verified_clean)) if config.classifier.finetune_epochs else 0,
+                "seconds": state.seconds, "history": state.history}
+
+
+def train_classifier(table: datasets.LabelTable, config: ml_collections.ConfigDict, output_dir: str, *,
+                     sample_weights: np.ndarray | None = None, initial_weights: str = "random",
+                     strategy: tf.distribute.Strategy | None = None, progress: bool = True) -> tuple[keras.Model, dict]:
+    """Trains backbone + softmax on the pool rows (train and val) of `table` (ClassifierTask on the loop).
+
+    Args:
+        table: N rows; pool rows train, test rows (if any) measure accuracy.
+        sample_weights: (N,) float32 weight per row (default 1).
+        initial_weights: backbone weights to start from ("random", "imagenet", a file).
+
+    Returns:
+        (classifier, metrics).
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    global_batch, replicas = config.classifier.batch_size, strategy.num_replicas_in_sync
+    if global_batch % replicas:
+        raise ValueError(f"classifier.batch_size {global_batch} must be divisible by the {replicas} replicas.")
+    task = ClassifierTask(table, config, sample_weights=sample_weights, initial_weights=initial_weights)
+    # metrics.json marks the step complete: written once, at the end.
+    return loop.train(task, output_dir, strategy=strategy, seed=config.seed, max_to_keep=2,
+                               running_metrics=False, progress=progress)
