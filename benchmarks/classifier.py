@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cleannet_tf import config as config_lib
 from cleannet_tf.data import demo
 from cleannet_tf.data import table as datasets
-from cleannet_tf.pipeline import runner  # noqa: E402
+from cleannet_tf.pipeline.classifier import classifier_weights
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.training import classifier
 
@@ -58,11 +58,11 @@ def main(argv) -> None:
           f"{int((table.verification[pool] >= 0).sum())} verified; {int((~pool).sum())} clean test images")
     finetuned = config.copy_and_resolve_references()
     finetuned.classifier.finetune_epochs = _FINETUNE_EPOCHS.value
-    soft = runner.classifier_weights(table, workdir, "soft")
+    soft = classifier_weights(table, workdir, "soft")
     runs = {
         "none": (table, None, config),
         "soft": (table, soft, config),
-        "hard": (table, runner.classifier_weights(table, workdir, "hard"), config),
+        "hard": (table, classifier_weights(table, workdir, "hard"), config),
         f"soft + {_FINETUNE_EPOCHS.value} epochs fine-tuning": (table, soft, finetuned),
         "clean labels": (dataclasses.replace(table, labels=true_labels.astype(table.labels.dtype)), None, config),
     }

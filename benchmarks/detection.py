@@ -38,8 +38,9 @@ from cleannet_tf.detection import (
     verifier,
 )
 from cleannet_tf.detection import signals as detectors
-from cleannet_tf.pipeline import demo, runner
+from cleannet_tf.pipeline import demo, records, runner
 from cleannet_tf.pipeline.table import load_table
+from cleannet_tf.pipeline.train import load_training_inputs
 from cleannet_tf.training import cleannet as train_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Pipeline config file.")
@@ -93,7 +94,7 @@ def run_setting(config, workdir: str, name: str, shared: dict) -> None:
         config.data.demo_heldout = 0
         config.data.heldout_list = ""
     table = load_table(config, workdir)
-    data, reference_sets = train_lib.load_training_inputs(config, workdir, table)
+    data, reference_sets = load_training_inputs(config, workdir, table)
     print(f"\n== setting {name}: {int(data.heldout_classes.sum())} held-out classes of {len(data.class_names)}, "
           f"{len(data.verified_train)} verified training rows, {len(data.validation)} validation rows")
     print(HEADER)
@@ -104,7 +105,7 @@ def run_setting(config, workdir: str, name: str, shared: dict) -> None:
 
     if "cleannet" not in _SKIP.value:
         start = time.perf_counter()
-        training, _ = train_lib.load_training_inputs(config, workdir, table, for_training=True)
+        training, _ = load_training_inputs(config, workdir, table, for_training=True)
         with tempfile.TemporaryDirectory(prefix="detection-cleannet-") as output_dir:
             cleannet, _ = train_lib.train_cleannet(training, reference_sets, config, output_dir, progress=False)
             import keras
@@ -173,7 +174,7 @@ def main(argv) -> None:
         config.train.lr_decay_steps = max(1, _STEPS.value // 2)
     workdir = _WORKDIR.value
     table = load_table(config, workdir)
-    missing = [step for step in ("train_classifier", "extract", "refs") if not runner.step_complete(step, config,
+    missing = [step for step in ("train_classifier", "extract", "refs") if not records.step_complete(step, config,
                                                                                                      workdir)]
     if missing:
         logging.info("Running %s first.", missing)

@@ -61,9 +61,12 @@ from cleannet_tf.data import table as datasets
 from cleannet_tf.detection import fit as verify_lib
 from cleannet_tf.detection import metrics, verifier
 from cleannet_tf.detection import signals as detectors
-from cleannet_tf.features import extract, neighbours, pool
-from cleannet_tf.pipeline import demo, runner
+from cleannet_tf.features import neighbours, pool
+from cleannet_tf.pipeline import demo, records
+from cleannet_tf.pipeline.extract import open_features
+from cleannet_tf.pipeline.refs import run_refs
 from cleannet_tf.pipeline.table import load_table
+from cleannet_tf.pipeline.train import load_training_inputs
 from cleannet_tf.training import cleannet as train_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Config of the CleanNet modes.")
@@ -202,14 +205,14 @@ def cleannet_rows(config, workdir: str, table: datasets.LabelTable, add) -> tupl
         run_config.cleannet.calibration_fraction = calibration_fraction
         run_dir = os.path.join(workdir, f"{mode}_core{core_fraction:g}")
         start = time.perf_counter()
-        if not runner.step_complete("refs", run_config, run_dir):
-            runner.run_refs(run_config, run_dir, table=table, progress=False)
-        training, reference_sets = train_lib.load_training_inputs(run_config, run_dir, table, for_training=True)
+        if not records.step_complete("refs", run_config, run_dir):
+            run_refs(run_config, run_dir, table=table, progress=False)
+        training, reference_sets = load_training_inputs(run_config, run_dir, table, for_training=True)
         with tempfile.TemporaryDirectory(prefix="realnoise-cleannet-") as output_dir:
             train_lib.train_cleannet(training, reference_sets, run_config, output_dir, progress=False)
             cleannet = keras.saving.load_model(os.path.join(output_dir, "model.keras"))
         train_seconds = time.perf_counter() - start
-        data, _ = train_lib.load_training_inputs(run_config, run_dir, table)
+        data, _ = load_training_inputs(run_config, run_dir, table)
         calibration = train_lib.calibration_classes(table, calibration_fraction, run_config.seed)
         if mode == "paper":
             variants = [("CleanNet mode=paper (cosine)", "paper", verifier.SIGNAL_NAMES)]
@@ -249,7 +252,7 @@ def stacked_with_neighbours(data: pool.TrainingData, columns: dict[str, np.ndarr
 def run_release(base_config, name: str, root: str, seed: int) -> list[dict]:
     config = release_config(base_config, name, root, seed)
     table = load_table(config, os.path.join(tempfile.gettempdir(), "realnoise-unused"))
-    features = extract.open_features(config, "", table)
+    features = open_features(config, "", table)
     data = pool.prepare_training_data(table, features, table.class_names, features.feature_dim,
                                             np.ones(table.num_classes))
     num_classes = len(data.class_names)

@@ -57,14 +57,17 @@ from cleannet_tf.data import table as datasets
 from cleannet_tf.data.food101n import read_food101n
 from cleannet_tf.detection import metrics
 from cleannet_tf.detection import signals as detectors
-from cleannet_tf.features import extract
 from cleannet_tf.features import pool as train_data
 from cleannet_tf.features import references as references_lib  # noqa: E402
-from cleannet_tf.features.references import ReferenceSets, references_path  # noqa: E402
+from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.model.cleannet import encode_classes, query_encoder_of, reference_encoder_of  # noqa: E402
 from cleannet_tf.pipeline import demo as demo_lib
-from cleannet_tf.pipeline import runner
+from cleannet_tf.pipeline import records
 from cleannet_tf.pipeline import table as table_lib
+from cleannet_tf.pipeline.classifier import run_train_classifier
+from cleannet_tf.pipeline.extract import open_features, run_extract
+from cleannet_tf.pipeline.refs import reference_rows, run_refs
+from cleannet_tf.pipeline.workdir import references_path
 from cleannet_tf.training import cleannet
 from configs import demo as demo_config  # noqa: E402
 
@@ -78,15 +81,15 @@ ROBUST_CORE_FRACTION = 0.7  # refs.core_fraction of the library's robust mode (c
 def build_workdir(config, workdir: str) -> None:
     """Runs the demo pipeline's steps before CleanNet, skipping complete ones."""
     table = load_table(config, workdir)
-    if not runner.step_complete("train_classifier", config, workdir):
+    if not records.step_complete("train_classifier", config, workdir):
         print(f"[build] training the classifier on the noisy labels -> {workdir}/classifier", flush=True)
-        runner.run_train_classifier(config, workdir, table=table, progress=False)
-    if not runner.step_complete("extract", config, workdir):
+        run_train_classifier(config, workdir, table=table, progress=False)
+    if not records.step_complete("extract", config, workdir):
         print(f"[build] extracting features -> {workdir}/features", flush=True)
-        extract.run_extract(config, workdir, table=table, progress=False)
-    if not runner.step_complete("refs", config, workdir):
+        run_extract(config, workdir, table=table, progress=False)
+    if not records.step_complete("refs", config, workdir):
         print(f"[build] reference sets -> {workdir}/references.npz", flush=True)
-        runner.run_refs(config, workdir, table=table, progress=False)
+        run_refs(config, workdir, table=table, progress=False)
 
 
 def load_table(config, workdir: str) -> datasets.LabelTable:
@@ -120,10 +123,10 @@ def reference_sets_for(config, workdir: str, table: datasets.LabelTable, core_fr
     existing = ReferenceSets.load(references_path(workdir))
     if float(existing.metadata.get("core_fraction", 1.0)) == core_fraction:
         return existing
-    features = extract.open_features(config, workdir, table)
+    features = open_features(config, workdir, table)
     refs = config.refs
     return references_lib.build_reference_sets(
-        features.gather, table.labels, runner.reference_rows(table, features.valid()), table.class_names,
+        features.gather, table.labels, reference_rows(table, features.valid()), table.class_names,
         num_references=refs.num_references, n_init=refs.n_init, max_iter=refs.max_iter, tol=refs.tol,
         max_samples_per_class=refs.max_samples_per_class, seed=config.seed, core_fraction=core_fraction,
         progress=False)
@@ -133,7 +136,7 @@ def load_setting(base_config, workdir: str, name: str, cache: dict) -> Setting:
     config = copy.deepcopy(base_config)
     config.data.demo_heldout = HELDOUT if name == "heldout" else 0
     table = load_table(config, workdir)
-    features = extract.open_features(config, workdir, table)
+    features = open_features(config, workdir, table)
     if "references" not in cache:  # label-free: the same in both settings
         cache["references"] = (reference_sets_for(config, workdir, table, 1.0),
                                reference_sets_for(config, workdir, table, ROBUST_CORE_FRACTION))
@@ -492,7 +495,7 @@ def main(argv=None) -> None:
     if not args.workdir:
         build_workdir(config, workdir)
     for step in ("extract", "refs"):
-        if not runner.step_complete(step, config, workdir):
+        if not records.step_complete(step, config, workdir):
             raise SystemExit(f"{workdir} has no complete {step} step; run without --workdir to build one.")
     print(f"workdir {workdir}; CleanNet seed {args.seed}; {os.cpu_count()} CPUs")
     settings = ("heldout", "all") if args.setting == "both" else (args.setting,)

@@ -19,13 +19,15 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from cleannet_tf.pipeline.train import load_training_inputs  # noqa: E402
+from cleannet_tf.pipeline.workdir import cleannet_dir  # noqa: E402
 from cleannet_tf.training import cleannet, distribute  # noqa: E402
 
 strategy = tf.distribute.MultiWorkerMirroredStrategy()
 with open(config_path) as f:
     config = ml_collections.ConfigDict(json.load(f))
-data, reference_sets = cleannet.load_training_inputs(config, workdir)
-model, _ = cleannet.train_cleannet(data, reference_sets, config, cleannet.cleannet_dir(workdir),
+data, reference_sets = load_training_inputs(config, workdir)
+model, _ = cleannet.train_cleannet(data, reference_sets, config, cleannet_dir(workdir),
                                     strategy=strategy, progress=False)
 np.savez(out, *[np.asarray(w) for w in model.get_weights()], is_chief=distribute.is_chief(strategy),
          replicas=strategy.num_replicas_in_sync)

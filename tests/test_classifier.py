@@ -11,7 +11,8 @@ import tensorflow as tf
 from cleannet_tf import config as config_lib
 from cleannet_tf.data import table as datasets
 from cleannet_tf.detection import scores_tsv
-from cleannet_tf.pipeline import runner
+from cleannet_tf.pipeline import records
+from cleannet_tf.pipeline.classifier import classifier_weights, run_train_classifier
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.training import classifier
 from cleannet_tf.training.classifier import weighted_cross_entropy
@@ -80,8 +81,8 @@ def verified_image_workdir(tmp_path, make_images):
 
 def test_weights_from_scores_with_verified_labels_first(verified_image_workdir):
     config, workdir, table, pool, scores = verified_image_workdir
-    soft = runner.classifier_weights(table, workdir, "soft")
-    hard = runner.classifier_weights(table, workdir, "hard")
+    soft = classifier_weights(table, workdir, "soft")
+    hard = classifier_weights(table, workdir, "hard")
     expected_soft = np.clip(scores, 0, 1)
     expected_hard = (scores >= 0.2).astype(np.float32)
     for weights, expected in ((soft, expected_soft), (hard, expected_hard)):
@@ -95,14 +96,14 @@ def test_weights_from_scores_with_verified_labels_first(verified_image_workdir):
 def test_weighted_classifier_through_the_pipeline(verified_image_workdir):
     config, workdir, table, pool, scores = verified_image_workdir
     config.classifier.weighting = "hard"
-    metrics = runner.run_train_classifier(config, workdir, table=table, progress=False)
+    metrics = run_train_classifier(config, workdir, table=table, progress=False)
     written = json.load(open(os.path.join(workdir, "classifier_hard", "metrics.json")))
     assert written["weighting"] == "hard" and 0.0 <= written["test_accuracy"] <= 1.0
-    weights = runner.classifier_weights(table, workdir, "hard")
+    weights = classifier_weights(table, workdir, "hard")
     assert metrics["n_train"] == int(np.sum(weights[pool] > 0))  # weight-0 images are not trained on
     assert metrics["steps"] == config.classifier.epochs * (len(pool) // config.classifier.batch_size)
     assert os.path.exists(os.path.join(workdir, "classifier_hard", "model.keras"))
-    assert runner.step_complete("train_classifier", config, workdir)
+    assert records.step_complete("train_classifier", config, workdir)
 
 
 def test_stale_scores_are_an_error(verified_image_workdir):
@@ -111,17 +112,17 @@ def test_stale_scores_are_an_error(verified_image_workdir):
     lines = open(path).read().splitlines()
     open(path, "w").write("\n".join(lines[:10]) + "\n")
     with pytest.raises(ValueError, match="have no score"):
-        runner.classifier_weights(table, workdir, "soft")
+        classifier_weights(table, workdir, "soft")
     os.remove(path)
     with pytest.raises(FileNotFoundError, match="run cleannet-verify first"):
-        runner.classifier_weights(table, workdir, "soft")
+        classifier_weights(table, workdir, "soft")
 
 
 def test_finetune_phase_on_verified_correct_images_resumes_like_an_uninterrupted_run(verified_image_workdir):
     config, workdir, table, pool, scores = verified_image_workdir
     config.classifier.batch_size, config.classifier.finetune_epochs = 4, 1
     config.classifier.finetune_learning_rate = 0.02
-    weights = runner.classifier_weights(table, workdir, "soft")
+    weights = classifier_weights(table, workdir, "soft")
     model, metrics = classifier.train_classifier(table, config, os.path.join(workdir, "whole"),
                                                      sample_weights=weights, progress=False)
     verified_correct = int(np.sum((table.verification == 1) & (table.split != datasets.SPLIT_TEST)))

@@ -15,12 +15,13 @@ import pytest
 
 from cleannet_tf import config as config_lib
 from cleannet_tf.data.clothing1m import read_clothing1m
-from cleannet_tf.data.features_npz import load_precomputed_features
+from cleannet_tf.data.features_npz import CorruptFileError, load_precomputed_features
 from cleannet_tf.data.food101n import read_food101n
 from cleannet_tf.data.table import DatasetError
 from cleannet_tf.data.tsv import read_tsv
 from cleannet_tf.features.references import ReferenceSets
-from cleannet_tf.features.store import CorruptFileError, FeatureStore
+from cleannet_tf.features.store import FeatureStore
+from cleannet_tf.pipeline.refs import run_refs
 from cleannet_tf.pipeline.table import load_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -331,7 +332,6 @@ def test_precomputed_features_need_the_noisy_pool_only(tmp_path):
 def test_refs_run_on_features_without_the_test_split(tmp_path):
     from conftest import write_feature_dataset
 
-    from cleannet_tf.pipeline import runner
 
     overrides, _, _ = write_feature_dataset(tmp_path / "data", num_classes=3, per_class=30)
     tsv = overrides["data.root"]
@@ -340,7 +340,7 @@ def test_refs_run_on_features_without_the_test_split(tmp_path):
     config = _config(**{k.replace(".", "__"): v for k, v in overrides.items()}, refs__num_references=4,
                      refs__n_init=1)
     table = load_table(config, str(tmp_path / "work"), steps=("refs",))
-    reference_sets = runner.run_refs(config, str(tmp_path / "work"), table=table, progress=False)
+    reference_sets = run_refs(config, str(tmp_path / "work"), table=table, progress=False)
     assert reference_sets.references.shape[:2] == (3, 4)
 
 

@@ -15,6 +15,7 @@ from cleannet_tf import config as config_lib
 from cleannet_tf.data import images as input_pipeline
 from cleannet_tf.features import backbones, extract
 from cleannet_tf.features.store import FeatureStore
+from cleannet_tf.pipeline.extract import run_extract
 
 IMAGE_SIZE = (32, 32)
 
@@ -144,7 +145,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, make_images):
 def test_run_extract_skipped_with_precomputed_features(tmp_path):
     config = config_lib.default_config()
     config.data.features = str(tmp_path / "f.npz")
-    assert extract.run_extract(config, str(tmp_path)) == {"skipped": True}
+    assert run_extract(config, str(tmp_path)) == {"skipped": True}
 
 
 def test_worker_task_from_flags_or_tf_config():

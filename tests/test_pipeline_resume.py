@@ -17,8 +17,10 @@ from conftest import write_feature_dataset
 from cleannet_tf import atomic_io
 from cleannet_tf import config as config_lib
 from cleannet_tf.pipeline import lock as workdir_lock
-from cleannet_tf.pipeline import runner
-from cleannet_tf.training import cleannet
+from cleannet_tf.pipeline import records, runner
+from cleannet_tf.pipeline.refs import run_refs
+from cleannet_tf.pipeline.train import run_train
+from cleannet_tf.pipeline.workdir import done_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small CleanNet on the planted-cluster features (as test_train's small_train_config).
@@ -52,7 +54,7 @@ def _run(module: str, flags: list[str], timeout: float = 600) -> subprocess.Comp
 def _status(stdout: str) -> dict[str, str]:
     """cleannet-run's summary: step -> what it did."""
     return dict(line.split(None, 1) for line in stdout.strip().splitlines() if line.split(None, 1)[0] in
-                runner.STEPS)
+                records.STEPS)
 
 
 def _wait_for(predicate, process: subprocess.Popen, timeout: float = 300, interval: float = 0.01) -> bool:
@@ -83,7 +85,7 @@ def test_sigkill_of_run_during_training_resumes_to_the_uninterrupted_result(tmp_
     last = int(tf.train.latest_checkpoint(str(checkpoints)).rsplit("-", 1)[1])
     assert 100 <= last < steps  # (the kill may land before ckpt-300 is listed as the latest)
     assert not (killed / "done" / "train.json").exists()
-    assert not runner.step_complete("train", _config(overrides, **{"train.steps": steps}), str(killed))
+    assert not records.step_complete("train", _config(overrides, **{"train.steps": steps}), str(killed))
 
     resumed = _run("run", _flags(overrides, killed, **{"train.steps": steps}))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -111,7 +113,7 @@ def test_sigkill_of_run_during_training_resumes_to_the_uninterrupted_result(tmp_
 
 
 def _verify_set(directory) -> dict[str, bytes]:
-    return {name: (directory / name).read_bytes() for name in runner.VERIFY_OUTPUTS}
+    return {name: (directory / name).read_bytes() for name in records.VERIFY_OUTPUTS}
 
 
 def _staging_files(workdir) -> set[str] | None:
@@ -152,7 +154,7 @@ def test_sigkill_of_verify_between_outputs_leaves_the_old_complete_set(tmp_path)
         runner.run_step("verify", old_config, str(workdir))  # back to the old set for the next try
         old = _verify_set(workdir / "verify")
     assert caught, "never stopped cleannet-verify between its outputs"
-    assert "scores.tsv" in caught and not set(runner.VERIFY_OUTPUTS) <= caught
+    assert "scores.tsv" in caught and not set(records.VERIFY_OUTPUTS) <= caught
     assert _verify_set(workdir / "verify") == old  # the old complete set, untouched
     assert not (workdir / "done" / "verify.json").exists()  # and not counted as complete
     assert _staging_files(workdir) is not None  # the killed run's temporary folder is still there
@@ -227,8 +229,8 @@ def test_changed_field_reruns_its_step_and_the_next_runtime_field_does_not(tmp_p
     after = json.loads(open(os.path.join(workdir, "cleannet", "metrics.json")).read())
     assert after["history"][-1]["loss"] != before["history"][-1]["loss"]  # trained again, not resumed at its end
     assert json.loads(open(os.path.join(workdir, "config.train.json")).read())["train"]["learning_rate"] == 0.02
-    assert runner.read_record(workdir, "train")["config"]["train.learning_rate"] == 0.02
-    assert runner.step_complete("verify", changed, workdir) and not runner.step_complete("verify", config,
+    assert records.read_record(workdir, "train")["config"]["train.learning_rate"] == 0.02
+    assert records.step_complete("verify", changed, workdir) and not records.step_complete("verify", config,
                                                                                               workdir)
 
     fewer = _config(overrides, **{"train.steps": 200, "train.learning_rate": 0.02, "refs.num_references": 8})
@@ -242,15 +244,15 @@ def test_workdir_of_an_older_version_counts_finished_steps_only(tmp_path):
     # c90b6d9 wrote no DONE records: outputs made by the library functions directly, training stopped early.
     overrides, _, _ = write_feature_dataset(tmp_path / "data")
     workdir = str(tmp_path / "work")
-    runner.run_refs(_config(overrides), workdir, progress=False)
-    cleannet.run_train(_config(overrides, **{"train.steps": 100}), workdir, progress=False)
-    assert not os.path.exists(runner.done_dir(workdir))
+    run_refs(_config(overrides), workdir, progress=False)
+    run_train(_config(overrides, **{"train.steps": 100}), workdir, progress=False)
+    assert not os.path.exists(done_dir(workdir))
     config = _config(overrides, **{"train.steps": 200})
-    assert runner.step_complete("refs", config, workdir) and not runner.step_complete("train", config, workdir)
+    assert records.step_complete("refs", config, workdir) and not records.step_complete("train", config, workdir)
     status = runner.run_steps(config, workdir)
-    assert status["refs"] == "already complete" and runner.read_record(workdir, "refs")["legacy"]
+    assert status["refs"] == "already complete" and records.read_record(workdir, "refs")["legacy"]
     assert status["train"].startswith("200 steps") and status["verify"].startswith("threshold")
-    assert runner.step_complete("verify", config, workdir)
+    assert records.step_complete("verify", config, workdir)
 
 
 def test_temp_litter_of_dead_processes_is_cleaned_when_the_lock_is_taken(tmp_path):

@@ -29,8 +29,9 @@ from PIL import Image
 from cleannet_tf import config as config_lib
 from cleannet_tf.data import table as datasets
 from cleannet_tf.detection import active, scores_tsv
-from cleannet_tf.features.references import ReferenceSets, references_path
+from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.pipeline.table import load_table
+from cleannet_tf.pipeline.workdir import references_path
 from cleannet_tf.review import retrain as retrain_lib
 from cleannet_tf.review.server import ReviewServer
 from cleannet_tf.review.session import ReviewSession

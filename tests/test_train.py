@@ -15,8 +15,9 @@ from conftest import kill_at_marker, small_train_config, write_feature_dataset
 
 from cleannet_tf.data import table as datasets
 from cleannet_tf.features import pool
-from cleannet_tf.pipeline import runner
+from cleannet_tf.pipeline.refs import run_refs
 from cleannet_tf.pipeline.table import load_table
+from cleannet_tf.pipeline.train import load_training_inputs, run_train
 from cleannet_tf.training import cleannet
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -27,7 +28,7 @@ def feature_workdir(tmp_path):
     overrides, true, noisy = write_feature_dataset(tmp_path / "data")
     config = small_train_config(overrides)
     workdir = str(tmp_path / "work")
-    runner.run_refs(config, workdir, progress=False)
+    run_refs(config, workdir, progress=False)
     return config, workdir
 
 
@@ -37,7 +38,7 @@ def _weights(model):
 
 def test_training_learns_planted_noise_and_keeps_best_model(feature_workdir):
     config, workdir = feature_workdir
-    metrics = cleannet.run_train(config, workdir, progress=False)
+    metrics = run_train(config, workdir, progress=False)
     assert metrics["detection_error"] < 0.05 and metrics["roc_auc"] > 0.95, metrics
     assert metrics["n_val"] > 100 and metrics["detection_error_heldout"] is None
     saved = json.loads(open(os.path.join(workdir, "cleannet", "metrics.json")).read())
@@ -46,7 +47,7 @@ def test_training_learns_planted_noise_and_keeps_best_model(feature_workdir):
     assert saved["detection_error"] == min(h["val"]["detection_error"] for h in evaluated)
     # model.keras is the best model: re-scoring the validation rows reproduces its error.
     model = keras.saving.load_model(os.path.join(workdir, "cleannet", "model.keras"))
-    data, references = cleannet.load_training_inputs(config, workdir)
+    data, references = load_training_inputs(config, workdir)
     scores = cleannet.score_pool_rows(model, data, references.references, data.validation)
     assert cleannet.validation_metrics(scores, data)["detection_error"] == pytest.approx(metrics["detection_error"])
     assert os.path.exists(os.path.join(workdir, "cleannet", "logs"))
@@ -55,7 +56,7 @@ def test_training_learns_planted_noise_and_keeps_best_model(feature_workdir):
 def test_mirrored_two_devices_equals_default(feature_workdir):
     config, workdir = feature_workdir
     config.train.steps = 40
-    data, references = cleannet.load_training_inputs(config, workdir)
+    data, references = load_training_inputs(config, workdir)
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     model_m, _ = cleannet.train_cleannet(data, references, config, os.path.join(workdir, "m"), strategy=mirrored,
                                           progress=False)
@@ -67,7 +68,7 @@ def test_mirrored_two_devices_equals_default(feature_workdir):
 def test_per_class_encoding_trains_like_per_sample(feature_workdir):
     config, workdir = feature_workdir
     config.train.steps = 30
-    data, references = cleannet.load_training_inputs(config, workdir)
+    data, references = load_training_inputs(config, workdir)
     per_class, _ = cleannet.train_cleannet(data, references, config, os.path.join(workdir, "c"), progress=False)
     per_sample, _ = cleannet.train_cleannet(data, references, config, os.path.join(workdir, "s"),
                                              encoding="per_sample", progress=False)
@@ -89,7 +90,7 @@ def test_other_class_negatives_per_class_equals_per_sample_and_changes_training(
     config, workdir = feature_workdir
     config = copy.deepcopy(config)
     config.train.steps = 30
-    data, references = cleannet.load_training_inputs(config, workdir)
+    data, references = load_training_inputs(config, workdir)
     plain, _ = cleannet.train_cleannet(data, references, config, os.path.join(workdir, "n0"), progress=False)
     config.loss.other_class_weight = 1.0
     per_class, _ = cleannet.train_cleannet(data, references, config, os.path.join(workdir, "n1"), progress=False)
@@ -102,7 +103,7 @@ def test_other_class_negatives_per_class_equals_per_sample_and_changes_training(
 
 def test_negative_labels_are_other_classes_and_deterministic(feature_workdir):
     config, workdir = feature_workdir
-    data, _ = cleannet.load_training_inputs(config, workdir)
+    data, _ = load_training_inputs(config, workdir)
     sampler = pool.StepSampler(data, verified_per_step=8, unverified_per_step=8, seed=3)
     labels = data.labels[:500]
     negatives = sampler.negative_labels(7, labels)
@@ -132,7 +133,7 @@ def test_multi_worker_two_processes_identical_weights(feature_workdir, tmp_path)
     for name in names:
         np.testing.assert_array_equal(results[0][name], results[1][name])
     # And equal to one process on one device with the same global batch.
-    data, references = cleannet.load_training_inputs(config, workdir)
+    data, references = load_training_inputs(config, workdir)
     single, _ = cleannet.train_cleannet(data, references, config, str(tmp_path / "single"), progress=False)
     for i, want in enumerate(_weights(single)):
         np.testing.assert_allclose(results[0][f"arr_{i}"], want, atol=2e-5)
@@ -172,7 +173,7 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
                                               "train.eval_every": 500, "train.log_every": 250})
     killed, clean = str(tmp_path / "killed"), str(tmp_path / "clean")
     for workdir in (killed, clean):
-        runner.run_refs(config, workdir, progress=False)
+        run_refs(config, workdir, progress=False)
     # Killed at step 1250 (mid-interval): after the evaluations of 500 and 1000 and the checkpoint of 1200.
     marker = tmp_path / "at_step_1250"
     kill_at_marker(_train_cli(config, killed, stop_at_step=1250, marker=marker), marker, "step 1250")
@@ -197,7 +198,7 @@ def test_bad_inputs_fail_before_training(tmp_path):
     overrides, _, _ = write_feature_dataset(tmp_path / "data")
     config = small_train_config(overrides)
     workdir = str(tmp_path / "work")
-    runner.run_refs(config, workdir, progress=False)
+    run_refs(config, workdir, progress=False)
 
     npz = np.load(overrides["data.features"])
     features = npz["features"].copy()
@@ -205,29 +206,29 @@ def test_bad_inputs_fail_before_training(tmp_path):
     np.savez(tmp_path / "nan.npz", keys=npz["keys"], features=features)
     config.data.features = str(tmp_path / "nan.npz")
     with pytest.raises(ValueError, match=r"img00007\.jpg.*(NaN|Inf)"):
-        cleannet.run_train(config, workdir, progress=False)
+        run_train(config, workdir, progress=False)
 
     np.savez(tmp_path / "wide.npz", keys=npz["keys"], features=np.concatenate([npz["features"]] * 2, axis=1))
     config.data.features = str(tmp_path / "wide.npz")
     with pytest.raises(ValueError, match="Features have dimension 48 but the reference sets 24"):
-        cleannet.run_train(config, workdir, progress=False)
+        run_train(config, workdir, progress=False)
 
     config.data.features = overrides["data.features"]
     table = load_table(config, workdir)
     table.verification[table.split == datasets.SPLIT_TRAIN] = -1
     with pytest.raises(ValueError, match="No verified training rows"):
-        cleannet.run_train(config, workdir, table=table, progress=False)
+        run_train(config, workdir, table=table, progress=False)
 
 
 def test_heldout_classes_get_no_verified_training_rows(tmp_path):
     overrides, _, noisy = write_feature_dataset(tmp_path / "data", heldout=(0, 1), verified_fraction=0.5)
     config = small_train_config(overrides)
     workdir = str(tmp_path / "work")
-    runner.run_refs(config, workdir, progress=False)
-    data, _ = cleannet.load_training_inputs(config, workdir)
+    run_refs(config, workdir, progress=False)
+    data, _ = load_training_inputs(config, workdir)
     assert not np.isin(data.labels[data.verified_train], [0, 1]).any()
     assert np.isin(data.labels[data.validation], [0, 1]).any()  # they keep their validation rows
-    metrics = cleannet.run_train(config, workdir, progress=False)
+    metrics = run_train(config, workdir, progress=False)
     assert metrics["detection_error_heldout"] is not None and metrics["best"]["n_val_heldout"] > 0
     assert set(metrics["best"]["per_class_error"]) >= {"class0", "class1"}
 
@@ -236,7 +237,7 @@ def test_margin_scores_are_own_minus_best_other_class(feature_workdir):
     from cleannet_tf.model.cleannet import encode_classes, query_encoder_of
 
     config, workdir = feature_workdir
-    data, references = cleannet.load_training_inputs(config, workdir)
+    data, references = load_training_inputs(config, workdir)
     model = cleannet.build_model_from_config(config, data.feature_dim, references.references.shape[1])
     rows = data.validation[:40]
     plain = cleannet.score_pool_rows(model, data, references.references, rows)

@@ -10,11 +10,13 @@ import tensorflow as tf
 from conftest import small_train_config, write_feature_dataset
 
 from cleannet_tf.data import table as datasets
-from cleannet_tf.detection import fit, metrics, scores_tsv, verifier
+from cleannet_tf.detection import metrics, scores_tsv, verifier
 from cleannet_tf.detection import signals as detectors
 from cleannet_tf.model.cleannet import build_cleannet, encode_classes
-from cleannet_tf.pipeline import runner
+from cleannet_tf.pipeline.refs import run_refs
 from cleannet_tf.pipeline.table import load_table
+from cleannet_tf.pipeline.train import load_training_inputs, run_train
+from cleannet_tf.pipeline.verify import load_verifier, run_verify
 from cleannet_tf.training import cleannet as train_lib
 
 
@@ -102,9 +104,9 @@ def verified_workdir(tmp_path_factory):
     config = small_train_config(overrides, **{"cleannet.mode": "stacked", "cleannet.calibration_fraction": 0.25,
                                               "refs.core_fraction": 0.7})
     workdir = str(tmp_path / "work")
-    runner.run_refs(config, workdir, progress=False)
-    train_lib.run_train(config, workdir, progress=False)
-    report = fit.run_verify(config, workdir)
+    run_refs(config, workdir, progress=False)
+    run_train(config, workdir, progress=False)
+    report = run_verify(config, workdir)
     return config, workdir, report, true, noisy
 
 
@@ -156,9 +158,9 @@ def test_verify_writes_scores_metrics_and_verifier(verified_workdir):
 
 def test_load_verifier_scores_like_scores_tsv(verified_workdir):
     config, workdir, report, _, _ = verified_workdir
-    model, class_names, threshold = fit.load_verifier(workdir)
+    model, class_names, threshold = load_verifier(workdir)
     assert threshold == pytest.approx(report["threshold"])
-    data, _ = train_lib.load_training_inputs(config, workdir)
+    data, _ = load_training_inputs(config, workdir)
     scores = scores_tsv.read_scores_tsv(os.path.join(workdir, "verify", "scores.tsv"))
     out = model({"features": data.features[:50], "label": data.labels[:50].astype(np.int64)})
     np.testing.assert_allclose(out["score"], scores.scores[:50], atol=1e-5)
@@ -170,6 +172,6 @@ def test_calibration_classes_are_kept_out_of_training(verified_workdir):
     table = load_table(config, workdir)
     calibration = train_lib.calibration_classes(table, 0.25, config.seed)
     assert calibration.sum() == 1 and not (calibration & table.heldout_classes).any()
-    trained_on, _ = train_lib.load_training_inputs(config, workdir, for_training=True)
+    trained_on, _ = load_training_inputs(config, workdir, for_training=True)
     assert not calibration[trained_on.labels[trained_on.verified_train]].any()
     assert [table.class_names[c] for c in np.nonzero(calibration)[0]] == report["calibration_classes"]

@@ -20,14 +20,14 @@ Errors print one line and exit 1; --debug (or --verbosity=1) adds the traceback.
 import time
 
 from cleannet_tf.cli import flags
-from cleannet_tf.pipeline import demo, runner
+from cleannet_tf.pipeline import demo, records
 from cleannet_tf.pipeline.table import load_table
 
 
 def main(argv):
     config, workdir = flags.setup(argv, "demo")
     start = time.perf_counter()
-    table = load_table(config, workdir, steps=runner.STEPS)
+    table = load_table(config, workdir, steps=records.STEPS)
     summary = demo.run_demo(config, workdir, table)
     print(demo.format_summary(summary, seconds=time.perf_counter() - start))
 

@@ -18,7 +18,7 @@ from absl import flags
 
 from cleannet_tf.cli import flags as cli
 from cleannet_tf.data import images
-from cleannet_tf.export import savedmodel
+from cleannet_tf.pipeline.export import export_all
 
 _EXPORT_DIR = flags.DEFINE_string("export_dir", "saved_models", "Where the SavedModels and models.config go.")
 _MAX_PIXELS = flags.DEFINE_integer("max_pixels", images.DEFAULT_MAX_PIXELS,
@@ -27,7 +27,7 @@ _MAX_PIXELS = flags.DEFINE_integer("max_pixels", images.DEFAULT_MAX_PIXELS,
 
 def main(argv):
     config, workdir = cli.setup(argv, "export")
-    result = savedmodel.export_all(config, workdir, _EXPORT_DIR.value, max_pixels=_MAX_PIXELS.value)
+    result = export_all(config, workdir, _EXPORT_DIR.value, max_pixels=_MAX_PIXELS.value)
     for name in ("verifier", "classifier", "models_config"):
         print(f"{name}: {result[name]}")
 

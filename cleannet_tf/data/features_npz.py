@@ -1,9 +1,12 @@
 """data.features: precomputed features in an .npz (keys, features), aligned to a LabelTable.
 
-Imports `data.table`.
+The .npz reader every module uses (load_npz, CorruptFileError). Imports `data.table`.
 """
 
 from __future__ import annotations
+
+import zipfile
+import zlib
 
 import numpy as np
 from absl import logging
@@ -22,7 +25,6 @@ def load_precomputed_features(npz_path: str, table: LabelTable) -> tuple[np.ndar
         False for the absent test rows.
     """
     _require_file(npz_path, "an .npz with arrays 'keys' (N,) and 'features' (N, D)")
-    from cleannet_tf.features.store import CorruptFileError, load_npz
 
     try:
         npz = load_npz(npz_path, fix="Check data.features: write it with np.savez(path, keys=..., features=...).")
@@ -79,3 +81,35 @@ def load_precomputed_features(npz_path: str, table: LabelTable) -> tuple[np.ndar
                      npz_path, n_absent_test)
     logging.info("Loaded precomputed features %s from %s.", aligned.shape, npz_path)
     return aligned, found
+
+
+# What np.load raises on a truncated or corrupt file.
+_CORRUPT_FILE_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
+
+
+class CorruptFileError(ValueError):
+    """A NumPy file that exists but cannot be read; the message names it."""
+
+
+def load_npz(path: str, *, fix: str = "") -> dict[str, np.ndarray]:
+    """Every array of the .npz at `path`, read now (no pickles).
+
+    Raises:
+        CorruptFileError: "PATH is not a valid .npz (truncated or corrupt): ...", then `fix` (what to do).
+    """
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise ValueError("it holds a single .npy array, not named arrays")
+            return {name: npz[name] for name in npz.files}
+    except FileNotFoundError:
+        raise
+    except ValueError as error:
+        if "allow_pickle" not in str(error):
+            raise CorruptFileError(f"{path} is not a valid .npz (truncated or corrupt): {error}." + (
+                f" {fix}" if fix else "")) from error
+        raise CorruptFileError(f"{path} holds Python objects (pickled arrays), which are not read: save plain "
+                               "arrays (e.g. keys as str)." + (f" {fix}" if fix else "")) from error
+    except _CORRUPT_FILE_ERRORS as error:
+        raise CorruptFileError(f"{path} is not a valid .npz (truncated or corrupt): {error}." + (
+            f" {fix}" if fix else "")) from error

@@ -15,33 +15,14 @@ any moment leaves the previous complete set or the new one, never a mix.
 
 from __future__ import annotations
 
-import os
-
 import keras
-import ml_collections
 import numpy as np
-from absl import logging
 
-from cleannet_tf import atomic_io
-from cleannet_tf import config as config_lib
-from cleannet_tf.data import table as datasets
-from cleannet_tf.detection import active, metrics, scores_tsv, verifier
-from cleannet_tf.detection import report as report_lib
+from cleannet_tf.detection import metrics, verifier
 from cleannet_tf.detection import signals as detectors
 from cleannet_tf.features import pool as train_data
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.model.cleannet import encode_classes
-from cleannet_tf.pipeline.table import load_table
-from cleannet_tf.training import checkpointing
-from cleannet_tf.training import cleannet as train_lib
-
-
-def verify_dir(workdir: str) -> str:
-    return os.path.join(workdir, "verify")
-
-
-def verifier_path(workdir: str) -> str:
-    return os.path.join(verify_dir(workdir), "verifier.keras")
 
 
 def fit_verifier(cleannet: keras.Model, data: train_data.TrainingData, reference_sets: ReferenceSets, *,
@@ -107,17 +88,6 @@ def fit_verifier(cleannet: keras.Model, data: train_data.TrainingData, reference
     return model, info
 
 
-def load_verifier(workdir: str) -> tuple[keras.Model, list[str], float]:
-    """(verifier model, class names, threshold) that cleannet-verify wrote to WORKDIR/verify/."""
-    path = verifier_path(workdir)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: run cleannet-verify first.")
-    model = keras.saving.load_model(path)
-    head = verifier.verification_head_of(model)
-    class_names = ReferenceSets.load(os.path.join(workdir, "references.npz")).class_names
-    return model, list(class_names), head.threshold
-
-
 def detection_report(scores: np.ndarray, data: train_data.TrainingData, threshold: float) -> dict:
     """metrics.json's numbers: scores (P,) of the pool rows at `threshold`.
 
@@ -164,67 +134,3 @@ def _finite_or_none(value):
     return float(value) if value is not None and np.isfinite(value) else None
 
 
-def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: datasets.LabelTable | None = None) -> dict:
-    """cleannet-verify: WORKDIR/cleannet/model.keras scores every pool image -> WORKDIR/verify/. Returns metrics."""
-    table = table if table is not None else load_table(config, workdir)
-    data, reference_sets = train_lib.load_training_inputs(config, workdir, table)
-    cleannet_path = os.path.join(train_lib.cleannet_dir(workdir), "model.keras")
-    if not os.path.exists(cleannet_path):
-        raise FileNotFoundError(f"{cleannet_path} not found: run cleannet-train first.")
-    cleannet = keras.saving.load_model(cleannet_path)
-    calibration = train_lib.calibration_classes(table, config.cleannet.calibration_fraction, config.seed)
-    model, info = fit_verifier(cleannet, data, reference_sets, mode=config.cleannet.mode,
-                               class_mean_keep=config.verify.class_mean_keep, calibration_classes=calibration,
-                               signals=config_lib.split_names(config.verify.signals),
-                               seed=config.seed)
-    threshold = info["threshold"]
-    all_scores = verifier.class_scores(model, data.features)  # (P, C)
-    scores = all_scores[np.arange(len(data.labels)), data.labels]
-    suggested = all_scores.argmax(axis=1)
-    with atomic_io.staging_dir(verify_dir(workdir)) as output_dir:  # published whole, replacing the last set
-        report = _write_outputs(output_dir, config, table, data, model, info, scores, all_scores, suggested)
-    logging.info("cleannet-verify: threshold %.4f, detection error %s (held-out %s), %d of %d images flagged.",
-                 threshold, report["detection_error"], report["detection_error_heldout"], report["n_flagged"],
-                 report["n_images"])
-    return report
-
-
-def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: datasets.LabelTable,
-                   data: train_data.TrainingData, model: keras.Model, info: dict, scores: np.ndarray,
-                   all_scores: np.ndarray, suggested: np.ndarray) -> dict:
-    """scores.tsv, verifier.keras, metrics.json, to_verify.tsv, report.html into output_dir; returns the metrics."""
-    threshold = info["threshold"]
-    pool = np.arange(len(data.labels))
-    class_names = np.asarray(data.class_names)
-    scores_tsv.write_scores_tsv(os.path.join(output_dir, "scores.tsv"), scores_tsv.ScoresTable(
-        keys=table.keys[data.table_rows], labels=class_names[data.labels], scores=scores,
-        noisy=scores < threshold, weight_soft=np.clip(scores, 0.0, 1.0), weight_hard=scores >= threshold,
-        suggested_labels=class_names[suggested], suggested_scores=all_scores[pool, suggested]))
-    checkpointing.save_model(model, os.path.join(output_dir, "verifier.keras"))
-    report = {"mode": config.cleannet.mode, **info, **detection_report(scores, data, threshold),
-              "n_images": int(len(scores)), "n_flagged": int(np.sum(scores < threshold)),
-              "class_names": list(data.class_names)}
-    checkpointing.write_json(os.path.join(output_dir, "metrics.json"), report)
-
-    train_rows = table.split[data.table_rows] == datasets.SPLIT_TRAIN
-    keys = table.keys[data.table_rows]
-    proposals = active.propose_verification(
-        data.labels, scores, np.where(train_rows, data.verification, -1), threshold=threshold,
-        budget_per_class=config.verify.budget_per_class, num_classes=len(class_names),
-        candidates=train_rows & (data.verification < 0))
-    has_verification = np.bincount(data.labels[train_rows & (data.verification >= 0)],
-                                   minlength=len(class_names)) > 0
-    active.write_verification_tsv(
-        os.path.join(output_dir, "to_verify.tsv"), keys[proposals], scores[proposals] >= threshold,
-        scores=scores[proposals], suggested_labels=class_names[suggested[proposals]],
-        reasons=["class has no verified label" if not has_verification[c] else "near the threshold"
-                 for c in data.labels[proposals]])
-    validation = np.zeros(len(scores), bool)
-    validation[data.validation] = True
-    report_lib.write_report(
-        output_dir, keys=keys, labels=data.labels, scores=scores, verification=data.verification,
-        validation=validation, threshold=threshold, class_names=class_names,
-        image_paths=table.paths[data.table_rows], suggested_labels=suggested,
-        suggested_scores=all_scores[pool, suggested], metrics=report,
-        worst_classes=config.verify.report_classes)
-    return report

@@ -15,39 +15,13 @@ import time
 from collections.abc import Mapping, Sequence
 
 import keras
-import ml_collections
 import numpy as np
 import tensorflow as tf
 import tqdm
 from absl import logging
 
 from cleannet_tf.data import images
-from cleannet_tf.data import table as datasets
-from cleannet_tf.data.features_npz import load_precomputed_features
-from cleannet_tf.features import backbones
-from cleannet_tf.features.store import ArrayFeatures, FeatureSource, FeatureStore
-from cleannet_tf.pipeline.table import load_table
-
-
-def features_dir(workdir: str) -> str:
-    return os.path.join(workdir, "features")
-
-
-def resolve_weights(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """model.weights with "classifier" replaced by WORKDIR/classifier/model.keras."""
-    if config.model.weights == "classifier":
-        return os.path.join(workdir, "classifier", "model.keras")
-    return config.model.weights
-
-
-def extractor_settings(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """What determines the features; a store made with other settings is not reused."""
-    weights = resolve_weights(config, workdir)
-    weights_id = weights
-    if os.path.exists(weights):
-        weights_id = f"{os.path.abspath(weights)}@{os.path.getmtime(weights):.0f}"
-    return {"backbone": config.model.backbone, "weights": weights_id, "feature_dim": config.model.feature_dim,
-            "image_size": [config.model.image_height, config.model.image_width], "resize": config.input.resize}
+from cleannet_tf.features.store import FeatureStore
 
 
 def _predict_fn(backbone: keras.Model, strategy: tf.distribute.Strategy):
@@ -203,59 +177,3 @@ def extract_features(paths: np.ndarray, store: FeatureStore, backbone: keras.Mod
     return stats
 
 
-def build_config_backbone(config: ml_collections.ConfigDict, workdir: str) -> keras.Model:
-    """The backbone named by config.model (weights resolved against `workdir`)."""
-    return backbones.build_backbone(
-        config.model.backbone, image_size=(config.model.image_height, config.model.image_width),
-        weights=resolve_weights(config, workdir), feature_dim=config.model.feature_dim)
-
-
-def run_extract(config: ml_collections.ConfigDict, workdir: str, *, table: datasets.LabelTable | None = None,
-                strategy: tf.distribute.Strategy | None = None, progress: bool = True, task_index: int = 0,
-                num_tasks: int = 1) -> dict:
-    """cleannet-extract: features of every table image into WORKDIR/features/.
-
-    Worker `task_index` of `num_tasks` extracts only its block of shards (`FeatureStore.task_shards`); when
-    every shard is then present, it checks the store and writes its completion record (stats["finalized"]).
-    Skipped when config.data.features names a precomputed .npz.
-    """
-    if config.data.features:
-        logging.info("data.features is set (%s): extraction skipped.", config.data.features)
-        return {"skipped": True}
-    table = table if table is not None else load_table(config, workdir)
-    strategy = strategy or tf.distribute.get_strategy()
-    keras.utils.set_random_seed(config.seed)  # random-init weights are a function of the seed
-    with strategy.scope():
-        backbone = build_config_backbone(config, workdir)
-    store = FeatureStore.create_or_open(
-        features_dir(workdir), keys=table.keys, paths=table.paths, feature_dim=backbones.feature_dim_of(backbone),
-        shard_size=config.extract.shard_size, extractor=extractor_settings(config, workdir))
-    mine = store.task_shards(task_index, num_tasks)
-    logging.info("Feature store %s: %d rows, %d shards; worker %d of %d owns %d shard(s) (rows %s), %d to do.",
-                 store.directory, store.num_rows, store.num_shards, task_index, num_tasks, len(mine),
-                 f"[{store.shard_rows(mine[0])[0]}, {store.shard_rows(mine[-1])[1]})" if mine else "none",
-                 sum(not store.is_finished(s) for s in mine))
-    stats = extract_features(
-        table.paths, store, backbone, image_size=(config.model.image_height, config.model.image_width),
-        batch_size=config.extract.batch_size, resize=config.input.resize, strategy=strategy,
-        parallel_calls=config.input.parallel_calls, progress=progress, shards=mine)
-    record = store.finalize()
-    stats["finalized"] = record is not None
-    if record is None:
-        logging.info("Worker %d of %d done; %d shard(s) of other workers still missing: the last worker to finish "
-                     "writes the completion record.", task_index, num_tasks, len(store.unfinished_shards()))
-    else:
-        logging.info("Feature store complete: %d rows, %d valid; wrote its completion record.", record["num_rows"],
-                     record["valid_rows"])
-    return stats
-
-
-def open_features(config: ml_collections.ConfigDict, workdir: str, table: datasets.LabelTable) -> FeatureSource:
-    """The features of `table`: data.features if given, else the finished WORKDIR/features/ store."""
-    if config.data.features:
-        return ArrayFeatures(*load_precomputed_features(config.data.features, table))
-    store = FeatureStore(features_dir(workdir))
-    if store.num_rows != len(table) or not np.array_equal(store.keys(), table.keys):
-        raise ValueError(f"{store.directory} holds features of another table ({store.num_rows} rows, "
-                         f"now {len(table)}): run cleannet-extract with this config, or use another --workdir.")
-    return store

@@ -30,7 +30,7 @@ import numpy as np
 from absl import logging
 
 from cleannet_tf import ops
-from cleannet_tf.features.store import load_npz
+from cleannet_tf.data.features_npz import load_npz
 
 GatherFn = Callable[[np.ndarray], np.ndarray]
 
@@ -309,11 +309,6 @@ def kmeans_sklearn(x: np.ndarray, k: int, *, n_init: int = 10, max_iter: int = 5
                     copy_x=False)
     kmeans.fit(x)
     return kmeans.cluster_centers_.astype(np.float32, copy=False), float(kmeans.inertia_)
-
-
-def references_path(workdir: str) -> str:
-    """Where cleannet-refs writes: WORKDIR/references.npz."""
-    return os.path.join(workdir, "references.npz")
 
 
 def core_rows(x: np.ndarray, core_fraction: float, *, iterations: int = 3) -> np.ndarray:

@@ -26,44 +26,14 @@ import hashlib
 import json
 import os
 import socket
-import zipfile
-import zlib
 from typing import Protocol
 
 import numpy as np
 
+from cleannet_tf.data.features_npz import _CORRUPT_FILE_ERRORS, CorruptFileError, load_npz  # noqa: F401 (load_npz: old home)
+
 MANIFEST = "manifest.json"
 COMPLETE = "complete.json"
-# What np.load raises on a truncated or corrupt file.
-_CORRUPT_FILE_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
-
-
-class CorruptFileError(ValueError):
-    """A NumPy file that exists but cannot be read; the message names it."""
-
-
-def load_npz(path: str, *, fix: str = "") -> dict[str, np.ndarray]:
-    """Every array of the .npz at `path`, read now (no pickles).
-
-    Raises:
-        CorruptFileError: "PATH is not a valid .npz (truncated or corrupt): ...", then `fix` (what to do).
-    """
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise ValueError("it holds a single .npy array, not named arrays")
-            return {name: npz[name] for name in npz.files}
-    except FileNotFoundError:
-        raise
-    except ValueError as error:
-        if "allow_pickle" not in str(error):
-            raise CorruptFileError(f"{path} is not a valid .npz (truncated or corrupt): {error}." + (
-                f" {fix}" if fix else "")) from error
-        raise CorruptFileError(f"{path} holds Python objects (pickled arrays), which are not read: save plain "
-                               "arrays (e.g. keys as str)." + (f" {fix}" if fix else "")) from error
-    except _CORRUPT_FILE_ERRORS as error:
-        raise CorruptFileError(f"{path} is not a valid .npz (truncated or corrupt): {error}." + (
-            f" {fix}" if fix else "")) from error
 
 
 def load_npy(path: str, *, mmap: bool = False, fix: str = "") -> np.ndarray:

@@ -20,9 +20,10 @@ from cleannet_tf import config as config_lib
 from cleannet_tf import ops
 from cleannet_tf.data import demo
 from cleannet_tf.data import table as datasets
-from cleannet_tf.detection import fit, metrics, scores_tsv
-from cleannet_tf.features import extract
-from cleannet_tf.pipeline import runner
+from cleannet_tf.detection import metrics, scores_tsv
+from cleannet_tf.pipeline import records, runner
+from cleannet_tf.pipeline.extract import open_features
+from cleannet_tf.pipeline.workdir import classifier_output_dir, export_dir, verify_dir
 from cleannet_tf.training import distribute
 
 
@@ -50,15 +51,15 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str, table: datasets.La
     pool = table.split != datasets.SPLIT_TEST
     true_labels = np.array([truth.get(key, -1) for key in table.keys])
     is_wrong = (true_labels != table.labels) & pool
-    features = extract.open_features(config, workdir, table)
+    features = open_features(config, workdir, table)
     scores = centroid_cosine_scores(features.load_all(), table.labels, pool & features.valid(), table.num_classes)
     heldout_rows = pool & table.heldout_classes[table.labels]
     summary["detection"] = _detection_summary(config, workdir, table, scores)
     summary["suspicious"] = _most_suspicious(workdir, truth, table.class_names, count=10)
     summary["served"] = _verify_through_the_server(workdir, table, summary["suspicious"])
     summary["classifier_accuracy"] = {}
-    for weighting in ["none", *runner.weighted_classifiers(config)]:
-        with open(os.path.join(runner.classifier_output_dir(workdir, weighting), "metrics.json")) as f:
+    for weighting in ["none", *records.weighted_classifiers(config)]:
+        with open(os.path.join(classifier_output_dir(workdir, weighting), "metrics.json")) as f:
             summary["classifier_accuracy"][weighting] = json_load(f)["test_accuracy"]
     summary.update(
         dataset=root, images=int(pool.sum()), test_images=int((~pool).sum()), classes=table.num_classes,
@@ -79,7 +80,7 @@ def _detection_summary(config, workdir, table, centroid_scores) -> dict:
     Both thresholds are chosen on verified classes' validation rows and applied
     unchanged to the held-out classes' rows, as a user without their labels would.
     """
-    with open(f"{fit.verify_dir(workdir)}/metrics.json") as f:
+    with open(f"{verify_dir(workdir)}/metrics.json") as f:
         cleannet = json_load(f)
     val = (table.split == datasets.SPLIT_VAL) & (table.verification >= 0)
     seen, held = val & ~table.heldout_classes[table.labels], val & table.heldout_classes[table.labels]
@@ -102,7 +103,7 @@ def _verify_through_the_server(workdir: str, table: datasets.LabelTable, suspici
     the official TF Serving stub (three suspicious ones, two others), classifies one; stops the server."""
     from cleannet_tf import serving
 
-    server = serving.start_server(model_config_file=os.path.join(runner.export_dir(workdir), "models.config"),
+    server = serving.start_server(model_config_file=os.path.join(export_dir(workdir), "models.config"),
                                   port=0)
     try:
         flagged = {row["key"] for row in suspicious}
@@ -128,7 +129,7 @@ def _verify_through_the_server(workdir: str, table: datasets.LabelTable, suspici
 
 def _most_suspicious(workdir: str, truth: dict[str, int], class_names, *, count: int) -> list[dict]:
     """The `count` lowest-scored images of WORKDIR/verify/scores.tsv, with their true label (demo only)."""
-    scores = scores_tsv.read_scores_tsv(f"{fit.verify_dir(workdir)}/scores.tsv")
+    scores = scores_tsv.read_scores_tsv(f"{verify_dir(workdir)}/scores.tsv")
     # Lowest score first; among equal scores, the image another class claims most strongly.
     order = np.lexsort((-scores.suggested_scores, scores.scores))[:count]
     return [{"key": str(scores.keys[i]), "label": str(scores.labels[i]), "score": float(scores.scores[i]),

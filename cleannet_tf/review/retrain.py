@@ -21,9 +21,9 @@ import ml_collections
 from absl import logging
 
 from cleannet_tf import config as config_lib
+from cleannet_tf.pipeline.workdir import cleannet_dir
 from cleannet_tf.review.store import now as _now
 from cleannet_tf.review.store import write_text_atomic
-from cleannet_tf.training import cleannet
 
 # The metrics.json fields the page compares before / after a retrain.
 METRICS = ("detection_error", "detection_error_heldout", "detection_error_all", "roc_auc", "roc_auc_heldout",
@@ -89,7 +89,7 @@ class Retrainer:
         """The same as a shell line a person can run (console scripts)."""
         moved_to = moved_to or os.path.join(self.directory, "previous", "cleannet-$(date +%Y%m%dT%H%M%S)")
         lines = [f"mkdir -p {shlex.quote(os.path.dirname(moved_to))} && "
-                 f"mv {shlex.quote(cleannet.cleannet_dir(self.workdir))} {moved_to}"]
+                 f"mv {shlex.quote(cleannet_dir(self.workdir))} {moved_to}"]
         lines += [shlex.join([name, f"--config={self.config_path}", f"--workdir={self.workdir}"]) for name, _ in STEPS]
         return " && \\\n  ".join(lines)
 
@@ -120,7 +120,7 @@ class Retrainer:
         returncode = None
         with open(self.log_path, "w", encoding="utf-8") as log:
             try:
-                source = cleannet.cleannet_dir(self.workdir)
+                source = cleannet_dir(self.workdir)
                 if os.path.exists(source):
                     target = os.path.join(self.directory, "previous",
                                           "cleannet-" + entry["started"].replace(":", "").replace("+0000", "Z"))

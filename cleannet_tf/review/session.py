@@ -25,9 +25,11 @@ from absl import logging
 
 from cleannet_tf import config as config_lib
 from cleannet_tf.data import table
-from cleannet_tf.detection import active, fit, scores_tsv, signals
-from cleannet_tf.features.references import ReferenceSets, references_path
+from cleannet_tf.detection import active, scores_tsv, signals
+from cleannet_tf.features.references import ReferenceSets
+from cleannet_tf.pipeline.extract import open_features
 from cleannet_tf.pipeline.table import load_table
+from cleannet_tf.pipeline.workdir import references_path, verify_dir
 from cleannet_tf.review.store import DecisionStore
 
 REFERENCE_IMAGES = 8  # reference images shown per class
@@ -50,7 +52,7 @@ def review_dir(workdir: str) -> str:
 
 def read_metrics(workdir: str) -> dict | None:
     """WORKDIR/verify/metrics.json, or None when cleannet-verify has not run."""
-    path = os.path.join(fit.verify_dir(workdir), "metrics.json")
+    path = os.path.join(verify_dir(workdir), "metrics.json")
     if not os.path.exists(path):
         return None
     with open(path) as f:
@@ -61,7 +63,7 @@ class _Snapshot:
     """One consistent read of the table and of cleannet-verify's outputs (replaced whole by `reload`)."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-        output = fit.verify_dir(workdir)
+        output = verify_dir(workdir)
         for name in ("scores.tsv", "to_verify.tsv"):
             if not os.path.exists(os.path.join(output, name)):
                 raise FileNotFoundError(f"{os.path.join(output, name)} not found: run cleannet-verify first.")
@@ -245,9 +247,8 @@ class ReviewSession:
     def _feature_source(self):
         with self._lock:
             if self._features is None:
-                from cleannet_tf.features import extract
 
-                self._features = extract.open_features(self.config, self.workdir, self.snapshot.table)
+                self._features = open_features(self.config, self.workdir, self.snapshot.table)
             return self._features
 
     def references(self, label) -> dict:

@@ -22,8 +22,6 @@ metrics.json (test accuracy, weighting), checkpoints/, logs/.
 
 from __future__ import annotations
 
-import os
-
 import keras
 import ml_collections
 import numpy as np
@@ -36,10 +34,6 @@ from cleannet_tf.features import backbones
 from cleannet_tf.training import loop
 
 WEIGHTINGS = ("none", "soft", "hard")  # classifier.weighting (see the module docstring)
-
-
-def classifier_dir(workdir: str) -> str:
-    return os.path.join(workdir, "classifier")
 
 
 def weighted_cross_entropy(labels, logits, weights, *, global_batch_size: int):

@@ -13,8 +13,6 @@ a worse one), metrics.json, logs/ (TensorBoard). Only the chief writes them.
 
 from __future__ import annotations
 
-import os
-
 import keras
 import ml_collections
 import numpy as np
@@ -24,18 +22,13 @@ from absl import logging
 from cleannet_tf import ops
 from cleannet_tf.data import table as datasets
 from cleannet_tf.detection import metrics, verifier
-from cleannet_tf.features import extract, pool
-from cleannet_tf.features.references import ReferenceSets, references_path
+from cleannet_tf.features import pool
+from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.model import losses
 from cleannet_tf.model.cleannet import build_cleannet, encode_classes, query_encoder_of, reference_encoder_of
-from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.training import loop
 
 ENCODINGS = ("per_class", "per_sample")
-
-
-def cleannet_dir(workdir: str) -> str:
-    return os.path.join(workdir, "cleannet")
 
 
 def build_model_from_config(config: ml_collections.ConfigDict, feature_dim: int, num_references: int) -> keras.Model:
@@ -269,29 +262,3 @@ def calibration_classes(table: datasets.LabelTable, fraction: float, seed: int) 
     return pick_calibration_classes(verified_labels, table.num_classes, fraction, seed)
 
 
-def load_training_inputs(config: ml_collections.ConfigDict, workdir: str,
-                         table: datasets.LabelTable | None = None, *,
-                         for_training: bool = False) -> tuple[pool.TrainingData, ReferenceSets]:
-    """The table, features and reference sets the earlier steps wrote, checked.
-
-    for_training: the calibration classes (cleannet.calibration_fraction) lose their verified train rows and
-    count as held out, as CleanNet must not see them.
-    """
-    table = table if table is not None else load_table(config, workdir)
-    if for_training and config.cleannet.calibration_fraction > 0:
-        table = datasets.apply_heldout(table, calibration_classes(table, config.cleannet.calibration_fraction,
-                                                                  config.seed))
-    features = extract.open_features(config, workdir, table)
-    reference_sets = ReferenceSets.load(references_path(workdir))
-    data = pool.prepare_training_data(table, features, reference_sets.class_names,
-                                            reference_sets.references.shape[2], reference_sets.counts)
-    return data, reference_sets
-
-
-def run_train(config: ml_collections.ConfigDict, workdir: str, *, strategy: tf.distribute.Strategy | None = None,
-              table: datasets.LabelTable | None = None, progress: bool = True) -> dict:
-    """cleannet-train: trains CleanNet on WORKDIR's features and reference sets -> WORKDIR/cleannet/."""
-    data, reference_sets = load_training_inputs(config, workdir, table, for_training=True)
-    _, payload = train_cleannet(data, reference_sets, config, cleannet_dir(workdir), strategy=strategy,
-                                encoding=config.cleannet.encoding, progress=progress)
-    return payload

@@ -1,0 +1,334 @@
+"""The steps' order and DONE records: WORKDIR/done/<record>.json, what each step depends on, when one is complete.
+
+A record holds the config fields the step depends on (STEP_FIELDS) and their hash, the DONE ids of its inputs,
+the files it produced and the time; `staleness` compares it with the current config. Workdirs of older versions
+(no done/) are adopted from their outputs (`adopt_legacy`). Imports `config`, `features`, `pipeline.workdir`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+
+import ml_collections
+import tensorflow as tf
+from absl import logging
+
+from cleannet_tf import atomic_io
+from cleannet_tf import config as config_lib
+from cleannet_tf.features.store import FeatureStore
+from cleannet_tf.pipeline.workdir import (
+    classifier_dir,
+    classifier_output_dir,
+    cleannet_dir,
+    done_dir,
+    export_dir,
+    features_dir,
+    references_path,
+    verify_dir,
+)
+
+STEPS = ("train_classifier", "extract", "refs", "train", "verify", "weighted_classifiers", "export")
+
+# The config fields each step's outputs depend on ("section.*": all of a section; "-field": but not that one).
+# Left out everywhere: runtime.*, logging and checkpoint cadence, extract.batch_size, input.parallel_calls,
+# data.check_images: they cannot change what a step writes.
+
+
+
+_DATA = ("seed", "data.*", "-data.check_images")
+
+
+
+STEP_FIELDS = {
+    "train_classifier": (*_DATA, "model.backbone", "model.image_height", "model.image_width", "model.feature_dim",
+                         "input.resize", "input.augment", "classifier.*", "-classifier.after_verify"),
+    "extract": (*_DATA, "model.*", "input.resize", "extract.shard_size"),
+    "refs": (*_DATA, "refs.*"),
+    "train": (*_DATA, "cleannet.*", "loss.*", "train.*", "-train.checkpoint_every", "-train.log_every"),
+    "verify": (*_DATA, "cleannet.mode", "cleannet.calibration_fraction", "verify.*"),
+    "weighted_classifiers": ("classifier.after_verify",),
+    "export": (*_DATA, "model.*", "input.resize", "classifier.after_verify"),
+}
+
+
+
+VERIFY_OUTPUTS = ("scores.tsv", "metrics.json", "verifier.keras", "to_verify.tsv", "report.html")
+
+
+
+def weighted_classifiers(config: ml_collections.ConfigDict) -> list[str]:
+    """The weightings of classifier.after_verify ("soft,hard" -> ["soft", "hard"])."""
+    return list(config_lib.split_names(config.classifier.after_verify))
+
+
+
+def _with_weighting(config: ml_collections.ConfigDict, weighting: str) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.classifier.weighting = weighting
+    return config
+
+
+
+def _record_path(workdir: str, name: str, *, started: bool = False) -> str:
+    return os.path.join(done_dir(workdir), f"{name}.started.json" if started else f"{name}.json")
+
+
+
+def record_name(step: str, config: ml_collections.ConfigDict) -> str:
+    """The DONE record of `step` under `config`: train_classifier_<w> for a weighted classifier, else `step`."""
+    if step == "train_classifier" and config.classifier.weighting != "none":
+        return f"train_classifier_{config.classifier.weighting}"
+    return step
+
+
+
+def _step_of(name: str) -> str:
+    return "train_classifier" if name.startswith("train_classifier") else name
+
+
+
+def _record_config(name: str, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config record `name` is made with (a classifier record fixes classifier.weighting)."""
+    if _step_of(name) != "train_classifier":
+        return config
+    weighting = name[len("train_classifier_"):] or "none"
+    return config if config.classifier.weighting == weighting else _with_weighting(config, weighting)
+
+
+
+def read_record(workdir: str, name: str, *, started: bool = False) -> dict | None:
+    """WORKDIR/done/<name>.json (or .started.json), or None."""
+    try:
+        with open(_record_path(workdir, name, started=started)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+
+def _skip_reason(step: str, config: ml_collections.ConfigDict) -> str | None:
+    """Why cleannet-run does not run `step` under `config`, or None."""
+    if step in ("train_classifier", "extract", "weighted_classifiers", "export") and config.data.features:
+        return "skipped: precomputed features (data.features)"
+    if step == "weighted_classifiers" and not weighted_classifiers(config):
+        return "skipped: classifier.after_verify is empty"
+    return None
+
+
+
+def _upstream(name: str, config: ml_collections.ConfigDict) -> list[str]:
+    """The records whose outputs record `name` reads."""
+    features = [] if config.data.features else ["extract"]
+    if name == "train_classifier":
+        return []
+    if name.startswith("train_classifier_"):  # weighted by verify's scores
+        return ["verify"]
+    if name == "extract":
+        return ["train_classifier"] if config.model.weights == "classifier" else []
+    if name == "refs":
+        return features
+    if name == "train":
+        return ["refs", *features]
+    if name == "verify":
+        return ["train", "refs", *features]
+    if name == "weighted_classifiers":
+        return [f"train_classifier_{weighting}" for weighting in weighted_classifiers(config)]
+    if name == "export":
+        weighted = ["weighted_classifiers"] if _skip_reason("weighted_classifiers", config) is None else []
+        return ["verify", "train_classifier", *weighted, *features]
+    raise ValueError(f"Unknown step {name!r}; expected one of {STEPS}")
+
+
+
+def _expected(name: str, config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """What record `name` must say to describe outputs of `config`: its fields, their hash, its inputs' ids."""
+    config = _record_config(name, config)
+    fields = config_lib.select_fields(config, STEP_FIELDS[_step_of(name)])
+    inputs = {}
+    for upstream in _upstream(name, config):
+        record = read_record(workdir, upstream)
+        inputs[upstream] = record["id"] if record else None
+    return {"step": name, "config_hash": config_lib.hash_fields(fields), "config": fields, "inputs": inputs}
+
+
+
+def _changes(old: dict, new: dict, *, limit: int = 6) -> list[str]:
+    """["train.steps 3000 -> 600", ...]: the fields whose values differ."""
+    changed = [f"{field} {old.get(field, '(unset)')!r} -> {new.get(field, '(unset)')!r}"
+               for field in sorted(set(old) | set(new)) if old.get(field) != new.get(field)]
+    return changed[:limit] + ([f"and {len(changed) - limit} more"] if len(changed) > limit else [])
+
+
+
+def _mismatch(record: dict, expected: dict) -> str | None:
+    """Why `record` does not describe the outputs `expected` wants, or None when it does."""
+    if record["config_hash"] != expected["config_hash"]:
+        return "config changed: " + ", ".join(_changes(record.get("config", {}), expected["config"]))
+    for upstream, wanted in expected["inputs"].items():
+        if record.get("inputs", {}).get(upstream) != wanted:
+            return f"its input {upstream} was rerun since"
+    if set(record.get("inputs", {})) != set(expected["inputs"]):
+        return "its inputs changed (" + ", ".join(sorted(set(record.get("inputs", {})) ^ set(expected["inputs"]))) + ")"
+    return None
+
+
+
+def staleness(name: str, config: ml_collections.ConfigDict, workdir: str) -> str | None:
+    """None when record `name` says its outputs are those of `config` and of complete inputs; else why not.
+
+    Workdirs of older versions (no WORKDIR/done/) fall back to _legacy_complete.
+    """
+    record = read_record(workdir, name)
+    if record is None:
+        if not os.path.isdir(done_dir(workdir)) and _legacy_complete(name, config, workdir):
+            return None
+        started = read_record(workdir, name, started=True)
+        return f"interrupted (started {started.get('started', '?')}, no DONE record)" if started else "not run yet"
+    reason = _mismatch(record, _expected(name, config, workdir))
+    if reason:
+        return reason
+    for upstream in record.get("inputs", {}):
+        upstream_reason = staleness(upstream, config, workdir)
+        if upstream_reason:
+            return f"its input {upstream} is not complete ({upstream_reason})"
+    return None
+
+
+
+def step_complete(step: str, config: ml_collections.ConfigDict, workdir: str) -> bool:
+    """Whether `step`'s outputs in `workdir` are complete for `config` (cleannet-run skips those).
+
+    Trusts only the step's DONE record (and, for a workdir of an older version with none, its old outputs).
+    A step cleannet-run skips under `config` (precomputed features, no weighted classifiers) counts as complete.
+    """
+    if _skip_reason(step, config) and step != "train_classifier":
+        return True
+    return staleness(record_name(step, config), config, workdir) is None
+
+
+
+def _legacy_complete(name: str, config: ml_collections.ConfigDict, workdir: str) -> bool:
+    """For workdirs written before DONE records: the step's old outputs exist and training reached its end."""
+    config = _record_config(name, config)
+    if name == "extract":
+        try:
+            return FeatureStore(features_dir(workdir)).complete
+        except FileNotFoundError:
+            return False
+    if name == "refs":
+        return os.path.exists(references_path(workdir))
+    if name.startswith("train_classifier"):
+        return os.path.exists(os.path.join(classifier_output_dir(workdir, config.classifier.weighting), "metrics.json"))
+    if name == "weighted_classifiers":
+        return all(_legacy_complete(upstream, config, workdir) for upstream in _upstream(name, config))
+    if name == "train":
+        directory = cleannet_dir(workdir)
+        last = tf.train.latest_checkpoint(os.path.join(directory, "checkpoints"))
+        return (os.path.exists(os.path.join(directory, "model.keras"))
+                and os.path.exists(os.path.join(directory, "metrics.json"))
+                and last is not None and int(last.rsplit("-", 1)[1]) >= config.train.steps)
+    if name == "verify":
+        return all(os.path.exists(os.path.join(verify_dir(workdir), output)) for output in VERIFY_OUTPUTS)
+    if name == "export":
+        return os.path.exists(os.path.join(export_dir(workdir), "models.config"))
+    raise ValueError(f"Unknown step {name!r}; expected one of {STEPS}")
+
+
+
+def _record_names(step: str, config: ml_collections.ConfigDict) -> list[str]:
+    if step == "weighted_classifiers":
+        return [*_upstream("weighted_classifiers", config), "weighted_classifiers"]
+    return [record_name(step, _with_weighting(config, "none") if step == "train_classifier" else config)]
+
+
+
+def adopt_legacy(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """A workdir of an older version (no WORKDIR/done/): DONE records for its leading complete steps.
+
+    Steps count as complete as _legacy_complete says, in pipeline order up to the first that is not; the
+    records say "legacy": true. Then WORKDIR/done/ exists and only records count. Returns the records written.
+    """
+    if os.path.isdir(done_dir(workdir)):
+        return []
+    complete = []
+    for step in STEPS:
+        if _skip_reason(step, config):
+            continue
+        names = _record_names(step, config)
+        if not all(_legacy_complete(name, config, workdir) for name in names):
+            break
+        complete += names
+    os.makedirs(done_dir(workdir), exist_ok=True)
+    for name in complete:
+        _write_record(name, config, workdir, outputs=[], legacy=True)
+    adopted = complete
+    if adopted:
+        logging.info("%s has no DONE records (an older version wrote it); its complete steps count as done: %s.",
+                     workdir, ", ".join(adopted))
+    return adopted
+
+
+
+def _clear_paths(name: str, workdir: str) -> list[str]:
+    """What a rerun of record `name` with other settings removes first (resuming from it would mix settings).
+
+    verify and export keep theirs: verify replaces its folder whole, each export adds versions.
+    """
+    if name.startswith("train_classifier"):
+        return [classifier_dir(workdir) + name[len("train_classifier"):]]
+    return {"extract": [features_dir(workdir)], "refs": [references_path(workdir)],
+            "train": [cleannet_dir(workdir)]}.get(name, [])
+
+
+
+def _begin(name: str, config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Before record `name`'s step runs: outputs of other settings removed, a started record, no DONE record."""
+    expected = _expected(name, config, workdir)
+    prior = read_record(workdir, name, started=True) or read_record(workdir, name)
+    reason = _mismatch(prior, expected) if prior else None
+    if reason:
+        for path in _clear_paths(name, workdir):
+            if os.path.lexists(path):
+                logging.info("%s: %s; removing %s (made with the old settings).", name, reason, path)
+                atomic_io.remove_path(path)
+    os.makedirs(done_dir(workdir), exist_ok=True)
+    atomic_io.write_json(_record_path(workdir, name, started=True),
+                         {**expected, "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    if os.path.exists(_record_path(workdir, name)):
+        os.remove(_record_path(workdir, name))
+
+
+
+def _write_record(name: str, config: ml_collections.ConfigDict, workdir: str, *, outputs: list[str],
+                  legacy: bool = False) -> dict:
+    record = {**_expected(name, config, workdir), "id": uuid.uuid4().hex,
+              "outputs": sorted(os.path.relpath(path, workdir) for path in outputs),
+              "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "pid": os.getpid()}
+    if legacy:
+        record["legacy"] = True
+    atomic_io.write_json(_record_path(workdir, name), record)
+    return record
+
+
+
+def _finish(name: str, config: ml_collections.ConfigDict, workdir: str, outputs: list[str]) -> None:
+    """The step's last act: WORKDIR/config.<name>.json, then its DONE record (then the started record goes)."""
+    config_lib.save_config(_record_config(name, config), os.path.join(workdir, f"config.{name}.json"))
+    _write_record(name, config, workdir, outputs=outputs)
+    started = _record_path(workdir, name, started=True)
+    if os.path.exists(started):
+        os.remove(started)
+
+
+
+def _files_under(*paths: str) -> list[str]:
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            files += [os.path.join(directory, name) for directory, _, names in os.walk(path) for name in names]
+        elif os.path.exists(path):
+            files.append(path)
+    return files
