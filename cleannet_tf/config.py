@@ -14,7 +14,8 @@ from typing import Any
 
 import ml_collections
 
-from cleannet_tf.data import demo, images, table
+from cleannet_tf.data import images, table
+from cleannet_tf.data.demo_render import KINDS
 from cleannet_tf.detection import verifier
 from cleannet_tf.features import backbones
 from cleannet_tf.model import layers
@@ -22,7 +23,7 @@ from cleannet_tf.training import classifier, cleannet, distribute
 
 # The choices of each field, from the module that implements them.
 DATA_FORMATS = table.FORMATS
-DEMO_DATASETS = ("", *demo.KINDS)
+DEMO_DATASETS = ("", *KINDS)
 BACKBONES = tuple(backbones.BACKBONES)
 RESIZE_MODES = images.RESIZE_MODES
 AUGMENTATIONS = images.AUGMENTATIONS

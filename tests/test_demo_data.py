@@ -16,6 +16,7 @@ from PIL import Image
 
 from cleannet_tf.data import demo as demo_data
 from cleannet_tf.data import table as datasets
+from cleannet_tf.data.demo_render import LOOKALIKE, _load_digits, heldout_classes, split_source_digits
 from cleannet_tf.data.food101n import read_food101n
 
 SMALL = {"digits": 40, "two_digits": 3}  # images per class in most tests: fast
@@ -85,7 +86,7 @@ def test_noise_rate_types_and_lookalike_map(tmp_path, kind, noise_rate, share):
         true_digits, noisy_digits = _digits(r["true_class"]), _digits(r["noisy_class"])
         if r["noise_type"] == "lookalike":  # exactly one digit changed, to its look-alike
             changed = [(t, d) for t, d in zip(true_digits, noisy_digits, strict=True) if t != d]
-            assert len(changed) == 1 and demo_data.LOOKALIKE[changed[0][0]] == changed[0][1]
+            assert len(changed) == 1 and LOOKALIKE[changed[0][0]] == changed[0][1]
     # Each image sits in the folder of its noisy class; every true class has images_per_class images.
     assert all(r["key"].split("/")[0] == r["noisy_class"] for r in rows)
     true_counts = {name: 0 for name in info.class_names}
@@ -96,14 +97,14 @@ def test_noise_rate_types_and_lookalike_map(tmp_path, kind, noise_rate, share):
         recorded = json.load(f)
     assert recorded["num_noisy"] == info.num_noisy and recorded["parameters"]["noise_rate"] == noise_rate
     assert recorded["parameters"]["seed"] == 0 and recorded["kind"] == kind
-    assert {int(k): v for k, v in recorded["lookalike"].items()} == demo_data.LOOKALIKE
+    assert {int(k): v for k, v in recorded["lookalike"].items()} == LOOKALIKE
 
 
 def test_lookalike_map_is_a_proper_confusion_map():
-    assert sorted(demo_data.LOOKALIKE) == list(range(10))
-    assert all(a != b for a, b in demo_data.LOOKALIKE.items())
+    assert sorted(LOOKALIKE) == list(range(10))
+    assert all(a != b for a, b in LOOKALIKE.items())
     for a, b in ((1, 7), (3, 8), (4, 9), (5, 6)):  # the classic pairs go both ways
-        assert demo_data.LOOKALIKE[a] == b and demo_data.LOOKALIKE[b] == a
+        assert LOOKALIKE[a] == b and LOOKALIKE[b] == a
 
 
 def test_two_digit_lookalike_flips_hit_both_positions(tmp_path):
@@ -122,7 +123,7 @@ def test_zero_noise_and_full_lookalike(tmp_path):
     assert set(_verified(clean.root, "verified_train.tsv").values()) == {"1"}
     allflip = _generate(tmp_path / "look", noise_rate=1.0, lookalike_share=1.0, images_per_class=10)
     assert allflip.num_noisy == allflip.num_lookalike == 100
-    assert all(demo_data.LOOKALIKE[_digits(r["true_class"])[0]] == _digits(r["noisy_class"])[0]
+    assert all(LOOKALIKE[_digits(r["true_class"])[0]] == _digits(r["noisy_class"])[0]
                for r in _pool_rows(allflip.root))
 
 
@@ -160,12 +161,12 @@ def test_verification_counts_labels_and_disjointness(tmp_path, kind):
 @pytest.mark.parametrize("kind", ["digits", "two_digits"])
 def test_test_images_use_other_source_digits(tmp_path, kind):
     info = _generate(tmp_path / kind, kind=kind, images_per_class=SMALL[kind], test_images_per_class=3, seed=3)
-    pool_sources, test_sources = demo_data.split_source_digits(3)
+    pool_sources, test_sources = split_source_digits(3)
     pool_ids = set(np.concatenate(list(pool_sources.values())).tolist())
     test_ids = set(np.concatenate(list(test_sources.values())).tolist())
     assert not pool_ids & test_ids and len(pool_ids | test_ids) == 1797
     assert len(test_ids) == pytest.approx(0.2 * 1797, abs=10)
-    _, targets = demo_data._load_digits()
+    _, targets = _load_digits()
     used_pool, used_test = set(), set()
     for r in _truth_rows(info.root):
         sources = [int(s) for s in r["source_digits"].split(",")]
@@ -179,7 +180,7 @@ def test_test_images_use_other_source_digits(tmp_path, kind):
 def test_sources_are_dealt_evenly(tmp_path):
     info = _generate(tmp_path / "d", images_per_class=160, test_images_per_class=0, noise_rate=0.0)
     counts = np.bincount([int(r["source_digits"]) for r in _pool_rows(info.root)], minlength=1797)
-    pool_sources, _ = demo_data.split_source_digits(0)
+    pool_sources, _ = split_source_digits(0)
     for digit, ids in pool_sources.items():  # 160 images from ~144 sources: each used once or twice
         assert counts[ids].min() >= 160 // len(ids) and counts[ids].max() <= -(-160 // len(ids)), digit
     # Sources are reused, the images are not: shift and intensity jitter make every file different.
@@ -246,7 +247,7 @@ def test_heldout_lists(tmp_path, kind, heldout, expected):
         assert listed == list(info.class_names)  # every class exactly once
         assert len(held) == count
         held_sets.append(held)
-        mask = demo_data.heldout_classes(len(info.class_names), count, 0)
+        mask = heldout_classes(len(info.class_names), count, 0)
         assert held == {info.class_names[i] for i in np.flatnonzero(mask)}
     assert all(a < b for a, b in zip(held_sets, held_sets[1:], strict=False))  # nested
     for count in expected:  # and the package's reader reads them back
@@ -256,7 +257,7 @@ def test_heldout_lists(tmp_path, kind, heldout, expected):
 
 
 def test_heldout_choice_depends_on_the_seed():
-    a, b = (demo_data.heldout_classes(100, 50, seed) for seed in (0, 1))
+    a, b = (heldout_classes(100, 50, seed) for seed in (0, 1))
     assert a.sum() == b.sum() == 50 and (a != b).any()
 
 

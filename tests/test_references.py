@@ -5,16 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cleannet_tf.features.references import (
+from cleannet_tf.features.kmeans import (
     KMEANS_BACKENDS,
-    ReferenceSets,
     _assign,
     _kmeans_plusplus,
     _squared_distances,
-    build_reference_sets,
     kmeans_float32,
     kmeans_sklearn,
 )
+from cleannet_tf.features.references import ReferenceSets, build_reference_sets
 
 
 class RecordingGather:

@@ -31,7 +31,7 @@ from cleannet_tf.export import savedmodel
 from cleannet_tf.features import backbones
 from cleannet_tf.model.cleannet import build_cleannet, encode_classes
 from cleannet_tf.serving import Client, start_server
-from cleannet_tf.serving.server import replay_warmup
+from cleannet_tf.serving.signatures import replay_warmup
 from cleannet_tf.serving.tensor_proto import to_tensor_proto
 
 IMAGE_SIZE = (32, 32)
@@ -604,7 +604,7 @@ def test_every_rest_body_gets_a_json_answer(served, rest_url):
 
 
 def test_rest_never_writes_a_bare_nan():
-    from cleannet_tf.serving.server import _encode_json_value
+    from cleannet_tf.serving.rest import _encode_json_value
 
     encoded = _encode_json_value("score", np.array([[np.nan, np.inf], [-np.inf, 0.5]], np.float32))
     assert json.loads(json.dumps(encoded, allow_nan=False)) == [["NaN", "Infinity"], ["-Infinity", 0.5]]

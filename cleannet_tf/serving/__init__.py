@@ -12,7 +12,8 @@ def start_server(*, model_config_file: str | None = None, model_name: str | None
     """Loads the models (a models.config, or one name + base path), starts gRPC (+ REST); returns the server."""
     import os
 
-    from cleannet_tf.serving.server import ModelServer, replay_warmup
+    from cleannet_tf.serving.server import ModelServer
+    from cleannet_tf.serving.signatures import replay_warmup
 
     if model_config_file:
         with open(model_config_file) as f:

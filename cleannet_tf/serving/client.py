@@ -25,7 +25,7 @@ from tensorflow_serving.apis import (
 )
 
 from cleannet_tf.export.savedmodel import CLASSIFIER, VERIFIER  # the exported model names
-from cleannet_tf.serving.server import MAX_MESSAGE_BYTES  # the server's gRPC message limit
+from cleannet_tf.serving.signatures import MAX_MESSAGE_BYTES
 from cleannet_tf.serving.tensor_proto import to_tensor_proto
 
 
