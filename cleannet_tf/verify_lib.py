@@ -1,6 +1,14 @@
-"""Old name of cleannet_tf.detection.fit (one release): the old module is the new one."""
-import sys
-
-from cleannet_tf.detection import fit as _new
-
-sys.modules[__name__] = _new
+"""Old name (one release): now
+cleannet_tf.detection.fit (the verifier's fit) and cleannet_tf.pipeline.verify (the step)."""
+from cleannet_tf.detection.fit import (  # noqa: F401
+    detection_report,
+    fit_verifier,
+)
+from cleannet_tf.pipeline.verify import (  # noqa: F401
+    load_verifier,
+    run_verify,
+)
+from cleannet_tf.pipeline.workdir import (  # noqa: F401
+    verifier_path,
+    verify_dir,
+)

@@ -28,6 +28,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from cleannet_tf.data import images as input_pipeline
 from cleannet_tf.detection import signals, verifier
 from cleannet_tf.export import savedmodel
+from cleannet_tf.export.names import CLASSIFIER, VERIFIER, WARMUP_FILE
 from cleannet_tf.features import backbones
 from cleannet_tf.model.cleannet import build_cleannet, encode_classes
 from cleannet_tf.serving import Client, start_server
@@ -59,8 +60,8 @@ def _publish(export_dir, images, threshold=0.1, seed=0, version=None):
     image_bytes = np.array(images[:2], dtype=object)
     savedmodel.publish(
         savedmodel.build_verifier_archive(model, backbone, CLASS_NAMES, image_size=IMAGE_SIZE, resize="squash"),
-        os.path.join(export_dir, savedmodel.VERIFIER), class_names=CLASS_NAMES, version=version,
-        warmup=savedmodel.warmup_records(savedmodel.VERIFIER, {
+        os.path.join(export_dir, VERIFIER), class_names=CLASS_NAMES, version=version,
+        warmup=savedmodel.warmup_records(VERIFIER, {
             "serving_default": {"image_bytes": image_bytes, "label": labels},
             "verify_label_name": {"image_bytes": image_bytes, "label_name": np.array([b"class_0", b"class_3"],
                                                                                      dtype=object)},
@@ -68,8 +69,8 @@ def _publish(export_dir, images, threshold=0.1, seed=0, version=None):
             "embed": {"image_bytes": image_bytes}}))
     savedmodel.publish(
         savedmodel.build_classifier_archive(classifier, CLASS_NAMES, image_size=IMAGE_SIZE, resize="squash", top_k=2),
-        os.path.join(export_dir, savedmodel.CLASSIFIER), class_names=CLASS_NAMES, version=version,
-        warmup=savedmodel.warmup_records(savedmodel.CLASSIFIER, {
+        os.path.join(export_dir, CLASSIFIER), class_names=CLASS_NAMES, version=version,
+        warmup=savedmodel.warmup_records(CLASSIFIER, {
             "serving_default": {"image_bytes": image_bytes},
             "classify": {"inputs": [savedmodel.example_of(b) for b in images[:2]]}}))
     savedmodel.write_models_config(export_dir)
@@ -122,7 +123,7 @@ def test_every_signature_matches_the_in_process_model(served):
         features[:1])["query_embedding"], atol=1e-5)
     probabilities = classifier(tf.stack([input_pipeline.decode_image(tf.constant(b), IMAGE_SIZE, "squash")
                                          for b in images]))["probabilities"].numpy()
-    predicted = client.predict(savedmodel.CLASSIFIER, {"image_bytes": np.array(images, dtype=object)})
+    predicted = client.predict(CLASSIFIER, {"image_bytes": np.array(images, dtype=object)})
     np.testing.assert_allclose(predicted["probabilities"], probabilities, atol=1e-5)
     np.testing.assert_array_equal(predicted["top_k"][:, 0], probabilities.argmax(axis=1))
     classified = client.classify_image(images, top=4)
@@ -136,7 +137,7 @@ def test_keras_model_and_savedmodel_agree(served, tmp_path):
     path = str(tmp_path / "verifier.keras")
     model.save(path)
     reloaded = keras.saving.load_model(path)
-    saved = tf.saved_model.load(os.path.join(served["export_dir"], savedmodel.VERIFIER, "1"))
+    saved = tf.saved_model.load(os.path.join(served["export_dir"], VERIFIER, "1"))
     raw = np.abs(np.random.default_rng(4).normal(size=(3, 16))).astype(np.float32)
     labels = np.array([2, 0, 1], np.int64)
     a = reloaded({"features": raw, "label": labels})["score"]
@@ -145,14 +146,14 @@ def test_keras_model_and_savedmodel_agree(served, tmp_path):
 
 
 def test_metadata_lists_every_signature_and_status(served):
-    signatures = served["client"].signatures(savedmodel.VERIFIER)
+    signatures = served["client"].signatures(VERIFIER)
     assert {"serving_default", "verify_label_name", "verify_features", "embed"} <= set(signatures)
     assert set(signatures["serving_default"].inputs) == {"image_bytes", "label"}
     assert signatures["verify_features"].inputs["features"].tensor_shape.dim[0].size == -1  # dynamic batch
-    assert {"classify", "serving_default"} <= set(served["client"].signatures(savedmodel.CLASSIFIER))
+    assert {"classify", "serving_default"} <= set(served["client"].signatures(CLASSIFIER))
     stub = model_service_pb2_grpc.ModelServiceStub(served["client"].channel)
     status = stub.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(
-        model_spec=model_pb2.ModelSpec(name=savedmodel.VERIFIER)))
+        model_spec=model_pb2.ModelSpec(name=VERIFIER)))
     assert [(s.version, s.state) for s in status.model_version_status][-1][1] == 30  # AVAILABLE
     with pytest.raises(grpc.RpcError) as error:
         stub.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(name="nope")))
@@ -164,9 +165,9 @@ def test_bad_requests_get_tf_servings_status_codes_and_the_server_keeps_serving(
     cases = [
         (lambda: client.predict("nope", {"label": np.zeros(1, np.int64)}), grpc.StatusCode.NOT_FOUND),
         (lambda: client.verify_features(np.zeros((1, 16)), [0], version=99), grpc.StatusCode.NOT_FOUND),
-        (lambda: client.predict(savedmodel.VERIFIER, {"label": np.zeros(1, np.int64)}, signature="nope"),
+        (lambda: client.predict(VERIFIER, {"label": np.zeros(1, np.int64)}, signature="nope"),
          grpc.StatusCode.FAILED_PRECONDITION),
-        (lambda: client.predict(savedmodel.VERIFIER, {"label": np.zeros(1, np.int64)}),
+        (lambda: client.predict(VERIFIER, {"label": np.zeros(1, np.int64)}),
          grpc.StatusCode.INVALID_ARGUMENT),
         (lambda: client.verify_features(np.zeros((1, 5)), [0]), grpc.StatusCode.INVALID_ARGUMENT),
         (lambda: client.verify_image(b"these are not image bytes", 0), grpc.StatusCode.INVALID_ARGUMENT),
@@ -181,15 +182,15 @@ def test_bad_requests_get_tf_servings_status_codes_and_the_server_keeps_serving(
 
 
 def test_warmup_records_parse_and_succeed(served):
-    for model in (savedmodel.VERIFIER, savedmodel.CLASSIFIER):
+    for model in (VERIFIER, CLASSIFIER):
         version_dir = os.path.join(served["export_dir"], model, "1")
         servable = served["server"].manager.get(model, version=1)
         kinds = []
-        for record in tf.data.TFRecordDataset(os.path.join(version_dir, savedmodel.WARMUP_FILE)):
+        for record in tf.data.TFRecordDataset(os.path.join(version_dir, WARMUP_FILE)):
             log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
             kinds.append(log.WhichOneof("log_type"))
             replay_warmup(servable, record.numpy())
-        expected = {savedmodel.VERIFIER: 4, savedmodel.CLASSIFIER: 2}[model]
+        expected = {VERIFIER: 4, CLASSIFIER: 2}[model]
         assert len(kinds) == expected and set(kinds) <= {"predict_log", "classify_log"}
 
 
@@ -197,7 +198,7 @@ def test_models_config_parses_with_the_serving_protos(served):
     config = model_server_config_pb2.ModelServerConfig()
     text_format.Parse(open(os.path.join(served["export_dir"], "models.config")).read(), config)
     entries = {c.name: c for c in config.model_config_list.config}
-    assert set(entries) == {savedmodel.VERIFIER, savedmodel.CLASSIFIER}
+    assert set(entries) == {VERIFIER, CLASSIFIER}
     for name, entry in entries.items():
         assert entry.base_path == os.path.join(served["export_dir"], name) and entry.model_platform == "tensorflow"
 
@@ -205,7 +206,7 @@ def test_models_config_parses_with_the_serving_protos(served):
 def test_no_xla_functions_in_the_savedmodels(served):
     from tensorflow.core.protobuf import saved_model_pb2
 
-    for model in (savedmodel.VERIFIER, savedmodel.CLASSIFIER):
+    for model in (VERIFIER, CLASSIFIER):
         proto = saved_model_pb2.SavedModel()
         proto.ParseFromString(open(os.path.join(served["export_dir"], model, "1", "saved_model.pb"), "rb").read())
         for function in proto.meta_graphs[0].graph_def.library.function:
@@ -219,7 +220,7 @@ def test_rest_api_in_tf_servings_json_format(served):
     http = ModelServer(server.manager, port=0, rest_port=_free_port())  # REST on the same models
     threading.Thread(target=http.rest_server.serve_forever, daemon=True).start()
     try:
-        base = f"http://127.0.0.1:{http.rest_port}/v1/models/{savedmodel.VERIFIER}"
+        base = f"http://127.0.0.1:{http.rest_port}/v1/models/{VERIFIER}"
         rows = {"instances": [{"image_bytes": {"b64": base64.b64encode(images[0]).decode()}, "label": 2}]}
         got = _post(base + ":predict", rows)
         grpc_score = served["client"].verify_image(images[0], 2)["score"][0]
@@ -262,7 +263,7 @@ def test_new_version_is_picked_up_during_a_stream_of_requests(served):
 
         while not stop.is_set():
             message = predict_pb2.PredictRequest()
-            message.model_spec.name, message.model_spec.signature_name = savedmodel.VERIFIER, "verify_features"
+            message.model_spec.name, message.model_spec.signature_name = VERIFIER, "verify_features"
             message.inputs["features"].CopyFrom(tf.make_tensor_proto(request))
             message.inputs["label"].CopyFrom(tf.make_tensor_proto(np.array([1], np.int64)))
             try:
@@ -286,7 +287,7 @@ def test_new_version_is_picked_up_during_a_stream_of_requests(served):
 def test_failed_publication_leaves_no_version(tmp_path):
     backbone, model, classifier = _models()
     archive = savedmodel.build_verifier_archive(model, backbone, CLASS_NAMES, image_size=IMAGE_SIZE, resize="squash")
-    base = str(tmp_path / savedmodel.VERIFIER)
+    base = str(tmp_path / VERIFIER)
     with pytest.raises(TypeError):
         savedmodel.publish(archive, base, class_names=CLASS_NAMES, warmup=[object()])  # fails after write_out
     assert os.listdir(base) == [] and savedmodel.next_version(base) == 1
@@ -341,7 +342,7 @@ class _RequestStream:
         features = np.abs(np.random.default_rng(5).normal(size=(1, 16))).astype(np.float32)
         while not self._stop.is_set():
             message = predict_pb2.PredictRequest()
-            message.model_spec.name, message.model_spec.signature_name = savedmodel.VERIFIER, "verify_features"
+            message.model_spec.name, message.model_spec.signature_name = VERIFIER, "verify_features"
             message.inputs["features"].CopyFrom(tf.make_tensor_proto(features))
             message.inputs["label"].CopyFrom(tf.make_tensor_proto(np.array([1], np.int64)))
             try:
@@ -365,7 +366,7 @@ class _RequestStream:
         return version in self.versions
 
 
-def _status(client, name=savedmodel.VERIFIER):
+def _status(client, name=VERIFIER):
     stub = model_service_pb2_grpc.ModelServiceStub(client.channel)
     response = stub.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(
         name=name)))
@@ -382,10 +383,10 @@ def _wait(condition, seconds=60):
 def test_a_corrupt_new_version_never_takes_the_model_offline(served, tmp_path):
     import shutil
 
-    good = os.path.join(served["export_dir"], savedmodel.VERIFIER, "1")
-    base = tmp_path / savedmodel.VERIFIER
+    good = os.path.join(served["export_dir"], VERIFIER, "1")
+    base = tmp_path / VERIFIER
     shutil.copytree(good, base / "1")
-    server = start_server(model_name=savedmodel.VERIFIER, model_base_path=str(base), port=0, poll_seconds=0.2)
+    server = start_server(model_name=VERIFIER, model_base_path=str(base), port=0, poll_seconds=0.2)
     client = Client(f"127.0.0.1:{server.port}")
     try:
         with _RequestStream(client) as stream:
@@ -400,7 +401,7 @@ def test_a_corrupt_new_version_never_takes_the_model_offline(served, tmp_path):
             assert status[1] == (30, 0, "")  # AVAILABLE, OK
             state, code, message = status[2]
             assert state == 50 and code == grpc.StatusCode.DATA_LOSS.value[0] and "parse" in message.lower()
-            failure = server.manager._failures[(savedmodel.VERIFIER, 2)]
+            failure = server.manager._failures[(VERIFIER, 2)]
             assert 2 <= failure.attempts <= 7, failure  # 0.2 s doubling: ~5 attempts in 2 s, not 10 polls
             rest = _rest_status(server)
             assert rest[1]["state"] == "AVAILABLE" and rest[0]["status"]["error_code"] == "DATA_LOSS"
@@ -428,7 +429,7 @@ def _rest_status(server):
     threading.Thread(target=http.rest_server.serve_forever, daemon=True).start()
     try:
         rows = json.load(urllib.request.urlopen(f"http://127.0.0.1:{http.rest_port}/v1/models/"
-                                                f"{savedmodel.VERIFIER}"))["model_version_status"]
+                                                f"{VERIFIER}"))["model_version_status"]
     finally:
         http.rest_server.shutdown()
         http.grpc_server.stop(0)
@@ -442,10 +443,10 @@ def test_a_version_copied_in_slowly_is_loaded_only_when_complete(served, tmp_pat
     from cleannet_tf.serving import ModelManager, ModelSpecConfig
     from cleannet_tf.serving.server import ModelServer
 
-    good = os.path.join(served["export_dir"], savedmodel.VERIFIER, "1")
-    base = tmp_path / savedmodel.VERIFIER
+    good = os.path.join(served["export_dir"], VERIFIER, "1")
+    base = tmp_path / VERIFIER
     shutil.copytree(good, base / "1")
-    manager = ModelManager([ModelSpecConfig(savedmodel.VERIFIER, str(base))], warmup_runner=replay_warmup,
+    manager = ModelManager([ModelSpecConfig(VERIFIER, str(base))], warmup_runner=replay_warmup,
                            poll_seconds=0.1)
     server = ModelServer(manager, port=0)
     server.grpc_server.start()  # no poller thread: this test polls (manager.refresh) itself
@@ -470,7 +471,7 @@ def test_a_version_copied_in_slowly_is_loaded_only_when_complete(served, tmp_pat
         assert polls >= 12
         manager.refresh()  # unchanged since the poll after the last write: stable, loaded
         assert _status(client)[2] == (30, 0, "")
-        assert client.predict(savedmodel.VERIFIER, {"features": np.ones((1, 16), np.float32),
+        assert client.predict(VERIFIER, {"features": np.ones((1, 16), np.float32),
                                                     "label": np.array([0])}, signature="verify_features",
                               version=2)["score"].shape == (1,)
     finally:
@@ -491,10 +492,10 @@ def test_dtype_mismatches_and_non_finite_features_are_invalid_argument_over_grpc
     client, images = served["client"], served["images"]
     image = np.array(images[:1], dtype=object)
     for label in (np.array([5.7]), np.array([-0.9], np.float32), np.array([1], np.int32)):
-        details = _details(lambda label=label: client.predict(savedmodel.VERIFIER, {"image_bytes": image,
+        details = _details(lambda label=label: client.predict(VERIFIER, {"image_bytes": image,
                                                                                     "label": label}))
         assert details == f"Expects arg 'label' to be int64 but {tf.as_dtype(label.dtype).name} is provided"
-    details = _details(lambda: client.predict(savedmodel.VERIFIER, {
+    details = _details(lambda: client.predict(VERIFIER, {
         "features": np.ones((1, 16), np.int32), "label": np.array([1])}, signature="verify_features"))
     assert details == "Expects arg 'features' to be float32 but int32 is provided"
     for bad in (np.nan, np.inf, -np.inf):
@@ -506,7 +507,7 @@ def test_dtype_mismatches_and_non_finite_features_are_invalid_argument_over_grpc
 
 def test_the_exported_graphs_check_inputs_themselves(served):
     """What tensorflow_model_server (no cleannet code) gets: the checks live in the SavedModel's graph."""
-    saved = tf.saved_model.load(os.path.join(served["export_dir"], savedmodel.VERIFIER, "1"))
+    saved = tf.saved_model.load(os.path.join(served["export_dir"], VERIFIER, "1"))
     features = np.ones((1, 16), np.float32)
     features[0, 0] = np.nan
     with pytest.raises(tf.errors.InvalidArgumentError, match="features must be finite"):
@@ -529,7 +530,7 @@ def test_suggested_label_name_and_a_plain_error_for_an_unknown_name(served):
         assert {"score", "is_noisy", "weight_soft", "suggested_label", "suggested_score"} <= set(got)
     details = _details(lambda: client.verify_image(images[:2], ["class_0", "ramen"]))
     assert details == "unknown class 'ramen'; known: class_0, class_1, class_2, class_3"
-    signature = client.signatures(savedmodel.VERIFIER)["serving_default"]
+    signature = client.signatures(VERIFIER)["serving_default"]
     assert "suggested_label_name" in signature.outputs
 
 
@@ -539,7 +540,7 @@ def rest_url(served):
 
     http = ModelServer(served["server"].manager, port=0, rest_port=_free_port())
     threading.Thread(target=http.rest_server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{http.rest_port}/v1/models/{savedmodel.VERIFIER}"
+    yield f"http://127.0.0.1:{http.rest_port}/v1/models/{VERIFIER}"
     http.rest_server.shutdown()
     http.grpc_server.stop(0)
 
@@ -638,10 +639,10 @@ def test_server_refuses_a_png_bomb_with_bounded_memory_and_keeps_serving(served,
             message = "image is 20000 x 20000 pixels, over the limit of 40000000"
             assert _details(lambda: client.verify_image(bomb, 0)) == message
             assert _details(lambda: client.verify_image([served["images"][0], bomb], ["class_0", "class_1"])) == message
-            assert _details(lambda: client.predict(savedmodel.CLASSIFIER, {"image_bytes": np.array([bomb], object)})
+            assert _details(lambda: client.predict(CLASSIFIER, {"image_bytes": np.array([bomb], object)})
                             ) == message
             assert _details(lambda: client.classify_image(bomb)) == message
-            status, got = _raw_post(f"http://127.0.0.1:{rest_port}/v1/models/{savedmodel.CLASSIFIER}:predict",
+            status, got = _raw_post(f"http://127.0.0.1:{rest_port}/v1/models/{CLASSIFIER}:predict",
                                     json.dumps({"instances": [{"b64": base64.b64encode(bomb).decode()}]}).encode())
             assert status == 400 and got["error"] == message
             growth = peak_rss() - before
@@ -658,14 +659,14 @@ def test_both_models_get_one_version_above_both_maxima(tmp_path):
     backbone, model, classifier = _models()
     export_dir = tmp_path / "saved_models"
     for version in (1, 2, 3):
-        (export_dir / savedmodel.VERIFIER / str(version)).mkdir(parents=True)
-    (export_dir / savedmodel.CLASSIFIER / "1").mkdir(parents=True)
+        (export_dir / VERIFIER / str(version)).mkdir(parents=True)
+    (export_dir / CLASSIFIER / "1").mkdir(parents=True)
     paths = savedmodel.publish_models(str(export_dir), {
-        savedmodel.VERIFIER: (savedmodel.build_verifier_archive(model, backbone, CLASS_NAMES, image_size=IMAGE_SIZE,
+        VERIFIER: (savedmodel.build_verifier_archive(model, backbone, CLASS_NAMES, image_size=IMAGE_SIZE,
                                                                 resize="squash"), []),
-        savedmodel.CLASSIFIER: (savedmodel.build_classifier_archive(classifier, CLASS_NAMES, image_size=IMAGE_SIZE,
+        CLASSIFIER: (savedmodel.build_classifier_archive(classifier, CLASS_NAMES, image_size=IMAGE_SIZE,
                                                                     resize="squash"), [])}, class_names=CLASS_NAMES)
-    assert paths == {name: str(export_dir / name / "4") for name in (savedmodel.VERIFIER, savedmodel.CLASSIFIER)}
+    assert paths == {name: str(export_dir / name / "4") for name in (VERIFIER, CLASSIFIER)}
     assert os.path.exists(export_dir / "models.config")
 
 
@@ -689,7 +690,7 @@ export_lib.publish(archive, sys.argv[1], class_names=["a", "b"], warmup=Stall())
 
 
 def test_a_killed_exports_temporary_folder_is_removed_by_the_next_export(tmp_path):
-    base = tmp_path / savedmodel.CLASSIFIER
+    base = tmp_path / CLASSIFIER
     process = subprocess.Popen([sys.executable, "-c", _KILLED_EXPORT, str(base)], stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     try:

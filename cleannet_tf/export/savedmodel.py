@@ -37,12 +37,8 @@ import tensorflow as tf
 from absl import logging
 
 from cleannet_tf.data import images as input_pipeline
+from cleannet_tf.export.names import CLASSIFIER, IMAGE_FEATURE, LABELS_FILE, VERIFIER, WARMUP_FILE
 from cleannet_tf.model.cleannet import query_encoder_of
-
-VERIFIER, CLASSIFIER = "cleannet_verifier", "cleannet_classifier"
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-LABELS_FILE = os.path.join("assets.extra", "labels.txt")
-IMAGE_FEATURE = "image/encoded"
 
 
 def _decode_batch(image_bytes: tf.Tensor, image_size: tuple[int, int], resize: str, max_pixels: int) -> tf.Tensor:

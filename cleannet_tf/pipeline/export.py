@@ -14,9 +14,8 @@ from absl import logging
 
 from cleannet_tf.data import images as input_pipeline
 from cleannet_tf.data import table as datasets
+from cleannet_tf.export.names import CLASSIFIER, VERIFIER
 from cleannet_tf.export.savedmodel import (
-    CLASSIFIER,
-    VERIFIER,
     build_classifier_archive,
     build_verifier_archive,
     example_of,

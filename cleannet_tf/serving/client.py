@@ -24,8 +24,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from cleannet_tf.export.savedmodel import CLASSIFIER, VERIFIER  # the exported model names
-from cleannet_tf.serving.signatures import MAX_MESSAGE_BYTES
+from cleannet_tf.export.names import CLASSIFIER, MAX_MESSAGE_BYTES, VERIFIER
 from cleannet_tf.serving.tensor_proto import to_tensor_proto
 
 

@@ -34,7 +34,7 @@ from absl import logging
 AVAILABLE, END = 30, 50
 # google.rpc / tensorflow error codes (tensorflow_serving/apis/status.proto's error_code).
 OK, UNKNOWN, INVALID_ARGUMENT, NOT_FOUND, DATA_LOSS = 0, 2, 3, 5, 15
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+from cleannet_tf.export.names import WARMUP_FILE  # noqa: E402
 
 
 class ServingError(Exception):

@@ -17,8 +17,9 @@ from tensorflow_serving.apis import (
     get_model_metadata_pb2,
 )
 
+from cleannet_tf.export.names import MAX_MESSAGE_BYTES
 from cleannet_tf.serving.model_manager import ModelManager, Servable, ServingError
-from cleannet_tf.serving.signatures import _CODE_NAMES, _STATE_NAMES, MAX_MESSAGE_BYTES, classify, predict
+from cleannet_tf.serving.signatures import _CODE_NAMES, _STATE_NAMES, classify, predict
 
 _PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
                    r"(?::(?P<verb>predict|classify)|(?P<metadata>/metadata))?$")

@@ -32,9 +32,10 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from cleannet_tf.export.names import MAX_MESSAGE_BYTES
 from cleannet_tf.serving.model_manager import ModelManager, ServingError, from_model_server_config
 from cleannet_tf.serving.rest import _RestHandler
-from cleannet_tf.serving.signatures import MAX_MESSAGE_BYTES, _resolve, classify, predict, replay_warmup  # noqa: F401
+from cleannet_tf.serving.signatures import _resolve, classify, predict, replay_warmup  # noqa: F401
 from cleannet_tf.serving.tensor_proto import to_tensor_proto
 
 # --------------------------------------------------------------------------- the calls, transport-free

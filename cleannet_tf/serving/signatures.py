@@ -17,9 +17,6 @@ from tensorflow_serving.apis import (
 
 from cleannet_tf.serving.model_manager import ModelManager, Servable, ServingError
 
-MAX_MESSAGE_BYTES = 256 << 20
-
-
 _STATE_NAMES = {10: "START", 20: "LOADING", 30: "AVAILABLE", 40: "UNLOADING", 50: "END"}
 
 
