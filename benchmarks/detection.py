@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 import tempfile
 import time
 
@@ -28,8 +27,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cleannet_tf import ops
 from cleannet_tf.detection import (

@@ -20,17 +20,14 @@ CPU-seconds (getrusage, all threads) are printed besides wall time: the machine 
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
-import sys
 import tempfile
 import threading
 import time
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
 
 from cleannet_tf.features.references import build_reference_sets  # noqa: E402
 
@@ -165,25 +162,28 @@ class AnonRssSampler(threading.Thread):
         return max(self.peak, self.read())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=100_000, help="images")
-    parser.add_argument("--d", type=int, default=2048, help="feature dimension")
-    parser.add_argument("--classes", type=int, default=101, help="classes (1: a single huge class)")
-    parser.add_argument("--k", type=int, default=32, help="references per class")
-    parser.add_argument("--n_init", type=int, default=10, help="k-means restarts")
-    parser.add_argument("--max_iter", type=int, default=50)
-    parser.add_argument("--tol", type=float, default=1e-4)
-    parser.add_argument("--max_samples", type=int, default=50_000, help="max_samples_per_class (0: no cap)")
-    parser.add_argument("--modes", type=int, default=8, help="synthetic modes per class")
-    parser.add_argument("--label_noise", type=float, default=0.2, help="fraction of rows drawn from another class")
-    parser.add_argument("--threads", type=int, default=0, help="limit BLAS/OpenMP threads (0: library default)")
-    parser.add_argument("--tmpdir", default=None, help="where to write the temporary .npy (default: system temp)")
-    parser.add_argument("--shard_rows", type=int, default=10_000, help="rows per memory-mapped window (a 'shard')")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--baseline_classes", type=int, default=10,
-                        help="classes the scikit-learn baseline runs on (its time is scaled to all); 0: no baseline")
-    args = parser.parse_args()
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("n", 100_000, "images")
+flags.DEFINE_integer("d", 2048, "feature dimension")
+flags.DEFINE_integer("classes", 101, "classes (1: a single huge class)")
+flags.DEFINE_integer("k", 32, "references per class")
+flags.DEFINE_integer("n_init", 10, "k-means restarts")
+flags.DEFINE_integer("max_iter", 50, "max_iter")
+flags.DEFINE_float("tol", 1e-4, "tol")
+flags.DEFINE_integer("max_samples", 50_000, "max_samples_per_class (0: no cap)")
+flags.DEFINE_integer("modes", 8, "synthetic modes per class")
+flags.DEFINE_float("label_noise", 0.2, "fraction of rows drawn from another class")
+flags.DEFINE_integer("threads", 0, "limit BLAS/OpenMP threads (0: library default)")
+flags.DEFINE_string("tmpdir", None, "where to write the temporary .npy (default: system temp)")
+flags.DEFINE_integer("shard_rows", 10_000, "rows per memory-mapped window (a 'shard')")
+flags.DEFINE_integer("seed", 0, "seed")
+flags.DEFINE_integer("baseline_classes", 10,
+                     "classes the scikit-learn baseline runs on (its time is scaled to all); 0: no baseline")
+
+
+def main(argv) -> None:
+    del argv  # flags only
+    args = FLAGS
 
     with tempfile.TemporaryDirectory(dir=args.tmpdir, prefix="kmeans-bench-") as tmp:
         path = os.path.join(tmp, "features.npy")
@@ -267,4 +267,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -26,8 +26,6 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from cleannet_tf.serving import Client  # noqa: E402
 
 _EXPORT_DIR = flags.DEFINE_string("export_dir", "/tmp/cleannet_demo/saved_models", "cleannet-export's folder.")

@@ -3,6 +3,7 @@
 MirroredStrategy tests then run on `/cpu:0` and `/cpu:1` on machines without GPUs.
 """
 
+import io
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -112,3 +113,60 @@ def small_train_config(overrides, **extra):
         section, name = field.split(".")
         config[section][name] = value
     return config_lib.validate(config)
+
+
+# --------------------------------------------------------------------------- dataset trees on disk
+
+_buffer = io.BytesIO()
+Image.new("RGB", (8, 8), (200, 30, 30)).save(_buffer, format="JPEG")
+JPEG_BYTES = _buffer.getvalue()
+
+
+def write_jpeg(path) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(JPEG_BYTES)
+
+
+def write_lines(path, lines, *, crlf: bool = False) -> None:
+    """Writes `lines` (str), one per line; crlf=True uses Windows line endings."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        f.write(("\r\n" if crlf else "\n").join(lines) + ("\r\n" if crlf else "\n"))
+
+
+# --------------------------------------------------------------------------- Food-101N fixture
+
+FOOD_CLASSES = ["apple_pie", "baklava", "ramen"]
+# imagelist.tsv: header (line 1), then these (lines 2..10).
+FOOD_KEYS = [f"{c}/{c[0]}{i}.jpg" for c in FOOD_CLASSES for i in range(3)]
+FOOD_VERIFIED_TRAIN = [("apple_pie/a0.jpg", 1), ("apple_pie/a1.jpg", 0), ("baklava/b0.jpg", 1), ("ramen/r0.jpg", 1)]
+FOOD_VERIFIED_VAL = [("apple_pie/a2.jpg", 1), ("ramen/r1.jpg", 0)]
+
+
+def make_food101n(root, *, keys=None, verified_train=None, verified_val=None, test=None, test_dir=None,
+                  crlf: bool = False, images: bool = True):
+    """Writes a Food-101N release tree; returns its root (str).
+
+    test: optional test.txt lines (`class/key`); their images go under test_dir
+    (default ROOT/test) as <class>/<key>.jpg.
+    """
+    root = str(root)
+    keys = FOOD_KEYS if keys is None else keys
+    verified_train = FOOD_VERIFIED_TRAIN if verified_train is None else verified_train
+    verified_val = FOOD_VERIFIED_VAL if verified_val is None else verified_val
+    meta = os.path.join(root, "meta")
+    write_lines(os.path.join(meta, "classes.txt"), ["class_name", *FOOD_CLASSES], crlf=crlf)
+    write_lines(os.path.join(meta, "imagelist.tsv"), ["class_name/key", *keys], crlf=crlf)
+    for name, rows in (("train", verified_train), ("val", verified_val)):
+        write_lines(os.path.join(meta, f"verified_{name}.tsv"),
+                    ["class_name/key\tverification_label", *(f"{k}\t{v}" for k, v in rows)], crlf=crlf)
+    if images:
+        for key in keys:
+            write_jpeg(os.path.join(root, "images", key))
+    if test is not None:
+        write_lines(os.path.join(meta, "test.txt"), test, crlf=crlf)
+        test_dir = test_dir or os.path.join(root, "test")
+        for name in test:
+            write_jpeg(os.path.join(test_dir, f"{name}.jpg"))
+    return root

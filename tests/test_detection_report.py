@@ -7,7 +7,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from test_datasets import make_food101n, write_lines
+from conftest import make_food101n, write_lines
 
 from cleannet_tf.data import table as datasets
 from cleannet_tf.data.food101n import read_food101n

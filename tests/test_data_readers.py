@@ -1,16 +1,15 @@
-"""Tests for cleannet_tf.datasets: the three readers, held-out lists, load_table, precomputed features.
+"""data/: the three readers, held-out lists, precomputed features; pipeline/table.py: load_table.
 
 Each test builds a tiny tree in the real release layout under tmp_path (8x8 JPEGs).
 """
 
 from __future__ import annotations
 
-import io
 import os
 
 import numpy as np
 import pytest
-from PIL import Image
+from conftest import FOOD_CLASSES, FOOD_KEYS, FOOD_VERIFIED_TRAIN, make_food101n, write_jpeg, write_lines
 
 from cleannet_tf import config as config_lib
 from cleannet_tf.data import table as datasets
@@ -20,60 +19,6 @@ from cleannet_tf.data.food101n import read_food101n
 from cleannet_tf.data.table import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, UNKNOWN, DatasetError
 from cleannet_tf.data.tsv import read_tsv
 from cleannet_tf.pipeline.table import load_table
-
-_buffer = io.BytesIO()
-Image.new("RGB", (8, 8), (200, 30, 30)).save(_buffer, format="JPEG")
-JPEG_BYTES = _buffer.getvalue()
-
-
-def write_jpeg(path) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(JPEG_BYTES)
-
-
-def write_lines(path, lines, *, crlf: bool = False) -> None:
-    """Writes `lines` (str), one per line; crlf=True uses Windows line endings."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", newline="") as f:
-        f.write(("\r\n" if crlf else "\n").join(lines) + ("\r\n" if crlf else "\n"))
-
-
-# --------------------------------------------------------------------------- Food-101N fixture
-
-FOOD_CLASSES = ["apple_pie", "baklava", "ramen"]
-# imagelist.tsv: header (line 1), then these (lines 2..10).
-FOOD_KEYS = [f"{c}/{c[0]}{i}.jpg" for c in FOOD_CLASSES for i in range(3)]
-FOOD_VERIFIED_TRAIN = [("apple_pie/a0.jpg", 1), ("apple_pie/a1.jpg", 0), ("baklava/b0.jpg", 1), ("ramen/r0.jpg", 1)]
-FOOD_VERIFIED_VAL = [("apple_pie/a2.jpg", 1), ("ramen/r1.jpg", 0)]
-
-
-def make_food101n(root, *, keys=None, verified_train=None, verified_val=None, test=None, test_dir=None,
-                  crlf: bool = False, images: bool = True):
-    """Writes a Food-101N release tree; returns its root (str).
-
-    test: optional test.txt lines (`class/key`); their images go under test_dir
-    (default ROOT/test) as <class>/<key>.jpg.
-    """
-    root = str(root)
-    keys = FOOD_KEYS if keys is None else keys
-    verified_train = FOOD_VERIFIED_TRAIN if verified_train is None else verified_train
-    verified_val = FOOD_VERIFIED_VAL if verified_val is None else verified_val
-    meta = os.path.join(root, "meta")
-    write_lines(os.path.join(meta, "classes.txt"), ["class_name", *FOOD_CLASSES], crlf=crlf)
-    write_lines(os.path.join(meta, "imagelist.tsv"), ["class_name/key", *keys], crlf=crlf)
-    for name, rows in (("train", verified_train), ("val", verified_val)):
-        write_lines(os.path.join(meta, f"verified_{name}.tsv"),
-                    ["class_name/key\tverification_label", *(f"{k}\t{v}" for k, v in rows)], crlf=crlf)
-    if images:
-        for key in keys:
-            write_jpeg(os.path.join(root, "images", key))
-    if test is not None:
-        write_lines(os.path.join(meta, "test.txt"), test, crlf=crlf)
-        test_dir = test_dir or os.path.join(root, "test")
-        for name in test:
-            write_jpeg(os.path.join(test_dir, f"{name}.jpg"))
-    return root
 
 
 def test_food101n_happy_path(tmp_path):
