@@ -24,7 +24,7 @@ from typing import Any
 from absl import logging
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-# PATH.tmp-<pid>[-<token>] and PATH.old-<pid>-<token> (ours), then export_lib's version folders .tmp-<version>-<pid>.
+# PATH.tmp-<pid>[-<token>] and PATH.old-<pid>-<token> (ours), then export/'s version folders .tmp-<version>-<pid>.
 _TEMP_NAME = re.compile(r"\.(tmp|old)-(\d+)(?:-[0-9a-f]{8})?(?=$|\.)")
 _EXPORT_TEMP_NAME = re.compile(r"\.tmp-\d+-(\d+)")
 _MULTI_EXTENSIONS = (".weights.h5",)

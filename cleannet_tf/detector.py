@@ -8,8 +8,8 @@
     detector.save("detector.keras"); detector = CleanNetDetector.load("detector.keras")
 
 It runs the pipeline's own steps on arrays: reference sets (references.build_reference_sets), CleanNet training
-(train_lib.train_cleannet, under the current tf.distribute strategy) and the verifier with its threshold
-(verify_lib.fit_verifier). NumPy in, NumPy out.
+(training/cleannet.py train_cleannet, under the current tf.distribute strategy) and the verifier with its threshold
+(detection/fit.py fit_verifier). NumPy in, NumPy out.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ Reads: cleannet_tf/config.py (and --config, if given). Writes: nothing; prints o
 block per field: `section.field = default`, then its comment. Any field is set on
 a command line as --config.section.field=value. Errors print one line and exit 1;
 --debug adds the traceback.
+
+Imports `config`.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ Config: --config=configs/<x>.py, any field overridden as --config.section.field=
 `cleannet-config --show` lists every field with its comment and default (schema:
 cleannet_tf/config.py). Also writes the config it ran with to WORKDIR/config.export.json.
 Errors print one line and exit 1; --debug (or --verbosity=1) adds the traceback.
+
+Imports `data`, `pipeline`.
 """
 
 from absl import flags

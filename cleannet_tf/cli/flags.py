@@ -8,6 +8,8 @@ Every command runs through `run`: an expected error (bad input, a missing or
 corrupt file, a bad config field) prints one line, `<command>: error: <what, where,
 what to do>`, and exits with status 1; the Python traceback only with --debug or
 --verbosity=1.
+
+Imports `config`, `pipeline`, `training`.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ Config: --config=configs/<x>.py, any field overridden as --config.section.field=
 `cleannet-config --show` lists every field with its comment and default (schema:
 cleannet_tf/config.py). When it finishes, writes the config of its outputs to WORKDIR/config.refs.json.
 Errors print one line and exit 1; --debug (or --verbosity=1) adds the traceback.
+
+Imports `pipeline`.
 """
 
 from cleannet_tf.cli import flags

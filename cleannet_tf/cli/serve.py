@@ -10,6 +10,8 @@ Writes: nothing; serves TF Serving's PredictionService/ModelService gRPC API on 
 The flags are tensorflow_model_server's for the same jobs. Serves until SIGTERM or SIGINT, then lets running
 requests finish. Binds 127.0.0.1 unless --host says otherwise. Errors print one line and exit 1; --debug
 adds the traceback.
+
+Imports `serving`.
 """
 
 import signal

@@ -61,6 +61,8 @@ subsets of larger ones.
 
 The same arguments give byte-identical files. The dataset is written to
 ROOT.tmp-<pid> and renamed to ROOT at the end, so ROOT never holds half a dataset.
+
+Imports nothing of the package.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ DEFAULT_MAX_PIXELS, 40 megapixels) fails with InvalidArgumentError "image is W x
 pixels, over the limit of N" instead of being decoded, so a small compressed file
 that claims 20000 x 20000 pixels (a decompression bomb) costs no memory. Core ops
 only, so an exported SavedModel carries the same check into tensorflow_model_server.
+
+Imports nothing of the package.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ a verified row there also teaches the score about a class it has never seen.
 The file has the header and the two columns of Food-101N's `verified_train.tsv` (`class/key<TAB>0|1`), plus
 columns the reader ignores (score, suggested label). The 0/1 column holds the model's guess; the person
 corrects it, and the rows are appended to `meta/verified_train.tsv` unchanged.
+
+Imports nothing of the package.
 """
 
 from __future__ import annotations

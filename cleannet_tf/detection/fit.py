@@ -1,16 +1,10 @@
-"""cleannet-verify: score every training image against its label with the best CleanNet -> WORKDIR/verify/.
-
-    verifier.keras   the verifier model (features, label -> score, is_noisy, weight_soft, suggested_label, ...)
-    scores.tsv       one row per image of the noisy pool (scores_io)
-    to_verify.tsv    the images a person should verify next, in verified_train.tsv's format (active_verification)
-    report.html      histogram, ROC / PR curves, noise rate per class, most suspicious images (report.py)
-    metrics.json     threshold, detection error / precision / recall / F1 / ROC-AUC on verified validation rows
-                     (verified classes) and on held-out classes' validation rows, per class, noise-rate estimates
+"""The verifier of a trained CleanNet and its threshold: fit_verifier, and metrics.json's numbers (detection_report).
 
 The threshold is the one with the lowest detection error on the verified classes' validation rows; held-out
-classes are scored with the same threshold and reported apart. The five files (and report.html's figures) are
-written to a temporary folder beside WORKDIR/verify/ and published as one set (atomic_io.staging_dir): a kill at
-any moment leaves the previous complete set or the new one, never a mix.
+classes are scored with the same threshold and reported apart. The cleannet-verify step that writes
+WORKDIR/verify/ is pipeline/verify.py.
+
+Imports `data`, `detection`, `features`, `model`.
 """
 
 from __future__ import annotations
@@ -35,7 +29,7 @@ def fit_verifier(cleannet: keras.Model, data: train_data.TrainingData, reference
         mode: cleannet.mode ("paper" -> cosine, "robust" -> margin, "stacked" -> stacked scoring).
         class_mean_keep: share of each class in its robust mean (stacked scoring).
         calibration_classes: optional (C,) bool, verified classes CleanNet did not train on
-            (train_lib.calibration_classes); the stacked scoring is fitted on their verified rows (train and
+            (training/cleannet.py calibration_classes); the stacked scoring is fitted on their verified rows (train and
             validation), else on the verified validation rows.
         signals: the SIGNAL_NAMES the stacked scoring combines (the others get weight 0).
     Returns:

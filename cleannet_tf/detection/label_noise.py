@@ -3,6 +3,8 @@
 Notation: N (image, label) pairs; `scores` (N,) are CleanNet scores s in [-1, 1]
 (cosine of the image's query embedding and its label's class embedding). Low
 scores mean the label is likely wrong; a pair is flagged when s < threshold.
+
+Imports nothing of the package.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ A pair (image, label) is predicted correct when its score s >= threshold. With
 verification label l (1 = correct), the detection error is the fraction of
 verified pairs predicted wrongly: 1 - the paper's accuracy. "Noisy" (l = 0) is
 the positive class of precision / recall / F1.
+
+Imports nothing of the package.
 """
 
 from __future__ import annotations

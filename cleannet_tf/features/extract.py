@@ -5,6 +5,8 @@ many), shard by shard, and is resumable: finished shards are kept and skipped.
 Across hosts, each worker (task i of n, from TF_CONFIG or flags) extracts its own
 block of shards into the same store; the worker that finds every shard present
 at its end writes the store's completion record.
+
+Imports `data`, `features.store`.
 """
 
 from __future__ import annotations

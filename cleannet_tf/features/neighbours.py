@@ -15,6 +15,8 @@ Rows are L2-normalised here; neighbours are ranked by cosine similarity, most si
 "auto" is exact up to EXACT_MAX_ROWS rows and faiss above (exact, with a warning, when faiss is not
 installed). Both are deterministic for a given seed and thread count. recall_at_k measures an approximate
 result against exact search on a sample of query rows.
+
+Imports nothing of the package.
 """
 
 from __future__ import annotations

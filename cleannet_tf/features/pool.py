@@ -8,6 +8,8 @@ step s sees exactly the data an uninterrupted run would.
 
 Notation: N table rows, P pool rows (train + val images with readable features),
 C classes, D feature dim, K references.
+
+Imports `data`, `features.store`.
 """
 
 from __future__ import annotations

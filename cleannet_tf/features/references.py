@@ -15,6 +15,8 @@ Differences from the original OpenCV `cv2.kmeans(attempts=10, max_iter=50, eps=1
 scikit-learn's (and so our) `tol` is relative (Frobenius norm of the centre shift compared with `tol` x the mean
 per-feature variance of the data) where OpenCV's eps is an absolute centre shift; both give the same algorithm,
 not the same centres.
+
+Imports `data`, `features.kmeans`, `ops`.
 """
 
 from __future__ import annotations

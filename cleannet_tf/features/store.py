@@ -18,6 +18,8 @@ Several workers (processes or hosts sharing the directory) fill one store: worke
 i of n owns a contiguous block of shards (`task_shards`), writes only those, and
 whichever worker finds every shard present at its end checks them and writes
 complete.json (`finalize`; idempotent, so two workers finishing together agree).
+
+Imports `data`.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ L2 weight decay on kernels. 2,396,160 parameters at D = 2048.
 The class embedding does not depend on the query, so at evaluation it is
 computed once per class (`encode_classes`, a C x E table) and scoring a sample
 costs the query encoder and a dot product.
+
+Imports `model.layers`.
 """
 
 from __future__ import annotations

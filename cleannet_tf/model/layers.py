@@ -1,6 +1,8 @@
 """CleanNet's custom layers, registered so `keras.saving.load_model` restores them.
 
 Import `cleannet_tf` (or this module) before loading a `.keras` file that has them.
+
+Imports nothing of the package.
 """
 
 from __future__ import annotations

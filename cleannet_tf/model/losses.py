@@ -9,6 +9,8 @@ With s the score (cosine), l the verification label (1 = label correct):
     other class    max(0, s' - m), s' the score against a random other class   every sample
     total = mean_b [ is_verified v + beta rec + gamma (1 - is_verified) u + delta o ] + L2
     (paper: w_neg = 5, m = 0.1, beta = gamma = 0.1, t = 0.1, delta = 0: no other-class term)
+
+Imports nothing of the package.
 """
 
 from __future__ import annotations

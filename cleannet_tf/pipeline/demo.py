@@ -3,6 +3,8 @@
 The summary measures what the demo data makes measurable: its true labels are
 known (meta/truth.tsv), so the realised noise and how well the features separate
 wrong labels from right ones are exact.
+
+Imports `config`, `data`, `detection`, `ops`, `pipeline.extract`, `pipeline.workdir`, `serving`, `training`.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 The lock file names its holder (pid, command, start time); a second command on the same workdir stops with
 WorkdirBusyError naming them. The kernel releases the lock when its holder exits, killed or not. Taking the lock
 also removes the temporary files of killed runs (atomic_io.clean_litter).
+
+Imports `atomic_io`.
 """
 
 from __future__ import annotations

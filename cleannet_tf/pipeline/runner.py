@@ -3,7 +3,7 @@
     train_classifier (weighting none) -> WORKDIR/classifier/   (run_train_classifier)
     extract -> WORKDIR/features/                            (pipeline/extract.py)
     refs    -> WORKDIR/references.npz                       (run_refs)
-    train   -> WORKDIR/cleannet/                            (train_lib.run_train)
+    train   -> WORKDIR/cleannet/                            (pipeline/train.py)
     verify  -> WORKDIR/verify/                              (pipeline/verify.py)
     weighted_classifiers -> WORKDIR/classifier_<w>/         (run_train_classifier, classifier.after_verify)
     export  -> WORKDIR/saved_models/                        (pipeline/export.py)

@@ -6,6 +6,8 @@
     WORKDIR/review/history.json              one entry per retrain: decisions, metrics.json before and after
     WORKDIR/review/previous/cleannet-<time>/ the CleanNet run the retrain replaced (cleannet-train resumes a
                                              finished run as done, so the old one is moved aside first)
+
+Imports `config`, `pipeline`, `review.store`.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ cookie and redirects to `/`), then the cookie, or an `X-Review-Token` header; ot
     POST /api/undo    {}           takes back the last decision
     GET  /api/retrain?offset=      status, log from byte offset, commands, history
     POST /api/retrain {}           starts cleannet-train + cleannet-verify with the review labels
+
+Imports `review.retrain`, `review.session`.
 """
 
 from __future__ import annotations

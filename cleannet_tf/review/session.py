@@ -8,7 +8,9 @@
 
 Inputs: the table (load_table, which also merges WORKDIR/review/verified_train.tsv through
 data.extra_verified), WORKDIR/verify/{scores.tsv, to_verify.tsv, metrics.json}, the features
-(extract_lib.open_features) and WORKDIR/references.npz. Bad input raises `ReviewError` (the server's 4xx).
+(pipeline/extract.py open_features) and WORKDIR/references.npz. Bad input raises `ReviewError` (the server's 4xx).
+
+Imports `config`, `data`, `detection`, `features`, `pipeline`, `review.store`.
 """
 
 from __future__ import annotations

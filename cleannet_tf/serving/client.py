@@ -9,6 +9,8 @@
 Every call returns NumPy arrays by output name (or lists for classify) and raises grpc.RpcError with the
 server's status code on a bad request. The verify calls' outputs: score, is_noisy, weight_soft,
 suggested_label (class id), suggested_label_name (class name, bytes), suggested_score.
+
+Imports `export`, `serving.tensor_proto`.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ Bad and half-written versions never take a model offline:
   to `max_retry_seconds`), and at once when its files change.
 - Under the "latest N" policy the served versions are the N newest that load: a newer version that fails leaves
   the older one serving.
+
+Imports `export`.
 """
 
 from __future__ import annotations

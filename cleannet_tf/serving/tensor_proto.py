@@ -1,4 +1,7 @@
-"""NumPy -> TensorProto without tf.make_tensor_proto's per-call overhead (4 µs against 16 µs for a (1, 5) array)."""
+"""NumPy -> TensorProto without tf.make_tensor_proto's per-call overhead (4 µs against 16 µs for a (1, 5) array).
+
+Imports nothing of the package.
+"""
 
 from __future__ import annotations
 

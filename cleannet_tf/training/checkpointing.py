@@ -3,6 +3,8 @@
 Under MultiWorkerMirroredStrategy every worker saves checkpoints (saving is a
 collective step), but only the chief writes to the real output folder; the
 others write to a private temporary folder.
+
+Imports `atomic_io`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """cleannet-train-classifier: backbone + softmax on the noisy labels, each image weighted.
 
-A task on the training loop, as CleanNet's (training_loop.py; default, Mirrored and
+A task on the training loop, as CleanNet's (training/loop.py; default, Mirrored and
 MultiWorkerMirrored strategies), resumable from WORKDIR/classifier/checkpoints
 with the same data order. The loss of a batch is sum_i w_i CE(x_i, y_i) / B
 (B = the global batch size), so a weight of 0 removes an image's gradient and
@@ -18,6 +18,8 @@ config.classifier.finetune_learning_rate (the same loop and checkpoints).
 Outputs in WORKDIR/classifier/: model.keras (the classifier; its layer
 "backbone" is what `model.weights=classifier` extracts features with),
 metrics.json (test accuracy, weighting), checkpoints/, logs/.
+
+Imports `data`, `features`.
 """
 
 from __future__ import annotations

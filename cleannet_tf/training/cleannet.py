@@ -1,4 +1,4 @@
-"""cleannet-train: CleanNet as a task on the training loop (training_loop.py).
+"""CleanNet as a task on the training loop (training/loop.py); the cleannet-train step is pipeline/train.py.
 
 The loop runs `strategy.run` on per-replica batches, so the same code trains on
 one CPU, under MirroredStrategy on many GPUs, and under
@@ -9,6 +9,8 @@ Outputs in WORKDIR/cleannet/: checkpoints/ (every train.checkpoint_every steps;
 a killed run resumes from the last one with the same data order), model.keras
 (the best model by validation error on verified classes, never overwritten by
 a worse one), metrics.json, logs/ (TensorBoard). Only the chief writes them.
+
+Imports `data`, `detection`, `features`, `model`, `ops`.
 """
 
 from __future__ import annotations

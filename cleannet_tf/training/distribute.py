@@ -3,6 +3,8 @@
 `auto` mirrors over every local GPU when there is one and otherwise uses the
 default strategy; `mirrored` mirrors over every local device of the preferred
 kind (GPUs, else the logical CPU devices); `multi_worker` reads TF_CONFIG.
+
+Imports nothing of the package.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ loop, the log window, periodic evaluation, keeping the best model, TensorBoard
 summaries, checkpoints, the history and metrics.json. The same code runs on one
 CPU, under MirroredStrategy and under MultiWorkerMirroredStrategy; only the
 chief writes output_dir (the other workers write a private temporary folder).
+
+Imports nothing of the package.
 """
 
 from __future__ import annotations
