@@ -133,6 +133,18 @@ def classifier_weights(table: datasets.LabelTable, workdir: str, weighting: str)
 
 
 
+def recorded_warnings(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """The sanity warnings (sanity.py) in the metrics.json of every classifier and of cleannet-verify."""
+    paths = [os.path.join(classifier_output_dir(workdir, weighting), "metrics.json")
+             for weighting in ["none", *weighted_classifiers(config)]]
+    warnings = []
+    for path in [*paths, os.path.join(verify_lib.verify_dir(workdir), "metrics.json")]:
+        if os.path.exists(path):
+            with open(path) as f:
+                warnings += json.load(f).get("warnings", [])
+    return warnings
+
+
 STEPS = ("train_classifier", "extract", "refs", "train", "verify", "weighted_classifiers", "export")
 
 # The config fields each step's outputs depend on ("section.*": all of a section; "-field": but not that one).
@@ -141,13 +153,14 @@ STEPS = ("train_classifier", "extract", "refs", "train", "verify", "weighted_cla
 _DATA = ("seed", "data.*", "-data.check_images")
 STEP_FIELDS = {
     "train_classifier": (*_DATA, "model.backbone", "model.image_height", "model.image_width", "model.feature_dim",
-                         "input.resize", "input.augment", "classifier.*", "-classifier.after_verify"),
-    "extract": (*_DATA, "model.*", "input.resize", "extract.shard_size"),
+                         "input.resize", "input.augment", "input.max_pixels", "classifier.*",
+                         "-classifier.after_verify"),
+    "extract": (*_DATA, "model.*", "input.resize", "input.max_pixels", "extract.shard_size"),
     "refs": (*_DATA, "refs.*"),
     "train": (*_DATA, "cleannet.*", "loss.*", "train.*", "-train.checkpoint_every", "-train.log_every"),
     "verify": (*_DATA, "cleannet.mode", "cleannet.calibration_fraction", "verify.*"),
     "weighted_classifiers": ("classifier.after_verify",),
-    "export": (*_DATA, "model.*", "input.resize", "classifier.after_verify"),
+    "export": (*_DATA, "model.*", "input.resize", "input.max_pixels", "classifier.after_verify"),
 }
 VERIFY_OUTPUTS = ("scores.tsv", "metrics.json", "verifier.keras", "to_verify.tsv", "report.html")
 
@@ -517,7 +530,7 @@ def _run(step: str, config: ml_collections.ConfigDict, workdir: str, *, table, s
     if step == "export":
         from cleannet_tf import export_lib  # TF Serving protos only when exporting
 
-        result = export_lib.export_all(config, workdir, export_to, table=table)
+        result = export_lib.export_all(config, workdir, export_to, table=table, max_pixels=config.input.max_pixels)
         return (f"{result['verifier']}, {result['classifier']}",
                 _files_under(result["verifier"], result["classifier"], result["models_config"]))
     raise ValueError(f"Unknown step {step!r}; expected one of {STEPS}")

@@ -263,6 +263,16 @@ def calibration_classes(table: datasets.LabelTable, fraction: float, seed: int) 
     return pick_calibration_classes(verified_labels, table.num_classes, fraction, seed)
 
 
+def log_calibration_classes(class_names, calibration: np.ndarray, fraction: float) -> list[str]:
+    """Logs the calibration classes (C,) bool by name; returns their names."""
+    names = [class_names[c] for c in np.nonzero(calibration)[0]]
+    if names:
+        logging.info("Calibration classes (cleannet.calibration_fraction=%g, not held out): %d of %d: %s%s.",
+                     fraction, len(names), len(class_names), ", ".join(names[:20]),
+                     f" and {len(names) - 20} more" if len(names) > 20 else "")
+    return names
+
+
 def load_training_inputs(config: ml_collections.ConfigDict, workdir: str,
                          table: datasets.LabelTable | None = None, *,
                          for_training: bool = False) -> tuple[train_data.TrainingData, ReferenceSets]:
@@ -273,8 +283,9 @@ def load_training_inputs(config: ml_collections.ConfigDict, workdir: str,
     """
     table = table if table is not None else datasets.load_table(config, workdir)
     if for_training and config.cleannet.calibration_fraction > 0:
-        table = datasets.apply_heldout(table, calibration_classes(table, config.cleannet.calibration_fraction,
-                                                                  config.seed))
+        calibration = calibration_classes(table, config.cleannet.calibration_fraction, config.seed)
+        log_calibration_classes(table.class_names, calibration, config.cleannet.calibration_fraction)
+        table = datasets.apply_heldout(table, calibration, reason=datasets.CALIBRATION_SKIP_REASON)
     features = extract_lib.open_features(config, workdir, table)
     reference_sets = ReferenceSets.load(references_path(workdir))
     data = train_data.prepare_training_data(table, features, reference_sets.class_names,
