@@ -75,6 +75,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from cleannet_tf import atomic_io
+
 # True digit -> the digit it is commonly mistaken for (no digit maps to itself).
 LOOKALIKE: dict[int, int] = {0: 6, 1: 7, 2: 7, 3: 8, 4: 9, 5: 6, 6: 5, 7: 1, 8: 3, 9: 4}
 
@@ -288,10 +290,7 @@ def _write_text(path: str, lines: Iterable[str]) -> None:
 
 def _replace_text(path: str, text: str) -> None:
     """Writes `path` through a temporary file and a rename, so readers see the old or the new file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_io.write_text(path, text)
 
 
 def _heldout_list_name(count: int) -> str:
@@ -426,8 +425,7 @@ def generate_demo_dataset(root: str, *, kind: str = "digits", noise_rate: float 
     if record is not None:
         return _reuse(root, record, parameters, heldout_counts)
 
-    tmp = f"{root}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run of an earlier process with this pid
+    tmp = atomic_io.temp_path(root)  # a killed run's is removed by the next run's atomic_io.clean_litter
     try:
         info = _write_dataset(tmp, parameters, class_names, heldout_counts)
         try:

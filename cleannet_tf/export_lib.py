@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cleannet_tf import datasets, extract_lib, input_pipeline, pipeline, verify_lib
+from cleannet_tf import atomic_io, datasets, extract_lib, input_pipeline, pipeline, verify_lib
 from cleannet_tf.model import query_encoder_of
 
 VERIFIER, CLASSIFIER = "cleannet_verifier", "cleannet_classifier"
@@ -263,10 +263,7 @@ def write_models_config(export_dir: str, model_names=(VERIFIER, CLASSIFIER)) -> 
         entry.model_platform = "tensorflow"
         entry.model_version_policy.latest.num_versions = 1
     path = os.path.join(export_dir, "models.config")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text_format.MessageToString(config))
-    os.replace(tmp, path)
+    atomic_io.write_text(path, text_format.MessageToString(config))
     return path
 
 
