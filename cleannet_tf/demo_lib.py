@@ -228,8 +228,8 @@ def try_it_lines(served: dict) -> list[str]:
     shell_body = rest_verify_body(example["label"], "@@IMAGE_B64@@").replace("\\", "\\\\").replace('"', '\\"')
     shell_body = shell_body.replace("$", "\\$").replace("`", "\\`")
     shell_body = shell_body.replace("@@IMAGE_B64@@", f"$(base64 -w0 {shlex.quote(example['path'])})")
-    python = (f"from cleannet_tf.serving import Client; "
-              f"print(Client('127.0.0.1:{port}').verify_image({example['path']!r}, {example['label']!r}))")
+    python = (f'from cleannet_tf.serving import Client; print(Client("127.0.0.1:{port}").verify_image('
+              f'{json.dumps(example["path"])}, {json.dumps(example["label"])}))')
     return [
         f"  try it         the demo's server has stopped; this serves the same models on the same ports "
         f"(REST gave score {example['rest_score']:.3f} for the first image):",
