@@ -4,7 +4,8 @@
     PATH.old-<pid>-<token>         the previous folder, moved aside while a new one is swapped in
 
 A reader (or a process killed at any moment) sees the old complete file or folder or the new complete one,
-never a mix. A full disk raises DiskFullError naming the path, and the temporary file is removed.
+never a mix. A full disk raises DiskFullError naming the path (also NumPy's short write, "N requested and M
+written", which has no errno), and the temporary file is removed.
 `clean_litter` removes what killed processes left (their pid is dead) and puts back a folder a kill left aside.
 """
 
@@ -18,6 +19,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,11 +43,20 @@ def _split_extension(name: str) -> tuple[str, str]:
     return os.path.splitext(name)
 
 
-def temp_path(path: str, kind: str = "tmp") -> str:
-    """PATH.<kind>-<pid>-<token>[.ext]: a name no other process uses, in PATH's folder (so a rename is atomic)."""
+def temp_path(path: str, kind: str = "tmp", *, shared: bool = False) -> str:
+    """PATH.<kind>-<pid>-<token>[.ext]: a name no other process uses, in PATH's folder (so a rename is atomic).
+
+    shared: a folder processes of several hosts write to (a pid says nothing of another host's process):
+    PATH.<kind>-<host>-<pid>-<token>[.ext], which clean_litter leaves alone.
+    """
     directory, name = os.path.split(os.path.abspath(path))
     root, extension = _split_extension(name)
-    return os.path.join(directory, f"{root}.{kind}-{os.getpid()}-{secrets.token_hex(4)}{extension}")
+    owner = f"{socket.gethostname()}-{os.getpid()}" if shared else str(os.getpid())
+    return os.path.join(directory, f"{root}.{kind}-{owner}-{secrets.token_hex(4)}{extension}")
+
+
+# NumPy's short write (np.save / tofile on a full disk or past a file-size limit) is an OSError without errno.
+_SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$")
 
 
 def _no_space_errno(error: BaseException) -> int | None:
@@ -55,6 +66,8 @@ def _no_space_errno(error: BaseException) -> int | None:
         seen.add(id(error))
         if isinstance(error, OSError) and error.errno in _NO_SPACE:
             return error.errno
+        if isinstance(error, OSError) and error.errno is None and _SHORT_WRITE.match(str(error)):
+            return errno.ENOSPC
         error = error.__cause__ or error.__context__
     return None
 
@@ -74,13 +87,13 @@ def _disk_full(code: int, path: str) -> DiskFullError:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
+def atomic_path(path: str, *, shared: bool = False) -> Iterator[str]:
     """Yields a temporary path for a writer (a file, or a folder it creates); renamed to `path` on success.
 
     On any error the temporary file or folder is removed; a full disk becomes DiskFullError naming `path`.
-    A folder replaces an existing `path` folder as publish_dir does.
+    A folder replaces an existing `path` folder as publish_dir does. shared: see temp_path.
     """
-    tmp = temp_path(path)
+    tmp = temp_path(path, shared=shared)
     try:
         yield tmp
         if os.path.isdir(tmp):

@@ -90,6 +90,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.input.resize = "center_crop"  # squash | center_crop (short side, then crop)
     config.input.augment = "none"  # none | flip | flip_crop | randaugment (training only)
     config.input.parallel_calls = 0  # 0: tf.data.AUTOTUNE
+    # Pixel limit of every image decoder (extraction, classifier training, the exported graphs), read from the
+    # image's header before decoding: larger dataset images are skipped ("too large"), larger requests refused.
+    config.input.max_pixels = images.DEFAULT_MAX_PIXELS
 
     # --- cleannet-extract.
     config.extract = ml_collections.ConfigDict()
@@ -299,6 +302,7 @@ def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> m
     _check_choice(config, "input.resize", RESIZE_MODES)
     _check_choice(config, "input.augment", AUGMENTATIONS)
     _check_positive(config, "input.parallel_calls", allow_zero=True)
+    _check_positive(config, "input.max_pixels")
 
     for field in ("extract.batch_size", "extract.shard_size", "refs.num_references", "refs.n_init", "refs.max_iter",
                   "refs.tol", "train.steps", "train.batch_size", "train.learning_rate", "train.eval_every",

@@ -224,3 +224,22 @@ def test_two_worker_processes_equal_one_and_resume_after_sigkill(tmp_path, make_
     two = FeatureStore(str(features))
     np.testing.assert_allclose(two.load_all(), one.load_all(), atol=1e-5)
     np.testing.assert_array_equal(two.valid(), one.valid())
+
+
+def test_config_max_pixels_reaches_extraction(tmp_path, make_images):
+    small = make_images(tmp_path / "data", 4, size=(32, 32), seed=1)  # 1024 pixels
+    large = make_images(tmp_path / "data" / "big", 2, size=(40, 60), seed=2)  # 2400 pixels
+    lines = ["path\tlabel"] + [f"{os.path.relpath(p, tmp_path / 'data')}\tclass{i % 2}"
+                               for i, p in enumerate([*small, *large])]
+    (tmp_path / "data" / "labels.tsv").write_text("\n".join(lines) + "\n")
+    config = config_lib.default_config()
+    config.data.format, config.data.root = "tsv", str(tmp_path / "data" / "labels.tsv")
+    config.model.backbone, config.model.weights = "small_cnn", "random"
+    config.model.image_height = config.model.image_width = 32
+    config.extract.batch_size, config.extract.shard_size = 4, 4
+    config.input.max_pixels = 2000
+    stats = run_extract(config_lib.validate(config), str(tmp_path / "work"), progress=False)
+    assert stats["too_large_rows"] == [4, 5] and stats["images"] == 4
+    config.input.max_pixels = 2400  # exactly at the limit: read
+    stats = run_extract(config_lib.validate(config), str(tmp_path / "work2"), progress=False)
+    assert stats["too_large_rows"] == [] and stats["images"] == 6

@@ -328,3 +328,28 @@ def test_full_disk_and_file_size_limit_name_the_path_and_leave_no_temp_file(tmp_
         "--workdir) and rerun", "left: []",
         f"DiskFullError [Errno 27] Cannot write {limited}: no space left on device (file size limit reached); free "
         "some space (or use another --workdir) and rerun", "left: []"]
+
+
+_WRITE_SHARD = """
+import os, resource, signal, sys
+import numpy as np
+from cleannet_tf import feature_store
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))  # NumPy's fwrite then stops short, with no errno
+try:
+    feature_store._atomic_save(sys.argv[1], np.zeros((600, 1000), np.float32))  # 2.4 MB
+except OSError as error:
+    print(type(error).__name__, error)
+print("left:", sorted(os.listdir(os.path.dirname(sys.argv[1]))))
+"""
+
+
+def test_numpy_short_write_of_a_shard_is_a_disk_full_error_naming_the_path(tmp_path):
+    # np.save on a full disk says only "2400000 requested and 1048448 written" (an OSError without errno).
+    target = tmp_path / "shard-00000.features.npy"
+    result = subprocess.run([sys.executable, "-c", _WRITE_SHARD, str(target)], capture_output=True, text=True,
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == [
+        f"DiskFullError [Errno 28] Cannot write {target}: no space left on device; free some space (or use another "
+        "--workdir) and rerun", "left: []"]

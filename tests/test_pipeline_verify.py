@@ -9,10 +9,12 @@ import pytest
 import tensorflow as tf
 from conftest import small_train_config, write_feature_dataset
 
+from cleannet_tf import sanity
 from cleannet_tf.data import table as datasets
 from cleannet_tf.detection import metrics, scores_tsv, verifier
 from cleannet_tf.detection import signals as detectors
 from cleannet_tf.model.cleannet import build_cleannet, encode_classes
+from cleannet_tf.pipeline import records
 from cleannet_tf.pipeline.refs import run_refs
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.train import load_training_inputs, run_train
@@ -175,3 +177,38 @@ def test_calibration_classes_are_kept_out_of_training(verified_workdir):
     trained_on, _ = load_training_inputs(config, workdir, for_training=True)
     assert not calibration[trained_on.labels[trained_on.verified_train]].any()
     assert [table.class_names[c] for c in np.nonzero(calibration)[0]] == report["calibration_classes"]
+
+
+def test_calibration_classes_are_named_as_such_not_as_held_out(verified_workdir, caplog):
+    config, workdir, report, _, _ = verified_workdir
+    table = datasets.load_table(config, workdir)
+    names = [table.class_names[c] for c in np.nonzero(train_lib.calibration_classes(table, 0.25, config.seed))[0]]
+    written = json.load(open(os.path.join(workdir, "verify", "metrics.json")))
+    assert written["calibration_classes"] == names and len(names) == 1
+    assert written["per_class"][names[0]].get("calibration") and not written["per_class"][names[0]]["heldout"]
+    assert [name for name, info in written["per_class"].items() if info["heldout"]] == ["class4", "class5"]
+    html = open(os.path.join(workdir, "verify", "report.html")).read()
+    assert "calibration classes (cleannet.calibration_fraction; verified, not held out)" in html
+    assert f"1: {names[0]}" in html
+    with caplog.at_level("INFO"):
+        train_lib.load_training_inputs(config, workdir, for_training=True)
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Skipped")]
+    assert skipped and all("calibration classes" in m and "held-out" not in m for m in skipped), skipped
+    assert any(f"Calibration classes (cleannet.calibration_fraction=0.25, not held out): 1 of 6: {names[0]}"
+               in r.getMessage() for r in caplog.records)
+
+
+def test_verify_warns_when_too_few_verified_rows_choose_the_threshold(verified_workdir):
+    config, workdir, report, _, _ = verified_workdir
+    table = datasets.load_table(config, workdir)
+    rows = (table.split == datasets.SPLIT_VAL) & (table.verification >= 0) & ~table.heldout_classes[table.labels]
+    wrong, right = int(np.sum(table.verification[rows] == 0)), int(np.sum(table.verification[rows] == 1))
+    assert wrong < sanity.MIN_VERIFIED_PER_KIND <= right  # this dataset: ~20% of 4 classes' 120 val rows wrong
+    written = json.load(open(os.path.join(workdir, "verify", "metrics.json")))
+    assert written["warnings"] == report["warnings"] == [
+        w for w in sanity.detection_warnings(detection_error=report["detection_error"],
+                                             verification=table.verification[rows])]
+    assert len(written["warnings"]) == 1
+    assert f"only {right} verified-right and {wrong} verified-wrong" in written["warnings"][0]
+    assert "Warning: cleannet-verify: only" in open(os.path.join(workdir, "verify", "report.html")).read()
+    assert written["warnings"][0] in records.recorded_warnings(config, workdir)

@@ -7,7 +7,9 @@ Reads: the dataset (checked for what every step needs before any training).
 Steps: train_classifier (weighting none) -> extract -> refs -> train -> verify ->
 the classifiers of classifier.after_verify -> export.
 Writes: WORKDIR/classifier/, features/, references.npz, cleannet/, verify/,
-classifier_<w>/, saved_models/; prints one line per step. A killed run rerun with
+classifier_<w>/, saved_models/; prints one line per step, then a WARNING line for each
+figure that looks like a failed run (sanity.py: a classifier near chance, epochs of few steps, a detection
+barely better than flagging nothing, too few verified rows). A killed run rerun with
 the same flags picks up where it stopped (each step resumes too).
 
 Config: --config=configs/<x>.py, any field overridden as --config.section.field=value;
@@ -30,6 +32,8 @@ def main(argv):
     strategy = distribute.build_strategy(config.runtime.strategy)
     for step, status in runner.run_steps(config, workdir, table=table, strategy=strategy).items():
         print(f"{step:<18} {status}")
+    for warning in records.recorded_warnings(config, workdir):  # chance-level figures, too few verified rows
+        print(f"WARNING: {warning}")
 
 
 def run():

@@ -32,6 +32,8 @@ FORMATS = ("food101n", "clothing1m", "tsv")
 
 
 HELDOUT_SKIP_REASON = "verified_train rows of held-out classes"
+CALIBRATION_SKIP_REASON = ("verified_train rows of calibration classes (cleannet.calibration_fraction: CleanNet does "
+                           "not train on them; cleannet-verify calibrates its score on them)")
 
 
 
@@ -251,11 +253,12 @@ def read_heldout_list(path: str, class_names: Sequence[str]) -> np.ndarray:
 
 
 
-def apply_heldout(table: LabelTable, heldout_mask: np.ndarray) -> LabelTable:
+def apply_heldout(table: LabelTable, heldout_mask: np.ndarray, *, reason: str = HELDOUT_SKIP_REASON) -> LabelTable:
     """Returns a new table whose held-out classes lost their verified train rows.
 
     Train rows of those classes get verification -1 (counted in `skipped` under
-    `HELDOUT_SKIP_REASON`); their images, labels and val rows stay.
+    `reason`: HELDOUT_SKIP_REASON, or CALIBRATION_SKIP_REASON for calibration classes); their images, labels
+    and val rows stay.
 
     Args:
         table: the table to transform (unchanged).
@@ -269,6 +272,6 @@ def apply_heldout(table: LabelTable, heldout_mask: np.ndarray) -> LabelTable:
     verification = table.verification.copy()
     verification[remove] = UNKNOWN
     skipped = dict(table.skipped)
-    _add_skipped(skipped, HELDOUT_SKIP_REASON, int(np.count_nonzero(remove)))
+    _add_skipped(skipped, reason, int(np.count_nonzero(remove)))
     return dataclasses.replace(table, verification=verification, heldout_classes=table.heldout_classes | heldout_mask,
                                skipped=skipped)

@@ -17,9 +17,9 @@ Imports nothing of the package.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
+
+from cleannet_tf import atomic_io
 
 HEADER = ("class_name/key", "verification_label", "score", "suggested_label", "why")
 
@@ -70,13 +70,11 @@ def write_verification_tsv(path: str, keys, guesses, *, scores=None, suggested_l
     reasons = [""] * m if reasons is None else list(reasons)
     if not len(guesses) == len(scores) == len(suggested_labels) == len(reasons) == m:
         raise ValueError(f"{path}: every column needs {m} rows.")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_io.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write("\t".join(HEADER) + "\n")
         for key, guess, score, suggested, reason in zip(keys, guesses, scores, suggested_labels, reasons,
                                                          strict=True):
             f.write(f"{key}\t{int(bool(guess))}\t{score}\t{suggested}\t{reason}\n")
-    os.replace(tmp, path)
 
 
 def read_verification_tsv(path: str) -> list[dict]:

@@ -21,6 +21,8 @@ import os
 
 import numpy as np
 
+from cleannet_tf import atomic_io
+
 FIGURES = ("scores_histogram.png", "roc_pr.png", "noise_rate_per_class.png")
 
 
@@ -38,10 +40,7 @@ def _save_figure(figure, path: str) -> bytes:
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     _plt().close(figure)
     data = buffer.getvalue()
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    atomic_io.write_bytes(path, data)
     return data
 
 
@@ -195,7 +194,8 @@ def write_report(output_dir: str, *, keys, labels, scores, verification, validat
                          f'{html.escape(class_names[suggested_labels[row]])}<br>score {scores[row]:.3f}<br>'
                          f'<span class="key">{html.escape(str(keys[row]))}</span></figcaption></figure>')
         info = per_class[name]
-        grids.append(f'<h3>{html.escape(name)}{" (held out)" if info.get("heldout") else ""}: estimated noise '
+        kind = " (held out)" if info.get("heldout") else " (calibration class)" if info.get("calibration") else ""
+        grids.append(f'<h3>{html.escape(name)}{kind}: estimated noise '
                      f'{_fmt(info.get("noise_rate_estimate"), True)} of {info.get("images", "?")} images</h3>'
                      f'<div class="grid">{"".join(cells) or "<p>none below the threshold</p>"}</div>')
 
@@ -210,6 +210,11 @@ def write_report(output_dir: str, *, keys, labels, scores, verification, validat
                                                         f'{_fmt(metrics.get("n_val_heldout"))}'),
                 ("images flagged", f'{int(np.sum(scores < threshold))} of {len(scores)} '
                                    f'({np.mean(scores < threshold):.1%})')]
+    if metrics.get("calibration_classes"):
+        headline.append(("calibration classes (cleannet.calibration_fraction; verified, not held out)",
+                         f'{len(metrics["calibration_classes"])}: {", ".join(metrics["calibration_classes"][:20])}'
+                         + (" ..." if len(metrics["calibration_classes"]) > 20 else "")))
+    warnings = "".join(f'<p class="warning">Warning: {html.escape(text)}</p>' for text in metrics.get("warnings") or ())
     table = "".join(f'<tr><th>{html.escape(k)}</th><td data-metric="{html.escape(k)}">{html.escape(v)}</td></tr>'
                     for k, v in headline)
     images = "".join(f'<img class="figure" src="{_data_uri(pngs[name])}" alt="{name}">' for name in FIGURES
@@ -222,6 +227,7 @@ table {{ border-collapse: collapse; }} th, td {{ padding: 4px 12px; text-align: 
 img.figure {{ display: block; max-width: 100%; margin: 1em 0; }}
 .grid {{ display: flex; flex-wrap: wrap; gap: 10px; }}
 figure {{ margin: 0; width: 150px; font-size: 11px; }} figure img {{ max-width: 150px; max-height: 96px; }}
+.warning {{ background: #fff3e0; border-left: 4px solid #e65100; padding: 6px 12px; }}
 .key {{ color: #757575; word-break: break-all; }} .missing {{ width: 96px; height: 96px; background: #eee; }}
 </style></head>
 <body data-images-loaded="no">
@@ -229,7 +235,7 @@ figure {{ margin: 0; width: 150px; font-size: 11px; }} figure img {{ max-width: 
 <p>Scores from <code>cleannet-verify</code> (mode {html.escape(str(metrics.get("mode", "?")))}); a label is flagged
 when its score is below the threshold chosen on the verified classes' validation rows. Full list:
 <code>scores.tsv</code>; the next images to verify: <code>to_verify.tsv</code>.</p>
-<table>{table}</table>
+{warnings}<table>{table}</table>
 <h2>Figures</h2>{images}
 <h2>Most suspicious images of the noisiest classes</h2>
 <p>Each image: its label → the suggested label, and its score.</p>
@@ -245,8 +251,5 @@ Promise.all(Array.from(document.images).map(function (img) {{
 </body></html>
 """
     path = os.path.join(output_dir, "report.html")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(page)
-    os.replace(tmp, path)
+    atomic_io.write_text(path, page)
     return path

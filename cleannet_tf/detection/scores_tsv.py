@@ -11,9 +11,10 @@ Imports nothing of the package.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
+
+from cleannet_tf import atomic_io
 
 COLUMNS = ("key", "label", "score", "noisy", "weight_soft", "weight_hard", "suggested_label", "suggested_score")
 
@@ -41,15 +42,13 @@ def write_scores_tsv(path: str, table: ScoresTable) -> None:
     for field in dataclasses.fields(table):
         if len(getattr(table, field.name)) != n:
             raise ValueError(f"{path}: column {field.name} has {len(getattr(table, field.name))} rows, keys {n}")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_io.atomic_path(path) as tmp, open(tmp, "w") as f:
         f.write("\t".join(COLUMNS) + "\n")
         for row in zip(table.keys, table.labels, table.scores, table.noisy, table.weight_soft, table.weight_hard,
                        table.suggested_labels, table.suggested_scores, strict=True):
             key, label, score, noisy, soft, hard, suggested, suggested_score = row
             f.write(f"{key}\t{label}\t{score:.6f}\t{int(noisy)}\t{soft:.6f}\t{int(hard)}\t{suggested}\t"
                     f"{suggested_score:.6f}\n")
-    os.replace(tmp, path)
 
 
 def read_scores_tsv(path: str) -> ScoresTable:

@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from cleannet_tf import atomic_io
 from cleannet_tf.data import images as input_pipeline
 from cleannet_tf.export.names import CLASSIFIER, IMAGE_FEATURE, LABELS_FILE, VERIFIER, WARMUP_FILE
 from cleannet_tf.model.cleannet import query_encoder_of
@@ -260,10 +261,7 @@ def write_models_config(export_dir: str, model_names=(VERIFIER, CLASSIFIER)) -> 
         entry.model_platform = "tensorflow"
         entry.model_version_policy.latest.num_versions = 1
     path = os.path.join(export_dir, "models.config")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text_format.MessageToString(config))
-    os.replace(tmp, path)
+    atomic_io.write_text(path, text_format.MessageToString(config))
     return path
 
 

@@ -198,3 +198,29 @@ def build_classifier(backbone: keras.Model, num_classes: int, *, dropout_rate: f
     logits = keras.layers.Dense(num_classes, name="logits")(features)
     probabilities = keras.layers.Softmax(name="probabilities")(logits)
     return keras.Model(image, {"logits": logits, "probabilities": probabilities}, name="classifier")
+
+
+def recompute_batchnorm_statistics(model: keras.Model, images) -> int:
+    """Sets every BatchNormalization layer's moving mean and variance to the average over `images`' batches.
+
+    `images`: an iterable of (b, H, W, 3) batches (the training images, unaugmented). Weights stay as they are;
+    only the statistics inference mode (training=False) normalises with change. Returns the number of batches.
+    """
+    def nested(layer):
+        yield layer
+        for inner in getattr(layer, "layers", ()):
+            yield from nested(inner)
+
+    layers = [layer for layer in nested(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in layers]
+    batches = 0
+    try:
+        for batch in images:
+            for layer in layers:  # moving = moving * m + batch * (1 - m): m = k / (k + 1) averages batches 0..k
+                layer.momentum = batches / (batches + 1)
+            model(batch, training=True)
+            batches += 1
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+    return batches

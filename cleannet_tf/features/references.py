@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from cleannet_tf import ops
+from cleannet_tf import atomic_io, ops
 from cleannet_tf.data.features_npz import load_npz
 from cleannet_tf.features.kmeans import KMEANS_BACKENDS, kmeans_float32, kmeans_sklearn
 
@@ -79,21 +79,15 @@ class ReferenceSets:
         """
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(
-                    f,
-                    references=np.asarray(self.references, dtype=np.float32),
-                    counts=np.asarray(self.counts, dtype=np.int32),
-                    class_names=np.asarray([str(n) for n in self.class_names], dtype=str),
-                    num_images=np.asarray(self.num_images, dtype=np.int64),
-                    metadata=np.asarray(json.dumps(self.metadata, sort_keys=True)),
-                )
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_io.atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(
+                f,
+                references=np.asarray(self.references, dtype=np.float32),
+                counts=np.asarray(self.counts, dtype=np.int32),
+                class_names=np.asarray([str(n) for n in self.class_names], dtype=str),
+                num_images=np.asarray(self.num_images, dtype=np.int64),
+                metadata=np.asarray(json.dumps(self.metadata, sort_keys=True)),
+            )
 
     @classmethod
     def load(cls, path: str) -> ReferenceSets:

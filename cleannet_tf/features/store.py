@@ -27,11 +27,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 from typing import Protocol
 
 import numpy as np
 
+from cleannet_tf import atomic_io
 from cleannet_tf.data.features_npz import _CORRUPT_FILE_ERRORS, CorruptFileError, load_npz  # noqa: F401 (load_npz: old home)
 
 MANIFEST = "manifest.json"
@@ -75,22 +75,15 @@ def table_fingerprint(keys: np.ndarray, paths: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _tmp_suffix() -> str:
-    """Unique per process across hosts sharing a directory (pids alone can collide)."""
-    return f"tmp-{socket.gethostname()}-{os.getpid()}"
-
-
 def _atomic_save(path: str, array: np.ndarray) -> None:
-    tmp = f"{path}.{_tmp_suffix()}.npy"
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    """`array` to `path` through a temporary name unique across hosts sharing the folder (atomic_io, shared)."""
+    with atomic_io.atomic_path(path, shared=True) as tmp:
+        np.save(tmp, array)
 
 
 def _atomic_write_json(path: str, record: dict) -> None:
-    tmp = f"{path}.{_tmp_suffix()}"
-    with open(tmp, "w") as f:
+    with atomic_io.atomic_path(path, shared=True) as tmp, open(tmp, "w") as f:
         json.dump(record, f, indent=2)
-    os.replace(tmp, path)
 
 
 class FeatureStore:

@@ -15,6 +15,7 @@ from cleannet_tf.pipeline.records import (  # noqa: F401
     adopt_legacy,
     read_record,
     record_name,
+    recorded_warnings,
     staleness,
     step_complete,
     weighted_classifiers,

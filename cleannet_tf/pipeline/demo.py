@@ -9,8 +9,13 @@ Imports `config`, `data`, `detection`, `ops`, `pipeline.extract`, `pipeline.work
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import shlex
+import socket
 import time
+import urllib.request
 from json import load as json_load
 
 import ml_collections
@@ -73,6 +78,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str, table: datasets.La
                               if truth and heldout_rows.any() else None),
         replicas=strategy.num_replicas_in_sync, devices=[d.name for d in tf.config.list_logical_devices()])
     summary["workdir"] = workdir  # the summary's last line: the cleannet-review command
+    summary["warnings"] = records.recorded_warnings(config, workdir)
     return summary
 
 
@@ -100,13 +106,26 @@ def _detection_summary(config, workdir, table, centroid_scores) -> dict:
             "centroid": baseline}
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def rest_verify_body(label_name: str, image_b64: str) -> str:
+    """The REST :predict body that verifies one image (base64) against a label name (verify_label_name)."""
+    return json.dumps({"signature_name": "verify_label_name",
+                       "instances": [{"image_bytes": {"b64": image_b64}, "label_name": label_name}]})
+
+
 def _verify_through_the_server(workdir: str, table: datasets.LabelTable, suspicious: list[dict]) -> dict:
-    """Starts cleannet-serve's server on WORKDIR/saved_models (a free loopback port), verifies demo images with
-    the official TF Serving stub (three suspicious ones, two others), classifies one; stops the server."""
+    """Starts cleannet-serve's server on WORKDIR/saved_models (free loopback gRPC and REST ports), verifies demo
+    images with the official TF Serving stub (three suspicious ones, two others), classifies one, verifies the
+    first through REST as the summary's curl line does; stops the server."""
     from cleannet_tf import serving
 
-    server = serving.start_server(model_config_file=os.path.join(export_dir(workdir), "models.config"),
-                                  port=0)
+    models_config = os.path.join(export_dir(workdir), "models.config")
+    server = serving.start_server(model_config_file=models_config, port=0, rest_port=_free_port())
     try:
         flagged = {row["key"] for row in suspicious}
         others = [key for key in table.keys[table.split == datasets.SPLIT_TRAIN][::97] if key not in flagged][:2]
@@ -119,9 +138,17 @@ def _verify_through_the_server(workdir: str, table: datasets.LabelTable, suspici
             verdicts = client.verify_image([table.paths[row] for row in rows], labels)
             seconds = time.perf_counter() - start
             classified = client.classify_image(table.paths[rows[0]], top=1)[0][0]
+        with open(table.paths[rows[0]], "rb") as f:
+            body = rest_verify_body(labels[0], base64.b64encode(f.read()).decode("ascii"))
+        request = urllib.request.Request(f"http://127.0.0.1:{server.rest_port}/v1/models/cleannet_verifier:predict",
+                                         data=body.encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            rest = json.load(response)["predictions"][0]
     finally:
         server.stop(grace=1)
-    return {"port": server.port, "seconds": seconds, "classified": (keys[0], *classified),
+    return {"port": server.port, "rest_port": server.rest_port, "models_config": models_config,
+            "example": {"path": str(table.paths[rows[0]]), "label": labels[0], "rest_score": float(rest["score"])},
+            "seconds": seconds, "classified": (keys[0], *classified),
             "rows": [{"key": key, "label": label, "score": float(score), "noisy": bool(noisy),
                       "suggested": table.class_names[int(suggested)]}
                      for key, label, score, noisy, suggested in zip(
@@ -181,6 +208,7 @@ def format_summary(summary: dict, *, seconds: float) -> str:
             lines.append(f"    {row['key']:<46} {row['label']:>8} {row['score']:>7.3f}  {verdict}")
         key, name, score = served["classified"]
         lines.append(f"    classifier (Classify API): {key} -> {name} ({score:.2f})")
+        lines += try_it_lines(served)
     if summary.get("classifier_accuracy"):
         lines.append("  classifier test accuracy by training weights (clean test images): " + ", ".join(
             f"{name} {pct(value)}" for name, value in summary["classifier_accuracy"].items()))
@@ -188,4 +216,23 @@ def format_summary(summary: dict, *, seconds: float) -> str:
         lines.append(f"  review         cleannet-review --workdir={summary['workdir']}   (verify the proposed labels "
                      "in a browser)")
     lines.append(f"  time           {seconds:.0f} s on {summary['replicas']} replica(s)")
+    for warning in summary.get("warnings", ()):
+        lines.append(f"  WARNING        {warning}")
     return "\n".join(lines)
+
+
+def try_it_lines(served: dict) -> list[str]:
+    """The summary's copyable lines: the server command (its ports), then curl (REST) and Python (gRPC)."""
+    example, port, rest_port = served["example"], served["port"], served["rest_port"]
+    shell_body = rest_verify_body(example["label"], "@@IMAGE_B64@@").replace("\\", "\\\\").replace('"', '\\"')
+    shell_body = shell_body.replace("$", "\\$").replace("`", "\\`")
+    shell_body = shell_body.replace("@@IMAGE_B64@@", f"$(base64 -w0 {shlex.quote(example['path'])})")
+    python = (f'from cleannet_tf.serving import Client; print(Client("127.0.0.1:{port}").verify_image('
+              f'{json.dumps(example["path"])}, {json.dumps(example["label"])}))')
+    return [
+        f"  try it         the demo's server has stopped; this serves the same models on the same ports "
+        f"(REST gave score {example['rest_score']:.3f} for the first image):",
+        f"    cleannet-serve --model_config_file={shlex.quote(served['models_config'])} --port={port} "
+        f"--rest_api_port={rest_port} &",
+        f"    curl -s -X POST 127.0.0.1:{rest_port}/v1/models/cleannet_verifier:predict -d \"{shell_body}\"",
+        f"    python -c {shlex.quote(python)}"]

@@ -74,7 +74,8 @@ def run_extract(config: ml_collections.ConfigDict, workdir: str, *, table: datas
     stats = extract_features(
         table.paths, store, backbone, image_size=(config.model.image_height, config.model.image_width),
         batch_size=config.extract.batch_size, resize=config.input.resize, strategy=strategy,
-        parallel_calls=config.input.parallel_calls, progress=progress, shards=mine)
+        parallel_calls=config.input.parallel_calls, progress=progress, shards=mine,
+        max_pixels=config.input.max_pixels)
     record = store.finalize()
     stats["finalized"] = record is not None
     if record is None:

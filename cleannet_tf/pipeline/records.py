@@ -44,13 +44,14 @@ _DATA = ("seed", "data.*", "-data.check_images")
 
 STEP_FIELDS = {
     "train_classifier": (*_DATA, "model.backbone", "model.image_height", "model.image_width", "model.feature_dim",
-                         "input.resize", "input.augment", "classifier.*", "-classifier.after_verify"),
-    "extract": (*_DATA, "model.*", "input.resize", "extract.shard_size"),
+                         "input.resize", "input.augment", "input.max_pixels", "classifier.*",
+                         "-classifier.after_verify"),
+    "extract": (*_DATA, "model.*", "input.resize", "input.max_pixels", "extract.shard_size"),
     "refs": (*_DATA, "refs.*"),
     "train": (*_DATA, "cleannet.*", "loss.*", "train.*", "-train.checkpoint_every", "-train.log_every"),
     "verify": (*_DATA, "cleannet.mode", "cleannet.calibration_fraction", "verify.*"),
     "weighted_classifiers": ("classifier.after_verify",),
-    "export": (*_DATA, "model.*", "input.resize", "classifier.after_verify"),
+    "export": (*_DATA, "model.*", "input.resize", "input.max_pixels", "classifier.after_verify"),
 }
 
 
@@ -332,3 +333,15 @@ def _files_under(*paths: str) -> list[str]:
         elif os.path.exists(path):
             files.append(path)
     return files
+
+
+def recorded_warnings(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """The sanity warnings (sanity.py) in the metrics.json of every classifier and of cleannet-verify."""
+    paths = [os.path.join(classifier_output_dir(workdir, weighting), "metrics.json")
+             for weighting in ["none", *weighted_classifiers(config)]]
+    warnings = []
+    for path in [*paths, os.path.join(verify_dir(workdir), "metrics.json")]:
+        if os.path.exists(path):
+            with open(path) as f:
+                warnings += json.load(f).get("warnings", [])
+    return warnings

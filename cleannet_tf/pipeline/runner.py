@@ -33,7 +33,6 @@ from cleannet_tf import config as config_lib
 from cleannet_tf.data import table as datasets
 from cleannet_tf.pipeline import lock as workdir_lock
 from cleannet_tf.pipeline.classifier import run_train_classifier
-from cleannet_tf.pipeline.export import export_all
 from cleannet_tf.pipeline.extract import run_extract
 from cleannet_tf.pipeline.records import (
     STEPS,
@@ -161,8 +160,9 @@ def _run(step: str, config: ml_collections.ConfigDict, workdir: str, *, table, s
         return (f"threshold {result['threshold']:.3f}, {result['n_flagged']} of {result['n_images']} images flagged",
                 _files_under(verify_dir(workdir)))
     if step == "export":
+        from cleannet_tf.pipeline.export import export_all  # TF Serving protos only when exporting
 
-        result = export_all(config, workdir, export_to, table=table)
+        result = export_all(config, workdir, export_to, table=table, max_pixels=config.input.max_pixels)
         return (f"{result['verifier']}, {result['classifier']}",
                 _files_under(result["verifier"], result["classifier"], result["models_config"]))
     raise ValueError(f"Unknown step {step!r}; expected one of {STEPS}")

@@ -14,7 +14,7 @@ from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.pipeline.extract import open_features
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.workdir import cleannet_dir, references_path
-from cleannet_tf.training.cleannet import calibration_classes, train_cleannet
+from cleannet_tf.training.cleannet import calibration_classes, log_calibration_classes, train_cleannet
 
 
 def load_training_inputs(config: ml_collections.ConfigDict, workdir: str,
@@ -27,8 +27,9 @@ def load_training_inputs(config: ml_collections.ConfigDict, workdir: str,
     """
     table = table if table is not None else load_table(config, workdir)
     if for_training and config.cleannet.calibration_fraction > 0:
-        table = datasets.apply_heldout(table, calibration_classes(table, config.cleannet.calibration_fraction,
-                                                                  config.seed))
+        calibration = calibration_classes(table, config.cleannet.calibration_fraction, config.seed)
+        log_calibration_classes(table.class_names, calibration, config.cleannet.calibration_fraction)
+        table = datasets.apply_heldout(table, calibration, reason=datasets.CALIBRATION_SKIP_REASON)
     features = open_features(config, workdir, table)
     reference_sets = ReferenceSets.load(references_path(workdir))
     data = pool.prepare_training_data(table, features, reference_sets.class_names,

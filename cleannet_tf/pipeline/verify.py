@@ -5,7 +5,10 @@
     to_verify.tsv    the images a person should verify next, in verified_train.tsv's format (detection/active.py)
     report.html      histogram, ROC / PR curves, noise rate per class, most suspicious images (detection/report.py)
     metrics.json     threshold, detection error / precision / recall / F1 / ROC-AUC on verified validation rows
-                     (verified classes) and on held-out classes' validation rows, per class, noise-rate estimates
+                     (verified classes) and on held-out classes' validation rows, per class, noise-rate estimates,
+                     calibration_classes (cleannet.calibration_fraction; verified classes, not held out) and
+                     warnings (sanity.detection_warnings: a detection barely better than flagging nothing, too
+                     few verified rows for a stable threshold)
 
 The five files (and report.html's figures) are written to a temporary folder beside WORKDIR/verify/ and published
 as one set (atomic_io.staging_dir): a kill at any moment leaves the previous complete set or the new one, never
@@ -21,7 +24,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cleannet_tf import atomic_io
+from cleannet_tf import atomic_io, sanity
 from cleannet_tf import config as config_lib
 from cleannet_tf.data import table as datasets
 from cleannet_tf.detection import active, scores_tsv, verifier
@@ -60,6 +63,8 @@ def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: datase
                                class_mean_keep=config.verify.class_mean_keep, calibration_classes=calibration,
                                signals=config_lib.split_names(config.verify.signals),
                                seed=config.seed)
+    info["calibration_classes"] = train_lib.log_calibration_classes(  # none are held out (data.heldout_list)
+        table.class_names, calibration, config.cleannet.calibration_fraction)
     threshold = info["threshold"]
     all_scores = verifier.class_scores(model, data.features)  # (P, C)
     scores = all_scores[np.arange(len(data.labels)), data.labels]
@@ -87,6 +92,11 @@ def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: da
     report = {"mode": config.cleannet.mode, **info, **detection_report(scores, data, threshold),
               "n_images": int(len(scores)), "n_flagged": int(np.sum(scores < threshold)),
               "class_names": list(data.class_names)}
+    for name in report["calibration_classes"]:
+        report["per_class"][name]["calibration"] = True
+    seen = data.validation[~data.heldout_classes[data.labels[data.validation]]]  # the rows choosing the threshold
+    report["warnings"] = sanity.log(sanity.detection_warnings(detection_error=report["detection_error"],
+                                                              verification=data.verification[seen]))
     checkpointing.write_json(os.path.join(output_dir, "metrics.json"), report)
 
     train_rows = table.split[data.table_rows] == datasets.SPLIT_TRAIN

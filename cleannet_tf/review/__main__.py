@@ -6,6 +6,7 @@
 Serves on 127.0.0.1 (--host to change; --port=0 picks a free port) and prints the URL to open, with a
 random access token: any request without it gets 403. Without --config, the newest of
 WORKDIR/config.{verify,run,demo,review}.json is used (what the last run saved).
+Errors print one line and exit 1; --debug (or --verbosity=1) adds the traceback.
 """
 
 import getpass
@@ -97,7 +98,7 @@ def _define_flags() -> None:
 
 def run():
     _define_flags()
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

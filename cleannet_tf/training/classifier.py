@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from cleannet_tf import sanity
 from cleannet_tf.data import images
 from cleannet_tf.data import table as datasets
 from cleannet_tf.features import backbones
@@ -53,7 +54,8 @@ def _per_epoch_dataset(paths, labels, weights, *, epoch, image_size, per_replica
     return images.make_image_dataset(
         paths[order], rows=order, labels=labels[order], weights=weights[order], image_size=image_size,
         batch_size=per_replica_batch, resize=config.input.resize, augment=config.input.augment,
-        seed=config.seed + epoch, parallel_calls=config.input.parallel_calls, drop_remainder=True)
+        seed=config.seed + epoch, parallel_calls=config.input.parallel_calls, drop_remainder=True,
+        max_pixels=config.input.max_pixels)
 
 
 class NoisyThenFinetuneSchedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -78,7 +80,8 @@ def evaluate_accuracy(model: keras.Model, paths: np.ndarray, labels: np.ndarray,
                       batch_size: int = 256) -> float:
     """Top-1 accuracy on images (unreadable ones skipped)."""
     dataset = images.make_image_dataset(paths, labels=labels, image_size=image_size, batch_size=batch_size,
-                                                resize=config.input.resize, parallel_calls=config.input.parallel_calls)
+                                        resize=config.input.resize, parallel_calls=config.input.parallel_calls,
+                                        max_pixels=config.input.max_pixels)
     correct = total = 0
     for batch in dataset:
         predicted = np.argmax(model(batch["image"], training=False)["logits"], axis=-1)
@@ -115,6 +118,7 @@ class ClassifierTask(loop.Task):
             if count and len(rows) // global_batch == 0:
                 raise ValueError(f"{len(rows)} training images ({name}) is fewer than one batch of {global_batch}.")
             self.epochs += [(rows, rows_weights, epoch_size // global_batch)] * count
+        self.epoch_size, self.epoch_steps = int(in_pool.sum()), int(in_pool.sum()) // global_batch
         self.epoch_ends = np.cumsum([steps for _, _, steps in self.epochs])
         self.total_steps = int(self.epoch_ends[-1])
         self.noisy_steps = int(self.epoch_ends[config.classifier.epochs - 1])
@@ -173,6 +177,14 @@ class ClassifierTask(loop.Task):
                      entry["train_accuracy"])
         return entry, {"train/loss": entry["loss"], "train/accuracy": entry["train_accuracy"]}
 
+    def finish(self) -> None:
+        """Epochs of few steps leave BatchNorm's moving statistics unsettled: recomputed on the trained images."""
+        if self.epoch_steps < sanity.MIN_STEPS_PER_EPOCH:
+            backbones.recompute_batchnorm_statistics(self.model, images.make_image_dataset(
+                self.table.paths[self.pool], image_size=self.image_size, batch_size=self.global_batch,
+                resize=self.config.input.resize, parallel_calls=self.config.input.parallel_calls,
+                max_pixels=self.config.input.max_pixels).map(lambda batch: batch["image"]))
+
     def payload(self, state: loop.LoopState) -> dict:
         """Test accuracy of the final model, weighting, sizes, seconds and the per-epoch history."""
         table, config, pool = self.table, self.config, self.pool
@@ -180,12 +192,16 @@ class ClassifierTask(loop.Task):
         test_accuracy = (evaluate_accuracy(self.model, table.paths[test], table.labels[test],
                                            image_size=self.image_size, config=config) if test.any() else None)
         logging.info("Classifier (%s weighting): test accuracy %s", config.classifier.weighting, test_accuracy)
+        warnings = sanity.log(sanity.classifier_warnings(
+            test_accuracy=test_accuracy, test_labels=table.labels[test], num_classes=table.num_classes,
+            steps_per_epoch=self.epoch_steps, epoch_size=self.epoch_size, batch_size=self.global_batch,
+            what="classifier" + ("" if config.classifier.weighting == "none" else f"_{config.classifier.weighting}")))
         return {"test_accuracy": test_accuracy, "weighting": config.classifier.weighting, "n_test": int(test.sum()),
                 "mean_weight": float(self.weights[pool].mean()) if len(pool) else None,
                 "n_train": int(len(pool)), "epochs": config.classifier.epochs, "steps": self.total_steps,
                 "finetune_epochs": config.classifier.finetune_epochs,
                 "n_finetune": int(len(self.verified_clean)) if config.classifier.finetune_epochs else 0,
-                "seconds": state.seconds, "history": state.history}
+                "seconds": state.seconds, "history": state.history, "warnings": warnings}
 
 
 def train_classifier(table: datasets.LabelTable, config: ml_collections.ConfigDict, output_dir: str, *,

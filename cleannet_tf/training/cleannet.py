@@ -242,6 +242,16 @@ def train_cleannet(data: pool.TrainingData, reference_sets: ReferenceSets, confi
     return loop.train(task, output_dir, strategy=strategy, seed=config.seed, progress=progress)
 
 
+def log_calibration_classes(class_names, calibration: np.ndarray, fraction: float) -> list[str]:
+    """Logs the calibration classes (C,) bool by name; returns their names."""
+    names = [class_names[c] for c in np.nonzero(calibration)[0]]
+    if names:
+        logging.info("Calibration classes (cleannet.calibration_fraction=%g, not held out): %d of %d: %s%s.",
+                     fraction, len(names), len(class_names), ", ".join(names[:20]),
+                     f" and {len(names) - 20} more" if len(names) > 20 else "")
+    return names
+
+
 def pick_calibration_classes(verified_labels: np.ndarray, num_classes: int, fraction: float, seed: int) -> np.ndarray:
     """(C,) bool: a seeded `fraction` of the classes in `verified_labels` (labels of verified training rows)."""
     calibration = np.zeros(num_classes, bool)

@@ -104,6 +104,9 @@ class Task:
         """(metrics stored under the history entry's "val", TensorBoard scalars)."""
         return {}, {}
 
+    def finish(self) -> None:
+        """After the last step, before the final model is saved and payload() (e.g. statistics to refresh)."""
+
     def payload(self, state: LoopState) -> dict:
         """The contents of metrics.json."""
         return {"step": state.step, "history": state.history}
@@ -199,6 +202,7 @@ def train(task: Task, output_dir: str, *, strategy: tf.distribute.Strategy | Non
                 if chief and running_metrics:
                     checkpointing.write_json(metrics_path, task.payload(state))
     state.seconds = time.perf_counter() - start
+    task.finish()
     if chief and task.objective is None:
         checkpointing.save_model(task.model, model_path)
     writer.flush()
