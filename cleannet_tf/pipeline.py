@@ -119,6 +119,8 @@ def classifier_weights(table: datasets.LabelTable, workdir: str, weighting: str)
         raise ValueError(f"{path}: {len(unknown)} keys are not in the dataset (e.g. {unknown[0]!r}); it was written "
                          "for another dataset: rerun cleannet-verify.")
     per_row[[row_of[key] for key in scores.keys]] = scores.scores
+    soft = np.full(len(table), np.nan)
+    soft[[row_of[key] for key in scores.keys]] = scores.weight_soft  # P(label correct); paper mode max(0, cos)
     pool = table.split != datasets.SPLIT_TEST
     missing = pool & np.isnan(per_row)
     if missing.sum() > 0.01 * pool.sum():
@@ -129,7 +131,7 @@ def classifier_weights(table: datasets.LabelTable, workdir: str, weighting: str)
                         int(missing.sum()), table.keys[np.argmax(missing)])
     verification = np.where(pool, table.verification, -1)
     return label_noise.sample_weights(np.where(pool, per_row, np.nan), mode=weighting, threshold=threshold,
-                                      verification=verification)
+                                      verification=verification, probabilities=soft)
 
 
 
@@ -209,8 +211,10 @@ def read_record(workdir: str, name: str, *, started: bool = False) -> dict | Non
 
 def _skip_reason(step: str, config: ml_collections.ConfigDict) -> str | None:
     """Why cleannet-run does not run `step` under `config`, or None."""
-    if step in ("train_classifier", "extract", "weighted_classifiers", "export") and config.data.features:
+    if step == "extract" and config.data.features:
         return "skipped: precomputed features (data.features)"
+    if step == "export" and config.data.features:  # the classifiers (softmax heads) take features, not images
+        return "skipped: precomputed features (data.features): the models take features, not images"
     if step == "weighted_classifiers" and not weighted_classifiers(config):
         return "skipped: classifier.after_verify is empty"
     return None

@@ -6,6 +6,7 @@
     report.html      histogram, ROC / PR curves, noise rate per class, most suspicious images (report.py)
     metrics.json     threshold, detection error / precision / recall / F1 / ROC-AUC on verified validation rows
                      (verified classes) and on held-out classes' validation rows, per class, noise-rate estimates
+                     (the mean of 1 - P(label correct), calibrated probabilities; `correct_probabilities`)
 
 The threshold is the one with the lowest detection error on the verified classes' validation rows; held-out
 classes are scored with the same threshold and reported apart. The five files (and report.html's figures) are
@@ -28,6 +29,7 @@ from cleannet_tf import (
     checkpointing,
     datasets,
     detectors,
+    label_noise,
     metrics,
     scores_io,
     train_data,
@@ -122,12 +124,30 @@ def load_verifier(workdir: str) -> tuple[keras.Model, list[str], float]:
     return model, list(class_names), head.threshold
 
 
-def detection_report(scores: np.ndarray, data: train_data.TrainingData, threshold: float) -> dict:
+def correct_probabilities(scores: np.ndarray, data: train_data.TrainingData, scoring: str) -> tuple[np.ndarray, dict]:
+    """(P,) calibrated P(label correct) of the pool rows from their scores, and how it was calibrated.
+
+    stacked: the stacked logistic regression's own probability, (s + 1) / 2. cosine, margin: Platt scaling
+    (label_noise.fit_calibration) fitted on the verified classes' validation rows (the threshold's rows).
+    """
+    if scoring == "stacked":
+        return label_noise.correct_probability(scores, scoring=scoring), {"calibration": "stacked"}
+    rows = data.validation[~data.heldout_classes[data.labels[data.validation]]]
+    calibration = label_noise.fit_calibration(scores[rows], data.verification[rows])
+    return (label_noise.correct_probability(scores, scoring=scoring, calibration=calibration),
+            {"calibration": "platt", "calibration_ab": list(calibration), "n_calibration": int(len(rows))})
+
+
+def detection_report(scores: np.ndarray, data: train_data.TrainingData, threshold: float,
+                     probabilities: np.ndarray | None = None) -> dict:
     """metrics.json's numbers: scores (P,) of the pool rows at `threshold`.
 
     detection_* on the verified classes' validation rows, *_heldout on held-out classes' validation rows,
-    *_all on both; per class: images, estimated noise rate (share below the threshold), and on its
-    validation rows the error and the verified noise rate.
+    *_all on both; per class: images, estimated noise rate, the share below the threshold, and on its
+    validation rows the error and the verified noise rate. The noise-rate estimates (noise_rate_estimate, per
+    class and overall) are the mean of 1 - probabilities (P,) (calibrated P(label correct)), each verified row
+    counted as its label says (label_noise.estimate_noise_rates); without probabilities, the share below the
+    threshold.
     """
     rows = data.validation
     labels, verification = data.labels[rows], data.verification[rows]
@@ -147,6 +167,11 @@ def detection_report(scores: np.ndarray, data: train_data.TrainingData, threshol
     num_classes = len(data.class_names)
     images = np.bincount(data.labels, minlength=num_classes)
     flagged_per_class = np.bincount(data.labels, weights=flagged, minlength=num_classes)
+    if probabilities is None:
+        estimate, overall = flagged_per_class / np.maximum(images, 1), float(flagged.mean()) if len(flagged) else None
+    else:
+        estimate, overall = label_noise.estimate_noise_rates(probabilities, data.labels, num_classes=num_classes,
+                                                             verification=data.verification)
     val_count = np.bincount(labels, minlength=num_classes)
     val_wrong = np.bincount(labels, weights=verification == 0, minlength=num_classes)
     val_error = metrics.per_class_error(scores[rows], verification, labels, threshold, num_classes)
@@ -154,12 +179,16 @@ def detection_report(scores: np.ndarray, data: train_data.TrainingData, threshol
     for c, name in enumerate(data.class_names):
         per_class[name] = {
             "images": int(images[c]), "heldout": bool(data.heldout_classes[c]),
-            "noise_rate_estimate": float(flagged_per_class[c] / images[c]) if images[c] else None,
+            "noise_rate_estimate": float(estimate[c]) if images[c] else None,
+            "flagged_share": float(flagged_per_class[c] / images[c]) if images[c] else None,
             "n_val": int(val_count[c]),
             "noise_rate_verified": float(val_wrong[c] / val_count[c]) if val_count[c] else None,
             "detection_error": _finite_or_none(val_error[c]),
         }
-    report["noise_rate_estimate"] = float(flagged.mean()) if len(flagged) else None
+    report["noise_rate_estimate"] = overall
+    report["noise_rate_estimate_from"] = ("mean of 1 - P(label correct) (calibrated), verified rows as labelled"
+                                          if probabilities is not None else "share below the threshold")
+    report["flagged_share"] = float(flagged.mean()) if len(flagged) else None
     report["per_class"] = per_class
     return report
 
@@ -200,12 +229,17 @@ def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: da
     threshold = info["threshold"]
     pool = np.arange(len(data.labels))
     class_names = np.asarray(data.class_names)
+    probabilities, calibration = correct_probabilities(scores, data, info["scoring"])
+    # The soft weight: the calibrated P(label correct); in paper mode the paper's max(0, cos).
+    weight_soft = np.clip(scores, 0.0, 1.0) if info["scoring"] == "cosine" else probabilities
     scores_io.write_scores_tsv(os.path.join(output_dir, "scores.tsv"), scores_io.ScoresTable(
         keys=table.keys[data.table_rows], labels=class_names[data.labels], scores=scores,
-        noisy=scores < threshold, weight_soft=np.clip(scores, 0.0, 1.0), weight_hard=scores >= threshold,
-        suggested_labels=class_names[suggested], suggested_scores=all_scores[pool, suggested]))
+        noisy=scores < threshold, weight_soft=weight_soft, weight_hard=scores >= threshold,
+        suggested_labels=class_names[suggested], suggested_scores=all_scores[pool, suggested],
+        p_correct=probabilities))
     checkpointing.save_model(model, os.path.join(output_dir, "verifier.keras"))
-    report = {"mode": config.cleannet.mode, **info, **detection_report(scores, data, threshold),
+    report = {"mode": config.cleannet.mode, **info, **calibration,
+              **detection_report(scores, data, threshold, probabilities),
               "n_images": int(len(scores)), "n_flagged": int(np.sum(scores < threshold)),
               "class_names": list(data.class_names)}
     checkpointing.write_json(os.path.join(output_dir, "metrics.json"), report)
