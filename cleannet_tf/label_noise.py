@@ -90,19 +90,30 @@ def _verification(verification, shape) -> np.ndarray:
     return verification
 
 
-def fit_calibration(scores, verification) -> tuple[float, float]:
-    """Platt scaling: (a, b) with P(label correct | s) = sigmoid(a s + b), fitted on verified pairs.
+def _calibration_input(scores, scoring: str) -> np.ndarray:
+    """What Platt scaling is fitted on: the logit log((1 + s) / (1 - s)) of a stacked score, else the score."""
+    scores = _scores(scores)
+    if scoring != "stacked":
+        return scores
+    clipped = np.clip(scores, -1.0 + 1e-7, 1.0 - 1e-7)
+    return np.log1p(clipped) - np.log1p(-clipped)
+
+
+def fit_calibration(scores, verification, *, scoring: str) -> tuple[float, float]:
+    """Platt scaling: (a, b) with P(label correct | s) = sigmoid(a x + b), x the score's calibration input.
 
     Args:
         scores: (n,) float. verification: (n,) 0/1, both present.
+        scoring: "stacked" (x = the stacked logistic regression's logit, so (a, b) rescale its temperature and
+            base rate), or "cosine" / "margin" (x = s).
     """
     from sklearn.linear_model import LogisticRegression
 
-    scores = _scores(scores)
-    verification = _verification(verification, scores.shape)
+    inputs = _calibration_input(scores, scoring)
+    verification = _verification(verification, inputs.shape)
     if not np.isin(verification, (0, 1)).all() or len(np.unique(verification)) < 2:
         raise ValueError("fit_calibration needs verified pairs of both kinds (0 and 1).")
-    logistic = LogisticRegression(C=1e4).fit(scores[:, None], verification)  # ~unregularised
+    logistic = LogisticRegression(C=1e4).fit(inputs[:, None], verification)  # ~unregularised
     return float(logistic.coef_[0, 0]), float(logistic.intercept_[0])
 
 
@@ -111,17 +122,17 @@ def correct_probability(scores, *, scoring: str, calibration: tuple[float, float
 
     Args:
         scores: (N,) float.
-        scoring: "stacked" (s = 2 P - 1, P the stacked logistic regression's: P = (s + 1) / 2), or any other
-            scoring ("cosine", "margin"), which needs `calibration`.
-        calibration: (a, b) of `fit_calibration` (P = sigmoid(a s + b)).
+        scoring: "stacked" (s = 2 P - 1: without calibration, P = (s + 1) / 2, the stacked logistic regression's
+            own probability), or "cosine" / "margin", which need `calibration`.
+        calibration: (a, b) of `fit_calibration` with the same scoring (P = sigmoid(a x + b)).
     """
     scores = _scores(scores)
-    if scoring == "stacked" and calibration is None:
-        return np.clip((scores + 1.0) / 2.0, 0.0, 1.0)
     if calibration is None:
-        raise ValueError(f"scoring={scoring!r} needs a calibration (fit_calibration on verified pairs).")
+        if scoring != "stacked":
+            raise ValueError(f"scoring={scoring!r} needs a calibration (fit_calibration on verified pairs).")
+        return np.clip((scores + 1.0) / 2.0, 0.0, 1.0)
     a, b = calibration
-    return 1.0 / (1.0 + np.exp(-(a * scores + b)))
+    return 1.0 / (1.0 + np.exp(-(a * _calibration_input(scores, scoring) + b)))
 
 
 def estimate_noise_rates(probabilities, labels, *, num_classes: int, verification=None) -> tuple[np.ndarray, float]:

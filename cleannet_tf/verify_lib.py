@@ -124,16 +124,32 @@ def load_verifier(workdir: str) -> tuple[keras.Model, list[str], float]:
     return model, list(class_names), head.threshold
 
 
-def correct_probabilities(scores: np.ndarray, data: train_data.TrainingData, scoring: str) -> tuple[np.ndarray, dict]:
-    """(P,) calibrated P(label correct) of the pool rows from their scores, and how it was calibrated.
+def calibration_rows(data: train_data.TrainingData, calibration_classes: np.ndarray | None = None) -> np.ndarray:
+    """Pool rows the probabilities are calibrated on: verified rows of verified classes that CleanNet did not train
+    on (the validation rows, and the calibration classes' verified_train rows)."""
+    verified_class = ~data.heldout_classes[data.labels]
+    unseen = np.zeros(len(data.labels), bool)
+    unseen[data.validation] = True
+    if calibration_classes is not None:
+        unseen |= calibration_classes[data.labels]
+    return np.nonzero((data.verification >= 0) & verified_class & unseen)[0]
 
-    stacked: the stacked logistic regression's own probability, (s + 1) / 2. cosine, margin: Platt scaling
-    (label_noise.fit_calibration) fitted on the verified classes' validation rows (the threshold's rows).
+
+def correct_probabilities(scores: np.ndarray, data: train_data.TrainingData, scoring: str,
+                          calibration_classes: np.ndarray | None = None) -> tuple[np.ndarray | None, dict]:
+    """(P,) calibrated P(label correct) of the pool rows from their scores (None when it cannot be), and how.
+
+    Platt scaling (label_noise.fit_calibration: of the stacked logit, or of the cosine / margin score) fitted on
+    `calibration_rows`. The stacked scoring's own probability ((s + 1) / 2) is fitted on the calibration classes
+    alone, whose noise rate need not be the others'; the refit on every verified class fixes its base rate.
+    Verified rows of one kind only: the stacked probability as it is; for cosine and margin, None.
     """
-    if scoring == "stacked":
-        return label_noise.correct_probability(scores, scoring=scoring), {"calibration": "stacked"}
-    rows = data.validation[~data.heldout_classes[data.labels[data.validation]]]
-    calibration = label_noise.fit_calibration(scores[rows], data.verification[rows])
+    rows = calibration_rows(data, calibration_classes)
+    if len(np.unique(data.verification[rows])) < 2:
+        if scoring == "stacked":
+            return label_noise.correct_probability(scores, scoring=scoring), {"calibration": "stacked"}
+        return None, {"calibration": "none (the verified rows are all of one kind)"}
+    calibration = label_noise.fit_calibration(scores[rows], data.verification[rows], scoring=scoring)
     return (label_noise.correct_probability(scores, scoring=scoring, calibration=calibration),
             {"calibration": "platt", "calibration_ab": list(calibration), "n_calibration": int(len(rows))})
 
@@ -215,7 +231,8 @@ def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: datase
     scores = all_scores[np.arange(len(data.labels)), data.labels]
     suggested = all_scores.argmax(axis=1)
     with atomic_io.staging_dir(verify_dir(workdir)) as output_dir:  # published whole, replacing the last set
-        report = _write_outputs(output_dir, config, table, data, model, info, scores, all_scores, suggested)
+        report = _write_outputs(output_dir, config, table, data, model, info, scores, all_scores, suggested,
+                                calibration_classes=calibration)
     logging.info("cleannet-verify: threshold %.4f, detection error %s (held-out %s), %d of %d images flagged.",
                  threshold, report["detection_error"], report["detection_error_heldout"], report["n_flagged"],
                  report["n_images"])
@@ -224,19 +241,21 @@ def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: datase
 
 def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: datasets.LabelTable,
                    data: train_data.TrainingData, model: keras.Model, info: dict, scores: np.ndarray,
-                   all_scores: np.ndarray, suggested: np.ndarray) -> dict:
+                   all_scores: np.ndarray, suggested: np.ndarray,
+                   calibration_classes: np.ndarray | None = None) -> dict:
     """scores.tsv, verifier.keras, metrics.json, to_verify.tsv, report.html into output_dir; returns the metrics."""
     threshold = info["threshold"]
     pool = np.arange(len(data.labels))
     class_names = np.asarray(data.class_names)
-    probabilities, calibration = correct_probabilities(scores, data, info["scoring"])
+    probabilities, calibration = correct_probabilities(scores, data, info["scoring"], calibration_classes)
     # The soft weight: the calibrated P(label correct); in paper mode the paper's max(0, cos).
-    weight_soft = np.clip(scores, 0.0, 1.0) if info["scoring"] == "cosine" else probabilities
+    paper = info["scoring"] == "cosine" or probabilities is None
+    weight_soft = np.clip(scores, 0.0, 1.0) if paper else probabilities
     scores_io.write_scores_tsv(os.path.join(output_dir, "scores.tsv"), scores_io.ScoresTable(
         keys=table.keys[data.table_rows], labels=class_names[data.labels], scores=scores,
         noisy=scores < threshold, weight_soft=weight_soft, weight_hard=scores >= threshold,
         suggested_labels=class_names[suggested], suggested_scores=all_scores[pool, suggested],
-        p_correct=probabilities))
+        p_correct=probabilities if probabilities is not None else np.full(len(scores), np.nan)))
     checkpointing.save_model(model, os.path.join(output_dir, "verifier.keras"))
     report = {"mode": config.cleannet.mode, **info, **calibration,
               **detection_report(scores, data, threshold, probabilities),
