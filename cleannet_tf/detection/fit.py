@@ -12,7 +12,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from cleannet_tf.detection import metrics, verifier
+from cleannet_tf.detection import label_noise, metrics, verifier
 from cleannet_tf.detection import signals as detectors
 from cleannet_tf.features import pool as train_data
 from cleannet_tf.features.references import ReferenceSets
@@ -82,12 +82,46 @@ def fit_verifier(cleannet: keras.Model, data: train_data.TrainingData, reference
     return model, info
 
 
-def detection_report(scores: np.ndarray, data: train_data.TrainingData, threshold: float) -> dict:
+def calibration_rows(data: train_data.TrainingData, calibration_classes: np.ndarray | None = None) -> np.ndarray:
+    """Pool rows the probabilities are calibrated on: verified rows of verified classes that CleanNet did not train
+    on (the validation rows, and the calibration classes' verified_train rows)."""
+    verified_class = ~data.heldout_classes[data.labels]
+    unseen = np.zeros(len(data.labels), bool)
+    unseen[data.validation] = True
+    if calibration_classes is not None:
+        unseen |= calibration_classes[data.labels]
+    return np.nonzero((data.verification >= 0) & verified_class & unseen)[0]
+
+
+def correct_probabilities(scores: np.ndarray, data: train_data.TrainingData, scoring: str,
+                          calibration_classes: np.ndarray | None = None) -> tuple[np.ndarray | None, dict]:
+    """(P,) calibrated P(label correct) of the pool rows from their scores (None when it cannot be), and how.
+
+    Platt scaling (label_noise.fit_calibration: of the stacked logit, or of the cosine / margin score) fitted on
+    `calibration_rows`. The stacked scoring's own probability ((s + 1) / 2) is fitted on the calibration classes
+    alone, whose noise rate need not be the others'; the refit on every verified class fixes its base rate.
+    Verified rows of one kind only: the stacked probability as it is; for cosine and margin, None.
+    """
+    rows = calibration_rows(data, calibration_classes)
+    if len(np.unique(data.verification[rows])) < 2:
+        if scoring == "stacked":
+            return label_noise.correct_probability(scores, scoring=scoring), {"calibration": "stacked"}
+        return None, {"calibration": "none (the verified rows are all of one kind)"}
+    calibration = label_noise.fit_calibration(scores[rows], data.verification[rows], scoring=scoring)
+    return (label_noise.correct_probability(scores, scoring=scoring, calibration=calibration),
+            {"calibration": "platt", "calibration_ab": list(calibration), "n_calibration": int(len(rows))})
+
+
+def detection_report(scores: np.ndarray, data: train_data.TrainingData, threshold: float,
+                     probabilities: np.ndarray | None = None) -> dict:
     """metrics.json's numbers: scores (P,) of the pool rows at `threshold`.
 
     detection_* on the verified classes' validation rows, *_heldout on held-out classes' validation rows,
-    *_all on both; per class: images, estimated noise rate (share below the threshold), and on its
-    validation rows the error and the verified noise rate.
+    *_all on both; per class: images, estimated noise rate, the share below the threshold, and on its
+    validation rows the error and the verified noise rate. The noise-rate estimates (noise_rate_estimate, per
+    class and overall) are the mean of 1 - probabilities (P,) (calibrated P(label correct)), each verified row
+    counted as its label says (label_noise.estimate_noise_rates); without probabilities, the share below the
+    threshold.
     """
     rows = data.validation
     labels, verification = data.labels[rows], data.verification[rows]
@@ -107,6 +141,11 @@ def detection_report(scores: np.ndarray, data: train_data.TrainingData, threshol
     num_classes = len(data.class_names)
     images = np.bincount(data.labels, minlength=num_classes)
     flagged_per_class = np.bincount(data.labels, weights=flagged, minlength=num_classes)
+    if probabilities is None:
+        estimate, overall = flagged_per_class / np.maximum(images, 1), float(flagged.mean()) if len(flagged) else None
+    else:
+        estimate, overall = label_noise.estimate_noise_rates(probabilities, data.labels, num_classes=num_classes,
+                                                             verification=data.verification)
     val_count = np.bincount(labels, minlength=num_classes)
     val_wrong = np.bincount(labels, weights=verification == 0, minlength=num_classes)
     val_error = metrics.per_class_error(scores[rows], verification, labels, threshold, num_classes)
@@ -114,12 +153,16 @@ def detection_report(scores: np.ndarray, data: train_data.TrainingData, threshol
     for c, name in enumerate(data.class_names):
         per_class[name] = {
             "images": int(images[c]), "heldout": bool(data.heldout_classes[c]),
-            "noise_rate_estimate": float(flagged_per_class[c] / images[c]) if images[c] else None,
+            "noise_rate_estimate": float(estimate[c]) if images[c] else None,
+            "flagged_share": float(flagged_per_class[c] / images[c]) if images[c] else None,
             "n_val": int(val_count[c]),
             "noise_rate_verified": float(val_wrong[c] / val_count[c]) if val_count[c] else None,
             "detection_error": _finite_or_none(val_error[c]),
         }
-    report["noise_rate_estimate"] = float(flagged.mean()) if len(flagged) else None
+    report["noise_rate_estimate"] = overall
+    report["noise_rate_estimate_from"] = ("mean of 1 - P(label correct) (calibrated), verified rows as labelled"
+                                          if probabilities is not None else "share below the threshold")
+    report["flagged_share"] = float(flagged.mean()) if len(flagged) else None
     report["per_class"] = per_class
     return report
 

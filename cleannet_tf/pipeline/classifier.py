@@ -63,6 +63,8 @@ def classifier_weights(table: datasets.LabelTable, workdir: str, weighting: str)
         raise ValueError(f"{path}: {len(unknown)} keys are not in the dataset (e.g. {unknown[0]!r}); it was written "
                          "for another dataset: rerun cleannet-verify.")
     per_row[[row_of[key] for key in scores.keys]] = scores.scores
+    soft = np.full(len(table), np.nan)
+    soft[[row_of[key] for key in scores.keys]] = scores.weight_soft  # P(label correct); paper mode max(0, cos)
     pool = table.split != datasets.SPLIT_TEST
     missing = pool & np.isnan(per_row)
     if missing.sum() > 0.01 * pool.sum():
@@ -73,4 +75,4 @@ def classifier_weights(table: datasets.LabelTable, workdir: str, weighting: str)
                         int(missing.sum()), table.keys[np.argmax(missing)])
     verification = np.where(pool, table.verification, -1)
     return label_noise.sample_weights(np.where(pool, per_row, np.nan), mode=weighting, threshold=threshold,
-                                      verification=verification)
+                                      verification=verification, probabilities=soft)

@@ -112,8 +112,10 @@ def read_record(workdir: str, name: str, *, started: bool = False) -> dict | Non
 
 def _skip_reason(step: str, config: ml_collections.ConfigDict) -> str | None:
     """Why cleannet-run does not run `step` under `config`, or None."""
-    if step in ("train_classifier", "extract", "weighted_classifiers", "export") and config.data.features:
+    if step == "extract" and config.data.features:
         return "skipped: precomputed features (data.features)"
+    if step == "export" and config.data.features:  # the classifiers (softmax heads) take features, not images
+        return "skipped: precomputed features (data.features): the models take features, not images"
     if step == "weighted_classifiers" and not weighted_classifiers(config):
         return "skipped: classifier.after_verify is empty"
     return None

@@ -6,6 +6,7 @@
     report.html      histogram, ROC / PR curves, noise rate per class, most suspicious images (detection/report.py)
     metrics.json     threshold, detection error / precision / recall / F1 / ROC-AUC on verified validation rows
                      (verified classes) and on held-out classes' validation rows, per class, noise-rate estimates,
+                     (the mean of 1 - P(label correct), calibrated probabilities; `correct_probabilities`),
                      calibration_classes (cleannet.calibration_fraction; verified classes, not held out) and
                      warnings (sanity.detection_warnings: a detection barely better than flagging nothing, too
                      few verified rows for a stable threshold)
@@ -29,7 +30,7 @@ from cleannet_tf import config as config_lib
 from cleannet_tf.data import table as datasets
 from cleannet_tf.detection import active, scores_tsv, verifier
 from cleannet_tf.detection import report as report_lib
-from cleannet_tf.detection.fit import detection_report, fit_verifier
+from cleannet_tf.detection.fit import correct_probabilities, detection_report, fit_verifier
 from cleannet_tf.features import pool as train_data
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.pipeline.table import load_table
@@ -70,7 +71,8 @@ def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: datase
     scores = all_scores[np.arange(len(data.labels)), data.labels]
     suggested = all_scores.argmax(axis=1)
     with atomic_io.staging_dir(verify_dir(workdir)) as output_dir:  # published whole, replacing the last set
-        report = _write_outputs(output_dir, config, table, data, model, info, scores, all_scores, suggested)
+        report = _write_outputs(output_dir, config, table, data, model, info, scores, all_scores, suggested,
+                                calibration_classes=calibration)
     logging.info("cleannet-verify: threshold %.4f, detection error %s (held-out %s), %d of %d images flagged.",
                  threshold, report["detection_error"], report["detection_error_heldout"], report["n_flagged"],
                  report["n_images"])
@@ -79,17 +81,24 @@ def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: datase
 
 def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: datasets.LabelTable,
                    data: train_data.TrainingData, model: keras.Model, info: dict, scores: np.ndarray,
-                   all_scores: np.ndarray, suggested: np.ndarray) -> dict:
+                   all_scores: np.ndarray, suggested: np.ndarray,
+                   calibration_classes: np.ndarray | None = None) -> dict:
     """scores.tsv, verifier.keras, metrics.json, to_verify.tsv, report.html into output_dir; returns the metrics."""
     threshold = info["threshold"]
     pool = np.arange(len(data.labels))
     class_names = np.asarray(data.class_names)
+    probabilities, calibration = correct_probabilities(scores, data, info["scoring"], calibration_classes)
+    # The soft weight: the calibrated P(label correct); in paper mode the paper's max(0, cos).
+    paper = info["scoring"] == "cosine" or probabilities is None
+    weight_soft = np.clip(scores, 0.0, 1.0) if paper else probabilities
     scores_tsv.write_scores_tsv(os.path.join(output_dir, "scores.tsv"), scores_tsv.ScoresTable(
         keys=table.keys[data.table_rows], labels=class_names[data.labels], scores=scores,
-        noisy=scores < threshold, weight_soft=np.clip(scores, 0.0, 1.0), weight_hard=scores >= threshold,
-        suggested_labels=class_names[suggested], suggested_scores=all_scores[pool, suggested]))
+        noisy=scores < threshold, weight_soft=weight_soft, weight_hard=scores >= threshold,
+        suggested_labels=class_names[suggested], suggested_scores=all_scores[pool, suggested],
+        p_correct=probabilities if probabilities is not None else np.full(len(scores), np.nan)))
     checkpointing.save_model(model, os.path.join(output_dir, "verifier.keras"))
-    report = {"mode": config.cleannet.mode, **info, **detection_report(scores, data, threshold),
+    report = {"mode": config.cleannet.mode, **info, **calibration,
+              **detection_report(scores, data, threshold, probabilities),
               "n_images": int(len(scores)), "n_flagged": int(np.sum(scores < threshold)),
               "class_names": list(data.class_names)}
     for name in report["calibration_classes"]:

@@ -8,15 +8,22 @@ weights of 1 give plain cross-entropy. Images of weight 0 are not read at all,
 but an epoch is as many samples as the whole pool, so every weighting trains
 for the same number of steps as the unweighted run (as the paper compares them).
 
-Weights (config.classifier.weighting): "none" (all 1), "soft" (max(0, s)),
-"hard" (1[s >= threshold]), with s the CleanNet score of the image's label;
-a verification label overrides the score (1 -> weight 1, 0 -> weight 0).
+Weights (config.classifier.weighting): "none" (all 1), "soft" (scores.tsv's
+weight_soft: the calibrated P(label correct); in cleannet.mode=paper the paper's
+max(0, s)), "hard" (1[s >= threshold]), with s the CleanNet score of the image's
+label; a verification label overrides the score (1 -> weight 1, 0 -> weight 0).
+
+With data.features set, the classifier is a softmax head on those frozen
+features (`build_features_classifier`: input "features" (B, D), no image is
+decoded), the test split's features giving its test accuracy; same weightings,
+loop, epochs and outputs.
 With config.classifier.finetune_epochs > 0, a second phase follows: that
 many epochs on the images verified as correctly labelled, unweighted, at
 config.classifier.finetune_learning_rate (the same loop and checkpoints).
 
 Outputs in WORKDIR/classifier/: model.keras (the classifier; its layer
-"backbone" is what `model.weights=classifier` extracts features with),
+"backbone" is what `model.weights=classifier` extracts features with; a
+features head has none),
 metrics.json (test accuracy, weighting), checkpoints/, logs/.
 
 Imports `data`, `features`.
@@ -44,6 +51,32 @@ def weighted_cross_entropy(labels, logits, weights, *, global_batch_size: int):
     cross_entropy = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
     return tf.nn.compute_average_loss(cross_entropy * tf.cast(weights, cross_entropy.dtype),
                                       global_batch_size=global_batch_size)
+
+
+def build_features_classifier(feature_mean: np.ndarray, feature_std: np.ndarray, num_classes: int) -> keras.Model:
+    """Softmax head on frozen features: input "features" (B, D) -> outputs "logits", "probabilities" (B, C).
+
+    The features are standardised by the pool's per-dimension mean and std (D,), fixed in the model.
+    """
+    feature_dim = len(feature_mean)
+    features = keras.Input((feature_dim,), name="features", dtype="float32")
+    normalized = keras.layers.Normalization(mean=feature_mean, variance=np.square(feature_std),
+                                            name="standardize")(features)
+    logits = keras.layers.Dense(num_classes, name="logits")(normalized)
+    probabilities = keras.layers.Softmax(name="probabilities")(logits)
+    return keras.Model(features, {"logits": logits, "probabilities": probabilities}, name="features_classifier")
+
+
+def _per_epoch_features_dataset(features: tf.Tensor, rows: np.ndarray, labels, weights, *, epoch,
+                                per_replica_batch, seed, shard, num_shards) -> tf.data.Dataset:
+    """As _per_epoch_dataset, from features (N, D) held in memory: batches of "features" (b, D) of `rows`."""
+    order = np.random.default_rng([seed, epoch]).permutation(len(rows))
+    order = order[shard::num_shards]
+    batches = tf.data.Dataset.from_tensor_slices({"row": rows[order].astype(np.int64),
+                                                  "label": labels[order].astype(np.int32),
+                                                  "weight": weights[order].astype(np.float32)})
+    return batches.batch(per_replica_batch, drop_remainder=True).map(
+        lambda batch: {**batch, "features": tf.gather(features, batch["row"])})
 
 
 def _per_epoch_dataset(paths, labels, weights, *, epoch, image_size, per_replica_batch, config, shard,
@@ -76,6 +109,16 @@ class NoisyThenFinetuneSchedule(keras.optimizers.schedules.LearningRateSchedule)
                 "finetune_learning_rate": self.finetune_learning_rate}
 
 
+def evaluate_features_accuracy(model: keras.Model, features: np.ndarray, labels: np.ndarray, *,
+                               batch_size: int = 4096) -> float:
+    """Top-1 accuracy of a features head on (n, D) features."""
+    correct = 0
+    for start in range(0, len(labels), batch_size):
+        logits = model(features[start:start + batch_size], training=False)["logits"]
+        correct += int(np.sum(np.argmax(logits, axis=-1) == labels[start:start + batch_size]))
+    return correct / max(len(labels), 1)
+
+
 def evaluate_accuracy(model: keras.Model, paths: np.ndarray, labels: np.ndarray, *, image_size, config,
                       batch_size: int = 256) -> float:
     """Top-1 accuracy on images (unreadable ones skipped)."""
@@ -100,11 +143,16 @@ class ClassifierTask(loop.Task):
     name = "classifier"
 
     def __init__(self, table: datasets.LabelTable, config: ml_collections.ConfigDict, *,
-                 sample_weights: np.ndarray | None = None, initial_weights: str = "random"):
+                 sample_weights: np.ndarray | None = None, initial_weights: str = "random",
+                 features: np.ndarray | None = None, valid: np.ndarray | None = None):
         self.table, self.config, self.initial_weights = table, config, initial_weights
         self.image_size = (config.model.image_height, config.model.image_width)
+        # features (N, D) of every table row (a features head), valid (N,): the rows that have them.
+        self.features, self.input_name = features, "image" if features is None else "features"
+        valid = np.ones(len(table), bool) if valid is None else np.asarray(valid, bool)
+        self.valid = valid
         weights = np.ones(len(table), np.float32) if sample_weights is None else np.asarray(sample_weights, np.float32)
-        in_pool = table.split != datasets.SPLIT_TEST
+        in_pool = (table.split != datasets.SPLIT_TEST) & valid
         self.weights, self.pool = weights, np.nonzero(in_pool & (weights > 0))[0]
         self.verified_clean = np.nonzero(in_pool & (table.verification == 1))[0]
         self.global_batch = global_batch = config.classifier.batch_size
@@ -126,12 +174,19 @@ class ClassifierTask(loop.Task):
 
     def build(self) -> None:
         config = self.config
-        backbone = backbones.build_backbone(config.model.backbone, image_size=self.image_size,
-                                            weights=self.initial_weights, feature_dim=config.model.feature_dim)
-        self.model = backbones.build_classifier(backbone, self.table.num_classes)
         schedule = NoisyThenFinetuneSchedule(config.classifier.learning_rate, self.noisy_steps,
                                              config.classifier.finetune_learning_rate)
         self.optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9)
+        if self.features is not None:
+            pool_features = self.features[self.table.split != datasets.SPLIT_TEST][self.valid[
+                self.table.split != datasets.SPLIT_TEST]].astype(np.float64)
+            std = pool_features.std(axis=0)
+            self.model = build_features_classifier(pool_features.mean(axis=0), np.where(std > 1e-6, std, 1.0),
+                                                   self.table.num_classes)
+            return
+        backbone = backbones.build_backbone(config.model.backbone, image_size=self.image_size,
+                                            weights=self.initial_weights, feature_dim=config.model.feature_dim)
+        self.model = backbones.build_classifier(backbone, self.table.num_classes)
 
     def dataset(self, context: tf.distribute.InputContext, start_step: int) -> tf.data.Dataset:
         per_replica = context.get_per_replica_batch_size(self.global_batch)
@@ -140,11 +195,20 @@ class ClassifierTask(loop.Task):
         # Every epoch yields exactly its steps' batches per replica (shards stay in step).
         replicas_here = context.num_replicas_in_sync // context.num_input_pipelines
         table = self.table
-        parts = [_per_epoch_dataset(table.paths[rows], table.labels[rows], rows_weights, epoch=epoch,
-                                    image_size=self.image_size, per_replica_batch=per_replica, config=self.config,
-                                    shard=context.input_pipeline_id, num_shards=context.num_input_pipelines)
-                 .repeat().take(steps * replicas_here)
-                 for epoch, (rows, rows_weights, steps) in enumerate(self.epochs) if epoch >= first_epoch]
+        shard, num_shards = context.input_pipeline_id, context.num_input_pipelines
+        if self.features is not None:
+            features = tf.constant(self.features, tf.float32)
+            parts = [_per_epoch_features_dataset(features, rows, table.labels[rows], rows_weights, epoch=epoch,
+                                                 per_replica_batch=per_replica, seed=self.config.seed, shard=shard,
+                                                 num_shards=num_shards)
+                     .repeat().take(steps * replicas_here)
+                     for epoch, (rows, rows_weights, steps) in enumerate(self.epochs) if epoch >= first_epoch]
+        else:
+            parts = [_per_epoch_dataset(table.paths[rows], table.labels[rows], rows_weights, epoch=epoch,
+                                        image_size=self.image_size, per_replica_batch=per_replica, config=self.config,
+                                        shard=shard, num_shards=num_shards)
+                     .repeat().take(steps * replicas_here)
+                     for epoch, (rows, rows_weights, steps) in enumerate(self.epochs) if epoch >= first_epoch]
         combined = parts[0]
         for part in parts[1:]:
             combined = combined.concatenate(part)
@@ -153,7 +217,7 @@ class ClassifierTask(loop.Task):
     def replica_step(self, batch: dict) -> dict[str, tf.Tensor]:
         model = self.model
         with tf.GradientTape() as tape:
-            logits = model(batch["image"], training=True)["logits"]
+            logits = model(batch[self.input_name], training=True)["logits"]
             loss = weighted_cross_entropy(batch["label"], logits, batch["weight"],
                                           global_batch_size=self.global_batch)
             if model.losses:
@@ -188,15 +252,21 @@ class ClassifierTask(loop.Task):
     def payload(self, state: loop.LoopState) -> dict:
         """Test accuracy of the final model, weighting, sizes, seconds and the per-epoch history."""
         table, config, pool = self.table, self.config, self.pool
-        test = table.split == datasets.SPLIT_TEST
-        test_accuracy = (evaluate_accuracy(self.model, table.paths[test], table.labels[test],
-                                           image_size=self.image_size, config=config) if test.any() else None)
+        test = (table.split == datasets.SPLIT_TEST) & self.valid
+        if not test.any():
+            test_accuracy = None
+        elif self.features is not None:
+            test_accuracy = evaluate_features_accuracy(self.model, self.features[test], table.labels[test])
+        else:
+            test_accuracy = evaluate_accuracy(self.model, table.paths[test], table.labels[test],
+                                              image_size=self.image_size, config=config)
         logging.info("Classifier (%s weighting): test accuracy %s", config.classifier.weighting, test_accuracy)
         warnings = sanity.log(sanity.classifier_warnings(
             test_accuracy=test_accuracy, test_labels=table.labels[test], num_classes=table.num_classes,
             steps_per_epoch=self.epoch_steps, epoch_size=self.epoch_size, batch_size=self.global_batch,
             what="classifier" + ("" if config.classifier.weighting == "none" else f"_{config.classifier.weighting}")))
         return {"test_accuracy": test_accuracy, "weighting": config.classifier.weighting, "n_test": int(test.sum()),
+                "input": self.input_name,
                 "mean_weight": float(self.weights[pool].mean()) if len(pool) else None,
                 "n_train": int(len(pool)), "epochs": config.classifier.epochs, "steps": self.total_steps,
                 "finetune_epochs": config.classifier.finetune_epochs,
@@ -206,13 +276,16 @@ class ClassifierTask(loop.Task):
 
 def train_classifier(table: datasets.LabelTable, config: ml_collections.ConfigDict, output_dir: str, *,
                      sample_weights: np.ndarray | None = None, initial_weights: str = "random",
-                     strategy: tf.distribute.Strategy | None = None, progress: bool = True) -> tuple[keras.Model, dict]:
+                     strategy: tf.distribute.Strategy | None = None, progress: bool = True,
+                     features: np.ndarray | None = None, valid: np.ndarray | None = None) -> tuple[keras.Model, dict]:
     """Trains backbone + softmax on the pool rows (train and val) of `table` (ClassifierTask on the loop).
 
     Args:
         table: N rows; pool rows train, test rows (if any) measure accuracy.
         sample_weights: (N,) float32 weight per row (default 1).
         initial_weights: backbone weights to start from ("random", "imagenet", a file).
+        features: optional (N, D) frozen features of every row: a softmax head on them instead (no images are
+            read); default: config.data.features when set. valid: (N,) bool, the rows that have features.
 
     Returns:
         (classifier, metrics).
@@ -221,7 +294,10 @@ def train_classifier(table: datasets.LabelTable, config: ml_collections.ConfigDi
     global_batch, replicas = config.classifier.batch_size, strategy.num_replicas_in_sync
     if global_batch % replicas:
         raise ValueError(f"classifier.batch_size {global_batch} must be divisible by the {replicas} replicas.")
-    task = ClassifierTask(table, config, sample_weights=sample_weights, initial_weights=initial_weights)
+    if features is None and config.data.features:
+        features, valid = datasets.load_precomputed_features(config.data.features, table)
+    task = ClassifierTask(table, config, sample_weights=sample_weights, initial_weights=initial_weights,
+                          features=features, valid=valid)
     # metrics.json marks the step complete: written once, at the end.
     return loop.train(task, output_dir, strategy=strategy, seed=config.seed, max_to_keep=2,
                                running_metrics=False, progress=progress)
