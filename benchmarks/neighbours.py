@@ -3,12 +3,14 @@
 Writes N x D synthetic clustered float32 features (pool5-like: ReLU of a `--latent`-dim Gaussian mixture with
 `--clusters` components, plus noise; labels = component, `--noise` of them flipped) to a .npy on disk in chunks,
 then reads it through a memory map and
-  1. runs nearest_neighbours(method="faiss") on every row and the kNN agreement signal from it (timed);
-  2. runs exact search (the O(N^2) baseline) for `--exact_queries` sampled rows (timed, extrapolated to N);
-  3. prints recall@k of 1. against 2. on those rows, how far the signals differ there, the ROC-AUC of the
-     signal against the planted flips, wall times and peak memory.
+  1. builds the approximate index of nearest_neighbours(method="faiss") (neighbours.ApproximateIndex, timed) and
+     searches it for every row, or for `--approx_queries` sampled rows (timed, extrapolated to N);
+  2. runs exact search (the O(N^2) baseline) for `--exact_queries` of those rows (timed, extrapolated to N);
+  3. prints recall@k of 1. against 2. on those rows, how far the kNN agreement signals differ there, the ROC-AUC
+     of the signal against the planted flips, wall and CPU times and peak memory.
 
     python benchmarks/neighbours.py                             # 1M x 1280 (a 5.1 GB file in --scratch)
+    python benchmarks/neighbours.py --approx_queries=50000     # the same, 50k rows searched, extrapolated
     python benchmarks/neighbours.py --n=200000 --exact_queries=2000
     python benchmarks/neighbours.py --n=20000 --dim=64          # quick look
 
@@ -37,6 +39,8 @@ _SPREAD = flags.DEFINE_float("spread", 1.0, "Standard deviation of a component a
 _NOISE = flags.DEFINE_float("noise", 0.2, "Share of labels flipped to another class.")
 _K = flags.DEFINE_integer("k", 10, "Neighbours.")
 _EXACT_QUERIES = flags.DEFINE_integer("exact_queries", 1000, "Rows searched exactly (baseline and recall).")
+_APPROX_QUERIES = flags.DEFINE_integer("approx_queries", 0, "Rows searched in the index (0: all; else the "
+                                       "search time is extrapolated to N; at least --exact_queries).")
 _REDUCE_DIM = flags.DEFINE_integer("reduce_dim", 256, "nearest_neighbours reduce_dim.")
 _NPROBE = flags.DEFINE_integer("nprobe", 16, "nearest_neighbours nprobe.")
 _NLIST = flags.DEFINE_integer("nlist", 0, "nearest_neighbours nlist (0: its default).")
@@ -95,8 +99,9 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def agreement(labels: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    return (labels[indices] == labels[:, None]).mean(axis=1)
+def agreement(own: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Share of each query's neighbours (Q, k) whose label equals its own (Q,)."""
+    return (labels[indices] == own[:, None]).mean(axis=1)
 
 
 def main(argv) -> None:
@@ -115,46 +120,61 @@ def main(argv) -> None:
                                      _SEED.value)
     print(f"features {'reused' if existed else 'written'} in {time.perf_counter() - start:.0f} s", flush=True)
     features = np.load(path, mmap_mode="r")
+    rng = np.random.default_rng(_SEED.value + 1)
+    exact_rows = np.sort(rng.choice(n, min(n, _EXACT_QUERIES.value), replace=False))
+    queries = np.arange(n)
+    if 0 < _APPROX_QUERIES.value < n:  # the exact rows and others: recall is measured on searched rows
+        others = rng.choice(np.setdiff1d(np.arange(n), exact_rows), _APPROX_QUERIES.value - len(exact_rows),
+                            replace=False)
+        queries = np.sort(np.concatenate([exact_rows, others]))
     try:
         anon = AnonPeak()
         start, cpu = time.perf_counter(), cpu_seconds()
-        indices, _ = neighbours.nearest_neighbours(features, k, method="faiss", reduce_dim=_REDUCE_DIM.value,
-                                                   nprobe=_NPROBE.value, nlist=_NLIST.value)
-        signal = agreement(labels, indices)
-        approx_seconds, approx_cpu = time.perf_counter() - start, cpu_seconds() - cpu
+        index = neighbours.ApproximateIndex(features, reduce_dim=_REDUCE_DIM.value, nprobe=_NPROBE.value,
+                                            nlist=_NLIST.value)
+        build = time.perf_counter() - start, cpu_seconds() - cpu
+        print(f"index built: {build[0]:.0f} s ({build[1]:.0f} CPU s), {index.index.nlist} lists", flush=True)
+        start, cpu = time.perf_counter(), cpu_seconds()
+        indices, _ = index.search(k, queries=queries)
+        search = time.perf_counter() - start, cpu_seconds() - cpu
         approx_anon = anon.stop()
-        print(f"faiss: {approx_seconds:.0f} s ({approx_cpu:.0f} CPU s), anonymous peak {approx_anon / 1e9:.2f} GB",
-              flush=True)
-
-        rows = np.sort(np.random.default_rng(_SEED.value + 1).choice(n, min(n, _EXACT_QUERIES.value),
-                                                                   replace=False))
+        del index
+        print(f"searched {len(queries)} rows: {search[0]:.0f} s ({search[1]:.0f} CPU s)", flush=True)
         anon = AnonPeak()
         start, cpu = time.perf_counter(), cpu_seconds()
-        exact, _ = neighbours.exact_search(features, k, queries=rows)
-        exact_seconds, exact_cpu = time.perf_counter() - start, cpu_seconds() - cpu
+        exact, _ = neighbours.exact_search(features, k, queries=exact_rows)
+        exact_time = time.perf_counter() - start, cpu_seconds() - cpu
         exact_anon = anon.stop()
-        recall = neighbours.recall_at_k(features, indices, exact=(rows, exact))
-        exact_signal = (labels[exact] == labels[rows, None]).mean(axis=1)
     finally:
         del features
         if not _KEEP.value:
             os.remove(path)
-    extrapolated, extrapolated_cpu = exact_seconds * n / len(rows), exact_cpu * n / len(rows)
-    print(f"\n| {n} x {dim}, k={k}, {os.cpu_count()} cores | wall time | CPU time | anonymous peak |")
+    position = np.searchsorted(queries, exact_rows)
+    recall = float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(exact, indices[position], strict=True)]))
+    signal = agreement(labels[queries], labels, indices)
+    exact_signal = agreement(labels[exact_rows], labels, exact)
+    scale = n / len(queries)
+    total = build[0] + search[0] * scale, build[1] + search[1] * scale
+    exact_total = exact_time[0] * n / len(exact_rows), exact_time[1] * n / len(exact_rows)
+    searched = "every row" if len(queries) == n else f"{len(queries)} rows searched, extrapolated to {n}"
+    print(f"\n| {n} x {dim}, k={k}, {os.cpu_count()} shared cores | wall time | CPU time | anonymous peak |")
     print("|---|---|---|---|")
-    print(f"| faiss IVF-Flat on PCA-{_REDUCE_DIM.value} + exact re-rank, every row | {approx_seconds:.0f} s | "
-          f"{approx_cpu:.0f} s | {approx_anon / 1e9:.2f} GB |")
-    print(f"| exact, {len(rows)} rows (baseline) | {exact_seconds:.0f} s | {exact_cpu:.0f} s | "
-          f"{exact_anon / 1e9:.2f} GB |")
-    print(f"| exact, every row (extrapolated) | {extrapolated:.0f} s ({extrapolated / 3600:.1f} h) | "
-          f"{extrapolated_cpu:.0f} s | |")
-    difference = np.abs(signal[rows] - exact_signal).mean()
+    print(f"| faiss IVF-Flat ({_NPROBE.value} lists probed) on PCA-{_REDUCE_DIM.value} + exact re-rank: build | "
+          f"{build[0]:.0f} s | {build[1]:.0f} s | {approx_anon / 1e9:.2f} GB |")
+    print(f"| the same, search + re-rank of {len(queries)} rows | {search[0]:.0f} s | {search[1]:.0f} s | |")
+    print(f"| **the kNN signal, every row ({searched})** | **{total[0]:.0f} s** | **{total[1]:.0f} s** | |")
+    print(f"| exact (sgemm blocks), {len(exact_rows)} rows (baseline) | {exact_time[0]:.0f} s | {exact_time[1]:.0f} s"
+          f" | {exact_anon / 1e9:.2f} GB |")
+    print(f"| exact, every row (extrapolated) | {exact_total[0]:.0f} s ({exact_total[0] / 3600:.1f} h) | "
+          f"{exact_total[1]:.0f} s | |")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(f"\nrecall@{k} vs exact on {len(rows)} rows: {recall:.3f}; kNN agreement signal there: mean |approx - "
-          f"exact| {difference:.4f}; ROC-AUC of the signal vs the planted flips: {roc_auc_score(~flipped, signal):.3f} "
-          f"(every row), exact on the sample {roc_auc_score(~flipped[rows], exact_signal):.3f}; speed-up "
-          f"{extrapolated / approx_seconds:.0f}x (CPU time {extrapolated_cpu / approx_cpu:.0f}x); peak RSS "
-          f"{peak / 1e9:.2f} GB (with the mapped file's pages)")
+    print(f"\nrecall@{k} vs exact on {len(exact_rows)} rows: {recall:.3f}; kNN agreement signal there: mean |approx - "
+          f"exact| {np.abs(signal[position] - exact_signal).mean():.4f}; ROC-AUC of the signal vs the planted flips "
+          f"{roc_auc_score(~flipped[queries], signal):.3f} (searched rows), exact "
+          f"{roc_auc_score(~flipped[exact_rows], exact_signal):.3f} (its rows); speed-up "
+          f"{exact_total[0] / total[0]:.0f}x wall, {exact_total[1] / total[1]:.0f}x CPU; peak RSS {peak / 1e9:.2f} GB "
+          f"(with the mapped file's pages)")
+
 
 if __name__ == "__main__":
     app.run(main)

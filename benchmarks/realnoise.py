@@ -84,7 +84,8 @@ _SKIP = flags.DEFINE_list("skip", [], "Skip: cleanlab, vote, paper, cleannet (ev
 _K = flags.DEFINE_integer("k", 10, "Neighbours of the kNN agreement and the vote.")
 _VOTE_ROUNDS = flags.DEFINE_integer("vote_rounds", 5, "Random feature transforms of the neighbour vote.")
 _VOTE_DIM = flags.DEFINE_integer("vote_dim", 256, "Dimension of the vote's random projections.")
-_JSON = flags.DEFINE_string("json", "", "Also write every row (per seed) to this .json file.")
+_JSON = flags.DEFINE_string("json", "", "Also write every row (per seed) to this .json file, after each release.")
+_FROM_JSON = flags.DEFINE_list("from_json", [], "Only print the table of rows saved by --json (these files).")
 
 METRICS = ("error", "precision", "recall", "f1", "roc_auc")
 
@@ -357,15 +358,24 @@ def markdown_table(rows: list[dict]) -> str:
 def main(argv) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
+    if _FROM_JSON.value:
+        rows = []
+        for path in _FROM_JSON.value:
+            with open(path) as f:
+                rows += json.load(f)
+        print(markdown_table(rows))
+        return
     if not _FEATURES.value:
         raise SystemExit("--features is required (a data.features .npz; {release} and {seed} are filled in).")
     start = time.perf_counter()
     rows = []
     for name, root, seed in release_roots():
         rows += run_release(_CONFIG.value, name, root, seed)
-    if _JSON.value:
-        with open(_JSON.value, "w") as f:
-            json.dump(rows, f, indent=1)
+        if _JSON.value:  # after each release: a long run's finished releases are kept
+            partial = f"{_JSON.value}.{os.getpid()}.partial"
+            with open(partial, "w") as f:
+                json.dump(rows, f, indent=1)
+            os.replace(partial, _JSON.value)
     print(f"\nThresholds from the verified classes' verified_train rows; metrics on verified_val rows of verified "
           f"(V) and held-out (H) classes; wrong label = positive. Total {time.perf_counter() - start:.0f} s.\n")
     print(markdown_table(rows))

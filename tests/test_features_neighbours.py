@@ -92,3 +92,14 @@ def test_without_faiss_auto_falls_back_to_exact_and_faiss_says_how_to_install(mo
     np.testing.assert_array_equal(neighbours.nearest_neighbours(x, 4, exact_max_rows=100)[0], exact[0])
     with pytest.raises(ImportError, match=r"cleannet_tf\[scale\]"):
         neighbours.nearest_neighbours(x, 4, method="faiss")
+
+
+def test_approximate_index_searches_any_query_rows_like_the_whole_search():
+    x = clustered(3000, 32, seed=7)
+    index = neighbours.ApproximateIndex(x, reduce_dim=16, seed=0)
+    whole = index.search(5)
+    rows = np.array([2999, 0, 17, 17])
+    part = index.search(5, queries=rows)
+    np.testing.assert_array_equal(part[0], whole[0][rows])
+    np.testing.assert_allclose(part[1], whole[1][rows])
+    np.testing.assert_array_equal(neighbours.nearest_neighbours(x, 5, method="faiss", reduce_dim=16)[0], whole[0])

@@ -13,8 +13,9 @@ Rows are L2-normalised here; neighbours are ranked by cosine similarity, most si
             their exact cosine in the full space. Memory: N x reduce_dim floats (the index) plus one block.
 
 "auto" is exact up to EXACT_MAX_ROWS rows and faiss above (exact, with a warning, when faiss is not
-installed). Both are deterministic for a given seed and thread count. recall_at_k measures an approximate
-result against exact search on a sample of query rows.
+installed). Both are deterministic for a given seed and thread count. ApproximateIndex is the faiss index,
+built once and searched for any query rows; recall_at_k measures an approximate result against exact search on
+a sample of query rows.
 
 Imports nothing of the package.
 """
@@ -83,10 +84,9 @@ def nearest_neighbours(features: np.ndarray, k: int, *, exclude_self: bool = Tru
             method = "exact"
     if method == "exact":
         return exact_search(features, k, exclude_self=exclude_self, block_rows=block_rows)
-    if not faiss_available():
-        raise ImportError("method='faiss' needs faiss-cpu: pip install 'cleannet_tf[scale]'")
-    return _faiss(features, k, exclude_self, block_rows=block_rows or 1024, reduce_dim=reduce_dim, nlist=nlist,
-                  nprobe=nprobe, candidates=candidates or max(3 * k, k + 10), pca_rows=pca_rows, seed=seed)
+    index = ApproximateIndex(features, reduce_dim=reduce_dim, nlist=nlist, nprobe=nprobe, pca_rows=pca_rows,
+                             block_rows=block_rows or 1024, seed=seed)
+    return index.search(k, exclude_self=exclude_self, candidates=candidates)
 
 
 def _top_k(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -144,49 +144,73 @@ def _projection(features, rows: np.ndarray, reduce_dim: int) -> tuple[np.ndarray
     return mean, np.ascontiguousarray(vectors[:, ::-1][:, :reduce_dim], dtype=np.float32)
 
 
-def _faiss(features, k: int, exclude_self: bool, *, block_rows: int, reduce_dim: int, nlist: int, nprobe: int,
-           candidates: int, pca_rows: int, seed: int):
-    import faiss
+class ApproximateIndex:
+    """The faiss search of nearest_neighbours, built once and searched for any query rows.
 
-    n, _ = features.shape
-    rng = np.random.default_rng(seed)
-    mean, directions = _projection(features, rng.choice(n, min(n, pca_rows), replace=False), reduce_dim)
+    Build: the projection (on `pca_rows` sampled rows), the IVF-Flat index of every projected row (its
+    coarse quantiser trained on 40 x nlist sampled rows). Memory: N x reduce_dim floats plus one block.
+    Arguments as nearest_neighbours'.
+    """
 
-    def reduced(rows_or_slice) -> np.ndarray:
-        block = _unit_rows(features[rows_or_slice]) - mean
-        return np.ascontiguousarray(block if directions is None else block @ directions, dtype=np.float32)
+    def __init__(self, features: np.ndarray, *, reduce_dim: int = 256, nlist: int = 0, nprobe: int = 16,
+                 pca_rows: int = 20_000, block_rows: int = 1024, seed: int = 0):
+        if not faiss_available():
+            raise ImportError("method='faiss' needs faiss-cpu: pip install 'cleannet_tf[scale]'")
+        import faiss
 
-    nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 40))
-    dim = len(mean) if directions is None else directions.shape[1]
-    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist, faiss.METRIC_L2)
-    index.cp.seed = seed
-    index.cp.niter = 10
-    index.train(reduced(np.sort(rng.choice(n, min(n, 40 * nlist), replace=False))))
-    for start in range(0, n, block_rows):
-        index.add(reduced(slice(start, start + block_rows)))
-    index.nprobe = min(nprobe, nlist)
-    candidates = min(candidates + int(exclude_self), n)
-    indices = np.empty((n, k), np.int64)
-    similarities = np.empty((n, k), np.float32)
-    short = []  # rows with fewer than k candidates found: searched exactly afterwards
-    for start in range(0, n, block_rows):
-        stop = min(n, start + block_rows)
-        _, found = index.search(reduced(slice(start, stop)), candidates)
-        query = _unit_rows(features[start:stop])
-        # Re-rank by the exact cosine in the full space (one row gathered per candidate).
-        sims = np.einsum("bd,bcd->bc", query, _unit_rows(features[np.maximum(found, 0).ravel()]).reshape(
-            *found.shape, -1))
-        sims[found < 0] = -np.inf
-        if exclude_self:
-            sims[found == np.arange(start, stop)[:, None]] = -np.inf
-        positions, values = _top_k(sims, k)
-        indices[start:stop] = np.take_along_axis(found, positions, axis=1)
-        similarities[start:stop] = values
-        short.extend(start + np.flatnonzero(~np.isfinite(values).all(axis=1)))
-    if short:
-        indices[short], similarities[short] = exact_search(features, k, exclude_self=exclude_self,
-                                                           queries=np.array(short))
-    return indices, similarities
+        self.features = features
+        self.block_rows = block_rows
+        n = len(features)
+        rng = np.random.default_rng(seed)
+        self.mean, self.directions = _projection(features, rng.choice(n, min(n, pca_rows), replace=False),
+                                                 reduce_dim)
+        nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 40))
+        dim = len(self.mean) if self.directions is None else self.directions.shape[1]
+        self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist, faiss.METRIC_L2)
+        self.index.cp.seed = seed
+        self.index.cp.niter = 10
+        self.index.train(self._reduced(np.sort(rng.choice(n, min(n, 40 * nlist), replace=False))))
+        for start in range(0, n, block_rows):
+            self.index.add(self._reduced(slice(start, start + block_rows)))
+        self.index.nprobe = min(nprobe, nlist)
+
+    def _reduced(self, rows) -> np.ndarray:
+        block = _unit_rows(self.features[rows]) - self.mean
+        return np.ascontiguousarray(block if self.directions is None else block @ self.directions,
+                                    dtype=np.float32)
+
+    def search(self, k: int, *, queries: np.ndarray | None = None, exclude_self: bool = True,
+               candidates: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Neighbours of the rows `queries` (Q,) (None: all N): (Q, k) int64 indices, (Q, k) float32 cosines.
+
+        `candidates` rows per query (0: max(3k, k + 10)) come from the index and are re-ranked by their exact
+        cosine in the full space; rows with fewer than k found are searched exactly.
+        """
+        features, n = self.features, len(self.features)
+        _check(features, k, exclude_self)
+        queries = np.arange(n) if queries is None else np.asarray(queries, np.int64)
+        candidates = min((candidates or max(3 * k, k + 10)) + int(exclude_self), n)
+        indices = np.empty((len(queries), k), np.int64)
+        similarities = np.empty((len(queries), k), np.float32)
+        short = []
+        for start in range(0, len(queries), self.block_rows):
+            rows = queries[start:start + self.block_rows]
+            _, found = self.index.search(self._reduced(rows), candidates)
+            query = _unit_rows(features[rows])
+            gathered = _unit_rows(features[np.maximum(found, 0).ravel()]).reshape(*found.shape, -1)
+            sims = np.einsum("bd,bcd->bc", query, gathered)  # the exact cosines of the candidates
+            sims[found < 0] = -np.inf
+            if exclude_self:
+                sims[found == rows[:, None]] = -np.inf
+            positions, values = _top_k(sims, k)
+            indices[start:start + len(rows)] = np.take_along_axis(found, positions, axis=1)
+            similarities[start:start + len(rows)] = values
+            short.extend(start + np.flatnonzero(~np.isfinite(values).all(axis=1)))
+        if short:
+            short = np.array(short)
+            indices[short], similarities[short] = exact_search(features, k, exclude_self=exclude_self,
+                                                               queries=queries[short])
+        return indices, similarities
 
 
 def recall_at_k(features: np.ndarray, indices: np.ndarray, *, exclude_self: bool = True, sample: int = 1000,
