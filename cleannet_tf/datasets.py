@@ -3,19 +3,6 @@ and cleannet_tf.pipeline.table.load_table."""
 from cleannet_tf.data.clothing1m import read_clothing1m  # noqa: F401
 from cleannet_tf.data.features_npz import load_precomputed_features  # noqa: F401
 from cleannet_tf.data.food101n import apply_extra_verified, read_food101n  # noqa: F401
-from cleannet_tf.data.table import (  # noqa: F401
-    CALIBRATION_SKIP_REASON,
-    FORMATS,
-    HELDOUT_SKIP_REASON,
-    SPLIT_TEST,
-    SPLIT_TRAIN,
-    SPLIT_VAL,
-    SPLITS,
-    UNKNOWN,
-    DatasetError,
-    LabelTable,
-    apply_heldout,
-    read_heldout_list,
-)
+from cleannet_tf.data.table import *  # noqa: F403 (its __all__: the table, the splits, held-out lists)
 from cleannet_tf.data.tsv import read_tsv  # noqa: F401
 from cleannet_tf.pipeline.table import check_for_steps, load_table  # noqa: F401

@@ -181,7 +181,7 @@ def test_calibration_classes_are_kept_out_of_training(verified_workdir):
 
 def test_calibration_classes_are_named_as_such_not_as_held_out(verified_workdir, caplog):
     config, workdir, report, _, _ = verified_workdir
-    table = datasets.load_table(config, workdir)
+    table = load_table(config, workdir)
     names = [table.class_names[c] for c in np.nonzero(train_lib.calibration_classes(table, 0.25, config.seed))[0]]
     written = json.load(open(os.path.join(workdir, "verify", "metrics.json")))
     assert written["calibration_classes"] == names and len(names) == 1
@@ -200,7 +200,7 @@ def test_calibration_classes_are_named_as_such_not_as_held_out(verified_workdir,
 
 def test_verify_warns_when_too_few_verified_rows_choose_the_threshold(verified_workdir):
     config, workdir, report, _, _ = verified_workdir
-    table = datasets.load_table(config, workdir)
+    table = load_table(config, workdir)
     rows = (table.split == datasets.SPLIT_VAL) & (table.verification >= 0) & ~table.heldout_classes[table.labels]
     wrong, right = int(np.sum(table.verification[rows] == 0)), int(np.sum(table.verification[rows] == 1))
     assert wrong < sanity.MIN_VERIFIED_PER_KIND <= right  # this dataset: ~20% of 4 classes' 120 val rows wrong

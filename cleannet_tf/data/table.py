@@ -15,6 +15,9 @@ from collections.abc import Sequence
 import numpy as np
 from absl import logging
 
+__all__ = ["CALIBRATION_SKIP_REASON", "FORMATS", "HELDOUT_SKIP_REASON", "SPLITS", "SPLIT_TEST", "SPLIT_TRAIN",
+           "SPLIT_VAL", "UNKNOWN", "DatasetError", "LabelTable", "apply_heldout", "read_heldout_list"]
+
 SPLITS = ("train", "val", "test")
 
 
