@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import cleannet_tf
+from cleannet_tf import label_noise
 
 
 def test_find_label_issues_mask_and_ranking():
@@ -27,6 +28,50 @@ def test_sample_weights_formulas():
     np.testing.assert_allclose(verified, [0.0, 1.0, 0.2, 1.0], atol=1e-7)  # verification labels take precedence
 
 
+def test_soft_weights_of_an_unsure_detector_are_the_base_rate_not_zero():
+    # A stacked detector that knows nothing scores every pair near 0 (P = 0.5); 70% of the labels are right.
+    rng = np.random.default_rng(0)
+    correct = rng.random(2000) < 0.7
+    scores = rng.normal(0.0, 0.02, 2000)
+    assert cleannet_tf.sample_weights(scores, mode="soft").mean() < 0.02  # the old max(0, 2P - 1): collapse
+    calibration = label_noise.fit_calibration(scores[:400], correct[:400].astype(int), scoring="stacked")
+    probabilities = label_noise.correct_probability(scores, scoring="stacked", calibration=calibration)
+    weights = cleannet_tf.sample_weights(scores, mode="soft", probabilities=probabilities)
+    base_rate = correct[:400].mean()  # of the verified pairs the calibration sees (0.64 here)
+    assert abs(weights.mean() - base_rate) < 0.02 and weights.min() > 0.5
+    # Without calibration the stacked score's own probability: (s + 1) / 2.
+    np.testing.assert_allclose(label_noise.correct_probability(np.array([-1.0, 0.0, 0.5]), scoring="stacked"),
+                               [0.0, 0.5, 0.75])
+    # Verified labels win over the probability (1 -> 1, 0 -> 0); NaN scores (not scored) get 1.
+    verified = cleannet_tf.sample_weights(np.array([0.9, -0.9, 0.0, np.nan]), mode="soft",
+                                          probabilities=np.array([0.95, 0.05, 0.5, np.nan]),
+                                          verification=np.array([0, 1, -1, -1]))
+    np.testing.assert_allclose(verified, [0.0, 1.0, 0.5, 1.0], atol=1e-7)
+
+
+def test_noise_rates_from_calibrated_probabilities_match_a_known_rate():
+    # Three classes with noise rates 0.1, 0.3, 0.5; scores N(+1.5, 1) for right labels, N(-1.5, 1) for wrong.
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(3), 3000)
+    wrong = rng.random(len(labels)) < np.array([0.1, 0.3, 0.5])[labels]
+    scores = np.where(wrong, -1.5, 1.5) + rng.normal(0, 1, len(labels))
+    verified = rng.permutation(len(labels))[:450]  # 5% verified, drawn at random
+    verification = np.full(len(labels), -1)
+    verification[verified] = (~wrong[verified]).astype(int)
+    calibration = label_noise.fit_calibration(scores[verified], verification[verified], scoring="margin")
+    probabilities = label_noise.correct_probability(scores, scoring="margin", calibration=calibration)
+    per_class, overall = label_noise.estimate_noise_rates(probabilities, labels, num_classes=3,
+                                                          verification=verification)
+    assert abs(overall - wrong.mean()) < 0.02
+    true_per_class = np.array([wrong[labels == c].mean() for c in range(3)])
+    np.testing.assert_allclose(per_class, true_per_class, atol=0.06)
+    # Verified rows count as their labels say: all verified -> the exact rates; an empty class -> NaN.
+    exact, exact_overall = label_noise.estimate_noise_rates(probabilities, labels, num_classes=4,
+                                                            verification=(~wrong).astype(int))
+    np.testing.assert_allclose(exact[:3], true_per_class)
+    assert np.isnan(exact[3]) and exact_overall == pytest.approx(wrong.mean())
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="needs a threshold"):
         cleannet_tf.sample_weights([0.1], mode="hard")
@@ -36,6 +81,10 @@ def test_bad_arguments():
         cleannet_tf.find_label_issues(np.zeros((2, 2)), threshold=0.0)
     with pytest.raises(TypeError):
         cleannet_tf.find_label_issues([0.1], 0.0)  # options are keyword-only
+    with pytest.raises(ValueError, match="needs a calibration"):
+        label_noise.correct_probability([0.1], scoring="cosine")
+    with pytest.raises(ValueError, match="both kinds"):
+        label_noise.fit_calibration([0.1, 0.2], [1, 1], scoring="cosine")
 
 
 @pytest.mark.slow

@@ -123,7 +123,10 @@ def test_verify_writes_scores_metrics_and_verifier(verified_workdir):
     assert list(scores.labels) == [table.class_names[c] for c in table.labels[table_rows]]
     threshold = report["threshold"]
     np.testing.assert_array_equal(scores.noisy, scores.scores < threshold - 1e-6 * (scores.scores == threshold))
-    np.testing.assert_allclose(scores.weight_soft, np.clip(scores.scores, 0, 1), atol=2e-6)
+    # Soft weights: the calibrated P(label correct) (stacked mode), never 0 for an unsure image.
+    np.testing.assert_allclose(scores.weight_soft, scores.p_correct, atol=2e-6)
+    assert np.all(np.diff(scores.p_correct[np.argsort(scores.scores)]) >= -1e-6)  # monotone in the score
+    assert scores.p_correct.min() > 0.0 and scores.p_correct.max() < 1.0
     np.testing.assert_array_equal(scores.weight_hard == 1, ~scores.noisy)
 
     # The planted noise is found, in verified and held-out classes alike.
@@ -153,9 +156,17 @@ def test_verify_writes_scores_metrics_and_verifier(verified_workdir):
                                          threshold)
     assert written["detection_error"] == pytest.approx(expected["error"], abs=1e-9)
     assert written["n_val"] == expected["n"]
+    # Noise rates: the mean of 1 - P(label correct), verified rows counted as labelled; near the planted rate.
+    verification = table.verification[table_rows]
+    wrong_expected = np.where(verification == 1, 0.0, np.where(verification == 0, 1.0, 1.0 - scores.p_correct))
     class0 = table.class_names[0]
-    share = np.mean(scores.noisy[scores.labels == class0])
-    assert written["per_class"][class0]["noise_rate_estimate"] == pytest.approx(share)
+    assert written["per_class"][class0]["noise_rate_estimate"] == pytest.approx(
+        wrong_expected[scores.labels == class0].mean(), abs=1e-5)
+    flagged_share = np.mean(scores.noisy[scores.labels == class0])
+    assert written["per_class"][class0]["flagged_share"] == pytest.approx(flagged_share)
+    assert written["noise_rate_estimate"] == pytest.approx(wrong_expected.mean(), abs=1e-5)
+    assert abs(written["noise_rate_estimate"] - wrong.mean()) < 0.03
+    assert written["calibration"] == "platt" and written["n_calibration"] > 0
 
 
 def test_load_verifier_scores_like_scores_tsv(verified_workdir):

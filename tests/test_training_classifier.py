@@ -2,6 +2,11 @@
 
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import keras
 import numpy as np
@@ -142,4 +147,111 @@ def test_finetune_phase_on_verified_correct_images_resumes_like_an_uninterrupted
                                                                sample_weights=weights, progress=False)
     assert [h["step"] for h in resumed_metrics["history"]] == [metrics["steps"]]
     for a, b in zip(model.get_weights(), resumed.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.fixture
+def features_workdir(tmp_path):
+    """A TSV dataset given as frozen features (data.features, no images): 4 separable classes, 25% wrong labels,
+    train / val / test rows (the test rows' labels true), and a cleannet-verify output that knows the wrong ones."""
+    rng = np.random.default_rng(0)
+    num_classes, per_class, dim = 4, 60, 16
+    true = np.repeat(np.arange(num_classes), per_class)
+    centres = rng.normal(0, 1, (num_classes, dim)) * 3
+    features = (centres[true] + rng.normal(0, 1, (len(true), dim))).astype(np.float32)
+    split = np.array(["train", "val", "test"])[rng.choice(3, len(true), p=[0.6, 0.1, 0.3])]
+    noisy = true.copy()
+    flip = (rng.random(len(true)) < 0.25) & (split != "test")
+    noisy[flip] = (true[flip] + rng.integers(1, num_classes, int(flip.sum()))) % num_classes
+    keys = [f"img{i:04d}.jpg" for i in range(len(true))]
+    verified = [str(int(noisy[i] == true[i])) if split[i] == "val" else "" for i in range(len(true))]
+    lines = ["path\tlabel\tverified\tsplit"] + [f"{keys[i]}\tclass{noisy[i]}\t{verified[i]}\t{split[i]}"
+                                                 for i in range(len(true))]
+    (tmp_path / "labels.tsv").write_text("\n".join(lines) + "\n")
+    np.savez(tmp_path / "features.npz", keys=np.array(keys), features=features)
+    config = config_lib.default_config()
+    config.data.format, config.data.root = "tsv", str(tmp_path / "labels.tsv")
+    config.data.features, config.data.check_images = str(tmp_path / "features.npz"), False
+    config.classifier.epochs, config.classifier.batch_size, config.classifier.learning_rate = 4, 16, 0.05
+    config = config_lib.validate(config)
+    workdir = str(tmp_path / "work")
+    table = datasets.load_table(config, workdir)
+    pool = np.nonzero(table.split != datasets.SPLIT_TEST)[0]
+    row_of = {key: i for i, key in enumerate(keys)}
+    is_wrong = flip[[row_of[key] for key in table.keys[pool]]]
+    scores = np.where(is_wrong, -0.6, 0.6).astype(np.float32) + rng.normal(0, 0.1, len(pool)).astype(np.float32)
+    p_correct = np.where(is_wrong, 0.1, 0.9).astype(np.float32)
+    os.makedirs(os.path.join(workdir, "verify"))
+    names = np.asarray(table.class_names)
+    scores_io.write_scores_tsv(os.path.join(workdir, "verify", "scores.tsv"), scores_io.ScoresTable(
+        keys=table.keys[pool], labels=names[table.labels[pool]], scores=scores, noisy=scores < 0.0,
+        weight_soft=p_correct, weight_hard=scores >= 0.0, suggested_labels=names[table.labels[pool]],
+        suggested_scores=scores, p_correct=p_correct))
+    with open(os.path.join(workdir, "verify", "metrics.json"), "w") as f:
+        json.dump({"threshold": 0.0}, f)
+    return config, workdir, table, pool, is_wrong
+
+
+@pytest.mark.parametrize("weighting", ["none", "soft", "hard"])
+def test_features_head_trains_on_frozen_features_in_every_weighting(features_workdir, weighting):
+    config, workdir, table, pool, is_wrong = features_workdir
+    config.classifier.weighting = weighting
+    metrics = pipeline.run_train_classifier(config, workdir, table=table, progress=False)
+    directory = pipeline.classifier_output_dir(workdir, weighting)
+    written = json.load(open(os.path.join(directory, "metrics.json")))
+    assert written["weighting"] == weighting and written["input"] == "features"
+    assert written["n_test"] == int(np.sum(table.split == datasets.SPLIT_TEST)) > 50
+    assert written["test_accuracy"] > 0.9  # separable classes, 25% wrong labels
+    weights = pipeline.classifier_weights(table, workdir, weighting) if weighting != "none" else np.ones(len(table))
+    if weighting == "soft":  # scores.tsv's weight_soft (P(label correct)), the verified rows' labels first
+        verified = table.verification[pool]
+        expected = np.where(verified == 1, 1.0, np.where(verified == 0, 0.0, np.where(is_wrong, 0.1, 0.9)))
+        np.testing.assert_allclose(weights[pool], expected, atol=1e-6)
+    assert metrics["n_train"] == int(np.sum(weights[pool] > 0))
+    model = keras.saving.load_model(os.path.join(directory, "model.keras"))
+    test = table.split == datasets.SPLIT_TEST
+    features = np.load(config.data.features)["features"]
+    row_of = {key: i for i, key in enumerate(np.load(config.data.features)["keys"])}
+    test_features = features[[row_of[key] for key in table.keys[test]]]
+    predicted = np.argmax(model.predict({"features": test_features}, verbose=0)["probabilities"], axis=1)
+    assert np.mean(predicted == table.labels[test]) == pytest.approx(written["test_accuracy"])
+
+
+def test_features_head_resumes_after_sigkill_like_an_uninterrupted_run(features_workdir, tmp_path):
+    config, workdir, table, pool, _ = features_workdir
+    config.classifier.weighting, config.classifier.epochs = "soft", 40
+    flags = [f"--workdir={workdir}", "--config.data.format=tsv", f"--config.data.root={config.data.root}",
+             f"--config.data.features={config.data.features}", "--config.data.check_images=False",
+             "--config.classifier.weighting=soft", "--config.classifier.epochs=40",
+             "--config.classifier.batch_size=16", "--config.classifier.learning_rate=0.05",
+             "--config.runtime.strategy=default"]
+    checkpoints = os.path.join(workdir, "classifier_soft", "checkpoints")
+    process = subprocess.Popen([sys.executable, "-m", "cleannet_tf.train_classifier", *flags],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None and not (
+                os.path.isdir(checkpoints) and len([n for n in os.listdir(checkpoints) if n.endswith(".index")]) >= 2):
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, "the classifier finished before it could be killed"
+    last = int(tf.train.latest_checkpoint(checkpoints).rsplit("-", 1)[1])
+    steps_per_epoch = len(pool) // 16
+    assert 0 < last < 40 * steps_per_epoch
+    assert not pipeline.step_complete("train_classifier", config, workdir)
+
+    pipeline.run_step("train_classifier", config, workdir, table=table)
+    resumed = json.load(open(os.path.join(workdir, "classifier_soft", "metrics.json")))
+    assert resumed["history"][0]["epoch"] == last // steps_per_epoch + 1  # this run started at the checkpoint
+    clean = str(tmp_path / "clean")
+    shutil.copytree(os.path.join(workdir, "verify"), os.path.join(clean, "verify"))
+    pipeline.run_step("train_classifier", config, clean, table=table)
+    uninterrupted = json.load(open(os.path.join(clean, "classifier_soft", "metrics.json")))
+    assert resumed["steps"] == uninterrupted["steps"] == 40 * steps_per_epoch
+    assert resumed["test_accuracy"] == uninterrupted["test_accuracy"]
+    model_a = keras.saving.load_model(os.path.join(workdir, "classifier_soft", "model.keras"))
+    model_b = keras.saving.load_model(os.path.join(clean, "classifier_soft", "model.keras"))
+    for a, b in zip(model_a.get_weights(), model_b.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
