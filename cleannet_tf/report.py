@@ -3,7 +3,7 @@
     write_report(output_dir, keys=..., labels=..., scores=..., verification=..., validation=..., threshold=...,
                  class_names=..., image_paths=..., suggested_labels=..., metrics=metrics_json)
 
-Sections: the headline numbers of metrics.json; the score histogram by verification label with the threshold;
+Sections: metrics.json's warnings (sanity.py), then its headline numbers (with the calibration classes); the score histogram by verification label with the threshold;
 ROC and precision-recall curves of the validation rows (verified classes, held-out classes) with the threshold's
 point marked; the estimated noise rate per class; for the classes with the most suspected noise, the most
 suspicious images with their label and the suggested one. Figures are PNGs beside report.html and embedded in
