@@ -18,6 +18,7 @@ any moment leaves the previous complete set or the new one, never a mix.
 
 from __future__ import annotations
 
+import json
 import os
 
 import keras
@@ -187,6 +188,7 @@ def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: datase
                                seed=config.seed)
     info["calibration_classes"] = train_lib.log_calibration_classes(  # none are held out (data.heldout_list)
         table.class_names, calibration, config.cleannet.calibration_fraction)
+    info["features_warnings"] = _features_warnings(config, workdir)  # the report repeats them
     threshold = info["threshold"]
     all_scores = verifier.class_scores(model, data.features)  # (P, C)
     scores = all_scores[np.arange(len(data.labels)), data.labels]
@@ -197,6 +199,15 @@ def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: datase
                  threshold, report["detection_error"], report["detection_error_heldout"], report["n_flagged"],
                  report["n_images"])
     return report
+
+
+def _features_warnings(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """The sanity warnings of WORKDIR/classifier/metrics.json when its backbone made the features, else []."""
+    path = os.path.join(workdir, "classifier", "metrics.json")
+    if config.model.weights != "classifier" or config.data.features or not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f).get("warnings", [])
 
 
 def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: datasets.LabelTable,
