@@ -124,6 +124,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.cleannet.mode = "paper"
     # Share of the verified classes kept out of CleanNet's training as
     # calibration classes: the stacked scoring is fitted on their verified rows.
+    # They are not held out (data.heldout_list): their images, references and
+    # validation rows stay; the log, verify/metrics.json and the report name them.
     config.cleannet.calibration_fraction = 0.0
     # per_class: each distinct class of a batch encoded once per step (fast);
     # per_sample: the paper's, one reference-set copy (and dropout mask) per sample.

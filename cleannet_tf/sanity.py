@@ -79,12 +79,12 @@ def detection_warnings(*, detection_error: float | None, verification: np.ndarra
     n_right, n_wrong = int(np.sum(verification == 1)), int(np.sum(verification == 0))
     warnings = []
     if min(n_right, n_wrong) < MIN_VERIFIED_PER_KIND:
+        more = " and ".join(f"{MIN_VERIFIED_PER_KIND - n} more verified-{kind}" for n, kind in
+                            ((n_right, "right"), (n_wrong, "wrong")) if n < MIN_VERIFIED_PER_KIND)
         warnings.append(
             f"{what}: only {n_right} verified-right and {n_wrong} verified-wrong validation labels in the verified "
             f"classes choose the threshold; a stable threshold needs at least {MIN_VERIFIED_PER_KIND} of each "
-            f"kind ({max(0, MIN_VERIFIED_PER_KIND - n_right)} right and "
-            f"{max(0, MIN_VERIFIED_PER_KIND - n_wrong)} wrong more, verified_val.tsv or the `verified` column "
-            "of val rows).")
+            f"kind: {more} (verified_val.tsv, or the `verified` column of a TSV's val rows).")
     if detection_error is not None and n_wrong:
         nothing = n_wrong / (n_right + n_wrong)  # the error of flagging nothing
         if detection_error >= MAX_ERROR_VS_NOTHING * nothing:

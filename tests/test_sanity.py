@@ -23,7 +23,8 @@ def test_detection_warnings_name_what_is_missing():
     verification = np.array([1] * 80 + [0] * 20)  # flagging nothing errs on 20%
     weak = sanity.detection_warnings(detection_error=0.19, verification=verification)
     assert any("not clearly below the 20.0% of flagging nothing" in w for w in weak)
-    assert any("only 80 verified-right and 20 verified-wrong" in w and "10 wrong more" in w for w in weak)
+    assert any("only 80 verified-right and 20 verified-wrong" in w
+               and "needs at least 30 of each kind: 10 more verified-wrong (" in w for w in weak)
     plenty = np.array([1] * 80 + [0] * 40)
     assert sanity.detection_warnings(detection_error=0.05, verification=plenty) == []
     assert len(sanity.detection_warnings(detection_error=0.30, verification=plenty)) == 1

@@ -712,3 +712,15 @@ def test_a_killed_exports_temporary_folder_is_removed_by_the_next_export(tmp_pat
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_the_demo_summary_rest_body_verifies_an_image(served, rest_url):
+    from cleannet_tf import demo_lib
+
+    image = served["images"][0]
+    body = demo_lib.rest_verify_body("class_3", base64.b64encode(image).decode()).encode()
+    status, answer = _raw_post(f"{rest_url}:predict", body)
+    assert status == 200, answer
+    expected = served["client"].verify_image(image, "class_3")
+    assert answer["predictions"][0]["score"] == pytest.approx(float(expected["score"][0]), abs=1e-5)
+    assert answer["predictions"][0]["suggested_label_name"] == expected["suggested_label_name"][0].decode()

@@ -16,9 +16,10 @@ import tensorflow as tf
 from cleannet_tf import config as config_lib
 from cleannet_tf.data import table as datasets
 from cleannet_tf.detection import scores_tsv
-from cleannet_tf.pipeline import records
+from cleannet_tf.pipeline import records, runner
 from cleannet_tf.pipeline.classifier import classifier_weights, run_train_classifier
 from cleannet_tf.pipeline.table import load_table
+from cleannet_tf.pipeline.workdir import classifier_output_dir
 from cleannet_tf.training import classifier
 from cleannet_tf.training.classifier import weighted_cross_entropy
 
@@ -183,7 +184,7 @@ def features_workdir(tmp_path):
     p_correct = np.where(is_wrong, 0.1, 0.9).astype(np.float32)
     os.makedirs(os.path.join(workdir, "verify"))
     names = np.asarray(table.class_names)
-    scores_io.write_scores_tsv(os.path.join(workdir, "verify", "scores.tsv"), scores_io.ScoresTable(
+    scores_tsv.write_scores_tsv(os.path.join(workdir, "verify", "scores.tsv"), scores_tsv.ScoresTable(
         keys=table.keys[pool], labels=names[table.labels[pool]], scores=scores, noisy=scores < 0.0,
         weight_soft=p_correct, weight_hard=scores >= 0.0, suggested_labels=names[table.labels[pool]],
         suggested_scores=scores, p_correct=p_correct))
@@ -196,13 +197,13 @@ def features_workdir(tmp_path):
 def test_features_head_trains_on_frozen_features_in_every_weighting(features_workdir, weighting):
     config, workdir, table, pool, is_wrong = features_workdir
     config.classifier.weighting = weighting
-    metrics = pipeline.run_train_classifier(config, workdir, table=table, progress=False)
-    directory = pipeline.classifier_output_dir(workdir, weighting)
+    metrics = run_train_classifier(config, workdir, table=table, progress=False)
+    directory = classifier_output_dir(workdir, weighting)
     written = json.load(open(os.path.join(directory, "metrics.json")))
     assert written["weighting"] == weighting and written["input"] == "features"
     assert written["n_test"] == int(np.sum(table.split == datasets.SPLIT_TEST)) > 50
     assert written["test_accuracy"] > 0.9  # separable classes, 25% wrong labels
-    weights = pipeline.classifier_weights(table, workdir, weighting) if weighting != "none" else np.ones(len(table))
+    weights = classifier_weights(table, workdir, weighting) if weighting != "none" else np.ones(len(table))
     if weighting == "soft":  # scores.tsv's weight_soft (P(label correct)), the verified rows' labels first
         verified = table.verification[pool]
         expected = np.where(verified == 1, 1.0, np.where(verified == 0, 0.0, np.where(is_wrong, 0.1, 0.9)))
@@ -240,14 +241,14 @@ def test_features_head_resumes_after_sigkill_like_an_uninterrupted_run(features_
     last = int(tf.train.latest_checkpoint(checkpoints).rsplit("-", 1)[1])
     steps_per_epoch = len(pool) // 16
     assert 0 < last < 40 * steps_per_epoch
-    assert not pipeline.step_complete("train_classifier", config, workdir)
+    assert not records.step_complete("train_classifier", config, workdir)
 
-    pipeline.run_step("train_classifier", config, workdir, table=table)
+    runner.run_step("train_classifier", config, workdir, table=table)
     resumed = json.load(open(os.path.join(workdir, "classifier_soft", "metrics.json")))
     assert resumed["history"][0]["epoch"] == last // steps_per_epoch + 1  # this run started at the checkpoint
     clean = str(tmp_path / "clean")
     shutil.copytree(os.path.join(workdir, "verify"), os.path.join(clean, "verify"))
-    pipeline.run_step("train_classifier", config, clean, table=table)
+    runner.run_step("train_classifier", config, clean, table=table)
     uninterrupted = json.load(open(os.path.join(clean, "classifier_soft", "metrics.json")))
     assert resumed["steps"] == uninterrupted["steps"] == 40 * steps_per_epoch
     assert resumed["test_accuracy"] == uninterrupted["test_accuracy"]

@@ -3,7 +3,8 @@
     write_report(output_dir, keys=..., labels=..., scores=..., verification=..., validation=..., threshold=...,
                  class_names=..., image_paths=..., suggested_labels=..., metrics=metrics_json)
 
-Sections: the headline numbers of metrics.json; the score histogram by verification label with the threshold;
+Sections: metrics.json's warnings (sanity.py; and the feature classifier's), its headline numbers (with the
+calibration classes); the score histogram by verification label with the threshold;
 ROC and precision-recall curves of the validation rows (verified classes, held-out classes) with the threshold's
 point marked; the estimated noise rate per class; for the classes with the most suspected noise, the most
 suspicious images with their label and the suggested one. Figures are PNGs beside report.html and embedded in
@@ -214,7 +215,8 @@ def write_report(output_dir: str, *, keys, labels, scores, verification, validat
         headline.append(("calibration classes (cleannet.calibration_fraction; verified, not held out)",
                          f'{len(metrics["calibration_classes"])}: {", ".join(metrics["calibration_classes"][:20])}'
                          + (" ..." if len(metrics["calibration_classes"]) > 20 else "")))
-    warnings = "".join(f'<p class="warning">Warning: {html.escape(text)}</p>' for text in metrics.get("warnings") or ())
+    warnings = "".join(f'<p class="warning">Warning: {html.escape(text)}</p>'
+                       for text in [*(metrics.get("features_warnings") or ()), *(metrics.get("warnings") or ())])
     table = "".join(f'<tr><th>{html.escape(k)}</th><td data-metric="{html.escape(k)}">{html.escape(v)}</td></tr>'
                     for k, v in headline)
     images = "".join(f'<img class="figure" src="{_data_uri(pngs[name])}" alt="{name}">' for name in FIGURES

@@ -18,6 +18,7 @@ a mix. Imports `config`, `data`, `features`, `detection`, `training`.
 
 from __future__ import annotations
 
+import json
 import os
 
 import keras
@@ -35,7 +36,7 @@ from cleannet_tf.features import pool as train_data
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.train import load_training_inputs
-from cleannet_tf.pipeline.workdir import cleannet_dir, verifier_path, verify_dir
+from cleannet_tf.pipeline.workdir import classifier_dir, cleannet_dir, verifier_path, verify_dir
 from cleannet_tf.training import checkpointing
 from cleannet_tf.training import cleannet as train_lib
 
@@ -66,6 +67,7 @@ def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: datase
                                seed=config.seed)
     info["calibration_classes"] = train_lib.log_calibration_classes(  # none are held out (data.heldout_list)
         table.class_names, calibration, config.cleannet.calibration_fraction)
+    info["features_warnings"] = _features_warnings(config, workdir)  # the report repeats them
     threshold = info["threshold"]
     all_scores = verifier.class_scores(model, data.features)  # (P, C)
     scores = all_scores[np.arange(len(data.labels)), data.labels]
@@ -77,6 +79,15 @@ def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: datase
                  threshold, report["detection_error"], report["detection_error_heldout"], report["n_flagged"],
                  report["n_images"])
     return report
+
+
+def _features_warnings(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """The sanity warnings of WORKDIR/classifier/metrics.json when its backbone made the features, else []."""
+    path = os.path.join(classifier_dir(workdir), "metrics.json")
+    if config.model.weights != "classifier" or config.data.features or not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f).get("warnings", [])
 
 
 def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: datasets.LabelTable,

@@ -3,9 +3,13 @@
     cleannet-review --workdir=/tmp/cleannet_demo                 # the config cleannet-verify ran with
     cleannet-review --config=configs/food101n.py --workdir=DIR --port=8765
 
+Reads: WORKDIR/verify/ (scores.tsv, to_verify.tsv, metrics.json) and the dataset.
+Writes: WORKDIR/review/verified_train.tsv (every decision at once); with --retrain, reruns
+cleannet-train and cleannet-verify on it in a subprocess.
 Serves on 127.0.0.1 (--host to change; --port=0 picks a free port) and prints the URL to open, with a
 random access token: any request without it gets 403. Without --config, the newest of
-WORKDIR/config.{verify,run,demo,review}.json is used (what the last run saved).
+WORKDIR/config.{verify,run,demo,review}.json is used (what the last run saved); `cleannet-config --show`
+lists every field with its comment and default.
 Errors print one line and exit 1; --debug (or --verbosity=1) adds the traceback.
 """
 
