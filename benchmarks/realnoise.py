@@ -56,7 +56,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from benchmarks.transfer import cleanlab_probabilities  # noqa: E402
+from benchmarks.transfer_variants import cleanlab_probabilities  # noqa: E402
 from cleannet_tf.data import table as datasets
 from cleannet_tf.detection import fit as verify_lib
 from cleannet_tf.detection import metrics, verifier

@@ -20,16 +20,16 @@ Methods:
     detection/signals.py: robust (trimmed) class-mean margin; the stacked detector (logistic regression on
         class-agnostic signals, fitted on the verified classes' training rows)
 
-    python benchmarks/transfer.py --workdir=/tmp/transfer_base               # an existing demo workdir
-    python benchmarks/transfer.py                                             # builds /tmp/cleannet_transfer
-    python benchmarks/transfer.py --workdir=/tmp/transfer_base --setting=heldout --long_steps=0   # quick
+    python -m benchmarks.transfer --workdir=/tmp/transfer_base               # an existing demo workdir
+    python -m benchmarks.transfer                                             # builds /tmp/cleannet_transfer
+    python -m benchmarks.transfer --workdir=/tmp/transfer_base --setting=heldout --long_steps=0   # quick
 
 Without --workdir, the demo pipeline's steps run first (pipeline/classifier.py, pipeline/extract.py,
 pipeline/refs.py; about 8 minutes on 2 CPU cores); complete steps of an existing workdir are reused. Nothing is
 written into --workdir except by those steps; CleanNet runs train in temporary folders.
 
 The settings and their scoring are in transfer_setting.py, the CleanNet variants in transfer_variants.py
-(both beside this file, imported as top-level modules when it runs).
+(beside this file; run it as a module from the repository root, `python -m benchmarks.transfer`).
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
-from transfer_setting import Setting, build_workdir, evaluate, load_setting
-from transfer_variants import cleanlab_probabilities, own, reference_masses, train_library, train_variant
 
+from benchmarks.transfer_setting import Setting, build_workdir, evaluate, load_setting
+from benchmarks.transfer_variants import cleanlab_probabilities, own, reference_masses, train_library, train_variant
 from cleannet_tf import ops
 from cleannet_tf.detection import signals as detectors
 from cleannet_tf.pipeline import demo as demo_lib

@@ -14,8 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from transfer_setting import ROBUST_CORE_FRACTION, Setting
 
+from benchmarks.transfer_setting import ROBUST_CORE_FRACTION, Setting
 from cleannet_tf import ops
 from cleannet_tf.features import pool as train_data
 from cleannet_tf.features.references import ReferenceSets

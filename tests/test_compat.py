@@ -92,6 +92,6 @@ def test_python_dash_m_old_entry_modules_start():
     failed = {}
     for module, process in processes.items():
         out, _ = process.communicate(timeout=600)
-        if process.returncode != 0 or "--" not in out:
+        if "Try --helpfull" not in out or "Traceback" in out:  # absl exits 1 after --helpshort
             failed[module] = out[-500:]
     assert not failed, failed

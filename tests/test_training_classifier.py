@@ -176,7 +176,7 @@ def features_workdir(tmp_path):
     config.classifier.epochs, config.classifier.batch_size, config.classifier.learning_rate = 4, 16, 0.05
     config = config_lib.validate(config)
     workdir = str(tmp_path / "work")
-    table = datasets.load_table(config, workdir)
+    table = load_table(config, workdir)
     pool = np.nonzero(table.split != datasets.SPLIT_TEST)[0]
     row_of = {key: i for i, key in enumerate(keys)}
     is_wrong = flip[[row_of[key] for key in table.keys[pool]]]

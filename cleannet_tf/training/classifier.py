@@ -40,6 +40,7 @@ from absl import logging
 from cleannet_tf import sanity
 from cleannet_tf.data import images
 from cleannet_tf.data import table as datasets
+from cleannet_tf.data.features_npz import load_precomputed_features
 from cleannet_tf.features import backbones
 from cleannet_tf.training import loop
 
@@ -295,7 +296,7 @@ def train_classifier(table: datasets.LabelTable, config: ml_collections.ConfigDi
     if global_batch % replicas:
         raise ValueError(f"classifier.batch_size {global_batch} must be divisible by the {replicas} replicas.")
     if features is None and config.data.features:
-        features, valid = datasets.load_precomputed_features(config.data.features, table)
+        features, valid = load_precomputed_features(config.data.features, table)
     task = ClassifierTask(table, config, sample_weights=sample_weights, initial_weights=initial_weights,
                           features=features, valid=valid)
     # metrics.json marks the step complete: written once, at the end.
