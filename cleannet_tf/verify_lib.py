@@ -30,6 +30,7 @@ from cleannet_tf import (
     active_verification,
     atomic_io,
     checkpointing,
+    classifier_lib,
     datasets,
     detectors,
     metrics,
@@ -203,7 +204,7 @@ def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: datase
 
 def _features_warnings(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
     """The sanity warnings of WORKDIR/classifier/metrics.json when its backbone made the features, else []."""
-    path = os.path.join(workdir, "classifier", "metrics.json")
+    path = os.path.join(classifier_lib.classifier_dir(workdir), "metrics.json")
     if config.model.weights != "classifier" or config.data.features or not os.path.exists(path):
         return []
     with open(path) as f:
