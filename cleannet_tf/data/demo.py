@@ -76,7 +76,6 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from cleannet_tf import atomic_io
 from cleannet_tf.data import demo_render as render
 
 JPEG_QUALITY = 90
@@ -140,7 +139,10 @@ def _write_text(path: str, lines: Iterable[str]) -> None:
 
 def _replace_text(path: str, text: str) -> None:
     """Writes `path` through a temporary file and a rename, so readers see the old or the new file."""
-    atomic_io.write_text(path, text)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def _heldout_list_name(count: int) -> str:
@@ -275,7 +277,8 @@ def generate_demo_dataset(root: str, *, kind: str = "digits", noise_rate: float 
     if record is not None:
         return _reuse(root, record, parameters, heldout_counts)
 
-    tmp = atomic_io.temp_path(root)  # a killed run's is removed by the next run's atomic_io.clean_litter
+    tmp = f"{root}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run of an earlier process with this pid
     try:
         info = _write_dataset(tmp, parameters, class_names, heldout_counts)
         try:
