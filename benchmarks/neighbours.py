@@ -42,7 +42,7 @@ _EXACT_QUERIES = flags.DEFINE_integer("exact_queries", 1000, "Rows searched exac
 _APPROX_QUERIES = flags.DEFINE_integer("approx_queries", 0, "Rows searched in the index (0: all; else the "
                                        "search time is extrapolated to N; at least --exact_queries).")
 _REDUCE_DIM = flags.DEFINE_integer("reduce_dim", 256, "nearest_neighbours reduce_dim.")
-_NPROBE = flags.DEFINE_integer("nprobe", 16, "nearest_neighbours nprobe.")
+_NPROBE = flags.DEFINE_integer("nprobe", 64, "nearest_neighbours nprobe.")
 _NLIST = flags.DEFINE_integer("nlist", 0, "nearest_neighbours nlist (0: its default).")
 _SCRATCH = flags.DEFINE_string("scratch", "", "Folder of the features file (default: the system temp folder).")
 _KEEP = flags.DEFINE_bool("keep", False, "Keep the features file (reused by a later run with the same flags).")

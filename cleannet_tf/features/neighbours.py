@@ -55,7 +55,7 @@ def faiss_available() -> bool:
 
 def nearest_neighbours(features: np.ndarray, k: int, *, exclude_self: bool = True, method: str = "auto",
                        block_rows: int = 0, exact_max_rows: int = EXACT_MAX_ROWS, reduce_dim: int = 256,
-                       nlist: int = 0, nprobe: int = 16, candidates: int = 0, pca_rows: int = 20_000,
+                       nlist: int = 0, nprobe: int = 64, candidates: int = 0, pca_rows: int = 20_000,
                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The k most cosine-similar rows of every row: (N, D) -> indices (N, k) int64, similarities (N, k) float32.
 
@@ -66,7 +66,9 @@ def nearest_neighbours(features: np.ndarray, k: int, *, exclude_self: bool = Tru
         block_rows: query rows per block (0: about BLOCK_BYTES of similarities per exact block, 1024 for faiss).
         exact_max_rows: the largest N that "auto" searches exactly.
         reduce_dim: faiss: dimensions kept by the projection (0 or >= D: none).
-        nlist, nprobe: faiss: inverted lists (0: about 4 sqrt(N)) and lists searched per query.
+        nlist, nprobe: faiss: inverted lists (0: about 4 sqrt(N)) and lists searched per query. Probing is
+            what recall depends on: on 20k ImageNet EfficientNet-Lite0 features of CIFAR photos (500 lists),
+            recall@10 0.86 with 16 probed, 0.98 with 64; PCA-256 and 30 candidates cost under 0.01 of it.
         candidates: faiss: rows per query re-ranked exactly (0: max(3k, k + 10)).
         pca_rows: faiss: rows sampled for the projection (the quantiser's k-means sees 40 x nlist rows).
         seed: faiss: the samples and the quantiser's k-means.
@@ -152,7 +154,7 @@ class ApproximateIndex:
     Arguments as nearest_neighbours'.
     """
 
-    def __init__(self, features: np.ndarray, *, reduce_dim: int = 256, nlist: int = 0, nprobe: int = 16,
+    def __init__(self, features: np.ndarray, *, reduce_dim: int = 256, nlist: int = 0, nprobe: int = 64,
                  pca_rows: int = 20_000, block_rows: int = 1024, seed: int = 0):
         if not faiss_available():
             raise ImportError("method='faiss' needs faiss-cpu: pip install 'cleannet_tf[scale]'")
