@@ -7,7 +7,8 @@ Sections: the headline numbers of metrics.json; the score histogram by verificat
 ROC and precision-recall curves of the validation rows (verified classes, held-out classes) with the threshold's
 point marked; the estimated noise rate per class (metrics.json's, from calibrated probabilities); for the
 classes with the most suspected noise, the most suspicious images with their label and the suggested one.
-Figures are PNGs beside report.html and embedded in it (data URIs), as are the thumbnails, so the file opens anywhere with no network and no other file.
+Figures are PNGs beside report.html and embedded in it (data URIs), as are the thumbnails, so the file opens
+anywhere with no network and no other file.
 """
 
 from __future__ import annotations
