@@ -176,7 +176,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     # --- cleannet-train-classifier.
     config.classifier = ml_collections.ConfigDict()
-    config.classifier.weighting = "none"  # none | soft (max(0, s)) | hard (s >= threshold)
+    config.classifier.weighting = "none"  # none | soft (P(label correct)) | hard (s >= threshold)
     # Weighted classifiers cleannet-run trains after cleannet-verify (comma
     # list of soft, hard; "" for none). Each goes to WORKDIR/classifier_<w>/.
     config.classifier.after_verify = "soft"

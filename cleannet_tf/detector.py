@@ -164,9 +164,13 @@ class CleanNetDetector:
                                              return_ranked=return_ranked)
 
     def sample_weights(self, features, labels, *, mode: str = "soft", verification=None) -> np.ndarray:
-        """(N,) float32 training weights: "soft" max(0, s), "hard" 1[s >= threshold]; verification wins."""
-        return label_noise.sample_weights(self.score(features, labels), mode=mode, threshold=self.threshold_,
-                                          verification=verification)
+        """(N,) float32 training weights: "soft" P(label correct) (stacked; paper and robust: max(0, s)),
+        "hard" 1[s >= threshold]; verification wins."""
+        scores = self.score(features, labels)
+        probabilities = (label_noise.correct_probability(scores, scoring="stacked")
+                         if self.config.cleannet.mode == "stacked" else None)
+        return label_noise.sample_weights(scores, mode=mode, threshold=self.threshold_, verification=verification,
+                                          probabilities=probabilities)
 
     def suggest_labels(self, features, *, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         """(N, D) -> the best-scoring class (N,) int64 and its score (N,) float32."""

@@ -113,12 +113,17 @@ def test_run_chains_the_steps_and_skips_complete_ones(tmp_path):
     overrides, _, _ = write_feature_dataset(tmp_path / "data")
     flags = [f"--config.{k}={v}" for k, v in overrides.items()] + [
         f"--workdir={tmp_path / 'work'}", "--config.refs.num_references=16", "--config.refs.n_init=1",
-        "--config.train.steps=60", "--config.train.batch_size=16", "--config.train.eval_every=30"]
+        "--config.train.steps=60", "--config.train.batch_size=16", "--config.train.eval_every=30",
+        "--config.classifier.epochs=2"]
     first = _run("run", *flags)
     assert first.returncode == 0, first.stderr[-3000:]
     lines = dict(line.split(None, 1) for line in first.stdout.strip().splitlines())
     assert lines["extract"].startswith("skipped") and lines["train"].startswith("60 steps")
-    assert lines["verify"].startswith("threshold") and lines["weighted_classifiers"].startswith("skipped")
+    # With data.features the classifiers are softmax heads on the features; export has no image model to serve.
+    assert lines["train_classifier"].startswith("2 epochs on the noisy labels")
+    assert lines["verify"].startswith("threshold") and lines["weighted_classifiers"].startswith("test accuracy soft")
+    assert lines["export"] == "skipped: precomputed features (data.features): the models take features, not images"
+    assert json.loads((tmp_path / "work" / "classifier_soft" / "metrics.json").read_text())["input"] == "features"
     second = _run("run", *flags)
     assert second.returncode == 0
     lines = dict(line.split(None, 1) for line in second.stdout.strip().splitlines())

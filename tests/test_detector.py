@@ -50,8 +50,8 @@ def test_detector_finds_planted_noise_on_new_data_including_unverified_classes(f
 def test_detector_weights_and_save_load(fitted, tmp_path):
     detector, features, noisy, _ = fitted
     scores = detector.score(features, noisy)
-    np.testing.assert_allclose(detector.sample_weights(features, noisy, mode="soft"), np.clip(scores, 0, 1),
-                               atol=1e-6)
+    assert detector.config.cleannet.mode == "stacked"  # soft weight = P(label correct) = (s + 1) / 2, not max(0, s)
+    np.testing.assert_allclose(detector.sample_weights(features, noisy, mode="soft"), (scores + 1) / 2, atol=1e-6)
     hard = detector.sample_weights(features, noisy, mode="hard")
     np.testing.assert_array_equal(hard, (scores >= detector.threshold_).astype(np.float32))
     path = str(tmp_path / "detector.keras")

@@ -6,9 +6,10 @@
 Sections: metrics.json's warnings (sanity.py; and the feature classifier's), its headline numbers (with the
 calibration classes); the score histogram by verification label with the threshold;
 ROC and precision-recall curves of the validation rows (verified classes, held-out classes) with the threshold's
-point marked; the estimated noise rate per class; for the classes with the most suspected noise, the most
-suspicious images with their label and the suggested one. Figures are PNGs beside report.html and embedded in
-it (data URIs), as are the thumbnails, so the file opens anywhere with no network and no other file.
+point marked; the estimated noise rate per class (metrics.json's, from calibrated probabilities); for the
+classes with the most suspected noise, the most suspicious images with their label and the suggested one.
+Figures are PNGs beside report.html and embedded in it (data URIs), as are the thumbnails, so the file opens
+anywhere with no network and no other file.
 
 Imports nothing of the package.
 """
@@ -112,7 +113,7 @@ def _noise_rates(per_class, max_classes=40):
         axis.plot([v for _, v in verified], [i for i, _ in verified], "k|", markersize=9,
                   label="verified noise rate (validation rows)")
         axis.legend(fontsize=8, loc="lower right")
-    axis.set_xlabel("estimated noise rate (share below the threshold); orange: held-out class")
+    axis.set_xlabel("estimated noise rate (mean of 1 - P(label correct), calibrated); orange: held-out class")
     axis.tick_params(axis="y", labelsize=7)
     axis.set_title(f"Noise rate per class (the {len(rows)} noisiest)")
     return figure
@@ -209,6 +210,8 @@ def write_report(output_dir: str, *, keys, labels, scores, verification, validat
                  f'{_fmt(metrics.get("precision"))} / {_fmt(metrics.get("recall"))} / {_fmt(metrics.get("f1"))}'),
                 ("validation rows, verified / held-out", f'{_fmt(metrics.get("n_val"))} / '
                                                         f'{_fmt(metrics.get("n_val_heldout"))}'),
+                ("estimated noise rate (calibrated P(label correct))",
+                 _fmt(metrics.get("noise_rate_estimate"), True)),
                 ("images flagged", f'{int(np.sum(scores < threshold))} of {len(scores)} '
                                    f'({np.mean(scores < threshold):.1%})')]
     if metrics.get("calibration_classes"):

@@ -44,6 +44,7 @@ def run_train_classifier(config: ml_collections.ConfigDict, workdir: str, *, tab
 def classifier_weights(table: datasets.LabelTable, workdir: str, weighting: str) -> np.ndarray:
     """(N,) float32 weight of every table row from WORKDIR/verify/scores.tsv ("soft" or "hard").
 
+    soft: the weight_soft column (P(label correct); paper mode max(0, s)); hard: 1[score >= threshold].
     A row's verification label wins over its score (1 -> 1, 0 -> 0); test rows get 1 (never trained on).
     Pool rows missing from scores.tsv (images without features, e.g. unreadable) get weight 1 with a warning;
     more than 1% missing is an error (a stale scores.tsv): rerun cleannet-verify.
