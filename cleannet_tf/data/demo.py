@@ -60,9 +60,7 @@ held-out classes are the first n of one seeded permutation, so smaller lists are
 subsets of larger ones.
 
 The same arguments give byte-identical files. The dataset is written to
-ROOT.tmp-<pid> and renamed to ROOT at the end, so ROOT never holds half a dataset.
-
-Imports nothing of the package.
+ROOT.tmp-<pid> and renamed to ROOT at the end, so ROOT never holds half a dataset. Imports `data.demo_render`.
 """
 
 from __future__ import annotations
