@@ -188,7 +188,7 @@ def test_second_process_on_a_busy_workdir_is_refused_naming_the_holder(tmp_path)
         second = _run("run", _flags(overrides, workdir, **{"train.steps": 10}), timeout=300)
         assert second.returncode != 0
         message = second.stderr.strip().splitlines()[-1]
-        assert message.startswith(f"cleannet-run: {workdir} is in use by pid {first.pid} (cleannet-run "
+        assert message.startswith(f"cleannet-run: error: {workdir} is in use by pid {first.pid} (cleannet-run "
                                   f"--workdir={workdir} ")
         assert " since 20" in message
         assert (workdir / "config.run.json").read_text() == config_run  # the refused one wrote nothing
