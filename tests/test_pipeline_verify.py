@@ -200,8 +200,15 @@ def test_calibration_classes_are_named_as_such_not_as_held_out(verified_workdir,
     html = open(os.path.join(workdir, "verify", "report.html")).read()
     assert "calibration classes (cleannet.calibration_fraction; verified, not held out)" in html
     assert f"1: {names[0]}" in html
-    with caplog.at_level("INFO"):
-        load_training_inputs(config, workdir, for_training=True)
+    from absl import logging as absl_logging
+
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.INFO)  # an earlier test may have quietened absl
+    try:
+        with caplog.at_level("INFO"):
+            load_training_inputs(config, workdir, for_training=True)
+    finally:
+        absl_logging.set_verbosity(verbosity)
     skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Skipped")]
     assert skipped and all("calibration classes" in m and "held-out" not in m for m in skipped), skipped
     assert any(f"Calibration classes (cleannet.calibration_fraction=0.25, not held out): 1 of 6: {names[0]}"
