@@ -26,8 +26,7 @@ from cleannet_tf.pipeline.refs import run_refs
 from cleannet_tf.pipeline.table import load_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMANDS = ("extract", "refs", "train", "verify", "train_classifier", "run", "demo", "export", "serve", "config_cli",
-            "review.__main__")
+COMMANDS = ("extract", "refs", "train", "verify", "train_classifier", "run", "demo", "export", "serve", "config_cli")
 
 
 def _run(module, *args, env=None):
@@ -129,7 +128,7 @@ def test_each_command_docstring_says_what_it_does_and_run_goes_through_cli_run()
         assert re.search(r"\b(cli|flags)\.run\(main", ast.unparse(run)), name  # cli/flags.py run: --help text
 
 
-@pytest.mark.parametrize("name", ["verify", "run", "config_cli", "review.__main__"])
+@pytest.mark.parametrize("name", ["verify", "run", "config_cli"])
 def test_help_shows_the_description_and_the_flags_without_startup_noise(name):
     as_a_user = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     result = _run(name, "--help", env=as_a_user)
@@ -138,15 +137,6 @@ def test_help_shows_the_description_and_the_flags_without_startup_noise(name):
     assert "--config:" in result.stdout and "--debug:" in result.stdout.replace("--[no]debug:", "--debug:")
     assert ("--workdir:" in result.stdout) == (name != "config_cli")
     assert result.stderr == "", result.stderr  # no TensorFlow start-up lines
-
-
-def test_review_errors_are_one_line(tmp_path):
-    result = _run("review", f"--workdir={tmp_path}")
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"cleannet-review: error: {tmp_path} has none of config.verify.json, config.run.json, config.demo.json, "
-        "config.review.json: pass --config (the config cleannet-verify ran with). (--debug shows the traceback)")
-    assert "Traceback" not in result.stderr
 
 
 def test_serve_help_lists_its_own_flags():

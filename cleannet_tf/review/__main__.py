@@ -10,7 +10,6 @@ Serves on 127.0.0.1 (--host to change; --port=0 picks a free port) and prints th
 random access token: any request without it gets 403. Without --config, the newest of
 WORKDIR/config.{verify,run,demo,review}.json is used (what the last run saved); `cleannet-config --show`
 lists every field with its comment and default.
-Errors print one line and exit 1; --debug (or --verbosity=1) adds the traceback.
 """
 
 import getpass
@@ -102,7 +101,7 @@ def _define_flags() -> None:
 
 def run():
     _define_flags()
-    cli.run(main)
+    app.run(main)
 
 
 if __name__ == "__main__":
