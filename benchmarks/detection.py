@@ -110,14 +110,17 @@ def run_setting(config, workdir: str, name: str, shared: dict) -> None:
             cleannet = keras.saving.load_model(os.path.join(output_dir, "model.keras"))
         train_seconds = time.perf_counter() - start
         calibration = train_lib.calibration_classes(table, config.cleannet.calibration_fraction, config.seed)
-        variants = [(f"CleanNet {config.cleannet.mode} mode", tuple(verifier.SIGNAL_NAMES))]
+        variants = [(f"CleanNet {config.cleannet.mode} mode", tuple(verifier.SIGNAL_NAMES[:4]))]
         if config.cleannet.mode == "stacked":
-            variants = [("CleanNet stacked: CleanNet + class-mean signals", verifier.SIGNAL_NAMES),
+            variants = [("CleanNet stacked: CleanNet + class-mean signals", verifier.SIGNAL_NAMES[:4]),
                         ("  stacked: class-mean cosine + margin", ("class_mean_cosine", "class_mean_margin")),
-                        ("  stacked: class-mean margin", ("class_mean_margin",))]
+                        ("  stacked: class-mean margin", ("class_mean_margin",)),
+                        ("  stacked: linear classifier score + margin", ("classifier_score", "classifier_margin")),
+                        ("  stacked: classifier margin + kNN agreement + class-mean margin",
+                         ("classifier_margin", "knn_agreement", "class_mean_margin"))]
         for label, signals in variants:
             # A score on class-mean signals only does not use CleanNet's output: its time is the fit alone.
-            uses_cleannet = any(name.startswith("cleannet_") for name in signals)
+            uses_cleannet = bool(set(signals) & set(verifier.CLEANNET_SIGNALS))
             start = time.perf_counter()
             model, _ = fit.fit_verifier(cleannet, data, reference_sets, mode=config.cleannet.mode,
                                                class_mean_keep=config.verify.class_mean_keep,

@@ -216,18 +216,22 @@ def cleannet_rows(config, workdir: str, table: datasets.LabelTable, add) -> tupl
         data, _ = load_training_inputs(run_config, run_dir, table)
         calibration = train_lib.calibration_classes(table, calibration_fraction, run_config.seed)
         if mode == "paper":
-            variants = [("CleanNet mode=paper (cosine)", "paper", verifier.SIGNAL_NAMES)]
+            variants = [("CleanNet mode=paper (cosine)", "paper", verifier.SIGNAL_NAMES[:4])]
         else:
             chosen = tuple(s.strip() for s in config.verify.signals.split(",") if s.strip())
             variants = [(f"CleanNet mode={mode}, signals={','.join(chosen)} (config)", mode, chosen)]
             if mode == "stacked":
-                for signals in (verifier.SIGNAL_NAMES, ("class_mean_cosine", "class_mean_margin"),
-                                ("class_mean_margin",), ("cleannet_cosine", "cleannet_margin")):
+                for signals in (verifier.SIGNAL_NAMES[:4], ("class_mean_cosine", "class_mean_margin"),
+                                ("class_mean_margin",), ("cleannet_cosine", "cleannet_margin"),
+                                ("classifier_score", "classifier_margin"),
+                                ("classifier_margin", "knn_agreement", "class_mean_margin"),
+                                ("cleannet_cosine", "cleannet_margin", "classifier_score", "classifier_margin"),
+                                verifier.SIGNAL_NAMES):
                     if signals != chosen:
                         variants.append((f"  stacked, signals={','.join(signals)}", "stacked", signals))
-            variants.append(("  same CleanNet, margin score (mode=robust)", "robust", verifier.SIGNAL_NAMES))
+            variants.append(("  same CleanNet, margin score (mode=robust)", "robust", verifier.SIGNAL_NAMES[:4]))
         for label, scoring_mode, signals in variants:
-            uses_cleannet = any(name.startswith("cleannet_") for name in signals) or scoring_mode != "stacked"
+            uses_cleannet = bool(set(signals) & set(verifier.CLEANNET_SIGNALS)) or scoring_mode != "stacked"
             start = time.perf_counter()
             model, _ = verify_lib.fit_verifier(cleannet, data, reference_sets, mode=scoring_mode,
                                                class_mean_keep=config.verify.class_mean_keep,
@@ -236,7 +240,8 @@ def cleannet_rows(config, workdir: str, table: datasets.LabelTable, add) -> tupl
             scores = verifier.class_scores(model, data.features)[np.arange(len(data.labels)), data.labels]
             add(label, scores, train_seconds * uses_cleannet + time.perf_counter() - start)
             if mode != "paper" and out is None:
-                out = verifier.own_class_signals(model, data.features, data.labels), calibration
+                out = verifier.own_class_signals(model, data.features, data.labels,
+                                                 names=verifier.SIGNAL_NAMES[:4]), calibration
     return out
 
 
@@ -324,7 +329,7 @@ def run_release(base_config, name: str, root: str, seed: int) -> list[dict]:
             signals, calibration = found
             calibration_fit = data.verified_train[calibration[data.labels[data.verified_train]]]
             if calibration.any() and len(np.unique(data.verification[calibration_fit])) == 2:
-                columns = {name: signals[:, i] for i, name in enumerate(verifier.SIGNAL_NAMES)}
+                columns = {name: signals[:, i] for i, name in enumerate(verifier.SIGNAL_NAMES[:4])}
                 add("stacked: CleanNet + class-mean + neighbour signals (benchmark-only)",
                     stacked_with_neighbours(data, {**columns, **extra}, calibration_fit, seed), knn_seconds)
     return rows

@@ -30,6 +30,20 @@ def test_proposals_prefer_unverified_classes_and_uncertain_images():
     assert not np.isin(rows, np.nonzero(verification >= 0)[0]).any()
 
 
+def test_proposals_order_tied_scores_by_the_rank_score():
+    labels = np.zeros(6, int)
+    scores = np.array([-1.0, -1.0, -1.0, 0.9, -1.0, 0.2])  # four saturated scores tie
+    logits = np.array([-30.0, -18.0, -25.0, 3.0, -40.0, 0.4])
+    verification = np.full(6, -1)
+    verification[5] = 1
+    rows = active.propose_verification(labels, scores, verification, threshold=0.5, budget_per_class=5,
+                                       num_classes=1, rank_scores=logits, rank_threshold=1.1)
+    assert list(rows) == [3, 1, 2, 0, 4]  # nearest the threshold first; the ties by their logits
+    plain = active.propose_verification(labels, scores, verification, threshold=0.5,
+                                        budget_per_class=5, num_classes=1)
+    assert list(plain) == [3, 0, 1, 2, 4]  # without them, row order
+
+
 def test_proposal_file_reads_back_through_the_food101n_reader(tmp_path):
     keys = [f"{c}/{c[0]}{i}.jpg" for c in ("apple_pie", "baklava", "ramen") for i in range(6)]
     root = make_food101n(tmp_path / "food", keys=keys, verified_train=[("apple_pie/a0.jpg", 1)],

@@ -123,3 +123,22 @@ def test_stacked_detector_errors():
         detectors.StackedDetector().fit(np.zeros((4, 2)), np.ones(4))
     with pytest.raises(ValueError, match="labels must be"):
         detectors.detection_signals(np.ones((3, 2)), np.array([0, 1, 5]), num_classes=2, knn_k=(1,))
+
+
+def test_linear_classifier_is_ridge_and_its_margin_finds_wrong_labels():
+    features, noisy, true, _ = planted(noise_rate=0.3)
+    x = detectors.log_normalize(features)
+    weights, bias = detectors.linear_classifier(x, noisy, num_classes=8, l2=1.0)
+    xb = np.concatenate([x, np.ones((len(x), 1))], axis=1).astype(np.float64)
+    targets = 2.0 * np.eye(8)[noisy] - 1.0
+    expected = np.linalg.solve(xb.T @ xb + np.eye(xb.shape[1]), xb.T @ targets)
+    np.testing.assert_allclose(weights, expected[:-1], atol=1e-4)
+    np.testing.assert_allclose(bias, expected[-1], atol=1e-4)
+    scores = x @ weights + bias
+    rows = np.arange(len(noisy))
+    others = scores.copy()
+    others[rows, noisy] = -np.inf
+    margin = scores[rows, noisy] - others.max(axis=1)
+    assert roc_auc_score(noisy == true, margin) > 0.95
+    with pytest.raises(ValueError, match="labels"):
+        detectors.linear_classifier(x, np.full(len(x), 9), num_classes=8)

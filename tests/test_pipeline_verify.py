@@ -11,7 +11,7 @@ from conftest import small_train_config, write_feature_dataset
 
 from cleannet_tf import sanity
 from cleannet_tf.data import table as datasets
-from cleannet_tf.detection import metrics, scores_tsv, verifier
+from cleannet_tf.detection import fit, metrics, scores_tsv, verifier
 from cleannet_tf.detection import signals as detectors
 from cleannet_tf.model.cleannet import build_cleannet, encode_classes
 from cleannet_tf.pipeline import records
@@ -229,3 +229,84 @@ def test_verify_warns_when_too_few_verified_rows_choose_the_threshold(verified_w
     assert f"only {right} verified-right and {wrong} verified-wrong" in written["warnings"][0]
     assert "Warning: cleannet-verify: only" in open(os.path.join(workdir, "verify", "report.html")).read()
     assert written["warnings"][0] in records.recorded_warnings(config, workdir)
+
+
+def _neighbour_verifier(weights, bias, *, index_rows=40, seed=0):
+    """A stacked verifier whose classifier and kNN index come from clustered data of 5 classes (D=12)."""
+    keras.utils.set_random_seed(seed)
+    cleannet = build_cleannet(feature_dim=12, num_references=3, query_hidden_dim=8, reference_hidden_dim=8,
+                              attention_dim=4, embed_dim=6)
+    rng = np.random.default_rng(seed)
+    centres = rng.gamma(1.0, 1.0, (5, 12)) * 3
+    labels = np.repeat(np.arange(5), index_rows // 5)
+    features = np.maximum(centres[labels] + rng.normal(0, 0.5, (len(labels), 12)), 0).astype(np.float32)
+    x = detectors.log_normalize(features)
+    classifier = detectors.linear_classifier(x, labels, num_classes=5)
+    means = detectors.class_means(x, labels, num_classes=5)
+    model = verifier.build_verifier(cleannet, np.ones((5, 6), np.float32), means, scoring="stacked", threshold=0.0,
+                                    signal_weights=weights, signal_bias=bias, classifier=classifier,
+                                    index=fit.knn_index(x, labels))
+    return model, features, labels, x, classifier
+
+
+def test_classifier_and_knn_signals_match_numpy_and_skip_the_query_itself():
+    weights = (0, 0, 0, 0.7, 0.4, 1.1, 2.0)  # class_mean_margin, classifier_score, classifier_margin, knn_agreement
+    model, features, labels, x, (w, b) = _neighbour_verifier(weights, -0.5)
+    head = verifier.verification_head_of(model)
+    new = np.maximum(features[:6] + np.random.default_rng(5).normal(0, 0.3, (6, 12)), 0).astype(np.float32)
+    for queries, is_pool in ((features, True), (new, False)):
+        q = detectors.log_normalize(queries)
+        similarity = q @ x.T
+        if is_pool:  # a pool image is not its own neighbour
+            np.fill_diagonal(similarity, -2.0)
+        nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :verifier.KNN_K]
+        knn = np.stack([(labels[nearest] == c).mean(axis=1) for c in range(5)], axis=1)
+        assert knn.max(axis=1).min() > 0.5  # clustered: most neighbours share a class
+        got = head.signals(tf.constant(queries), tf.zeros((len(queries), 6)),
+                           ("classifier_score", "classifier_margin", "knn_agreement", "class_mean_margin"))
+        np.testing.assert_allclose(got["classifier_score"], q @ w + b, atol=1e-4)
+        np.testing.assert_allclose(got["knn_agreement"], knn, atol=1e-6)
+        score = q @ w + b
+        margin = np.stack([score[:, c] - np.delete(score, c, axis=1).max(axis=1) for c in range(5)], axis=1)
+        logit = -0.5 + 0.7 * got["class_mean_margin"].numpy() + 0.4 * score + 1.1 * margin + 2.0 * knn
+        np.testing.assert_allclose(verifier.class_scores(model, queries, logits=True), logit, atol=1e-4)
+        np.testing.assert_allclose(verifier.class_scores(model, queries), 2 / (1 + np.exp(-logit)) - 1, atol=1e-5)
+
+
+def test_neighbour_verifier_round_trip_and_needs_an_index(tmp_path):
+    model, features, labels, *_ = _neighbour_verifier((0, 0, 0, 1.0, 0, 1.0, 1.0), 0.2)
+    path = str(tmp_path / "verifier.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    inputs = {"features": features[:9], "label": labels[:9].astype(np.int64)}
+    np.testing.assert_array_equal(model(inputs)["score"], loaded(inputs)["score"])
+    with pytest.raises(ValueError, match="kNN index"):
+        verifier.VerificationHead(5, 6, 12, scoring="stacked", threshold=0.0, signal_weights=(0,) * 6 + (1.0,))
+
+
+def test_saturated_scores_still_rank_by_their_logit():
+    model, features, labels, *_ = _neighbour_verifier((0, 0, 0, 0, 0, 60.0, 0), 0.0)
+    wrong = (labels + 1) % 5
+    scores = verifier.class_scores(model, features)[np.arange(len(labels)), wrong]
+    logits = verifier.class_scores(model, features, logits=True)[np.arange(len(labels)), wrong]
+    assert np.sum(scores == -1.0) >= 10  # float32 2 sigmoid - 1 saturates: the scores tie
+    assert len(np.unique(logits[scores == -1.0])) == int(np.sum(scores == -1.0))  # the logits do not
+
+
+def test_threshold_and_weights_come_from_verified_train_rows(verified_workdir):
+    config, workdir, report, _, _ = verified_workdir
+    written = json.load(open(os.path.join(workdir, "verify", "metrics.json")))
+    table = load_table(config, workdir)
+    data, reference_sets = load_training_inputs(config, workdir, table)
+    calibration = train_lib.calibration_classes(table, config.cleannet.calibration_fraction, config.seed)
+    signals = config.verify.signals.split(",")
+    uses_cleannet = bool(set(signals) & set(verifier.CLEANNET_SIGNALS))
+    rows, name = fit.verified_rows(data, calibration, uses_cleannet)
+    assert written["threshold_rows"] == written["fit_rows"] == name
+    assert name.startswith("verified_train") and written["n_threshold_rows"] == len(rows)
+    assert not np.isin(rows, data.validation).any()  # never the evaluated rows
+    assert set(data.labels[rows]) <= set(np.nonzero(~data.heldout_classes)[0])
+    scores = scores_tsv.read_scores_tsv(os.path.join(workdir, "verify", "scores.tsv")).scores
+    assert written["threshold"] == pytest.approx(metrics.best_threshold(scores[rows], data.verification[rows])[0],
+                                                 abs=1e-5)
+    assert "verified_val" in written["metric_rows"]["*_heldout"]

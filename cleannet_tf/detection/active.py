@@ -26,13 +26,16 @@ HEADER = ("class_name/key", "verification_label", "score", "suggested_label", "w
 
 def propose_verification(labels: np.ndarray, scores: np.ndarray, verification: np.ndarray, *, threshold: float,
                          budget_per_class: int, num_classes: int,
-                         candidates: np.ndarray | None = None) -> np.ndarray:
+                         candidates: np.ndarray | None = None, rank_scores: np.ndarray | None = None,
+                         rank_threshold: float | None = None) -> np.ndarray:
     """Rows to verify next.
 
     Args:
         labels: (N,) int noisy labels. scores: (N,) float CleanNet scores. verification: (N,) int, -1 unknown.
         threshold: the detection threshold. budget_per_class: images proposed per class (at most).
         num_classes: C. candidates: optional (N,) bool rows that may be proposed (default: all unverified).
+        rank_scores, rank_threshold: optional (N,) unbounded scores (the stacked logit) and the threshold in
+            their units; they order rows whose scores tie (a saturated score).
     Returns:
         (M,) int64 row indices: classes without any verification label first (by their number of images,
         largest first), then the others; within a class, nearest the threshold first. Deterministic.
@@ -48,11 +51,14 @@ def propose_verification(labels: np.ndarray, scores: np.ndarray, verification: n
     has_verification = np.bincount(labels[verification >= 0], minlength=num_classes) > 0
     images = np.bincount(labels, minlength=num_classes)
     uncertainty = np.abs(scores - threshold)
+    rank_uncertainty = (uncertainty if rank_scores is None else
+                        np.abs(np.asarray(rank_scores, np.float64) - (threshold if rank_threshold is None
+                                                                      else rank_threshold)))
     class_order = sorted(range(num_classes), key=lambda c: (bool(has_verification[c]), -int(images[c]), c))
     chosen = []
     for c in class_order:
         rows = np.nonzero(allowed & (labels == c))[0]
-        rows = rows[np.lexsort((rows, uncertainty[rows]))][:budget_per_class]
+        rows = rows[np.lexsort((rows, rank_uncertainty[rows], uncertainty[rows]))][:budget_per_class]
         chosen.append(rows)
     return np.concatenate(chosen).astype(np.int64) if chosen else np.zeros(0, np.int64)
 

@@ -1,7 +1,9 @@
 """The verifier of a trained CleanNet and its threshold: fit_verifier, and metrics.json's numbers (detection_report).
 
-The threshold is the one with the lowest detection error on the verified classes' validation rows; held-out
-classes are scored with the same threshold and reported apart. The cleannet-verify step that writes
+The stacked weights and the threshold (the lowest detection error) are chosen on verified_train rows
+(verified_rows: the calibration classes' when the score uses CleanNet's signals), never on the verified_val
+rows the figures are measured on; metrics.json names the rows of each figure (METRIC_ROWS). Held-out classes
+are scored with the same threshold and reported apart. The cleannet-verify step that writes
 WORKDIR/verify/ is pipeline/verify.py.
 
 Imports `data`, `detection`, `features`, `model`.
@@ -19,66 +21,102 @@ from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.model.cleannet import encode_classes
 
 
+def knn_index(x: np.ndarray, labels: np.ndarray, *, rows: int = verifier.INDEX_ROWS,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The kNN index stored in the verifier: every pool row, or a fixed sample of `rows` of them.
+
+    x (P, D) unit rows, labels (P,) -> features (M, D) float32, labels (M,) int64, M = min(P, rows).
+    """
+    keep = np.arange(len(x)) if len(x) <= rows else np.sort(
+        np.random.default_rng([seed, 0x1DE7]).choice(len(x), rows, replace=False))
+    return np.asarray(x[keep], np.float32), np.asarray(labels[keep], np.int64)
+
+
+def verified_rows(data: train_data.TrainingData, calibration_classes: np.ndarray | None,
+                  uses_cleannet: bool) -> tuple[np.ndarray, str]:
+    """Pool rows the stacked weights and the threshold are chosen on, never the evaluated verified_val rows.
+
+    CleanNet trains on the verified_train rows of the classes it sees, so when the score uses its signals the
+    rows are the calibration classes' verified_train rows (verified classes CleanNet did not train on); else
+    the verified classes' verified_train rows. Returns (rows, what they are).
+    """
+    train = data.verified_train[~data.heldout_classes[data.labels[data.verified_train]]]
+    if uses_cleannet and calibration_classes is not None and calibration_classes.any():
+        rows = train[calibration_classes[data.labels[train]]]
+        if len(np.unique(data.verification[rows])) < 2:
+            raise ValueError("The calibration classes' verified_train rows are all of one kind; raise "
+                             "cleannet.calibration_fraction.")
+        return rows, "verified_train of the calibration classes (verified classes CleanNet did not train on)"
+    if len(train):
+        return train, "verified_train of verified classes"
+    rows = data.validation[~data.heldout_classes[data.labels[data.validation]]]
+    if not len(rows):
+        raise ValueError("No verified rows in verified classes: cleannet-verify needs verified_train.tsv (or "
+                         "verified_val.tsv) rows to choose the threshold.")
+    return rows, "verified_val of verified classes (no verified_train rows: the verified-class figures are optimistic)"
+
+
 def fit_verifier(cleannet: keras.Model, data: train_data.TrainingData, reference_sets: ReferenceSets, *,
                  mode: str, class_mean_keep: float = 0.7, calibration_classes: np.ndarray | None = None,
-                 signals=verifier.SIGNAL_NAMES, seed: int = 0) -> tuple[keras.Model, dict]:
-    """The verifier of a trained CleanNet, its threshold chosen on the verified classes' validation rows.
+                 signals=verifier.SIGNAL_NAMES[:4], seed: int = 0) -> tuple[keras.Model, dict]:
+    """The verifier of a trained CleanNet, its weights and threshold chosen on rows that are not evaluated.
 
     Args:
         cleannet: trained model. data: its training data (P pool rows). reference_sets: (C, K, D) references.
         mode: cleannet.mode ("paper" -> cosine, "robust" -> margin, "stacked" -> stacked scoring).
         class_mean_keep: share of each class in its robust mean (stacked scoring).
         calibration_classes: optional (C,) bool, verified classes CleanNet did not train on
-            (training/cleannet.py calibration_classes); the stacked scoring is fitted on their verified rows (train and
-            validation), else on the verified validation rows.
+            (training/cleannet.py calibration_classes); a stacked scoring that uses CleanNet's signals is
+            fitted on their verified_train rows (see verified_rows).
         signals: the SIGNAL_NAMES the stacked scoring combines (the others get weight 0).
     Returns:
-        (verifier, info) with info["threshold"], info["scoring"] and, for stacked, info["signal_weights"].
+        (verifier, info) with info["threshold"], info["scoring"], info["threshold_rows"] (which rows the
+        threshold comes from), and for stacked info["fit_rows"], info["signal_weights"].
     """
     scoring = verifier.MODE_SCORING[mode]
     num_classes = len(reference_sets.class_names)
     class_embeddings = encode_classes(cleannet, reference_sets.references).numpy()
-    class_means = detectors.robust_class_means(detectors.log_normalize(data.features), data.labels,
-                                               num_classes=num_classes, keep=class_mean_keep)
-    rows = data.validation[~data.heldout_classes[data.labels[data.validation]]]
-    if not len(rows):
-        raise ValueError("No verified validation rows in verified classes: cleannet-verify needs them to choose "
-                         "the threshold (verified_val.tsv).")
-    verification = data.verification[rows]
-    info: dict = {"scoring": scoring}
-    weights, bias = (0.0,) * len(verifier.SIGNAL_NAMES), 0.0
+    x = detectors.log_normalize(data.features)
+    class_means = detectors.robust_class_means(x, data.labels, num_classes=num_classes, keep=class_mean_keep)
+    signals = tuple(signals)
     if scoring == "stacked":
-        if len(np.unique(verification)) < 2:
-            raise ValueError("Stacked scoring needs verified validation rows of both kinds (label correct and "
-                             "wrong); use cleannet.mode=robust.")
-        fit_rows = rows
-        if calibration_classes is not None and calibration_classes.any():
-            fit_rows = np.nonzero((data.verification >= 0) & calibration_classes[data.labels])[0]
-            if len(np.unique(data.verification[fit_rows])) < 2:
-                raise ValueError("The calibration classes' verified rows are all of one kind; raise "
-                                 "cleannet.calibration_fraction.")
-            info["calibration_classes"] = [data.class_names[c] for c in np.nonzero(calibration_classes)[0]]
-        plain = verifier.build_verifier(cleannet, class_embeddings, class_means, scoring=scoring, threshold=0.0)
         unknown = set(signals) - set(verifier.SIGNAL_NAMES)
         if unknown or not signals:
             raise ValueError(f"verify.signals must be a non-empty subset of {verifier.SIGNAL_NAMES}. "
-                             f"Received {tuple(signals)}")
-        used = [verifier.SIGNAL_NAMES.index(name) for name in signals]
-        own_signals = verifier.own_class_signals(plain, data.features[fit_rows], data.labels[fit_rows])
-        used_weights, bias = verifier.fit_signal_weights(own_signals[:, used], data.verification[fit_rows],
-                                                         seed=seed)
+                             f"Received {signals}")
+    uses_cleannet = scoring != "stacked" or bool(set(signals) & set(verifier.CLEANNET_SIGNALS))
+    rows, rows_name = verified_rows(data, calibration_classes if scoring == "stacked" else None, uses_cleannet)
+    verification = data.verification[rows]
+    info: dict = {"scoring": scoring, "threshold_rows": rows_name, "n_threshold_rows": int(len(rows))}
+    weights, bias = (0.0,) * len(verifier.SIGNAL_NAMES), 0.0
+    extras = {}
+    if scoring == "stacked":
+        if len(np.unique(verification)) < 2:
+            raise ValueError(f"Stacked scoring needs {rows_name} rows of both kinds (label correct and wrong); "
+                             "use cleannet.mode=robust.")
+        if set(signals) & {"classifier_score", "classifier_margin"}:
+            extras["classifier"] = detectors.linear_classifier(x, data.labels, num_classes=num_classes)
+        if "knn_agreement" in signals:
+            extras["index"] = knn_index(x, data.labels, seed=seed)
+        if calibration_classes is not None and calibration_classes.any() and uses_cleannet:
+            info["calibration_classes"] = [data.class_names[c] for c in np.nonzero(calibration_classes)[0]]
+        plain = verifier.build_verifier(cleannet, class_embeddings, class_means, scoring=scoring, threshold=0.0,
+                                        **extras)
+        own_signals = verifier.own_class_signals(plain, data.features[rows], data.labels[rows], names=signals)
+        used_weights, bias = verifier.fit_signal_weights(own_signals, verification, seed=seed)
         weights = np.zeros(len(verifier.SIGNAL_NAMES))
-        weights[used] = used_weights
-        info["n_fit"] = int(len(fit_rows))
+        weights[[verifier.SIGNAL_NAMES.index(name) for name in signals]] = used_weights
+        info["fit_rows"] = rows_name
+        info["n_fit"] = int(len(rows))
         info["signal_weights"] = dict(zip(verifier.SIGNAL_NAMES, map(float, weights), strict=True))
         info["signal_bias"] = bias
     model = verifier.build_verifier(cleannet, class_embeddings, class_means, scoring=scoring, threshold=0.0,
-                                    signal_weights=weights, signal_bias=bias)
+                                    signal_weights=weights, signal_bias=bias, **extras)
     scores = verifier.class_scores(model, data.features[rows])[np.arange(len(rows)), data.labels[rows]]
     threshold, _ = metrics.best_threshold(scores, verification)
     info["threshold"] = threshold
     model = verifier.build_verifier(cleannet, class_embeddings, class_means, scoring=scoring, threshold=threshold,
-                                    signal_weights=weights, signal_bias=bias)
+                                    signal_weights=weights, signal_bias=bias, **extras)
     return model, info
 
 
@@ -165,6 +203,15 @@ def detection_report(scores: np.ndarray, data: train_data.TrainingData, threshol
     report["flagged_share"] = float(flagged.mean()) if len(flagged) else None
     report["per_class"] = per_class
     return report
+
+
+METRIC_ROWS = {
+    "threshold": "threshold_rows (verified_train rows, never verified_val)",
+    "signal_weights": "fit_rows (the same rows as the threshold)",
+    "detection_error, precision, recall, f1, roc_auc": "verified_val of verified classes",
+    "*_heldout": "verified_val of held-out classes", "*_all": "verified_val of every class",
+    "per_class detection_error, noise_rate_verified": "verified_val of that class",
+}
 
 
 def _finite_or_none(value):

@@ -149,12 +149,13 @@ def _fmt(value, percent=False) -> str:
 
 def write_report(output_dir: str, *, keys, labels, scores, verification, validation, threshold: float,
                  class_names, image_paths, suggested_labels, suggested_scores, metrics: dict, worst_classes: int = 6,
-                 images_per_class: int = 8) -> str:
+                 images_per_class: int = 8, rank_scores=None) -> str:
     """Writes output_dir/report.html and its PNG figures; returns the report's path.
 
     Args:
         keys, image_paths: (N,) str. labels, suggested_labels: (N,) int class ids. scores, suggested_scores:
-            (N,) float (the most suspicious images: lowest score, then highest suggested score).
+            (N,) float (the most suspicious images: lowest score, then lowest rank_score, then highest suggested
+            score). rank_scores: optional (N,) float that orders images the score ties (the stacked logit).
         verification: (N,) int 1 / 0 / -1. validation: (N,) bool rows of verified_val (the curves).
         threshold: float. class_names: C str. metrics: the dict of WORKDIR/verify/metrics.json (missing or None
         values are shown as n/a). worst_classes, images_per_class: the grid of suspicious images.
@@ -186,7 +187,8 @@ def write_report(output_dir: str, *, keys, labels, scores, verification, validat
     for name in ranked_classes[:worst_classes]:
         c = class_names.index(name)
         rows = np.nonzero((labels == c) & (scores < threshold))[0]
-        rows = rows[np.lexsort((-suggested_scores[rows], scores[rows]))][:images_per_class]
+        rank = scores if rank_scores is None else np.asarray(rank_scores)
+        rows = rows[np.lexsort((-suggested_scores[rows], rank[rows], scores[rows]))][:images_per_class]
         cells = []
         for row in rows:
             uri, problem = _thumbnail(str(image_paths[row]))

@@ -15,6 +15,9 @@ Signals of an image i labelled y_i, with x_i = ln(1 + x) features scaled to unit
     robust_margin            robust_cosine - max_{c != y_i} cos(x_i, robust mean of class c)
     robust_cosine_standardized  robust_cosine standardised per class by median / MAD over the class's images
     knn_agreement_<k>        fraction of the k nearest other images (cosine) that carry label y_i
+    classifier_margin        score of the own label minus the best other one, of a linear classifier trained
+                             on the noisy labels (linear_classifier: ridge one-vs-rest); the classifier is per
+                             class, the margin means the same in every class
 
     signals, names = detection_signals(features, labels, num_classes=C)          # (N, F)
     detector = StackedDetector().fit(signals[verified_rows], verification[verified_rows])
@@ -93,6 +96,29 @@ def knn_label_agreement(x: np.ndarray, labels: np.ndarray, *, k: int = 10, batch
     labels = np.asarray(labels)
     indices, _ = neighbours.nearest_neighbours(x, k, method=method, block_rows=batch_size)
     return (labels[indices] == labels[:, None]).mean(axis=1).astype(np.float32)
+
+
+def linear_classifier(x: np.ndarray, labels: np.ndarray, *, num_classes: int,
+                      l2: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """A ridge one-vs-rest linear classifier of the noisy labels: x (N, D), labels (N,) -> weights (D, C), bias (C,).
+
+    Least squares on targets +1 (own label) / -1 (other classes) with an L2 penalty `l2` on weights and bias, in
+    closed form (one (D+1, D+1) Gram matrix, accumulated in blocks). Its scores x @ weights + bias rank wrong
+    labels the way cleanlab's cross-validated probabilities do; on CIFAR-10N (20k rows, D=1280) the scores of
+    the fit on every row rank the pool's own images as well as 5-fold out-of-fold scores (README, "Real photos"),
+    so the same fit scores the pool and new images.
+    """
+    labels = _check_labels(labels, len(x), num_classes)
+    d = x.shape[1]
+    gram = np.zeros((d + 1, d + 1))
+    cross = np.zeros((d + 1, num_classes))
+    for start in range(0, len(x), 8192):
+        block = np.asarray(x[start:start + 8192], np.float64)
+        xb = np.concatenate([block, np.ones((len(block), 1))], axis=1)
+        gram += xb.T @ xb
+        cross += xb.T @ (2.0 * np.eye(num_classes)[labels[start:start + 8192]] - 1.0)
+    w = np.linalg.solve(gram + l2 * np.eye(d + 1), cross)
+    return w[:d].astype(np.float32), w[d].astype(np.float32)
 
 
 def per_class_standardize(scores: np.ndarray, labels: np.ndarray, *, num_classes: int) -> np.ndarray:

@@ -5,8 +5,10 @@
     label (B,) ─────────────────────────────────────────────────┘     weight_soft, suggested_label, suggested_score
 
 The head holds the cached class embeddings (C, E) of the CleanNet reference encoder, the robust class means
-(C, D) of the normalised features, the threshold, and the score combination, so scoring costs the query
-encoder and two (B, C) matrix products. It computes a (B, C) score of every image against every class; the
+(C, D) of the normalised features, a linear classifier (D, C) of the noisy labels, an index of up to
+INDEX_ROWS pool images (their normalised features (M, D) and labels (M,)) for the kNN signal, the threshold,
+and the score combination, so scoring costs the query encoder and a few matrix products (B x M for the kNN
+signal, computed only when its weight is not 0). It computes a (B, C) score of every image against every class; the
 score of the pair is the entry of its label, the suggested label the best entry.
 
 Scorings (`cleannet.mode` picks one):
@@ -16,7 +18,15 @@ Scorings (`cleannet.mode` picks one):
              (so weight_soft = max(0, score) is near 1 for labels it trusts),
              fitted on verified validation rows (mode "stacked"): the CleanNet cosine and margin, and the cosine
              and margin of the features to the robust class means (the mean of each class's clean core,
-             `detectors.robust_class_means`). Classes without verification labels are scored by the same weights.
+             `detectors.robust_class_means`), the score and margin of the linear classifier
+             (`detectors.linear_classifier`), and the kNN label agreement (share of the KNN_K most similar index
+             images that carry the class). Classes without verification labels are scored by the same weights.
+
+What a new image gets at serving time: every signal is computed in the graph, as for the pool's images (the
+classifier is the fit on the whole pool). The kNN index is
+the pool (a fixed sample of INDEX_ROWS images above that: memory M x D floats in the model); an index image
+identical to the query (cosine >= 1 - 1e-5: the image itself, or an exact duplicate) is not its neighbour, so a
+pool image scored by the served model gets the same agreement as in scores.tsv.
 
 All scores lie in [-1, 1] (margin in [-2, 2]); low means the label is likely wrong; a pair is noisy when
 score < threshold; weight_soft = clip(score, 0, 1) (the paper's max(0, s)).
@@ -34,7 +44,12 @@ from cleannet_tf.model import layers
 from cleannet_tf.model.cleannet import query_encoder_of
 
 SCORINGS = ("cosine", "margin", "stacked")
-SIGNAL_NAMES = ("cleannet_cosine", "cleannet_margin", "class_mean_cosine", "class_mean_margin")
+SIGNAL_NAMES = ("cleannet_cosine", "cleannet_margin", "class_mean_cosine", "class_mean_margin", "classifier_score",
+                "classifier_margin", "knn_agreement")
+CLEANNET_SIGNALS = ("cleannet_cosine", "cleannet_margin")  # the signals of CleanNet's learned embedding
+KNN_K = 10  # neighbours of the knn_agreement signal
+INDEX_ROWS = 20_000  # largest kNN index stored in the verifier (a fixed sample of a larger pool)
+SELF_COSINE = 1.0 - 1e-5  # an index row at least this similar to the query is the query itself
 STACKED_TEMPERATURE = 1.0  # score = 2 sigmoid(logit / T) - 1
 MODE_SCORING = {"paper": "cosine", "robust": "margin", "stacked": "stacked"}
 
@@ -61,52 +76,101 @@ class VerificationHead(keras.layers.Layer):
         num_classes: C. embed_dim: E. feature_dim: D.
         scoring: "cosine", "margin" or "stacked".
         threshold: float. A pair is noisy when its score is below it.
-        signal_weights: 4 floats (SIGNAL_NAMES order) and signal_bias: float, the logistic regression of
-            "stacked" on raw (unstandardised) signals.
+        signal_weights: floats in SIGNAL_NAMES order (missing trailing ones are 0) and signal_bias: float, the
+            logistic regression of "stacked" on raw (unstandardised) signals.
+        index_rows: M, rows of the kNN index (0: none; then knn_agreement must have weight 0).
 
-    Weights (not trained): class_embeddings (C, E), class_means (C, D) unit rows.
+    Weights (not trained): class_embeddings (C, E), class_means (C, D) unit rows, classifier_weights (D, C) and
+    classifier_bias (C,), index_features (M, D) unit rows and index_labels (M,) (class ids as floats).
     Call: features (B, D), query_embedding (B, E), label (B,) int -> dict of score (B,) float32,
     is_noisy (B,) bool, weight_soft (B,) float32, suggested_label (B,) int64, suggested_score (B,) float32.
     """
 
     def __init__(self, num_classes: int, embed_dim: int, feature_dim: int, *, scoring: str, threshold: float,
-                 signal_weights=(0.0, 0.0, 0.0, 0.0), signal_bias: float = 0.0, **kwargs):
+                 signal_weights=(0.0, 0.0, 0.0, 0.0), signal_bias: float = 0.0, index_rows: int = 0, **kwargs):
         super().__init__(**kwargs)
         if scoring not in SCORINGS:
             raise ValueError(f"scoring must be one of {SCORINGS}. Received: scoring={scoring!r}")
-        if len(signal_weights) != len(SIGNAL_NAMES):
-            raise ValueError(f"signal_weights needs {len(SIGNAL_NAMES)} values ({SIGNAL_NAMES}). "
+        if len(signal_weights) > len(SIGNAL_NAMES):
+            raise ValueError(f"signal_weights takes at most {len(SIGNAL_NAMES)} values ({SIGNAL_NAMES}). "
                              f"Received {signal_weights!r}")
         self.num_classes, self.embed_dim, self.feature_dim = int(num_classes), int(embed_dim), int(feature_dim)
         self.scoring = scoring
         self.threshold = float(threshold)
-        self.signal_weights = tuple(float(w) for w in signal_weights)
+        weights = [float(w) for w in signal_weights]
+        self.signal_weights = tuple(weights + [0.0] * (len(SIGNAL_NAMES) - len(weights)))
         self.signal_bias = float(signal_bias)
+        self.index_rows = int(index_rows)
+        if self.signal_weights[SIGNAL_NAMES.index("knn_agreement")] and not self.index_rows:
+            raise ValueError("The knn_agreement signal needs a kNN index (index_rows > 0).")
         self.class_embeddings = self.add_weight(shape=(self.num_classes, self.embed_dim), initializer="zeros",
                                                 trainable=False, name="class_embeddings")
         self.class_means = self.add_weight(shape=(self.num_classes, self.feature_dim), initializer="zeros",
                                            trainable=False, name="class_means")
+        self.classifier_weights = self.add_weight(shape=(self.feature_dim, self.num_classes), initializer="zeros",
+                                                  trainable=False, name="classifier_weights")
+        self.classifier_bias = self.add_weight(shape=(self.num_classes,), initializer="zeros", trainable=False,
+                                               name="classifier_bias")
+        self.index_features = self.add_weight(shape=(self.index_rows, self.feature_dim), initializer="zeros",
+                                              trainable=False, name="index_features")
+        self.index_labels = self.add_weight(shape=(self.index_rows,), initializer="zeros", trainable=False,
+                                            name="index_labels")
 
-    def signals(self, features, query_embedding) -> dict[str, tf.Tensor]:
-        """The four (B, C) signal matrices of SIGNAL_NAMES."""
-        query = tf.math.l2_normalize(query_embedding, axis=-1, epsilon=1e-24)
-        classes = tf.math.l2_normalize(tf.convert_to_tensor(self.class_embeddings), axis=-1, epsilon=1e-24)
-        cleannet_cosine = tf.matmul(query, classes, transpose_b=True)
-        class_mean_cosine = tf.matmul(log_l2_normalize(features), tf.convert_to_tensor(self.class_means),
-                                      transpose_b=True)
-        return {"cleannet_cosine": cleannet_cosine, "cleannet_margin": _margin_to_best_other(cleannet_cosine),
-                "class_mean_cosine": class_mean_cosine, "class_mean_margin": _margin_to_best_other(class_mean_cosine)}
+    def used_signals(self) -> tuple[str, ...]:
+        """The SIGNAL_NAMES the score needs."""
+        if self.scoring == "cosine":
+            return ("cleannet_cosine",)
+        if self.scoring == "margin":
+            return ("cleannet_margin",)
+        return tuple(name for name, w in zip(SIGNAL_NAMES, self.signal_weights, strict=True) if w)
+
+    def knn_agreement(self, x) -> tf.Tensor:
+        """(B, D) unit rows -> (B, C): share of the KNN_K most similar index rows (not the query itself) per class."""
+        similarity = tf.matmul(x, tf.convert_to_tensor(self.index_features), transpose_b=True)  # (B, M)
+        similarity = tf.where(similarity >= SELF_COSINE, -2.0 * tf.ones_like(similarity), similarity)
+        nearest = tf.math.top_k(similarity, k=min(KNN_K, self.index_rows)).indices  # (B, k)
+        labels = tf.cast(tf.gather(tf.convert_to_tensor(self.index_labels), nearest), tf.int32)
+        return tf.reduce_mean(tf.one_hot(labels, self.num_classes), axis=1)
+
+    def signals(self, features, query_embedding, names=SIGNAL_NAMES) -> dict[str, tf.Tensor]:
+        """The (B, C) signal matrices of `names` (SIGNAL_NAMES)."""
+        out = {}
+        if {"cleannet_cosine", "cleannet_margin"} & set(names):
+            query = tf.math.l2_normalize(query_embedding, axis=-1, epsilon=1e-24)
+            classes = tf.math.l2_normalize(tf.convert_to_tensor(self.class_embeddings), axis=-1, epsilon=1e-24)
+            out["cleannet_cosine"] = tf.matmul(query, classes, transpose_b=True)
+            out["cleannet_margin"] = _margin_to_best_other(out["cleannet_cosine"])
+        x = log_l2_normalize(features)
+        if {"class_mean_cosine", "class_mean_margin"} & set(names):
+            out["class_mean_cosine"] = tf.matmul(x, tf.convert_to_tensor(self.class_means), transpose_b=True)
+            out["class_mean_margin"] = _margin_to_best_other(out["class_mean_cosine"])
+        if {"classifier_score", "classifier_margin"} & set(names):
+            out["classifier_score"] = (tf.matmul(x, tf.convert_to_tensor(self.classifier_weights))
+                                       + tf.convert_to_tensor(self.classifier_bias))
+            out["classifier_margin"] = _margin_to_best_other(out["classifier_score"])
+        if "knn_agreement" in names:
+            if not self.index_rows:
+                raise ValueError("The knn_agreement signal needs a kNN index (index_rows > 0).")
+            out["knn_agreement"] = self.knn_agreement(x)
+        return {name: out[name] for name in names}
+
+    def logits(self, features, query_embedding) -> tf.Tensor:
+        """(B, D), (B, E) -> (B, C) stacked logit (unbounded: it ranks where the score saturates at -1 or 1); the
+        score itself for the cosine and margin scorings."""
+        if self.scoring != "stacked":
+            return self.class_scores(features, query_embedding)
+        signals = self.signals(features, query_embedding, self.used_signals())
+        weights = dict(zip(SIGNAL_NAMES, self.signal_weights, strict=True))
+        constant = tf.zeros((tf.shape(features)[0], self.num_classes)) + self.signal_bias
+        return tf.add_n([constant] + [weights[name] * value for name, value in signals.items()])
 
     def class_scores(self, features, query_embedding) -> tf.Tensor:
         """(B, D), (B, E) -> (B, C) score of every image against every class."""
-        signals = self.signals(features, query_embedding)
         if self.scoring == "cosine":
-            return signals["cleannet_cosine"]
+            return self.signals(features, query_embedding, ("cleannet_cosine",))["cleannet_cosine"]
         if self.scoring == "margin":
-            return signals["cleannet_margin"]
-        logit = self.signal_bias + tf.add_n([w * signals[name] for w, name in zip(self.signal_weights, SIGNAL_NAMES,
-                                                                                  strict=True)])
-        return 2.0 * tf.sigmoid(logit / STACKED_TEMPERATURE) - 1.0
+            return self.signals(features, query_embedding, ("cleannet_margin",))["cleannet_margin"]
+        return 2.0 * tf.sigmoid(self.logits(features, query_embedding) / STACKED_TEMPERATURE) - 1.0
 
     def call(self, features, query_embedding, label):
         label = tf.cast(label, tf.int64)
@@ -129,12 +193,14 @@ class VerificationHead(keras.layers.Layer):
     def get_config(self) -> dict:
         return {**super().get_config(), "num_classes": self.num_classes, "embed_dim": self.embed_dim,
                 "feature_dim": self.feature_dim, "scoring": self.scoring, "threshold": self.threshold,
-                "signal_weights": list(self.signal_weights), "signal_bias": self.signal_bias}
+                "signal_weights": list(self.signal_weights), "signal_bias": self.signal_bias,
+                "index_rows": self.index_rows}
 
 
 def build_verifier(cleannet: keras.Model, class_embeddings: np.ndarray, class_means: np.ndarray | None = None, *,
                    scoring: str, threshold: float, signal_weights=(0.0, 0.0, 0.0, 0.0),
-                   signal_bias: float = 0.0) -> keras.Model:
+                   signal_bias: float = 0.0, classifier: tuple[np.ndarray, np.ndarray] | None = None,
+                   index: tuple[np.ndarray, np.ndarray] | None = None) -> keras.Model:
     """The verifier model "cleannet_verifier" of a trained CleanNet.
 
     Args:
@@ -143,6 +209,9 @@ def build_verifier(cleannet: keras.Model, class_embeddings: np.ndarray, class_me
         class_means: (C, D) unit rows (detectors.robust_class_means of log_normalize'd features); needed by
             "stacked", zeros otherwise.
         scoring, threshold, signal_weights, signal_bias: see VerificationHead.
+        classifier: optional (weights (D, C), bias (C,)) of detectors.linear_classifier (zeros otherwise).
+        index: optional kNN index (features (M, D) unit rows, labels (M,) int); M <= INDEX_ROWS keeps the model
+            small (detection/fit.py knn_index picks them).
 
     Inputs: "features" (B, D) float32, "label" (B,) int64.
     Outputs: "score", "is_noisy", "weight_soft", "suggested_label", "suggested_score", each (B,).
@@ -161,12 +230,20 @@ def build_verifier(cleannet: keras.Model, class_embeddings: np.ndarray, class_me
     features = keras.Input((feature_dim,), name="features", dtype="float32")
     label = keras.Input((), name="label", dtype="int64")
     query_embedding = query_encoder(features)["query_embedding"]
+    index_rows = 0 if index is None else len(index[0])
     head = VerificationHead(num_classes, embed_dim, feature_dim, scoring=scoring, threshold=threshold,
-                            signal_weights=signal_weights, signal_bias=signal_bias, name="verification_head")
+                            signal_weights=signal_weights, signal_bias=signal_bias, index_rows=index_rows,
+                            name="verification_head")
     outputs = {name: keras.layers.Identity(name=name)(tensor)
                for name, tensor in head(features, query_embedding, label).items()}
     head.class_embeddings.assign(class_embeddings)
     head.class_means.assign(class_means)
+    if classifier is not None:
+        head.classifier_weights.assign(np.asarray(classifier[0], np.float32))
+        head.classifier_bias.assign(np.asarray(classifier[1], np.float32))
+    if index is not None:
+        head.index_features.assign(np.asarray(index[0], np.float32))
+        head.index_labels.assign(np.asarray(index[1], np.float32))
     return keras.Model({"features": features, "label": label}, outputs, name="cleannet_verifier")
 
 
@@ -174,31 +251,40 @@ def verification_head_of(verifier: keras.Model) -> VerificationHead:
     return verifier.get_layer("verification_head")
 
 
-def class_scores(verifier: keras.Model, features: np.ndarray, *, batch_size: int = 4096) -> np.ndarray:
-    """(N, D) -> (N, C) float32 score of every image against every class (dropout off)."""
+def _batches(verifier: keras.Model, features: np.ndarray, batch_size: int):
+    """(head, batch features, query embedding) per batch of rows."""
     head = verification_head_of(verifier)
     encoder = query_encoder_of(verifier)
-    chunks = []
     for start in range(0, len(features), batch_size):
         batch = tf.convert_to_tensor(features[start:start + batch_size], tf.float32)
-        query = encoder(batch, training=False)["query_embedding"]
-        chunks.append(head.class_scores(batch, query).numpy())
-    return np.concatenate(chunks) if chunks else np.zeros((0, head.num_classes), np.float32)
+        yield head, batch, encoder(batch, training=False)["query_embedding"]
 
 
-def own_class_signals(verifier: keras.Model, features: np.ndarray, labels: np.ndarray, *,
+def class_scores(verifier: keras.Model, features: np.ndarray, *, batch_size: int = 4096,
+                 logits: bool = False) -> np.ndarray:
+    """(N, D) -> (N, C) float32 score of every image against every class (dropout off).
+
+    logits: the stacked scoring's logits instead of its scores (float64; they rank without ties where the
+    score saturates).
+    """
+    chunks = [head.logits(batch, query).numpy().astype(np.float64) if logits else
+              head.class_scores(batch, query).numpy()
+              for head, batch, query in _batches(verifier, features, batch_size)]
+    num_classes = verification_head_of(verifier).num_classes
+    return np.concatenate(chunks) if chunks else np.zeros((0, num_classes), np.float32)
+
+
+def own_class_signals(verifier: keras.Model, features: np.ndarray, labels: np.ndarray, *, names=SIGNAL_NAMES,
                       batch_size: int = 4096) -> np.ndarray:
-    """(N, D), (N,) -> (N, 4) float64: the SIGNAL_NAMES of each image against its own label."""
-    head = verification_head_of(verifier)
-    encoder = query_encoder_of(verifier)
+    """(N, D), (N,) -> (N, F) float64: the signals `names` (SIGNAL_NAMES) of each image against its own label."""
     chunks = []
-    for start in range(0, len(features), batch_size):
-        batch = tf.convert_to_tensor(features[start:start + batch_size], tf.float32)
-        signals = head.signals(batch, encoder(batch, training=False)["query_embedding"])
+    for start, (head, batch, query) in zip(range(0, len(features), batch_size),
+                                           _batches(verifier, features, batch_size), strict=True):
+        signals = head.signals(batch, query, tuple(names))
         rows = np.arange(len(batch))
         chunks.append(np.stack([signals[name].numpy()[rows, labels[start:start + batch_size]]
-                                for name in SIGNAL_NAMES], axis=1))
-    return np.concatenate(chunks).astype(np.float64) if chunks else np.zeros((0, len(SIGNAL_NAMES)))
+                                for name in names], axis=1))
+    return np.concatenate(chunks).astype(np.float64) if chunks else np.zeros((0, len(names)))
 
 
 def fit_signal_weights(signals: np.ndarray, verification: np.ndarray, *, regularization: float = 1.0,
@@ -206,9 +292,9 @@ def fit_signal_weights(signals: np.ndarray, verification: np.ndarray, *, regular
     """Logistic regression P(correct | signals) on standardised signals, returned on raw signals.
 
     Args:
-        signals: (n, 4) own-class signals (own_class_signals). verification: (n,) 0/1, both present.
+        signals: (n, F) own-class signals (own_class_signals). verification: (n,) 0/1, both present.
     Returns:
-        weights (4,), bias: logit = signals @ weights + bias.
+        weights (F,), bias: logit = signals @ weights + bias.
     """
     from cleannet_tf.detection.signals import StackedDetector
 

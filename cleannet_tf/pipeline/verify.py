@@ -11,6 +11,9 @@
                      warnings (sanity.detection_warnings: a detection barely better than flagging nothing, too
                      few verified rows for a stable threshold)
 
+The stacked weights and the threshold (the lowest detection error) are chosen on verified_train rows
+(detection/fit.py verified_rows: the calibration classes' when the score uses CleanNet's signals), never on the
+verified_val rows the figures are measured on; metrics.json names the rows of each figure (metric_rows).
 The five files (and report.html's figures) are written to a temporary folder beside WORKDIR/verify/ and published
 as one set (atomic_io.staging_dir): a kill at any moment leaves the previous complete set or the new one, never
 a mix. Imports `config`, `data`, `features`, `detection`, `training`.
@@ -31,7 +34,7 @@ from cleannet_tf import config as config_lib
 from cleannet_tf.data import table as datasets
 from cleannet_tf.detection import active, scores_tsv, verifier
 from cleannet_tf.detection import report as report_lib
-from cleannet_tf.detection.fit import correct_probabilities, detection_report, fit_verifier
+from cleannet_tf.detection.fit import METRIC_ROWS, correct_probabilities, detection_report, fit_verifier
 from cleannet_tf.features import pool as train_data
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.pipeline.table import load_table
@@ -72,13 +75,24 @@ def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: datase
     all_scores = verifier.class_scores(model, data.features)  # (P, C)
     scores = all_scores[np.arange(len(data.labels)), data.labels]
     suggested = all_scores.argmax(axis=1)
+    # The stacked logit orders the images whose scores saturate (float32 2 sigmoid - 1 is -1 below logit -17).
+    rank_scores = verifier.class_scores(model, data.features, logits=True)[np.arange(len(data.labels)), data.labels]
     with atomic_io.staging_dir(verify_dir(workdir)) as output_dir:  # published whole, replacing the last set
         report = _write_outputs(output_dir, config, table, data, model, info, scores, all_scores, suggested,
-                                calibration_classes=calibration)
+                                calibration_classes=calibration, rank_scores=rank_scores)
     logging.info("cleannet-verify: threshold %.4f, detection error %s (held-out %s), %d of %d images flagged.",
                  threshold, report["detection_error"], report["detection_error_heldout"], report["n_flagged"],
                  report["n_images"])
     return report
+
+
+def _rank_threshold(info: dict) -> float:
+    """The threshold in the units of the rank scores (the stacked logit; the score itself otherwise)."""
+    threshold = info["threshold"]
+    if info["scoring"] != "stacked":
+        return threshold
+    p = np.clip((threshold + 1.0) / 2.0, 1e-12, 1 - 1e-12)
+    return float(verifier.STACKED_TEMPERATURE * np.log(p / (1 - p)))
 
 
 def _features_warnings(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
@@ -93,7 +107,7 @@ def _features_warnings(config: ml_collections.ConfigDict, workdir: str) -> list[
 def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: datasets.LabelTable,
                    data: train_data.TrainingData, model: keras.Model, info: dict, scores: np.ndarray,
                    all_scores: np.ndarray, suggested: np.ndarray,
-                   calibration_classes: np.ndarray | None = None) -> dict:
+                   calibration_classes: np.ndarray | None = None, rank_scores: np.ndarray | None = None) -> dict:
     """scores.tsv, verifier.keras, metrics.json, to_verify.tsv, report.html into output_dir; returns the metrics."""
     threshold = info["threshold"]
     pool = np.arange(len(data.labels))
@@ -111,10 +125,10 @@ def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: da
     report = {"mode": config.cleannet.mode, **info, **calibration,
               **detection_report(scores, data, threshold, probabilities),
               "n_images": int(len(scores)), "n_flagged": int(np.sum(scores < threshold)),
-              "class_names": list(data.class_names)}
+              "class_names": list(data.class_names), "metric_rows": METRIC_ROWS}
     for name in report["calibration_classes"]:
         report["per_class"][name]["calibration"] = True
-    seen = data.validation[~data.heldout_classes[data.labels[data.validation]]]  # the rows choosing the threshold
+    seen = data.validation[~data.heldout_classes[data.labels[data.validation]]]  # the rows the figures come from
     report["warnings"] = sanity.log(sanity.detection_warnings(detection_error=report["detection_error"],
                                                               verification=data.verification[seen]))
     checkpointing.write_json(os.path.join(output_dir, "metrics.json"), report)
@@ -124,7 +138,8 @@ def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: da
     proposals = active.propose_verification(
         data.labels, scores, np.where(train_rows, data.verification, -1), threshold=threshold,
         budget_per_class=config.verify.budget_per_class, num_classes=len(class_names),
-        candidates=train_rows & (data.verification < 0))
+        candidates=train_rows & (data.verification < 0), rank_scores=rank_scores,
+        rank_threshold=None if rank_scores is None else _rank_threshold(info))
     has_verification = np.bincount(data.labels[train_rows & (data.verification >= 0)],
                                    minlength=len(class_names)) > 0
     active.write_verification_tsv(
@@ -139,5 +154,5 @@ def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: da
         validation=validation, threshold=threshold, class_names=class_names,
         image_paths=table.paths[data.table_rows], suggested_labels=suggested,
         suggested_scores=all_scores[pool, suggested], metrics=report,
-        worst_classes=config.verify.report_classes)
+        worst_classes=config.verify.report_classes, rank_scores=rank_scores)
     return report
