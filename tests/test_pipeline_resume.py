@@ -218,8 +218,9 @@ def test_changed_field_reruns_its_step_and_the_next_runtime_field_does_not(tmp_p
 
     quiet = _config(overrides, **{"train.steps": 200, "train.log_every": 7, "train.checkpoint_every": 50,
                                   "runtime.strategy": "default", "extract.batch_size": 32})
-    assert runner.run_steps(quiet, workdir) == {**first, "refs": "already complete",
-                                                  "train": "already complete", "verify": "already complete"}
+    assert runner.run_steps(quiet, workdir) == {
+        **first, "train_classifier": "already complete", "refs": "already complete", "train": "already complete",
+        "verify": "already complete", "weighted_classifiers": "already complete"}
 
     changed = _config(overrides, **{"train.steps": 200, "train.learning_rate": 0.02})
     second = runner.run_steps(changed, workdir)

@@ -262,6 +262,8 @@ def adopt_legacy(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
             continue
         names = _record_names(step, config)
         if not all(_legacy_complete(name, config, workdir) for name in names):
+            if config.data.features and step in ("train_classifier", "weighted_classifiers"):
+                continue  # heads on the features: no other step reads them (older versions skipped them)
             break
         complete += names
     os.makedirs(done_dir(workdir), exist_ok=True)
