@@ -15,6 +15,7 @@ Imports `config`, `pipeline`, `training`.
 from __future__ import annotations
 
 import errno
+import logging as std_logging
 import os
 import sys
 import traceback
@@ -67,6 +68,8 @@ def setup(argv: list[str], step: str, *, lock: bool = True) -> tuple[ml_collecti
     from cleannet_tf.pipeline import runner
 
     runner.start_command(config, workdir, step, lock=lock)  # the workdir lock for the whole process
+    if logging.get_verbosity() < 1:  # TensorFlow's own INFO lines (checkpoint sharding, ...) only with --verbosity=1
+        std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
     logging.info("%s: workdir %s", step, workdir)
     logging.vlog(1, "config:\n%s", config)
     return config, workdir

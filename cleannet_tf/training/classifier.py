@@ -238,7 +238,9 @@ class ClassifierTask(loop.Task):
         phase = "noisy" if epoch <= self.config.classifier.epochs else "finetune"
         entry = {"epoch": epoch, "phase": phase, "step": step, "loss": window.sums["loss"] / window.steps,
                  "train_accuracy": window.sums["correct"] / (window.steps * self.global_batch)}
-        logging.info("classifier epoch %d (%s): loss %.4f, training accuracy %.3f", epoch, phase, entry["loss"],
+        logging.info("classifier (%s weights) epoch %d, %s: loss %.4f, training accuracy %.3f",
+                     self.config.classifier.weighting, epoch,
+                     "noisy labels" if phase == "noisy" else "fine-tuning on verified labels", entry["loss"],
                      entry["train_accuracy"])
         return entry, {"train/loss": entry["loss"], "train/accuracy": entry["train_accuracy"]}
 
