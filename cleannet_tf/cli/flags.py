@@ -47,6 +47,11 @@ def default_config_path(name: str) -> str | None:
     return path if os.path.exists(path) else None
 
 
+def _without_tensorflow_info(record: std_logging.LogRecord) -> bool:
+    """False for INFO records logged from inside TensorFlow's own modules (e.g. "Sharding callback duration")."""
+    return record.levelno >= std_logging.WARNING or f"{os.sep}tensorflow{os.sep}" not in record.pathname
+
+
 def setup(argv: list[str], step: str, *, lock: bool = True) -> tuple[ml_collections.ConfigDict, str]:
     """Validates flags and config, creates the workdir and takes its lock (pipeline.start_command).
 
@@ -70,6 +75,7 @@ def setup(argv: list[str], step: str, *, lock: bool = True) -> tuple[ml_collecti
     runner.start_command(config, workdir, step, lock=lock)  # the workdir lock for the whole process
     if logging.get_verbosity() < 1:  # TensorFlow's own INFO lines (checkpoint sharding, ...) only with --verbosity=1
         std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
+        logging.get_absl_handler().addFilter(_without_tensorflow_info)  # TF modules that log through absl
     logging.info("%s: workdir %s", step, workdir)
     logging.vlog(1, "config:\n%s", config)
     return config, workdir
