@@ -49,7 +49,10 @@ def default_config_path(name: str) -> str | None:
 
 def _without_tensorflow_info(record: std_logging.LogRecord) -> bool:
     """False for INFO records logged from inside TensorFlow's own modules (e.g. "Sharding callback duration")."""
-    return record.levelno >= std_logging.WARNING or f"{os.sep}tensorflow{os.sep}" not in record.pathname
+    import tensorflow as tf  # loaded already: the package imports it
+
+    return record.levelno >= std_logging.WARNING or not record.pathname.startswith(
+        os.path.dirname(tf.__file__) + os.sep)
 
 
 def setup(argv: list[str], step: str, *, lock: bool = True) -> tuple[ml_collections.ConfigDict, str]:
