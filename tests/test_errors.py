@@ -389,3 +389,17 @@ def test_verified_rows_only_in_held_out_classes_say_so(tmp_path):
     with pytest.raises(DatasetError, match=r"No verified training rows in classes that are not held out \(1 of 2 "
                                            r"classes are, by data\.heldout_list\)"):
         load_table(config, str(tmp_path / "w"), steps=("train",))
+
+
+def test_tensorflow_info_lines_are_filtered_but_ours_and_its_warnings_are_not():
+    import logging
+
+    import tensorflow as tf
+
+    from cleannet_tf.cli import flags as cli_flags
+
+    saver = os.path.join(os.path.dirname(tf.__file__), "python", "checkpoint", "functional_saver.py")
+    record = lambda level, path: logging.LogRecord("absl", level, path, 1, "message", None, None)  # noqa: E731
+    assert not cli_flags._without_tensorflow_info(record(logging.INFO, saver))  # "Sharding callback duration"
+    assert cli_flags._without_tensorflow_info(record(logging.WARNING, saver))
+    assert cli_flags._without_tensorflow_info(record(logging.INFO, cli_flags.__file__))
