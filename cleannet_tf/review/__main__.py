@@ -15,6 +15,7 @@ lists every field with its comment and default.
 import getpass
 import json
 import os
+import signal
 import sys
 
 import ml_collections
@@ -81,6 +82,9 @@ def main(argv):
     print(f"cleannet-review: {summary['proposed'] - summary['proposed_decided']} of {summary['proposed']} proposed "
           f"images to verify, {summary['decided']} decisions in {session.store.tsv_path}", flush=True)
     print(f"cleannet-review: open {server.url}   (Ctrl-C stops; every decision is saved at once)", flush=True)
+    # Ctrl-C and SIGTERM stop it even when the parent started it with SIGINT ignored (e.g. a background job).
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, signal.default_int_handler)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
