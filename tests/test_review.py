@@ -379,14 +379,15 @@ def test_queue_browse_references_and_neighbours(server):
 # ---------------------------------------------------------------------- the page in Chromium
 
 
-def start_review_process(config_path: str | None, work: str, log_path: str):
+def start_review_process(config_path: str | None, work: str, log_path: str, *, retrain: bool = False):
     """cleannet-review in a real subprocess; returns (process, URL) once it prints the URL.
 
     config_path None: no --config (the workdir's newest saved config)."""
     log = open(log_path, "ab")
     config_flag = [f"--config={config_path}"] if config_path else []
     process = subprocess.Popen([sys.executable, "-m", "cleannet_tf.review", *config_flag,
-                                f"--workdir={work}", "--port=0", "--user=tester", "--noretrain"],
+                                f"--workdir={work}", "--port=0", "--user=tester",
+                                "--retrain" if retrain else "--noretrain"],
                                stdout=subprocess.PIPE, stderr=log, cwd=REPO,
                                env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"})
     lines: queue.Queue = queue.Queue()
@@ -581,3 +582,46 @@ def test_retrain_runs_train_and_verify_with_the_review_labels(server):
     _, _, queue_ = client.request("GET", "/api/queue")  # the server reloaded cleannet-verify's new outputs
     assert {item["key"] for group in queue_["classes"] for item in group["items"]} == new_proposals
     assert "cleannet-train --config=" in status_["commands"]
+
+
+def _children(pid: int) -> list[int]:
+    """Child pids of `pid` (every thread's), from /proc."""
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found += [int(child) for child in f.read().split()]
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, exited but not yet reaped by init, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads child pids from Linux's /proc")
+def test_a_sigkilled_server_takes_its_retrain_with_it(workdir, tmp_path):
+    config_path, work, _ = workdir
+    process, url = start_review_process(config_path, work, str(tmp_path / "server.log"), retrain=True)
+    try:
+        port, token = int(url.split(":")[2].split("/")[0]), url.split("token=")[1].split("&")[0]
+        status, _, _ = Client(port, token).request("POST", "/api/retrain", {})
+        assert status == 200
+        train = wait_for(lambda: [pid for pid in _children(process.pid) if b"cleannet_tf.train" in _cmdline(pid)],
+                         "cleannet-train to start")[0]
+        process.kill()
+        process.wait(timeout=30)
+        wait_for(lambda: not _alive(train), "the orphaned cleannet-train to stop", timeout=30)
+    finally:
+        process.kill()

@@ -12,9 +12,11 @@ Imports `config`, `pipeline`, `review.store`.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -43,6 +45,27 @@ def get_config():
     with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.json")) as f:
         return ml_collections.ConfigDict(json.load(f))
 '''
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent(parent: int):
+    """A Popen preexec_fn: the child gets SIGTERM when the process (thread) that started it dies, even by SIGKILL.
+
+    Linux prctl(PR_SET_PDEATHSIG); elsewhere a no-op. libc is loaded before the fork (no import in the child).
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+
+    def preexec():
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died between fork and prctl
+            os._exit(1)
+    return preexec
 
 
 def write_retrain_config(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -133,9 +156,11 @@ class Retrainer:
                 for command in self.commands():
                     log.write(f"$ {shlex.join(command)}\n")
                     log.flush()
+                    # This thread waits for the child, so the death signal fires only if the server is killed.
                     self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                                     stdin=subprocess.DEVNULL, env={**os.environ,
-                                                                                    "PYTHONUNBUFFERED": "1"})
+                                                     stdin=subprocess.DEVNULL,
+                                                     preexec_fn=_stop_with_parent(os.getpid()),
+                                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
                     returncode = self._process.wait()
                     if returncode:
                         log.write(f"exit status {returncode}: stopped.\n")
