@@ -173,9 +173,9 @@ def detection_report(scores: np.ndarray, data: train_data.TrainingData, threshol
     detection_* on the verified classes' validation rows, *_heldout on held-out classes' validation rows,
     *_all on both; per class: images, estimated noise rate, the share below the threshold, and on its
     validation rows the error and the verified noise rate. The noise-rate estimates (noise_rate_estimate, per
-    class and overall) are the mean of 1 - probabilities (P,) (calibrated P(label correct)), each verified row
-    counted as its label says (label_noise.estimate_noise_rates); without probabilities, the share below the
-    threshold.
+    class and overall) are the mean of 1 - probabilities (P,) (calibrated P(label correct); in a verified class
+    with its own intercept, label_noise.class_offsets), each verified row counted as its label says
+    (label_noise.estimate_noise_rates); without probabilities, the share below the threshold.
     """
     rows = data.validation
     labels, verification = data.labels[rows], data.verification[rows]
@@ -198,8 +198,12 @@ def detection_report(scores: np.ndarray, data: train_data.TrainingData, threshol
     if probabilities is None:
         estimate, overall = flagged_per_class / np.maximum(images, 1), float(flagged.mean()) if len(flagged) else None
     else:
-        estimate, overall = label_noise.estimate_noise_rates(probabilities, data.labels, num_classes=num_classes,
-                                                             verification=data.verification)
+        # Per class: the class's verified rows refit its intercept (verified classes only; held-out: 0).
+        offsets = label_noise.class_offsets(probabilities, data.labels, data.verification, num_classes=num_classes,
+                                            classes=~data.heldout_classes)
+        estimate, overall = label_noise.estimate_noise_rates(
+            label_noise.shift_probabilities(probabilities, data.labels, offsets), data.labels,
+            num_classes=num_classes, verification=data.verification)
     val_count = np.bincount(labels, minlength=num_classes)
     val_wrong = np.bincount(labels, weights=verification == 0, minlength=num_classes)
     val_error = metrics.per_class_error(scores[rows], verification, labels, threshold, num_classes)
@@ -208,13 +212,16 @@ def detection_report(scores: np.ndarray, data: train_data.TrainingData, threshol
         per_class[name] = {
             "images": int(images[c]), "heldout": bool(data.heldout_classes[c]),
             "noise_rate_estimate": float(estimate[c]) if images[c] else None,
+            "calibration_offset": None if probabilities is None else float(offsets[c]),
             "flagged_share": float(flagged_per_class[c] / images[c]) if images[c] else None,
             "n_val": int(val_count[c]),
             "noise_rate_verified": float(val_wrong[c] / val_count[c]) if val_count[c] else None,
             "detection_error": _finite_or_none(val_error[c]),
         }
     report["noise_rate_estimate"] = overall
-    report["noise_rate_estimate_from"] = ("mean of 1 - P(label correct) (calibrated), verified rows as labelled"
+    report["noise_rate_estimate_from"] = ("mean of 1 - P(label correct) (calibrated; per verified class, its "
+                                          "verified rows refit the intercept: per_class calibration_offset), "
+                                          "verified rows as labelled"
                                           if probabilities is not None else "share below the threshold")
     report["flagged_share"] = float(flagged.mean()) if len(flagged) else None
     report["per_class"] = per_class
