@@ -194,9 +194,19 @@ def test_verify_writes_scores_metrics_and_verifier(verified_workdir):
                                          threshold)
     assert written["detection_error"] == pytest.approx(expected["error"], abs=1e-9)
     assert written["n_val"] == expected["n"]
-    # Noise rates: the mean of 1 - P(label correct), verified rows counted as labelled; near the planted rate.
+    # Noise rates: the mean of 1 - P(label correct), verified rows counted as labelled, P with each verified
+    # class's own intercept (held-out classes: offset 0); near the planted rate.
     verification = table.verification[table_rows]
-    wrong_expected = np.where(verification == 1, 0.0, np.where(verification == 0, 1.0, 1.0 - scores.p_correct))
+    label_ids = table.labels[table_rows]
+    offsets = np.array([written["per_class"][name]["calibration_offset"] for name in table.class_names])
+    assert np.all(offsets[table.heldout_classes] == 0) and np.any(offsets[~table.heldout_classes] != 0)
+    p = np.clip(scores.p_correct, 1e-12, 1 - 1e-12)  # scores.tsv has 6 decimals: some P are 0.000000
+    logit = np.log(p) - np.log1p(-p)
+    shifted = 1 / (1 + np.exp(-(logit + offsets[label_ids])))
+    for c in np.nonzero(~table.heldout_classes)[0]:  # the offset makes the class's verified rows' mean P their share
+        rows = (label_ids == c) & (verification >= 0)
+        assert abs(shifted[rows].mean() - verification[rows].mean()) < 0.05
+    wrong_expected = np.where(verification == 1, 0.0, np.where(verification == 0, 1.0, 1.0 - shifted))
     class0 = table.class_names[0]
     assert written["per_class"][class0]["noise_rate_estimate"] == pytest.approx(
         wrong_expected[scores.labels == class0].mean(), abs=1e-5)
