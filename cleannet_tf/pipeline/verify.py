@@ -6,7 +6,8 @@
     report.html      histogram, ROC / PR curves, noise rate per class, most suspicious images (detection/report.py)
     metrics.json     threshold, detection error / precision / recall / F1 / ROC-AUC on verified validation rows
                      (verified classes) and on held-out classes' validation rows, per class, noise-rate estimates,
-                     (the mean of 1 - P(label correct), calibrated probabilities; `correct_probabilities`),
+                     (the mean of 1 - P(label correct): the verifier's calibration, per verified class its own
+                     intercept; detection/fit.py detection_report),
                      calibration_classes (cleannet.calibration_fraction; verified classes, not held out) and
                      warnings (sanity.detection_warnings: a detection barely better than flagging nothing, too
                      few verified rows for a stable threshold)
