@@ -2,15 +2,15 @@
 
 Two settings. Releases (--release): on Food-101N-layout releases with their `data.features` .npz and the true
 labels beside them (made for CIFAR-10N by make_realnoise.py: RELEASE.truth.tsv), for each release runs
-cleannet-verify's steps (refs, train, verify: the config's mode, configs/demo.py's default: stacked) in
+cleannet-verify's steps (refs, train, verify: the --config's mode; configs/realnoise.py for real photos) in
 --workdirs (a finished one is reused), then trains the softmax head on the frozen features four times: noisy
 labels unweighted, soft (P(label correct)) and hard weights from verify's scores.tsv (verified labels first),
 and the true labels (the ceiling). Prints test accuracy on the release's clean test split, the share of the gap
 each weighting recovers, whether any weighting falls below unweighted, and the noise-rate estimates of
 verify's metrics.json (calibrated probabilities) against the truth, per release and as mean over seeds:
 
-    python -m benchmarks.classifier --release=/work/scratch/realnoise/{dataset}_s{seed} \
-        --features=/work/scratch/realnoise/effl0_features_{dataset}_s{seed}.npz \
+    python -m benchmarks.classifier --config=configs/realnoise.py --release=/work/scratch/realnoise/{dataset}_s{seed} \
+        --reverify --features=/work/scratch/realnoise/effl0_features_{dataset}_s{seed}.npz \
         --datasets=cifar10n_worst,cifar10n_aggre --seeds=0,1,2 --workdirs=/tmp/cleannet_realnoise/{dataset}_s{seed}
 
 Demo workdir (no --release): on a finished demo workdir (`cleannet-demo`, which wrote verify/scores.tsv),
