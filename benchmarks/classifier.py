@@ -2,15 +2,15 @@
 
 Two settings. Releases (--release): on Food-101N-layout releases with their `data.features` .npz and the true
 labels beside them (made for CIFAR-10N by make_realnoise.py: RELEASE.truth.tsv), for each release runs
-cleannet-verify's steps (refs, train, verify: the config's mode, configs/demo.py's default: stacked) in
+cleannet-verify's steps (refs, train, verify: the --config's mode; configs/realnoise.py for real photos) in
 --workdirs (a finished one is reused), then trains the softmax head on the frozen features four times: noisy
 labels unweighted, soft (P(label correct)) and hard weights from verify's scores.tsv (verified labels first),
 and the true labels (the ceiling). Prints test accuracy on the release's clean test split, the share of the gap
 each weighting recovers, whether any weighting falls below unweighted, and the noise-rate estimates of
 verify's metrics.json (calibrated probabilities) against the truth, per release and as mean over seeds:
 
-    python -m benchmarks.classifier --release=/work/scratch/realnoise/{dataset}_s{seed} \
-        --features=/work/scratch/realnoise/effl0_features_{dataset}_s{seed}.npz \
+    python -m benchmarks.classifier --config=configs/realnoise.py --release=/work/scratch/realnoise/{dataset}_s{seed} \
+        --reverify --features=/work/scratch/realnoise/effl0_features_{dataset}_s{seed}.npz \
         --datasets=cifar10n_worst,cifar10n_aggre --seeds=0,1,2 --workdirs=/tmp/cleannet_realnoise/{dataset}_s{seed}
 
 Demo workdir (no --release): on a finished demo workdir (`cleannet-demo`, which wrote verify/scores.tsv),
@@ -125,6 +125,8 @@ def run_release(config, workdir: str, truth_path: str) -> dict:
                        "per_class_mae": float(np.abs(estimate - per_class_true).mean()),
                        "per_class_max": float(np.abs(estimate - per_class_true).max()),
                        "flagged_per_class_mae": float(np.abs(flagged - per_class_true).mean()),
+                       "per_class_mae_vh": tuple(float(np.abs(estimate - per_class_true)[mask].mean()) for mask in
+                                                 (~table.heldout_classes, table.heldout_classes)),
                        "per_class": {name: (float(per_class_true[c]), float(estimate[c]))
                                      for c, name in enumerate(table.class_names)}}
     result["detection_error"] = (verify_metrics["detection_error"], verify_metrics["detection_error_heldout"])
@@ -164,13 +166,15 @@ def main_releases() -> None:
                       for name in ("soft", "hard")) +
               f" {'yes' if all(ok for _, _, ok in results) else 'NO':>8}")
         print(f"\nnoise rate, {dataset}: {'seed':>4} {'true':>6} {'estimate':>9} {'error':>7} "
-              f"{'share flagged':>14} {'per-class |error| mean / max':>29} {'(share flagged: mean)':>22}")
+              f"{'share flagged':>14} {'per-class |error| mean / max':>29} {'(share flagged: mean)':>22} "
+              f"{'per-class mean |error| V / H':>29}")
         for seed, (result, _, _) in zip(seeds, results, strict=True):
             noise = result["noise"]
             print(f"{'':>{len(dataset) + 13}}{seed:>4} {noise['true']:>6.1%} {noise['estimate']:>9.1%} "
                   f"{noise['estimate'] - noise['true']:>+7.1%} {noise['flagged_share']:>14.1%} "
                   f"{noise['per_class_mae']:>20.1%} / {noise['per_class_max']:.1%} "
-                  f"{noise['flagged_per_class_mae']:>22.1%}")
+                  f"{noise['flagged_per_class_mae']:>22.1%} {noise['per_class_mae_vh'][0]:>20.1%} / "
+                  f"{noise['per_class_mae_vh'][1]:.1%}")
         for seed, (result, _, _) in zip(seeds, results, strict=True):
             print(f"  per class (true / estimate), seed {seed}: " + ", ".join(
                 f"{name} {t:.0%}/{e:.0%}" for name, (t, e) in result["noise"]["per_class"].items()))
@@ -226,8 +230,10 @@ def train_once(table, weights, config, seed: int, output_dir: str) -> float:
         with open(metrics_path) as f:
             metrics = json.load(f)
         pool = table.split != datasets.SPLIT_TEST
-        mean_weight = 1.0 if weights is None else float(weights[pool & (weights > 0)].mean())
-        if metrics.get("mean_weight") is not None and abs(metrics["mean_weight"] - mean_weight) < 1e-6:
+        trained = pool if weights is None else pool & (weights > 0)  # hard weights: mean 1, the count tells
+        mean_weight = 1.0 if weights is None else float(weights[trained].mean())
+        if (metrics.get("mean_weight") is not None and abs(metrics["mean_weight"] - mean_weight) < 1e-6
+                and metrics.get("n_train") == int(trained.sum())):
             return metrics["test_accuracy"]
         atomic_io.remove_path(output_dir)  # made with other weights
     config = config.copy_and_resolve_references()

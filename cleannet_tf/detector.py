@@ -164,11 +164,12 @@ class CleanNetDetector:
                                              return_ranked=return_ranked)
 
     def sample_weights(self, features, labels, *, mode: str = "soft", verification=None) -> np.ndarray:
-        """(N,) float32 training weights: "soft" P(label correct) (stacked; paper and robust: max(0, s)),
-        "hard" 1[s >= threshold]; verification wins."""
+        """(N,) float32 training weights: "soft" the verifier's weight_soft (its calibrated P(label correct);
+        paper mode max(0, s)), "hard" 1[s >= threshold]; verification wins."""
         scores = self.score(features, labels)
-        probabilities = (label_noise.correct_probability(scores, scoring="stacked")
-                         if self.config.cleannet.mode == "stacked" else None)
+        probabilities = verifier.correct_probabilities(self._check_fitted(), scores)
+        if self.config.cleannet.mode == "paper":
+            probabilities = None  # the paper's max(0, cos), like the verifier's weight_soft
         return label_noise.sample_weights(scores, mode=mode, threshold=self.threshold_, verification=verification,
                                           probabilities=probabilities)
 

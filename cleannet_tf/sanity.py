@@ -5,8 +5,8 @@ the figures log them (`log`), store them under "warnings" in their metrics.json,
 run / demo summaries repeat them (pipeline.recorded_warnings):
 
     classifier_warnings   test accuracy near chance; epochs of too few steps (a batch size that gives enough)
-    detection_warnings    a detection error not clearly below flagging nothing; too few verified validation
-                          rows of either kind for a stable threshold
+    detection_warnings    a detection error not clearly below flagging nothing; too few verified rows of
+                          either kind among those that chose the threshold (verified_train, fit.verified_rows)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from absl import logging
 # An epoch of fewer steps leaves BatchNorm's moving statistics unsettled (momentum 0.99: after n steps the
 # initial values still weigh 0.99^n); the classifier then recomputes them after training.
 MIN_STEPS_PER_EPOCH = 30
-# Verified validation rows of each kind (label right, label wrong) for a threshold stable to a few percent.
+# Verified rows of each kind (label right, label wrong) choosing a threshold stable to a few percent.
 MIN_VERIFIED_PER_KIND = 30
 # A detection error at or above this share of "flag nothing"'s error is not clearly better than it.
 MAX_ERROR_VS_NOTHING = 0.75
@@ -68,23 +68,32 @@ def classifier_warnings(*, test_accuracy: float | None, test_labels: np.ndarray,
 
 
 def detection_warnings(*, detection_error: float | None, verification: np.ndarray,
+                       threshold_counts: tuple[int, int] | None = None,
+                       threshold_rows: str = "validation labels in the verified classes",
                        what: str = "cleannet-verify") -> list[str]:
-    """Warnings on the detection of wrong labels, from the validation rows the threshold was chosen on.
+    """Warnings on the detection of wrong labels: too few verified rows choose the threshold; an error not
+    clearly below flagging nothing.
 
     Args:
-        detection_error: the share of those rows misjudged at the threshold (None: not measured).
-        verification: (n,) their verification labels, 1 (label right) or 0 (label wrong).
+        detection_error: the share of the evaluated rows misjudged at the threshold (None: not measured).
+        verification: (n,) the evaluated rows' verification labels, 1 (label right) or 0 (label wrong).
+        threshold_counts: (verified-right, verified-wrong) counts of the rows that chose the threshold (default:
+            those of `verification`); threshold_rows: what those rows are, for the message.
     """
     verification = np.asarray(verification)
-    n_right, n_wrong = int(np.sum(verification == 1)), int(np.sum(verification == 0))
+    n_right, n_wrong = ((int(np.sum(verification == 1)), int(np.sum(verification == 0)))
+                        if threshold_counts is None else (int(threshold_counts[0]), int(threshold_counts[1])))
     warnings = []
     if min(n_right, n_wrong) < MIN_VERIFIED_PER_KIND:
         more = " and ".join(f"{MIN_VERIFIED_PER_KIND - n} more verified-{kind}" for n, kind in
                             ((n_right, "right"), (n_wrong, "wrong")) if n < MIN_VERIFIED_PER_KIND)
+        source = ("verified_train.tsv, or the `verified` column of a TSV's train rows" if "verified_train" in
+                  threshold_rows else "verified_val.tsv, or the `verified` column of a TSV's val rows")
         warnings.append(
-            f"{what}: only {n_right} verified-right and {n_wrong} verified-wrong validation labels in the verified "
-            f"classes choose the threshold; a stable threshold needs at least {MIN_VERIFIED_PER_KIND} of each "
-            f"kind: {more} (verified_val.tsv, or the `verified` column of a TSV's val rows).")
+            f"{what}: only {n_right} verified-right and {n_wrong} verified-wrong labels ({threshold_rows}) "
+            f"choose the threshold; a stable threshold needs at least {MIN_VERIFIED_PER_KIND} of each "
+            f"kind: {more} ({source}).")
+    n_right, n_wrong = int(np.sum(verification == 1)), int(np.sum(verification == 0))
     if detection_error is not None and n_wrong:
         nothing = n_wrong / (n_right + n_wrong)  # the error of flagging nothing
         if detection_error >= MAX_ERROR_VS_NOTHING * nothing:

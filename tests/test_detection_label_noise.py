@@ -72,6 +72,37 @@ def test_noise_rates_from_calibrated_probabilities_match_a_known_rate():
     assert np.isnan(exact[3]) and exact_overall == pytest.approx(wrong.mean())
 
 
+def test_per_class_offsets_fix_a_class_the_shared_calibration_misjudges():
+    # Three classes, noise 0.2 / 0.4 / 0.3, one Platt calibration for all: class 1's wrong labels score like
+    # right ones (its scores are shifted up by 1.2), so the shared P underestimates its noise rate.
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(3), 4000)
+    wrong = rng.random(len(labels)) < np.array([0.2, 0.4, 0.3])[labels]
+    scores = np.where(wrong, -1.0, 1.0) + rng.normal(0, 1, len(labels)) + np.where(labels == 1, 1.2, 0.0)
+    verified = rng.permutation(len(labels))[:600]
+    verification = np.full(len(labels), -1)
+    verification[verified] = (~wrong[verified]).astype(int)
+    calibration = label_noise.fit_calibration(scores[verified], verification[verified], scoring="margin")
+    probabilities = label_noise.correct_probability(scores, scoring="margin", calibration=calibration)
+    true_per_class = np.array([wrong[labels == c].mean() for c in range(3)])
+    shared, _ = label_noise.estimate_noise_rates(probabilities, labels, num_classes=3)
+    assert shared[1] < true_per_class[1] - 0.08  # the shared calibration misses class 1
+    offsets = label_noise.class_offsets(probabilities, labels, verification, num_classes=3,
+                                        classes=np.array([True, True, False]))
+    assert offsets[1] < -0.5 and offsets[2] == 0.0  # class 2 (held out) keeps the shared calibration
+    shifted = label_noise.shift_probabilities(probabilities, labels, offsets)
+    per_class, _ = label_noise.estimate_noise_rates(shifted, labels, num_classes=3)
+    assert np.all(np.abs(per_class[:2] - true_per_class[:2]) < 0.03), (per_class, true_per_class)
+    np.testing.assert_allclose(shifted[labels == 2], probabilities[labels == 2], rtol=1e-12)
+    # The offset is the MAP intercept: the class's verified rows' mean shifted P is near their share right.
+    rows = (labels == 1) & (verification >= 0)
+    assert abs(shifted[rows].mean() - verification[rows].mean()) < 0.01
+    # No verified row of a class: offset 0; one kind only: finite (the prior bounds it).
+    only_right = np.where(labels == 0, (verification >= 0).astype(int), -1)
+    assert np.all(np.isfinite(label_noise.class_offsets(probabilities, labels, only_right, num_classes=3)))
+    assert label_noise.class_offsets(probabilities, labels, only_right, num_classes=3)[1:].tolist() == [0.0, 0.0]
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="needs a threshold"):
         cleannet_tf.sample_weights([0.1], mode="hard")

@@ -5,6 +5,7 @@ import pytest
 from conftest import small_train_config
 
 import cleannet_tf
+from cleannet_tf.detection import label_noise, verifier
 
 
 def _planted(seed, n_per_class=120, num_classes=6, dim=24, noise=0.2):
@@ -50,14 +51,22 @@ def test_detector_finds_planted_noise_on_new_data_including_unverified_classes(f
 def test_detector_weights_and_save_load(fitted, tmp_path):
     detector, features, noisy, _ = fitted
     scores = detector.score(features, noisy)
-    assert detector.config.cleannet.mode == "stacked"  # soft weight = P(label correct) = (s + 1) / 2, not max(0, s)
-    np.testing.assert_allclose(detector.sample_weights(features, noisy, mode="soft"), (scores + 1) / 2, atol=1e-6)
+    # stacked: soft weight = the verifier's calibrated P(label correct) (Platt on its logit), not max(0, s)
+    assert detector.config.cleannet.mode == "stacked"
+    calibration = verifier.verification_head_of(detector.verifier_).calibration
+    assert calibration == tuple(detector.info_["calibration_ab"])
+    soft = detector.sample_weights(features, noisy, mode="soft")
+    np.testing.assert_allclose(soft, label_noise.correct_probability(scores, scoring="stacked",
+                                                                     calibration=calibration), atol=1e-6)
+    np.testing.assert_allclose(soft, detector.verifier_({"features": features, "label": noisy})["weight_soft"],
+                               atol=1e-6)
     hard = detector.sample_weights(features, noisy, mode="hard")
     np.testing.assert_array_equal(hard, (scores >= detector.threshold_).astype(np.float32))
     path = str(tmp_path / "detector.keras")
     detector.save(path)
     loaded = cleannet_tf.CleanNetDetector.load(path)
     np.testing.assert_array_equal(loaded.score(features, noisy), scores)
+    np.testing.assert_array_equal(loaded.sample_weights(features, noisy, mode="soft"), soft)
     assert loaded.threshold_ == pytest.approx(detector.threshold_)
     assert loaded.config.cleannet.mode == "stacked" and loaded.validation_fraction == detector.validation_fraction
 

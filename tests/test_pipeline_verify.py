@@ -11,7 +11,7 @@ from conftest import small_train_config, write_feature_dataset
 
 from cleannet_tf import sanity
 from cleannet_tf.data import table as datasets
-from cleannet_tf.detection import fit, metrics, scores_tsv, verifier
+from cleannet_tf.detection import fit, label_noise, metrics, scores_tsv, verifier
 from cleannet_tf.detection import signals as detectors
 from cleannet_tf.model.cleannet import build_cleannet, encode_classes
 from cleannet_tf.pipeline import records
@@ -67,11 +67,41 @@ def test_verifier_outputs_match_a_numpy_computation(scoring):
     out = model({"features": features, "label": labels})
     np.testing.assert_allclose(out["score"], expected[np.arange(7), labels], atol=1e-5)
     np.testing.assert_array_equal(out["is_noisy"], expected[np.arange(7), labels] < 0.1)
-    np.testing.assert_allclose(out["weight_soft"], np.clip(expected[np.arange(7), labels], 0, 1), atol=1e-5)
+    own = expected[np.arange(7), labels]
+    soft = (own + 1) / 2 if scoring == "stacked" else np.clip(own, 0, 1)  # uncalibrated: P of the stacked score
+    np.testing.assert_allclose(out["weight_soft"], soft, atol=1e-5)
     np.testing.assert_array_equal(out["suggested_label"], expected.argmax(axis=1))
     np.testing.assert_allclose(out["suggested_score"], expected.max(axis=1), atol=1e-5)
     assert out["suggested_label"].dtype == tf.int64 and out["is_noisy"].dtype == tf.bool
     np.testing.assert_allclose(verifier.class_scores(model, features), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("scoring", ["stacked", "margin", "cosine"])
+def test_weight_soft_is_the_calibrated_probability_and_survives_saving(scoring, tmp_path):
+    keras.utils.set_random_seed(0)
+    cleannet = build_cleannet(feature_dim=12, num_references=3, query_hidden_dim=8, reference_hidden_dim=8,
+                              attention_dim=4, embed_dim=6)
+    rng = np.random.default_rng(0)
+    class_embeddings = encode_classes(cleannet, rng.gamma(1.0, 1.0, (5, 3, 12)).astype(np.float32)).numpy()
+    means = detectors.log_normalize(rng.gamma(1.0, 1.0, (5, 12)))
+    model = verifier.build_verifier(cleannet, class_embeddings, means, scoring=scoring, threshold=0.0,
+                                    signal_weights=(3.0, -1.0, 8.0, 1.5), signal_bias=-0.3, calibration=(0.6, 0.4))
+    features = rng.gamma(1.0, 1.0, (64, 12)).astype(np.float32)
+    labels = rng.integers(0, 5, 64)
+    path = str(tmp_path / "verifier.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert verifier.verification_head_of(loaded).calibration == (0.6, 0.4)
+    out = loaded({"features": features, "label": labels})
+    score = out["score"].numpy()
+    p = label_noise.correct_probability(score, scoring=scoring, calibration=(0.6, 0.4))
+    x = np.log((1 + score.astype(np.float64)) / (1 - score)) if scoring == "stacked" else score
+    np.testing.assert_allclose(p, 1 / (1 + np.exp(-(0.6 * x + 0.4))), rtol=1e-6)  # Platt of the logit / score
+    np.testing.assert_allclose(verifier.correct_probabilities(loaded, score), p, rtol=1e-12)
+    expected = np.clip(score, 0, 1) if scoring == "cosine" else p  # paper mode keeps max(0, cos)
+    np.testing.assert_allclose(out["weight_soft"], expected, atol=1e-6)
+    if scoring != "cosine":
+        assert not np.allclose(out["weight_soft"], np.clip(score, 0, 1), atol=1e-3)
 
 
 def test_verifier_keras_round_trip_and_bad_labels(tmp_path):
@@ -127,6 +157,15 @@ def test_verify_writes_scores_metrics_and_verifier(verified_workdir):
     np.testing.assert_allclose(scores.weight_soft, scores.p_correct, atol=2e-6)
     assert np.all(np.diff(scores.p_correct[np.argsort(scores.scores)]) >= -1e-6)  # monotone in the score
     np.testing.assert_array_equal(scores.weight_hard == 1, ~scores.noisy)
+    # The saved verifier holds that calibration: its weight_soft output is scores.tsv's.
+    assert report["calibration"] == "platt"
+    model, _, _ = load_verifier(workdir)
+    assert verifier.verification_head_of(model).calibration == tuple(report["calibration_ab"])
+    data, _ = load_training_inputs(config, workdir, table)
+    served = model({"features": data.features, "label": data.labels.astype(np.int64)})
+    np.testing.assert_array_equal(table.keys[data.table_rows], scores.keys)
+    np.testing.assert_allclose(served["weight_soft"], scores.weight_soft, atol=2e-6)
+    np.testing.assert_allclose(served["score"], scores.scores, atol=2e-6)
 
     # The planted noise is found, in verified and held-out classes alike.
     key_index = {f"img{i:05d}.jpg": i for i in range(len(true))}
@@ -155,9 +194,19 @@ def test_verify_writes_scores_metrics_and_verifier(verified_workdir):
                                          threshold)
     assert written["detection_error"] == pytest.approx(expected["error"], abs=1e-9)
     assert written["n_val"] == expected["n"]
-    # Noise rates: the mean of 1 - P(label correct), verified rows counted as labelled; near the planted rate.
+    # Noise rates: the mean of 1 - P(label correct), verified rows counted as labelled, P with each verified
+    # class's own intercept (held-out classes: offset 0); near the planted rate.
     verification = table.verification[table_rows]
-    wrong_expected = np.where(verification == 1, 0.0, np.where(verification == 0, 1.0, 1.0 - scores.p_correct))
+    label_ids = table.labels[table_rows]
+    offsets = np.array([written["per_class"][name]["calibration_offset"] for name in table.class_names])
+    assert np.all(offsets[table.heldout_classes] == 0) and np.any(offsets[~table.heldout_classes] != 0)
+    p = np.clip(scores.p_correct, 1e-12, 1 - 1e-12)  # scores.tsv has 6 decimals: some P are 0.000000
+    logit = np.log(p) - np.log1p(-p)
+    shifted = 1 / (1 + np.exp(-(logit + offsets[label_ids])))
+    for c in np.nonzero(~table.heldout_classes)[0]:  # the offset makes the class's verified rows' mean P their share
+        rows = (label_ids == c) & (verification >= 0)
+        assert abs(shifted[rows].mean() - verification[rows].mean()) < 0.05
+    wrong_expected = np.where(verification == 1, 0.0, np.where(verification == 0, 1.0, 1.0 - shifted))
     class0 = table.class_names[0]
     assert written["per_class"][class0]["noise_rate_estimate"] == pytest.approx(
         wrong_expected[scores.labels == class0].mean(), abs=1e-5)
@@ -218,15 +267,19 @@ def test_calibration_classes_are_named_as_such_not_as_held_out(verified_workdir,
 def test_verify_warns_when_too_few_verified_rows_choose_the_threshold(verified_workdir):
     config, workdir, report, _, _ = verified_workdir
     table = load_table(config, workdir)
-    rows = (table.split == datasets.SPLIT_VAL) & (table.verification >= 0) & ~table.heldout_classes[table.labels]
+    # The threshold rows: the calibration classes' verified_train rows (the score uses CleanNet's signals).
+    calibration = train_lib.calibration_classes(table, config.cleannet.calibration_fraction, config.seed)
+    rows = (table.split == datasets.SPLIT_TRAIN) & (table.verification >= 0) & calibration[table.labels]
     wrong, right = int(np.sum(table.verification[rows] == 0)), int(np.sum(table.verification[rows] == 1))
-    assert wrong < sanity.MIN_VERIFIED_PER_KIND <= right  # this dataset: ~20% of 4 classes' 120 val rows wrong
+    val = (table.split == datasets.SPLIT_VAL) & (table.verification >= 0) & ~table.heldout_classes[table.labels]
+    assert (wrong, right) != (int(np.sum(table.verification[val] == 0)), int(np.sum(table.verification[val] == 1)))
+    assert min(wrong, right) < sanity.MIN_VERIFIED_PER_KIND
     written = json.load(open(os.path.join(workdir, "verify", "metrics.json")))
-    assert written["warnings"] == report["warnings"] == [
-        w for w in sanity.detection_warnings(detection_error=report["detection_error"],
-                                             verification=table.verification[rows])]
+    assert (written["n_threshold_right"], written["n_threshold_wrong"]) == (right, wrong)
+    assert written["warnings"] == report["warnings"]
     assert len(written["warnings"]) == 1
-    assert f"only {right} verified-right and {wrong} verified-wrong" in written["warnings"][0]
+    assert f"only {right} verified-right and {wrong} verified-wrong labels (verified_train of the calibration " \
+        "classes" in written["warnings"][0]
     assert "Warning: cleannet-verify: only" in open(os.path.join(workdir, "verify", "report.html")).read()
     assert written["warnings"][0] in records.recorded_warnings(config, workdir)
 

@@ -28,6 +28,14 @@ def test_detection_warnings_name_what_is_missing():
     plenty = np.array([1] * 80 + [0] * 40)
     assert sanity.detection_warnings(detection_error=0.05, verification=plenty) == []
     assert len(sanity.detection_warnings(detection_error=0.30, verification=plenty)) == 1
+    # The rows that chose the threshold (verified_train) are counted, not the evaluated ones.
+    few_train = sanity.detection_warnings(detection_error=0.05, verification=plenty, threshold_counts=(50, 12),
+                                          threshold_rows="verified_train of verified classes")
+    assert len(few_train) == 1 and "only 50 verified-right and 12 verified-wrong labels (verified_train of " \
+        "verified classes) choose the threshold" in few_train[0] and "18 more verified-wrong (verified_train.tsv" \
+        in few_train[0]
+    assert sanity.detection_warnings(detection_error=0.05, verification=verification,
+                                     threshold_counts=(80, 40)) == []  # few val rows, enough train rows
 
 
 def test_classifier_warnings_chance_and_short_epochs():

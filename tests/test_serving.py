@@ -26,7 +26,7 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import model_server_config_pb2
 
 from cleannet_tf.data import images as input_pipeline
-from cleannet_tf.detection import signals, verifier
+from cleannet_tf.detection import label_noise, signals, verifier
 from cleannet_tf.export import savedmodel
 from cleannet_tf.export.names import CLASSIFIER, VERIFIER, WARMUP_FILE
 from cleannet_tf.features import backbones
@@ -37,6 +37,7 @@ from cleannet_tf.serving.tensor_proto import to_tensor_proto
 
 IMAGE_SIZE = (32, 32)
 CLASS_NAMES = [f"class_{c}" for c in range(4)]
+CALIBRATION = (0.45, -0.3)  # Platt (a, b) of the verifier: weight_soft = sigmoid(a logit + b)
 
 
 def _models(threshold=0.1, seed=0):
@@ -48,7 +49,7 @@ def _models(threshold=0.1, seed=0):
     class_embeddings = encode_classes(cleannet, rng.gamma(1.0, 1.0, (4, 3, 16)).astype(np.float32)).numpy()
     model = verifier.build_verifier(cleannet, class_embeddings, signals.log_normalize(rng.gamma(1, 1, (4, 16))),
                                     scoring="stacked", threshold=threshold, signal_weights=(1.0, 2.0, 3.0, 4.0),
-                                    signal_bias=-1.0)
+                                    signal_bias=-1.0, calibration=CALIBRATION)
     classifier = backbones.build_classifier(backbone, len(CLASS_NAMES))
     return backbone, model, classifier
 
@@ -115,6 +116,9 @@ def test_every_signature_matches_the_in_process_model(served):
             np.testing.assert_allclose(got[name], expected[name], atol=1e-5)
         np.testing.assert_array_equal(got["is_noisy"], expected["is_noisy"])
         np.testing.assert_array_equal(got["suggested_label"], expected["suggested_label"])
+        # The served weight_soft is the calibrated P(label correct) of scores.tsv, not clip(score, 0, 1).
+        np.testing.assert_allclose(got["weight_soft"], label_noise.correct_probability(
+            got["score"], scoring="stacked", calibration=CALIBRATION), atol=1e-6)
     raw = np.abs(np.random.default_rng(3).normal(size=(7, 16))).astype(np.float32)  # batch 7: dynamic
     got = client.verify_features(raw, [0, 1, 2, 3, 0, 1, 2])
     np.testing.assert_allclose(got["score"], model({"features": raw, "label": np.array([0, 1, 2, 3, 0, 1, 2])})[
@@ -140,9 +144,10 @@ def test_keras_model_and_savedmodel_agree(served, tmp_path):
     saved = tf.saved_model.load(os.path.join(served["export_dir"], VERIFIER, "1"))
     raw = np.abs(np.random.default_rng(4).normal(size=(3, 16))).astype(np.float32)
     labels = np.array([2, 0, 1], np.int64)
-    a = reloaded({"features": raw, "label": labels})["score"]
-    b = saved.signatures["verify_features"](features=tf.constant(raw), label=tf.constant(labels))["score"]
-    np.testing.assert_allclose(a, b, atol=1e-6)
+    a = reloaded({"features": raw, "label": labels})
+    b = saved.signatures["verify_features"](features=tf.constant(raw), label=tf.constant(labels))
+    for name in ("score", "weight_soft"):
+        np.testing.assert_allclose(a[name], b[name], atol=1e-6)
 
 
 def test_metadata_lists_every_signature_and_status(served):

@@ -87,7 +87,9 @@ def fit_verifier(cleannet: keras.Model, data: train_data.TrainingData, reference
     uses_cleannet = scoring != "stacked" or bool(set(signals) & set(verifier.CLEANNET_SIGNALS))
     rows, rows_name = verified_rows(data, calibration_classes if scoring == "stacked" else None, uses_cleannet)
     verification = data.verification[rows]
-    info: dict = {"scoring": scoring, "threshold_rows": rows_name, "n_threshold_rows": int(len(rows))}
+    info: dict = {"scoring": scoring, "threshold_rows": rows_name, "n_threshold_rows": int(len(rows)),
+                  "n_threshold_right": int(np.sum(verification == 1)),
+                  "n_threshold_wrong": int(np.sum(verification == 0))}
     weights, bias = (0.0,) * len(verifier.SIGNAL_NAMES), 0.0
     extras = {}
     if scoring == "stacked":
@@ -115,8 +117,13 @@ def fit_verifier(cleannet: keras.Model, data: train_data.TrainingData, reference
     scores = verifier.class_scores(model, data.features[rows])[np.arange(len(rows)), data.labels[rows]]
     threshold, _ = metrics.best_threshold(scores, verification)
     info["threshold"] = threshold
+    # Platt calibration of P(label correct), served as weight_soft (the verifier holds it).
+    rows = calibration_rows(data, calibration_classes)
+    scores = verifier.class_scores(model, data.features[rows])[np.arange(len(rows)), data.labels[rows]]
+    calibration, calibration_info = fit_probability_calibration(scores, data.verification[rows], scoring)
+    info.update(calibration_info)
     model = verifier.build_verifier(cleannet, class_embeddings, class_means, scoring=scoring, threshold=threshold,
-                                    signal_weights=weights, signal_bias=bias, **extras)
+                                    signal_weights=weights, signal_bias=bias, calibration=calibration, **extras)
     return model, info
 
 
@@ -131,6 +138,17 @@ def calibration_rows(data: train_data.TrainingData, calibration_classes: np.ndar
     return np.nonzero((data.verification >= 0) & verified_class & unseen)[0]
 
 
+def fit_probability_calibration(scores: np.ndarray, verification: np.ndarray,
+                                scoring: str) -> tuple[tuple[float, float] | None, dict]:
+    """Platt scaling (label_noise.fit_calibration) on the scores (n,) of `calibration_rows` and their
+    verification (n,) 0/1; None when those rows are all of one kind. Returns ((a, b) or None, how)."""
+    if len(np.unique(verification)) < 2:
+        return None, {"calibration": "stacked" if scoring == "stacked" else
+                      "none (the verified rows are all of one kind)"}
+    calibration = label_noise.fit_calibration(scores, verification, scoring=scoring)
+    return calibration, {"calibration": "platt", "calibration_ab": list(calibration), "n_calibration": len(scores)}
+
+
 def correct_probabilities(scores: np.ndarray, data: train_data.TrainingData, scoring: str,
                           calibration_classes: np.ndarray | None = None) -> tuple[np.ndarray | None, dict]:
     """(P,) calibrated P(label correct) of the pool rows from their scores (None when it cannot be), and how.
@@ -139,15 +157,13 @@ def correct_probabilities(scores: np.ndarray, data: train_data.TrainingData, sco
     `calibration_rows`. The stacked scoring's own probability ((s + 1) / 2) is fitted on the calibration classes
     alone, whose noise rate need not be the others'; the refit on every verified class fixes its base rate.
     Verified rows of one kind only: the stacked probability as it is; for cosine and margin, None.
+    fit_verifier fits the same calibration and stores it in the verifier (verifier.correct_probabilities).
     """
     rows = calibration_rows(data, calibration_classes)
-    if len(np.unique(data.verification[rows])) < 2:
-        if scoring == "stacked":
-            return label_noise.correct_probability(scores, scoring=scoring), {"calibration": "stacked"}
-        return None, {"calibration": "none (the verified rows are all of one kind)"}
-    calibration = label_noise.fit_calibration(scores[rows], data.verification[rows], scoring=scoring)
-    return (label_noise.correct_probability(scores, scoring=scoring, calibration=calibration),
-            {"calibration": "platt", "calibration_ab": list(calibration), "n_calibration": int(len(rows))})
+    calibration, info = fit_probability_calibration(scores[rows], data.verification[rows], scoring)
+    if calibration is None and scoring != "stacked":
+        return None, info
+    return label_noise.correct_probability(scores, scoring=scoring, calibration=calibration), info
 
 
 def detection_report(scores: np.ndarray, data: train_data.TrainingData, threshold: float,
@@ -157,9 +173,9 @@ def detection_report(scores: np.ndarray, data: train_data.TrainingData, threshol
     detection_* on the verified classes' validation rows, *_heldout on held-out classes' validation rows,
     *_all on both; per class: images, estimated noise rate, the share below the threshold, and on its
     validation rows the error and the verified noise rate. The noise-rate estimates (noise_rate_estimate, per
-    class and overall) are the mean of 1 - probabilities (P,) (calibrated P(label correct)), each verified row
-    counted as its label says (label_noise.estimate_noise_rates); without probabilities, the share below the
-    threshold.
+    class and overall) are the mean of 1 - probabilities (P,) (calibrated P(label correct); in a verified class
+    with its own intercept, label_noise.class_offsets), each verified row counted as its label says
+    (label_noise.estimate_noise_rates); without probabilities, the share below the threshold.
     """
     rows = data.validation
     labels, verification = data.labels[rows], data.verification[rows]
@@ -182,8 +198,12 @@ def detection_report(scores: np.ndarray, data: train_data.TrainingData, threshol
     if probabilities is None:
         estimate, overall = flagged_per_class / np.maximum(images, 1), float(flagged.mean()) if len(flagged) else None
     else:
-        estimate, overall = label_noise.estimate_noise_rates(probabilities, data.labels, num_classes=num_classes,
-                                                             verification=data.verification)
+        # Per class: the class's verified rows refit its intercept (verified classes only; held-out: 0).
+        offsets = label_noise.class_offsets(probabilities, data.labels, data.verification, num_classes=num_classes,
+                                            classes=~data.heldout_classes)
+        estimate, overall = label_noise.estimate_noise_rates(
+            label_noise.shift_probabilities(probabilities, data.labels, offsets), data.labels,
+            num_classes=num_classes, verification=data.verification)
     val_count = np.bincount(labels, minlength=num_classes)
     val_wrong = np.bincount(labels, weights=verification == 0, minlength=num_classes)
     val_error = metrics.per_class_error(scores[rows], verification, labels, threshold, num_classes)
@@ -192,13 +212,16 @@ def detection_report(scores: np.ndarray, data: train_data.TrainingData, threshol
         per_class[name] = {
             "images": int(images[c]), "heldout": bool(data.heldout_classes[c]),
             "noise_rate_estimate": float(estimate[c]) if images[c] else None,
+            "calibration_offset": None if probabilities is None else float(offsets[c]),
             "flagged_share": float(flagged_per_class[c] / images[c]) if images[c] else None,
             "n_val": int(val_count[c]),
             "noise_rate_verified": float(val_wrong[c] / val_count[c]) if val_count[c] else None,
             "detection_error": _finite_or_none(val_error[c]),
         }
     report["noise_rate_estimate"] = overall
-    report["noise_rate_estimate_from"] = ("mean of 1 - P(label correct) (calibrated), verified rows as labelled"
+    report["noise_rate_estimate_from"] = ("mean of 1 - P(label correct) (calibrated; per verified class, its "
+                                          "verified rows refit the intercept: per_class calibration_offset), "
+                                          "verified rows as labelled"
                                           if probabilities is not None else "share below the threshold")
     report["flagged_share"] = float(flagged.mean()) if len(flagged) else None
     report["per_class"] = per_class

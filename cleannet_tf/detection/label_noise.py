@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 WEIGHT_MODES = ("none", "soft", "hard")
+OFFSET_PRIOR_SCALE = 2.0  # logit units: a class's offset needs a few dozen verified pairs to move far
 
 
 def _scores(scores) -> np.ndarray:
@@ -137,11 +138,64 @@ def correct_probability(scores, *, scoring: str, calibration: tuple[float, float
     return 1.0 / (1.0 + np.exp(-(a * _calibration_input(scores, scoring) + b)))
 
 
+def class_offsets(probabilities, labels, verification, *, num_classes: int, classes=None,
+                  prior_scale: float = OFFSET_PRIOR_SCALE) -> np.ndarray:
+    """Per-class calibration: (C,) logit offsets d_c with P_c = sigmoid(logit(P) + d_c) fitted on the class's
+    verified pairs (maximum a posteriori, a Gaussian prior of scale `prior_scale` on d_c; 0 without verified pairs).
+
+    One Platt calibration for every class misses each class's own base rate (classes whose wrong labels look
+    alike, or whose right labels are hard); d_c refits the intercept of class c.
+
+    Args:
+        probabilities: (N,) calibrated P(label correct). labels: (N,) class ids. verification: (N,) 1 / 0 / -1.
+        classes: optional (C,) bool, the classes that get an offset (e.g. not the held-out ones, whose verified
+            rows only evaluate); the others keep 0.
+
+    Returns:
+        (C,) float64 offsets.
+    """
+    logits = _logit(_scores(probabilities))
+    labels = np.asarray(labels)
+    verification = _verification(verification, logits.shape)
+    offsets = np.zeros(num_classes)
+    for c in range(num_classes):
+        rows = (labels == c) & (verification >= 0)
+        if (classes is not None and not classes[c]) or not rows.any():
+            continue
+        z, y = logits[rows], verification[rows].astype(np.float64)
+
+        def gradient(d, z=z, y=y):  # d/dd of the log posterior: decreasing in d, one root
+            return np.sum(y - 1.0 / (1.0 + np.exp(-(z + d)))) - d / prior_scale ** 2
+
+        low, high = -1.0, 1.0
+        while gradient(low) < 0:
+            low *= 2
+        while gradient(high) > 0:
+            high *= 2
+        for _ in range(60):  # bisection to ~1e-15
+            middle = (low + high) / 2
+            low, high = (middle, high) if gradient(middle) > 0 else (low, middle)
+        offsets[c] = (low + high) / 2
+    return offsets
+
+
+def shift_probabilities(probabilities, labels, offsets) -> np.ndarray:
+    """(N,) P(label correct) with each pair's class offset (class_offsets): sigmoid(logit(P) + d_label)."""
+    logits = _logit(_scores(probabilities)) + np.asarray(offsets)[np.asarray(labels)]
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-12, 1.0 - 1e-12)
+    return np.log(p) - np.log1p(-p)
+
+
 def estimate_noise_rates(probabilities, labels, *, num_classes: int, verification=None) -> tuple[np.ndarray, float]:
     """Noise rate per class and overall: the mean of 1 - P(label correct), verified pairs counted as they are.
 
     Args:
-        probabilities: (N,) calibrated P(label correct). labels: (N,) class ids (the given labels).
+        probabilities: (N,) calibrated P(label correct) (per class: shift_probabilities). labels: (N,) class ids
+            (the given labels).
         verification: optional (N,) 1 / 0 / -1; a verified pair counts 1 - its label.
 
     Returns:

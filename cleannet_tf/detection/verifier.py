@@ -14,9 +14,8 @@ score of the pair is the entry of its label, the suggested label the best entry.
 Scorings (`cleannet.mode` picks one):
     cosine   cos(query embedding, class embedding): the paper's score (mode "paper")
     margin   cosine minus the best cosine of another class (mode "robust")
-    stacked  2 P(label correct) - 1, P a logistic regression over signals that mean the same in every class
-             (so weight_soft = max(0, score) is near 1 for labels it trusts),
-             fitted on verified validation rows (mode "stacked"): the CleanNet cosine and margin, and the cosine
+    stacked  2 P(label correct) - 1, P a logistic regression over signals that mean the same in every class,
+             fitted on verified_train rows (mode "stacked"): the CleanNet cosine and margin, and the cosine
              and margin of the features to the robust class means (the mean of each class's clean core,
              `detectors.robust_class_means`), the score and margin of the linear classifier
              (`detectors.linear_classifier`), and the kNN label agreement (share of the KNN_K most similar index
@@ -29,9 +28,12 @@ identical to the query (cosine >= 1 - 1e-5: the image itself, or an exact duplic
 pool image scored by the served model gets the same agreement as in scores.tsv.
 
 All scores lie in [-1, 1] (margin in [-2, 2]); low means the label is likely wrong; a pair is noisy when
-score < threshold; weight_soft = clip(score, 0, 1) (the paper's max(0, s)).
+score < threshold. weight_soft is the calibrated P(label correct) of scores.tsv: sigmoid(a x + b) with the
+head's Platt calibration (a, b) (label_noise.fit_calibration; x the stacked logit log((1 + s) / (1 - s)), or
+the margin), without one (s + 1) / 2 for stacked; for cosine (mode "paper") and an uncalibrated margin, the
+paper's max(0, s) = clip(s, 0, 1).
 
-Imports `detection.signals`, `model`.
+Imports `detection.signals`, `detection.label_noise`, `model`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cleannet_tf.detection import label_noise
 from cleannet_tf.model import layers
 from cleannet_tf.model.cleannet import query_encoder_of
 
@@ -79,6 +82,8 @@ class VerificationHead(keras.layers.Layer):
         signal_weights: floats in SIGNAL_NAMES order (missing trailing ones are 0) and signal_bias: float, the
             logistic regression of "stacked" on raw (unstandardised) signals.
         index_rows: M, rows of the kNN index (0: none; then knn_agreement must have weight 0).
+        calibration: optional (a, b), Platt scaling of P(label correct) (label_noise.fit_calibration with this
+            scoring): weight_soft = P (see the module docstring).
 
     Weights (not trained): class_embeddings (C, E), class_means (C, D) unit rows, classifier_weights (D, C) and
     classifier_bias (C,), index_features (M, D) unit rows and index_labels (M,) (class ids as floats).
@@ -87,7 +92,8 @@ class VerificationHead(keras.layers.Layer):
     """
 
     def __init__(self, num_classes: int, embed_dim: int, feature_dim: int, *, scoring: str, threshold: float,
-                 signal_weights=(0.0, 0.0, 0.0, 0.0), signal_bias: float = 0.0, index_rows: int = 0, **kwargs):
+                 signal_weights=(0.0, 0.0, 0.0, 0.0), signal_bias: float = 0.0, index_rows: int = 0,
+                 calibration=None, **kwargs):
         super().__init__(**kwargs)
         if scoring not in SCORINGS:
             raise ValueError(f"scoring must be one of {SCORINGS}. Received: scoring={scoring!r}")
@@ -101,6 +107,9 @@ class VerificationHead(keras.layers.Layer):
         self.signal_weights = tuple(weights + [0.0] * (len(SIGNAL_NAMES) - len(weights)))
         self.signal_bias = float(signal_bias)
         self.index_rows = int(index_rows)
+        if calibration is not None and len(calibration) != 2:
+            raise ValueError(f"calibration must be (a, b) or None. Received {calibration!r}")
+        self.calibration = None if calibration is None else (float(calibration[0]), float(calibration[1]))
         if self.signal_weights[SIGNAL_NAMES.index("knn_agreement")] and not self.index_rows:
             raise ValueError("The knn_agreement signal needs a kNN index (index_rows > 0).")
         self.class_embeddings = self.add_weight(shape=(self.num_classes, self.embed_dim), initializer="zeros",
@@ -172,6 +181,20 @@ class VerificationHead(keras.layers.Layer):
             return self.signals(features, query_embedding, ("cleannet_margin",))["cleannet_margin"]
         return 2.0 * tf.sigmoid(self.logits(features, query_embedding) / STACKED_TEMPERATURE) - 1.0
 
+    def soft_weight(self, score: tf.Tensor) -> tf.Tensor:
+        """(B,) score -> (B,) float32 weight_soft: label_noise.correct_probability of the score with this head's
+        calibration, computed in float64 like scores.tsv's (clip(s, 0, 1) for cosine, or margin without one)."""
+        if self.scoring == "cosine" or (self.scoring == "margin" and self.calibration is None):
+            return tf.clip_by_value(score, 0.0, 1.0)
+        s = tf.cast(score, tf.float64)
+        if self.scoring == "stacked":
+            if self.calibration is None:
+                return tf.cast(tf.clip_by_value((s + 1.0) / 2.0, 0.0, 1.0), tf.float32)
+            clipped = tf.clip_by_value(s, -1.0 + 1e-7, 1.0 - 1e-7)
+            s = tf.math.log1p(clipped) - tf.math.log1p(-clipped)
+        a, b = self.calibration
+        return tf.cast(tf.sigmoid(a * s + b), tf.float32)
+
     def call(self, features, query_embedding, label):
         label = tf.cast(label, tf.int64)
         tf.debugging.assert_less(label, tf.constant(self.num_classes, tf.int64),
@@ -179,7 +202,7 @@ class VerificationHead(keras.layers.Layer):
         tf.debugging.assert_non_negative(label, message=f"label must be a class id in [0, {self.num_classes})")
         scores = self.class_scores(tf.cast(features, tf.float32), tf.cast(query_embedding, tf.float32))
         score = tf.gather(scores, label, axis=1, batch_dims=1)
-        return {"score": score, "is_noisy": score < self.threshold, "weight_soft": tf.clip_by_value(score, 0.0, 1.0),
+        return {"score": score, "is_noisy": score < self.threshold, "weight_soft": self.soft_weight(score),
                 "suggested_label": tf.argmax(scores, axis=1, output_type=tf.int64),
                 "suggested_score": tf.reduce_max(scores, axis=1)}
 
@@ -194,13 +217,14 @@ class VerificationHead(keras.layers.Layer):
         return {**super().get_config(), "num_classes": self.num_classes, "embed_dim": self.embed_dim,
                 "feature_dim": self.feature_dim, "scoring": self.scoring, "threshold": self.threshold,
                 "signal_weights": list(self.signal_weights), "signal_bias": self.signal_bias,
-                "index_rows": self.index_rows}
+                "index_rows": self.index_rows,
+                "calibration": None if self.calibration is None else list(self.calibration)}
 
 
 def build_verifier(cleannet: keras.Model, class_embeddings: np.ndarray, class_means: np.ndarray | None = None, *,
                    scoring: str, threshold: float, signal_weights=(0.0, 0.0, 0.0, 0.0),
                    signal_bias: float = 0.0, classifier: tuple[np.ndarray, np.ndarray] | None = None,
-                   index: tuple[np.ndarray, np.ndarray] | None = None) -> keras.Model:
+                   index: tuple[np.ndarray, np.ndarray] | None = None, calibration=None) -> keras.Model:
     """The verifier model "cleannet_verifier" of a trained CleanNet.
 
     Args:
@@ -212,6 +236,7 @@ def build_verifier(cleannet: keras.Model, class_embeddings: np.ndarray, class_me
         classifier: optional (weights (D, C), bias (C,)) of detectors.linear_classifier (zeros otherwise).
         index: optional kNN index (features (M, D) unit rows, labels (M,) int); M <= INDEX_ROWS keeps the model
             small (detection/fit.py knn_index picks them).
+        calibration: optional (a, b) Platt scaling of P(label correct): the weight_soft output (VerificationHead).
 
     Inputs: "features" (B, D) float32, "label" (B,) int64.
     Outputs: "score", "is_noisy", "weight_soft", "suggested_label", "suggested_score", each (B,).
@@ -233,7 +258,7 @@ def build_verifier(cleannet: keras.Model, class_embeddings: np.ndarray, class_me
     index_rows = 0 if index is None else len(index[0])
     head = VerificationHead(num_classes, embed_dim, feature_dim, scoring=scoring, threshold=threshold,
                             signal_weights=signal_weights, signal_bias=signal_bias, index_rows=index_rows,
-                            name="verification_head")
+                            calibration=calibration, name="verification_head")
     outputs = {name: keras.layers.Identity(name=name)(tensor)
                for name, tensor in head(features, query_embedding, label).items()}
     head.class_embeddings.assign(class_embeddings)
@@ -249,6 +274,15 @@ def build_verifier(cleannet: keras.Model, class_embeddings: np.ndarray, class_me
 
 def verification_head_of(verifier: keras.Model) -> VerificationHead:
     return verifier.get_layer("verification_head")
+
+
+def correct_probabilities(verifier: keras.Model, scores: np.ndarray) -> np.ndarray | None:
+    """(N,) scores of the verifier -> (N,) float64 calibrated P(label correct) with its head's calibration
+    (label_noise.correct_probability); None for cosine or margin scores without a calibration."""
+    head = verification_head_of(verifier)
+    if head.calibration is None and head.scoring != "stacked":
+        return None
+    return label_noise.correct_probability(scores, scoring=head.scoring, calibration=head.calibration)
 
 
 def _batches(verifier: keras.Model, features: np.ndarray, batch_size: int):

@@ -6,7 +6,8 @@
     report.html      histogram, ROC / PR curves, noise rate per class, most suspicious images (detection/report.py)
     metrics.json     threshold, detection error / precision / recall / F1 / ROC-AUC on verified validation rows
                      (verified classes) and on held-out classes' validation rows, per class, noise-rate estimates,
-                     (the mean of 1 - P(label correct), calibrated probabilities; `correct_probabilities`),
+                     (the mean of 1 - P(label correct): the verifier's calibration, per verified class its own
+                     intercept; detection/fit.py detection_report),
                      calibration_classes (cleannet.calibration_fraction; verified classes, not held out) and
                      warnings (sanity.detection_warnings: a detection barely better than flagging nothing, too
                      few verified rows for a stable threshold)
@@ -34,7 +35,7 @@ from cleannet_tf import config as config_lib
 from cleannet_tf.data import table as datasets
 from cleannet_tf.detection import active, scores_tsv, verifier
 from cleannet_tf.detection import report as report_lib
-from cleannet_tf.detection.fit import METRIC_ROWS, correct_probabilities, detection_report, fit_verifier
+from cleannet_tf.detection.fit import METRIC_ROWS, detection_report, fit_verifier
 from cleannet_tf.features import pool as train_data
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.pipeline.table import load_table
@@ -112,8 +113,8 @@ def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: da
     threshold = info["threshold"]
     pool = np.arange(len(data.labels))
     class_names = np.asarray(data.class_names)
-    probabilities, calibration = correct_probabilities(scores, data, info["scoring"], calibration_classes)
-    # The soft weight: the calibrated P(label correct); in paper mode the paper's max(0, cos).
+    probabilities = verifier.correct_probabilities(model, scores)  # the verifier's calibration (fit_verifier)
+    # The soft weight: the calibrated P(label correct); in paper mode the paper's max(0, cos) (= its weight_soft).
     paper = info["scoring"] == "cosine" or probabilities is None
     weight_soft = np.clip(scores, 0.0, 1.0) if paper else probabilities
     scores_tsv.write_scores_tsv(os.path.join(output_dir, "scores.tsv"), scores_tsv.ScoresTable(
@@ -122,15 +123,16 @@ def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: da
         suggested_labels=class_names[suggested], suggested_scores=all_scores[pool, suggested],
         p_correct=probabilities if probabilities is not None else np.full(len(scores), np.nan)))
     checkpointing.save_model(model, os.path.join(output_dir, "verifier.keras"))
-    report = {"mode": config.cleannet.mode, **info, **calibration,
+    report = {"mode": config.cleannet.mode, **info,
               **detection_report(scores, data, threshold, probabilities),
               "n_images": int(len(scores)), "n_flagged": int(np.sum(scores < threshold)),
               "class_names": list(data.class_names), "metric_rows": METRIC_ROWS}
     for name in report["calibration_classes"]:
         report["per_class"][name]["calibration"] = True
     seen = data.validation[~data.heldout_classes[data.labels[data.validation]]]  # the rows the figures come from
-    report["warnings"] = sanity.log(sanity.detection_warnings(detection_error=report["detection_error"],
-                                                              verification=data.verification[seen]))
+    report["warnings"] = sanity.log(sanity.detection_warnings(
+        detection_error=report["detection_error"], verification=data.verification[seen],
+        threshold_counts=(info["n_threshold_right"], info["n_threshold_wrong"]), threshold_rows=info["threshold_rows"]))
     checkpointing.write_json(os.path.join(output_dir, "metrics.json"), report)
 
     train_rows = table.split[data.table_rows] == datasets.SPLIT_TRAIN
