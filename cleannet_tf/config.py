@@ -169,6 +169,9 @@ def default_config() -> ml_collections.ConfigDict:
     # Signals (comma list of verifier.SIGNAL_NAMES) the stacked scoring combines: CleanNet's
     # cosine and margin, the features' cosine and margin to robust class means.
     config.verify.signals = "cleannet_cosine,cleannet_margin,class_mean_cosine,class_mean_margin"
+    # Refits of the linear classifier of classifier_score / classifier_margin, each with rows weighted by
+    # the last stacked P(label correct) (verified_train rows by their verification; detection/fit.py).
+    config.verify.classifier_rounds = 0
     # Active verification: images proposed for a person to verify, per class.
     config.verify.budget_per_class = 10
     # report.html: classes shown with their most suspicious images.
@@ -342,6 +345,7 @@ def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> m
     signals = split_names(config.verify.signals)
     if not signals or not set(signals) <= set(signal_names) or len(set(signals)) != len(signals):
         _fail("verify.signals", f"must be distinct names among {signal_names}", signals)
+    _check_positive(config, "verify.classifier_rounds", allow_zero=True)
     _check_positive(config, "verify.budget_per_class", allow_zero=True)
     _check_positive(config, "verify.report_classes", allow_zero=True)
     _check_choice(config, "classifier.weighting", WEIGHTINGS)
