@@ -236,7 +236,9 @@ def cleannet_rows(config, workdir: str, table: datasets.LabelTable, add) -> tupl
             model, _ = verify_lib.fit_verifier(cleannet, data, reference_sets, mode=scoring_mode,
                                                class_mean_keep=config.verify.class_mean_keep,
                                                calibration_classes=calibration if scoring_mode == "stacked" else None,
-                                               signals=tuple(signals), seed=run_config.seed)
+                                               signals=tuple(signals),
+                                               classifier_rounds=config.verify.classifier_rounds,
+                                               seed=run_config.seed)
             scores = verifier.class_scores(model, data.features)[np.arange(len(data.labels)), data.labels]
             add(label, scores, train_seconds * uses_cleannet + time.perf_counter() - start)
             if mode != "paper" and out is None:

@@ -169,6 +169,7 @@ def default_config() -> ml_collections.ConfigDict:
     # Signals (comma list of verifier.SIGNAL_NAMES) the stacked scoring combines: CleanNet's
     # cosine and margin, the features' cosine and margin to robust class means.
     config.verify.signals = "cleannet_cosine,cleannet_margin,class_mean_cosine,class_mean_margin"
+    config.verify.classifier_rounds = 0  # refits of the classifier signals weighted by P(label correct) (fit.py)
     # Active verification: images proposed for a person to verify, per class.
     config.verify.budget_per_class = 10
     # report.html: classes shown with their most suspicious images.
@@ -330,7 +331,8 @@ def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> m
     if not 0.0 <= config.cleannet.dropout_rate < 1.0:
         _fail("cleannet.dropout_rate", "must be in [0, 1)", config.cleannet.dropout_rate)
     for field in ("cleannet.weight_decay", "loss.negative_weight", "loss.reconstruction_weight",
-                  "loss.unverified_weight", "loss.other_class_weight", "train.momentum"):
+                  "loss.unverified_weight", "loss.other_class_weight", "train.momentum", "verify.classifier_rounds",
+                  "verify.budget_per_class", "verify.report_classes"):
         _check_positive(config, field, allow_zero=True)
     if not 0.0 < config.train.lr_decay_factor <= 1.0:
         _fail("train.lr_decay_factor", "must be in (0, 1]", config.train.lr_decay_factor)
@@ -342,8 +344,6 @@ def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> m
     signals = split_names(config.verify.signals)
     if not signals or not set(signals) <= set(signal_names) or len(set(signals)) != len(signals):
         _fail("verify.signals", f"must be distinct names among {signal_names}", signals)
-    _check_positive(config, "verify.budget_per_class", allow_zero=True)
-    _check_positive(config, "verify.report_classes", allow_zero=True)
     _check_choice(config, "classifier.weighting", WEIGHTINGS)
     for weighting in split_names(config.classifier.after_verify):
         if weighting not in WEIGHTINGS or weighting == "none":

@@ -138,7 +138,7 @@ class CleanNetDetector:
         self.verifier_, self.info_ = verify_lib.fit_verifier(
             cleannet, data, reference_sets, mode=self.config.cleannet.mode,
             class_mean_keep=self.config.verify.class_mean_keep, calibration_classes=calibration, signals=signals,
-            seed=self.config.seed)
+            classifier_rounds=self.config.verify.classifier_rounds, seed=self.config.seed)
         self.threshold_ = float(self.info_["threshold"])
         return self
 

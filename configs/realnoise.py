@@ -7,11 +7,13 @@
 
 The features (1280-d, `data.features`, e.g. from cleannet-extract with model.backbone=efficientnet_lite0 and
 model.weights=imagenet) are fixed. The score is the stacked one over the score and margin of a linear
-classifier trained on the noisy labels (detection/signals.py linear_classifier): on CIFAR-10N (worst and aggre, 3 seeds,
-half the classes held out) it has the lowest held-out error of every signal set measured (README, "Real
-photos"); CleanNet's own cosine and margin do not transfer to held-out classes on these features, so they
-are not in the score (CleanNet still trains: --config.verify.signals=cleannet_cosine,... adds them, fitted
-on the calibration classes). knn_agreement and class_mean_margin are available signals too.
+classifier trained on the noisy labels (detection/signals.py linear_classifier), refitted once with rows
+weighted by the stacked P(label correct) (verify.classifier_rounds). On CIFAR-10N (3 seeds, half the classes
+held out) it has the lowest held-out error on worst of every candidate measured and is below no detection on
+every aggre seed (README, "Real photos"). CleanNet's own cosine and margin do not transfer to held-out classes
+on these features, so they are not in the score (CleanNet still trains: --config.verify.signals=
+cleannet_cosine,... adds them, fitted on the calibration classes). knn_agreement and class_mean_margin are
+available signals too.
 """
 
 from cleannet_tf.config import default_config
@@ -28,6 +30,9 @@ def get_config():
     # Calibration classes: only a score with CleanNet's signals uses them (fitted where CleanNet did not train).
     config.cleannet.calibration_fraction = 0.3
     config.verify.signals = "classifier_score,classifier_margin"
+    # One refit of the classifier with rows weighted by the stacked P(label correct), verified_train rows by
+    # their verification (README, "Real photos": held-out error 0.159 -> 0.153 on worst, 0.074 -> 0.070 on aggre).
+    config.verify.classifier_rounds = 1
     config.train.steps = 3000
     config.train.eval_every = 500
     config.train.lr_decay_steps = 1500

@@ -69,6 +69,8 @@ def test_typo_suggests_field():
         ("extract.batch_size", "64", r"config\.extract\.batch_size: must be a number"),
         ("refs.max_samples_per_class", 10, r"config\.refs\.max_samples_per_class: must be 0 \(all\) or at least"),
         ("data.root", "", r"config\.data\.root: is required"),
+        ("verify.classifier_rounds", -1, r"config\.verify\.classifier_rounds: must be >= 0"),
+        ("verify.classifier_rounds", 1.5, r"config\.verify\.classifier_rounds"),
     ],
 )
 def test_bad_value_named(field, value, message):

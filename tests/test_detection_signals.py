@@ -142,3 +142,52 @@ def test_linear_classifier_is_ridge_and_its_margin_finds_wrong_labels():
     assert roc_auc_score(noisy == true, margin) > 0.95
     with pytest.raises(ValueError, match="labels"):
         detectors.linear_classifier(x, np.full(len(x), 9), num_classes=8)
+
+
+def test_refit_weighted_by_p_correct_lowers_error_on_planted_pair_flips():
+    # 40% of the labels flipped to the next class: the first ridge fit is pulled towards the flips.
+    rng = np.random.default_rng(0)
+    true = np.repeat(np.arange(6), 80)
+    centres = rng.normal(0, 1, (6, 32))
+    features = centres[true] + rng.normal(0, 1.0, (len(true), 32))
+    noisy = true.copy()
+    flip = rng.random(len(true)) < 0.4
+    noisy[flip] = (true[flip] + 1) % 6
+    x = (features / np.linalg.norm(features, axis=1, keepdims=True)).astype(np.float32)
+    verified = rng.choice(len(true), 60, replace=False)
+    verification = (noisy == true)[verified].astype(int)
+    rows = np.arange(len(noisy))
+
+    def p_correct(sample_weights):
+        weights, bias = detectors.linear_classifier(x, noisy, num_classes=6, sample_weights=sample_weights)
+        scores = x @ weights + bias
+        others = scores.copy()
+        others[rows, noisy] = -np.inf
+        signals = np.stack([scores[rows, noisy], scores[rows, noisy] - others.max(axis=1)], axis=1)
+        return detectors.StackedDetector().fit(signals[verified], verification).score(signals)
+
+    first = p_correct(None)
+    weights = detectors.classifier_refit_weights(first, verified, verification)
+    np.testing.assert_array_equal(weights[verified], verification)
+    others = np.setdiff1d(rows, verified)
+    np.testing.assert_allclose(weights[others], first[others])
+    refit = p_correct(weights)
+    wrong = noisy != true
+    first_error, refit_error = np.mean((first < 0.5) != wrong), np.mean((refit < 0.5) != wrong)
+    assert refit_error < first_error - 0.05, (first_error, refit_error)
+    assert roc_auc_score(~wrong, refit) > roc_auc_score(~wrong, first)
+    # The weighted fit is the weighted closed form; a row of weight 0 is left out.
+    got_w, got_b = detectors.linear_classifier(x, noisy, num_classes=6, sample_weights=weights)
+    xb = np.concatenate([x, np.ones((len(x), 1))], axis=1).astype(np.float64)
+    targets = 2.0 * np.eye(6)[noisy] - 1.0
+    expected = np.linalg.solve((xb * weights[:, None]).T @ xb + np.eye(33), (xb * weights[:, None]).T @ targets)
+    np.testing.assert_allclose(got_w, expected[:-1], atol=1e-4)
+    np.testing.assert_allclose(got_b, expected[-1], atol=1e-4)
+    kept = weights > 0
+    assert not kept.all()
+    kept_w, _ = detectors.linear_classifier(x[kept], noisy[kept], num_classes=6, sample_weights=weights[kept])
+    np.testing.assert_allclose(kept_w, got_w, atol=1e-4)
+    with pytest.raises(ValueError, match="sample_weights"):
+        detectors.linear_classifier(x, noisy, num_classes=6, sample_weights=-weights)
+    with pytest.raises(ValueError, match="sample_weights"):
+        detectors.linear_classifier(x, noisy, num_classes=6, sample_weights=weights[:5])

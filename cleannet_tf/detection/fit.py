@@ -58,7 +58,8 @@ def verified_rows(data: train_data.TrainingData, calibration_classes: np.ndarray
 
 def fit_verifier(cleannet: keras.Model, data: train_data.TrainingData, reference_sets: ReferenceSets, *,
                  mode: str, class_mean_keep: float = 0.7, calibration_classes: np.ndarray | None = None,
-                 signals=verifier.SIGNAL_NAMES[:4], seed: int = 0) -> tuple[keras.Model, dict]:
+                 signals=verifier.SIGNAL_NAMES[:4], classifier_rounds: int = 0,
+                 seed: int = 0) -> tuple[keras.Model, dict]:
     """The verifier of a trained CleanNet, its weights and threshold chosen on rows that are not evaluated.
 
     Args:
@@ -69,6 +70,9 @@ def fit_verifier(cleannet: keras.Model, data: train_data.TrainingData, reference
             (training/cleannet.py calibration_classes); a stacked scoring that uses CleanNet's signals is
             fitted on their verified_train rows (see verified_rows).
         signals: the SIGNAL_NAMES the stacked scoring combines (the others get weight 0).
+        classifier_rounds: refits of the linear classifier (when a classifier signal is used), each with rows
+            weighted by the last stacked P(label correct), the fit rows by their verification
+            (detectors.classifier_refit_weights), and the stacked weights fitted again.
     Returns:
         (verifier, info) with info["threshold"], info["scoring"], info["threshold_rows"] (which rows the
         threshold comes from), and for stacked info["fit_rows"], info["signal_weights"].
@@ -96,18 +100,35 @@ def fit_verifier(cleannet: keras.Model, data: train_data.TrainingData, reference
         if len(np.unique(verification)) < 2:
             raise ValueError(f"Stacked scoring needs {rows_name} rows of both kinds (label correct and wrong); "
                              "use cleannet.mode=robust.")
-        if set(signals) & {"classifier_score", "classifier_margin"}:
+        uses_classifier = bool(set(signals) & {"classifier_score", "classifier_margin"})
+        if uses_classifier:
             extras["classifier"] = detectors.linear_classifier(x, data.labels, num_classes=num_classes)
         if "knn_agreement" in signals:
             extras["index"] = knn_index(x, data.labels, seed=seed)
         if calibration_classes is not None and calibration_classes.any() and uses_cleannet:
             info["calibration_classes"] = [data.class_names[c] for c in np.nonzero(calibration_classes)[0]]
-        plain = verifier.build_verifier(cleannet, class_embeddings, class_means, scoring=scoring, threshold=0.0,
-                                        **extras)
-        own_signals = verifier.own_class_signals(plain, data.features[rows], data.labels[rows], names=signals)
-        used_weights, bias = verifier.fit_signal_weights(own_signals, verification, seed=seed)
-        weights = np.zeros(len(verifier.SIGNAL_NAMES))
-        weights[[verifier.SIGNAL_NAMES.index(name) for name in signals]] = used_weights
+
+        def stacked_weights() -> tuple[np.ndarray, float]:
+            plain = verifier.build_verifier(cleannet, class_embeddings, class_means, scoring=scoring,
+                                            threshold=0.0, **extras)
+            own_signals = verifier.own_class_signals(plain, data.features[rows], data.labels[rows], names=signals)
+            used_weights, used_bias = verifier.fit_signal_weights(own_signals, verification, seed=seed)
+            all_weights = np.zeros(len(verifier.SIGNAL_NAMES))
+            all_weights[[verifier.SIGNAL_NAMES.index(name) for name in signals]] = used_weights
+            return all_weights, used_bias
+
+        weights, bias = stacked_weights()
+        rounds = int(classifier_rounds) if uses_classifier else 0
+        for _ in range(rounds):
+            scored = verifier.build_verifier(cleannet, class_embeddings, class_means, scoring=scoring, threshold=0.0,
+                                             signal_weights=weights, signal_bias=bias, **extras)
+            pool_scores = verifier.class_scores(scored, data.features)[np.arange(len(data.labels)), data.labels]
+            sample_weights = detectors.classifier_refit_weights((pool_scores + 1.0) / 2.0, rows, verification)
+            extras["classifier"] = detectors.linear_classifier(x, data.labels, num_classes=num_classes,
+                                                               sample_weights=sample_weights)
+            weights, bias = stacked_weights()
+        if uses_classifier:
+            info["classifier_rounds"] = rounds
         info["fit_rows"] = rows_name
         info["n_fit"] = int(len(rows))
         info["signal_weights"] = dict(zip(verifier.SIGNAL_NAMES, map(float, weights), strict=True))

@@ -98,27 +98,47 @@ def knn_label_agreement(x: np.ndarray, labels: np.ndarray, *, k: int = 10, batch
     return (labels[indices] == labels[:, None]).mean(axis=1).astype(np.float32)
 
 
-def linear_classifier(x: np.ndarray, labels: np.ndarray, *, num_classes: int,
-                      l2: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def linear_classifier(x: np.ndarray, labels: np.ndarray, *, num_classes: int, l2: float = 1.0,
+                      sample_weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A ridge one-vs-rest linear classifier of the noisy labels: x (N, D), labels (N,) -> weights (D, C), bias (C,).
 
     Least squares on targets +1 (own label) / -1 (other classes) with an L2 penalty `l2` on weights and bias, in
-    closed form (one (D+1, D+1) Gram matrix, accumulated in blocks). Its scores x @ weights + bias rank wrong
-    labels the way cleanlab's cross-validated probabilities do; on CIFAR-10N (20k rows, D=1280) the scores of
-    the fit on every row rank the pool's own images as well as 5-fold out-of-fold scores (README, "Real photos"),
-    so the same fit scores the pool and new images.
+    closed form (one (D+1, D+1) Gram matrix, accumulated in blocks). sample_weights (N,) >= 0 weigh each row's
+    squared error (None: all 1; a row of weight 0 is left out), e.g. P(label correct) from a first fit
+    (reweighted_classifier). Its scores x @ weights + bias rank wrong labels the way cleanlab's cross-validated
+    probabilities do; on CIFAR-10N (20k rows, D=1280) the scores of the fit on every row rank the pool's own
+    images as well as out-of-sample (leave-one-out) scores (README, "Real photos"), so the same fit scores the
+    pool and new images.
     """
     labels = _check_labels(labels, len(x), num_classes)
+    if sample_weights is not None:
+        sample_weights = np.asarray(sample_weights, np.float64)
+        if sample_weights.shape != (len(x),) or not np.all(np.isfinite(sample_weights)) or (sample_weights < 0).any():
+            raise ValueError(f"sample_weights must be ({len(x)},) finite and >= 0. Received shape "
+                             f"{sample_weights.shape}")
     d = x.shape[1]
     gram = np.zeros((d + 1, d + 1))
     cross = np.zeros((d + 1, num_classes))
     for start in range(0, len(x), 8192):
         block = np.asarray(x[start:start + 8192], np.float64)
         xb = np.concatenate([block, np.ones((len(block), 1))], axis=1)
-        gram += xb.T @ xb
-        cross += xb.T @ (2.0 * np.eye(num_classes)[labels[start:start + 8192]] - 1.0)
+        xw = xb if sample_weights is None else xb * sample_weights[start:start + 8192, None]
+        gram += xw.T @ xb
+        cross += xw.T @ (2.0 * np.eye(num_classes)[labels[start:start + 8192]] - 1.0)
     w = np.linalg.solve(gram + l2 * np.eye(d + 1), cross)
     return w[:d].astype(np.float32), w[d].astype(np.float32)
+
+
+def classifier_refit_weights(correct_probability: np.ndarray, verified_rows: np.ndarray,
+                             verification: np.ndarray) -> np.ndarray:
+    """Row weights of a refit of the linear classifier: P(label correct) (N,), verified rows as verified.
+
+    verified_rows (n,) row ids and verification (n,) 0/1: a verified-wrong row gets weight 0 (left out of the
+    refit), a verified-right one weight 1; every other row its probability. Returns (N,) float64 in [0, 1].
+    """
+    weights = np.clip(np.asarray(correct_probability, np.float64), 0.0, 1.0)
+    weights[np.asarray(verified_rows)] = np.asarray(verification, np.float64)
+    return weights
 
 
 def per_class_standardize(scores: np.ndarray, labels: np.ndarray, *, num_classes: int) -> np.ndarray:

@@ -68,7 +68,7 @@ def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: datase
     model, info = fit_verifier(cleannet, data, reference_sets, mode=config.cleannet.mode,
                                class_mean_keep=config.verify.class_mean_keep, calibration_classes=calibration,
                                signals=config_lib.split_names(config.verify.signals),
-                               seed=config.seed)
+                               classifier_rounds=config.verify.classifier_rounds, seed=config.seed)
     info["calibration_classes"] = train_lib.log_calibration_classes(  # none are held out (data.heldout_list)
         table.class_names, calibration, config.cleannet.calibration_fraction)
     info["features_warnings"] = _features_warnings(config, workdir)  # the report repeats them
