@@ -34,6 +34,27 @@ def log_normalize(features: np.ndarray, *, block_rows: int = BLOCK_ROWS) -> np.n
     return out
 
 
+class LogNormalizedRows:
+    """Read-only (N, D) view of log_normalize(features): x[rows] (a slice or an index array) computes those rows.
+
+    For the blocked loops below (class_means, trimmed_class_core, a linear fit): the features' memory once, not a
+    second (N, D) copy; each read pays the logarithm again. Values equal log_normalize(features)[rows].
+    """
+
+    ndim = 2
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, features: np.ndarray):
+        self.features = features
+        self.shape = tuple(np.shape(features))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return log_normalize(self.features[rows])
+
+
 def check_labels(labels: np.ndarray, n: int, num_classes: int) -> np.ndarray:
     """labels as (n,) int64 in [0, num_classes), or a ValueError saying what is wrong."""
     labels = np.asarray(labels)
