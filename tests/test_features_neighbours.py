@@ -103,3 +103,17 @@ def test_approximate_index_searches_any_query_rows_like_the_whole_search():
     np.testing.assert_array_equal(part[0], whole[0][rows])
     np.testing.assert_allclose(part[1], whole[1][rows])
     np.testing.assert_array_equal(neighbours.nearest_neighbours(x, 5, method="faiss", reduce_dim=16)[0], whole[0])
+
+
+def test_hnsw_index_recall_against_exact_and_a_poor_graph_is_caught():
+    x = clustered(8000, 64, clusters=100, seed=8)
+    indices, sims = neighbours.nearest_neighbours(x, 10, method="faiss", index="hnsw", reduce_dim=32, ef_search=64)
+    assert indices.shape == (8000, 10) and not (indices == np.arange(8000)[:, None]).any()
+    assert (np.diff(sims, axis=1) <= 0).all()
+    assert neighbours.recall_at_k(x, indices, sample=500) >= 0.95
+    # A graph of 2 links per row searched with 10 candidates, in 2 projected dims, misses most neighbours.
+    poor, _ = neighbours.nearest_neighbours(x, 10, method="faiss", index="hnsw", reduce_dim=2, hnsw_m=2,
+                                            ef_search=10, candidates=10)
+    assert neighbours.recall_at_k(x, poor, sample=500) < 0.9
+    with pytest.raises(ValueError, match="index must be"):
+        neighbours.nearest_neighbours(x, 5, method="faiss", index="lsh")

@@ -11,6 +11,7 @@ Rows are L2-normalised here; neighbours are ranked by cosine similarity, most si
             projection keeps), an inverted-file index (IVF-Flat, k-means coarse quantiser, `nprobe` lists
             searched per query) returns `candidates` rows per query in that space, and those are re-ranked by
             their exact cosine in the full space. Memory: N x reduce_dim floats (the index) plus one block.
+            index="hnsw" replaces the inverted file by a graph (IndexHNSWFlat; ef_search), faster at 10^6 rows.
 
 "auto" is exact up to EXACT_MAX_ROWS rows and faiss above (exact, with a warning, when faiss is not
 installed). Both are deterministic for a given seed and thread count. ApproximateIndex is the faiss index,
@@ -26,6 +27,7 @@ import numpy as np
 from absl import logging
 
 METHODS = ("auto", "exact", "faiss")
+INDEXES = ("ivf", "hnsw")  # the faiss index of the projected rows
 EXACT_MAX_ROWS = 50_000
 BLOCK_BYTES = 1 << 27  # 128 MB of similarities per exact block (peak about 4x: the top-k selection)
 
@@ -56,7 +58,8 @@ def faiss_available() -> bool:
 def nearest_neighbours(features: np.ndarray, k: int, *, exclude_self: bool = True, method: str = "auto",
                        block_rows: int = 0, exact_max_rows: int = EXACT_MAX_ROWS, reduce_dim: int = 256,
                        nlist: int = 0, nprobe: int = 64, candidates: int = 0, pca_rows: int = 20_000,
-                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                       seed: int = 0, index: str = "ivf", hnsw_m: int = 16,
+                       ef_search: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """The k most cosine-similar rows of every row: (N, D) -> indices (N, k) int64, similarities (N, k) float32.
 
     Args:
@@ -72,6 +75,8 @@ def nearest_neighbours(features: np.ndarray, k: int, *, exclude_self: bool = Tru
         candidates: faiss: rows per query re-ranked exactly (0: max(3k, k + 10)).
         pca_rows: faiss: rows sampled for the projection (the quantiser's k-means sees 40 x nlist rows).
         seed: faiss: the samples and the quantiser's k-means.
+        index: faiss: "ivf" (IVF-Flat, nlist / nprobe) or "hnsw" (IndexHNSWFlat, hnsw_m links per row,
+            ef_search candidates kept while searching; its graph depends on the thread count's insertion order).
     Returns:
         indices (N, k) int64 and similarities (N, k) float32, each row by decreasing similarity.
     """
@@ -86,9 +91,10 @@ def nearest_neighbours(features: np.ndarray, k: int, *, exclude_self: bool = Tru
             method = "exact"
     if method == "exact":
         return exact_search(features, k, exclude_self=exclude_self, block_rows=block_rows)
-    index = ApproximateIndex(features, reduce_dim=reduce_dim, nlist=nlist, nprobe=nprobe, pca_rows=pca_rows,
-                             block_rows=block_rows or 1024, seed=seed)
-    return index.search(k, exclude_self=exclude_self, candidates=candidates)
+    approximate = ApproximateIndex(features, reduce_dim=reduce_dim, nlist=nlist, nprobe=nprobe, pca_rows=pca_rows,
+                                   block_rows=block_rows or 1024, seed=seed, index=index, hnsw_m=hnsw_m,
+                                   ef_search=ef_search)
+    return approximate.search(k, exclude_self=exclude_self, candidates=candidates)
 
 
 def _top_k(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,13 +155,15 @@ def _projection(features, rows: np.ndarray, reduce_dim: int) -> tuple[np.ndarray
 class ApproximateIndex:
     """The faiss search of nearest_neighbours, built once and searched for any query rows.
 
-    Build: the projection (on `pca_rows` sampled rows), the IVF-Flat index of every projected row (its
-    coarse quantiser trained on 40 x nlist sampled rows). Memory: N x reduce_dim floats plus one block.
+    Build: the projection (on `pca_rows` sampled rows), then the index of every projected row: IVF-Flat (its
+    coarse quantiser trained on 40 x nlist sampled rows) or HNSW (index="hnsw"). Memory: N x reduce_dim floats
+    (HNSW: plus 2 hnsw_m links per row) plus one block.
     Arguments as nearest_neighbours'.
     """
 
     def __init__(self, features: np.ndarray, *, reduce_dim: int = 256, nlist: int = 0, nprobe: int = 64,
-                 pca_rows: int = 20_000, block_rows: int = 1024, seed: int = 0):
+                 pca_rows: int = 20_000, block_rows: int = 1024, seed: int = 0, index: str = "ivf",
+                 hnsw_m: int = 16, ef_search: int = 64):
         if not faiss_available():
             raise ImportError("method='faiss' needs faiss-cpu: pip install 'cleannet_tf[scale]'")
         import faiss
@@ -166,8 +174,17 @@ class ApproximateIndex:
         rng = np.random.default_rng(seed)
         self.mean, self.directions = _projection(features, rng.choice(n, min(n, pca_rows), replace=False),
                                                  reduce_dim)
-        nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 40))
         dim = len(self.mean) if self.directions is None else self.directions.shape[1]
+        if index not in INDEXES:
+            raise ValueError(f"index must be one of {INDEXES}. Received {index!r}")
+        if index == "hnsw":
+            self.index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_L2)
+            self.index.hnsw.efConstruction = max(80, ef_search)
+            for start in range(0, n, 16 * block_rows):
+                self.index.add(self._reduced(slice(start, start + 16 * block_rows)))
+            self.index.hnsw.efSearch = ef_search
+            return
+        nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 40))
         self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist, faiss.METRIC_L2)
         self.index.cp.seed = seed
         self.index.cp.niter = 10
