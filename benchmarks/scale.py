@@ -43,7 +43,9 @@ _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 300, "CleanNet training steps
 _N_INIT = flags.DEFINE_integer("n_init", 10, "refs.n_init (k-means restarts).")
 _KNN_QUERIES = flags.DEFINE_integer("knn_queries", 50_000, "Rows searched in the approximate index (0: all).")
 _KNN_EXACT = flags.DEFINE_integer("knn_exact_queries", 1000, "Rows searched exactly (baseline, recall@10).")
-_NPROBE = flags.DEFINE_integer("nprobe", 64, "neighbours nprobe.")
+_INDEX = flags.DEFINE_enum("knn_index", "hnsw", ["ivf", "hnsw"], "neighbours index: IVF-Flat or HNSW.")
+_NPROBE = flags.DEFINE_integer("nprobe", 64, "neighbours nprobe (ivf).")
+_EF_SEARCH = flags.DEFINE_integer("ef_search", 64, "neighbours ef_search (hnsw).")
 _SEED = flags.DEFINE_integer("seed", 0, "Data seed.")
 _STEP = flags.DEFINE_string("step", "", "Internal: run one step of the workdir --workdir in this process.")
 
@@ -132,7 +134,7 @@ def run_knn(workdir: str) -> str:
     rng = np.random.default_rng(0)
     queries = np.sort(rng.choice(n, min(n, _KNN_QUERIES.value or n), replace=False))
     cpu, wall = time.process_time(), time.perf_counter()
-    index = neighbours.ApproximateIndex(x, nprobe=_NPROBE.value)
+    index = neighbours.ApproximateIndex(x, index=_INDEX.value, nprobe=_NPROBE.value, ef_search=_EF_SEARCH.value)
     build_cpu, build_wall = time.process_time() - cpu, time.perf_counter() - wall
     cpu, wall = time.process_time(), time.perf_counter()
     found, _ = index.search(k, queries=queries)
@@ -148,7 +150,8 @@ def run_knn(workdir: str) -> str:
     scale = n / len(queries)
     del index, x
     os.remove(path)
-    return (f"knn: nprobe {_NPROBE.value}, {len(queries)} of {n} rows searched: build {build_wall:.0f} s "
+    setting = f"nprobe {_NPROBE.value}" if _INDEX.value == "ivf" else f"ef_search {_EF_SEARCH.value}"
+    return (f"knn: {_INDEX.value} {setting}, {len(queries)} of {n} rows searched: build {build_wall:.0f} s "
             f"({build_cpu:.0f} CPU-s), search {search_wall:.0f} s ({search_cpu:.0f} CPU-s) -> all {n} rows "
             f"~{build_wall + search_wall * scale:.0f} s ({build_cpu + search_cpu * scale:.0f} CPU-s); exact "
             f"{len(exact_rows)} rows {exact_wall:.1f} s -> all rows ~{exact_wall * n / len(exact_rows):.0f} s "
@@ -185,7 +188,8 @@ def measure(step: str, workdir: str) -> dict:
     child = subprocess.Popen([sys.executable, "-m", "benchmarks.scale", f"--step={step}", f"--workdir={workdir}",
                               f"--train_steps={_TRAIN_STEPS.value}", f"--n_init={_N_INIT.value}",
                               f"--knn_queries={_KNN_QUERIES.value}", f"--knn_exact_queries={_KNN_EXACT.value}",
-                              f"--nprobe={_NPROBE.value}"], stdout=subprocess.PIPE, text=True)
+                              f"--knn_index={_INDEX.value}", f"--nprobe={_NPROBE.value}",
+                              f"--ef_search={_EF_SEARCH.value}"], stdout=subprocess.PIPE, text=True)
     output = child.stdout.read()
     _, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)

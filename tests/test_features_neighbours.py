@@ -111,6 +111,8 @@ def test_hnsw_index_recall_against_exact_and_a_poor_graph_is_caught():
     assert indices.shape == (8000, 10) and not (indices == np.arange(8000)[:, None]).any()
     assert (np.diff(sims, axis=1) <= 0).all()
     assert neighbours.recall_at_k(x, indices, sample=500) >= 0.95
+    again, _ = neighbours.nearest_neighbours(x, 10, method="faiss", index="hnsw", reduce_dim=32, ef_search=64)
+    np.testing.assert_array_equal(again, indices)  # the graph is built on one thread: deterministic
     # A graph of 2 links per row searched with 10 candidates, in 2 projected dims, misses most neighbours.
     poor, _ = neighbours.nearest_neighbours(x, 10, method="faiss", index="hnsw", reduce_dim=2, hnsw_m=2,
                                             ef_search=10, candidates=10)

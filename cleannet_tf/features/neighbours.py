@@ -76,7 +76,8 @@ def nearest_neighbours(features: np.ndarray, k: int, *, exclude_self: bool = Tru
         pca_rows: faiss: rows sampled for the projection (the quantiser's k-means sees 40 x nlist rows).
         seed: faiss: the samples and the quantiser's k-means.
         index: faiss: "ivf" (IVF-Flat, nlist / nprobe) or "hnsw" (IndexHNSWFlat, hnsw_m links per row,
-            ef_search candidates kept while searching; its graph depends on the thread count's insertion order).
+            ef_search candidates kept while searching; built on one thread, as a parallel insertion is not
+            deterministic; searched on all).
     Returns:
         indices (N, k) int64 and similarities (N, k) float32, each row by decreasing similarity.
     """
@@ -180,8 +181,13 @@ class ApproximateIndex:
         if index == "hnsw":
             self.index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_L2)
             self.index.hnsw.efConstruction = max(80, ef_search)
-            for start in range(0, n, 16 * block_rows):
-                self.index.add(self._reduced(slice(start, start + 16 * block_rows)))
+            threads = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)  # the graph of a parallel insertion depends on the threads' timing
+            try:
+                for start in range(0, n, 16 * block_rows):
+                    self.index.add(self._reduced(slice(start, start + 16 * block_rows)))
+            finally:
+                faiss.omp_set_num_threads(threads)
             self.index.hnsw.efSearch = ef_search
             return
         nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 40))
