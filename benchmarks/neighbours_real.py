@@ -30,6 +30,7 @@ _EXACT = flags.DEFINE_integer("exact_queries", 1000, "Of those, rows searched ex
 _NPROBE = flags.DEFINE_list("nprobe", ["16", "32", "64"], "IVF-Flat lists probed.")
 _EF_SEARCH = flags.DEFINE_list("ef_search", ["32", "64", "128"], "HNSW ef_search values.")
 _HNSW_M = flags.DEFINE_integer("hnsw_m", 16, "HNSW links per row.")
+_KEEP = flags.DEFINE_bool("keep", False, "Keep the tiled rows for a later run.")
 _SCRATCH = flags.DEFINE_string("scratch", "", "Folder of the tiled rows (default: the system temp folder).")
 
 
@@ -40,6 +41,8 @@ def load_rows(path: str, rows: int, scratch: str):
     if rows <= len(real):
         return ops.log_normalize(real), None
     tiled = os.path.join(scratch or tempfile.gettempdir(), f"neighbours_real_{rows}.npy")
+    if os.path.exists(tiled):  # kept by an earlier run (--keep)
+        return np.load(tiled, mmap_mode="r"), tiled
     x = np.lib.format.open_memmap(tiled + ".partial.npy", "w+", np.float32, (rows, real.shape[1]))
     for copy, start in enumerate(range(0, rows, len(real))):
         block = real[:min(len(real), rows - start)]
@@ -67,6 +70,8 @@ def main(argv):
         print("| index | recall@10 | search, CPU ms / query | build, CPU ms / row | all rows, CPU s |")
         print("|---|---|---|---|---|")
         for kind, settings in (("ivf", _NPROBE.value), ("hnsw", _EF_SEARCH.value)):
+            if not settings:
+                continue
             cpu = time.process_time()
             index = neighbours.ApproximateIndex(x, index=kind, hnsw_m=_HNSW_M.value)
             build = time.process_time() - cpu
@@ -87,7 +92,7 @@ def main(argv):
             del index
     finally:
         del x
-        if tiled:
+        if tiled and not _KEEP.value:
             os.remove(tiled)
 
 

@@ -23,6 +23,7 @@ extrapolated to N. The planted flips give the signal's ROC-AUC.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -41,6 +42,8 @@ _WORKDIR = flags.DEFINE_string("workdir", "/tmp/cleannet_scale", "Base folder: o
 _STEPS = flags.DEFINE_list("steps", list(STEPS), f"Steps to run, of {STEPS}.")
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 300, "CleanNet training steps (train.steps).")
 _N_INIT = flags.DEFINE_integer("n_init", 10, "refs.n_init (k-means restarts).")
+_REFS_SAMPLES = flags.DEFINE_integer("refs_samples", 50_000, "refs.max_samples_per_class.")
+_THREADS = flags.DEFINE_integer("threads", 0, "OMP / OpenBLAS threads of each step (0: their default).")
 _KNN_QUERIES = flags.DEFINE_integer("knn_queries", 50_000, "Rows searched in the approximate index (0: all).")
 _KNN_EXACT = flags.DEFINE_integer("knn_exact_queries", 1000, "Rows searched exactly (baseline, recall@10).")
 _INDEX = flags.DEFINE_enum("knn_index", "hnsw", ["ivf", "hnsw"], "neighbours index: IVF-Flat or HNSW.")
@@ -55,8 +58,13 @@ SHARD_ROWS = 8192
 
 
 def write_workdir(workdir: str, n: int, num_classes: int, noise: float, dim: int, seed: int) -> dict:
-    """Writes WORKDIR/data.tsv and the feature store WORKDIR/features/; returns what was planted."""
+    """Writes WORKDIR/data.tsv and the feature store WORKDIR/features/ (kept once written); returns the planting."""
     from cleannet_tf.features.store import FeatureStore
+
+    record = os.path.join(workdir, "planted.json")
+    if os.path.exists(record):
+        with open(record) as f:
+            return json.load(f)
 
     rng = np.random.default_rng(seed)
     latent = 128
@@ -92,8 +100,12 @@ def write_workdir(workdir: str, n: int, num_classes: int, noise: float, dim: int
         store.write_shard(shard, np.maximum(z @ projection, 0.0), np.ones(len(r), bool))
     store.finalize()
     np.save(os.path.join(workdir, "flipped.npy"), flipped[rows])
-    return {"rows": n, "classes": num_classes, "noise": float(flipped.mean()),
-            "verified": int((verified != "").sum())}
+    planted = {"rows": n, "classes": num_classes, "noise": float(flipped.mean()),
+               "verified": int((verified != "").sum())}
+    with open(record + ".tmp", "w") as f:
+        json.dump(planted, f)
+    os.replace(record + ".tmp", record)
+    return planted
 
 
 def step_config(workdir: str):
@@ -102,6 +114,7 @@ def step_config(workdir: str):
     config = config_lib.default_config()
     config.data.format, config.data.root, config.data.check_images = "tsv", os.path.join(workdir, "data.tsv"), False
     config.refs.n_init = _N_INIT.value
+    config.refs.max_samples_per_class = _REFS_SAMPLES.value
     config.cleannet.mode = "stacked"
     config.train.steps = _TRAIN_STEPS.value
     config.train.lr_decay_steps = max(1, _TRAIN_STEPS.value // 2)
@@ -187,9 +200,13 @@ def measure(step: str, workdir: str) -> dict:
     start = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-m", "benchmarks.scale", f"--step={step}", f"--workdir={workdir}",
                               f"--train_steps={_TRAIN_STEPS.value}", f"--n_init={_N_INIT.value}",
+                              f"--refs_samples={_REFS_SAMPLES.value}",
                               f"--knn_queries={_KNN_QUERIES.value}", f"--knn_exact_queries={_KNN_EXACT.value}",
                               f"--knn_index={_INDEX.value}", f"--nprobe={_NPROBE.value}",
-                              f"--ef_search={_EF_SEARCH.value}"], stdout=subprocess.PIPE, text=True)
+                              f"--ef_search={_EF_SEARCH.value}"], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, **({name: str(_THREADS.value) for name in (
+                                 "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+                                 if _THREADS.value else {})})
     output = child.stdout.read()
     _, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)
