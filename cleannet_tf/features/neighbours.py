@@ -8,10 +8,11 @@ Rows are L2-normalised here; neighbours are ranked by cosine similarity, most si
             block; memory about block_rows x N floats, never N x N). O(N^2 D): right below ~50k rows.
     faiss   approximate (faiss-cpu, the `scale` extra): the rows are projected on their top `reduce_dim`
             principal directions (centred covariance of a sample; L2 distances between rows are what the
-            projection keeps), an inverted-file index (IVF-Flat, k-means coarse quantiser, `nprobe` lists
-            searched per query) returns `candidates` rows per query in that space, and those are re-ranked by
-            their exact cosine in the full space. Memory: N x reduce_dim floats (the index) plus one block.
-            index="hnsw" replaces the inverted file by a graph (IndexHNSWFlat; ef_search), faster at 10^6 rows.
+            projection keeps), a faiss index of them (index="hnsw", the default: an HNSW graph, IndexHNSWFlat,
+            `ef_search` candidates kept while searching; index="ivf": IVF-Flat, a k-means coarse quantiser,
+            `nprobe` lists searched per query) returns `candidates` rows per query in that space, and those are
+            re-ranked by their exact cosine in the full space. Memory: N x reduce_dim floats (the index) plus one
+            block. On 10^6 real-looking rows both reach recall@10 0.995; HNSW in 0.37x IVF's CPU time (README).
 
 "auto" is exact up to EXACT_MAX_ROWS rows and faiss above (exact, with a warning, when faiss is not
 installed). Both are deterministic for a given seed and thread count. ApproximateIndex is the faiss index,
@@ -58,7 +59,7 @@ def faiss_available() -> bool:
 def nearest_neighbours(features: np.ndarray, k: int, *, exclude_self: bool = True, method: str = "auto",
                        block_rows: int = 0, exact_max_rows: int = EXACT_MAX_ROWS, reduce_dim: int = 256,
                        nlist: int = 0, nprobe: int = 64, candidates: int = 0, pca_rows: int = 20_000,
-                       seed: int = 0, index: str = "ivf", hnsw_m: int = 16,
+                       seed: int = 0, index: str = "hnsw", hnsw_m: int = 16,
                        ef_search: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """The k most cosine-similar rows of every row: (N, D) -> indices (N, k) int64, similarities (N, k) float32.
 
@@ -69,15 +70,15 @@ def nearest_neighbours(features: np.ndarray, k: int, *, exclude_self: bool = Tru
         block_rows: query rows per block (0: about BLOCK_BYTES of similarities per exact block, 1024 for faiss).
         exact_max_rows: the largest N that "auto" searches exactly.
         reduce_dim: faiss: dimensions kept by the projection (0 or >= D: none).
-        nlist, nprobe: faiss: inverted lists (0: about 4 sqrt(N)) and lists searched per query. Probing is
+        nlist, nprobe: faiss, index="ivf": inverted lists (0: about 4 sqrt(N)) and lists searched per query. Probing is
             what recall depends on: on 20k ImageNet EfficientNet-Lite0 features of CIFAR photos (500 lists),
             recall@10 0.86 with 16 probed, 0.98 with 64; PCA-256 and 30 candidates cost under 0.01 of it.
         candidates: faiss: rows per query re-ranked exactly (0: max(3k, k + 10)).
         pca_rows: faiss: rows sampled for the projection (the quantiser's k-means sees 40 x nlist rows).
         seed: faiss: the samples and the quantiser's k-means.
-        index: faiss: "ivf" (IVF-Flat, nlist / nprobe) or "hnsw" (IndexHNSWFlat, hnsw_m links per row,
-            ef_search candidates kept while searching; built on one thread, as a parallel insertion is not
-            deterministic; searched on all).
+        index: faiss: "hnsw" (IndexHNSWFlat, hnsw_m links per row, ef_search candidates kept while searching;
+            built on one thread, as a parallel insertion is not deterministic; searched on all) or "ivf"
+            (IVF-Flat, nlist / nprobe). Recall@10 on 25k real features: 0.991 (hnsw), 0.974 (ivf, 64 probed).
     Returns:
         indices (N, k) int64 and similarities (N, k) float32, each row by decreasing similarity.
     """
@@ -163,7 +164,7 @@ class ApproximateIndex:
     """
 
     def __init__(self, features: np.ndarray, *, reduce_dim: int = 256, nlist: int = 0, nprobe: int = 64,
-                 pca_rows: int = 20_000, block_rows: int = 1024, seed: int = 0, index: str = "ivf",
+                 pca_rows: int = 20_000, block_rows: int = 1024, seed: int = 0, index: str = "hnsw",
                  hnsw_m: int = 16, ef_search: int = 64):
         if not faiss_available():
             raise ImportError("method='faiss' needs faiss-cpu: pip install 'cleannet_tf[scale]'")
