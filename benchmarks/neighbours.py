@@ -130,8 +130,8 @@ def main(argv) -> None:
     try:
         anon = AnonPeak()
         start, cpu = time.perf_counter(), cpu_seconds()
-        index = neighbours.ApproximateIndex(features, reduce_dim=_REDUCE_DIM.value, nprobe=_NPROBE.value,
-                                            nlist=_NLIST.value)
+        index = neighbours.ApproximateIndex(features, index="ivf", reduce_dim=_REDUCE_DIM.value,
+                                            nprobe=_NPROBE.value, nlist=_NLIST.value)
         build = time.perf_counter() - start, cpu_seconds() - cpu
         print(f"index built: {build[0]:.0f} s ({build[1]:.0f} CPU s), {index.index.nlist} lists", flush=True)
         start, cpu = time.perf_counter(), cpu_seconds()

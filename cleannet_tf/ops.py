@@ -20,12 +20,39 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def log_normalize(features: np.ndarray) -> np.ndarray:
-    """signed_log1p, then unit L2 rows: (N, D) -> (N, D) float32."""
-    features = np.asarray(features, dtype=np.float32)
-    if features.ndim != 2:
-        raise ValueError(f"features must be (N, D). Received shape {features.shape}")
-    return unit_rows(signed_log1p(features))
+BLOCK_ROWS = 16384  # rows per block of the (N, D) loops: temporaries of one block, never of N rows
+
+
+def log_normalize(features: np.ndarray, *, block_rows: int = BLOCK_ROWS) -> np.ndarray:
+    """signed_log1p, then unit L2 rows: (N, D) -> (N, D) float32 (one output array; a block of temporaries)."""
+    if getattr(features, "ndim", np.ndim(features)) != 2:
+        raise ValueError(f"features must be (N, D). Received shape {np.shape(features)}")
+    out = np.empty(np.shape(features), np.float32)
+    for start in range(0, len(out), block_rows):  # row-wise: the same values as one pass over all rows
+        out[start:start + block_rows] = unit_rows(signed_log1p(np.asarray(features[start:start + block_rows],
+                                                                          dtype=np.float32)))
+    return out
+
+
+class LogNormalizedRows:
+    """Read-only (N, D) view of log_normalize(features): x[rows] (a slice or an index array) computes those rows.
+
+    For the blocked loops below (class_means, trimmed_class_core, a linear fit): the features' memory once, not a
+    second (N, D) copy; each read pays the logarithm again. Values equal log_normalize(features)[rows].
+    """
+
+    ndim = 2
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, features: np.ndarray):
+        self.features = features
+        self.shape = tuple(np.shape(features))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return log_normalize(self.features[rows])
 
 
 def check_labels(labels: np.ndarray, n: int, num_classes: int) -> np.ndarray:
@@ -44,7 +71,9 @@ def class_means(x: np.ndarray, labels: np.ndarray, *, num_classes: int,
     labels = check_labels(labels, len(x), num_classes)
     w = np.ones(len(x), np.float32) if weights is None else np.asarray(weights, np.float32)
     sums = np.zeros((num_classes, x.shape[1]), np.float64)
-    np.add.at(sums, labels, x * w[:, None])
+    for start in range(0, len(x), BLOCK_ROWS):  # the same additions in the same order as one np.add.at
+        block = slice(start, start + BLOCK_ROWS)
+        np.add.at(sums, labels[block], x[block] * w[block, None])
     return (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
@@ -72,7 +101,10 @@ def trimmed_class_core(x: np.ndarray, labels: np.ndarray, *, num_classes: int, k
     members = np.ones(len(x), bool)
     for _ in range(iterations):
         means = class_means(x, labels, num_classes=num_classes, weights=members)
-        own = np.einsum("nd,nd->n", x, means[labels])
+        own = np.empty(len(x), np.result_type(x.dtype, means.dtype))
+        for start in range(0, len(x), BLOCK_ROWS):  # means[labels] of one block, not (N, D)
+            block = slice(start, start + BLOCK_ROWS)
+            own[block] = np.einsum("nd,nd->n", x[block], means[labels[block]])
         members = _per_class_top(own, labels, num_classes, keep)
     return members
 

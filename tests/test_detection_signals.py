@@ -191,3 +191,33 @@ def test_refit_weighted_by_p_correct_lowers_error_on_planted_pair_flips():
         detectors.linear_classifier(x, noisy, num_classes=6, sample_weights=-weights)
     with pytest.raises(ValueError, match="sample_weights"):
         detectors.linear_classifier(x, noisy, num_classes=6, sample_weights=weights[:5])
+
+
+def test_blocked_normalisation_and_means_equal_one_pass_over_all_rows():
+    """More rows than ops.BLOCK_ROWS: the block loops give the values of one pass, bit for bit."""
+    from cleannet_tf import ops
+
+    rng = np.random.default_rng(3)
+    n = ops.BLOCK_ROWS + 3001
+    features = rng.gamma(1.0, 1.0, (n, 6)).astype(np.float32)
+    labels = rng.integers(5, size=n)
+    one_pass = ops.unit_rows(ops.signed_log1p(features))
+    np.testing.assert_array_equal(ops.log_normalize(features, block_rows=1000), one_pass)
+    view = ops.LogNormalizedRows(features)
+    assert len(view) == n and view.shape == (n, 6)
+    np.testing.assert_array_equal(view[100:2100], one_pass[100:2100])
+    np.testing.assert_array_equal(view[np.array([n - 1, 0, 7])], one_pass[[n - 1, 0, 7]])
+
+    weights = (rng.random(n) < 0.7).astype(np.float32)
+    sums = np.zeros((5, 6))
+    np.add.at(sums, labels, one_pass * weights[:, None])
+    expected = (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
+    np.testing.assert_array_equal(ops.class_means(one_pass, labels, num_classes=5, weights=weights), expected)
+    np.testing.assert_array_equal(ops.class_means(view, labels, num_classes=5, weights=weights), expected)
+
+    members = np.ones(n, bool)  # trimmed_class_core in one pass over all rows
+    for _ in range(2):
+        means = ops.class_means(one_pass, labels, num_classes=5, weights=members)
+        members = ops._per_class_top(np.einsum("nd,nd->n", one_pass, means[labels]), labels, 5, 0.7)
+    np.testing.assert_array_equal(ops.trimmed_class_core(view, labels, num_classes=5, keep=0.7, iterations=2),
+                                  members)

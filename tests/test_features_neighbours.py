@@ -48,14 +48,14 @@ def test_exact_in_chunks_of_base_rows_equals_one_chunk(monkeypatch):
 def test_exclude_self_with_duplicates_keeps_the_other_copy():
     x = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.1, 1.0]], np.float32)
     for method in ("exact", "faiss"):
-        indices, sims = neighbours.nearest_neighbours(x, 1, method=method, nlist=1, reduce_dim=0)
+        indices, sims = neighbours.nearest_neighbours(x, 1, method=method, index="ivf", nlist=1, reduce_dim=0)
         np.testing.assert_array_equal(indices[:, 0], [1, 0, 3, 2])
         np.testing.assert_allclose(sims[:2, 0], [1.0, 1.0], atol=1e-6)
 
 
 def test_faiss_recall_against_exact_and_deterministic():
     x = clustered(20000, 64, clusters=200, seed=3)
-    indices, sims = neighbours.nearest_neighbours(x, 10, method="faiss", reduce_dim=32, seed=0)
+    indices, sims = neighbours.nearest_neighbours(x, 10, method="faiss", index="ivf", reduce_dim=32, seed=0)
     assert indices.shape == (20000, 10)
     assert not (indices == np.arange(20000)[:, None]).any()
     assert (np.diff(sims, axis=1) <= 0).all()
@@ -64,10 +64,11 @@ def test_faiss_recall_against_exact_and_deterministic():
     # The similarities returned are the exact cosines of the returned rows.
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
     np.testing.assert_allclose(sims[:50], np.einsum("nd,nkd->nk", unit[:50], unit[indices[:50]]), atol=1e-5)
-    again, _ = neighbours.nearest_neighbours(x, 10, method="faiss", reduce_dim=32, seed=0)
+    again, _ = neighbours.nearest_neighbours(x, 10, method="faiss", index="ivf", reduce_dim=32, seed=0)
     np.testing.assert_array_equal(again, indices)
     # A poor index (one list probed of many, few candidates) is caught by recall_at_k: the check can fail.
-    poor, _ = neighbours.nearest_neighbours(x, 10, method="faiss", reduce_dim=2, nlist=400, nprobe=1, candidates=10)
+    poor, _ = neighbours.nearest_neighbours(x, 10, method="faiss", index="ivf", reduce_dim=2, nlist=400, nprobe=1,
+                                            candidates=10)
     assert neighbours.recall_at_k(x, poor, sample=500) < 0.9
 
 
@@ -75,7 +76,7 @@ def test_auto_switches_at_the_threshold_and_bad_input_errors():
     x = clustered(400, 16, seed=4)
     exact = neighbours.nearest_neighbours(x, 5, method="exact")
     np.testing.assert_array_equal(neighbours.nearest_neighbours(x, 5)[0], exact[0])  # below: exact
-    approx = neighbours.nearest_neighbours(x, 5, exact_max_rows=100, nlist=4, nprobe=4, reduce_dim=0)
+    approx = neighbours.nearest_neighbours(x, 5, exact_max_rows=100, index="ivf", nlist=4, nprobe=4, reduce_dim=0)
     np.testing.assert_array_equal(approx[0], exact[0])  # above: faiss, here probing every list
     with pytest.raises(ValueError, match="k must be in"):
         neighbours.nearest_neighbours(x, 400)
@@ -103,3 +104,19 @@ def test_approximate_index_searches_any_query_rows_like_the_whole_search():
     np.testing.assert_array_equal(part[0], whole[0][rows])
     np.testing.assert_allclose(part[1], whole[1][rows])
     np.testing.assert_array_equal(neighbours.nearest_neighbours(x, 5, method="faiss", reduce_dim=16)[0], whole[0])
+
+
+def test_hnsw_index_recall_against_exact_and_a_poor_graph_is_caught():
+    x = clustered(8000, 64, clusters=100, seed=8)
+    indices, sims = neighbours.nearest_neighbours(x, 10, method="faiss", index="hnsw", reduce_dim=32, ef_search=64)
+    assert indices.shape == (8000, 10) and not (indices == np.arange(8000)[:, None]).any()
+    assert (np.diff(sims, axis=1) <= 0).all()
+    assert neighbours.recall_at_k(x, indices, sample=500) >= 0.95
+    again, _ = neighbours.nearest_neighbours(x, 10, method="faiss", index="hnsw", reduce_dim=32, ef_search=64)
+    np.testing.assert_array_equal(again, indices)  # the graph is built on one thread: deterministic
+    # A graph of 2 links per row searched with 10 candidates, in 2 projected dims, misses most neighbours.
+    poor, _ = neighbours.nearest_neighbours(x, 10, method="faiss", index="hnsw", reduce_dim=2, hnsw_m=2,
+                                            ef_search=10, candidates=10)
+    assert neighbours.recall_at_k(x, poor, sample=500) < 0.9
+    with pytest.raises(ValueError, match="index must be"):
+        neighbours.nearest_neighbours(x, 5, method="faiss", index="lsh")

@@ -231,6 +231,33 @@ def test_load_verifier_scores_like_scores_tsv(verified_workdir):
     assert [class_names[c] for c in np.asarray(out["suggested_label"])] == list(scores.suggested_labels[:50])
 
 
+def test_streamed_scores_equal_the_in_memory_scores(verified_workdir):
+    """scores.tsv, scored batch by batch (own_label_scores), holds the entries of the (P, C) score matrix."""
+    config, workdir, _, _, _ = verified_workdir
+    model, class_names, _ = load_verifier(workdir)
+    data, _ = load_training_inputs(config, workdir)
+    all_scores = verifier.class_scores(model, data.features)  # (P, C) in memory
+    logits = verifier.class_scores(model, data.features, logits=True)
+    rows = np.arange(len(data.labels))
+    own, best = all_scores[rows, data.labels], all_scores.argmax(axis=1)
+    streamed = verifier.own_label_scores(model, data.features, data.labels)
+    np.testing.assert_array_equal(streamed["score"], own)
+    np.testing.assert_array_equal(streamed["suggested_label"], best)
+    np.testing.assert_array_equal(streamed["suggested_score"], all_scores[rows, best])
+    np.testing.assert_array_equal(streamed["rank_score"], logits[rows, data.labels])
+    small = verifier.own_label_scores(model, data.features, data.labels, batch_size=37)  # batches of 37 rows
+    np.testing.assert_allclose(small["score"], own, atol=1e-6)
+    np.testing.assert_allclose(small["rank_score"], logits[rows, data.labels], atol=1e-5)
+
+    written = scores_tsv.read_scores_tsv(os.path.join(workdir, "verify", "scores.tsv"))
+    table = load_table(config, workdir)
+    assert list(written.keys) == list(table.keys[data.table_rows])
+    np.testing.assert_array_equal(written.scores, np.array([float(f"{v:.6f}") for v in own], np.float32))
+    np.testing.assert_array_equal(written.suggested_scores,
+                                  np.array([float(f"{v:.6f}") for v in all_scores[rows, best]], np.float32))
+    assert list(written.suggested_labels) == [class_names[c] for c in best]
+
+
 def test_calibration_classes_are_kept_out_of_training(verified_workdir):
     config, workdir, report, _, _ = verified_workdir
     table = load_table(config, workdir)

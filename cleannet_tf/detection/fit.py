@@ -14,6 +14,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from cleannet_tf import ops
 from cleannet_tf.detection import label_noise, metrics, verifier
 from cleannet_tf.detection import signals as detectors
 from cleannet_tf.features import pool as train_data
@@ -80,7 +81,7 @@ def fit_verifier(cleannet: keras.Model, data: train_data.TrainingData, reference
     scoring = verifier.MODE_SCORING[mode]
     num_classes = len(reference_sets.class_names)
     class_embeddings = encode_classes(cleannet, reference_sets.references).numpy()
-    x = detectors.log_normalize(data.features)
+    x = ops.LogNormalizedRows(data.features)  # (P, D) log-normalised rows, computed block by block when read
     class_means = detectors.robust_class_means(x, data.labels, num_classes=num_classes, keep=class_mean_keep)
     signals = tuple(signals)
     if scoring == "stacked":

@@ -167,7 +167,7 @@ def write_report(output_dir: str, *, keys, labels, scores, verification, validat
     verification, validation = np.asarray(verification), np.asarray(validation, bool)
     class_names = list(class_names)
     heldout = {name for name, value in metrics.get("per_class", {}).items() if value.get("heldout")}
-    held_rows = np.array([class_names[c] in heldout for c in labels], bool)
+    held_rows = np.array([name in heldout for name in class_names], bool)[labels]  # (N,), O(N) memory
 
     sample = np.random.default_rng(0).permutation(len(scores))[:200_000]  # plots stay fast at millions of rows
     figures = {

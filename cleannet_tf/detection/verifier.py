@@ -308,6 +308,31 @@ def class_scores(verifier: keras.Model, features: np.ndarray, *, batch_size: int
     return np.concatenate(chunks) if chunks else np.zeros((0, num_classes), np.float32)
 
 
+def own_label_scores(verifier: keras.Model, features: np.ndarray, labels: np.ndarray, *,
+                     batch_size: int = 4096) -> dict[str, np.ndarray]:
+    """Per-row figures of (N, D) features and (N,) labels, batch by batch (no (N, C) array; dropout off).
+
+    Returns (N,) arrays: "score" float32 (own label's), "suggested_label" int64 (best class, first of ties),
+    "suggested_score" float32, "rank_score" float64 (the own label's stacked logit; the score otherwise):
+    the entries class_scores(...) and class_scores(..., logits=True) give.
+    """
+    n = len(features)
+    out = {"score": np.empty(n, np.float32), "suggested_label": np.empty(n, np.int64),
+           "suggested_score": np.empty(n, np.float32), "rank_score": np.empty(n, np.float64)}
+    for start, (head, batch, query) in zip(range(0, n, batch_size), _batches(verifier, features, batch_size),
+                                           strict=True):
+        logits = head.logits(batch, query)
+        scores = (2.0 * tf.sigmoid(logits / STACKED_TEMPERATURE) - 1.0 if head.scoring == "stacked"
+                  else logits).numpy()  # class_scores' formula on the same logits
+        rows, own = np.arange(len(scores)), np.asarray(labels[start:start + batch_size], np.int64)
+        block = slice(start, start + len(scores))
+        out["score"][block] = scores[rows, own]
+        out["suggested_label"][block] = suggested = scores.argmax(axis=1)
+        out["suggested_score"][block] = scores[rows, suggested]
+        out["rank_score"][block] = logits.numpy().astype(np.float64)[rows, own]
+    return out
+
+
 def own_class_signals(verifier: keras.Model, features: np.ndarray, labels: np.ndarray, *, names=SIGNAL_NAMES,
                       batch_size: int = 4096) -> np.ndarray:
     """(N, D), (N,) -> (N, F) float64: the signals `names` (SIGNAL_NAMES) of each image against its own label."""

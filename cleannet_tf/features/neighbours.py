@@ -8,9 +8,11 @@ Rows are L2-normalised here; neighbours are ranked by cosine similarity, most si
             block; memory about block_rows x N floats, never N x N). O(N^2 D): right below ~50k rows.
     faiss   approximate (faiss-cpu, the `scale` extra): the rows are projected on their top `reduce_dim`
             principal directions (centred covariance of a sample; L2 distances between rows are what the
-            projection keeps), an inverted-file index (IVF-Flat, k-means coarse quantiser, `nprobe` lists
-            searched per query) returns `candidates` rows per query in that space, and those are re-ranked by
-            their exact cosine in the full space. Memory: N x reduce_dim floats (the index) plus one block.
+            projection keeps), a faiss index of them (index="hnsw", the default: an HNSW graph, IndexHNSWFlat,
+            `ef_search` candidates kept while searching; index="ivf": IVF-Flat, a k-means coarse quantiser,
+            `nprobe` lists searched per query) returns `candidates` rows per query in that space, and those are
+            re-ranked by their exact cosine in the full space. Memory: N x reduce_dim floats (the index) plus one
+            block. On 10^6 real-looking rows both reach recall@10 0.995; HNSW in 0.37x IVF's CPU time (README).
 
 "auto" is exact up to EXACT_MAX_ROWS rows and faiss above (exact, with a warning, when faiss is not
 installed). Both are deterministic for a given seed and thread count. ApproximateIndex is the faiss index,
@@ -26,6 +28,7 @@ import numpy as np
 from absl import logging
 
 METHODS = ("auto", "exact", "faiss")
+INDEXES = ("ivf", "hnsw")  # the faiss index of the projected rows
 EXACT_MAX_ROWS = 50_000
 BLOCK_BYTES = 1 << 27  # 128 MB of similarities per exact block (peak about 4x: the top-k selection)
 
@@ -56,7 +59,8 @@ def faiss_available() -> bool:
 def nearest_neighbours(features: np.ndarray, k: int, *, exclude_self: bool = True, method: str = "auto",
                        block_rows: int = 0, exact_max_rows: int = EXACT_MAX_ROWS, reduce_dim: int = 256,
                        nlist: int = 0, nprobe: int = 64, candidates: int = 0, pca_rows: int = 20_000,
-                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                       seed: int = 0, index: str = "hnsw", hnsw_m: int = 16,
+                       ef_search: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """The k most cosine-similar rows of every row: (N, D) -> indices (N, k) int64, similarities (N, k) float32.
 
     Args:
@@ -66,12 +70,15 @@ def nearest_neighbours(features: np.ndarray, k: int, *, exclude_self: bool = Tru
         block_rows: query rows per block (0: about BLOCK_BYTES of similarities per exact block, 1024 for faiss).
         exact_max_rows: the largest N that "auto" searches exactly.
         reduce_dim: faiss: dimensions kept by the projection (0 or >= D: none).
-        nlist, nprobe: faiss: inverted lists (0: about 4 sqrt(N)) and lists searched per query. Probing is
+        nlist, nprobe: faiss, index="ivf": inverted lists (0: about 4 sqrt(N)) and lists searched per query. Probing is
             what recall depends on: on 20k ImageNet EfficientNet-Lite0 features of CIFAR photos (500 lists),
             recall@10 0.86 with 16 probed, 0.98 with 64; PCA-256 and 30 candidates cost under 0.01 of it.
         candidates: faiss: rows per query re-ranked exactly (0: max(3k, k + 10)).
         pca_rows: faiss: rows sampled for the projection (the quantiser's k-means sees 40 x nlist rows).
         seed: faiss: the samples and the quantiser's k-means.
+        index: faiss: "hnsw" (IndexHNSWFlat, hnsw_m links per row, ef_search candidates kept while searching;
+            built on one thread, as a parallel insertion is not deterministic; searched on all) or "ivf"
+            (IVF-Flat, nlist / nprobe). Recall@10 on 25k real features: 0.991 (hnsw), 0.974 (ivf, 64 probed).
     Returns:
         indices (N, k) int64 and similarities (N, k) float32, each row by decreasing similarity.
     """
@@ -86,9 +93,10 @@ def nearest_neighbours(features: np.ndarray, k: int, *, exclude_self: bool = Tru
             method = "exact"
     if method == "exact":
         return exact_search(features, k, exclude_self=exclude_self, block_rows=block_rows)
-    index = ApproximateIndex(features, reduce_dim=reduce_dim, nlist=nlist, nprobe=nprobe, pca_rows=pca_rows,
-                             block_rows=block_rows or 1024, seed=seed)
-    return index.search(k, exclude_self=exclude_self, candidates=candidates)
+    approximate = ApproximateIndex(features, reduce_dim=reduce_dim, nlist=nlist, nprobe=nprobe, pca_rows=pca_rows,
+                                   block_rows=block_rows or 1024, seed=seed, index=index, hnsw_m=hnsw_m,
+                                   ef_search=ef_search)
+    return approximate.search(k, exclude_self=exclude_self, candidates=candidates)
 
 
 def _top_k(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,13 +157,15 @@ def _projection(features, rows: np.ndarray, reduce_dim: int) -> tuple[np.ndarray
 class ApproximateIndex:
     """The faiss search of nearest_neighbours, built once and searched for any query rows.
 
-    Build: the projection (on `pca_rows` sampled rows), the IVF-Flat index of every projected row (its
-    coarse quantiser trained on 40 x nlist sampled rows). Memory: N x reduce_dim floats plus one block.
+    Build: the projection (on `pca_rows` sampled rows), then the index of every projected row: IVF-Flat (its
+    coarse quantiser trained on 40 x nlist sampled rows) or HNSW (index="hnsw"). Memory: N x reduce_dim floats
+    (HNSW: plus 2 hnsw_m links per row) plus one block.
     Arguments as nearest_neighbours'.
     """
 
     def __init__(self, features: np.ndarray, *, reduce_dim: int = 256, nlist: int = 0, nprobe: int = 64,
-                 pca_rows: int = 20_000, block_rows: int = 1024, seed: int = 0):
+                 pca_rows: int = 20_000, block_rows: int = 1024, seed: int = 0, index: str = "hnsw",
+                 hnsw_m: int = 16, ef_search: int = 64):
         if not faiss_available():
             raise ImportError("method='faiss' needs faiss-cpu: pip install 'cleannet_tf[scale]'")
         import faiss
@@ -166,8 +176,22 @@ class ApproximateIndex:
         rng = np.random.default_rng(seed)
         self.mean, self.directions = _projection(features, rng.choice(n, min(n, pca_rows), replace=False),
                                                  reduce_dim)
-        nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 40))
         dim = len(self.mean) if self.directions is None else self.directions.shape[1]
+        if index not in INDEXES:
+            raise ValueError(f"index must be one of {INDEXES}. Received {index!r}")
+        if index == "hnsw":
+            self.index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_L2)
+            self.index.hnsw.efConstruction = max(80, ef_search)
+            threads = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)  # the graph of a parallel insertion depends on the threads' timing
+            try:
+                for start in range(0, n, 16 * block_rows):
+                    self.index.add(self._reduced(slice(start, start + 16 * block_rows)))
+            finally:
+                faiss.omp_set_num_threads(threads)
+            self.index.hnsw.efSearch = ef_search
+            return
+        nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 40))
         self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist, faiss.METRIC_L2)
         self.index.cp.seed = seed
         self.index.cp.niter = 10

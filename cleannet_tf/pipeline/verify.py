@@ -73,14 +73,13 @@ def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: datase
         table.class_names, calibration, config.cleannet.calibration_fraction)
     info["features_warnings"] = _features_warnings(config, workdir)  # the report repeats them
     threshold = info["threshold"]
-    all_scores = verifier.class_scores(model, data.features)  # (P, C)
-    scores = all_scores[np.arange(len(data.labels)), data.labels]
-    suggested = all_scores.argmax(axis=1)
-    # The stacked logit orders the images whose scores saturate (float32 2 sigmoid - 1 is -1 below logit -17).
-    rank_scores = verifier.class_scores(model, data.features, logits=True)[np.arange(len(data.labels)), data.labels]
+    # Batch by batch: (P,) arrays only, no (P, C) matrix. The stacked logit (rank_score) orders the images
+    # whose scores saturate (float32 2 sigmoid - 1 is -1 below logit -17).
+    scored = verifier.own_label_scores(model, data.features, data.labels)
     with atomic_io.staging_dir(verify_dir(workdir)) as output_dir:  # published whole, replacing the last set
-        report = _write_outputs(output_dir, config, table, data, model, info, scores, all_scores, suggested,
-                                calibration_classes=calibration, rank_scores=rank_scores)
+        report = _write_outputs(output_dir, config, table, data, model, info, scored["score"],
+                                scored["suggested_score"], scored["suggested_label"],
+                                calibration_classes=calibration, rank_scores=scored["rank_score"])
     logging.info("cleannet-verify: threshold %.4f, detection error %s (held-out %s), %d of %d images flagged.",
                  threshold, report["detection_error"], report["detection_error_heldout"], report["n_flagged"],
                  report["n_images"])
@@ -107,11 +106,14 @@ def _features_warnings(config: ml_collections.ConfigDict, workdir: str) -> list[
 
 def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: datasets.LabelTable,
                    data: train_data.TrainingData, model: keras.Model, info: dict, scores: np.ndarray,
-                   all_scores: np.ndarray, suggested: np.ndarray,
+                   suggested_scores: np.ndarray, suggested: np.ndarray,
                    calibration_classes: np.ndarray | None = None, rank_scores: np.ndarray | None = None) -> dict:
-    """scores.tsv, verifier.keras, metrics.json, to_verify.tsv, report.html into output_dir; returns the metrics."""
+    """scores.tsv, verifier.keras, metrics.json, to_verify.tsv, report.html into output_dir; returns the metrics.
+
+    scores, suggested_scores (P,) float32, suggested (P,) int: each pool row's own-label score, best class and
+    its score (verifier.own_label_scores).
+    """
     threshold = info["threshold"]
-    pool = np.arange(len(data.labels))
     class_names = np.asarray(data.class_names)
     probabilities = verifier.correct_probabilities(model, scores)  # the verifier's calibration (fit_verifier)
     # The soft weight: the calibrated P(label correct); in paper mode the paper's max(0, cos) (= its weight_soft).
@@ -120,7 +122,7 @@ def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: da
     scores_tsv.write_scores_tsv(os.path.join(output_dir, "scores.tsv"), scores_tsv.ScoresTable(
         keys=table.keys[data.table_rows], labels=class_names[data.labels], scores=scores,
         noisy=scores < threshold, weight_soft=weight_soft, weight_hard=scores >= threshold,
-        suggested_labels=class_names[suggested], suggested_scores=all_scores[pool, suggested],
+        suggested_labels=class_names[suggested], suggested_scores=suggested_scores,
         p_correct=probabilities if probabilities is not None else np.full(len(scores), np.nan)))
     checkpointing.save_model(model, os.path.join(output_dir, "verifier.keras"))
     report = {"mode": config.cleannet.mode, **info,
@@ -155,6 +157,6 @@ def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: da
         output_dir, keys=keys, labels=data.labels, scores=scores, verification=data.verification,
         validation=validation, threshold=threshold, class_names=class_names,
         image_paths=table.paths[data.table_rows], suggested_labels=suggested,
-        suggested_scores=all_scores[pool, suggested], metrics=report,
+        suggested_scores=suggested_scores, metrics=report,
         worst_classes=config.verify.report_classes, rank_scores=rank_scores)
     return report
