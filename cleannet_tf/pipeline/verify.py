@@ -79,7 +79,7 @@ def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: datase
     with atomic_io.staging_dir(verify_dir(workdir)) as output_dir:  # published whole, replacing the last set
         report = _write_outputs(output_dir, config, table, data, model, info, scored["score"],
                                 scored["suggested_score"], scored["suggested_label"],
-                                calibration_classes=calibration, rank_scores=scored["rank_score"])
+                                rank_scores=scored["rank_score"])
     logging.info("cleannet-verify: threshold %.4f, detection error %s (held-out %s), %d of %d images flagged.",
                  threshold, report["detection_error"], report["detection_error_heldout"], report["n_flagged"],
                  report["n_images"])
@@ -107,7 +107,7 @@ def _features_warnings(config: ml_collections.ConfigDict, workdir: str) -> list[
 def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: datasets.LabelTable,
                    data: train_data.TrainingData, model: keras.Model, info: dict, scores: np.ndarray,
                    suggested_scores: np.ndarray, suggested: np.ndarray,
-                   calibration_classes: np.ndarray | None = None, rank_scores: np.ndarray | None = None) -> dict:
+                   rank_scores: np.ndarray | None = None) -> dict:
     """scores.tsv, verifier.keras, metrics.json, to_verify.tsv, report.html into output_dir; returns the metrics.
 
     scores, suggested_scores (P,) float32, suggested (P,) int: each pool row's own-label score, best class and
