@@ -585,11 +585,18 @@ def test_retrain_runs_train_and_verify_with_the_review_labels(server):
 
 
 def _children(pid: int) -> list[int]:
-    """Child pids of `pid` (every thread's), from /proc."""
+    """Child pids of `pid`: every /proc/<n>/stat whose parent field is `pid`."""
     found = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            found += [int(child) for child in f.read().split()]
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue  # gone between listdir and open
+        if int(fields[1]) == pid:
+            found.append(int(entry))
     return found
 
 
@@ -610,7 +617,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads child pids from Linux's /proc")
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads child pids from Linux's /proc")
 def test_a_sigkilled_server_takes_its_retrain_with_it(workdir, tmp_path):
     config_path, work, _ = workdir
     process, url = start_review_process(config_path, work, str(tmp_path / "server.log"), retrain=True)
@@ -623,5 +630,8 @@ def test_a_sigkilled_server_takes_its_retrain_with_it(workdir, tmp_path):
         process.kill()
         process.wait(timeout=30)
         wait_for(lambda: not _alive(train), "the orphaned cleannet-train to stop", timeout=30)
+        # Stopped, not finished: an orphan left running would go on to write the model.
+        time.sleep(2)
+        assert not os.path.exists(os.path.join(work, "cleannet", "model.keras")), _cmdline(train)
     finally:
         process.kill()
