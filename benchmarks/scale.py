@@ -48,7 +48,9 @@ _KNN_QUERIES = flags.DEFINE_integer("knn_queries", 50_000, "Rows searched in the
 _KNN_EXACT = flags.DEFINE_integer("knn_exact_queries", 1000, "Rows searched exactly (baseline, recall@10).")
 _INDEX = flags.DEFINE_enum("knn_index", "hnsw", ["ivf", "hnsw"], "neighbours index: IVF-Flat or HNSW.")
 _NPROBE = flags.DEFINE_integer("nprobe", 64, "neighbours nprobe (ivf).")
-_EF_SEARCH = flags.DEFINE_integer("ef_search", 64, "neighbours ef_search (hnsw).")
+_EF_SEARCH = flags.DEFINE_integer("ef_search", 64, "neighbours ef_search (hnsw): the effort the tuning starts at.")
+_TARGET_RECALL = flags.DEFINE_float("target_recall", 0.95, "ApproximateIndex.tune's target (nearest_neighbours' "
+                                    "default; 0: search at --ef_search / --nprobe as given).")
 _SEED = flags.DEFINE_integer("seed", 0, "Data seed.")
 _STEP = flags.DEFINE_string("step", "", "Internal: run one step of the workdir --workdir in this process.")
 
@@ -150,6 +152,10 @@ def run_knn(workdir: str) -> str:
     index = neighbours.ApproximateIndex(x, index=_INDEX.value, nprobe=_NPROBE.value, ef_search=_EF_SEARCH.value)
     build_cpu, build_wall = time.process_time() - cpu, time.perf_counter() - wall
     cpu, wall = time.process_time(), time.perf_counter()
+    if _TARGET_RECALL.value > 0:
+        index.tune(k, target_recall=_TARGET_RECALL.value)
+    tune_cpu, tune_wall = time.process_time() - cpu, time.perf_counter() - wall
+    cpu, wall = time.process_time(), time.perf_counter()
     found, _ = index.search(k, queries=queries)
     search_cpu, search_wall = time.process_time() - cpu, time.perf_counter() - wall
     exact_rows = np.sort(rng.choice(len(queries), min(len(queries), _KNN_EXACT.value), replace=False))
@@ -161,10 +167,14 @@ def run_knn(workdir: str) -> str:
     flipped = np.load(os.path.join(workdir, "flipped.npy"))[queries]
     auc = roc_auc_score(flipped, -agreement)
     scale = n / len(queries)
+    effort = index.effort
     del index, x
     os.remove(path)
-    setting = f"nprobe {_NPROBE.value}" if _INDEX.value == "ivf" else f"ef_search {_EF_SEARCH.value}"
-    return (f"knn: {_INDEX.value} {setting}, {len(queries)} of {n} rows searched: build {build_wall:.0f} s "
+    start = _NPROBE.value if _INDEX.value == "ivf" else _EF_SEARCH.value
+    setting = (f"{'nprobe' if _INDEX.value == 'ivf' else 'ef_search'} {effort}"
+               + (f" (tuned from {start} to recall {_TARGET_RECALL.value:g})" if _TARGET_RECALL.value > 0 else ""))
+    build_wall, build_cpu = build_wall + tune_wall, build_cpu + tune_cpu
+    return (f"knn: {_INDEX.value} {setting}, {len(queries)} of {n} rows searched: build and tune {build_wall:.0f} s "
             f"({build_cpu:.0f} CPU-s), search {search_wall:.0f} s ({search_cpu:.0f} CPU-s) -> all {n} rows "
             f"~{build_wall + search_wall * scale:.0f} s ({build_cpu + search_cpu * scale:.0f} CPU-s); exact "
             f"{len(exact_rows)} rows {exact_wall:.1f} s -> all rows ~{exact_wall * n / len(exact_rows):.0f} s "
@@ -203,7 +213,8 @@ def measure(step: str, workdir: str) -> dict:
                               f"--refs_samples={_REFS_SAMPLES.value}",
                               f"--knn_queries={_KNN_QUERIES.value}", f"--knn_exact_queries={_KNN_EXACT.value}",
                               f"--knn_index={_INDEX.value}", f"--nprobe={_NPROBE.value}",
-                              f"--ef_search={_EF_SEARCH.value}"], stdout=subprocess.PIPE, text=True,
+                              f"--ef_search={_EF_SEARCH.value}", f"--target_recall={_TARGET_RECALL.value}"],
+                             stdout=subprocess.PIPE, text=True,
                              env={**os.environ, **({name: str(_THREADS.value) for name in (
                                  "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
                                  if _THREADS.value else {})})

@@ -69,6 +69,9 @@ def test_demo_runs_every_step_then_skips_them(tmp_path):
     calibration_val = verified & np.isin(table.labels, calibration) & (table.split == datasets.SPLIT_VAL)
     assert cleannet["best"]["n_val_heldout"] == verify["n_val_heldout"] + calibration_val.sum()
     assert "the ten most suspicious labels" in first.stdout
+    listed = first.stdout.split("the ten most suspicious labels")[1].split("  served")[0].splitlines()[2:]
+    ranks = [float(line.split()[3]) for line in listed if line.strip()]
+    assert len(ranks) == 10 and ranks == sorted(ranks)  # by the rank score (the stacked logit), lowest first
     classifier = json.loads((workdir / "classifier" / "metrics.json").read_text())
     assert classifier["weighting"] == "none" and 0.0 <= classifier["test_accuracy"] <= 1.0
     # It ends by exporting, serving saved_models/ and verifying images through the official stub.

@@ -116,7 +116,32 @@ def test_hnsw_index_recall_against_exact_and_a_poor_graph_is_caught():
     np.testing.assert_array_equal(again, indices)  # the graph is built on one thread: deterministic
     # A graph of 2 links per row searched with 10 candidates, in 2 projected dims, misses most neighbours.
     poor, _ = neighbours.nearest_neighbours(x, 10, method="faiss", index="hnsw", reduce_dim=2, hnsw_m=2,
-                                            ef_search=10, candidates=10)
+                                            ef_search=10, candidates=10, target_recall=0)
     assert neighbours.recall_at_k(x, poor, sample=500) < 0.9
     with pytest.raises(ValueError, match="index must be"):
         neighbours.nearest_neighbours(x, 5, method="faiss", index="lsh")
+
+
+def test_search_effort_is_raised_until_recall_meets_the_target_and_a_shortfall_is_logged(caplog):
+    x = clustered(8000, 64, clusters=100, seed=8)
+    graph = neighbours.ApproximateIndex(x, index="hnsw", reduce_dim=32, hnsw_m=2, ef_search=10)
+    poor = neighbours.recall_at_k(x, graph.search(10, candidates=10)[0], sample=500)
+    assert poor < 0.7
+    assert graph.tune(10, target_recall=0.9, candidates=10) >= 0.9 and graph.effort > 10
+    # Tuned on 200 rows, it holds on others.
+    assert neighbours.recall_at_k(x, graph.search(10, candidates=10)[0], sample=500, seed=5) >= 0.9
+    lists = neighbours.ApproximateIndex(x, index="ivf", reduce_dim=32, nprobe=1)
+    assert neighbours.recall_at_k(x, lists.search(10)[0], sample=500) < 0.9
+    assert lists.tune(10) >= neighbours.TARGET_RECALL and lists.effort > 1
+    # nearest_neighbours tunes by default; target_recall=0 keeps the effort given.
+    tuned, _ = neighbours.nearest_neighbours(x, 10, method="faiss", reduce_dim=32, hnsw_m=4, ef_search=4)
+    untuned, _ = neighbours.nearest_neighbours(x, 10, method="faiss", reduce_dim=32, hnsw_m=4, ef_search=4,
+                                               candidates=10, target_recall=0)
+    assert neighbours.recall_at_k(x, tuned, sample=500, seed=5) >= 0.95
+    assert neighbours.recall_at_k(x, untuned, sample=500, seed=5) < 0.95
+    # Two projected dims cannot reach the target at any effort: the most tried is kept, with a warning.
+    flat = neighbours.ApproximateIndex(x, index="hnsw", reduce_dim=2, hnsw_m=2, ef_search=512)
+    with caplog.at_level("WARNING"):
+        assert flat.tune(10, target_recall=0.99, candidates=10) < 0.99
+    assert flat.effort == neighbours.MAX_EF_SEARCH
+    assert "below the target 0.99" in caplog.text

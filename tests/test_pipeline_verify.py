@@ -159,6 +159,10 @@ def test_verify_writes_scores_metrics_and_verifier(verified_workdir):
     # Soft weights: the calibrated P(label correct) (stacked mode), never 0 for an unsure image.
     np.testing.assert_allclose(scores.weight_soft, scores.p_correct, atol=2e-6)
     assert np.all(np.diff(scores.p_correct[np.argsort(scores.scores)]) >= -1e-6)  # monotone in the score
+    # rank_score, the stacked logit, orders the images the same way and keeps apart those the score ties.
+    assert np.all(np.diff(scores.scores[np.argsort(scores.rank_score, kind="stable")]) >= -1e-6)
+    low = scores.scores <= scores.scores.min() + 1e-6
+    assert len(np.unique(scores.rank_score[low])) == low.sum()
     np.testing.assert_array_equal(scores.weight_hard == 1, ~scores.noisy)
     # The saved verifier holds that calibration: its weight_soft output is scores.tsv's.
     assert report["calibration"] == "platt"

@@ -159,9 +159,10 @@ def _verify_through_the_server(workdir: str, table: datasets.LabelTable, suspici
 def _most_suspicious(workdir: str, truth: dict[str, int], class_names, *, count: int) -> list[dict]:
     """The `count` lowest-scored images of WORKDIR/verify/scores.tsv, with their true label (demo only)."""
     scores = scores_tsv.read_scores_tsv(f"{verify_dir(workdir)}/scores.tsv")
-    # Lowest score first; among equal scores, the image another class claims most strongly.
-    order = np.lexsort((-scores.suggested_scores, scores.scores))[:count]
+    # Lowest rank score first (the stacked logit: it still orders the images whose score is -1.000).
+    order = np.lexsort((-scores.suggested_scores, scores.rank_score))[:count]
     return [{"key": str(scores.keys[i]), "label": str(scores.labels[i]), "score": float(scores.scores[i]),
+             "rank_score": float(scores.rank_score[i]),
              "suggested": str(scores.suggested_labels[i]),
              "true": class_names[truth[scores.keys[i]]] if scores.keys[i] in truth else "?"} for i in order]
 
@@ -195,10 +196,10 @@ def format_summary(summary: dict, *, seconds: float) -> str:
         lines.append(f"    (stacked score of: {', '.join(detection['cleannet']['signals'])})")
     if summary.get("suspicious"):
         lines.append("  the ten most suspicious labels (cleannet-verify; full list in verify/scores.tsv):")
-        lines.append(f"    {'image':<46} {'label':>8} {'score':>7} {'suggested':>10} {'true':>8}")
+        lines.append(f"    {'image':<46} {'label':>8} {'score':>7} {'rank':>7} {'suggested':>10} {'true':>8}")
         for row in summary["suspicious"]:
-            lines.append(f"    {row['key']:<46} {row['label']:>8} {row['score']:>7.3f} {row['suggested']:>10} "
-                         f"{row['true']:>8}")
+            lines.append(f"    {row['key']:<46} {row['label']:>8} {row['score']:>7.3f} "
+                         f"{row.get('rank_score', row['score']):>7.1f} {row['suggested']:>10} {row['true']:>8}")
     served = summary.get("served")
     if served:
         lines.append(f"  served         saved_models/ through the TF Serving gRPC API (127.0.0.1:{served['port']}); "

@@ -123,7 +123,8 @@ def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: da
         keys=table.keys[data.table_rows], labels=class_names[data.labels], scores=scores,
         noisy=scores < threshold, weight_soft=weight_soft, weight_hard=scores >= threshold,
         suggested_labels=class_names[suggested], suggested_scores=suggested_scores,
-        p_correct=probabilities if probabilities is not None else np.full(len(scores), np.nan)))
+        p_correct=probabilities if probabilities is not None else np.full(len(scores), np.nan),
+        rank_score=rank_scores))
     checkpointing.save_model(model, os.path.join(output_dir, "verifier.keras"))
     report = {"mode": config.cleannet.mode, **info,
               **detection_report(scores, data, threshold, probabilities),
