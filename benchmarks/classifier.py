@@ -43,6 +43,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from benchmarks import truth_tsv
 from cleannet_tf import atomic_io, pipeline
 from cleannet_tf import config as config_lib
 from cleannet_tf.data import demo
@@ -83,15 +84,6 @@ def release_config(base: ml_collections.ConfigDict, root: str, features: str):
     return config_lib.validate(config)
 
 
-def read_truth(path: str) -> dict[str, str]:
-    """key -> true class name, from a truth.tsv (header, then key, noisy, true)."""
-    with open(path) as f:
-        header = f.readline().rstrip("\n").split("\t")
-        if header[:3] != ["key", "noisy", "true"]:
-            raise ValueError(f"{path}:1: expected header key, noisy, true; got {header}")
-        return {fields[0]: fields[2] for fields in (line.rstrip("\n").split("\t") for line in f)}
-
-
 def run_release(config, workdir: str, truth_path: str) -> dict:
     """Verify (reused when complete), the four classifiers, and the noise rates against the truth of one release."""
     table = load_table(config, workdir)
@@ -99,7 +91,7 @@ def run_release(config, workdir: str, truth_path: str) -> dict:
     scores_path = os.path.join(verify_dir(workdir), "scores.tsv")
     if _REVERIFY.value or np.isnan(scores_tsv.read_scores_tsv(scores_path).p_correct).all():
         pipeline.run_step("verify", config, workdir, table=table)
-    truth = read_truth(truth_path)
+    truth = truth_tsv.read_truth(truth_path)
     index = {name: c for c, name in enumerate(table.class_names)}
     true_labels = np.array([index[truth[key]] if key in truth else label
                             for key, label in zip(table.keys, table.labels, strict=True)], table.labels.dtype)

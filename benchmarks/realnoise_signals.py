@@ -13,12 +13,15 @@ fitted on the verified classes' verified_train rows; benchmarks/realnoise.py's `
     + knn agreement / + knn mean score / smoothed scores / per-class standardised / z-scored features
     softmax head ce / gce      a linear softmax head on the features (Adam, batch 256), cross-entropy, GCE (q 0.7)
                                or label smoothing 0.3
+    ORACLE                     with --truth: the ridge fitted on the TRUE labels, out of fold (5 folds: no row is
+                               scored by a fit that saw it), stacked the same way: the error of a linear detector
+                               on these features that knew every other image's true label (a bound, not a method)
 
     python -m benchmarks.realnoise_signals --dataset=cifar10n_worst --seeds=0,1,2 --releases=RELEASES \\
         --features=FEATURES/effl0_features_{release}.npz
 
 Same flags as benchmarks/realnoise.py (its --config, --dataset, --seeds, --releases, --features); --softmax=false
-skips the TensorFlow heads (the slow part).
+skips the TensorFlow heads (the slow part); --truth=RELEASES/{release}.truth.tsv adds the oracle row.
 """
 
 from __future__ import annotations
@@ -30,13 +33,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from benchmarks import realnoise  # noqa: E402  (its flags)
+from benchmarks import realnoise, truth_tsv  # noqa: E402  (realnoise: its flags)
 from cleannet_tf.detection import signals as detectors  # noqa: E402
 from cleannet_tf.features import neighbours, pool  # noqa: E402
 from cleannet_tf.pipeline.extract import open_features  # noqa: E402
 from cleannet_tf.pipeline.table import load_table  # noqa: E402
 
 _SOFTMAX = flags.DEFINE_bool("softmax", True, "Also the softmax heads (TensorFlow, slow).")
+_TRUTH = flags.DEFINE_string("truth", "", "With the true labels, {release}.truth.tsv beside each release (e.g. "
+                             "RELEASES/{release}.truth.tsv): also the out-of-fold ridge of the true labels.")
 
 
 def own_and_margin(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -78,8 +83,8 @@ def softmax_head(x: np.ndarray, labels: np.ndarray, num_classes: int, *, loss: s
     return x @ w.numpy() + b.numpy()
 
 
-def candidates(data: pool.TrainingData, seed: int) -> dict[str, np.ndarray]:
-    """(P,) stacked P(label correct) of every candidate."""
+def candidates(data: pool.TrainingData, seed: int, true_labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """(P,) stacked P(label correct) of every candidate; true_labels (P,): also the oracle."""
     num_classes = len(data.class_names)
     x = detectors.log_normalize(data.features).astype(np.float32)
     labels = data.labels
@@ -136,6 +141,14 @@ def candidates(data: pool.TrainingData, seed: int) -> dict[str, np.ndarray]:
                              ("softmax head, GCE q=0.7", {"loss": "gce"})):
             logits = softmax_head(10 * x, labels, num_classes, seed=seed, **kwargs)
             out[name] = stacked(*own_and_margin(logits, labels))
+    if true_labels is not None:
+        folds = np.random.default_rng(seed).integers(0, 5, len(labels))
+        out_of_fold = np.empty_like(base)
+        for fold in range(5):
+            fit_rows = folds != fold
+            w, b = detectors.linear_classifier(x[fit_rows], true_labels[fit_rows], num_classes=num_classes)
+            out_of_fold[~fit_rows] = x[~fit_rows] @ w + b
+        out["ORACLE: ridge of the true labels, out of fold (a bound)"] = stacked(*own_and_margin(out_of_fold, labels))
     return out
 
 
@@ -149,8 +162,13 @@ def main(argv) -> None:
         features = open_features(config, "", table)
         data = pool.prepare_training_data(table, features, table.class_names, features.feature_dim,
                                           np.ones(table.num_classes))
+        true_labels = None
+        if _TRUTH.value:
+            truth = truth_tsv.read_truth(_TRUTH.value.format(release=name))
+            index = {class_name: c for c, class_name in enumerate(table.class_names)}
+            true_labels = np.array([index[truth[key]] for key in table.keys[data.table_rows]])
         print(f"\n== {name}", flush=True)
-        for method, scores in candidates(data, seed).items():
+        for method, scores in candidates(data, seed, true_labels).items():
             row = {"release": name, "seed": seed, "method": method, "seconds": 0.0,
                    **realnoise.evaluate(data, scores)}
             rows.append(row)

@@ -533,6 +533,34 @@ def test_load_precomputed_features_aligns_to_table(tmp_path, caplog):
     np.testing.assert_array_equal(load_precomputed_features(path, small_table(["b"]))[0], [[6, 7]])
 
 
+def test_an_uncompressed_features_npz_is_memory_mapped_not_read_twice(tmp_path):
+    import tracemalloc
+
+    from cleannet_tf.data.features_npz import load_npz
+
+    n, d = 100_000, 256
+    features = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
+    keys = np.array([f"k{i:06d}" for i in range(n)])
+    stored, compressed = str(tmp_path / "stored.npz"), str(tmp_path / "compressed.npz")
+    np.savez(stored, keys=keys[::-1], features=features[::-1])
+    np.savez_compressed(compressed, keys=keys, features=features)
+    assert isinstance(load_npz(stored, mmap=("features",))["features"], np.memmap)
+    assert not isinstance(load_npz(compressed, mmap=("features",))["features"], np.memmap)
+    table = datasets.LabelTable(keys=keys, paths=keys, class_names=("a",), labels=np.zeros(n, np.int32),
+                                verification=np.full(n, -1, np.int8), split=np.zeros(n, np.int8),
+                                heldout_classes=np.zeros(1, bool))
+    peaks = {}
+    for path in (stored, compressed):
+        tracemalloc.start()
+        aligned, _ = load_precomputed_features(path, table)
+        peaks[path] = tracemalloc.get_traced_memory()[1] / features.nbytes
+        tracemalloc.stop()
+        np.testing.assert_array_equal(aligned, features)
+        del aligned
+    # The aligned copy, one block and the keys; reading the file whole adds a second copy of the features.
+    assert peaks[stored] < 1.8 and peaks[compressed] - peaks[stored] > 0.9, peaks
+
+
 @pytest.mark.parametrize("keys, features, pattern", [
     (["a", "b"], np.zeros((2, 3)), r"2 of the dataset's 4 train/val keys have no features, e\.g\. \['x', 'y'\]"),
     (["a", "b", "x", "y"], np.zeros(4), r"'features' must be 2-D"),

@@ -5,6 +5,7 @@ The .npz reader every module uses (load_npz, CorruptFileError). Imports `data.ta
 
 from __future__ import annotations
 
+import struct
 import zipfile
 import zlib
 
@@ -27,7 +28,9 @@ def load_precomputed_features(npz_path: str, table: LabelTable) -> tuple[np.ndar
     _require_file(npz_path, "an .npz with arrays 'keys' (N,) and 'features' (N, D)")
 
     try:
-        npz = load_npz(npz_path, fix="Check data.features: write it with np.savez(path, keys=..., features=...).")
+        # An uncompressed member (np.savez) is memory-mapped: only the aligned copy is held in memory.
+        npz = load_npz(npz_path, fix="Check data.features: write it with np.savez(path, keys=..., features=...).",
+                       mmap=("features",))
     except CorruptFileError as error:
         raise DatasetError(str(error)) from error
     arrays = {name: npz[name] for name in ("keys", "features") if name in npz}
@@ -63,10 +66,10 @@ def load_precomputed_features(npz_path: str, table: LabelTable) -> tuple[np.ndar
                            f"no features, e.g. {[str(k) for k in missing_keys[:_MAX_EXAMPLES]]}.")
     aligned = np.zeros((len(table), features.shape[1]), dtype=np.float32)
     rows = order[position]
-    block = 65536
-    for start in range(0, len(table), block):  # bounded temporaries on 1M rows
+    block = max(1, BLOCK_BYTES // (4 * max(features.shape[1], 1)))  # rows: bounded temporaries on 1M rows
+    for start in range(0, len(table), block):
         chunk_found = found[start:start + block]
-        chunk = features[rows[start:start + block][chunk_found]].astype(np.float32)
+        chunk = features[rows[start:start + block][chunk_found]].astype(np.float32, copy=False)
         bad = ~np.isfinite(chunk).all(axis=1)
         if bad.any():
             first_bad = start + int(np.flatnonzero(chunk_found)[np.argmax(bad)])
@@ -83,6 +86,8 @@ def load_precomputed_features(npz_path: str, table: LabelTable) -> tuple[np.ndar
     return aligned, found
 
 
+BLOCK_BYTES = 32 << 20  # float32 rows aligned at a time
+
 # What np.load raises on a truncated or corrupt file.
 _CORRUPT_FILE_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
 
@@ -91,8 +96,11 @@ class CorruptFileError(ValueError):
     """A NumPy file that exists but cannot be read; the message names it."""
 
 
-def load_npz(path: str, *, fix: str = "") -> dict[str, np.ndarray]:
+def load_npz(path: str, *, fix: str = "", mmap: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Every array of the .npz at `path`, read now (no pickles).
+
+    mmap: names of arrays returned as read-only np.memmap views of the file instead when they are stored
+    uncompressed (np.savez; np.savez_compressed members are read whole).
 
     Raises:
         CorruptFileError: "PATH is not a valid .npz (truncated or corrupt): ...", then `fix` (what to do).
@@ -101,7 +109,8 @@ def load_npz(path: str, *, fix: str = "") -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as npz:
             if not isinstance(npz, np.lib.npyio.NpzFile):
                 raise ValueError("it holds a single .npy array, not named arrays")
-            return {name: npz[name] for name in npz.files}
+            mapped = {name: _stored_member(path, name) for name in mmap if name in npz.files}
+            return {name: npz[name] if mapped.get(name) is None else mapped[name] for name in npz.files}
     except FileNotFoundError:
         raise
     except ValueError as error:
@@ -113,3 +122,32 @@ def load_npz(path: str, *, fix: str = "") -> dict[str, np.ndarray]:
     except _CORRUPT_FILE_ERRORS as error:
         raise CorruptFileError(f"{path} is not a valid .npz (truncated or corrupt): {error}." + (
             f" {fix}" if fix else "")) from error
+
+
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., file name length, extra field length (30 bytes)
+
+
+def _stored_member(path: str, name: str) -> np.memmap | None:
+    """The array `name` of the .npz at `path` as a read-only memmap if stored uncompressed, else None."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(name + ".npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran_order, dtype = read_header(member)
+            header_size = member.tell()
+    if dtype.hasobject:
+        raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        signature, name_size, extra_size = _LOCAL_HEADER.unpack(f.read(_LOCAL_HEADER.size))
+    if signature != b"PK\x03\x04":
+        raise zipfile.BadZipFile(f"no local header for {name}.npy")
+    offset = info.header_offset + _LOCAL_HEADER.size + name_size + extra_size + header_size
+    if not shape or 0 in shape:
+        return None
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
+                     order="F" if fortran_order else "C")
