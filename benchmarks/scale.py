@@ -49,6 +49,7 @@ _KNN_EXACT = flags.DEFINE_integer("knn_exact_queries", 1000, "Rows searched exac
 _INDEX = flags.DEFINE_enum("knn_index", "hnsw", ["ivf", "hnsw"], "neighbours index: IVF-Flat or HNSW.")
 _NPROBE = flags.DEFINE_integer("nprobe", 64, "neighbours nprobe (ivf).")
 _EF_SEARCH = flags.DEFINE_integer("ef_search", 64, "neighbours ef_search (hnsw): the effort the tuning starts at.")
+_EF_CONSTRUCTION = flags.DEFINE_integer("ef_construction", 0, "neighbours ef_construction (hnsw; 0: its default).")
 _TARGET_RECALL = flags.DEFINE_float("target_recall", 0.95, "ApproximateIndex.tune's target (nearest_neighbours' "
                                     "default; 0: search at --ef_search / --nprobe as given).")
 _SEED = flags.DEFINE_integer("seed", 0, "Data seed.")
@@ -149,7 +150,8 @@ def run_knn(workdir: str) -> str:
     rng = np.random.default_rng(0)
     queries = np.sort(rng.choice(n, min(n, _KNN_QUERIES.value or n), replace=False))
     cpu, wall = time.process_time(), time.perf_counter()
-    index = neighbours.ApproximateIndex(x, index=_INDEX.value, nprobe=_NPROBE.value, ef_search=_EF_SEARCH.value)
+    index = neighbours.ApproximateIndex(x, index=_INDEX.value, nprobe=_NPROBE.value, ef_search=_EF_SEARCH.value,
+                                        ef_construction=_EF_CONSTRUCTION.value)
     build_cpu, build_wall = time.process_time() - cpu, time.perf_counter() - wall
     cpu, wall = time.process_time(), time.perf_counter()
     if _TARGET_RECALL.value > 0:
@@ -168,11 +170,13 @@ def run_knn(workdir: str) -> str:
     auc = roc_auc_score(flipped, -agreement)
     scale = n / len(queries)
     effort = index.effort
+    built = f", efConstruction {index.index.hnsw.efConstruction}" if _INDEX.value == "hnsw" else ""
     del index, x
     os.remove(path)
     start = _NPROBE.value if _INDEX.value == "ivf" else _EF_SEARCH.value
     setting = (f"{'nprobe' if _INDEX.value == 'ivf' else 'ef_search'} {effort}"
-               + (f" (tuned from {start} to recall {_TARGET_RECALL.value:g})" if _TARGET_RECALL.value > 0 else ""))
+               + (f" (tuned from {start} to recall {_TARGET_RECALL.value:g})" if _TARGET_RECALL.value > 0 else "")
+               + built)
     build_wall, build_cpu = build_wall + tune_wall, build_cpu + tune_cpu
     return (f"knn: {_INDEX.value} {setting}, {len(queries)} of {n} rows searched: build and tune {build_wall:.0f} s "
             f"({build_cpu:.0f} CPU-s), search {search_wall:.0f} s ({search_cpu:.0f} CPU-s) -> all {n} rows "
@@ -213,7 +217,8 @@ def measure(step: str, workdir: str) -> dict:
                               f"--refs_samples={_REFS_SAMPLES.value}",
                               f"--knn_queries={_KNN_QUERIES.value}", f"--knn_exact_queries={_KNN_EXACT.value}",
                               f"--knn_index={_INDEX.value}", f"--nprobe={_NPROBE.value}",
-                              f"--ef_search={_EF_SEARCH.value}", f"--target_recall={_TARGET_RECALL.value}"],
+                              f"--ef_search={_EF_SEARCH.value}", f"--target_recall={_TARGET_RECALL.value}",
+                              f"--ef_construction={_EF_CONSTRUCTION.value}"],
                              stdout=subprocess.PIPE, text=True,
                              env={**os.environ, **({name: str(_THREADS.value) for name in (
                                  "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
