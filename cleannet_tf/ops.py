@@ -71,9 +71,13 @@ def class_means(x: np.ndarray, labels: np.ndarray, *, num_classes: int,
     labels = check_labels(labels, len(x), num_classes)
     w = np.ones(len(x), np.float32) if weights is None else np.asarray(weights, np.float32)
     sums = np.zeros((num_classes, x.shape[1]), np.float64)
-    for start in range(0, len(x), BLOCK_ROWS):  # the same additions in the same order as one np.add.at
+    for start in range(0, len(x), BLOCK_ROWS):  # per block: rows sorted by label, each class's run summed at once
         block = slice(start, start + BLOCK_ROWS)
-        np.add.at(sums, labels[block], x[block] * w[block, None])
+        order = np.argsort(labels[block], kind="stable")
+        sorted_labels = labels[block][order]
+        starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+        weighted = (np.asarray(x[block])[order] * w[block][order, None]).astype(np.float64)
+        sums[sorted_labels[starts]] += np.add.reduceat(weighted, starts, axis=0)
     return (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
