@@ -12,7 +12,7 @@ Rows are L2-normalised here; neighbours are ranked by cosine similarity, most si
             `ef_search` candidates kept while searching; index="ivf": IVF-Flat, a k-means coarse quantiser,
             `nprobe` lists searched per query) returns `candidates` rows per query in that space, and those are
             re-ranked by their exact cosine in the full space. Memory: N x reduce_dim floats (the index) plus one
-            block. On 10^6 real-looking rows both reach recall@10 0.995; HNSW in 0.37x IVF's CPU time (README).
+            block. On 10^6 real-looking rows both reach recall@10 0.996; HNSW in 0.6x IVF's CPU time (README).
 
 "auto" is exact up to EXACT_MAX_ROWS rows and faiss above (exact, with a warning, when faiss is not
 installed). Both are deterministic for a given seed and thread count. ApproximateIndex is the faiss index,
@@ -22,7 +22,8 @@ a sample of query rows.
 Recall is checked, not assumed: before the faiss search of every row, nearest_neighbours measures recall@k on
 `recall_sample` rows against exact search and doubles the search effort (HNSW efSearch, IVF nprobe) until it
 reaches `target_recall` (ApproximateIndex.tune). Features whose graph is hard to search (isotropic clusters:
-recall@10 0.76 at efSearch 64 on 1M synthetic rows) cost more search time instead of losing neighbours.
+recall@10 0.76 at efSearch 64 on 1M synthetic rows, graph built at efConstruction 80; 0.95 at efSearch 128
+on a graph built at 256) cost more search time instead of losing neighbours.
 
 Imports nothing of the package.
 """
@@ -92,7 +93,7 @@ def nearest_neighbours(features: np.ndarray, k: int, *, exclude_self: bool = Tru
         index: faiss: "hnsw" (IndexHNSWFlat, hnsw_m links per row, ef_construction candidates kept while
             inserting (0: EF_CONSTRUCTION; at least ef_search), ef_search while searching;
             built on one thread, as a parallel insertion is not deterministic; searched on all) or "ivf"
-            (IVF-Flat, nlist / nprobe). Recall@10 on 25k real features: 0.991 (hnsw), 0.974 (ivf, 64 probed).
+            (IVF-Flat, nlist / nprobe). Recall@10 on 25k real features: 0.995 (hnsw), 0.974 (ivf, 64 probed).
         target_recall: faiss: recall@k the search effort is raised to (ApproximateIndex.tune, measured on
             recall_sample rows against exact search); 0: search at ef_search / nprobe as given.
     Returns:
