@@ -33,3 +33,15 @@ def bmp_header(width: int, height: int) -> bytes:
     """A BITMAPFILEHEADER + BITMAPINFOHEADER claiming width x height (height negative: top-down)."""
     info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 0, 0, 0, 0)
     return b"BM" + struct.pack("<IHHI", 14 + 40, 0, 0, 14 + 40) + info
+
+
+def write_gif_bomb(path, frames: int = 200, width: int = 2000, height: int = 2000) -> int:
+    """A valid animated GIF of `frames` one-colour frames of width x height (about 1 MB for the defaults), whose
+    header screen size is within the pixel limit but whose frames together are not; returns its size."""
+    import numpy as np
+    from PIL import Image
+
+    images = [Image.fromarray(np.full((height, width), i % 256, np.uint8), "L").convert("P") for i in range(frames)]
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=10)
+    with open(path, "rb") as f:
+        return len(f.read())

@@ -106,6 +106,27 @@ def test_images_over_the_pixel_limit_fail_before_decoding(tmp_path):
         images.decode_image(data, (8, 8), max_pixels=4999)
 
 
+def test_a_gif_is_held_to_the_pixels_of_all_its_frames(tmp_path):
+    from image_bombs import write_gif_bomb
+
+    assert write_gif_bomb(tmp_path / "bomb.gif", frames=100) < 1_000_000  # 100 frames of 2000 x 2000
+    data = tf.constant((tmp_path / "bomb.gif").read_bytes())
+    assert int(images.gif_frame_pixels(data)) == 100 * 2000 * 2000
+    np.testing.assert_array_equal(images.header_size(data), [2000, 2000])  # the screen alone is within the limit
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="GIF frames are 400000000 pixels in all, over the limit of 40000000"):
+        images.decode_image(data, (8, 8))
+    frames = [Image.new("RGB", (60, 40), (40 * i, 0, 0)) for i in range(5)]
+    frames[0].save(tmp_path / "small.gif", save_all=True, append_images=frames[1:], duration=10)
+    small = tf.constant((tmp_path / "small.gif").read_bytes())
+    assert int(images.gif_frame_pixels(small)) == 5 * 60 * 40
+    assert images.decode_image(small, (8, 8), max_pixels=5 * 60 * 40).shape == (8, 8, 3)  # at the limit
+    with pytest.raises(tf.errors.InvalidArgumentError, match="GIF frames are 12000 pixels in all, over the limit "
+                                                             "of 11999"):
+        images.decode_image(small, (8, 8), max_pixels=5 * 60 * 40 - 1)
+    assert int(images.gif_frame_pixels(tf.constant(b""))) == 0 == int(images.gif_frame_pixels(tf.constant(b"GIF89a")))
+
+
 _EXTRACT_CHILD = r"""
 import json, sys
 import keras, numpy as np, tensorflow as tf

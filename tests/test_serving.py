@@ -616,11 +616,13 @@ def test_rest_never_writes_a_bare_nan():
     assert json.loads(json.dumps(encoded, allow_nan=False)) == [["NaN", "Infinity"], ["-Infinity", 0.5]]
 
 
-def test_server_refuses_a_png_bomb_with_bounded_memory_and_keeps_serving(served, tmp_path):
-    from image_bombs import write_png_bomb
+def test_server_refuses_png_and_gif_bombs_with_bounded_memory_and_keeps_serving(served, tmp_path):
+    from image_bombs import write_gif_bomb, write_png_bomb
 
     write_png_bomb(tmp_path / "bomb.png")
     bomb = (tmp_path / "bomb.png").read_bytes()
+    write_gif_bomb(tmp_path / "bomb.gif", frames=200)  # 2000 x 2000 frames: the screen size is within the limit
+    gif_bomb = (tmp_path / "bomb.gif").read_bytes()
     rest_port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "cleannet_tf.serve", f"--model_config_file={served['export_dir']}/models.config",
@@ -650,8 +652,12 @@ def test_server_refuses_a_png_bomb_with_bounded_memory_and_keeps_serving(served,
             status, got = _raw_post(f"http://127.0.0.1:{rest_port}/v1/models/{CLASSIFIER}:predict",
                                     json.dumps({"instances": [{"b64": base64.b64encode(bomb).decode()}]}).encode())
             assert status == 400 and got["error"] == message
+            gif_message = "GIF frames are 800000000 pixels in all, over the limit of 40000000"
+            assert _details(lambda: client.verify_image(gif_bomb, 0)) == gif_message
+            assert _details(lambda: client.classify_image(gif_bomb)) == gif_message
             growth = peak_rss() - before
-            assert growth < 300 << 20, growth  # decoding it: 1.2 GB of uint8 pixels, 4.8 GB as float32
+            # Decoding them: 1.2 GB of uint8 pixels (PNG, 4.8 GB as float32); 800 MB of GIF frame rasters.
+            assert growth < 300 << 20, growth
             assert client.verify_image(served["images"][:1], [0])["score"].shape == (1,)  # still serving
     finally:
         process.kill()
