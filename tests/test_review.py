@@ -338,6 +338,21 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(server):
     assert status == 409 and payload["error"] == "nothing to undo"
 
 
+def test_browse_orders_saturated_scores_by_their_rank_score(workdir):
+    _, work, config = workdir
+    path = os.path.join(work, "verify", "scores.tsv")
+    scores = scores_tsv.read_scores_tsv(path)
+    lowest = np.argsort(scores.scores, kind="stable")[:6]
+    rank = scores.scores.astype(np.float64)
+    rank[lowest] = -40.0 + np.array([5, 0, 3, 1, 4, 2])  # six images the score ties at -1, their logits apart
+    scores.scores[lowest] = -1.0
+    scores.rank_score = rank
+    scores_tsv.write_scores_tsv(path, scores)
+    listed = ReviewSession(config, work, user="tester").browse(limit=6)["items"]
+    assert [item["key"] for item in listed] == list(scores.keys[lowest[[1, 3, 5, 2, 4, 0]]])
+    assert [item["score"] for item in listed] == [-1.0] * 6
+
+
 def test_queue_browse_references_and_neighbours(server):
     server, work = server
     client = Client(server.port, server.token)

@@ -80,6 +80,7 @@ class _Snapshot:
         self.score = np.full(n, np.nan, np.float32)
         self.suggested = np.full(n, -1, np.int32)
         self.suggested_score = np.full(n, np.nan, np.float32)
+        self.rank = np.full(n, np.nan, np.float64)  # scores.tsv's rank_score: orders the images a score ties
         stale = 0
         for i, key in enumerate(scores.keys):
             row = self.row_of.get(str(key))
@@ -89,6 +90,7 @@ class _Snapshot:
             self.score[row] = scores.scores[i]
             self.suggested[row] = class_index[scores.suggested_labels[i]]
             self.suggested_score[row] = scores.suggested_scores[i]
+            self.rank[row] = scores.rank_score[i]
         if stale:
             logging.warning("%s: %d rows name keys or classes not in the dataset; ignored.", output, stale)
         self.scored = np.nonzero(~np.isnan(self.score))[0]
@@ -210,7 +212,7 @@ class ReviewSession:
 
     def browse(self, *, label=None, flagged=None, suggested=None, decided=None, offset: int = 0,
                limit: int = 60) -> dict:
-        """Scored images filtered by class / flagged / suggested class / decided, lowest score first."""
+        """Scored images filtered by class / flagged / suggested class / decided, lowest rank score first."""
         s = self.snapshot
         rows = s.scored
         if label not in (None, ""):
@@ -227,7 +229,7 @@ class ReviewSession:
                 raise ReviewError(f"'decided' must be 1, 0 or empty. Received {decided!r}")
             is_decided = np.array([str(s.table.keys[r]) in decisions for r in rows], bool)
             rows = rows[is_decided == (decided == "1")]
-        rows = rows[np.lexsort((rows, s.score[rows]))]
+        rows = rows[np.lexsort((rows, s.rank[rows]))]
         page = rows[offset:offset + limit]
         return {"total": int(len(rows)), "offset": offset, "items": [self.item(int(r), decisions) for r in page]}
 
