@@ -298,18 +298,26 @@ def test_failed_publication_leaves_no_version(tmp_path):
     assert os.listdir(base) == [] and savedmodel.next_version(base) == 1
 
 
-@pytest.mark.slow
-def test_serve_command_shuts_down_gracefully_on_sigterm(served):
+def start_serve_process(served, *flags: str) -> tuple[subprocess.Popen, int]:
+    """`python -m cleannet_tf.serve` on served's models.config, gRPC on a free port: (process, that port)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "cleannet_tf.serve", f"--model_config_file={served['export_dir']}/models.config",
-         "--port=0", "--tensorflow_intra_op_parallelism=1"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        text=True)
+         "--port=0", *flags, "--tensorflow_intra_op_parallelism=1"], stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True)
+    line = ""
+    deadline = time.time() + 120
+    while "READY" not in line and time.time() < deadline and process.poll() is None:
+        line = process.stdout.readline()
+    if "grpc=" not in line:
+        process.kill()
+        raise AssertionError(f"cleannet-serve did not start (exit status {process.poll()}): {line!r}")
+    return process, int(line.split("grpc=")[1].split()[0])
+
+
+@pytest.mark.slow
+def test_serve_command_shuts_down_gracefully_on_sigterm(served):
+    process, port = start_serve_process(served)
     try:
-        line = ""
-        deadline = time.time() + 120
-        while "READY" not in line and time.time() < deadline and process.poll() is None:
-            line = process.stdout.readline()
-        port = int(line.split("grpc=")[1].split()[0])
         with Client(f"127.0.0.1:{port}") as client:
             assert client.verify_features(np.ones((1, 16)), [0])["score"].shape == (1,)
         process.send_signal(signal.SIGTERM)
@@ -624,21 +632,13 @@ def test_server_refuses_png_and_gif_bombs_with_bounded_memory_and_keeps_serving(
     write_gif_bomb(tmp_path / "bomb.gif", frames=200)  # 2000 x 2000 frames: the screen size is within the limit
     gif_bomb = (tmp_path / "bomb.gif").read_bytes()
     rest_port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cleannet_tf.serve", f"--model_config_file={served['export_dir']}/models.config",
-         "--port=0", f"--rest_api_port={rest_port}", "--tensorflow_intra_op_parallelism=1"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    process, port = start_serve_process(served, f"--rest_api_port={rest_port}")
 
     def peak_rss():
         return int(next(line for line in open(f"/proc/{process.pid}/status")
                         if line.startswith("VmHWM")).split()[1]) * 1024
 
     try:
-        line = ""
-        deadline = time.time() + 120
-        while "READY" not in line and time.time() < deadline and process.poll() is None:
-            line = process.stdout.readline()
-        port = int(line.split("grpc=")[1].split()[0])
         with Client(f"127.0.0.1:{port}") as client:
             client.verify_image(served["images"][:1], [0])
             client.classify_image(served["images"][:1])
