@@ -141,13 +141,13 @@ def _stored_member(path: str, name: str) -> np.memmap | None:
             header_size = member.tell()
     if dtype.hasobject:
         raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+    if not shape or 0 in shape:  # nothing to map: np.load reads it
+        return None
     with open(path, "rb") as f:
         f.seek(info.header_offset)
         signature, name_size, extra_size = _LOCAL_HEADER.unpack(f.read(_LOCAL_HEADER.size))
     if signature != b"PK\x03\x04":
         raise zipfile.BadZipFile(f"no local header for {name}.npy")
     offset = info.header_offset + _LOCAL_HEADER.size + name_size + extra_size + header_size
-    if not shape or 0 in shape:
-        return None
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
                      order="F" if fortran_order else "C")

@@ -89,12 +89,17 @@ def header_size(image_bytes: tf.Tensor) -> tf.Tensor:
         return tf.zeros([2], tf.int64)
 
     is_png = tf.equal(tf.strings.substr(padded, 0, 8), b"\x89PNG\r\n\x1a\n")
-    is_gif = tf.equal(tf.strings.substr(padded, 0, 3), b"GIF")
+    is_gif = _is_gif(image_bytes)
     is_bmp = tf.equal(tf.strings.substr(padded, 0, 2), b"BM")
     is_webp = tf.logical_and(tf.equal(prefix, b"RIFF"), tf.equal(tf.strings.substr(padded, 8, 4), b"WEBP"))
     index = tf.argmax(tf.stack([False, tf.io.is_jpeg(image_bytes), is_png, is_gif, is_bmp, is_webp]),
                       output_type=tf.int32)  # 0 when none matches
     return tf.switch_case(index, [unknown, jpeg, png, gif, bmp, webp])
+
+
+def _is_gif(image_bytes: tf.Tensor) -> tf.Tensor:
+    """() bool: the bytes start with a GIF signature."""
+    return tf.equal(tf.strings.substr(image_bytes, 0, 3), b"GIF")
 
 
 def gif_frame_pixels(image_bytes: tf.Tensor) -> tf.Tensor:
@@ -107,12 +112,10 @@ def gif_frame_pixels(image_bytes: tf.Tensor) -> tf.Tensor:
     """
     data = tf.io.decode_raw(image_bytes, tf.uint8)
     n = tf.size(data, out_type=tf.int64)
-    data = tf.concat([data, tf.zeros([1], tf.uint8)], axis=0)  # so that the guarded gather below has a row 0
+    data = tf.concat([data, tf.zeros([1], tf.uint8)], axis=0)  # data[n] = 0: what every read past the end gets
 
-    def byte(i):  # data[i] as int64; 0 past the end
-        i = tf.cast(i, tf.int64)
-        inside = tf.logical_and(i >= 0, i < n)
-        return tf.where(inside, tf.cast(tf.gather(data, tf.where(inside, i, 0)), tf.int64), tf.constant(0, tf.int64))
+    def byte(i):  # data[i] as int64 (i >= 0); 0 past the end
+        return tf.cast(tf.gather(data, tf.minimum(tf.cast(i, tf.int64), n)), tf.int64)
 
     def table_bytes(flags):  # a colour table of 2^(k+1) RGB entries when bit 7 is set
         return tf.where(flags >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), flags % 8), 0)
@@ -147,8 +150,7 @@ def check_pixels(image_bytes: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -
     the limit of N".
     """
     size = header_size(image_bytes)
-    is_gif = tf.equal(tf.strings.substr(image_bytes, 0, 3), b"GIF")
-    frames = tf.cond(is_gif, lambda: gif_frame_pixels(image_bytes), lambda: tf.constant(0, tf.int64))
+    frames = tf.cond(_is_gif(image_bytes), lambda: gif_frame_pixels(image_bytes), lambda: tf.constant(0, tf.int64))
     message = tf.where(size[0] * size[1] > max_pixels,
                        tf.strings.join(["image is ", tf.strings.as_string(size[1]), " x ",
                                         tf.strings.as_string(size[0]), f" pixels, over the limit of {max_pixels}"]),

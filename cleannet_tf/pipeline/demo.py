@@ -199,7 +199,7 @@ def format_summary(summary: dict, *, seconds: float) -> str:
         lines.append(f"    {'image':<46} {'label':>8} {'score':>7} {'rank':>7} {'suggested':>10} {'true':>8}")
         for row in summary["suspicious"]:
             lines.append(f"    {row['key']:<46} {row['label']:>8} {row['score']:>7.3f} "
-                         f"{row.get('rank_score', row['score']):>7.1f} {row['suggested']:>10} {row['true']:>8}")
+                         f"{row['rank_score']:>7.1f} {row['suggested']:>10} {row['true']:>8}")
     served = summary.get("served")
     if served:
         lines.append(f"  served         saved_models/ through the TF Serving gRPC API (127.0.0.1:{served['port']}); "
