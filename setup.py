@@ -21,7 +21,7 @@ _ENTRY_POINTS = {
     "cleannet-run": "cleannet_tf.cli.run:run",
     "cleannet-demo": "cleannet_tf.cli.demo:run",
     "cleannet-config": "cleannet_tf.cli.config:run",
-    "cleannet-review": "cleannet_tf.review.__main__:run",
+    "cleannet-review": "cleannet_tf.cli.review:run",
 }
 
 setup(

@@ -47,7 +47,7 @@ from benchmarks import truth_tsv
 from cleannet_tf import atomic_io, pipeline
 from cleannet_tf import config as config_lib
 from cleannet_tf.data import demo
-from cleannet_tf.data import table as datasets
+from cleannet_tf.data import table as data_table
 from cleannet_tf.detection import scores_tsv
 from cleannet_tf.pipeline.classifier import classifier_weights
 from cleannet_tf.pipeline.table import load_table
@@ -95,7 +95,7 @@ def run_release(config, workdir: str, truth_path: str) -> dict:
     index = {name: c for c, name in enumerate(table.class_names)}
     true_labels = np.array([index[truth[key]] if key in truth else label
                             for key, label in zip(table.keys, table.labels, strict=True)], table.labels.dtype)
-    pool = table.split != datasets.SPLIT_TEST
+    pool = table.split != data_table.SPLIT_TEST
     runs = {"none": (table, None), "soft": (table, classifier_weights(table, workdir, "soft")),
             "hard": (table, classifier_weights(table, workdir, "hard")),
             "true labels": (dataclasses.replace(table, labels=true_labels), None)}
@@ -184,7 +184,7 @@ def main(argv) -> None:
     table = load_table(config, workdir)
     truth = demo.read_demo_truth(config_lib.resolve_data_root(config, workdir))
     true_labels = np.array([truth.get(key, label) for key, label in zip(table.keys, table.labels, strict=True)])
-    pool = table.split != datasets.SPLIT_TEST
+    pool = table.split != data_table.SPLIT_TEST
     print(f"{int(pool.sum())} training images, {np.mean(true_labels[pool] != table.labels[pool]):.1%} wrong labels, "
           f"{int((table.verification[pool] >= 0).sum())} verified; {int((~pool).sum())} clean test images")
     finetuned = config.copy_and_resolve_references()
@@ -221,7 +221,7 @@ def train_once(table, weights, config, seed: int, output_dir: str) -> float:
     if os.path.exists(metrics_path):
         with open(metrics_path) as f:
             metrics = json.load(f)
-        pool = table.split != datasets.SPLIT_TEST
+        pool = table.split != data_table.SPLIT_TEST
         trained = pool if weights is None else pool & (weights > 0)  # hard weights: mean 1, the count tells
         mean_weight = 1.0 if weights is None else float(weights[trained].mean())
         if (metrics.get("mean_weight") is not None and abs(metrics["mean_weight"] - mean_weight) < 1e-6

@@ -34,11 +34,11 @@ from cleannet_tf.detection import (
     metrics,
     verifier,
 )
-from cleannet_tf.detection import signals as detectors
+from cleannet_tf.detection import signals as detection_signals
 from cleannet_tf.pipeline import demo, records, runner
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.train import load_training_inputs
-from cleannet_tf.training import cleannet as train_lib
+from cleannet_tf.training import cleannet as cleannet_training
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Pipeline config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/cleannet_demo", "Workdir of the pipeline's earlier steps.")
@@ -104,12 +104,12 @@ def run_setting(config, workdir: str, name: str, shared: dict) -> None:
         start = time.perf_counter()
         training, _ = load_training_inputs(config, workdir, table, for_training=True)
         with tempfile.TemporaryDirectory(prefix="detection-cleannet-") as output_dir:
-            cleannet, _ = train_lib.train_cleannet(training, reference_sets, config, output_dir, progress=False)
+            cleannet, _ = cleannet_training.train_cleannet(training, reference_sets, config, output_dir, progress=False)
             import keras
 
             cleannet = keras.saving.load_model(os.path.join(output_dir, "model.keras"))
         train_seconds = time.perf_counter() - start
-        calibration = train_lib.calibration_classes(table, config.cleannet.calibration_fraction, config.seed)
+        calibration = cleannet_training.calibration_classes(table, config.cleannet.calibration_fraction, config.seed)
         variants = [(f"CleanNet {config.cleannet.mode} mode", tuple(verifier.SIGNAL_NAMES[:4]))]
         if config.cleannet.mode == "stacked":
             variants = [("CleanNet stacked: CleanNet + class-mean signals", verifier.SIGNAL_NAMES[:4]),
@@ -141,13 +141,15 @@ def run_setting(config, workdir: str, name: str, shared: dict) -> None:
                                                                  np.ones(len(data.labels), bool), num_classes),
         time.perf_counter() - start)
     start = time.perf_counter()
-    x = detectors.log_normalize(data.features)
-    robust = detectors.robust_class_means(x, data.labels, num_classes=num_classes, keep=config.verify.class_mean_keep)
-    add("robust class-mean margin", detectors.own_class_margin(x, data.labels, robust)[1],
+    x = detection_signals.log_normalize(data.features)
+    robust = detection_signals.robust_class_means(x, data.labels, num_classes=num_classes,
+                                                  keep=config.verify.class_mean_keep)
+    add("robust class-mean margin", detection_signals.own_class_margin(x, data.labels, robust)[1],
         time.perf_counter() - start)
     if "knn" not in _SKIP.value:
         start = time.perf_counter()
-        add("kNN agreement k=10", detectors.knn_label_agreement(x, data.labels, k=10), time.perf_counter() - start)
+        add("kNN agreement k=10", detection_signals.knn_label_agreement(x, data.labels, k=10),
+            time.perf_counter() - start)
     if "cleanlab" not in _SKIP.value:
         from cleanlab.filter import find_label_issues
         from cleanlab.rank import get_label_quality_scores

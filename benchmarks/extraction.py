@@ -19,7 +19,7 @@ import tensorflow as tf
 from absl import app, flags
 from PIL import Image
 
-from cleannet_tf.data import images as input_pipeline
+from cleannet_tf.data import images as data_images
 from cleannet_tf.features import backbones, extract
 from cleannet_tf.features.store import FeatureStore
 
@@ -67,7 +67,7 @@ def bench(name: str, paths: np.ndarray, image_size, batch_size: int, repeats: in
         extract.extract_features(paths, store, backbone, image_size=image_size, batch_size=batch_size,
                                      progress=False)
 
-    images = np.stack([input_pipeline.decode_image(tf.io.read_file(p), image_size).numpy() for p in paths])
+    images = np.stack([data_images.decode_image(tf.io.read_file(p), image_size).numpy() for p in paths])
     backbone.predict(images[:batch_size], batch_size=batch_size, verbose=0)  # build predict function
     pipeline_run()  # warm-up: traces the step function
     predict_seconds = _best_of(repeats, lambda: backbone.predict(images, batch_size=batch_size, verbose=0))

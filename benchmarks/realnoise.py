@@ -7,17 +7,17 @@ classes_heldout_<H>.txt; made for CIFAR-10N by make_realnoise.py, or a user's ow
     no detection                 every label called right
     cleanlab 2.9                 5-fold cross-validated logistic regression (benchmarks/transfer.py's
                                  cleanlab_probabilities): self-confidence score; find_label_issues (its threshold)
-    kNN agreement k=10           detectors.knn_label_agreement
+    kNN agreement k=10           detection_signals.knn_label_agreement
     neighbour vote (SimiFeat)    written from Zhu et al., ICML 2022 (see neighbour_vote): a k-NN vote weighted by
                                  similarity, over random feature transforms; score = mean own-label vote share;
                                  "vote rule" = majority over rounds of "another label wins the vote"
-    class-centroid cosine        demo_lib.centroid_cosine_scores
-    CleanNet modes               train_lib.train_cleannet + verify_lib.fit_verifier, as benchmarks/detection.py:
+    class-centroid cosine        pipeline.demo.centroid_cosine_scores
+    CleanNet modes               training.cleannet.train_cleannet + detection.fit.fit_verifier (benchmarks/detection):
                                  cleannet.mode=paper (k-means on every image, cosine score), and the config's
                                  mode (configs/demo.py: stacked, core k-means, calibration classes) with its
                                  verify.signals and the other signal choices, and the margin (robust) score of
                                  that same CleanNet
-    stacked + neighbour signals  benchmark-only rows (not a library mode): detectors.StackedDetector on the
+    stacked + neighbour signals  benchmark-only rows (not a library mode): detection_signals.StackedDetector on the
                                  class-mean margin, kNN agreement and vote share (fitted on the verified classes'
                                  verified_train rows), and with CleanNet's four signals too (fitted on the
                                  calibration classes' verified_train rows, which CleanNet did not train on)
@@ -57,17 +57,17 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from benchmarks.transfer_variants import cleanlab_probabilities  # noqa: E402
-from cleannet_tf.data import table as datasets
-from cleannet_tf.detection import fit as verify_lib
+from cleannet_tf.data import table as data_table
+from cleannet_tf.detection import fit as verifier_fit
 from cleannet_tf.detection import metrics, verifier
-from cleannet_tf.detection import signals as detectors
+from cleannet_tf.detection import signals as detection_signals
 from cleannet_tf.features import neighbours, pool
 from cleannet_tf.pipeline import demo, records
 from cleannet_tf.pipeline.extract import open_features
 from cleannet_tf.pipeline.refs import run_refs
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.train import load_training_inputs
-from cleannet_tf.training import cleannet as train_lib
+from cleannet_tf.training import cleannet as cleannet_training
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Config of the CleanNet modes.")
 _ROOT = flags.DEFINE_string("root", "", "One release (instead of --dataset/--seeds).")
@@ -187,7 +187,7 @@ def release_config(base, name: str, root: str, seed: int):
     return config
 
 
-def cleannet_rows(config, workdir: str, table: datasets.LabelTable, add) -> tuple[np.ndarray, np.ndarray] | None:
+def cleannet_rows(config, workdir: str, table: data_table.LabelTable, add) -> tuple[np.ndarray, np.ndarray] | None:
     """CleanNet in the paper's mode and in the config's mode (its signal choices, and its margin score).
 
     Returns the config-mode CleanNet's (P, 4) verifier.SIGNAL_NAMES of every pool image and its (C,) calibration
@@ -210,11 +210,11 @@ def cleannet_rows(config, workdir: str, table: datasets.LabelTable, add) -> tupl
             run_refs(run_config, run_dir, table=table, progress=False)
         training, reference_sets = load_training_inputs(run_config, run_dir, table, for_training=True)
         with tempfile.TemporaryDirectory(prefix="realnoise-cleannet-") as output_dir:
-            train_lib.train_cleannet(training, reference_sets, run_config, output_dir, progress=False)
+            cleannet_training.train_cleannet(training, reference_sets, run_config, output_dir, progress=False)
             cleannet = keras.saving.load_model(os.path.join(output_dir, "model.keras"))
         train_seconds = time.perf_counter() - start
         data, _ = load_training_inputs(run_config, run_dir, table)
-        calibration = train_lib.calibration_classes(table, calibration_fraction, run_config.seed)
+        calibration = cleannet_training.calibration_classes(table, calibration_fraction, run_config.seed)
         if mode == "paper":
             variants = [("CleanNet mode=paper (cosine)", "paper", verifier.SIGNAL_NAMES[:4])]
         else:
@@ -233,7 +233,7 @@ def cleannet_rows(config, workdir: str, table: datasets.LabelTable, add) -> tupl
         for label, scoring_mode, signals in variants:
             uses_cleannet = bool(set(signals) & set(verifier.CLEANNET_SIGNALS)) or scoring_mode != "stacked"
             start = time.perf_counter()
-            model, _ = verify_lib.fit_verifier(cleannet, data, reference_sets, mode=scoring_mode,
+            model, _ = verifier_fit.fit_verifier(cleannet, data, reference_sets, mode=scoring_mode,
                                                class_mean_keep=config.verify.class_mean_keep,
                                                calibration_classes=calibration if scoring_mode == "stacked" else None,
                                                signals=tuple(signals),
@@ -249,9 +249,9 @@ def cleannet_rows(config, workdir: str, table: datasets.LabelTable, add) -> tupl
 
 def stacked_with_neighbours(data: pool.TrainingData, columns: dict[str, np.ndarray], fit: np.ndarray,
                             seed: int) -> np.ndarray:
-    """detectors.StackedDetector (logistic) on the named (P,) signal columns, fitted on pool rows `fit`: (P,)."""
+    """signals.StackedDetector (logistic) on the named (P,) signal columns, fitted on pool rows `fit`: (P,)."""
     signals = np.stack(list(columns.values()), axis=1)
-    detector = detectors.StackedDetector(seed=seed).fit(signals[fit], data.verification[fit])
+    detector = detection_signals.StackedDetector(seed=seed).fit(signals[fit], data.verification[fit])
     weights = ", ".join(f"{name} {w:+.2f}" for name, w in detector.coefficients(list(columns)).items())
     print(f"    weights: {weights}")
     return detector.score(signals)
@@ -294,8 +294,8 @@ def run_release(base_config, name: str, root: str, seed: int) -> list[dict]:
         add("cleanlab find_label_issues (its threshold)",
             flagged=find_label_issues(data.labels, probabilities), seconds=seconds + time.perf_counter() - start)
     start = time.perf_counter()
-    x = detectors.log_normalize(data.features)
-    agreement = detectors.knn_label_agreement(x, data.labels, k=_K.value)
+    x = detection_signals.log_normalize(data.features)
+    agreement = detection_signals.knn_label_agreement(x, data.labels, k=_K.value)
     knn_seconds = time.perf_counter() - start
     add(f"kNN label agreement k={_K.value}", agreement, knn_seconds)
     extra = {f"knn_agreement_{_K.value}": agreement}
@@ -315,8 +315,9 @@ def run_release(base_config, name: str, root: str, seed: int) -> list[dict]:
     # Neighbour signals stacked with the class-mean margin (no CleanNet; benchmark-only, not a library mode),
     # fitted on the verified classes' verified_train rows, the rows every threshold comes from.
     start = time.perf_counter()
-    robust = detectors.robust_class_means(x, data.labels, num_classes=num_classes, keep=config.verify.class_mean_keep)
-    margin = detectors.own_class_margin(x, data.labels, robust)[1]
+    robust = detection_signals.robust_class_means(x, data.labels, num_classes=num_classes,
+                                                  keep=config.verify.class_mean_keep)
+    margin = detection_signals.own_class_margin(x, data.labels, robust)[1]
     fit = data.verified_train[~data.heldout_classes[data.labels[data.verified_train]]]
     add("stacked: class-mean margin + neighbour signals (benchmark-only)",
         stacked_with_neighbours(data, {"class_mean_margin": margin, **extra}, fit, seed),

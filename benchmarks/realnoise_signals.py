@@ -1,13 +1,13 @@
 """Benchmark: the classifier-signal candidates of the real-photos default, on the same features and protocol.
 
 Each candidate is a (P,) score of every pool image from the linear classifier of the noisy labels (or a softmax
-head, or neighbour structure on top), combined by the stacked logistic regression (detectors.StackedDetector)
+head, or neighbour structure on top), combined by the stacked logistic regression (detection_signals.StackedDetector)
 fitted on the verified classes' verified_train rows; benchmarks/realnoise.py's `evaluate` measures it
 (threshold on those rows, error on verified_val rows, verified / held-out classes apart). The candidates:
 
-    ridge l2=L                 detectors.linear_classifier, score and margin of the own label
+    ridge l2=L                 detection_signals.linear_classifier, score and margin of the own label
     refit ...                  verify.classifier_rounds: refit with rows weighted by the stacked P(label correct)
-                               (detectors.classifier_refit_weights: verified_train rows by their verification),
+                               (detection_signals.classifier_refit_weights: verified_train rows by their verification),
                                or without that override, or keeping only rows with P >= 0.5
     leave-one-out ridge        the exact leave-one-out scores of the ridge (hat-matrix diagonal)
     + knn agreement / + knn mean score / smoothed scores / per-class standardised / z-scored features
@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from benchmarks import realnoise, truth_tsv  # noqa: E402  (realnoise: its flags)
-from cleannet_tf.detection import signals as detectors  # noqa: E402
+from cleannet_tf.detection import signals as detection_signals  # noqa: E402
 from cleannet_tf.features import neighbours, pool  # noqa: E402
 from cleannet_tf.pipeline.extract import open_features  # noqa: E402
 from cleannet_tf.pipeline.table import load_table  # noqa: E402
@@ -86,17 +86,17 @@ def softmax_head(x: np.ndarray, labels: np.ndarray, num_classes: int, *, loss: s
 def candidates(data: pool.TrainingData, seed: int, true_labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """(P,) stacked P(label correct) of every candidate; true_labels (P,): also the oracle."""
     num_classes = len(data.class_names)
-    x = detectors.log_normalize(data.features).astype(np.float32)
+    x = detection_signals.log_normalize(data.features).astype(np.float32)
     labels = data.labels
     fit = data.verified_train[~data.heldout_classes[labels[data.verified_train]]]
     verification = data.verification[fit]
 
     def stacked(*columns):
         signals = np.stack(columns, axis=1)
-        return detectors.StackedDetector(seed=seed).fit(signals[fit], verification).score(signals)
+        return detection_signals.StackedDetector(seed=seed).fit(signals[fit], verification).score(signals)
 
     def classifier_scores(l2=1.0, sample_weights=None, features=x):
-        w, b = detectors.linear_classifier(features, labels, num_classes=num_classes, l2=l2,
+        w, b = detection_signals.linear_classifier(features, labels, num_classes=num_classes, l2=l2,
                                            sample_weights=sample_weights)
         return features @ w + b
 
@@ -113,7 +113,8 @@ def candidates(data: pool.TrainingData, seed: int, true_labels: np.ndarray | Non
             if rule == "soft_unverified":
                 weights = p
             else:
-                weights = detectors.classifier_refit_weights(p if rule == "soft" else (p >= 0.5), fit, verification)
+                weights = detection_signals.classifier_refit_weights(p if rule == "soft" else (p >= 0.5), fit,
+                                                                     verification)
             p = stacked(*own_and_margin(classifier_scores(sample_weights=weights), labels))
             out[f"{name}, {r + 1} round{'s' * (r > 0)}"] = p
     xb = np.concatenate([x, np.ones((len(x), 1), np.float32)], axis=1).astype(np.float64)
@@ -146,7 +147,7 @@ def candidates(data: pool.TrainingData, seed: int, true_labels: np.ndarray | Non
         out_of_fold = np.empty_like(base)
         for fold in range(5):
             fit_rows = folds != fold
-            w, b = detectors.linear_classifier(x[fit_rows], true_labels[fit_rows], num_classes=num_classes)
+            w, b = detection_signals.linear_classifier(x[fit_rows], true_labels[fit_rows], num_classes=num_classes)
             out_of_fold[~fit_rows] = x[~fit_rows] @ w + b
         out["ORACLE: ridge of the true labels, out of fold (a bound)"] = stacked(*own_and_margin(out_of_fold, labels))
     return out

@@ -3,7 +3,7 @@
     python benchmarks/serving.py --export_dir=/tmp/cleannet_demo/saved_models \
         --images=/tmp/cleannet_demo/demo_data/images
 
-Starts `python -m cleannet_tf.serve` on the export folder in its own process (as in production), then for the
+Starts `python -m cleannet_tf.cli.serve` on the export folder in its own process (as in production), then for the
 verifier's `verify_features` (one feature vector) and `serving_default` (one JPEG + label) prints:
 - single-request latency p50 / p99 over sequential calls with the official PredictionServiceStub, and the same
   signature called in-process (tf.saved_model.load) — the overhead ratio;
@@ -104,7 +104,7 @@ def main(argv) -> None:
 
 
 def benchmark_server(export_dir: str, setting: str, cases: dict, local_p50: dict) -> None:
-    process = subprocess.Popen([sys.executable, "-m", "cleannet_tf.serve",
+    process = subprocess.Popen([sys.executable, "-m", "cleannet_tf.cli.serve",
                                 f"--model_config_file={export_dir}/models.config", "--port=0",
                                 *([setting] if setting else [])],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -47,8 +47,8 @@ from ml_collections import config_flags  # noqa: E402
 from benchmarks.transfer_setting import Setting, build_workdir, evaluate, load_setting
 from benchmarks.transfer_variants import cleanlab_probabilities, own, reference_masses, train_library, train_variant
 from cleannet_tf import ops
-from cleannet_tf.detection import signals as detectors
-from cleannet_tf.pipeline import demo as demo_lib
+from cleannet_tf.detection import signals as detection_signals
+from cleannet_tf.pipeline import demo as pipeline_demo
 from cleannet_tf.pipeline import records
 
 
@@ -81,11 +81,11 @@ def run_setting(setting: Setting, args, shared: dict) -> list[dict]:
     # Baselines: no verification labels.
     start = time.perf_counter()
     pool = np.ones(len(data.labels), bool)
-    add("class-centroid cosine", demo_lib.centroid_cosine_scores(data.features, data.labels, pool, num_classes),
+    add("class-centroid cosine", pipeline_demo.centroid_cosine_scores(data.features, data.labels, pool, num_classes),
         time.perf_counter() - start)
     start = time.perf_counter()
     x = ops.log_normalize(data.features)
-    add("kNN agreement k=10", detectors.knn_label_agreement(x, data.labels, k=10), time.perf_counter() - start)
+    add("kNN agreement k=10", detection_signals.knn_label_agreement(x, data.labels, k=10), time.perf_counter() - start)
     if "cleanlab" not in args.skip:
         from cleanlab.filter import find_label_issues
         from cleanlab.rank import get_label_quality_scores
@@ -110,7 +110,7 @@ def run_setting(setting: Setting, args, shared: dict) -> list[dict]:
         similarities, seconds = train_library(setting, mode="paper", steps=args.steps, dropout=0.0, seed=args.seed)
         scores = own(similarities, data.labels)
         add(f"CleanNet paper {kilo(args.steps)}", scores, seconds)
-        add("  + per-class median/MAD", detectors.per_class_standardize(scores, data.labels,
+        add("  + per-class median/MAD", detection_signals.per_class_standardize(scores, data.labels,
                                                                         num_classes=num_classes), seconds)
         add("  + margin to best other class", margin(similarities, data.labels), seconds)
     if args.long_steps and "paper_long" not in args.skip:
@@ -118,7 +118,7 @@ def run_setting(setting: Setting, args, shared: dict) -> list[dict]:
                                               seed=args.seed)
         scores = own(similarities, data.labels)
         add(f"CleanNet paper {kilo(args.long_steps)}, dropout 0.2", scores, seconds)
-        add("  + per-class median/MAD", detectors.per_class_standardize(scores, data.labels,
+        add("  + per-class median/MAD", detection_signals.per_class_standardize(scores, data.labels,
                                                                         num_classes=num_classes), seconds)
     if "robust" not in args.skip:
         for steps in [args.steps] + ([args.long_steps] if args.long_steps else []):
@@ -140,13 +140,14 @@ def run_setting(setting: Setting, args, shared: dict) -> list[dict]:
             seconds += mass_seconds
             scores = own(similarities, data.labels)
             add(f"CleanNet mass-aware refs {kilo(steps)}", scores, seconds)
-            add("  + per-class median/MAD", detectors.per_class_standardize(scores, data.labels,
+            add("  + per-class median/MAD", detection_signals.per_class_standardize(scores, data.labels,
                                                                             num_classes=num_classes), seconds)
             add("  + margin to best other class", margin(similarities, data.labels), seconds)
             mass_similarities = similarities
     if "robust_mean" not in args.skip:
         start = time.perf_counter()
-        members = detectors.robust_class_members(ops.log_normalize(data.features), data.labels, num_classes=num_classes)
+        members = detection_signals.robust_class_members(ops.log_normalize(data.features), data.labels,
+                                                          num_classes=num_classes)
         robust_mean = np.stack([data.features[members & (data.labels == c)].mean(axis=0)
                                 for c in range(num_classes)])[:, None, :].astype(np.float32)
         means_seconds = time.perf_counter() - start
@@ -158,15 +159,15 @@ def run_setting(setting: Setting, args, shared: dict) -> list[dict]:
         add(f"CleanNet robust-mean reference {kilo(steps)}", scores, seconds)
         add("  + margin to best other class", margin(similarities, data.labels), seconds)
 
-    # Post-hoc detectors (detectors.py).
+    # Post-hoc detectors (detection_signals.py).
     start = time.perf_counter()
-    signals, names = detectors.detection_signals(data.features, data.labels, num_classes=num_classes)
+    signals, names = detection_signals.detection_signals(data.features, data.labels, num_classes=num_classes)
     signal_seconds = time.perf_counter() - start
     add("robust class-mean margin (no verif.)", signals[:, names.index("robust_margin")], signal_seconds)
     train = data.verified_train  # verified classes only: held-out classes have no training rows
-    for model in detectors.MODELS:
+    for model in detection_signals.MODELS:
         start = time.perf_counter()
-        detector = detectors.StackedDetector(model=model, seed=args.seed).fit(signals[train],
+        detector = detection_signals.StackedDetector(model=model, seed=args.seed).fit(signals[train],
                                                                               data.verification[train])
         add(f"stacked detector ({model})", detector.score(signals), signal_seconds + time.perf_counter() - start)
         if model == "logistic":
@@ -175,10 +176,10 @@ def run_setting(setting: Setting, args, shared: dict) -> list[dict]:
     if mass_similarities is not None:
         own_scores = own(mass_similarities, data.labels)
         extra = np.stack([own_scores, margin(mass_similarities, data.labels),
-                          detectors.per_class_standardize(own_scores, data.labels, num_classes=num_classes)], 1)
+                          detection_signals.per_class_standardize(own_scores, data.labels, num_classes=num_classes)], 1)
         start = time.perf_counter()
         both = np.concatenate([signals, extra], axis=1)
-        detector = detectors.StackedDetector(seed=args.seed).fit(both[train], data.verification[train])
+        detector = detection_signals.StackedDetector(seed=args.seed).fit(both[train], data.verification[train])
         add("stacked (logistic) + CleanNet mass-aware", detector.score(both), signal_seconds + time.perf_counter()
             - start, note="CleanNet saw these training rows")
     return results

@@ -14,10 +14,10 @@ from absl import logging  # noqa: E402
 
 from cleannet_tf import config as config_lib  # noqa: E402
 from cleannet_tf.data import demo
-from cleannet_tf.data import table as datasets
+from cleannet_tf.data import table as data_table
 from cleannet_tf.data.food101n import read_food101n
 from cleannet_tf.detection import metrics
-from cleannet_tf.features import pool as train_data
+from cleannet_tf.features import pool as training_pool
 from cleannet_tf.features import references as references_lib  # noqa: E402
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.pipeline import records
@@ -50,7 +50,7 @@ def build_workdir(config, workdir: str) -> None:
 
 
 
-def load_table(config, workdir: str) -> datasets.LabelTable:
+def load_table(config, workdir: str) -> data_table.LabelTable:
     """load_table; for demo data written by an older generator version, read it as it is."""
     try:
         return table_lib.load_table(config, workdir)
@@ -62,7 +62,7 @@ def load_table(config, workdir: str) -> datasets.LabelTable:
         table = read_food101n(root)
         if config.data.demo_heldout:
             heldout_list = os.path.join(root, "meta", f"classes_heldout_{config.data.demo_heldout}.txt")
-            table = datasets.apply_heldout(table, datasets.read_heldout_list(heldout_list, table.class_names))
+            table = data_table.apply_heldout(table, data_table.read_heldout_list(heldout_list, table.class_names))
         return table
 
 
@@ -71,14 +71,14 @@ def load_table(config, workdir: str) -> datasets.LabelTable:
 class Setting:
     name: str
     config: object
-    data: train_data.TrainingData
+    data: training_pool.TrainingData
     reference_sets: ReferenceSets  # the paper's: k-means on every image of a class (refs.core_fraction = 1)
     core_reference_sets: ReferenceSets  # the library's robust mode: k-means on each class's core
     truth_correct: np.ndarray | None  # (P,) bool: the noisy label equals the true label (demo only)
 
 
 
-def reference_sets_for(config, workdir: str, table: datasets.LabelTable, core_fraction: float) -> ReferenceSets:
+def reference_sets_for(config, workdir: str, table: data_table.LabelTable, core_fraction: float) -> ReferenceSets:
     """WORKDIR/references.npz when it was built with `core_fraction`, else built here in memory (not saved)."""
     existing = ReferenceSets.load(references_path(workdir))
     if float(existing.metadata.get("core_fraction", 1.0)) == core_fraction:
@@ -102,7 +102,7 @@ def load_setting(base_config, workdir: str, name: str, cache: dict) -> Setting:
         cache["references"] = (reference_sets_for(config, workdir, table, 1.0),
                                reference_sets_for(config, workdir, table, ROBUST_CORE_FRACTION))
     reference_sets, core_reference_sets = cache["references"]
-    data = train_data.prepare_training_data(table, features, reference_sets.class_names,
+    data = training_pool.prepare_training_data(table, features, reference_sets.class_names,
                                             reference_sets.references.shape[2], reference_sets.counts)
     truth_correct = None
     truth_file = os.path.join(config_lib.resolve_data_root(config, workdir), "meta", "truth.tsv")

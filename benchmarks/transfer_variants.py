@@ -17,13 +17,13 @@ import tensorflow as tf  # noqa: E402
 
 from benchmarks.transfer_setting import ROBUST_CORE_FRACTION, Setting
 from cleannet_tf import ops
-from cleannet_tf.features import pool as train_data
+from cleannet_tf.features import pool as training_pool
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.model.cleannet import encode_classes, query_encoder_of, reference_encoder_of  # noqa: E402
 from cleannet_tf.training import cleannet
 
 
-def cleanlab_probabilities(data: train_data.TrainingData, seed: int) -> np.ndarray:
+def cleanlab_probabilities(data: training_pool.TrainingData, seed: int) -> np.ndarray:
     """(P, C) out-of-fold probabilities of sklearn LogisticRegression on ln(1+x) features (ops), 5 folds."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -87,7 +87,7 @@ def train_library(setting: Setting, *, mode: str, steps: int, dropout: float, se
 
 
 
-def reference_masses(data: train_data.TrainingData, references: np.ndarray) -> np.ndarray:
+def reference_masses(data: training_pool.TrainingData, references: np.ndarray) -> np.ndarray:
     """(C, K) cluster sizes: pool images of class c whose nearest centre (squared L2, as k-means) is slot k.
 
     Repeated slots (classes with fewer than K distinct images) share their vector's images.

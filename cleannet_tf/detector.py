@@ -23,10 +23,10 @@ import ml_collections
 import numpy as np
 
 from cleannet_tf import config as config_lib
-from cleannet_tf.detection import fit as verify_lib
+from cleannet_tf.detection import fit as verifier_fit
 from cleannet_tf.detection import label_noise, verifier
 from cleannet_tf.features import pool, references
-from cleannet_tf.training import cleannet as train_lib
+from cleannet_tf.training import cleannet as cleannet_training
 
 
 class CleanNetDetector:
@@ -124,7 +124,7 @@ class CleanNetDetector:
 
         calibration = np.zeros(num_classes, bool)
         if self.config.cleannet.mode == "stacked":
-            calibration = train_lib.pick_calibration_classes(
+            calibration = cleannet_training.pick_calibration_classes(
                 data.labels[data.verified_train], num_classes, self.config.cleannet.calibration_fraction,
                 self.config.seed)
         training = dataclasses.replace(
@@ -132,10 +132,10 @@ class CleanNetDetector:
             heldout_classes=heldout | calibration)
         with tempfile.TemporaryDirectory(prefix="cleannet-detector-") as scratch:
             output_dir = workdir or scratch
-            train_lib.train_cleannet(training, reference_sets, self.config, output_dir, progress=False)
+            cleannet_training.train_cleannet(training, reference_sets, self.config, output_dir, progress=False)
             cleannet = keras.saving.load_model(os.path.join(output_dir, "model.keras"))
         signals = config_lib.split_names(self.config.verify.signals)
-        self.verifier_, self.info_ = verify_lib.fit_verifier(
+        self.verifier_, self.info_ = verifier_fit.fit_verifier(
             cleannet, data, reference_sets, mode=self.config.cleannet.mode,
             class_mean_keep=self.config.verify.class_mean_keep, calibration_classes=calibration, signals=signals,
             classifier_rounds=self.config.verify.classifier_rounds, seed=self.config.seed)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from cleannet_tf.data import table as datasets
+from cleannet_tf.data import table as data_table
 from cleannet_tf.data.food101n import read_food101n
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.pipeline import records
@@ -59,14 +59,14 @@ def test_demo_runs_every_step_then_skips_them(tmp_path):
     assert int(table.heldout_classes.sum()) == 5
     in_heldout = table.heldout_classes[table.labels]
     verified = table.verification >= 0
-    assert not (verified & in_heldout & (table.split == datasets.SPLIT_TRAIN)).any()
+    assert not (verified & in_heldout & (table.split == data_table.SPLIT_TRAIN)).any()
     verify = json.loads((workdir / "verify" / "metrics.json").read_text())
-    assert (verified & in_heldout & (table.split == datasets.SPLIT_VAL)).sum() == verify["n_val_heldout"]
+    assert (verified & in_heldout & (table.split == data_table.SPLIT_VAL)).sum() == verify["n_val_heldout"]
     assert verify["detection_error_heldout"] is not None
     # CleanNet trained without the held-out classes' and the calibration classes' verified rows.
     calibration = [table.class_names.index(name) for name in verify["calibration_classes"]]
     assert calibration and not table.heldout_classes[calibration].any()
-    calibration_val = verified & np.isin(table.labels, calibration) & (table.split == datasets.SPLIT_VAL)
+    calibration_val = verified & np.isin(table.labels, calibration) & (table.split == data_table.SPLIT_VAL)
     assert cleannet["best"]["n_val_heldout"] == verify["n_val_heldout"] + calibration_val.sum()
     assert "the ten most suspicious labels" in first.stdout
     listed = first.stdout.split("the ten most suspicious labels")[1].split("  served")[0].splitlines()[2:]

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cleannet_tf.data import demo as demo_data
-from cleannet_tf.data import table as datasets
+from cleannet_tf.data import demo as demo_data_lib
+from cleannet_tf.data import table as data_table
 from cleannet_tf.data.demo_render import LOOKALIKE, _load_digits, heldout_classes, split_source_digits
 from cleannet_tf.data.food101n import read_food101n
 
@@ -24,7 +24,7 @@ SMALL = {"digits": 40, "two_digits": 3}  # images per class in most tests: fast
 
 def _generate(root, **kwargs):
     settings = {"kind": "digits", "images_per_class": 40, "test_images_per_class": 5, **kwargs}
-    return demo_data.generate_demo_dataset(str(root), **settings)
+    return demo_data_lib.generate_demo_dataset(str(root), **settings)
 
 
 def _lines(root, name):
@@ -216,7 +216,7 @@ def test_every_listed_image_exists_decodes_and_is_unique(tmp_path, kind, size):
 
 def test_read_demo_truth(tmp_path):
     info = _generate(tmp_path / "d", test_images_per_class=2)
-    truth = demo_data.read_demo_truth(info.root)
+    truth = demo_data_lib.read_demo_truth(info.root)
     keys = _lines(info.root, "imagelist.tsv")[1:] + [f"test/{k}" for k in _lines(info.root, "test.txt")]
     assert sorted(truth) == sorted(keys)
     for r in _truth_rows(info.root):
@@ -251,7 +251,7 @@ def test_heldout_lists(tmp_path, kind, heldout, expected):
         assert held == {info.class_names[i] for i in np.flatnonzero(mask)}
     assert all(a < b for a, b in zip(held_sets, held_sets[1:], strict=False))  # nested
     for count in expected:  # and the package's reader reads them back
-        mask = datasets.read_heldout_list(os.path.join(info.root, "meta", f"classes_heldout_{count}.txt"),
+        mask = data_table.read_heldout_list(os.path.join(info.root, "meta", f"classes_heldout_{count}.txt"),
                                           info.class_names)
         assert mask.shape == (len(info.class_names),) and int(mask.sum()) == count
 
@@ -348,7 +348,7 @@ def test_leftover_temporary_folder_is_not_a_dataset(tmp_path):
 
 def test_failure_midway_leaves_nothing_at_root(tmp_path, monkeypatch):
     calls = []
-    real_save = demo_data._save_jpeg
+    real_save = demo_data_lib._save_jpeg
 
     def failing_save(pixels, path):
         calls.append(path)
@@ -356,11 +356,11 @@ def test_failure_midway_leaves_nothing_at_root(tmp_path, monkeypatch):
             raise OSError("disk full")
         real_save(pixels, path)
 
-    monkeypatch.setattr(demo_data, "_save_jpeg", failing_save)
+    monkeypatch.setattr(demo_data_lib, "_save_jpeg", failing_save)
     with pytest.raises(OSError, match="disk full"):
         _generate(tmp_path / "demo")
     assert os.listdir(tmp_path) == []  # neither the root nor the temporary folder
-    monkeypatch.setattr(demo_data, "_save_jpeg", real_save)
+    monkeypatch.setattr(demo_data_lib, "_save_jpeg", real_save)
     assert _generate(tmp_path / "demo").num_images == 400
 
 
@@ -371,7 +371,7 @@ def test_sigkill_midway_leaves_nothing_at_root(tmp_path):
     # package's TensorFlow import before it starts writing.
     script = f"""
 import importlib.util, sys, time
-spec = importlib.util.spec_from_file_location("demo_data", {demo_data.__file__!r})
+spec = importlib.util.spec_from_file_location("demo_data", {demo_data_lib.__file__!r})
 demo_data = sys.modules["demo_data"] = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(demo_data)
 real_save = demo_data._save_jpeg
@@ -401,14 +401,14 @@ demo_data.generate_demo_dataset({str(root)!r}, images_per_class=40, test_images_
 def test_concurrent_generation_of_the_same_dataset(tmp_path, monkeypatch):
     """Another process finishing the same dataset first: its copy is used, ours discarded."""
     root = tmp_path / "demo"
-    real_write = demo_data._write_dataset
+    real_write = demo_data_lib._write_dataset
 
     def write_then_lose_the_race(out, *args):
         info = real_write(out, *args)
         shutil.copytree(out, root)  # the other process renames its identical copy into place first
         return info
 
-    monkeypatch.setattr(demo_data, "_write_dataset", write_then_lose_the_race)
+    monkeypatch.setattr(demo_data_lib, "_write_dataset", write_then_lose_the_race)
     info = _generate(root)
     assert info.root == str(root) and info.num_images == 400
     assert sorted(os.listdir(tmp_path)) == ["demo"]
@@ -419,7 +419,7 @@ def test_concurrent_generation_of_the_same_dataset(tmp_path, monkeypatch):
         (tmp_path / "other" / "x.txt").write_text("x")
         return info
 
-    monkeypatch.setattr(demo_data, "_write_dataset", write_then_lose_to_another_dataset)
+    monkeypatch.setattr(demo_data_lib, "_write_dataset", write_then_lose_to_another_dataset)
     with pytest.raises(ValueError, match="not a demo dataset"):
         _generate(tmp_path / "other")
     assert sorted(os.listdir(tmp_path)) == ["demo", "other"]
@@ -436,14 +436,14 @@ def test_read_back_with_read_food101n(tmp_path, kind):
     assert len(table) == info.num_images + info.num_test_images
     split = np.asarray(table.split)
     verified = np.asarray(table.verification) >= 0
-    assert int((split == datasets.SPLIT_TEST).sum()) == info.num_test_images
-    assert int((verified & (split == datasets.SPLIT_TRAIN)).sum()) == info.verified_train
-    assert int((verified & (split == datasets.SPLIT_VAL)).sum()) == info.verified_val
-    assert int((split == datasets.SPLIT_VAL).sum()) == info.verified_val  # val = the verified_val rows
-    assert not verified[split == datasets.SPLIT_TEST].any()
-    truth = demo_data.read_demo_truth(info.root)
+    assert int((split == data_table.SPLIT_TEST).sum()) == info.num_test_images
+    assert int((verified & (split == data_table.SPLIT_TRAIN)).sum()) == info.verified_train
+    assert int((verified & (split == data_table.SPLIT_VAL)).sum()) == info.verified_val
+    assert int((split == data_table.SPLIT_VAL).sum()) == info.verified_val  # val = the verified_val rows
+    assert not verified[split == data_table.SPLIT_TEST].any()
+    truth = demo_data_lib.read_demo_truth(info.root)
     true = np.array([truth[key] for key in table.keys])
-    pool = split != datasets.SPLIT_TEST
+    pool = split != data_table.SPLIT_TEST
     assert int((true[pool] != table.labels[pool]).sum()) == info.num_noisy
     np.testing.assert_array_equal(true[~pool], table.labels[~pool])  # test labels are clean
     np.testing.assert_array_equal(table.verification[verified], (true == table.labels)[verified])
@@ -452,5 +452,5 @@ def test_read_back_with_read_food101n(tmp_path, kind):
     count = int(heldout_name[len("classes_heldout_"):-len(".txt")])
     held = read_food101n(info.root, heldout_list=os.path.join(info.root, "meta", heldout_name))
     assert int(held.heldout_classes.sum()) == count
-    assert not ((held.verification >= 0) & (held.split == datasets.SPLIT_TRAIN)
+    assert not ((held.verification >= 0) & (held.split == data_table.SPLIT_TRAIN)
                 & held.heldout_classes[held.labels]).any()

@@ -130,8 +130,9 @@ def test_a_gif_is_held_to_the_pixels_of_all_its_frames(tmp_path):
 _EXTRACT_CHILD = r"""
 import json, sys
 import keras, numpy as np, tensorflow as tf
-from cleannet_tf import backbones, extract_lib
-from cleannet_tf.feature_store import FeatureStore
+from cleannet_tf.features import backbones
+from cleannet_tf.features import extract as feature_extraction
+from cleannet_tf.features.store import FeatureStore
 
 def peak_rss():
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) * 1024
@@ -140,11 +141,11 @@ paths = np.array(sys.argv[1:])
 backbone = backbones.build_backbone("small_cnn", image_size=(32, 32))
 store = FeatureStore.create_or_open(sys.argv[1] + ".features", keys=paths, paths=paths, feature_dim=256,
                                     shard_size=4, extractor={"test": 1})
-extract_lib.extract_features(paths[:1], FeatureStore.create_or_open(sys.argv[1] + ".warm", keys=paths[:1],
+feature_extraction.extract_features(paths[:1], FeatureStore.create_or_open(sys.argv[1] + ".warm", keys=paths[:1],
                              paths=paths[:1], feature_dim=256, shard_size=4, extractor={"test": 1}), backbone,
                              image_size=(32, 32), batch_size=4, progress=False)  # TF and the model warmed up
 before = peak_rss()
-stats = extract_lib.extract_features(paths, store, backbone, image_size=(32, 32), batch_size=4, progress=False)
+stats = feature_extraction.extract_features(paths, store, backbone, image_size=(32, 32), batch_size=4, progress=False)
 print(json.dumps({"before": before, "after": peak_rss(), "too_large": stats["too_large_rows"],
                   "unreadable": stats["unreadable_rows"], "images": stats["images"], "complete": store.complete}))
 """
@@ -175,7 +176,7 @@ def test_extraction_skips_a_png_bomb_as_too_large_with_bounded_memory(tmp_path, 
 
 _THUMBNAIL_CHILD = r"""
 import json, sys
-from cleannet_tf.report import _thumbnail
+from cleannet_tf.detection.report import _thumbnail
 
 def peak_rss():
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) * 1024

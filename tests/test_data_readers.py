@@ -12,7 +12,7 @@ import pytest
 from conftest import FOOD_CLASSES, FOOD_KEYS, FOOD_VERIFIED_TRAIN, make_food101n, write_jpeg, write_lines
 
 from cleannet_tf import config as config_lib
-from cleannet_tf.data import table as datasets
+from cleannet_tf.data import table as data_table
 from cleannet_tf.data.clothing1m import read_clothing1m
 from cleannet_tf.data.features_npz import load_precomputed_features
 from cleannet_tf.data.food101n import read_food101n
@@ -185,19 +185,19 @@ def test_food101n_missing_test_image(tmp_path):
 def test_read_heldout_list_with_header(tmp_path):
     path = str(tmp_path / "classes_heldout_1.txt")
     write_lines(path, ["class_name\theldout", "apple_pie\t1", "", "baklava\t0", "ramen\t1"], crlf=True)
-    np.testing.assert_array_equal(datasets.read_heldout_list(path, FOOD_CLASSES), [False, True, False])
+    np.testing.assert_array_equal(data_table.read_heldout_list(path, FOOD_CLASSES), [False, True, False])
 
 
 def test_read_heldout_list_without_header_and_unlisted_class_kept(tmp_path):
     path = str(tmp_path / "heldout.txt")
     write_lines(path, ["ramen\t0", "apple_pie\t1"])
-    np.testing.assert_array_equal(datasets.read_heldout_list(path, FOOD_CLASSES), [False, False, True])
+    np.testing.assert_array_equal(data_table.read_heldout_list(path, FOOD_CLASSES), [False, False, True])
 
 
 def test_read_heldout_list_class_names_with_spaces(tmp_path):
     path = str(tmp_path / "heldout.txt")
     write_lines(path, ["Down Coat\t0", "T-Shirt 1"])
-    np.testing.assert_array_equal(datasets.read_heldout_list(path, ["T-Shirt", "Down Coat"]), [False, True])
+    np.testing.assert_array_equal(data_table.read_heldout_list(path, ["T-Shirt", "Down Coat"]), [False, True])
 
 
 @pytest.mark.parametrize("lines, pattern", [
@@ -209,13 +209,13 @@ def test_read_heldout_list_errors(tmp_path, lines, pattern):
     path = str(tmp_path / "heldout.txt")
     write_lines(path, lines)
     with pytest.raises(DatasetError, match=pattern):
-        datasets.read_heldout_list(path, FOOD_CLASSES)
+        data_table.read_heldout_list(path, FOOD_CLASSES)
 
 
 def test_read_heldout_list_missing_file(tmp_path):
     path = str(tmp_path / "nope.txt")
     with pytest.raises(DatasetError, match=f"{path}: file not found"):
-        datasets.read_heldout_list(path, FOOD_CLASSES)
+        data_table.read_heldout_list(path, FOOD_CLASSES)
 
 
 def test_food101n_heldout_list(tmp_path):
@@ -228,19 +228,19 @@ def test_food101n_heldout_list(tmp_path):
     np.testing.assert_array_equal(table.verification, [-1, -1, 1, 1, -1, -1, 1, 0, -1])
     np.testing.assert_array_equal(table.split, [0, 0, 1, 0, 0, 0, 0, 1, 0])
     assert table.keys.tolist() == FOOD_KEYS  # images kept
-    assert table.skipped == {datasets.HELDOUT_SKIP_REASON: 2}
+    assert table.skipped == {data_table.HELDOUT_SKIP_REASON: 2}
 
 
 def test_apply_heldout_returns_new_table(tmp_path):
     table = read_food101n(make_food101n(tmp_path / "food"))
     before = table.verification.copy()
-    new = datasets.apply_heldout(table, np.array([False, False, True]))
+    new = data_table.apply_heldout(table, np.array([False, False, True]))
     np.testing.assert_array_equal(table.verification, before)  # input unchanged
     assert table.skipped == {}
     np.testing.assert_array_equal(new.verification, [1, 0, 1, 1, -1, -1, -1, 0, -1])
     assert new.skipped == {"verified_train rows of held-out classes": 1}
     with pytest.raises(ValueError, match=r"\(3,\) bool"):
-        datasets.apply_heldout(table, np.array([True, False]))
+        data_table.apply_heldout(table, np.array([True, False]))
 
 
 # --------------------------------------------------------------------------- Clothing1M fixture
@@ -470,14 +470,14 @@ def test_load_table_dispatches_and_applies_heldout_list(tmp_path):
     write_lines(heldout, ["ramen\t0"])
     table = load_table(make_config("food101n", root, heldout_list=heldout), str(tmp_path / "work"))
     np.testing.assert_array_equal(table.heldout_classes, [False, False, True])
-    assert table.skipped == {datasets.HELDOUT_SKIP_REASON: 1}
+    assert table.skipped == {data_table.HELDOUT_SKIP_REASON: 1}
 
     clothing = make_clothing1m(tmp_path / "clothing")
     heldout = str(tmp_path / "heldout_clothing.txt")
     write_lines(heldout, ["class\tkeep", "T-Shirt\t0", "Shirt\t1", "Down Coat\t1"])
     table = load_table(make_config("clothing1m", clothing, heldout_list=heldout), str(tmp_path))
     assert len(table) == len(CLOTHING_EXPECTED)
-    assert table.verification[0] == UNKNOWN and table.skipped[datasets.HELDOUT_SKIP_REASON] == 1
+    assert table.verification[0] == UNKNOWN and table.skipped[data_table.HELDOUT_SKIP_REASON] == 1
 
     tsv = make_tsv(tmp_path / "tsv", ["path\tlabel", "a.jpg\tdog"])
     table = load_table(make_config("tsv", tsv, check_images=False), str(tmp_path))
@@ -512,9 +512,9 @@ def test_load_table_real_demo_data(tmp_path):
 # --------------------------------------------------------------------------- precomputed features
 
 
-def small_table(keys) -> datasets.LabelTable:
+def small_table(keys) -> data_table.LabelTable:
     n = len(keys)
-    return datasets.LabelTable(keys=np.array(keys, dtype=str), paths=np.array(keys, dtype=str), class_names=("a",),
+    return data_table.LabelTable(keys=np.array(keys, dtype=str), paths=np.array(keys, dtype=str), class_names=("a",),
                                labels=np.zeros(n, np.int32), verification=np.full(n, -1, np.int8),
                                split=np.zeros(n, np.int8), heldout_classes=np.zeros(1, bool))
 
@@ -546,7 +546,7 @@ def test_an_uncompressed_features_npz_is_memory_mapped_not_read_twice(tmp_path):
     np.savez_compressed(compressed, keys=keys, features=features)
     assert isinstance(load_npz(stored, mmap=("features",))["features"], np.memmap)
     assert not isinstance(load_npz(compressed, mmap=("features",))["features"], np.memmap)
-    table = datasets.LabelTable(keys=keys, paths=keys, class_names=("a",), labels=np.zeros(n, np.int32),
+    table = data_table.LabelTable(keys=keys, paths=keys, class_names=("a",), labels=np.zeros(n, np.int32),
                                 verification=np.full(n, -1, np.int8), split=np.zeros(n, np.int8),
                                 heldout_classes=np.zeros(1, bool))
     peaks = {}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import cleannet_tf
-from cleannet_tf import label_noise
+from cleannet_tf.detection import label_noise
 
 
 def test_find_label_issues_mask_and_ranking():

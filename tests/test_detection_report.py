@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import make_food101n, write_lines
 
-from cleannet_tf.data import table as datasets
+from cleannet_tf.data import table as data_table
 from cleannet_tf.data.food101n import read_food101n
 from cleannet_tf.detection import active, report
 
@@ -50,7 +50,7 @@ def test_proposal_file_reads_back_through_the_food101n_reader(tmp_path):
                          verified_val=[("ramen/r5.jpg", 0)])
     table = read_food101n(root)
     scores = np.linspace(-0.4, 0.8, len(table))
-    train = table.split == datasets.SPLIT_TRAIN
+    train = table.split == data_table.SPLIT_TRAIN
     rows = active.propose_verification(table.labels, scores, np.where(train, table.verification, -1),
                                                     threshold=0.2, budget_per_class=3, num_classes=3,
                                                     candidates=train & (table.verification < 0))

@@ -125,7 +125,7 @@ def test_each_command_docstring_says_what_it_does_and_run_goes_through_cli_run()
             assert "cleannet-config --show" in doc, name
         run = next(node for node in ast.parse(open(module.__file__).read()).body
                    if isinstance(node, ast.FunctionDef) and node.name == "run")
-        assert re.search(r"\b(cli|flags)\.run\(main", ast.unparse(run)), name  # cli/flags.py run: --help text
+        assert re.search(r"\b(cli_flags|flags)\.run\(main", ast.unparse(run)), name  # cli/flags.py run: --help text
 
 
 @pytest.mark.parametrize("name", ["verify", "run", "config_cli"])
@@ -164,12 +164,12 @@ def test_config_show_prints_every_field_with_its_comment_and_default():
 
 
 def test_describe_error_names_the_path_of_a_full_disk():
-    from cleannet_tf.cli import flags as cli
+    from cleannet_tf.cli import flags as cli_flags
 
     error = OSError(errno.ENOSPC, "No space left on device", "/work/x/shard-00001.features.npy")
-    assert cli.describe_error(error) == ("/work/x/shard-00001.features.npy: no space left on device: free some space "
-                                         "(or choose another --workdir) and rerun.")
-    assert cli.describe_error(FileExistsError(errno.EEXIST, "File exists", "/a")) == "/a: File exists."
+    assert cli_flags.describe_error(error) == ("/work/x/shard-00001.features.npy: no space left on device: free some "
+                                               "space (or choose another --workdir) and rerun.")
+    assert cli_flags.describe_error(FileExistsError(errno.EEXIST, "File exists", "/a")) == "/a: File exists."
 
 
 # --------------------------------------------------------------------------- corrupt files name themselves

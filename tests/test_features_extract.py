@@ -12,7 +12,7 @@ import tensorflow as tf
 from conftest import kill_at_marker
 
 from cleannet_tf import config as config_lib
-from cleannet_tf.data import images as input_pipeline
+from cleannet_tf.data import images as data_images
 from cleannet_tf.features import backbones, extract
 from cleannet_tf.features.store import FeatureStore
 from cleannet_tf.pipeline.extract import run_extract
@@ -46,7 +46,7 @@ def test_store_equals_model_predict(tmp_path, image_paths):
     assert store.complete and store.num_shards == 3
     assert stats["unreadable_rows"] == [7, 30] and stats["images"] == 43
     readable = np.setdiff1d(np.arange(45), [7, 30])
-    images = np.stack([input_pipeline.decode_image(tf.io.read_file(image_paths[i]), IMAGE_SIZE).numpy()
+    images = np.stack([data_images.decode_image(tf.io.read_file(image_paths[i]), IMAGE_SIZE).numpy()
                        for i in readable])
     expected = backbone.predict(images, verbose=0)["features"]
     np.testing.assert_allclose(store.load_all()[readable], expected, atol=1e-5)
@@ -94,7 +94,7 @@ def _write_tsv(tmp_path, make_images, count):
 
 
 def _cli(tsv, workdir, *extra, shard_size=64):
-    return [sys.executable, "-m", "cleannet_tf.extract", f"--workdir={workdir}", "--config.data.format=tsv",
+    return [sys.executable, "-m", "cleannet_tf.cli.extract", f"--workdir={workdir}", "--config.data.format=tsv",
             f"--config.data.root={tsv}", "--config.model.backbone=small_cnn", "--config.model.weights=random",
             "--config.model.image_height=96", "--config.model.image_width=96",
             f"--config.extract.shard_size={shard_size}",
@@ -102,7 +102,7 @@ def _cli(tsv, workdir, *extra, shard_size=64):
 
 
 def _stopping_after_shard(command, marker, shard: int = 1):
-    """`command` (python -m cleannet_tf.extract ...) as a process that waits, to be killed, once `shard` is written."""
+    """`command` (python -m cleannet_tf.cli.extract ...): waits, to be killed, once `shard` is written."""
     script = f"""
 import os, sys, time
 sys.argv = ["cleannet-extract", *{command[3:]!r}]  # before the flags are defined (config_flags reads them then)
@@ -113,7 +113,7 @@ def replace(src, dst):
         open({str(marker)!r}, "w").close()
         time.sleep(600)
 os.replace = replace
-from cleannet_tf import extract
+from cleannet_tf.cli import extract
 extract.run()
 """
     return [sys.executable, "-c", script]

@@ -7,7 +7,7 @@ import shlex
 import subprocess
 import threading
 
-from cleannet_tf.pipeline import demo as demo_lib
+from cleannet_tf.pipeline import demo as pipeline_demo
 
 
 def _summary(image_path: str) -> dict:
@@ -41,7 +41,7 @@ def test_summary_ends_with_copyable_serve_curl_and_python_lines(tmp_path):
     image = tmp_path / "an image's folder" / "x.jpg"
     image.parent.mkdir()
     image.write_bytes(bytes(range(256)) * 3)
-    text = demo_lib.format_summary(_summary(str(image)), seconds=12)
+    text = pipeline_demo.format_summary(_summary(str(image)), seconds=12)
     lines = text.splitlines()
     serve = next(line for line in lines if "cleannet-serve" in line).strip()
     assert serve == ("cleannet-serve --model_config_file=/w/saved_models/models.config --port=45001 "
@@ -60,7 +60,7 @@ def test_summary_ends_with_copyable_serve_curl_and_python_lines(tmp_path):
         server.shutdown()
     path, body = _Recorder.bodies[-1]
     assert path == "/v1/models/cleannet_verifier:predict"
-    expected = demo_lib.rest_verify_body('cat\'s "x"', base64.b64encode(image.read_bytes()).decode())
+    expected = pipeline_demo.rest_verify_body('cat\'s "x"', base64.b64encode(image.read_bytes()).decode())
     assert json.loads(body) == json.loads(expected)
     assert json.loads(body)["signature_name"] == "verify_label_name"
 

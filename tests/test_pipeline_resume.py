@@ -16,7 +16,7 @@ from conftest import write_feature_dataset
 
 from cleannet_tf import atomic_io
 from cleannet_tf import config as config_lib
-from cleannet_tf.pipeline import lock as workdir_lock
+from cleannet_tf.pipeline import lock as workdir_lock_lib
 from cleannet_tf.pipeline import records, runner
 from cleannet_tf.pipeline.refs import run_refs
 from cleannet_tf.pipeline.train import run_train
@@ -179,7 +179,7 @@ def test_second_process_on_a_busy_workdir_is_refused_naming_the_holder(tmp_path)
     first = subprocess.Popen(_command("run", _flags(overrides, workdir, **{"train.steps": 10**6})), cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        lock = workdir / workdir_lock.LOCK_FILE
+        lock = workdir / workdir_lock_lib.LOCK_FILE
 
         def holder():
             try:
@@ -201,11 +201,11 @@ def test_second_process_on_a_busy_workdir_is_refused_naming_the_holder(tmp_path)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    workdir_lock.acquire(str(workdir), "test")  # the kernel released the killed holder's lock
+    workdir_lock_lib.acquire(str(workdir), "test")  # the kernel released the killed holder's lock
     try:
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     finally:
-        workdir_lock.release(str(workdir))
+        workdir_lock_lib.release(str(workdir))
 
 
 def test_changed_field_reruns_its_step_and_the_next_runtime_field_does_not(tmp_path):
@@ -269,7 +269,7 @@ def test_temp_litter_of_dead_processes_is_cleaned_when_the_lock_is_taken(tmp_pat
         path.write_text("partial")
     (workdir / f"verify.old-{dead}-12345678").mkdir()  # killed between publish_dir's two renames
     (workdir / f"verify.old-{dead}-12345678" / "scores.tsv").write_text("old set")
-    workdir_lock.acquire(str(workdir), "test")
+    workdir_lock_lib.acquire(str(workdir), "test")
     try:
         assert not any(path.exists() for path in litter)
         assert not (workdir / "saved_models" / "cleannet_verifier" / f".tmp-3-{dead}").exists()
@@ -278,7 +278,7 @@ def test_temp_litter_of_dead_processes_is_cleaned_when_the_lock_is_taken(tmp_pat
         with pytest.raises(OSError):
             os.listdir(workdir / f"verify.old-{dead}-12345678")
     finally:
-        workdir_lock.release(str(workdir))
+        workdir_lock_lib.release(str(workdir))
 
 
 def test_publish_dir_replaces_a_folder_whole(tmp_path):
@@ -334,7 +334,7 @@ def test_full_disk_and_file_size_limit_name_the_path_and_leave_no_temp_file(tmp_
 _WRITE_SHARD = """
 import os, resource, signal, sys
 import numpy as np
-from cleannet_tf import feature_store
+from cleannet_tf.features import store as feature_store
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))  # NumPy's fwrite then stops short, with no errno
 try:

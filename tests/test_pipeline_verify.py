@@ -11,9 +11,9 @@ from conftest import small_train_config, write_feature_dataset
 from sklearn.metrics import roc_auc_score
 
 from cleannet_tf import sanity
-from cleannet_tf.data import table as datasets
+from cleannet_tf.data import table as data_table
 from cleannet_tf.detection import fit, label_noise, metrics, scores_tsv, verifier
-from cleannet_tf.detection import signals as detectors
+from cleannet_tf.detection import signals as detection_signals
 from cleannet_tf.features import pool
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.model.cleannet import build_cleannet, encode_classes
@@ -22,7 +22,7 @@ from cleannet_tf.pipeline.refs import run_refs
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.train import load_training_inputs, run_train
 from cleannet_tf.pipeline.verify import load_verifier, run_verify
-from cleannet_tf.training import cleannet as train_lib
+from cleannet_tf.training import cleannet as cleannet_training
 
 
 def _random_verifier(scoring, *, threshold=0.1, weights=(0.5, -1.0, 2.0, 1.5), bias=-0.3, seed=0):
@@ -32,7 +32,7 @@ def _random_verifier(scoring, *, threshold=0.1, weights=(0.5, -1.0, 2.0, 1.5), b
     rng = np.random.default_rng(seed)
     references = rng.gamma(1.0, 1.0, (5, 3, 12)).astype(np.float32)
     class_embeddings = encode_classes(cleannet, references).numpy()
-    means = detectors.log_normalize(rng.gamma(1.0, 1.0, (5, 12)))
+    means = detection_signals.log_normalize(rng.gamma(1.0, 1.0, (5, 12)))
     model = verifier.build_verifier(cleannet, class_embeddings, means, scoring=scoring, threshold=threshold,
                                     signal_weights=weights, signal_bias=bias)
     return model, cleannet, class_embeddings, means
@@ -43,7 +43,7 @@ def _numpy_class_scores(cleannet, class_embeddings, means, features, scoring, we
     query /= np.linalg.norm(query, axis=1, keepdims=True)
     classes = class_embeddings / np.linalg.norm(class_embeddings, axis=1, keepdims=True)
     cosine = query @ classes.T
-    mean_cosine = detectors.log_normalize(features) @ means.T
+    mean_cosine = detection_signals.log_normalize(features) @ means.T
 
     def margin(s):
         out = np.empty_like(s)
@@ -86,7 +86,7 @@ def test_weight_soft_is_the_calibrated_probability_and_survives_saving(scoring, 
                               attention_dim=4, embed_dim=6)
     rng = np.random.default_rng(0)
     class_embeddings = encode_classes(cleannet, rng.gamma(1.0, 1.0, (5, 3, 12)).astype(np.float32)).numpy()
-    means = detectors.log_normalize(rng.gamma(1.0, 1.0, (5, 12)))
+    means = detection_signals.log_normalize(rng.gamma(1.0, 1.0, (5, 12)))
     model = verifier.build_verifier(cleannet, class_embeddings, means, scoring=scoring, threshold=0.0,
                                     signal_weights=(3.0, -1.0, 8.0, 1.5), signal_bias=-0.3, calibration=(0.6, 0.4))
     features = rng.gamma(1.0, 1.0, (64, 12)).astype(np.float32)
@@ -128,7 +128,7 @@ def test_fitted_signal_weights_reproduce_the_logistic_regression():
     signals = rng.normal(size=(300, 4)) * [1, 5, 0.1, 2] + [0, 3, -1, 0]
     verification = (signals @ [1, 0.2, 8, -0.5] + rng.normal(0, 1, 300) > -8).astype(int)
     weights, bias = verifier.fit_signal_weights(signals, verification)
-    detector = detectors.StackedDetector().fit(signals, verification)
+    detector = detection_signals.StackedDetector().fit(signals, verification)
     np.testing.assert_allclose(1 / (1 + np.exp(-(signals @ weights + bias))), detector.score(signals), atol=1e-9)
 
 
@@ -149,7 +149,7 @@ def test_verify_writes_scores_metrics_and_verifier(verified_workdir):
     config, workdir, report, true, noisy = verified_workdir
     table = load_table(config, workdir)
     scores = scores_tsv.read_scores_tsv(os.path.join(workdir, "verify", "scores.tsv"))
-    pool = table.split != datasets.SPLIT_TEST
+    pool = table.split != data_table.SPLIT_TEST
     assert len(scores) == int(pool.sum())
     rows = {key: i for i, key in enumerate(table.keys)}
     table_rows = np.array([rows[key] for key in scores.keys])
@@ -195,7 +195,7 @@ def test_verify_writes_scores_metrics_and_verifier(verified_workdir):
         assert os.path.getsize(os.path.join(workdir, "verify", name)) > 0
 
     # metrics.json numbers equal a recomputation from scores.tsv and the validation rows.
-    val = (table.split[table_rows] == datasets.SPLIT_VAL) & (table.verification[table_rows] >= 0)
+    val = (table.split[table_rows] == data_table.SPLIT_VAL) & (table.verification[table_rows] >= 0)
     held = table.heldout_classes[table.labels[table_rows]]
     expected = metrics.detection_metrics(scores.scores[val & ~held], table.verification[table_rows][val & ~held],
                                          threshold)
@@ -265,7 +265,7 @@ def test_streamed_scores_equal_the_in_memory_scores(verified_workdir):
 def test_calibration_classes_are_kept_out_of_training(verified_workdir):
     config, workdir, report, _, _ = verified_workdir
     table = load_table(config, workdir)
-    calibration = train_lib.calibration_classes(table, 0.25, config.seed)
+    calibration = cleannet_training.calibration_classes(table, 0.25, config.seed)
     assert calibration.sum() == 1 and not (calibration & table.heldout_classes).any()
     trained_on, _ = load_training_inputs(config, workdir, for_training=True)
     assert not calibration[trained_on.labels[trained_on.verified_train]].any()
@@ -275,7 +275,8 @@ def test_calibration_classes_are_kept_out_of_training(verified_workdir):
 def test_calibration_classes_are_named_as_such_not_as_held_out(verified_workdir, caplog):
     config, workdir, report, _, _ = verified_workdir
     table = load_table(config, workdir)
-    names = [table.class_names[c] for c in np.nonzero(train_lib.calibration_classes(table, 0.25, config.seed))[0]]
+    chosen = cleannet_training.calibration_classes(table, 0.25, config.seed)
+    names = [table.class_names[c] for c in np.nonzero(chosen)[0]]
     written = json.load(open(os.path.join(workdir, "verify", "metrics.json")))
     assert written["calibration_classes"] == names and len(names) == 1
     assert written["per_class"][names[0]].get("calibration") and not written["per_class"][names[0]]["heldout"]
@@ -302,10 +303,10 @@ def test_verify_warns_when_too_few_verified_rows_choose_the_threshold(verified_w
     config, workdir, report, _, _ = verified_workdir
     table = load_table(config, workdir)
     # The threshold rows: the calibration classes' verified_train rows (the score uses CleanNet's signals).
-    calibration = train_lib.calibration_classes(table, config.cleannet.calibration_fraction, config.seed)
-    rows = (table.split == datasets.SPLIT_TRAIN) & (table.verification >= 0) & calibration[table.labels]
+    calibration = cleannet_training.calibration_classes(table, config.cleannet.calibration_fraction, config.seed)
+    rows = (table.split == data_table.SPLIT_TRAIN) & (table.verification >= 0) & calibration[table.labels]
     wrong, right = int(np.sum(table.verification[rows] == 0)), int(np.sum(table.verification[rows] == 1))
-    val = (table.split == datasets.SPLIT_VAL) & (table.verification >= 0) & ~table.heldout_classes[table.labels]
+    val = (table.split == data_table.SPLIT_VAL) & (table.verification >= 0) & ~table.heldout_classes[table.labels]
     assert (wrong, right) != (int(np.sum(table.verification[val] == 0)), int(np.sum(table.verification[val] == 1)))
     assert min(wrong, right) < sanity.MIN_VERIFIED_PER_KIND
     written = json.load(open(os.path.join(workdir, "verify", "metrics.json")))
@@ -327,9 +328,9 @@ def _neighbour_verifier(weights, bias, *, index_rows=40, seed=0):
     centres = rng.gamma(1.0, 1.0, (5, 12)) * 3
     labels = np.repeat(np.arange(5), index_rows // 5)
     features = np.maximum(centres[labels] + rng.normal(0, 0.5, (len(labels), 12)), 0).astype(np.float32)
-    x = detectors.log_normalize(features)
-    classifier = detectors.linear_classifier(x, labels, num_classes=5)
-    means = detectors.class_means(x, labels, num_classes=5)
+    x = detection_signals.log_normalize(features)
+    classifier = detection_signals.linear_classifier(x, labels, num_classes=5)
+    means = detection_signals.class_means(x, labels, num_classes=5)
     model = verifier.build_verifier(cleannet, np.ones((5, 6), np.float32), means, scoring="stacked", threshold=0.0,
                                     signal_weights=weights, signal_bias=bias, classifier=classifier,
                                     index=fit.knn_index(x, labels))
@@ -342,7 +343,7 @@ def test_classifier_and_knn_signals_match_numpy_and_skip_the_query_itself():
     head = verifier.verification_head_of(model)
     new = np.maximum(features[:6] + np.random.default_rng(5).normal(0, 0.3, (6, 12)), 0).astype(np.float32)
     for queries, is_pool in ((features, True), (new, False)):
-        q = detectors.log_normalize(queries)
+        q = detection_signals.log_normalize(queries)
         similarity = q @ x.T
         if is_pool:  # a pool image is not its own neighbour
             np.fill_diagonal(similarity, -2.0)
@@ -385,7 +386,7 @@ def test_threshold_and_weights_come_from_verified_train_rows(verified_workdir):
     written = json.load(open(os.path.join(workdir, "verify", "metrics.json")))
     table = load_table(config, workdir)
     data, reference_sets = load_training_inputs(config, workdir, table)
-    calibration = train_lib.calibration_classes(table, config.cleannet.calibration_fraction, config.seed)
+    calibration = cleannet_training.calibration_classes(table, config.cleannet.calibration_fraction, config.seed)
     signals = config.verify.signals.split(",")
     uses_cleannet = bool(set(signals) & set(verifier.CLEANNET_SIGNALS))
     rows, name = fit.verified_rows(data, calibration, uses_cleannet)
@@ -432,8 +433,8 @@ def test_classifier_rounds_refit_the_exported_classifier_and_it_serves_the_fitte
     assert info["fit_rows"] == "verified_train of verified classes"
     own = np.arange(len(labels)), labels
     p_first = (verifier.class_scores(first, features)[own] + 1) / 2
-    weights = detectors.classifier_refit_weights(p_first, verified_train, verification[verified_train])
-    expected = detectors.linear_classifier(detectors.log_normalize(features), labels, num_classes=5,
+    weights = detection_signals.classifier_refit_weights(p_first, verified_train, verification[verified_train])
+    expected = detection_signals.linear_classifier(detection_signals.log_normalize(features), labels, num_classes=5,
                                            sample_weights=weights)
     head = verifier.verification_head_of(model)
     np.testing.assert_allclose(head.classifier_weights.numpy(), expected[0], atol=1e-4)

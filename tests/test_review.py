@@ -27,7 +27,7 @@ import pytest
 from PIL import Image
 
 from cleannet_tf import config as config_lib
-from cleannet_tf.data import table as datasets
+from cleannet_tf.data import table as data_table
 from cleannet_tf.detection import active, scores_tsv
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.pipeline.table import load_table
@@ -132,7 +132,7 @@ def make_workdir(tmp_path, *, train_steps: int = 40):
         keys=table.keys, labels=names[table.labels], scores=scores, noisy=scores < threshold,
         weight_soft=np.clip(scores, 0, 1), weight_hard=scores >= threshold, suggested_labels=names[suggested],
         suggested_scores=all_scores.max(1).astype(np.float32)))
-    train = table.split == datasets.SPLIT_TRAIN
+    train = table.split == data_table.SPLIT_TRAIN
     rows = active.propose_verification(
         table.labels, scores, np.where(train, table.verification, -1), threshold=threshold, budget_per_class=6,
         num_classes=3, candidates=train & (table.verification < 0))
@@ -218,7 +218,7 @@ def test_extra_verified_changes_the_tables_labels_not_the_release(workdir, tmp_p
     assert sum(table.skipped.values()) == 1  # the unknown key is counted, not fatal
     extra.write_text("class_name/key\tverification_label\nramen/r02.jpg\t1\n")  # a verified_val row
     config.data.extra_verified = str(extra)
-    with pytest.raises(datasets.DatasetError, match=r"extra\.tsv, line 2: 'ramen/r02\.jpg' is a val row"):
+    with pytest.raises(data_table.DatasetError, match=r"extra\.tsv, line 2: 'ramen/r02\.jpg' is a val row"):
         load_table(config, work)
 
 
@@ -400,7 +400,7 @@ def start_review_process(config_path: str | None, work: str, log_path: str, *, r
     config_path None: no --config (the workdir's newest saved config)."""
     log = open(log_path, "ab")
     config_flag = [f"--config={config_path}"] if config_path else []
-    process = subprocess.Popen([sys.executable, "-m", "cleannet_tf.review", *config_flag,
+    process = subprocess.Popen([sys.executable, "-m", "cleannet_tf.cli.review", *config_flag,
                                 f"--workdir={work}", "--port=0", "--user=tester",
                                 "--retrain" if retrain else "--noretrain"],
                                stdout=subprocess.PIPE, stderr=log, cwd=REPO,
@@ -591,7 +591,7 @@ def test_retrain_runs_train_and_verify_with_the_review_labels(server):
     assert json.load(open(os.path.join(work, "review", "history.json"))) == status_["history"]
     # cleannet-train read the release's 4 verified training labels plus the 4 decisions.
     assert "train 24 (verified 8: 8 correct, 0 wrong)" in log
-    assert "cleannet_tf.verify" in log and os.path.exists(os.path.join(work, "cleannet", "model.keras"))
+    assert "cleannet_tf.cli.verify" in log and os.path.exists(os.path.join(work, "cleannet", "model.keras"))
     new_proposals = {entry["key"] for entry in proposals(work)}
     assert not new_proposals & set(ramen[:4])  # decided images are not proposed again
     _, _, queue_ = client.request("GET", "/api/queue")  # the server reloaded cleannet-verify's new outputs
@@ -640,7 +640,7 @@ def test_a_sigkilled_server_takes_its_retrain_with_it(workdir, tmp_path):
         port, token = int(url.split(":")[2].split("/")[0]), url.split("token=")[1].split("&")[0]
         status, _, _ = Client(port, token).request("POST", "/api/retrain", {})
         assert status == 200
-        train = wait_for(lambda: [pid for pid in _children(process.pid) if b"cleannet_tf.train" in _cmdline(pid)],
+        train = wait_for(lambda: [pid for pid in _children(process.pid) if b"cleannet_tf.cli.train" in _cmdline(pid)],
                          "cleannet-train to start")[0]
         process.kill()
         process.wait(timeout=30)

@@ -11,12 +11,12 @@ from sklearn.datasets import load_digits
 
 from cleannet_tf import config as config_lib
 from cleannet_tf import sanity
-from cleannet_tf.data import table as datasets
+from cleannet_tf.data import table as data_table
 from cleannet_tf.features import backbones
 from cleannet_tf.pipeline import records
 from cleannet_tf.pipeline.classifier import run_train_classifier
 from cleannet_tf.pipeline.table import load_table
-from cleannet_tf.training import classifier as classifier_lib
+from cleannet_tf.training import classifier as classifier_training
 
 
 def test_detection_warnings_name_what_is_missing():
@@ -82,7 +82,7 @@ def test_tiny_dataset_no_longer_gives_a_chance_level_classifier(tmp_path):
     workdir = str(tmp_path / "work")
     table = load_table(config, workdir)
     metrics = run_train_classifier(config, workdir, table=table, progress=False)
-    test = table.split == datasets.SPLIT_TEST
+    test = table.split == data_table.SPLIT_TEST
     chance = sanity.chance_accuracy(table.labels[test], table.num_classes)
     assert metrics["steps"] == 8 * 3  # 252 training images, batches of 64
     assert metrics["test_accuracy"] > 0.6 > chance  # recomputed statistics: well above chance
@@ -97,7 +97,7 @@ def test_tiny_dataset_no_longer_gives_a_chance_level_classifier(tmp_path):
     stale = backbones.build_classifier(backbone, table.num_classes)
     checkpoint = tf.train.latest_checkpoint(os.path.join(workdir, "classifier", "checkpoints"))
     tf.train.Checkpoint(model=stale).restore(checkpoint).assert_existing_objects_matched()
-    accuracy = classifier_lib.evaluate_accuracy(stale, table.paths[test], table.labels[test], image_size=(32, 32),
+    accuracy = classifier_training.evaluate_accuracy(stale, table.paths[test], table.labels[test], image_size=(32, 32),
                                                 config=config)
     assert accuracy < chance
     warnings = sanity.classifier_warnings(test_accuracy=accuracy, test_labels=table.labels[test], num_classes=6,
@@ -106,5 +106,5 @@ def test_tiny_dataset_no_longer_gives_a_chance_level_classifier(tmp_path):
     # The saved model is the recomputed one: it scores as metrics.json says.
     saved = keras.saving.load_model(os.path.join(workdir, "classifier", "model.keras"))
     np.testing.assert_array_equal(saved.get_layer("logits").kernel, stale.get_layer("logits").kernel)  # same weights
-    assert classifier_lib.evaluate_accuracy(saved, table.paths[test], table.labels[test], image_size=(32, 32),
+    assert classifier_training.evaluate_accuracy(saved, table.paths[test], table.labels[test], image_size=(32, 32),
                                             config=config) == metrics["test_accuracy"]

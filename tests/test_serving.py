@@ -25,7 +25,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from cleannet_tf.data import images as input_pipeline
+from cleannet_tf.data import images as data_images
 from cleannet_tf.detection import label_noise, signals, verifier
 from cleannet_tf.export import savedmodel
 from cleannet_tf.export.names import CLASSIFIER, VERIFIER, WARMUP_FILE
@@ -100,7 +100,7 @@ def served(tmp_path_factory):
 
 
 def _in_process_image_features(backbone, images):
-    batch = tf.stack([input_pipeline.decode_image(tf.constant(b), IMAGE_SIZE, "squash") for b in images])
+    batch = tf.stack([data_images.decode_image(tf.constant(b), IMAGE_SIZE, "squash") for b in images])
     return backbone(batch, training=False)["features"]
 
 
@@ -125,7 +125,7 @@ def test_every_signature_matches_the_in_process_model(served):
         "score"], atol=1e-5)
     np.testing.assert_allclose(client.embed_image(images[:1]), model.get_layer("query_encoder")(
         features[:1])["query_embedding"], atol=1e-5)
-    probabilities = classifier(tf.stack([input_pipeline.decode_image(tf.constant(b), IMAGE_SIZE, "squash")
+    probabilities = classifier(tf.stack([data_images.decode_image(tf.constant(b), IMAGE_SIZE, "squash")
                                          for b in images]))["probabilities"].numpy()
     predicted = client.predict(CLASSIFIER, {"image_bytes": np.array(images, dtype=object)})
     np.testing.assert_allclose(predicted["probabilities"], probabilities, atol=1e-5)
@@ -299,9 +299,9 @@ def test_failed_publication_leaves_no_version(tmp_path):
 
 
 def start_serve_process(served, *flags: str) -> tuple[subprocess.Popen, int]:
-    """`python -m cleannet_tf.serve` on served's models.config, gRPC on a free port: (process, that port)."""
+    """`python -m cleannet_tf.cli.serve` on served's models.config, gRPC on a free port: (process, that port)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "cleannet_tf.serve", f"--model_config_file={served['export_dir']}/models.config",
+        [sys.executable, "-m", "cleannet_tf.cli.serve", f"--model_config_file={served['export_dir']}/models.config",
          "--port=0", *flags, "--tensorflow_intra_op_parallelism=1"], stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, text=True)
     line = ""
@@ -684,7 +684,8 @@ def test_both_models_get_one_version_above_both_maxima(tmp_path):
 _KILLED_EXPORT = r"""
 import sys, time
 import keras
-from cleannet_tf import backbones, export_lib
+from cleannet_tf.export import savedmodel
+from cleannet_tf.features import backbones
 
 class Stall:  # the warmup records: iterating them never ends, so the export is caught half-way
     def __iter__(self):
@@ -694,9 +695,9 @@ class Stall:  # the warmup records: iterating them never ends, so the export is 
             yield b""
 
 backbone = backbones.build_backbone("small_cnn", image_size=(32, 32), weights="random", feature_dim=16)
-archive = export_lib.build_classifier_archive(backbones.build_classifier(backbone, 2), ["a", "b"],
+archive = savedmodel.build_classifier_archive(backbones.build_classifier(backbone, 2), ["a", "b"],
                                               image_size=(32, 32), resize="squash")
-export_lib.publish(archive, sys.argv[1], class_names=["a", "b"], warmup=Stall())
+savedmodel.publish(archive, sys.argv[1], class_names=["a", "b"], warmup=Stall())
 """
 
 
@@ -726,10 +727,10 @@ def test_a_killed_exports_temporary_folder_is_removed_by_the_next_export(tmp_pat
 
 
 def test_the_demo_summary_rest_body_verifies_an_image(served, rest_url):
-    from cleannet_tf import demo_lib
+    from cleannet_tf.pipeline import demo
 
     image = served["images"][0]
-    body = demo_lib.rest_verify_body("class_3", base64.b64encode(image).decode()).encode()
+    body = demo.rest_verify_body("class_3", base64.b64encode(image).decode()).encode()
     status, answer = _raw_post(f"{rest_url}:predict", body)
     assert status == 200, answer
     expected = served["client"].verify_image(image, "class_3")

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from cleannet_tf import config as config_lib
-from cleannet_tf.data import table as datasets
+from cleannet_tf.data import table as data_table
 from cleannet_tf.detection import scores_tsv
 from cleannet_tf.pipeline import records, runner
 from cleannet_tf.pipeline.classifier import classifier_weights, run_train_classifier
@@ -72,7 +72,7 @@ def verified_image_workdir(tmp_path, make_images):
     config = config_lib.validate(config)
     workdir = str(tmp_path / "work")
     table = load_table(config, workdir)
-    pool = np.nonzero(table.split != datasets.SPLIT_TEST)[0]
+    pool = np.nonzero(table.split != data_table.SPLIT_TEST)[0]
     scores = np.linspace(-0.5, 0.9, len(pool)).astype(np.float32)
     os.makedirs(os.path.join(workdir, "verify"))
     names = np.asarray(table.class_names)
@@ -95,7 +95,7 @@ def test_weights_from_scores_with_verified_labels_first(verified_image_workdir):
         expected = np.where(table.verification[pool] == 1, 1.0, np.where(table.verification[pool] == 0, 0.0,
                                                                          expected))
         np.testing.assert_allclose(weights[pool], expected, atol=1e-6)
-        assert np.all(weights[table.split == datasets.SPLIT_TEST] == 1.0)
+        assert np.all(weights[table.split == data_table.SPLIT_TEST] == 1.0)
     assert soft[pool][0] == 1.0 and soft[pool][1] == 0.0  # the two verified train rows, whatever their scores
 
 
@@ -131,7 +131,7 @@ def test_finetune_phase_on_verified_correct_images_resumes_like_an_uninterrupted
     weights = classifier_weights(table, workdir, "soft")
     model, metrics = classifier.train_classifier(table, config, os.path.join(workdir, "whole"),
                                                      sample_weights=weights, progress=False)
-    verified_correct = int(np.sum((table.verification == 1) & (table.split != datasets.SPLIT_TEST)))
+    verified_correct = int(np.sum((table.verification == 1) & (table.split != data_table.SPLIT_TEST)))
     noisy_steps = 2 * (len(pool) // 4)  # weight-0 images are skipped, the epochs keep the whole pool's length
     assert metrics["n_finetune"] == verified_correct == 7
     assert metrics["steps"] == noisy_steps + verified_correct // 4
@@ -177,7 +177,7 @@ def features_workdir(tmp_path):
     config = config_lib.validate(config)
     workdir = str(tmp_path / "work")
     table = load_table(config, workdir)
-    pool = np.nonzero(table.split != datasets.SPLIT_TEST)[0]
+    pool = np.nonzero(table.split != data_table.SPLIT_TEST)[0]
     row_of = {key: i for i, key in enumerate(keys)}
     is_wrong = flip[[row_of[key] for key in table.keys[pool]]]
     scores = np.where(is_wrong, -0.6, 0.6).astype(np.float32) + rng.normal(0, 0.1, len(pool)).astype(np.float32)
@@ -201,7 +201,7 @@ def test_features_head_trains_on_frozen_features_in_every_weighting(features_wor
     directory = classifier_output_dir(workdir, weighting)
     written = json.load(open(os.path.join(directory, "metrics.json")))
     assert written["weighting"] == weighting and written["input"] == "features"
-    assert written["n_test"] == int(np.sum(table.split == datasets.SPLIT_TEST)) > 50
+    assert written["n_test"] == int(np.sum(table.split == data_table.SPLIT_TEST)) > 50
     assert written["test_accuracy"] > 0.9  # separable classes, 25% wrong labels
     weights = classifier_weights(table, workdir, weighting) if weighting != "none" else np.ones(len(table))
     if weighting == "soft":  # scores.tsv's weight_soft (P(label correct)), the verified rows' labels first
@@ -210,7 +210,7 @@ def test_features_head_trains_on_frozen_features_in_every_weighting(features_wor
         np.testing.assert_allclose(weights[pool], expected, atol=1e-6)
     assert metrics["n_train"] == int(np.sum(weights[pool] > 0))
     model = keras.saving.load_model(os.path.join(directory, "model.keras"))
-    test = table.split == datasets.SPLIT_TEST
+    test = table.split == data_table.SPLIT_TEST
     features = np.load(config.data.features)["features"]
     row_of = {key: i for i, key in enumerate(np.load(config.data.features)["keys"])}
     test_features = features[[row_of[key] for key in table.keys[test]]]
@@ -227,7 +227,7 @@ def test_features_head_resumes_after_sigkill_like_an_uninterrupted_run(features_
              "--config.classifier.batch_size=16", "--config.classifier.learning_rate=0.05",
              "--config.runtime.strategy=default"]
     checkpoints = os.path.join(workdir, "classifier_soft", "checkpoints")
-    process = subprocess.Popen([sys.executable, "-m", "cleannet_tf.train_classifier", *flags],
+    process = subprocess.Popen([sys.executable, "-m", "cleannet_tf.cli.train_classifier", *flags],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from conftest import kill_at_marker, small_train_config, write_feature_dataset
 
-from cleannet_tf.data import table as datasets
+from cleannet_tf.data import table as data_table
 from cleannet_tf.features import pool
 from cleannet_tf.pipeline.refs import run_refs
 from cleannet_tf.pipeline.table import load_table
@@ -149,18 +149,19 @@ def _train_cli(config, workdir, *, stop_at_step=None, marker=None):
         for name, value in config[section].items():
             flags.append(f"--config.{section}.{name}={value}")
     if stop_at_step is None:
-        return [sys.executable, "-m", "cleannet_tf.train", *flags]
+        return [sys.executable, "-m", "cleannet_tf.cli.train", *flags]
     script = f"""
 import sys, time
 sys.argv = ["cleannet-train", *{flags!r}]  # before the flags are defined: config_flags reads the overrides then
-from cleannet_tf import train, train_lib
-real = train_lib.CleanNetTask.is_log_step
+from cleannet_tf.cli import train
+from cleannet_tf.training import cleannet as cleannet_training
+real = cleannet_training.CleanNetTask.is_log_step
 def is_log_step(self, step):
     if step == {stop_at_step}:
         open({str(marker)!r}, "w").close()
         time.sleep(600)
     return real(self, step)
-train_lib.CleanNetTask.is_log_step = is_log_step
+cleannet_training.CleanNetTask.is_log_step = is_log_step
 train.run()
 """
     return [sys.executable, "-c", script]
@@ -215,7 +216,7 @@ def test_bad_inputs_fail_before_training(tmp_path):
 
     config.data.features = overrides["data.features"]
     table = load_table(config, workdir)
-    table.verification[table.split == datasets.SPLIT_TRAIN] = -1
+    table.verification[table.split == data_table.SPLIT_TRAIN] = -1
     with pytest.raises(ValueError, match="No verified training rows"):
         run_train(config, workdir, table=table, progress=False)
 

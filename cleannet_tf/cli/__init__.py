@@ -1,15 +1,14 @@
-"""absl entry scripts and flag plumbing (the console scripts). Imports everything; nothing imports it
-but the old entry-module shims.
+"""absl entry scripts (the console scripts, `python -m cleannet_tf.cli.<step>`) and their flag plumbing (flags.py).
 
-The names below are also the old module `cleannet_tf.cli` (one release).
+Imports everything; nothing imports it. Importing it imports TensorFlow quietly for the commands (startup.py).
 """
-from cleannet_tf.cli.flags import (  # noqa: F401
-    command_name,
-    config_if_given,
-    default_config_path,
-    describe_error,
-    reporting_errors,
-    run,
-    set_default_config,
-    setup,
-)
+
+from cleannet_tf.cli import startup
+
+startup.quiet_tensorflow_startup()
+try:
+    import tensorflow  # noqa: F401
+except BaseException:
+    startup.finish_import(failed=True)
+    raise
+startup.finish_import(failed=False)

@@ -23,7 +23,7 @@ import ml_collections
 from absl import flags
 
 from cleannet_tf import config as config_lib
-from cleannet_tf.cli import flags as cli
+from cleannet_tf.cli import flags as cli_flags
 
 _SHOW = flags.DEFINE_boolean("show", True, "Print every field with its comment and default.")
 
@@ -96,13 +96,13 @@ def format_schema(config: ml_collections.ConfigDict | None = None) -> str:
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
-    config = cli.config_if_given()
+    config = cli_flags.config_if_given()
     if _SHOW.value:
         print(format_schema(config), end="")
 
 
 def run():
-    cli.run(main, workdir_flag=False)
+    cli_flags.run(main, workdir_flag=False)
 
 
 if __name__ == "__main__":

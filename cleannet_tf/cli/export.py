@@ -21,7 +21,7 @@ import os
 
 from absl import flags
 
-from cleannet_tf.cli import flags as cli
+from cleannet_tf.cli import flags as cli_flags
 from cleannet_tf.pipeline import runner
 
 _EXPORT_DIR = flags.DEFINE_string("export_dir", "saved_models", "Where the SavedModels and models.config go "
@@ -29,14 +29,14 @@ _EXPORT_DIR = flags.DEFINE_string("export_dir", "saved_models", "Where the Saved
 
 
 def main(argv):
-    config, workdir = cli.setup(argv, "export")
+    config, workdir = cli_flags.setup(argv, "export")
     export_dir = os.path.abspath(_EXPORT_DIR.value)
     print(f"export: {runner.run_step('export', config, workdir, export_to=export_dir)}")
     print(f"models_config: {os.path.join(export_dir, 'models.config')}")
 
 
 def run():
-    cli.run(main)
+    cli_flags.run(main)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ Imports `features`, `pipeline`, `training`.
 
 from absl import app, flags, logging
 
-from cleannet_tf.cli import flags as cli
+from cleannet_tf.cli import flags as cli_flags
 from cleannet_tf.features import extract
 from cleannet_tf.pipeline import runner
 from cleannet_tf.training import distribute
@@ -38,7 +38,7 @@ def main(argv):
         task_index, num_tasks = extract.worker_task(_TASK_INDEX.value, _NUM_TASKS.value)
     except ValueError as error:
         raise app.UsageError(f"--task_index/--num_tasks/TF_CONFIG: {error}") from error
-    config, workdir = cli.setup(argv, "extract", lock=num_tasks == 1)
+    config, workdir = cli_flags.setup(argv, "extract", lock=num_tasks == 1)
     strategy_name = config.runtime.strategy
     if strategy_name == "multi_worker":
         logging.info("runtime.strategy=multi_worker: extraction workers share no state, each uses 'auto' locally.")
@@ -48,7 +48,7 @@ def main(argv):
 
 
 def run():
-    cli.run(main)
+    cli_flags.run(main)
 
 
 if __name__ == "__main__":

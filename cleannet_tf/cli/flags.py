@@ -121,11 +121,9 @@ def describe_error(error: BaseException) -> str:
 
 
 def command_name() -> str:
-    """`cleannet-verify` for the console script and for `python -m cleannet_tf.verify`."""
+    """`cleannet-verify` for the console script and for `python -m cleannet_tf.cli.verify`."""
     base = os.path.basename(sys.argv[0]) if sys.argv else "cleannet"
     stem = os.path.splitext(base)[0]
-    if stem == "__main__":  # python -m cleannet_tf.review
-        stem = os.path.basename(os.path.dirname(sys.argv[0]))
     return base if base.startswith("cleannet-") else f"cleannet-{stem.replace('_', '-')}"
 
 

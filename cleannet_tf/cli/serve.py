@@ -21,7 +21,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from cleannet_tf import serving
-from cleannet_tf.cli import flags as cli
+from cleannet_tf.cli import flags as cli_flags
 
 _PORT = flags.DEFINE_integer("port", 8500, "gRPC port (0: any free port).")
 _REST_PORT = flags.DEFINE_integer("rest_api_port", 0, "REST port (0: no REST).")
@@ -61,7 +61,7 @@ def main(argv):
 
 
 def run():
-    cli.run(main, pipeline_flags=False)
+    cli_flags.run(main, pipeline_flags=False)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ import numpy as np
 
 from cleannet_tf import ops
 from cleannet_tf.detection import label_noise, metrics, verifier
-from cleannet_tf.detection import signals as detectors
-from cleannet_tf.features import pool as train_data
+from cleannet_tf.detection import signals as detection_signals
+from cleannet_tf.features import pool as training_pool
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.model.cleannet import encode_classes
 
@@ -33,7 +33,7 @@ def knn_index(x: np.ndarray, labels: np.ndarray, *, rows: int = verifier.INDEX_R
     return np.asarray(x[keep], np.float32), np.asarray(labels[keep], np.int64)
 
 
-def verified_rows(data: train_data.TrainingData, calibration_classes: np.ndarray | None,
+def verified_rows(data: training_pool.TrainingData, calibration_classes: np.ndarray | None,
                   uses_cleannet: bool) -> tuple[np.ndarray, str]:
     """Pool rows the stacked weights and the threshold are chosen on, never the evaluated verified_val rows.
 
@@ -57,7 +57,7 @@ def verified_rows(data: train_data.TrainingData, calibration_classes: np.ndarray
     return rows, "verified_val of verified classes (no verified_train rows: the verified-class figures are optimistic)"
 
 
-def fit_verifier(cleannet: keras.Model, data: train_data.TrainingData, reference_sets: ReferenceSets, *,
+def fit_verifier(cleannet: keras.Model, data: training_pool.TrainingData, reference_sets: ReferenceSets, *,
                  mode: str, class_mean_keep: float = 0.7, calibration_classes: np.ndarray | None = None,
                  signals=verifier.SIGNAL_NAMES[:4], classifier_rounds: int = 0,
                  seed: int = 0) -> tuple[keras.Model, dict]:
@@ -73,7 +73,7 @@ def fit_verifier(cleannet: keras.Model, data: train_data.TrainingData, reference
         signals: the SIGNAL_NAMES the stacked scoring combines (the others get weight 0).
         classifier_rounds: refits of the linear classifier (when a classifier signal is used), each with rows
             weighted by the last stacked P(label correct), the fit rows by their verification
-            (detectors.classifier_refit_weights), and the stacked weights fitted again.
+            (detection_signals.classifier_refit_weights), and the stacked weights fitted again.
     Returns:
         (verifier, info) with info["threshold"], info["scoring"], info["threshold_rows"] (which rows the
         threshold comes from), and for stacked info["fit_rows"], info["signal_weights"].
@@ -82,7 +82,7 @@ def fit_verifier(cleannet: keras.Model, data: train_data.TrainingData, reference
     num_classes = len(reference_sets.class_names)
     class_embeddings = encode_classes(cleannet, reference_sets.references).numpy()
     x = ops.LogNormalizedRows(data.features)  # (P, D) log-normalised rows, computed block by block when read
-    class_means = detectors.robust_class_means(x, data.labels, num_classes=num_classes, keep=class_mean_keep)
+    class_means = detection_signals.robust_class_means(x, data.labels, num_classes=num_classes, keep=class_mean_keep)
     signals = tuple(signals)
     if scoring == "stacked":
         unknown = set(signals) - set(verifier.SIGNAL_NAMES)
@@ -103,7 +103,7 @@ def fit_verifier(cleannet: keras.Model, data: train_data.TrainingData, reference
                              "use cleannet.mode=robust.")
         uses_classifier = bool(set(signals) & {"classifier_score", "classifier_margin"})
         if uses_classifier:
-            extras["classifier"] = detectors.linear_classifier(x, data.labels, num_classes=num_classes)
+            extras["classifier"] = detection_signals.linear_classifier(x, data.labels, num_classes=num_classes)
         if "knn_agreement" in signals:
             extras["index"] = knn_index(x, data.labels, seed=seed)
         if calibration_classes is not None and calibration_classes.any() and uses_cleannet:
@@ -124,8 +124,8 @@ def fit_verifier(cleannet: keras.Model, data: train_data.TrainingData, reference
             scored = verifier.build_verifier(cleannet, class_embeddings, class_means, scoring=scoring, threshold=0.0,
                                              signal_weights=weights, signal_bias=bias, **extras)
             pool_scores = verifier.class_scores(scored, data.features)[np.arange(len(data.labels)), data.labels]
-            sample_weights = detectors.classifier_refit_weights((pool_scores + 1.0) / 2.0, rows, verification)
-            extras["classifier"] = detectors.linear_classifier(x, data.labels, num_classes=num_classes,
+            sample_weights = detection_signals.classifier_refit_weights((pool_scores + 1.0) / 2.0, rows, verification)
+            extras["classifier"] = detection_signals.linear_classifier(x, data.labels, num_classes=num_classes,
                                                                sample_weights=sample_weights)
             weights, bias = stacked_weights()
         if uses_classifier:
@@ -149,7 +149,7 @@ def fit_verifier(cleannet: keras.Model, data: train_data.TrainingData, reference
     return model, info
 
 
-def calibration_rows(data: train_data.TrainingData, calibration_classes: np.ndarray | None = None) -> np.ndarray:
+def calibration_rows(data: training_pool.TrainingData, calibration_classes: np.ndarray | None = None) -> np.ndarray:
     """Pool rows the probabilities are calibrated on: verified rows of verified classes that CleanNet did not train
     on (the validation rows, and the calibration classes' verified_train rows)."""
     verified_class = ~data.heldout_classes[data.labels]
@@ -171,7 +171,7 @@ def fit_probability_calibration(scores: np.ndarray, verification: np.ndarray,
     return calibration, {"calibration": "platt", "calibration_ab": list(calibration), "n_calibration": len(scores)}
 
 
-def correct_probabilities(scores: np.ndarray, data: train_data.TrainingData, scoring: str,
+def correct_probabilities(scores: np.ndarray, data: training_pool.TrainingData, scoring: str,
                           calibration_classes: np.ndarray | None = None) -> tuple[np.ndarray | None, dict]:
     """(P,) calibrated P(label correct) of the pool rows from their scores (None when it cannot be), and how.
 
@@ -188,7 +188,7 @@ def correct_probabilities(scores: np.ndarray, data: train_data.TrainingData, sco
     return label_noise.correct_probability(scores, scoring=scoring, calibration=calibration), info
 
 
-def detection_report(scores: np.ndarray, data: train_data.TrainingData, threshold: float,
+def detection_report(scores: np.ndarray, data: training_pool.TrainingData, threshold: float,
                      probabilities: np.ndarray | None = None) -> dict:
     """metrics.json's numbers: scores (P,) of the pool rows at `threshold`.
 

@@ -39,14 +39,14 @@ import tensorflow as tf
 from absl import logging
 
 from cleannet_tf import atomic_io
-from cleannet_tf.data import images as input_pipeline
+from cleannet_tf.data import images as data_images
 from cleannet_tf.export.names import CLASSIFIER, IMAGE_FEATURE, LABELS_FILE, VERIFIER, WARMUP_FILE
 from cleannet_tf.model.cleannet import query_encoder_of
 
 
 def _decode_batch(image_bytes: tf.Tensor, image_size: tuple[int, int], resize: str, max_pixels: int) -> tf.Tensor:
     """(B,) encoded images -> (B, H, W, 3) float32 in [0, 255]."""
-    return tf.map_fn(lambda b: input_pipeline.decode_image(b, image_size, resize, max_pixels), image_bytes,
+    return tf.map_fn(lambda b: data_images.decode_image(b, image_size, resize, max_pixels), image_bytes,
                      fn_output_signature=tf.TensorSpec((*image_size, 3), tf.float32))
 
 
@@ -56,7 +56,7 @@ def _known_classes(class_names, shown: int = 20) -> str:
 
 
 def build_verifier_archive(verifier: keras.Model, backbone: keras.Model, class_names, *, image_size, resize: str,
-                           max_pixels: int = input_pipeline.DEFAULT_MAX_PIXELS) -> keras.export.ExportArchive:
+                           max_pixels: int = data_images.DEFAULT_MAX_PIXELS) -> keras.export.ExportArchive:
     """The cleannet_verifier signatures around a verifier model and the backbone that made its features.
 
     Every verify signature also returns suggested_label_name (B,) string, the class name of suggested_label.
@@ -112,7 +112,7 @@ def build_verifier_archive(verifier: keras.Model, backbone: keras.Model, class_n
 
 
 def build_classifier_archive(classifier: keras.Model, class_names, *, image_size, resize: str, top_k: int = 5,
-                             max_pixels: int = input_pipeline.DEFAULT_MAX_PIXELS) -> keras.export.ExportArchive:
+                             max_pixels: int = data_images.DEFAULT_MAX_PIXELS) -> keras.export.ExportArchive:
     """The cleannet_classifier signatures: serving_default (Predict) and classify (Classify)."""
     names = tf.constant(list(class_names))
     top_k = min(top_k, len(class_names))

@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from cleannet_tf.data import table as datasets
+from cleannet_tf.data import table as data_table
 from cleannet_tf.features.store import FeatureSource
 
 
@@ -62,7 +62,7 @@ def check_features(features: np.ndarray, keys: np.ndarray, *, what: str = "featu
                              f"{int((~finite).sum())} such rows in [{start}, {start + len(finite)}).")
 
 
-def prepare_training_data(table: datasets.LabelTable, features: FeatureSource, reference_class_names,
+def prepare_training_data(table: data_table.LabelTable, features: FeatureSource, reference_class_names,
                           reference_dim: int, reference_counts: np.ndarray) -> TrainingData:
     """Selects and checks the rows CleanNet uses; every problem is reported before training.
 
@@ -79,13 +79,13 @@ def prepare_training_data(table: datasets.LabelTable, features: FeatureSource, r
     missing = np.nonzero(np.asarray(reference_counts) == 0)[0]
     if len(missing):
         raise ValueError(f"{len(missing)} classes have no reference set, e.g. {table.class_names[missing[0]]!r}.")
-    pool = np.nonzero(features.valid() & (table.split != datasets.SPLIT_TEST))[0]
+    pool = np.nonzero(features.valid() & (table.split != data_table.SPLIT_TEST))[0]
     pool_features = features.gather(pool)
     check_features(pool_features, table.keys[pool])
     verification = table.verification[pool]
     split = table.split[pool]
-    verified_train = np.nonzero((verification >= 0) & (split == datasets.SPLIT_TRAIN))[0]
-    validation = np.nonzero((verification >= 0) & (split == datasets.SPLIT_VAL))[0]
+    verified_train = np.nonzero((verification >= 0) & (split == data_table.SPLIT_TRAIN))[0]
+    validation = np.nonzero((verification >= 0) & (split == data_table.SPLIT_VAL))[0]
     if not len(verified_train):
         raise ValueError("No verified training rows: CleanNet needs verification labels (verified_train.tsv, the "
                          "`verified` column, or clean labels) for at least some classes. Held-out classes: "

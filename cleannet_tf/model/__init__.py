@@ -1,15 +1,5 @@
-"""The CleanNet Keras model: layers, the model, its losses. Imports only `ops`.
+"""The CleanNet Keras model: layers.py (the custom layers), cleannet.py (the model), losses.py. Imports only `ops`.
 
-Importing it registers the custom layers (`cleannet_tf>FeatureNormalization`, ...), so saved
-`model.keras` files load. The names below are also the old module `cleannet_tf.model` (one release).
+Importing layers.py registers the custom layers (`cleannet_tf>FeatureNormalization`, ...), so saved
+`model.keras` files load.
 """
-from cleannet_tf.model.cleannet import (  # noqa: F401
-    build_cleannet,
-    build_query_encoder,
-    build_reference_encoder,
-    encode_classes,
-    query_encoder_of,
-    reference_encoder_of,
-    score_with_class_embeddings,
-    similarity_to_all_classes,
-)

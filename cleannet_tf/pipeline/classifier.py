@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cleannet_tf.data import table as datasets
+from cleannet_tf.data import table as data_table
 from cleannet_tf.detection import label_noise, scores_tsv
 from cleannet_tf.features import backbones
 from cleannet_tf.pipeline.table import load_table
@@ -25,7 +25,7 @@ from cleannet_tf.pipeline.workdir import (
 from cleannet_tf.training import classifier
 
 
-def run_train_classifier(config: ml_collections.ConfigDict, workdir: str, *, table: datasets.LabelTable | None = None,
+def run_train_classifier(config: ml_collections.ConfigDict, workdir: str, *, table: data_table.LabelTable | None = None,
                          strategy: tf.distribute.Strategy | None = None, progress: bool = True) -> dict:
     """cleannet-train-classifier: backbone + softmax on the noisy labels, weighted per classifier.weighting."""
     table = table if table is not None else load_table(config, workdir)
@@ -41,7 +41,7 @@ def run_train_classifier(config: ml_collections.ConfigDict, workdir: str, *, tab
     return metrics
 
 
-def classifier_weights(table: datasets.LabelTable, workdir: str, weighting: str) -> np.ndarray:
+def classifier_weights(table: data_table.LabelTable, workdir: str, weighting: str) -> np.ndarray:
     """(N,) float32 weight of every table row from WORKDIR/verify/scores.tsv ("soft" or "hard").
 
     soft: the weight_soft column (P(label correct); paper mode max(0, s)); hard: 1[score >= threshold].
@@ -66,7 +66,7 @@ def classifier_weights(table: datasets.LabelTable, workdir: str, weighting: str)
     per_row[[row_of[key] for key in scores.keys]] = scores.scores
     soft = np.full(len(table), np.nan)
     soft[[row_of[key] for key in scores.keys]] = scores.weight_soft  # P(label correct); paper mode max(0, cos)
-    pool = table.split != datasets.SPLIT_TEST
+    pool = table.split != data_table.SPLIT_TEST
     missing = pool & np.isnan(per_row)
     if missing.sum() > 0.01 * pool.sum():
         raise ValueError(f"{path}: {int(missing.sum())} of {int(pool.sum())} training images have no score (e.g. "

@@ -26,7 +26,7 @@ from sklearn.metrics import roc_auc_score
 from cleannet_tf import config as config_lib
 from cleannet_tf import ops
 from cleannet_tf.data import demo
-from cleannet_tf.data import table as datasets
+from cleannet_tf.data import table as data_table
 from cleannet_tf.detection import metrics, scores_tsv
 from cleannet_tf.pipeline import records, runner
 from cleannet_tf.pipeline.extract import open_features
@@ -47,7 +47,7 @@ def centroid_cosine_scores(features: np.ndarray, labels: np.ndarray, pool: np.nd
     return np.einsum("nd,nd->n", normalized, means[labels])
 
 
-def run_demo(config: ml_collections.ConfigDict, workdir: str, table: datasets.LabelTable) -> dict:
+def run_demo(config: ml_collections.ConfigDict, workdir: str, table: data_table.LabelTable) -> dict:
     """Runs every step whose outputs are not complete; returns the summary numbers."""
     strategy = distribute.build_strategy(config.runtime.strategy)
     summary = {"steps": runner.run_steps(config, workdir, table=table, strategy=strategy)}
@@ -55,7 +55,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str, table: datasets.La
     root = config_lib.resolve_data_root(config, workdir)
     # The user's own data under the demo's settings (load_table) has no known true labels.
     truth = demo.read_demo_truth(root) if demo.holds_demo_dataset(root) else {}
-    pool = table.split != datasets.SPLIT_TEST
+    pool = table.split != data_table.SPLIT_TEST
     true_labels = np.array([truth.get(key, -1) for key in table.keys])
     is_wrong = (true_labels != table.labels) & pool
     features = open_features(config, workdir, table)
@@ -71,8 +71,8 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str, table: datasets.La
     summary.update(
         dataset=root, images=int(pool.sum()), test_images=int((~pool).sum()), classes=table.num_classes,
         noise_rate=float(is_wrong[pool].mean()) if truth else None, heldout_classes=int(table.heldout_classes.sum()),
-        verified_train=int(((table.verification >= 0) & (table.split == datasets.SPLIT_TRAIN)).sum()),
-        verified_val=int(((table.verification >= 0) & (table.split == datasets.SPLIT_VAL)).sum()),
+        verified_train=int(((table.verification >= 0) & (table.split == data_table.SPLIT_TRAIN)).sum()),
+        verified_val=int(((table.verification >= 0) & (table.split == data_table.SPLIT_VAL)).sum()),
         centroid_auc=float(roc_auc_score(~is_wrong[pool], scores[pool])) if truth else None,
         centroid_auc_heldout=(float(roc_auc_score(~is_wrong[heldout_rows], scores[heldout_rows]))
                               if truth and heldout_rows.any() else None),
@@ -90,7 +90,7 @@ def _detection_summary(config, workdir, table, centroid_scores) -> dict:
     """
     with open(f"{verify_dir(workdir)}/metrics.json") as f:
         cleannet = json_load(f)
-    val = (table.split == datasets.SPLIT_VAL) & (table.verification >= 0)
+    val = (table.split == data_table.SPLIT_VAL) & (table.verification >= 0)
     seen, held = val & ~table.heldout_classes[table.labels], val & table.heldout_classes[table.labels]
     threshold, error = metrics.best_threshold(centroid_scores[seen], table.verification[seen])
     baseline = {"detection_error": error, "detection_error_heldout": None,
@@ -118,7 +118,7 @@ def rest_verify_body(label_name: str, image_b64: str) -> str:
                        "instances": [{"image_bytes": {"b64": image_b64}, "label_name": label_name}]})
 
 
-def _verify_through_the_server(workdir: str, table: datasets.LabelTable, suspicious: list[dict]) -> dict:
+def _verify_through_the_server(workdir: str, table: data_table.LabelTable, suspicious: list[dict]) -> dict:
     """Starts cleannet-serve's server on WORKDIR/saved_models (free loopback gRPC and REST ports), verifies demo
     images with the official TF Serving stub (three suspicious ones, two others), classifies one, verifies the
     first through REST as the summary's curl line does; stops the server."""
@@ -128,7 +128,7 @@ def _verify_through_the_server(workdir: str, table: datasets.LabelTable, suspici
     server = serving.start_server(model_config_file=models_config, port=0, rest_port=_free_port())
     try:
         flagged = {row["key"] for row in suspicious}
-        others = [key for key in table.keys[table.split == datasets.SPLIT_TRAIN][::97] if key not in flagged][:2]
+        others = [key for key in table.keys[table.split == data_table.SPLIT_TRAIN][::97] if key not in flagged][:2]
         keys = [row["key"] for row in suspicious[:3]] + others
         row_of = {key: row for row, key in enumerate(table.keys)}
         rows = [row_of[key] for key in keys]

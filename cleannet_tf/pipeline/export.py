@@ -12,8 +12,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cleannet_tf.data import images as input_pipeline
-from cleannet_tf.data import table as datasets
+from cleannet_tf.data import images as data_images
+from cleannet_tf.data import table as data_table
 from cleannet_tf.export.names import CLASSIFIER, VERIFIER
 from cleannet_tf.export.savedmodel import (
     build_classifier_archive,
@@ -38,15 +38,15 @@ def classifier_path(config: ml_collections.ConfigDict, workdir: str) -> str:
     raise FileNotFoundError(f"No classifier in {workdir}: run cleannet-train-classifier first.")
 
 
-def _sample_inputs(table: datasets.LabelTable, features: np.ndarray, count: int = 2):
-    rows = np.nonzero(table.split != datasets.SPLIT_TEST)[0][:count]
+def _sample_inputs(table: data_table.LabelTable, features: np.ndarray, count: int = 2):
+    rows = np.nonzero(table.split != data_table.SPLIT_TEST)[0][:count]
     images = np.array([open(path, "rb").read() for path in table.paths[rows]], dtype=object)
     return images, table.labels[rows].astype(np.int64), np.asarray(table.class_names)[table.labels[rows]], rows
 
 
 def export_all(config: ml_collections.ConfigDict, workdir: str, export_dir: str, *,
-               table: datasets.LabelTable | None = None,
-               max_pixels: int = input_pipeline.DEFAULT_MAX_PIXELS) -> dict:
+               table: data_table.LabelTable | None = None,
+               max_pixels: int = data_images.DEFAULT_MAX_PIXELS) -> dict:
     """cleannet-export: both models as new versions (one number for both) under export_dir, and models.config.
 
     max_pixels: the image pixel limit baked into both graphs. Returns their paths.

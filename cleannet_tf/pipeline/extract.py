@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cleannet_tf.data import table as datasets
+from cleannet_tf.data import table as data_table
 from cleannet_tf.data.features_npz import load_precomputed_features
 from cleannet_tf.features import backbones
 from cleannet_tf.features.extract import extract_features
@@ -46,7 +46,7 @@ def build_config_backbone(config: ml_collections.ConfigDict, workdir: str) -> ke
         weights=resolve_weights(config, workdir), feature_dim=config.model.feature_dim)
 
 
-def run_extract(config: ml_collections.ConfigDict, workdir: str, *, table: datasets.LabelTable | None = None,
+def run_extract(config: ml_collections.ConfigDict, workdir: str, *, table: data_table.LabelTable | None = None,
                 strategy: tf.distribute.Strategy | None = None, progress: bool = True, task_index: int = 0,
                 num_tasks: int = 1) -> dict:
     """cleannet-extract: features of every table image into WORKDIR/features/.
@@ -87,7 +87,7 @@ def run_extract(config: ml_collections.ConfigDict, workdir: str, *, table: datas
     return stats
 
 
-def open_features(config: ml_collections.ConfigDict, workdir: str, table: datasets.LabelTable) -> FeatureSource:
+def open_features(config: ml_collections.ConfigDict, workdir: str, table: data_table.LabelTable) -> FeatureSource:
     """The features of `table`: data.features if given, else the finished WORKDIR/features/ store."""
     if config.data.features:
         return ArrayFeatures(*load_precomputed_features(config.data.features, table))

@@ -1,8 +1,9 @@
 """The steps' order and DONE records: WORKDIR/done/<record>.json, what each step depends on, when one is complete.
 
 A record holds the config fields the step depends on (STEP_FIELDS) and their hash, the DONE ids of its inputs,
-the files it produced and the time; `staleness` compares it with the current config. Workdirs of older versions
-(no done/) are adopted from their outputs (`adopt_legacy`). Imports `config`, `features`, `pipeline.workdir`.
+the files it produced and the time; `staleness` compares it with the current config. A workdir written before
+DONE records (outputs, no done/) runs every step again (`note_unrecorded_workdir` says so).
+Imports `config`, `features`, `pipeline.workdir`.
 """
 
 from __future__ import annotations
@@ -13,12 +14,10 @@ import time
 import uuid
 
 import ml_collections
-import tensorflow as tf
 from absl import logging
 
 from cleannet_tf import atomic_io
 from cleannet_tf import config as config_lib
-from cleannet_tf.features.store import FeatureStore
 from cleannet_tf.pipeline.workdir import (
     classifier_dir,
     classifier_output_dir,
@@ -180,14 +179,9 @@ def _mismatch(record: dict, expected: dict) -> str | None:
 
 
 def staleness(name: str, config: ml_collections.ConfigDict, workdir: str) -> str | None:
-    """None when record `name` says its outputs are those of `config` and of complete inputs; else why not.
-
-    Workdirs of older versions (no WORKDIR/done/) fall back to _legacy_complete.
-    """
+    """None when record `name` says its outputs are those of `config` and of complete inputs; else why not."""
     record = read_record(workdir, name)
     if record is None:
-        if not os.path.isdir(done_dir(workdir)) and _legacy_complete(name, config, workdir):
-            return None
         started = read_record(workdir, name, started=True)
         return f"interrupted (started {started.get('started', '?')}, no DONE record)" if started else "not run yet"
     reason = _mismatch(record, _expected(name, config, workdir))
@@ -204,7 +198,7 @@ def staleness(name: str, config: ml_collections.ConfigDict, workdir: str) -> str
 def step_complete(step: str, config: ml_collections.ConfigDict, workdir: str) -> bool:
     """Whether `step`'s outputs in `workdir` are complete for `config` (cleannet-run skips those).
 
-    Trusts only the step's DONE record (and, for a workdir of an older version with none, its old outputs).
+    Trusts only the step's DONE record.
     A step cleannet-run skips under `config` (precomputed features, no weighted classifiers) counts as complete.
     """
     if _skip_reason(step, config) and step != "train_classifier":
@@ -213,67 +207,18 @@ def step_complete(step: str, config: ml_collections.ConfigDict, workdir: str) ->
 
 
 
-def _legacy_complete(name: str, config: ml_collections.ConfigDict, workdir: str) -> bool:
-    """For workdirs written before DONE records: the step's old outputs exist and training reached its end."""
-    config = _record_config(name, config)
-    if name == "extract":
-        try:
-            return FeatureStore(features_dir(workdir)).complete
-        except FileNotFoundError:
-            return False
-    if name == "refs":
-        return os.path.exists(references_path(workdir))
-    if name.startswith("train_classifier"):
-        return os.path.exists(os.path.join(classifier_output_dir(workdir, config.classifier.weighting), "metrics.json"))
-    if name == "weighted_classifiers":
-        return all(_legacy_complete(upstream, config, workdir) for upstream in _upstream(name, config))
-    if name == "train":
-        directory = cleannet_dir(workdir)
-        last = tf.train.latest_checkpoint(os.path.join(directory, "checkpoints"))
-        return (os.path.exists(os.path.join(directory, "model.keras"))
-                and os.path.exists(os.path.join(directory, "metrics.json"))
-                and last is not None and int(last.rsplit("-", 1)[1]) >= config.train.steps)
-    if name == "verify":
-        return all(os.path.exists(os.path.join(verify_dir(workdir), output)) for output in VERIFY_OUTPUTS)
-    if name == "export":
-        return os.path.exists(os.path.join(export_dir(workdir), "models.config"))
-    raise ValueError(f"Unknown step {name!r}; expected one of {STEPS}")
+def note_unrecorded_workdir(workdir: str) -> bool:
+    """Logs one line when `workdir` holds outputs but no WORKDIR/done/ (a version before DONE records wrote it).
 
-
-
-def _record_names(step: str, config: ml_collections.ConfigDict) -> list[str]:
-    if step == "weighted_classifiers":
-        return [*_upstream("weighted_classifiers", config), "weighted_classifiers"]
-    return [record_name(step, _with_weighting(config, "none") if step == "train_classifier" else config)]
-
-
-
-def adopt_legacy(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
-    """A workdir of an older version (no WORKDIR/done/): DONE records for its leading complete steps.
-
-    Steps count as complete as _legacy_complete says, in pipeline order up to the first that is not; the
-    records say "legacy": true. Then WORKDIR/done/ exists and only records count. Returns the records written.
+    Every step of such a workdir runs again. Returns whether it is one.
     """
-    if os.path.isdir(done_dir(workdir)):
-        return []
-    complete = []
-    for step in STEPS:
-        if _skip_reason(step, config):
-            continue
-        names = _record_names(step, config)
-        if not all(_legacy_complete(name, config, workdir) for name in names):
-            if config.data.features and step in ("train_classifier", "weighted_classifiers"):
-                continue  # heads on the features: no other step reads them (older versions skipped them)
-            break
-        complete += names
-    os.makedirs(done_dir(workdir), exist_ok=True)
-    for name in complete:
-        _write_record(name, config, workdir, outputs=[], legacy=True)
-    adopted = complete
-    if adopted:
-        logging.info("%s has no DONE records (an older version wrote it); its complete steps count as done: %s.",
-                     workdir, ", ".join(adopted))
-    return adopted
+    if os.path.isdir(done_dir(workdir)) or not os.path.isdir(workdir):
+        return False
+    outputs = [path for path in (features_dir(workdir), references_path(workdir), cleannet_dir(workdir),
+                                 verify_dir(workdir), export_dir(workdir)) if os.path.lexists(path)]
+    if outputs:
+        logging.info("%s has outputs but no DONE records (written before them): every step runs again.", workdir)
+    return bool(outputs)
 
 
 
@@ -307,13 +252,10 @@ def _begin(name: str, config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 
-def _write_record(name: str, config: ml_collections.ConfigDict, workdir: str, *, outputs: list[str],
-                  legacy: bool = False) -> dict:
+def _write_record(name: str, config: ml_collections.ConfigDict, workdir: str, *, outputs: list[str]) -> dict:
     record = {**_expected(name, config, workdir), "id": uuid.uuid4().hex,
               "outputs": sorted(os.path.relpath(path, workdir) for path in outputs),
               "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "pid": os.getpid()}
-    if legacy:
-        record["legacy"] = True
     atomic_io.write_json(_record_path(workdir, name), record)
     return record
 

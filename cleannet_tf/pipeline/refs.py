@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cleannet_tf.data import table as datasets
+from cleannet_tf.data import table as data_table
 from cleannet_tf.features import references
 from cleannet_tf.pipeline.extract import open_features
 from cleannet_tf.pipeline.table import load_table
@@ -18,16 +18,16 @@ from cleannet_tf.pipeline.workdir import (
 )
 
 
-def reference_rows(table: datasets.LabelTable, valid_features: np.ndarray) -> np.ndarray:
+def reference_rows(table: data_table.LabelTable, valid_features: np.ndarray) -> np.ndarray:
     """(N,) bool: rows that build reference sets: the noisy pool (train and val), readable images.
 
     As in the paper, every image labelled c counts, noisy labels and verified
     validation images included; test images never do.
     """
-    return valid_features & (table.split != datasets.SPLIT_TEST)
+    return valid_features & (table.split != data_table.SPLIT_TEST)
 
 
-def run_refs(config: ml_collections.ConfigDict, workdir: str, *, table: datasets.LabelTable | None = None,
+def run_refs(config: ml_collections.ConfigDict, workdir: str, *, table: data_table.LabelTable | None = None,
              progress: bool = True) -> references.ReferenceSets:
     """cleannet-refs: k-means++ reference sets of every class -> WORKDIR/references.npz."""
     table = table if table is not None else load_table(config, workdir)

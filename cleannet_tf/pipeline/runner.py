@@ -30,8 +30,8 @@ import tensorflow as tf
 from absl import logging
 
 from cleannet_tf import config as config_lib
-from cleannet_tf.data import table as datasets
-from cleannet_tf.pipeline import lock as workdir_lock
+from cleannet_tf.data import table as data_table
+from cleannet_tf.pipeline import lock as workdir_lock_lib
 from cleannet_tf.pipeline.classifier import run_train_classifier
 from cleannet_tf.pipeline.extract import run_extract
 from cleannet_tf.pipeline.records import (
@@ -41,7 +41,7 @@ from cleannet_tf.pipeline.records import (
     _finish,
     _skip_reason,
     _with_weighting,
-    adopt_legacy,
+    note_unrecorded_workdir,
     record_name,
     staleness,
     weighted_classifiers,
@@ -86,10 +86,10 @@ def start_command(config: ml_collections.ConfigDict, workdir: str, command: str,
     commands go through run_step, which writes config.<step>.json when the step finishes (so it describes the
     outputs).
     Raises:
-        workdir_lock.WorkdirBusyError: another process holds the lock (the message names it).
+        workdir_lock_lib.WorkdirBusyError: another process holds the lock (the message names it).
     """
     if lock and _is_chief_process(config):
-        workdir_lock.acquire(workdir, command_line(command))
+        workdir_lock_lib.acquire(workdir, command_line(command))
     else:
         os.makedirs(workdir, exist_ok=True)
     if command not in STEPS or command == "export":
@@ -98,7 +98,7 @@ def start_command(config: ml_collections.ConfigDict, workdir: str, command: str,
 
 
 def run_step(step: str, config: ml_collections.ConfigDict, workdir: str, *,
-             table: datasets.LabelTable | None = None, strategy: tf.distribute.Strategy | None = None,
+             table: data_table.LabelTable | None = None, strategy: tf.distribute.Strategy | None = None,
              export_to: str | None = None, extract_task: tuple[int, int] = (0, 1)) -> str:
     """Runs one step under the workdir lock and records it; returns one line saying what it did.
 
@@ -112,11 +112,11 @@ def run_step(step: str, config: ml_collections.ConfigDict, workdir: str, *,
     if step not in STEPS:
         raise ValueError(f"Unknown step {step!r}; expected one of {STEPS}")
     chief = (strategy is None or distribute.is_chief(strategy)) and not (step == "extract" and extract_task[1] > 1)
-    with workdir_lock.locked(workdir, command_line(step)) if chief else contextlib.nullcontext():
+    with workdir_lock_lib.locked(workdir, command_line(step)) if chief else contextlib.nullcontext():
         recorded = chief and not (step == "extract" and config.data.features) and (
             step != "export" or export_to is None or os.path.abspath(export_to) == os.path.abspath(export_dir(workdir)))
         if recorded:
-            adopt_legacy(config, workdir)
+            note_unrecorded_workdir(workdir)
         if step == "weighted_classifiers":
             return _run_weighted_classifiers(config, workdir, table=table, strategy=strategy, recorded=recorded)
         name = record_name(step, config)
@@ -196,7 +196,7 @@ def _run_weighted_classifiers(config, workdir, *, table, strategy, recorded: boo
 
 
 
-def run_steps(config: ml_collections.ConfigDict, workdir: str, *, table: datasets.LabelTable | None = None,
+def run_steps(config: ml_collections.ConfigDict, workdir: str, *, table: data_table.LabelTable | None = None,
               strategy: tf.distribute.Strategy | None = None, steps=STEPS) -> dict[str, str]:
     """cleannet-run: runs `steps` in order under the workdir lock, skipping those complete for `config`.
 
@@ -209,8 +209,8 @@ def run_steps(config: ml_collections.ConfigDict, workdir: str, *, table: dataset
     if unknown:
         raise ValueError(f"Unknown step {unknown[0]!r}; expected one of {STEPS}")
     done = {}
-    with workdir_lock.locked(workdir, command_line("run")):
-        adopt_legacy(config, workdir)
+    with workdir_lock_lib.locked(workdir, command_line("run")):
+        note_unrecorded_workdir(workdir)
         table = table if table is not None else load_table(config, workdir)
         for step in steps:
             # The first classifier makes the features: unweighted, whatever classifier.weighting says.

@@ -61,9 +61,9 @@ def load_table(config, workdir: str, *, steps: Sequence[str] = ()) -> LabelTable
     data_format = data.format
     heldout_list = data.heldout_list
     if data.demo:
-        from cleannet_tf.data import demo as demo_data  # lazy: only the demo needs it
+        from cleannet_tf.data import demo as demo_data_lib  # lazy: only the demo needs it
 
-        if data.root and demo_data.holds_demo_dataset(root) is False:
+        if data.root and demo_data_lib.holds_demo_dataset(root) is False:
             data_format = _detect_format(root, data_format, data.demo)
             logging.warning("data.root %s is not a demo dataset: using it as a %s dataset with the demo's settings "
                             "(data.demo=%r generates data only in a new or empty folder; --config.data.demo= "
@@ -76,7 +76,7 @@ def load_table(config, workdir: str, *, steps: Sequence[str] = ()) -> LabelTable
             if not os.path.exists(os.path.join(root, "meta", "classes.txt")):
                 logging.info("Generating the %r demo dataset under %s.", data.demo, root)
             # Returns at once when the dataset is there; adds a missing held-out list.
-            demo_data.generate_demo_dataset(root, kind=data.demo, noise_rate=data.demo_noise_rate,
+            demo_data_lib.generate_demo_dataset(root, kind=data.demo, noise_rate=data.demo_noise_rate,
                                             images_per_class=data.demo_images_per_class or None,
                                             heldout=data.demo_heldout, seed=config.seed)
             if not heldout_list and data.demo_heldout > 0:

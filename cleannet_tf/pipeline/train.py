@@ -8,7 +8,7 @@ from __future__ import annotations
 import ml_collections
 import tensorflow as tf
 
-from cleannet_tf.data import table as datasets
+from cleannet_tf.data import table as data_table
 from cleannet_tf.features import pool
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.pipeline.extract import open_features
@@ -18,7 +18,7 @@ from cleannet_tf.training.cleannet import calibration_classes, log_calibration_c
 
 
 def load_training_inputs(config: ml_collections.ConfigDict, workdir: str,
-                         table: datasets.LabelTable | None = None, *,
+                         table: data_table.LabelTable | None = None, *,
                          for_training: bool = False) -> tuple[pool.TrainingData, ReferenceSets]:
     """The table, features and reference sets the earlier steps wrote, checked.
 
@@ -29,7 +29,7 @@ def load_training_inputs(config: ml_collections.ConfigDict, workdir: str,
     if for_training and config.cleannet.calibration_fraction > 0:
         calibration = calibration_classes(table, config.cleannet.calibration_fraction, config.seed)
         log_calibration_classes(table.class_names, calibration, config.cleannet.calibration_fraction)
-        table = datasets.apply_heldout(table, calibration, reason=datasets.CALIBRATION_SKIP_REASON)
+        table = data_table.apply_heldout(table, calibration, reason=data_table.CALIBRATION_SKIP_REASON)
     features = open_features(config, workdir, table)
     reference_sets = ReferenceSets.load(references_path(workdir))
     data = pool.prepare_training_data(table, features, reference_sets.class_names,
@@ -38,7 +38,7 @@ def load_training_inputs(config: ml_collections.ConfigDict, workdir: str,
 
 
 def run_train(config: ml_collections.ConfigDict, workdir: str, *, strategy: tf.distribute.Strategy | None = None,
-              table: datasets.LabelTable | None = None, progress: bool = True) -> dict:
+              table: data_table.LabelTable | None = None, progress: bool = True) -> dict:
     """cleannet-train: trains CleanNet on WORKDIR's features and reference sets -> WORKDIR/cleannet/."""
     data, reference_sets = load_training_inputs(config, workdir, table, for_training=True)
     _, payload = train_cleannet(data, reference_sets, config, cleannet_dir(workdir), strategy=strategy,

@@ -32,17 +32,17 @@ from absl import logging
 
 from cleannet_tf import atomic_io, sanity
 from cleannet_tf import config as config_lib
-from cleannet_tf.data import table as datasets
+from cleannet_tf.data import table as data_table
 from cleannet_tf.detection import active, scores_tsv, verifier
 from cleannet_tf.detection import report as report_lib
 from cleannet_tf.detection.fit import METRIC_ROWS, detection_report, fit_verifier
-from cleannet_tf.features import pool as train_data
+from cleannet_tf.features import pool as training_pool
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.train import load_training_inputs
 from cleannet_tf.pipeline.workdir import classifier_dir, cleannet_dir, verifier_path, verify_dir
 from cleannet_tf.training import checkpointing
-from cleannet_tf.training import cleannet as train_lib
+from cleannet_tf.training import cleannet as cleannet_training
 
 
 def load_verifier(workdir: str) -> tuple[keras.Model, list[str], float]:
@@ -56,7 +56,7 @@ def load_verifier(workdir: str) -> tuple[keras.Model, list[str], float]:
     return model, list(class_names), head.threshold
 
 
-def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: datasets.LabelTable | None = None) -> dict:
+def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: data_table.LabelTable | None = None) -> dict:
     """cleannet-verify: WORKDIR/cleannet/model.keras scores every pool image -> WORKDIR/verify/. Returns metrics."""
     table = table if table is not None else load_table(config, workdir)
     data, reference_sets = load_training_inputs(config, workdir, table)
@@ -64,12 +64,12 @@ def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: datase
     if not os.path.exists(cleannet_path):
         raise FileNotFoundError(f"{cleannet_path} not found: run cleannet-train first.")
     cleannet = keras.saving.load_model(cleannet_path)
-    calibration = train_lib.calibration_classes(table, config.cleannet.calibration_fraction, config.seed)
+    calibration = cleannet_training.calibration_classes(table, config.cleannet.calibration_fraction, config.seed)
     model, info = fit_verifier(cleannet, data, reference_sets, mode=config.cleannet.mode,
                                class_mean_keep=config.verify.class_mean_keep, calibration_classes=calibration,
                                signals=config_lib.split_names(config.verify.signals),
                                classifier_rounds=config.verify.classifier_rounds, seed=config.seed)
-    info["calibration_classes"] = train_lib.log_calibration_classes(  # none are held out (data.heldout_list)
+    info["calibration_classes"] = cleannet_training.log_calibration_classes(  # none are held out (data.heldout_list)
         table.class_names, calibration, config.cleannet.calibration_fraction)
     info["features_warnings"] = _features_warnings(config, workdir)  # the report repeats them
     threshold = info["threshold"]
@@ -104,8 +104,8 @@ def _features_warnings(config: ml_collections.ConfigDict, workdir: str) -> list[
         return json.load(f).get("warnings", [])
 
 
-def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: datasets.LabelTable,
-                   data: train_data.TrainingData, model: keras.Model, info: dict, scores: np.ndarray,
+def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: data_table.LabelTable,
+                   data: training_pool.TrainingData, model: keras.Model, info: dict, scores: np.ndarray,
                    suggested_scores: np.ndarray, suggested: np.ndarray,
                    rank_scores: np.ndarray | None = None) -> dict:
     """scores.tsv, verifier.keras, metrics.json, to_verify.tsv, report.html into output_dir; returns the metrics.
@@ -138,7 +138,7 @@ def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: da
         threshold_counts=(info["n_threshold_right"], info["n_threshold_wrong"]), threshold_rows=info["threshold_rows"]))
     checkpointing.write_json(os.path.join(output_dir, "metrics.json"), report)
 
-    train_rows = table.split[data.table_rows] == datasets.SPLIT_TRAIN
+    train_rows = table.split[data.table_rows] == data_table.SPLIT_TRAIN
     keys = table.keys[data.table_rows]
     proposals = active.propose_verification(
         data.labels, scores, np.where(train_rows, data.verification, -1), threshold=threshold,

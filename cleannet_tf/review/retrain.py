@@ -32,7 +32,7 @@ from cleannet_tf.review.store import write_text_atomic
 # The metrics.json fields the page compares before / after a retrain.
 METRICS = ("detection_error", "detection_error_heldout", "detection_error_all", "roc_auc", "roc_auc_heldout",
            "n_val", "n_val_heldout", "n_flagged", "n_images", "threshold")
-STEPS = (("cleannet-train", "cleannet_tf.train"), ("cleannet-verify", "cleannet_tf.verify"))
+STEPS = (("cleannet-train", "cleannet_tf.cli.train"), ("cleannet-verify", "cleannet_tf.cli.verify"))
 _CONFIG_PY = '''"""Written by cleannet-review: the config it served with (config.json beside this file)."""
 
 import json

@@ -39,7 +39,7 @@ from absl import logging
 
 from cleannet_tf import sanity
 from cleannet_tf.data import images
-from cleannet_tf.data import table as datasets
+from cleannet_tf.data import table as data_table
 from cleannet_tf.data.features_npz import load_precomputed_features
 from cleannet_tf.features import backbones
 from cleannet_tf.training import loop
@@ -143,7 +143,7 @@ class ClassifierTask(loop.Task):
 
     name = "classifier"
 
-    def __init__(self, table: datasets.LabelTable, config: ml_collections.ConfigDict, *,
+    def __init__(self, table: data_table.LabelTable, config: ml_collections.ConfigDict, *,
                  sample_weights: np.ndarray | None = None, initial_weights: str = "random",
                  features: np.ndarray | None = None, valid: np.ndarray | None = None):
         self.table, self.config, self.initial_weights = table, config, initial_weights
@@ -153,7 +153,7 @@ class ClassifierTask(loop.Task):
         valid = np.ones(len(table), bool) if valid is None else np.asarray(valid, bool)
         self.valid = valid
         weights = np.ones(len(table), np.float32) if sample_weights is None else np.asarray(sample_weights, np.float32)
-        in_pool = (table.split != datasets.SPLIT_TEST) & valid
+        in_pool = (table.split != data_table.SPLIT_TEST) & valid
         self.weights, self.pool = weights, np.nonzero(in_pool & (weights > 0))[0]
         self.verified_clean = np.nonzero(in_pool & (table.verification == 1))[0]
         self.global_batch = global_batch = config.classifier.batch_size
@@ -179,8 +179,8 @@ class ClassifierTask(loop.Task):
                                              config.classifier.finetune_learning_rate)
         self.optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9)
         if self.features is not None:
-            pool_features = self.features[self.table.split != datasets.SPLIT_TEST][self.valid[
-                self.table.split != datasets.SPLIT_TEST]].astype(np.float64)
+            pool_features = self.features[self.table.split != data_table.SPLIT_TEST][self.valid[
+                self.table.split != data_table.SPLIT_TEST]].astype(np.float64)
             std = pool_features.std(axis=0)
             self.model = build_features_classifier(pool_features.mean(axis=0), np.where(std > 1e-6, std, 1.0),
                                                    self.table.num_classes)
@@ -255,7 +255,7 @@ class ClassifierTask(loop.Task):
     def payload(self, state: loop.LoopState) -> dict:
         """Test accuracy of the final model, weighting, sizes, seconds and the per-epoch history."""
         table, config, pool = self.table, self.config, self.pool
-        test = (table.split == datasets.SPLIT_TEST) & self.valid
+        test = (table.split == data_table.SPLIT_TEST) & self.valid
         if not test.any():
             test_accuracy = None
         elif self.features is not None:
@@ -277,7 +277,7 @@ class ClassifierTask(loop.Task):
                 "seconds": state.seconds, "history": state.history, "warnings": warnings}
 
 
-def train_classifier(table: datasets.LabelTable, config: ml_collections.ConfigDict, output_dir: str, *,
+def train_classifier(table: data_table.LabelTable, config: ml_collections.ConfigDict, output_dir: str, *,
                      sample_weights: np.ndarray | None = None, initial_weights: str = "random",
                      strategy: tf.distribute.Strategy | None = None, progress: bool = True,
                      features: np.ndarray | None = None, valid: np.ndarray | None = None) -> tuple[keras.Model, dict]:

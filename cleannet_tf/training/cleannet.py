@@ -22,7 +22,7 @@ import tensorflow as tf
 from absl import logging
 
 from cleannet_tf import ops
-from cleannet_tf.data import table as datasets
+from cleannet_tf.data import table as data_table
 from cleannet_tf.detection import metrics, verifier
 from cleannet_tf.features import pool
 from cleannet_tf.features.references import ReferenceSets
@@ -263,13 +263,13 @@ def pick_calibration_classes(verified_labels: np.ndarray, num_classes: int, frac
     return calibration
 
 
-def calibration_classes(table: datasets.LabelTable, fraction: float, seed: int) -> np.ndarray:
+def calibration_classes(table: data_table.LabelTable, fraction: float, seed: int) -> np.ndarray:
     """(C,) bool: the verified classes whose verification labels CleanNet does not train on (a seeded draw).
 
     With cleannet.mode=stacked, cleannet-verify fits its score combination on these classes' verified rows,
     where CleanNet behaves as on classes nobody verified. fraction 0: none.
     """
-    verified = (table.verification >= 0) & (table.split == datasets.SPLIT_TRAIN)
+    verified = (table.verification >= 0) & (table.split == data_table.SPLIT_TRAIN)
     verified_labels = table.labels[verified & ~table.heldout_classes[table.labels]]
     return pick_calibration_classes(verified_labels, table.num_classes, fraction, seed)
 

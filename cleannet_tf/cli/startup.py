@@ -1,6 +1,6 @@
-"""Quiet start-up for the commands: runs before TensorFlow is first imported (from the package __init__).
+"""Quiet start-up for the commands: runs before TensorFlow is first imported (from cleannet_tf/cli/__init__.py).
 
-When the process is one of the console scripts (`cleannet-*`) or `python -m cleannet_tf.<module>`, and the
+When the process is one of the console scripts (`cleannet-*`) or `python -m cleannet_tf.cli.<step>`, and the
 user asked for no verbosity (`--verbosity=1`, `-v 1`, `--debug`):
 - TF_CPP_MIN_LOG_LEVEL=2 unless the user set it (3 on machines without an NVIDIA device, which hides the
   CUDA init error), and
@@ -19,7 +19,7 @@ _held: tuple[int, object] | None = None  # (saved stderr fd, temporary file) whi
 
 
 def launched_as_command(orig_argv: list[str] | None = None) -> bool:
-    """Whether this process runs a cleannet_tf console script or `python -m cleannet_tf.<module>`."""
+    """Whether this process runs a cleannet_tf console script or `python -m cleannet_tf.cli.<step>`."""
     argv = list(getattr(sys, "orig_argv", sys.argv) if orig_argv is None else orig_argv)
     if any(os.path.basename(arg).startswith("cleannet-") for arg in argv[:2]):
         return True

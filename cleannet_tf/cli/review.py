@@ -22,7 +22,7 @@ import ml_collections
 from absl import app, flags
 
 from cleannet_tf import config as config_lib
-from cleannet_tf.cli import flags as cli
+from cleannet_tf.cli import flags as cli_flags
 
 _SAVED_CONFIGS = ("config.verify.json", "config.run.json", "config.demo.json", "config.review.json")
 
@@ -61,7 +61,7 @@ def main(argv):
     from cleannet_tf.review.session import ReviewSession, read_metrics
 
     if _config_given(sys.argv[1:]):
-        config, workdir = cli.setup(argv, "review")
+        config, workdir = cli_flags.setup(argv, "review")
     else:
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")

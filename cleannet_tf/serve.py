@@ -1,5 +1,0 @@
-"""Old name of cleannet_tf.cli.serve (one release)."""
-from cleannet_tf.cli.serve import main, run  # noqa: F401
-
-if __name__ == "__main__":
-    run()

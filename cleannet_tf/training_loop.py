@@ -1,6 +1,0 @@
-"""Old name of cleannet_tf.training.loop (one release): the old module is the new one."""
-import sys
-
-from cleannet_tf.training import loop as _new
-
-sys.modules[__name__] = _new
