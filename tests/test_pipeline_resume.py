@@ -2,6 +2,7 @@
 real SIGKILL, real files (DONE records, the workdir lock, the verify folder published whole)."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -19,7 +20,6 @@ from cleannet_tf import config as config_lib
 from cleannet_tf.pipeline import lock as workdir_lock_lib
 from cleannet_tf.pipeline import records, runner
 from cleannet_tf.pipeline.refs import run_refs
-from cleannet_tf.pipeline.train import run_train
 from cleannet_tf.pipeline.workdir import done_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -241,19 +241,20 @@ def test_changed_field_reruns_its_step_and_the_next_runtime_field_does_not(tmp_p
     assert json.loads(open(os.path.join(workdir, "config.refs.json")).read())["refs"]["num_references"] == 8
 
 
-def test_workdir_of_an_older_version_counts_finished_steps_only(tmp_path):
-    # c90b6d9 wrote no DONE records: outputs made by the library functions directly, training stopped early.
+def test_workdir_of_a_version_before_done_records_runs_every_step_again(tmp_path, caplog):
+    # Outputs made by the library functions directly (as versions before DONE records left them), no done/.
     overrides, _, _ = write_feature_dataset(tmp_path / "data")
     workdir = str(tmp_path / "work")
-    run_refs(_config(overrides), workdir, progress=False)
-    run_train(_config(overrides, **{"train.steps": 100}), workdir, progress=False)
-    assert not os.path.exists(done_dir(workdir))
     config = _config(overrides, **{"train.steps": 200})
-    assert records.step_complete("refs", config, workdir) and not records.step_complete("train", config, workdir)
-    status = runner.run_steps(config, workdir)
-    assert status["refs"] == "already complete" and records.read_record(workdir, "refs")["legacy"]
-    assert status["train"].startswith("200 steps") and status["verify"].startswith("threshold")
-    assert records.step_complete("verify", config, workdir)
+    run_refs(config, workdir, progress=False)
+    assert not os.path.exists(done_dir(workdir))
+    assert not records.step_complete("refs", config, workdir)
+    with caplog.at_level(logging.INFO):
+        status = runner.run_steps(config, workdir)
+    said = [r.getMessage() for r in caplog.records if "no DONE records" in r.getMessage()]
+    assert said == [f"{workdir} has outputs but no DONE records (written before them): every step runs again."]
+    assert status["refs"] != "already complete" and status["train"].startswith("200 steps")
+    assert all(records.step_complete(step, config, workdir) for step in ("refs", "train", "verify"))
 
 
 def test_temp_litter_of_dead_processes_is_cleaned_when_the_lock_is_taken(tmp_path):

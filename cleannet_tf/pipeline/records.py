@@ -210,7 +210,7 @@ def step_complete(step: str, config: ml_collections.ConfigDict, workdir: str) ->
 def note_unrecorded_workdir(workdir: str) -> bool:
     """Logs one line when `workdir` holds outputs but no WORKDIR/done/ (a version before DONE records wrote it).
 
-    Every step of such a workdir runs again. Returns whether it is one.
+    Every step of such a workdir runs again. Then creates WORKDIR/done/ (said once). Returns whether it is one.
     """
     if os.path.isdir(done_dir(workdir)) or not os.path.isdir(workdir):
         return False
@@ -218,6 +218,7 @@ def note_unrecorded_workdir(workdir: str) -> bool:
                                  verify_dir(workdir), export_dir(workdir)) if os.path.lexists(path)]
     if outputs:
         logging.info("%s has outputs but no DONE records (written before them): every step runs again.", workdir)
+    os.makedirs(done_dir(workdir), exist_ok=True)
     return bool(outputs)
 
 
