@@ -26,11 +26,11 @@ from cleannet_tf.pipeline.refs import run_refs
 from cleannet_tf.pipeline.table import load_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMANDS = ("extract", "refs", "train", "verify", "train_classifier", "run", "demo", "export", "serve", "config_cli")
+COMMANDS = ("extract", "refs", "train", "verify", "train_classifier", "run", "demo", "export", "serve", "config")
 
 
 def _run(module, *args, env=None):
-    return subprocess.run([sys.executable, "-m", f"cleannet_tf.{module}", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", f"cleannet_tf.cli.{module}", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=300, env=env)
 
 
@@ -114,9 +114,7 @@ def test_each_command_docstring_says_what_it_does_and_run_goes_through_cli_run()
     import importlib
 
     for name in COMMANDS:
-        # the command modules (cli/; the old cleannet_tf.<name> is a shim onto them)
-        module = importlib.import_module(f"cleannet_tf.{name}" if name.startswith("review") else
-                                         f"cleannet_tf.cli.{name.replace('config_cli', 'config')}")
+        module = importlib.import_module(f"cleannet_tf.cli.{name}")
         doc = module.__doc__
         assert doc.startswith("cleannet-") and ": " in doc.splitlines()[0], name
         assert "Reads:" in doc and "Writes:" in doc, name
@@ -128,14 +126,14 @@ def test_each_command_docstring_says_what_it_does_and_run_goes_through_cli_run()
         assert re.search(r"\b(cli_flags|flags)\.run\(main", ast.unparse(run)), name  # cli/flags.py run: --help text
 
 
-@pytest.mark.parametrize("name", ["verify", "run", "config_cli"])
+@pytest.mark.parametrize("name", ["verify", "run", "config"])
 def test_help_shows_the_description_and_the_flags_without_startup_noise(name):
     as_a_user = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     result = _run(name, "--help", env=as_a_user)
-    module = __import__(f"cleannet_tf.{name}", fromlist=["_"])
+    module = __import__(f"cleannet_tf.cli.{name}", fromlist=["_"])
     assert module.__doc__.strip() in result.stdout  # the whole description
     assert "--config:" in result.stdout and "--debug:" in result.stdout.replace("--[no]debug:", "--debug:")
-    assert ("--workdir:" in result.stdout) == (name != "config_cli")
+    assert ("--workdir:" in result.stdout) == (name != "config")
     assert result.stderr == "", result.stderr  # no TensorFlow start-up lines
 
 
@@ -146,7 +144,7 @@ def test_serve_help_lists_its_own_flags():
 
 
 def test_config_show_prints_every_field_with_its_comment_and_default():
-    result = _run("config_cli", "--show", "--config=configs/demo.py")
+    result = _run("config", "--show", "--config=configs/demo.py")
     assert result.returncode == 0, result.stderr
     out = result.stdout
 
