@@ -32,7 +32,7 @@ def get_config(kind: str = "two_digits"):
     # Transfer to the held-out classes: k-means on each class's clean core, and
     # the stacked score. On this data CleanNet's learned signals do not carry
     # over to the held-out classes, and the robust class-mean margin alone beats
-    # every combination on three seeds (README, "Transfer"), so the score is that
+    # every combination on three seeds (docs/verification.md, "Transfer"), so the score is that
     # margin calibrated on the verified rows (2 P(correct) - 1);
     # --config.verify.signals=cleannet_cosine,cleannet_margin,class_mean_cosine,class_mean_margin
     # stacks all four.

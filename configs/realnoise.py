@@ -10,7 +10,7 @@ model.weights=imagenet) are fixed. The score is the stacked one over the score a
 classifier trained on the noisy labels (detection/signals.py linear_classifier), refitted once with rows
 weighted by the stacked P(label correct) (verify.classifier_rounds). On CIFAR-10N (3 seeds, half the classes
 held out) it has the lowest held-out error on worst of every candidate measured and is below no detection on
-every aggre seed (README, "Real photos"). CleanNet's own cosine and margin do not transfer to held-out classes
+every aggre seed (docs/results.md, "Real photos"). CleanNet's own cosine and margin do not transfer to held-out classes
 on these features, so they are not in the score (CleanNet still trains: --config.verify.signals=
 cleannet_cosine,... adds them, fitted on the calibration classes). knn_agreement and class_mean_margin are
 available signals too.
@@ -31,7 +31,7 @@ def get_config():
     config.cleannet.calibration_fraction = 0.3
     config.verify.signals = "classifier_score,classifier_margin"
     # One refit of the classifier with rows weighted by the stacked P(label correct), verified_train rows by
-    # their verification (README, "Real photos": held-out error 0.159 -> 0.153 on worst, 0.074 -> 0.070 on aggre).
+    # their verification (docs/results.md: held-out error 0.159 -> 0.153 on worst, 0.074 -> 0.070 on aggre).
     config.verify.classifier_rounds = 1
     config.train.steps = 3000
     config.train.eval_every = 500
