@@ -107,7 +107,7 @@ def linear_classifier(x: np.ndarray, labels: np.ndarray, *, num_classes: int, l2
     squared error (None: all 1; a row of weight 0 is left out), e.g. P(label correct) from a first fit
     (reweighted_classifier). Its scores x @ weights + bias rank wrong labels the way cleanlab's cross-validated
     probabilities do; on CIFAR-10N (20k rows, D=1280) the scores of the fit on every row rank the pool's own
-    images as well as out-of-sample (leave-one-out) scores (README, "Real photos"), so the same fit scores the
+    images as well as out-of-sample (leave-one-out) scores (docs/results.md), so the same fit scores the
     pool and new images.
     """
     labels = _check_labels(labels, len(x), num_classes)
