@@ -153,8 +153,10 @@ def _run(step: str, config: ml_collections.ConfigDict, workdir: str, *, table, s
                 [references_path(workdir)])
     if step == "train":
         result = run_train(config, workdir, table=table, strategy=strategy)
+        rate = result["samples_per_second"]
         return (f"{result['steps']} steps, best at {result['best_step']}, "
-                f"{result['samples_per_second']:.0f} samples/s", _files_under(cleannet_dir(workdir)))
+                + (f"{rate:.0f} samples/s" if rate is not None else "no step left to train"),
+                _files_under(cleannet_dir(workdir)))
     if step == "verify":
         result = run_verify(config, workdir, table=table)
         return (f"threshold {result['threshold']:.3f}, {result['n_flagged']} of {result['n_images']} images flagged",

@@ -208,12 +208,16 @@ class CleanNetTask(loop.Task):
 
     def payload(self, state: loop.LoopState) -> dict:
         best = state.best or {}
+        samples_per_second = self.samples_per_second  # None when this run trained no step: the last one logged
+        if samples_per_second is None:
+            samples_per_second = next((h["samples_per_second"] for h in reversed(state.history)
+                                       if h.get("samples_per_second") is not None), None)
         return {"mode": self.config.cleannet.mode, "encoding": self.encoding, "step": state.step,
                 "steps": self.total_steps, "best_step": state.best_step, "threshold": best.get("threshold"),
                 "detection_error": best.get("detection_error"), "roc_auc": best.get("roc_auc"),
                 "detection_error_heldout": best.get("detection_error_heldout"),
                 "roc_auc_heldout": best.get("roc_auc_heldout"), "n_val": best.get("n_val", 0),
-                "samples_per_second": self.samples_per_second, "best": best, "history": state.history}
+                "samples_per_second": samples_per_second, "best": best, "history": state.history}
 
 
 def train_cleannet(data: pool.TrainingData, reference_sets: ReferenceSets, config: ml_collections.ConfigDict,

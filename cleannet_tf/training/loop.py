@@ -156,7 +156,9 @@ def train(task: Task, output_dir: str, *, strategy: tf.distribute.Strategy | Non
     start_step = int(task.optimizer.iterations.numpy())
     state = _restore_history(metrics_path, start_step, task.objective) if running_metrics else LoopState(start_step)
 
-    iterator = iter(strategy.distribute_datasets_from_function(lambda context: task.dataset(context, start_step)))
+    iterator = None  # a run resumed at its last step trains no step: no input pipeline (it would be empty)
+    if start_step < task.total_steps:
+        iterator = iter(strategy.distribute_datasets_from_function(lambda context: task.dataset(context, start_step)))
 
     @tf.function
     def train_step(iterator):
