@@ -8,8 +8,11 @@ __all__ = ["Client", "ModelManager", "ModelSpecConfig", "ServingError", "parse_m
 
 def start_server(*, model_config_file: str | None = None, model_name: str | None = None,
                  model_base_path: str | None = None, port: int = 8500, rest_port: int = 0, host: str = "127.0.0.1",
-                 poll_seconds: float = 1.0):
-    """Loads the models (a models.config, or one name + base path), starts gRPC (+ REST); returns the server."""
+                 poll_seconds: float = 1.0, reload_roots: tuple[str, ...] = ()):
+    """Loads the models (a models.config, or one name + base path), starts gRPC (+ REST); returns the server.
+
+    reload_roots: folders under which HandleReloadConfigRequest may load base paths (none: reload is refused).
+    """
     import os
 
     from cleannet_tf.serving.server import ModelServer
@@ -23,6 +26,6 @@ def start_server(*, model_config_file: str | None = None, model_name: str | None
     else:
         raise ValueError("Give model_config_file, or model_name and model_base_path.")
     manager = ModelManager(models, warmup_runner=replay_warmup, poll_seconds=poll_seconds)
-    server = ModelServer(manager, port=port, rest_port=rest_port, host=host)
+    server = ModelServer(manager, port=port, rest_port=rest_port, host=host, reload_roots=reload_roots)
     server.start()
     return server

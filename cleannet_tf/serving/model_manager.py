@@ -38,6 +38,14 @@ AVAILABLE, END = 30, 50
 OK, UNKNOWN, INVALID_ARGUMENT, NOT_FOUND, DATA_LOSS = 0, 2, 3, 5, 15
 from cleannet_tf.export.names import WARMUP_FILE  # noqa: E402
 
+ECHO_CHARS = 200  # the most of one request value an error message repeats
+
+
+def shorten(value, limit: int = ECHO_CHARS) -> str:
+    """str(value), cut to `limit` characters with "...(N characters)" when longer: request values in errors."""
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"
+
 
 class ServingError(Exception):
     """An error with the gRPC status code TF Serving answers with (a grpc.StatusCode name)."""

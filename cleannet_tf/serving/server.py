@@ -5,6 +5,8 @@ classes generated in `tensorflow-serving-api`, so the official stubs (and client
 tensorflow_model_server) talk to it unchanged, with the real server's status codes: NOT_FOUND (unknown model
 or version), FAILED_PRECONDITION (unknown signature), INVALID_ARGUMENT (inputs that do not match the
 signature, bad image bytes, labels out of range). A failed request never stops the server.
+HandleReloadConfigRequest answers PERMISSION_DENIED unless every base path lies under one of `reload_roots`
+(cleannet-serve --allow_model_reload_under; none by default): it unloads the served models and runs new graphs.
 
     server = ModelServer(manager, port=8500, rest_port=8501)   # binds 127.0.0.1 by default
     server.start(); ...; server.stop()
@@ -15,6 +17,7 @@ The signatures run in serving/signatures.py, the REST front end is serving/rest.
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent import futures
 from http.server import ThreadingHTTPServer
@@ -33,7 +36,7 @@ from tensorflow_serving.apis import (
 )
 
 from cleannet_tf.export.names import MAX_MESSAGE_BYTES
-from cleannet_tf.serving.model_manager import ModelManager, ServingError, from_model_server_config
+from cleannet_tf.serving.model_manager import ModelManager, ServingError, from_model_server_config, shorten
 from cleannet_tf.serving.rest import _RestHandler
 from cleannet_tf.serving.signatures import _resolve, classify, predict, replay_warmup  # noqa: F401
 from cleannet_tf.serving.tensor_proto import to_tensor_proto
@@ -119,9 +122,25 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
 
+def reload_refusal(models, reload_roots: tuple[str, ...]) -> str | None:
+    """Why HandleReloadConfigRequest may not load `models` ([ModelSpecConfig]), or None if every base path
+    lies under one of `reload_roots` (symbolic links resolved). No roots: reloading is off."""
+    if not reload_roots:
+        return ("Model reload is off: start cleannet-serve with --allow_model_reload_under=DIR to accept "
+                "HandleReloadConfigRequest for base paths under DIR.")
+    roots = [os.path.realpath(root) for root in reload_roots]
+    for model in models:
+        path = os.path.realpath(model.base_path)
+        if not os.path.isabs(model.base_path) or not any(os.path.commonpath([root, path]) == root for root in roots):
+            return (f"Model {shorten(model.name)!r}: base_path {shorten(model.base_path)!r} is not under "
+                    f"--allow_model_reload_under ({', '.join(roots)}).")
+    return None
+
+
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, manager: ModelManager):
+    def __init__(self, manager: ModelManager, reload_roots: tuple[str, ...] = ()):
         self.manager = manager
+        self.reload_roots = tuple(reload_roots)
 
     def GetModelStatus(self, request, context):
         try:
@@ -138,8 +157,13 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
     def HandleReloadConfigRequest(self, request, context):
         response = model_management_pb2.ReloadConfigResponse()
+        models = from_model_server_config(request.config)
+        refusal = reload_refusal(models, self.reload_roots)
+        if refusal is not None:  # any local user can reach the port: loading a SavedModel runs its graph
+            logging.warning("HandleReloadConfigRequest refused: %s", refusal)
+            return _abort(context, ServingError("PERMISSION_DENIED", refusal))
         try:
-            self.manager.reload_config(from_model_server_config(request.config))
+            self.manager.reload_config(models)
         except Exception as error:
             response.status.error_code = 3  # INVALID_ARGUMENT
             response.status.error_message = str(error)
@@ -155,14 +179,16 @@ class ModelServer:
     """gRPC (and optionally REST) on a ModelManager. Binds `host` (127.0.0.1 by default)."""
 
     def __init__(self, manager: ModelManager, *, port: int = 8500, rest_port: int = 0, host: str = "127.0.0.1",
-                 max_workers: int = 16):
+                 max_workers: int = 16, reload_roots: tuple[str, ...] = ()):
+        """reload_roots: HandleReloadConfigRequest is accepted only for base paths under these folders (none: off)."""
         self.manager = manager
         self.grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager),
                                                                             self.grpc_server)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), self.grpc_server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, reload_roots),
+                                                                  self.grpc_server)
         self.port = self.grpc_server.add_insecure_port(f"{host}:{port}")
         if not self.port:
             raise OSError(f"Could not bind gRPC to {host}:{port}.")
