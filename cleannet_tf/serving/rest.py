@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 from http.server import BaseHTTPRequestHandler
 
 import numpy as np
@@ -89,15 +90,19 @@ class _RestHandler(BaseHTTPRequestHandler):
     """TF Serving's REST API. Every request gets a JSON answer; an error is {"error": "..."} with 4xx/5xx."""
 
     manager: ModelManager
+    metrics_path: str | None = None  # GET: manager.metrics in Prometheus's text format
+    timeout: float | None = None  # socket timeout: an idle (or stalled) connection is closed after it
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format, *args):  # noqa: A002 (the base class's name)
         logging.debug("REST " + format, *args)
 
-    def _reply(self, status: int, payload: dict) -> None:
-        body = json.dumps(payload, allow_nan=False).encode()
+    def _reply(self, status: int, payload: dict | str) -> None:
+        """A JSON body, or (a str payload) plain text."""
+        text = isinstance(payload, str)
+        body = payload.encode() if text else json.dumps(payload, allow_nan=False).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8" if text else "application/json")
         self.send_header("Content-Length", str(len(body)))
         if self.close_connection:
             self.send_header("Connection", "close")
@@ -121,6 +126,8 @@ class _RestHandler(BaseHTTPRequestHandler):
             self._reply(500, {"error": f"{type(error).__name__}: {error}"})
 
     def _get(self):
+        if self.metrics_path and self.path.split("?", 1)[0] == self.metrics_path:
+            return self._reply(200, self.manager.metrics.exposition())
         match = _PATH.match(self.path)
         if not match or match["verb"]:
             return self._reply(404, {"error": f"Malformed request: GET {self.path}"})
@@ -171,17 +178,30 @@ class _RestHandler(BaseHTTPRequestHandler):
         return body
 
     def do_POST(self):  # noqa: N802
+        start, status = time.perf_counter(), "OK"
         try:
             self._post()
         except ServingError as error:
+            status = error.code
             self._error(error)
         except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
+            status = "INVALID_ARGUMENT"
             self._error(ServingError("INVALID_ARGUMENT", f"Malformed request: {type(error).__name__}: {error}"))
         except RecursionError:
+            status = "INVALID_ARGUMENT"
             self._error(ServingError("INVALID_ARGUMENT", "Malformed request: JSON nested too deep"))
+        except TimeoutError:  # the body stalled for `timeout` seconds: answer, then close
+            status, self.close_connection = "DEADLINE_EXCEEDED", True
+            self._reply(408, {"error": f"Request timed out: the body stalled for {self.timeout} s"})
         except Exception as error:  # never a dropped connection
+            status = "INTERNAL"
             logging.exception("REST POST %s failed", self.path)
             self._reply(500, {"error": f"{type(error).__name__}: {error}"})
+        finally:
+            match = _PATH.match(self.path)
+            if match and match["verb"]:  # TF Serving's API names: Predict, Classify
+                self.manager.metrics.record_request(match["name"], match["verb"].capitalize(), "REST", status,
+                                                    time.perf_counter() - start)
 
     def _post(self):
         match = _PATH.match(self.path)

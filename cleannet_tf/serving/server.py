@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent import futures
 from http.server import ThreadingHTTPServer
 
@@ -56,24 +57,36 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.manager = manager
 
     def Predict(self, request, context):
+        start = time.perf_counter()
         try:
             servable = _resolve(self.manager, request.model_spec)
             inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
             signature_name = request.model_spec.signature_name or "serving_default"
             outputs = predict(servable, signature_name, inputs, list(request.output_filter))
         except ServingError as error:
-            return _abort(context, error)
+            return self._fail(context, "Predict", request, start, error)
         except Exception as error:  # malformed tensors and the like: the request fails, the server stays
-            return _abort(context, ServingError("INVALID_ARGUMENT", f"{type(error).__name__}: {error}"))
+            return self._fail(context, "Predict", request, start,
+                              ServingError("INVALID_ARGUMENT", f"{type(error).__name__}: {shorten(error)}"))
         response = predict_pb2.PredictResponse()
         response.model_spec.name = servable.name
         response.model_spec.version.value = servable.version
         response.model_spec.signature_name = signature_name
         for name, value in outputs.items():
             response.outputs[name].CopyFrom(to_tensor_proto(value))
+        self._count("Predict", request, start, "OK")
         return response
 
+    def _count(self, api: str, request, start: float, status: str) -> None:
+        self.manager.metrics.record_request(request.model_spec.name, api, "GRPC", status,
+                                            time.perf_counter() - start)
+
+    def _fail(self, context, api: str, request, start: float, error: ServingError):
+        self._count(api, request, start, error.code)
+        return _abort(context, error)
+
     def Classify(self, request, context):
+        start = time.perf_counter()
         try:
             servable = _resolve(self.manager, request.model_spec)
             kind = request.input.WhichOneof("kind")
@@ -92,9 +105,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             signature_name = request.model_spec.signature_name or "serving_default"
             results = classify(servable, signature_name, examples)
         except ServingError as error:
-            return _abort(context, error)
+            return self._fail(context, "Classify", request, start, error)
         except Exception as error:  # the request fails, the server stays
-            return _abort(context, ServingError("INVALID_ARGUMENT", f"{type(error).__name__}: {error}"))
+            return self._fail(context, "Classify", request, start,
+                              ServingError("INVALID_ARGUMENT", f"{type(error).__name__}: {shorten(error)}"))
         response = classification_pb2.ClassificationResponse()
         response.model_spec.name = servable.name
         response.model_spec.version.value = servable.version
@@ -103,6 +117,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             classifications = response.result.classifications.add()
             for label, score in row:
                 classifications.classes.add(label=label, score=score)
+        self._count("Classify", request, start, "OK")
         return response
 
     def GetModelMetadata(self, request, context):
@@ -175,12 +190,21 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 # --------------------------------------------------------------------------- the server
 
 
+DEFAULT_REST_IDLE_TIMEOUT = 30.0  # seconds; http.server's default is never
+
+
 class ModelServer:
     """gRPC (and optionally REST) on a ModelManager. Binds `host` (127.0.0.1 by default)."""
 
     def __init__(self, manager: ModelManager, *, port: int = 8500, rest_port: int = 0, host: str = "127.0.0.1",
-                 max_workers: int = 16, reload_roots: tuple[str, ...] = ()):
-        """reload_roots: HandleReloadConfigRequest is accepted only for base paths under these folders (none: off)."""
+                 max_workers: int = 16, reload_roots: tuple[str, ...] = (), metrics_path: str | None = None,
+                 rest_idle_timeout: float = DEFAULT_REST_IDLE_TIMEOUT):
+        """reload_roots: HandleReloadConfigRequest is accepted only for base paths under these folders (none: off).
+        metrics_path: where the REST port serves manager.metrics in Prometheus's format (None: nowhere).
+        rest_idle_timeout: seconds a REST connection may sit idle (or stall mid-request) before it is closed.
+        """
+        if metrics_path and not rest_port:
+            raise ValueError("Prometheus metrics are served on the REST port: give a REST port with them.")
         self.manager = manager
         self.grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -195,7 +219,8 @@ class ModelServer:
         self.rest_server = None
         self.rest_port = 0
         if rest_port:
-            handler = type("RestHandler", (_RestHandler,), {"manager": manager})
+            handler = type("RestHandler", (_RestHandler,), {"manager": manager, "metrics_path": metrics_path,
+                                                            "timeout": rest_idle_timeout})
             self.rest_server = ThreadingHTTPServer((host, rest_port), handler)
             self.rest_port = self.rest_server.server_address[1]
 
