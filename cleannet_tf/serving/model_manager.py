@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import threading
 import time
 
@@ -40,6 +41,7 @@ from cleannet_tf.export.names import WARMUP_FILE  # noqa: E402
 from cleannet_tf.serving.metrics import Metrics  # noqa: E402
 
 ECHO_CHARS = 200  # the most of one request value an error message repeats
+MAX_ERROR_CHARS = 2000  # the most of a whole error message
 
 
 def shorten(value, limit: int = ECHO_CHARS) -> str:
@@ -48,10 +50,19 @@ def shorten(value, limit: int = ECHO_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"
 
 
+def bounded_message(message: str) -> str:
+    """`message` with every run of more than ECHO_CHARS non-space characters (an echoed path, name or value)
+    shortened, and at most MAX_ERROR_CHARS in all."""
+    message = re.sub(rf"\S{{{ECHO_CHARS + 1},}}", lambda match: shorten(match.group()), str(message))
+    return shorten(message, MAX_ERROR_CHARS)
+
+
 class ServingError(Exception):
-    """An error with the gRPC status code TF Serving answers with (a grpc.StatusCode name)."""
+    """An error with the gRPC status code TF Serving answers with (a grpc.StatusCode name); its message is
+    bounded (bounded_message): requests never get their own megabytes echoed back."""
 
     def __init__(self, code: str, message: str):
+        message = bounded_message(message)
         super().__init__(message)
         self.code = code
         self.message = message
