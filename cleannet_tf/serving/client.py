@@ -40,8 +40,9 @@ def float32_input(name: str, values) -> np.ndarray:
         converted = array.astype(np.float32)
     overflow = np.isfinite(array) & ~np.isfinite(converted)
     if overflow.any():
-        raise ValueError(f"input {name!r}: value {float(array.reshape(-1)[np.argmax(overflow.reshape(-1))])!r} is out of "
-                         f"range for float32 (largest {float(np.finfo(np.float32).max):.7g})")
+        value = float(array.reshape(-1)[np.argmax(overflow.reshape(-1))])
+        raise ValueError(f"input {name!r}: value {value!r} is out of range for float32 (largest "
+                         f"{float(np.finfo(np.float32).max):.7g})")
     return converted
 
 
