@@ -7,6 +7,8 @@ import http.client
 import json
 import re
 import socket
+import subprocess
+import sys
 import time
 
 import grpc
@@ -161,3 +163,35 @@ def test_an_idle_rest_connection_is_closed_and_the_server_keeps_serving(tmp_path
         assert status == 200 and json.loads(body) == {"predictions": [3.0]}
     finally:
         server.stop(grace=1)
+
+
+def test_the_serve_command_takes_the_monitoring_and_idle_timeout_flags(tmp_path):
+    write_scaler(tmp_path / "doubler", 2.0)
+    config = tmp_path / "monitoring.config"
+    config.write_text('prometheus_config { enable: true path: "/metrics" }')
+    rest_port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cleannet_tf.cli.serve", "--model_name=doubler",
+         f"--model_base_path={tmp_path / 'doubler'}", "--port=0", f"--rest_api_port={rest_port}",
+         f"--monitoring_config_file={config}", "--rest_api_idle_timeout_seconds=0.5"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line, deadline = "", time.time() + 120
+        while "READY" not in line and time.time() < deadline and process.poll() is None:
+            line = process.stdout.readline()
+        assert f"rest={rest_port}" in line, line
+        _grpc_predict(int(line.split("grpc=")[1].split()[0]), "doubler", np.array([1.0], np.float32))
+        status, body, _ = _http(rest_port, "GET", "/metrics")
+        samples = _samples(body.decode())
+        assert status == 200
+        assert samples[(":tensorflow:serving:request_count", frozenset({("model_name", "doubler"),
+                                                                        ("status", "OK")}))] == 1
+        assert samples[(":tensorflow:cc:saved_model:load_attempt_count", frozenset({
+            ("model_path", str(tmp_path / "doubler" / "1")), ("status", "success")}))] == 1
+        idle = socket.create_connection(("127.0.0.1", rest_port), timeout=10)
+        start = time.monotonic()
+        assert idle.recv(1024) == b"" and time.monotonic() - start < 5
+        idle.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
