@@ -81,3 +81,17 @@ def test_keys_that_are_not_utf8_are_one_line_naming_the_file(tmp_path):
     with pytest.raises(DatasetError, match=rf"^{path}: 'keys' holds bytes that are not UTF-8, e\.g\. key 1 "
                                            r"b'b\\xff\\xfe\.jpg'; write the keys as str\.$"):
         load_precomputed_features(str(path), _table(tmp_path))
+
+
+def test_a_stored_features_member_is_mapped_only_if_its_header_fits_its_entry(tmp_path):
+    """np.savez members are memory-mapped: a header claiming more rows must not map the bytes after it."""
+    path = tmp_path / "features.npz"
+    keys = np.array(["a.jpg", "b.jpg"])
+    _write_npz(path, {"features": _npy_header((2, 2)) + np.ones(2, np.float32).tobytes(),  # 8 of 16 bytes
+                      "keys": keys, "padding": np.zeros(1000, np.float32)}, compression=zipfile.ZIP_STORED)
+    with pytest.raises(DatasetError, match=rf"^{path}: member features\.npy declares shape \(2, 2\) of float32 "
+                                           r"\(16 bytes\) but its zip entry holds 8 bytes"):
+        load_precomputed_features(str(path), _table(tmp_path))
+    np.savez(path, keys=keys, features=np.array([[1, 2], [3, 4]], np.float32))
+    assert isinstance(load_npz(str(path), mmap=("features",))["features"], np.memmap)
+    np.testing.assert_array_equal(load_precomputed_features(str(path), _table(tmp_path))[0], [[1, 2], [3, 4]])

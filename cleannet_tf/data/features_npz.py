@@ -143,7 +143,7 @@ def load_npz(path: str, *, fix: str = "", mmap: tuple[str, ...] = (), names: tup
             wanted = [name for name in (members if names is None else names) if name in members]
             arrays = {}
             for name in wanted:
-                mapped = _stored_member(path, name) if name in mmap else None
+                mapped = _stored_member(path, name, suffix) if name in mmap else None
                 arrays[name] = mapped if mapped is not None else _read_member(path, archive, members[name],
                                                                               max_bytes, suffix)
             return arrays
@@ -160,6 +160,22 @@ def load_npz(path: str, *, fix: str = "", mmap: tuple[str, ...] = (), names: tup
         raise CorruptFileError(f"{path} is not a valid .npz (truncated or corrupt): {error}.{suffix}") from error
 
 
+def _member_header(path: str, member, info: zipfile.ZipInfo, suffix: str) -> tuple[tuple, bool, np.dtype, int]:
+    """(shape, fortran_order, dtype, bytes before the data) of an .npy member whose header's shape x itemsize
+    fills its zip entry exactly (the entry's uncompressed size bounds inflating it)."""
+    version = np.lib.format.read_magic(member)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = read_header(member)
+    if dtype.hasobject:
+        raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+    declared = math.prod(shape) * dtype.itemsize
+    if member.tell() + declared != info.file_size:
+        raise CorruptFileError(f"{path}: member {info.filename} declares shape {shape} of {dtype} ({declared} "
+                               f"bytes) but its zip entry holds {info.file_size - member.tell()} bytes of data "
+                               f"(truncated or corrupt).{suffix}")
+    return shape, fortran_order, dtype, member.tell()
+
+
 def _read_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int,
                  suffix: str) -> np.ndarray:
     """One member, after its npy header's size is checked against the zip entry's and against max_bytes."""
@@ -167,17 +183,8 @@ def _read_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, max
         raise CorruptFileError(f"{path}: member {info.filename} inflates to {info.file_size} bytes, over the limit "
                                f"of {max_bytes}.{suffix}")
     with archive.open(info) as member:
-        version = np.lib.format.read_magic(member)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
-        shape, fortran_order, dtype = read_header(member)
-        if dtype.hasobject:
-            raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
-        declared = math.prod(shape) * dtype.itemsize
-        if member.tell() + declared != info.file_size:
-            raise CorruptFileError(f"{path}: member {info.filename} declares shape {shape} of {dtype} ({declared} "
-                                   f"bytes) but its zip entry holds {info.file_size - member.tell()} bytes of data "
-                                   f"(truncated or corrupt).{suffix}")
+        shape, fortran_order, dtype, header_size = _member_header(path, member, info, suffix)
+        declared = info.file_size - header_size
         array = np.empty(shape, dtype=dtype, order="F" if fortran_order else "C")
         flat = array.reshape(-1, order="A").view(np.uint8) if declared else np.empty(0, np.uint8)
         done = 0
@@ -193,20 +200,14 @@ def _read_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, max
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., file name length, extra field length (30 bytes)
 
 
-def _stored_member(path: str, name: str) -> np.memmap | None:
+def _stored_member(path: str, name: str, suffix: str = "") -> np.memmap | None:
     """The array `name` of the .npz at `path` as a read-only memmap if stored uncompressed, else None."""
     with zipfile.ZipFile(path) as archive:
         info = archive.getinfo(name + ".npy")
         if info.compress_type != zipfile.ZIP_STORED:
             return None
         with archive.open(info) as member:
-            version = np.lib.format.read_magic(member)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, fortran_order, dtype = read_header(member)
-            header_size = member.tell()
-    if dtype.hasobject:
-        raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+            shape, fortran_order, dtype, header_size = _member_header(path, member, info, suffix)
     if not shape or 0 in shape:  # nothing to map: np.load reads it
         return None
     with open(path, "rb") as f:
