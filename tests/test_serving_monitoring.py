@@ -165,33 +165,49 @@ def test_an_idle_rest_connection_is_closed_and_the_server_keeps_serving(tmp_path
         server.stop(grace=1)
 
 
-def test_the_serve_command_takes_the_monitoring_and_idle_timeout_flags(tmp_path):
-    write_scaler(tmp_path / "doubler", 2.0)
+@pytest.mark.slow
+def test_the_serve_command_takes_the_monitoring_idle_timeout_and_reload_flags(tmp_path):
+    """One cleannet-serve process: --monitoring_config_file, --rest_api_idle_timeout_seconds and
+    --allow_model_reload_under (repeated)."""
+    from test_serving_reload import _reload
+
+    allowed = tmp_path / "allowed"
+    write_scaler(allowed / "doubler", 2.0)
+    write_scaler(allowed / "tripler", 3.0)
+    write_scaler(tmp_path / "elsewhere" / "evil", -1.0)
     config = tmp_path / "monitoring.config"
     config.write_text('prometheus_config { enable: true path: "/metrics" }')
     rest_port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "cleannet_tf.cli.serve", "--model_name=doubler",
-         f"--model_base_path={tmp_path / 'doubler'}", "--port=0", f"--rest_api_port={rest_port}",
-         f"--monitoring_config_file={config}", "--rest_api_idle_timeout_seconds=0.5"],
+         f"--model_base_path={allowed / 'doubler'}", "--port=0", f"--rest_api_port={rest_port}",
+         f"--monitoring_config_file={config}", "--rest_api_idle_timeout_seconds=0.5",
+         f"--allow_model_reload_under={tmp_path / 'other'}", f"--allow_model_reload_under={allowed}"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         line, deadline = "", time.time() + 120
         while "READY" not in line and time.time() < deadline and process.poll() is None:
             line = process.stdout.readline()
         assert f"rest={rest_port}" in line, line
-        _grpc_predict(int(line.split("grpc=")[1].split()[0]), "doubler", np.array([1.0], np.float32))
+        port = int(line.split("grpc=")[1].split()[0])
+        _grpc_predict(port, "doubler", np.array([1.0], np.float32))
         status, body, _ = _http(rest_port, "GET", "/metrics")
         samples = _samples(body.decode())
         assert status == 200
         assert samples[(":tensorflow:serving:request_count", frozenset({("model_name", "doubler"),
                                                                         ("status", "OK")}))] == 1
         assert samples[(":tensorflow:cc:saved_model:load_attempt_count", frozenset({
-            ("model_path", str(tmp_path / "doubler" / "1")), ("status", "success")}))] == 1
+            ("model_path", str(allowed / "doubler" / "1")), ("status", "success")}))] == 1
         idle = socket.create_connection(("127.0.0.1", rest_port), timeout=10)
         start = time.monotonic()
         assert idle.recv(1024) == b"" and time.monotonic() - start < 5
         idle.close()
+
+        with pytest.raises(grpc.RpcError) as caught:
+            _reload(port, evil=str(tmp_path / "elsewhere" / "evil"))
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert _reload(port, tripler=str(allowed / "tripler")).status.error_code == 0
+        _grpc_predict(port, "tripler", np.array([1.0], np.float32))
     finally:
         process.terminate()
         process.wait(timeout=30)
