@@ -30,6 +30,20 @@ _NAME = flags.DEFINE_string("model_name", None, "One model's name (with --model_
 _BASE = flags.DEFINE_string("model_base_path", None, "One model's base path (integer-named version folders).")
 _POLL = flags.DEFINE_float("file_system_poll_wait_seconds", 1.0, "How often to look for new versions.")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind (0.0.0.0 for every interface).")
+_RELOAD_ROOTS = flags.DEFINE_multi_string(
+    "allow_model_reload_under", [],
+    "Accept gRPC HandleReloadConfigRequest (which unloads the served models and loads others) for base paths "
+    "under this folder; repeat for several. Unset: every reload is refused with PERMISSION_DENIED (any local "
+    "user can reach the port, and a SavedModel's graph runs with the server's rights).")
+_MONITORING = flags.DEFINE_string(
+    "monitoring_config_file", None,
+    'A MonitoringConfig text proto, as tensorflow_model_server reads it: prometheus_config { enable: true, '
+    'path: "/monitoring/prometheus/metrics" } serves request counts, request latency and SavedModel load '
+    "attempts in Prometheus's format at that path on --rest_api_port.")
+_REST_IDLE = flags.DEFINE_float(
+    "rest_api_idle_timeout_seconds", 30.0,
+    "Seconds a REST connection may sit idle (or stall in the middle of a request) before the server closes it.",
+    lower_bound=0.001)
 _INTRA_OP = flags.DEFINE_integer(
     "tensorflow_intra_op_parallelism", 0,
     "Threads of one op (0: TensorFlow's default, one per core). 1 lowers the latency of small models on few "
@@ -47,7 +61,10 @@ def main(argv):
     try:
         server = serving.start_server(model_config_file=_CONFIG.value, model_name=_NAME.value,
                                       model_base_path=_BASE.value, port=_PORT.value, rest_port=_REST_PORT.value,
-                                      host=_HOST.value, poll_seconds=_POLL.value)
+                                      host=_HOST.value, poll_seconds=_POLL.value,
+                                      reload_roots=tuple(_RELOAD_ROOTS.value),
+                                      monitoring_config_file=_MONITORING.value,
+                                      rest_idle_timeout=_REST_IDLE.value)
     except ValueError as error:
         raise app.UsageError(str(error)) from error
     stop = threading.Event()

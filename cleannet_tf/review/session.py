@@ -15,7 +15,6 @@ Imports `config`, `data`, `detection`, `features`, `pipeline`, `review.store`.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import threading
@@ -26,7 +25,7 @@ import numpy as np
 from absl import logging
 
 from cleannet_tf import config as config_lib
-from cleannet_tf.data import table
+from cleannet_tf.data import images, table
 from cleannet_tf.detection import active, scores_tsv, signals
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.pipeline.extract import open_features
@@ -333,18 +332,19 @@ class ReviewSession:
             if cache_key in self._thumbnails:
                 self._thumbnails.move_to_end(cache_key)
                 return self._thumbnails[cache_key]
-        from PIL import Image
+        import tensorflow as tf
 
         path = str(self.snapshot.table.paths[row])
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-                image.thumbnail((size, size))  # never enlarges: the page scales small images up
-                buffer = io.BytesIO()
-                image.save(buffer, format="JPEG", quality=88)
-        except (OSError, ValueError) as error:
-            raise ReviewError(f"{path}: cannot read the image ({error})", status=404) from None
-        data = buffer.getvalue()
+        try:  # the pipeline's decoder: the header is held to input.max_pixels before any pixel is decoded
+            with open(path, "rb") as f:
+                image = images.decode_to_fit(f.read(), size, self.config.input.max_pixels)
+            data = tf.io.encode_jpeg(image, quality=88).numpy()
+        except images.ImageTooLargeError as error:
+            raise ReviewError(f"{path}: not shown: {error}", status=422) from None
+        except (OSError, tf.errors.OpError) as error:
+            reason = str(getattr(error, "message", error)).strip().splitlines()
+            raise ReviewError(f"{path}: cannot read the image ({reason[0] if reason else type(error).__name__})",
+                              status=404) from None
         with self._lock:
             self._thumbnails[cache_key] = data
             while len(self._thumbnails) > 2000:

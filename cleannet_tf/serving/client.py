@@ -30,6 +30,22 @@ from cleannet_tf.export.names import CLASSIFIER, MAX_MESSAGE_BYTES, VERIFIER
 from cleannet_tf.serving.tensor_proto import to_tensor_proto
 
 
+def float32_input(name: str, values) -> np.ndarray:
+    """`values` as float32; ValueError naming the input if a finite value is beyond float32's range (it would
+    otherwise arrive as Inf)."""
+    array = np.asarray(values)
+    if array.dtype.kind not in "iuf":
+        return np.asarray(array, np.float32)
+    with np.errstate(over="ignore"):
+        converted = array.astype(np.float32)
+    overflow = np.isfinite(array) & ~np.isfinite(converted)
+    if overflow.any():
+        value = float(array.reshape(-1)[np.argmax(overflow.reshape(-1))])
+        raise ValueError(f"input {name!r}: value {value!r} is out of range for float32 (largest "
+                         f"{float(np.finfo(np.float32).max):.7g})")
+    return converted
+
+
 def _read(image) -> bytes:
     if isinstance(image, bytes | bytearray):
         return bytes(image)
@@ -84,7 +100,7 @@ class Client:
     def verify_features(self, features, labels, *, model: str = VERIFIER, version: int | None = None) -> dict:
         """features (B, D), labels (B,) class ids -> score, is_noisy, weight_soft, suggested_label,
         suggested_label_name, suggested_score, each (B,)."""
-        return self.predict(model, {"features": np.asarray(features, np.float32),
+        return self.predict(model, {"features": float32_input("features", features),
                                     "label": np.asarray(labels, np.int64)}, signature="verify_features",
                             version=version)
 

@@ -18,13 +18,14 @@ Bad and half-written versions never take a model offline:
 - Under the "latest N" policy the served versions are the N newest that load: a newer version that fails leaves
   the older one serving.
 
-Imports `export`.
+Imports `export`, `serving.metrics`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import threading
 import time
 
@@ -37,12 +38,31 @@ AVAILABLE, END = 30, 50
 # google.rpc / tensorflow error codes (tensorflow_serving/apis/status.proto's error_code).
 OK, UNKNOWN, INVALID_ARGUMENT, NOT_FOUND, DATA_LOSS = 0, 2, 3, 5, 15
 from cleannet_tf.export.names import WARMUP_FILE  # noqa: E402
+from cleannet_tf.serving.metrics import Metrics  # noqa: E402
+
+ECHO_CHARS = 200  # the most of one request value an error message repeats
+MAX_ERROR_CHARS = 2000  # the most of a whole error message
+
+
+def shorten(value, limit: int = ECHO_CHARS) -> str:
+    """str(value), cut to `limit` characters with "...(N characters)" when longer: request values in errors."""
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"
+
+
+def bounded_message(message: str) -> str:
+    """`message` with every run of more than ECHO_CHARS non-space characters (an echoed path, name or value)
+    shortened, and at most MAX_ERROR_CHARS in all."""
+    message = re.sub(rf"\S{{{ECHO_CHARS + 1},}}", lambda match: shorten(match.group()), str(message))
+    return shorten(message, MAX_ERROR_CHARS)
 
 
 class ServingError(Exception):
-    """An error with the gRPC status code TF Serving answers with (a grpc.StatusCode name)."""
+    """An error with the gRPC status code TF Serving answers with (a grpc.StatusCode name); its message is
+    bounded (bounded_message): requests never get their own megabytes echoed back."""
 
     def __init__(self, code: str, message: str):
+        message = bounded_message(message)
         super().__init__(message)
         self.code = code
         self.message = message
@@ -162,13 +182,16 @@ class ModelManager:
     """Loads and serves the versions of every configured model; thread-safe for readers."""
 
     def __init__(self, models: list[ModelSpecConfig], *, warmup_runner=None, poll_seconds: float = 1.0,
-                 retry_seconds: float | None = None, max_retry_seconds: float = 300.0):
+                 retry_seconds: float | None = None, max_retry_seconds: float = 300.0,
+                 metrics: Metrics | None = None):
         """warmup_runner(servable, record_bytes) replays one warmup record (raises on failure).
+        metrics: counts every SavedModel load attempt (load_attempt_count); a new Metrics by default.
 
         retry_seconds: the first wait before a failed version is loaded again (default poll_seconds), doubled
         after each failure up to max_retry_seconds.
         """
         self._warmup_runner = warmup_runner
+        self.metrics = metrics if metrics is not None else Metrics()
         self._poll_seconds = poll_seconds
         self._retry_seconds = poll_seconds if retry_seconds is None else retry_seconds
         self._max_retry_seconds = max_retry_seconds
@@ -194,7 +217,13 @@ class ModelManager:
     def _load(self, spec: ModelSpecConfig, version: int) -> Servable:
         path = os.path.join(spec.base_path, str(version))
         start = time.perf_counter()
-        servable = Servable(spec.name, version, path, tf.saved_model.load(path), _signature_defs(path))
+        try:
+            loaded = tf.saved_model.load(path)
+        except Exception:
+            self.metrics.record_load(path, ok=False)
+            raise
+        self.metrics.record_load(path, ok=True)
+        servable = Servable(spec.name, version, path, loaded, _signature_defs(path))
         warmup = os.path.join(path, WARMUP_FILE)
         records = 0
         if self._warmup_runner is not None and os.path.exists(warmup):

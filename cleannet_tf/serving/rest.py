@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 from http.server import BaseHTTPRequestHandler
 
 import numpy as np
@@ -18,7 +19,7 @@ from tensorflow_serving.apis import (
 )
 
 from cleannet_tf.export.names import MAX_MESSAGE_BYTES
-from cleannet_tf.serving.model_manager import ModelManager, Servable, ServingError
+from cleannet_tf.serving.model_manager import ModelManager, Servable, ServingError, shorten
 from cleannet_tf.serving.signatures import _CODE_NAMES, _STATE_NAMES, classify, predict
 
 _PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
@@ -63,7 +64,14 @@ def _json_input(name: str, value, dtype: tf.DType) -> np.ndarray:
         info = np.iinfo(dtype.as_numpy_dtype)
         if array.min() < info.min or array.max() > info.max:
             raise ServingError("INVALID_ARGUMENT", f"JSON value of input {name!r} is out of range for {dtype.name}")
-    return array.astype(dtype.as_numpy_dtype)
+    converted = array.astype(dtype.as_numpy_dtype)
+    if dtype.is_floating and array.size:
+        overflow = np.isfinite(array) & ~np.isfinite(converted)  # e.g. 1e39 for a float32 input
+        if overflow.any():
+            raise ServingError("INVALID_ARGUMENT", f"JSON value of input {name!r} is out of range for {dtype.name}: "
+                               f"{float(array.reshape(-1)[np.argmax(overflow.reshape(-1))])!r} (largest "
+                               f"{float(np.finfo(dtype.as_numpy_dtype).max):.7g})")
+    return converted
 
 
 def _json_float(value: float):
@@ -89,15 +97,19 @@ class _RestHandler(BaseHTTPRequestHandler):
     """TF Serving's REST API. Every request gets a JSON answer; an error is {"error": "..."} with 4xx/5xx."""
 
     manager: ModelManager
+    metrics_path: str | None = None  # GET: manager.metrics in Prometheus's text format
+    timeout: float | None = None  # socket timeout: an idle (or stalled) connection is closed after it
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format, *args):  # noqa: A002 (the base class's name)
         logging.debug("REST " + format, *args)
 
-    def _reply(self, status: int, payload: dict) -> None:
-        body = json.dumps(payload, allow_nan=False).encode()
+    def _reply(self, status: int, payload: dict | str) -> None:
+        """A JSON body, or (a str payload) plain text."""
+        text = isinstance(payload, str)
+        body = payload.encode() if text else json.dumps(payload, allow_nan=False).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8" if text else "application/json")
         self.send_header("Content-Length", str(len(body)))
         if self.close_connection:
             self.send_header("Connection", "close")
@@ -117,13 +129,15 @@ class _RestHandler(BaseHTTPRequestHandler):
         try:
             self._get()
         except Exception as error:  # never a dropped connection
-            logging.exception("REST GET %s failed", self.path)
-            self._reply(500, {"error": f"{type(error).__name__}: {error}"})
+            logging.exception("REST GET %s failed", shorten(self.path))
+            self._error(ServingError("INTERNAL", f"{type(error).__name__}: {error}"))
 
     def _get(self):
+        if self.metrics_path and self.path.split("?", 1)[0] == self.metrics_path:
+            return self._reply(200, self.manager.metrics.exposition())
         match = _PATH.match(self.path)
         if not match or match["verb"]:
-            return self._reply(404, {"error": f"Malformed request: GET {self.path}"})
+            return self._error(ServingError("NOT_FOUND", f"Malformed request: GET {self.path}"))
         try:
             if match["metadata"]:
                 from google.protobuf import json_format
@@ -171,23 +185,36 @@ class _RestHandler(BaseHTTPRequestHandler):
         return body
 
     def do_POST(self):  # noqa: N802
+        start, status = time.perf_counter(), "OK"
         try:
             self._post()
         except ServingError as error:
+            status = error.code
             self._error(error)
         except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
+            status = "INVALID_ARGUMENT"
             self._error(ServingError("INVALID_ARGUMENT", f"Malformed request: {type(error).__name__}: {error}"))
         except RecursionError:
+            status = "INVALID_ARGUMENT"
             self._error(ServingError("INVALID_ARGUMENT", "Malformed request: JSON nested too deep"))
+        except TimeoutError:  # the body stalled for `timeout` seconds: answer, then close
+            status, self.close_connection = "DEADLINE_EXCEEDED", True
+            self._reply(408, {"error": f"Request timed out: the body stalled for {self.timeout} s"})
         except Exception as error:  # never a dropped connection
-            logging.exception("REST POST %s failed", self.path)
-            self._reply(500, {"error": f"{type(error).__name__}: {error}"})
+            status = "INTERNAL"
+            logging.exception("REST POST %s failed", shorten(self.path))
+            self._error(ServingError("INTERNAL", f"{type(error).__name__}: {error}"))
+        finally:
+            match = _PATH.match(self.path)
+            if match and match["verb"]:  # TF Serving's API names: Predict, Classify
+                self.manager.metrics.record_request(match["name"], match["verb"].capitalize(), "REST", status,
+                                                    time.perf_counter() - start)
 
     def _post(self):
         match = _PATH.match(self.path)
         body = self._read_body()  # read before any reply, so the connection stays in step
         if not match or not match["verb"]:
-            return self._reply(404, {"error": f"Malformed request: POST {self.path}"})
+            return self._error(ServingError("NOT_FOUND", f"Malformed request: POST {self.path}"))
         servable = self._servable(match)
         signature_name = body.get("signature_name", "serving_default")
         if not isinstance(signature_name, str):
@@ -219,6 +246,9 @@ class _RestHandler(BaseHTTPRequestHandler):
             rows = body["instances"]
             if not isinstance(rows, list):
                 raise ServingError("INVALID_ARGUMENT", 'Malformed request: "instances" must be a list')
+            if not rows:
+                raise ServingError("INVALID_ARGUMENT", 'Malformed request: "instances" is empty; send at least '
+                                   "one instance")
             if rows and isinstance(rows[0], dict) and not set(rows[0]) == {"b64"}:
                 if not all(isinstance(r, dict) and set(r) == set(rows[0]) for r in rows):
                     raise ServingError("INVALID_ARGUMENT", "Malformed request: every instance must name the same "
