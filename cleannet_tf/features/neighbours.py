@@ -12,7 +12,8 @@ Rows are L2-normalised here; neighbours are ranked by cosine similarity, most si
             `ef_search` candidates kept while searching; index="ivf": IVF-Flat, a k-means coarse quantiser,
             `nprobe` lists searched per query) returns `candidates` rows per query in that space, and those are
             re-ranked by their exact cosine in the full space. Memory: N x reduce_dim floats (the index) plus one
-            block. On 10^6 real-looking rows both reach recall@10 0.996; HNSW in 0.6x IVF's CPU time (docs/performance.md).
+            block. On 10^6 real-looking rows both reach recall@10 0.996; HNSW in 0.6x IVF's CPU time
+            (docs/performance.md).
 
 "auto" is exact up to EXACT_MAX_ROWS rows and faiss above (exact, with a warning, when faiss is not
 installed). Both are deterministic for a given seed and thread count. ApproximateIndex is the faiss index,
