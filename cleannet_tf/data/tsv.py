@@ -68,8 +68,8 @@ def read_tsv(path: str, *, check_images: bool = True, class_names: Sequence[str]
 def read_csv(path: str, *, check_images: bool = True, class_names: Sequence[str] | None = None) -> LabelTable:
     """Reads one comma-separated file with the columns of `read_tsv` (quoting as Python's csv module reads it).
 
-    A quoted field may hold commas; a line's number is the line its row starts on. Same arguments and
-    table as `read_tsv`.
+    Strict quoting (an unclosed quote is an error); a quoted field may hold commas, and line breaks in the
+    columns this reader ignores; a row's line is the line it starts on. Same arguments and table as `read_tsv`.
     """
     path = os.path.abspath(os.path.expanduser(path))
     require_file(path, "a .csv file with columns path, label[, verified, split]")
@@ -79,21 +79,19 @@ def read_csv(path: str, *, check_images: bool = True, class_names: Sequence[str]
 
 def _csv_rows(path: str) -> list[tuple[int, list[str]]]:
     """(first line of the row, its stripped fields) for each row of a CSV file that is not blank."""
-    reader = csv.reader(io.StringIO(read_text(path)))
+    reader = csv.reader(io.StringIO(read_text(path)), strict=True)
     rows = []
     next_lineno = 1
     while True:
         try:
             row = next(reader, None)
         except csv.Error as e:
-            raise DatasetError(f"{where(path, next_lineno)}: not readable as CSV ({e}).") from None
+            hint = " (an unclosed quote?)" if "unexpected end of data" in str(e) else ""
+            raise DatasetError(f"{where(path, next_lineno)}: not readable as CSV: {e}{hint}.") from None
         if row is None:
             return rows
         fields = [field.strip() for field in row]
         if any(fields):
-            if any("\n" in field for field in fields):
-                raise DatasetError(f"{where(path, next_lineno)}: a quoted field runs on to line {reader.line_num} "
-                                   "(an unclosed quote?); paths and labels are one line each.")
             rows.append((next_lineno, fields))
         next_lineno = reader.line_num + 1
 
@@ -139,6 +137,8 @@ def _read_rows(path: str, rows: list[tuple[int, list[str]]], separator: str, *, 
         written, label_name = fields[path_col], fields[label_col]
         if not written or not label_name:
             raise DatasetError(f"{at}: empty {'path' if not written else 'label'}.")
+        if "\n" in label_name or "\t" in label_name:
+            raise DatasetError(f"{at}: label {label_name!r} holds a tab or a line break.")
         if not os.path.isabs(written) and leaves_root(written):
             raise DatasetError(f"{at}: path {written!r} leaves the file's folder {base} through '..'; write paths "
                                "inside that folder, or an absolute path.")
