@@ -2,9 +2,10 @@
 
 In this order: a .tsv or .csv file (tsv, csv); a folder with meta/imagelist.tsv or meta/classes.txt (food101n);
 one with the Clothing1M release's category_names_eng.txt or noisy_label_kv.txt, in it or in annotations/
-(clothing1m); one whose class subfolders hold images (folder; see data/folder.py, train/ val/ test/ included).
-Only names are looked at, and one folder listing per class at most. Imports `data.clothing1m`,
-`data.folder`, `data.reading`.
+(clothing1m); one with a class subfolder holding an image directly (folder; see data/folder.py, train/ val/
+test/ included; images only deeper down need data.format=folder). A folder with both class subfolders and a
+.tsv/.csv file is an error (which one is meant?). Only names are looked at, one folder listing per class at
+most. Imports `data.clothing1m`, `data.folder`, `data.reading`.
 """
 
 from __future__ import annotations
@@ -45,18 +46,21 @@ def detect_format(root: str) -> tuple[str, str]:
         for name in (CLOTHING1M_CLASSES, CLOTHING1M_NOISY_KV):
             if os.path.isfile(os.path.join(folder, name)):
                 return "clothing1m", f"a Clothing1M release ({os.path.join(folder, name)})"
+    entries = sorted(name for name in os.listdir(root) if not name.startswith("."))
+    tables = [name for name in entries if name.lower().endswith((".tsv", ".csv"))
+              and os.path.isfile(os.path.join(root, name))]
     pool, clean = pool_and_clean_folders(root)
     classes = class_folders(pool)
     with_images = next((name for name in classes if has_image(os.path.join(pool, name))), None)
+    if with_images is not None and tables:
+        raise DatasetError(f"data.root {root} holds both class subfolders of images and {tables[0]}: set data.root "
+                           f"to {os.path.join(root, tables[0])} (its rows), or data.format=folder (the subfolders).")
     if with_images is not None:
         clean_text = "; clean labels in " + ", ".join(path for _, path in clean) if clean else ""
         return "folder", (f"class subfolders of images ({len(classes)} in {pool}, e.g. "
                           f"{os.path.join(pool, with_images)}{clean_text})")
-    entries = sorted(name for name in os.listdir(root) if not name.startswith("."))
     if not entries:
         raise DatasetError(f"data.root {root} is an empty folder (data.format=auto looks for {LOOKED_FOR}).")
-    tables = [name for name in entries if name.lower().endswith((".tsv", ".csv"))
-              and os.path.isfile(os.path.join(root, name))]
     if tables:
         hint = f"; it holds {tables[0]}: set data.root to that file"
     elif classes:
