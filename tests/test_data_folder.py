@@ -26,11 +26,12 @@ def write_image(path, color=(200, 30, 30)) -> str:
     return path
 
 
-def write_file(path, text="not an image") -> str:
+def write_file(path, data: bytes = b"not an image") -> str:
+    """Writes `data` at `path` (its folders made); returns the path."""
     path = str(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
+    with open(path, "wb") as f:
+        f.write(data)
     return path
 
 

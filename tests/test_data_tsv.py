@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 from conftest import FOOD_KEYS, make_food101n, write_lines
-from PIL import Image
+from test_data_folder import make_folder, write_file
 
 from cleannet_tf.data.food101n import apply_extra_verified, read_food101n
 from cleannet_tf.data.reading import DatasetError, normalize_key
@@ -19,30 +19,15 @@ from cleannet_tf.data.table import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, UNKNOWN
 from cleannet_tf.data.tsv import read_csv, read_tsv
 
 
-def write_bytes(path, data: bytes) -> str:
-    path = str(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
-    return path
-
-
-def write_images(folder, names) -> None:
-    for name in names:
-        path = os.path.join(str(folder), name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        Image.new("RGB", (5, 4), (10, 200, 40)).save(path, format="JPEG")
-
-
 def test_csv_reads_the_tsv_columns_with_quoting(tmp_path):
-    write_images(tmp_path, ["img/a.jpg", "img/big, dog.jpg", "img/c.jpg", "img/d.jpg"])
+    make_folder(tmp_path, ["img/a.jpg", "img/big, dog.jpg", "img/c.jpg", "img/d.jpg"])
     text = ('\ufeffnote,label,path,split,verified\r\n'
             'first,cat,img/a.jpg,train,1\r\n'
             '\r\n'
             '"says ""hi""",dog,"img/big, dog.jpg",val,0\r\n'
             ' , cat ,  img/c.jpg  ,,\r\n'
             'x,dog,img/d.jpg,test\r\n')
-    path = write_bytes(tmp_path / "labels.csv", text.encode("utf-8"))
+    path = write_file(tmp_path / "labels.csv", text.encode("utf-8"))
     table = read_csv(path)
     assert table.class_names == ("cat", "dog")
     assert table.keys.tolist() == ["img/a.jpg", "img/big, dog.jpg", "img/c.jpg", "img/d.jpg"]
@@ -61,7 +46,7 @@ def test_csv_reads_the_tsv_columns_with_quoting(tmp_path):
 
 def test_csv_line_numbers_count_quoted_line_breaks(tmp_path):
     # A row whose quoted note runs over two lines: the next row's error names its own first line (5).
-    path = write_bytes(tmp_path / "l.csv", b'path,label,verified,note\na.jpg,cat,1,"two\nlines"\n\nb.jpg,cat,yes,\n')
+    path = write_file(tmp_path / "l.csv", b'path,label,verified,note\na.jpg,cat,1,"two\nlines"\n\nb.jpg,cat,yes,\n')
     with pytest.raises(DatasetError, match=r"l\.csv, line 5: verified must be 1, 0 or empty\. Got: 'yes'"):
         read_csv(path, check_images=False)
 
@@ -88,14 +73,14 @@ def test_csv_line_numbers_count_quoted_line_breaks(tmp_path):
     (b"path,label\n", r"l\.csv: no data rows after the header"),
 ])
 def test_csv_bad_input_names_file_and_line(tmp_path, data, pattern):
-    path = write_bytes(tmp_path / "l.csv", data)
+    path = write_file(tmp_path / "l.csv", data)
     with pytest.raises(DatasetError, match=pattern):
         read_csv(path, check_images=False)
 
 
 def test_csv_missing_image_and_missing_file(tmp_path):
-    write_images(tmp_path, ["a.jpg"])
-    path = write_bytes(tmp_path / "l.csv", b"path,label\na.jpg,cat\nb.jpg,cat\n")
+    make_folder(tmp_path, ["a.jpg"])
+    path = write_file(tmp_path / "l.csv", b"path,label\na.jpg,cat\nb.jpg,cat\n")
     with pytest.raises(DatasetError, match=r"1 listed image.*b\.jpg \(.*l\.csv, line 3\)"):
         read_csv(path)
     with pytest.raises(DatasetError, match=r"nope\.csv: file not found \(expected a \.csv file"):
