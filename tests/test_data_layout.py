@@ -183,3 +183,19 @@ def test_a_workdir_made_with_the_layouts_name_is_complete_under_auto(tmp_path):
     assert records.staleness("refs", config, workdir) is None
     config.data.format = "folder"  # another layout's reading of the same folder: the step is redone
     assert records.staleness("refs", config, workdir).startswith("config changed: data.format 'food101n' -> 'folder'")
+
+
+def test_the_readers_import_no_private_name():
+    """data/*.py and pipeline/table.py share data/reading.py's public helpers, not each other's private names."""
+    import ast
+
+    modules = [*glob.glob(os.path.join(ROOT, "cleannet_tf", "data", "*.py")),
+               os.path.join(ROOT, "cleannet_tf", "pipeline", "table.py")]
+    private = []
+    for path in modules:
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        private += [f"{os.path.relpath(path, ROOT)}:{node.lineno} {alias.name}" for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cleannet_tf")
+                    for alias in node.names if alias.name.startswith("_")]
+    assert len(modules) > 8 and not private, private

@@ -1,6 +1,6 @@
 """The Clothing1M reader (noisy/clean label kv files and key lists) into a LabelTable.
 
-Imports `data.table`.
+Imports `data.reading`, `data.table`.
 """
 
 from __future__ import annotations

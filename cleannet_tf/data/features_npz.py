@@ -1,6 +1,6 @@
 """data.features: precomputed features in an .npz (keys, features), aligned to a LabelTable.
 
-The .npz reader every module uses (load_npz, CorruptFileError). Imports `data.table`.
+The .npz reader every module uses (load_npz, CorruptFileError). Imports `data.reading`, `data.table`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The Food-101N reader (meta/classes.txt, verified_train.tsv, verified_val.tsv) into a LabelTable.
 
-Imports `data.table`.
+Imports `data.reading`, `data.table`.
 """
 
 from __future__ import annotations

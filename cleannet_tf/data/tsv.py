@@ -1,7 +1,7 @@
 """The generic table readers: TSV and CSV files of (path, label[, verified][, split]) into a LabelTable.
 
 Both read the same columns; TSV splits lines on tabs, CSV is comma-separated with quoting as Python's csv
-module reads it (the default "excel" dialect). Imports `data.reading`, `data.table`.
+module reads it (the "excel" dialect, strict: an unclosed quote is an error). Imports `data.reading`, `data.table`.
 """
 
 from __future__ import annotations
