@@ -46,9 +46,9 @@ def default_config() -> ml_collections.ConfigDict:
 
     # --- Dataset (layouts read: README "Datasets read").
     config.data = ml_collections.ConfigDict()
-    config.data.format = "food101n"  # food101n | clothing1m | tsv
-    # Dataset root (release layout), or for `tsv` the .tsv file itself.
-    # Relative paths are taken from the working directory.
+    config.data.format = "auto"  # auto (told apart from data.root) | food101n | clothing1m | tsv | csv | folder
+    # Dataset root (release layout), or for `tsv` the .tsv file itself. For `csv` the .csv file; for `folder`
+    # the folder of class subfolders. Relative paths are taken from the working directory.
     config.data.root = ""
     # Optional Food-101N style `classes_heldout_N.txt`: its held-out classes lose
     # their verified_train rows (they keep images, references, validation rows).
@@ -277,10 +277,10 @@ def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> m
     _check_choice(config, "data.format", DATA_FORMATS)
     _check_choice(config, "data.demo", DEMO_DATASETS)
     if needs_data and not config.data.root and not config.data.demo:
-        _fail("data.root", "is required (the dataset root, or the .tsv file for format 'tsv')", config.data.root)
-    if config.data.demo and not config.data.root and config.data.format != "food101n":
-        _fail("data.format", "must be 'food101n' when data.demo generates into WORKDIR/demo_data (the demo is "
-              "written in that layout)", config.data.format)
+        _fail("data.root", "is required (the dataset root, or the .tsv/.csv file itself)", config.data.root)
+    if config.data.demo and not config.data.root and config.data.format not in ("auto", "food101n"):
+        _fail("data.format", "must be 'food101n' when data.demo generates into WORKDIR/demo_data (or 'auto': the "
+              "demo is written in that layout)", config.data.format)
     if not 0.0 <= config.data.demo_noise_rate < 1.0:
         _fail("data.demo_noise_rate", "must be in [0, 1)", config.data.demo_noise_rate)
     _check_positive(config, "data.demo_images_per_class", allow_zero=True)

@@ -21,7 +21,7 @@ from cleannet_tf.config import default_config
 
 def get_config():
     config = default_config()
-    config.data.format = "food101n"
+    config.data.format = "auto"  # a Food-101N-layout release, class subfolders, a .tsv or .csv file
     config.model.backbone = "efficientnet_lite0"
     config.model.weights = "imagenet"
     config.input.resize = "squash"

@@ -1,6 +1,6 @@
 """The Clothing1M reader (noisy/clean label kv files and key lists) into a LabelTable.
 
-Imports `data.table`.
+Imports `data.reading`, `data.table`.
 """
 
 from __future__ import annotations
@@ -9,41 +9,36 @@ import os
 
 from absl import logging
 
-from cleannet_tf.data.table import (
-    SPLIT_TEST,
-    SPLIT_TRAIN,
-    SPLIT_VAL,
-    UNKNOWN,
+from cleannet_tf.data.reading import (
     DatasetError,
-    LabelTable,
-    _add_skipped,
-    _check_inside_root,
-    _check_no_empty_class,
-    _check_unique_names,
-    _leaves_root,
-    _make_table,
-    _numbered_lines,
-    _raise_if_missing,
-    _where,
+    add_skipped,
+    check_inside_root,
+    check_no_empty_class,
+    check_unique_names,
+    leaves_root,
+    numbered_lines,
+    raise_if_missing,
+    where,
 )
+from cleannet_tf.data.table import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, UNKNOWN, LabelTable, make_table
 
-_CLOTHING1M_CLASSES = "category_names_eng.txt"
-
-
-
-_CLOTHING1M_NOISY_KV = "noisy_label_kv.txt"
+CLOTHING1M_CLASSES = "category_names_eng.txt"
 
 
 
-_CLOTHING1M_CLEAN_KV = "clean_label_kv.txt"
+CLOTHING1M_NOISY_KV = "noisy_label_kv.txt"
 
 
 
-_CLOTHING1M_NOISY_TRAIN = "noisy_train_key_list.txt"
+CLOTHING1M_CLEAN_KV = "clean_label_kv.txt"
 
 
 
-_CLOTHING1M_CLEAN_LISTS = ("clean_train_key_list.txt", "clean_val_key_list.txt", "clean_test_key_list.txt")
+CLOTHING1M_NOISY_TRAIN = "noisy_train_key_list.txt"
+
+
+
+CLOTHING1M_CLEAN_LISTS = ("clean_train_key_list.txt", "clean_val_key_list.txt", "clean_test_key_list.txt")
 
 
 
@@ -62,7 +57,7 @@ def _read_label_kv(path: str, num_classes: int) -> dict[str, int]:
     A fast pass parses the whole file; only when it finds a problem does the
     line-by-line pass run to name the bad line.
     """
-    numbered = _numbered_lines(path)
+    numbered = numbered_lines(path)
     try:
         labels = {key: int(label) for key, label in (line.split() for _, line in numbered)}
     except ValueError:  # a line without exactly two fields, or a label that is not an integer
@@ -81,17 +76,17 @@ def _read_label_kv_line_by_line(path: str, numbered: list[tuple[int, str]], num_
     for lineno, line in numbered:
         fields = line.split()
         if len(fields) != 2:
-            raise DatasetError(f"{_where(path, lineno)}: expected 'key label' (e.g. 'images/0/00/1.jpg 4'). "
+            raise DatasetError(f"{where(path, lineno)}: expected 'key label' (e.g. 'images/0/00/1.jpg 4'). "
                                f"Got: {line.strip()!r}.")
         key, label_text = fields
         try:
             label = int(label_text)
         except ValueError:
-            raise DatasetError(f"{_where(path, lineno)}: label must be an integer. Got: {label_text!r}.") from None
+            raise DatasetError(f"{where(path, lineno)}: label must be an integer. Got: {label_text!r}.") from None
         if not 0 <= label < num_classes:
-            raise DatasetError(f"{_where(path, lineno)}: label {label} out of range [0, {num_classes}).")
+            raise DatasetError(f"{where(path, lineno)}: label {label} out of range [0, {num_classes}).")
         if key in labels:
-            raise DatasetError(f"{_where(path, lineno)}: duplicate key {key!r} (also on line {label_lines[key]}).")
+            raise DatasetError(f"{where(path, lineno)}: duplicate key {key!r} (also on line {label_lines[key]}).")
         labels[key] = label
         label_lines[key] = lineno
     return labels
@@ -100,19 +95,19 @@ def _read_label_kv_line_by_line(path: str, numbered: list[tuple[int, str]], num_
 
 def _read_key_list(path: str, labels: dict[str, int], kv_path: str, root: str) -> dict[str, int]:
     """Reads one key per line. Returns key -> line, in file order; every key must have a label and be in root."""
-    numbered = _numbered_lines(path)
+    numbered = numbered_lines(path)
     key_lines = {line.strip(): lineno for lineno, line in numbered}
     if (len(key_lines) == len(numbered) and key_lines.keys() <= labels.keys()
-            and not any(map(_leaves_root, key_lines))):
+            and not any(map(leaves_root, key_lines))):
         return key_lines  # fast path; otherwise find the first bad line
     key_lines = {}
     for lineno, line in numbered:
         key = line.strip()
-        _check_inside_root(key, _where(path, lineno), root)
+        check_inside_root(key, where(path, lineno), root)
         if key in key_lines:
-            raise DatasetError(f"{_where(path, lineno)}: duplicate key {key!r} (also on line {key_lines[key]}).")
+            raise DatasetError(f"{where(path, lineno)}: duplicate key {key!r} (also on line {key_lines[key]}).")
         if key not in labels:
-            raise DatasetError(f"{_where(path, lineno)}: key {key!r} has no label in {kv_path}.")
+            raise DatasetError(f"{where(path, lineno)}: key {key!r} has no label in {kv_path}.")
         key_lines[key] = lineno
     return key_lines
 
@@ -136,30 +131,30 @@ def read_clothing1m(root: str, *, check_images: bool = True) -> LabelTable:
         The table: N = noisy train keys + doubly labelled clean keys + clean test keys.
     """
     root = os.path.abspath(os.path.expanduser(root))
-    classes_path = _clothing1m_file(root, _CLOTHING1M_CLASSES)
+    classes_path = _clothing1m_file(root, CLOTHING1M_CLASSES)
     class_names, class_linenos = [], []
-    for lineno, line in _numbered_lines(classes_path):
+    for lineno, line in numbered_lines(classes_path):
         class_names.append(line.strip())
         class_linenos.append(lineno)
     if not class_names:
         raise DatasetError(f"{classes_path}: no classes listed.")
-    _check_unique_names(class_names, class_linenos, classes_path)
+    check_unique_names(class_names, class_linenos, classes_path)
     num_classes = len(class_names)
 
-    noisy_kv_path = _clothing1m_file(root, _CLOTHING1M_NOISY_KV)
-    clean_kv_path = _clothing1m_file(root, _CLOTHING1M_CLEAN_KV)
+    noisy_kv_path = _clothing1m_file(root, CLOTHING1M_NOISY_KV)
+    clean_kv_path = _clothing1m_file(root, CLOTHING1M_CLEAN_KV)
     noisy = _read_label_kv(noisy_kv_path, num_classes)
     clean = _read_label_kv(clean_kv_path, num_classes)
-    noisy_train_path = _clothing1m_file(root, _CLOTHING1M_NOISY_TRAIN)
+    noisy_train_path = _clothing1m_file(root, CLOTHING1M_NOISY_TRAIN)
     noisy_train = _read_key_list(noisy_train_path, noisy, noisy_kv_path, root)
-    clean_list_paths = [_clothing1m_file(root, name) for name in _CLOTHING1M_CLEAN_LISTS]
+    clean_list_paths = [_clothing1m_file(root, name) for name in CLOTHING1M_CLEAN_LISTS]
     clean_lists = [_read_key_list(path, clean, clean_kv_path, root) for path in clean_list_paths]
     for i in range(3):
         for j in range(i + 1, 3):
             for key, lineno in clean_lists[j].items():
                 if key in clean_lists[i]:
-                    raise DatasetError(f"{_where(clean_list_paths[j], lineno)}: key {key!r} is also in "
-                                       f"{_where(clean_list_paths[i], clean_lists[i][key])}; the clean splits must "
+                    raise DatasetError(f"{where(clean_list_paths[j], lineno)}: key {key!r} is also in "
+                                       f"{where(clean_list_paths[i], clean_lists[i][key])}; the clean splits must "
                                        "not overlap.")
     clean_train, clean_val, clean_test = clean_lists
     clean_train_path, clean_val_path, clean_test_path = clean_list_paths
@@ -203,11 +198,11 @@ def read_clothing1m(root: str, *, check_images: bool = True) -> LabelTable:
             labels.append(label)
             split.append(this_split)
             if check_images and not exists(root_prefix + key):
-                missing.append(f"{root_prefix + key} ({_where(list_path, lineno)})")
+                missing.append(f"{root_prefix + key} ({where(list_path, lineno)})")
         name = os.path.basename(list_path)
-        _add_skipped(skipped, f"{name} keys also in {os.path.basename(clean_test_path)} (kept as test rows only)",
+        add_skipped(skipped, f"{name} keys also in {os.path.basename(clean_test_path)} (kept as test rows only)",
                      n_leaked)
-        _add_skipped(skipped, f"{name} keys without a noisy label in {os.path.basename(noisy_kv_path)}", n_no_noisy)
+        add_skipped(skipped, f"{name} keys without a noisy label in {os.path.basename(noisy_kv_path)}", n_no_noisy)
 
     add_rows(noisy_train, noisy_train_path, None)
     n_noisy_pool_start = len(keys)
@@ -218,7 +213,7 @@ def read_clothing1m(root: str, *, check_images: bool = True) -> LabelTable:
                      "added as train/val rows.", len(keys) - n_noisy_pool_start)
     n_pool = len(keys)
     add_rows(clean_test, clean_test_path, SPLIT_TEST)
-    _raise_if_missing(missing)
-    _check_no_empty_class(labels[:n_pool], class_names, classes_path, class_linenos, "the noisy train/val rows")
+    raise_if_missing(missing)
+    check_no_empty_class(labels[:n_pool], class_names, classes_path, class_linenos, "the noisy train/val rows")
     paths = [root_prefix + key for key in keys]
-    return _make_table(keys, paths, class_names, labels, verification, split, skipped)
+    return make_table(keys, paths, class_names, labels, verification, split, skipped)

@@ -1,6 +1,6 @@
 """data.features: precomputed features in an .npz (keys, features), aligned to a LabelTable.
 
-The .npz reader every module uses (load_npz, CorruptFileError). Imports `data.table`.
+The .npz reader every module uses (load_npz, CorruptFileError). Imports `data.reading`, `data.table`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import zlib
 import numpy as np
 from absl import logging
 
-from cleannet_tf.data.table import _MAX_EXAMPLES, SPLIT_TEST, DatasetError, LabelTable, _require_file
+from cleannet_tf.data.reading import MAX_EXAMPLES, DatasetError, require_file
+from cleannet_tf.data.table import SPLIT_TEST, LabelTable
 
 
 def load_precomputed_features(npz_path: str, table: LabelTable) -> tuple[np.ndarray, np.ndarray]:
@@ -27,7 +28,7 @@ def load_precomputed_features(npz_path: str, table: LabelTable) -> tuple[np.ndar
         features (N, D) float32, row i = features of `table.keys[i]` (zeros where absent), and valid (N,) bool,
         False for the absent test rows.
     """
-    _require_file(npz_path, "an .npz with arrays 'keys' (N,) and 'features' (N, D)")
+    require_file(npz_path, "an .npz with arrays 'keys' (N,) and 'features' (N, D)")
 
     try:
         # An uncompressed member (np.savez) is memory-mapped: only the aligned copy is held in memory.
@@ -71,7 +72,7 @@ def load_precomputed_features(npz_path: str, table: LabelTable) -> tuple[np.ndar
     if not found[pool].all():
         missing_keys = table.keys[pool & ~found]
         raise DatasetError(f"{npz_path}: {len(missing_keys)} of the dataset's {int(pool.sum())} train/val keys have "
-                           f"no features, e.g. {[str(k) for k in missing_keys[:_MAX_EXAMPLES]]}.")
+                           f"no features, e.g. {[str(k) for k in missing_keys[:MAX_EXAMPLES]]}.")
     aligned = np.zeros((len(table), features.shape[1]), dtype=np.float32)
     rows = order[position]
     block = max(1, BLOCK_BYTES // (4 * max(features.shape[1], 1)))  # rows: bounded temporaries on 1M rows

@@ -1,6 +1,6 @@
 """The Food-101N reader (meta/classes.txt, verified_train.tsv, verified_val.tsv) into a LabelTable.
 
-Imports `data.table`.
+Imports `data.reading`, `data.table`.
 """
 
 from __future__ import annotations
@@ -10,27 +10,29 @@ import os
 
 from absl import logging
 
+from cleannet_tf.data.reading import (
+    MAX_EXAMPLES,
+    DatasetError,
+    add_skipped,
+    check_no_empty_class,
+    check_unique_names,
+    find_missing_images,
+    normalize_key,
+    numbered_lines,
+    raise_if_missing,
+    require_file,
+    tab_fields,
+    where,
+)
 from cleannet_tf.data.table import (
-    _MAX_EXAMPLES,
     SPLIT_TEST,
     SPLIT_TRAIN,
     SPLIT_VAL,
     SPLITS,
     UNKNOWN,
-    DatasetError,
     LabelTable,
-    _add_skipped,
-    _check_inside_root,
-    _check_no_empty_class,
-    _check_unique_names,
-    _find_missing_images,
-    _make_table,
-    _numbered_lines,
-    _raise_if_missing,
-    _require_file,
-    _tab_fields,
-    _where,
     apply_heldout,
+    make_table,
     read_heldout_list,
 )
 
@@ -44,10 +46,10 @@ def apply_extra_verified(table: LabelTable, path: str) -> LabelTable:
     skipped = dict(table.skipped)
     rows = {key: row for row, key in enumerate(table.keys)}
     verification = table.verification.copy()
-    for key, (value, lineno) in _read_food101n_verified(_require_file(path, "verification labels"), rows,
+    for key, (value, lineno) in _read_food101n_verified(require_file(path, "verification labels"), rows,
                                                         skipped).items():
         if table.split[rows[key]] != SPLIT_TRAIN:
-            raise DatasetError(f"{_where(path, lineno)}: {key!r} is a {SPLITS[table.split[rows[key]]]} row; extra "
+            raise DatasetError(f"{where(path, lineno)}: {key!r} is a {SPLITS[table.split[rows[key]]]} row; extra "
                                "verification labels go to training rows only.")
         verification[rows[key]] = value
     return dataclasses.replace(table, verification=verification, skipped=skipped)
@@ -56,7 +58,7 @@ def apply_extra_verified(table: LabelTable, path: str) -> LabelTable:
 
 def _read_food101n_classes(path: str) -> tuple[list[str], list[int]]:
     names, linenos = [], []
-    for lineno, line in _numbered_lines(path):
+    for lineno, line in numbered_lines(path):
         name = line.strip()
         if not names and name == "class_name":
             continue  # header
@@ -64,38 +66,47 @@ def _read_food101n_classes(path: str) -> tuple[list[str], list[int]]:
         linenos.append(lineno)
     if not names:
         raise DatasetError(f"{path}: no classes listed.")
-    _check_unique_names(names, linenos, path)
+    check_unique_names(names, linenos, path)
     return names, linenos
 
 
 
-def _read_food101n_verified(path: str, key_to_row: dict[str, int],
-                            skipped: dict[str, int]) -> dict[str, tuple[int, int]]:
+def _read_food101n_verified(path: str, key_to_row: dict[str, int], skipped: dict[str, int],
+                            images_dir: str = "the dataset's images folder") -> dict[str, tuple[int, int]]:
     """Returns key -> (verification label, line). Keys absent from imagelist.tsv are counted, not fatal."""
     verified: dict[str, tuple[int, int]] = {}
     absent = []
     first = True
-    for lineno, line in _numbered_lines(path):
-        fields = _tab_fields(line)
+    for lineno, line in numbered_lines(path):
+        fields = tab_fields(line)
         is_first, first = first, False
         if len(fields) < 2 or fields[1] not in ("0", "1"):
             if is_first:
                 continue  # header, e.g. "class_name/key<TAB>verification_label"
             if len(fields) < 2:
-                raise DatasetError(f"{_where(path, lineno)}: expected 'class/key.jpg<TAB>0|1'. Got: {line.strip()!r}.")
-            raise DatasetError(f"{_where(path, lineno)}: verification label must be 0 or 1. Got: {fields[1]!r}.")
-        key = fields[0]
+                raise DatasetError(f"{where(path, lineno)}: expected 'class/key.jpg<TAB>0|1'. Got: {line.strip()!r}.")
+            raise DatasetError(f"{where(path, lineno)}: verification label must be 0 or 1. Got: {fields[1]!r}.")
+        key = normalize_key(fields[0], where(path, lineno), images_dir)
         if key in verified:
-            raise DatasetError(f"{_where(path, lineno)}: duplicate key {key!r} (also on line {verified[key][1]}).")
+            raise DatasetError(f"{where(path, lineno)}: duplicate key {key!r} (also on line {verified[key][1]}).")
         if key not in key_to_row:
             absent.append(lineno)
-            if len(absent) <= _MAX_EXAMPLES:
-                logging.warning("%s: verified key %r is not in meta/imagelist.tsv; row skipped.", _where(path, lineno),
+            if len(absent) <= MAX_EXAMPLES:
+                logging.warning("%s: verified key %r is not in meta/imagelist.tsv; row skipped.", where(path, lineno),
                                 key)
             continue
         verified[key] = (int(fields[1]), lineno)
-    _add_skipped(skipped, f"{os.path.basename(path)} rows whose key is not in imagelist.tsv", len(absent))
+    add_skipped(skipped, f"{os.path.basename(path)} rows whose key is not in imagelist.tsv", len(absent))
     return verified
+
+
+
+def _first_part(key: str, at: str, root: str) -> str:
+    """The class part of a key that may be a header line ("" when it is no key)."""
+    try:
+        return normalize_key(key, at, root).partition("/")[0]
+    except DatasetError:
+        return ""
 
 
 
@@ -123,9 +134,9 @@ def read_food101n(root: str, *, heldout_list: str | None = None, test_root: str 
     """
     root = os.path.abspath(os.path.expanduser(root))
     meta = os.path.join(root, "meta")
-    classes_path = _require_file(os.path.join(meta, "classes.txt"), "the Food-101N class list")
-    imagelist_path = _require_file(os.path.join(meta, "imagelist.tsv"), "the Food-101N image list")
-    verified_paths = [_require_file(os.path.join(meta, f"verified_{name}.tsv"), f"the Food-101N verified_{name} list")
+    classes_path = require_file(os.path.join(meta, "classes.txt"), "the Food-101N class list")
+    imagelist_path = require_file(os.path.join(meta, "imagelist.tsv"), "the Food-101N image list")
+    verified_paths = [require_file(os.path.join(meta, f"verified_{name}.tsv"), f"the Food-101N verified_{name} list")
                       for name in ("train", "val")]
     class_names, class_linenos = _read_food101n_classes(classes_path)
     class_index = {name: i for i, name in enumerate(class_names)}
@@ -137,45 +148,46 @@ def read_food101n(root: str, *, heldout_list: str | None = None, test_root: str 
     key_to_row: dict[str, int] = {}
     images_dir = os.path.join(root, "images")
     first = True
-    for lineno, line in _numbered_lines(imagelist_path):
-        key = _tab_fields(line)[0]
-        class_name, _, name = key.partition("/")
+    for lineno, line in numbered_lines(imagelist_path):
+        key = tab_fields(line)[0]
+        at = where(imagelist_path, lineno)
         is_first, first = first, False
-        if is_first and class_name not in class_index:
+        if is_first and _first_part(key, at, images_dir) not in class_index:
             logging.info("%s: line %d taken as the header: %r", imagelist_path, lineno, line.strip())
             continue
+        key = normalize_key(key, at, images_dir)
+        class_name, _, name = key.partition("/")
         if not name:
-            raise DatasetError(f"{_where(imagelist_path, lineno)}: expected 'class/key.jpg'. Got: {key!r}.")
-        _check_inside_root(key, _where(imagelist_path, lineno), images_dir)
+            raise DatasetError(f"{at}: expected 'class/key.jpg'. Got: {key!r}.")
         if class_name not in class_index:
-            raise DatasetError(f"{_where(imagelist_path, lineno)}: unknown class {class_name!r} "
+            raise DatasetError(f"{where(imagelist_path, lineno)}: unknown class {class_name!r} "
                                f"(not in {classes_path}).")
         if key in key_to_row:
-            raise DatasetError(f"{_where(imagelist_path, lineno)}: duplicate key {key!r} "
+            raise DatasetError(f"{where(imagelist_path, lineno)}: duplicate key {key!r} "
                                f"(also on line {linenos[key_to_row[key]]}).")
         key_to_row[key] = len(keys)
         keys.append(key)
         labels.append(class_index[class_name])
         linenos.append(lineno)
-    _check_no_empty_class(labels, class_names, classes_path, class_linenos, imagelist_path)
+    check_no_empty_class(labels, class_names, classes_path, class_linenos, imagelist_path)
 
     images_prefix = os.path.join(images_dir, "")  # string concatenation: os.path.join is slow on 1M rows
     paths = [images_prefix + key for key in keys]
     verification = [UNKNOWN] * len(keys)
     split = [SPLIT_TRAIN] * len(keys)
     train_path, val_path = verified_paths
-    verified_train = _read_food101n_verified(train_path, key_to_row, skipped)
-    verified_val = _read_food101n_verified(val_path, key_to_row, skipped)
+    verified_train = _read_food101n_verified(train_path, key_to_row, skipped, images_dir)
+    verified_val = _read_food101n_verified(val_path, key_to_row, skipped, images_dir)
     for key, (value, lineno) in verified_val.items():
         if key in verified_train:
-            raise DatasetError(f"{_where(val_path, lineno)}: key {key!r} is in both verified lists "
-                               f"(also {_where(train_path, verified_train[key][1])}).")
+            raise DatasetError(f"{where(val_path, lineno)}: key {key!r} is in both verified lists "
+                               f"(also {where(train_path, verified_train[key][1])}).")
         row = key_to_row[key]
         verification[row] = value
         split[row] = SPLIT_VAL
     for key, (value, _) in verified_train.items():
         verification[key_to_row[key]] = value
-    missing = _find_missing_images(paths, linenos, imagelist_path) if check_images else []
+    missing = find_missing_images(paths, linenos, imagelist_path) if check_images else []
 
     test_list = os.path.join(meta, "test.txt")
     if os.path.isfile(test_list):
@@ -188,18 +200,17 @@ def read_food101n(root: str, *, heldout_list: str | None = None, test_root: str 
         test_keys_on: dict[str, int] = {}
         test_paths: list[str] = []
         test_linenos: list[int] = []
-        for lineno, line in _numbered_lines(test_list):
-            name = line.strip()
+        for lineno, line in numbered_lines(test_list):
+            name = normalize_key(line.strip(), where(test_list, lineno), test_dir)
             class_name, _, image = name.partition("/")
             if not image:
-                raise DatasetError(f"{_where(test_list, lineno)}: expected 'class/key'. Got: {name!r}.")
-            _check_inside_root(name, _where(test_list, lineno), test_dir)
+                raise DatasetError(f"{where(test_list, lineno)}: expected 'class/key'. Got: {name!r}.")
             if class_name not in class_index:
-                raise DatasetError(f"{_where(test_list, lineno)}: unknown class {class_name!r} "
+                raise DatasetError(f"{where(test_list, lineno)}: unknown class {class_name!r} "
                                    f"(not in {classes_path}).")
             key = f"test/{name}"
             if key in test_keys_on:
-                raise DatasetError(f"{_where(test_list, lineno)}: duplicate key {name!r} "
+                raise DatasetError(f"{where(test_list, lineno)}: duplicate key {name!r} "
                                    f"(also on line {test_keys_on[key]}).")
             test_keys_on[key] = lineno
             keys.append(key)
@@ -210,10 +221,10 @@ def read_food101n(root: str, *, heldout_list: str | None = None, test_root: str 
         verification += [UNKNOWN] * len(test_paths)
         split += [SPLIT_TEST] * len(test_paths)
         if check_images:
-            missing += _find_missing_images(test_paths, test_linenos, test_list)
-    _raise_if_missing(missing)
+            missing += find_missing_images(test_paths, test_linenos, test_list)
+    raise_if_missing(missing)
 
-    table = _make_table(keys, paths, class_names, labels, verification, split, skipped)
+    table = make_table(keys, paths, class_names, labels, verification, split, skipped)
     if heldout_list:
         table = apply_heldout(table, read_heldout_list(heldout_list, class_names))
     return table

@@ -3,7 +3,7 @@
 A record holds the config fields the step depends on (STEP_FIELDS) and their hash, the DONE ids of its inputs,
 the files it produced and the time; `staleness` compares it with the current config. A workdir written before
 DONE records (outputs, no done/) runs every step again (`note_unrecorded_workdir` says so).
-Imports `config`, `features`, `pipeline.workdir`.
+Imports `config`, `data.layout`, `features`, `pipeline.workdir`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from absl import logging
 
 from cleannet_tf import atomic_io
 from cleannet_tf import config as config_lib
+from cleannet_tf.data.layout import detect_format
 from cleannet_tf.pipeline.workdir import (
     classifier_dir,
     classifier_output_dir,
@@ -149,11 +150,22 @@ def _expected(name: str, config: ml_collections.ConfigDict, workdir: str) -> dic
     """What record `name` must say to describe outputs of `config`: its fields, their hash, its inputs' ids."""
     config = _record_config(name, config)
     fields = config_lib.select_fields(config, STEP_FIELDS[_step_of(name)])
+    if fields.get("data.format") == "auto":  # the layout it stands for: "auto" and its choice are one dataset
+        fields["data.format"] = _resolved_format(config, workdir)
     inputs = {}
     for upstream in _upstream(name, config):
         record = read_record(workdir, upstream)
         inputs[upstream] = record["id"] if record else None
     return {"step": name, "config_hash": config_lib.hash_fields(fields), "config": fields, "inputs": inputs}
+
+
+
+def _resolved_format(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """The format data.format=auto reads data.root as ("auto" while there is nothing to tell apart yet)."""
+    try:
+        return detect_format(config_lib.resolve_data_root(config, workdir))[0]
+    except ValueError:
+        return "auto"
 
 
 

@@ -13,37 +13,38 @@ import numpy as np
 from absl import logging
 
 from cleannet_tf.data.clothing1m import (
-    _CLOTHING1M_CLASSES,
-    _CLOTHING1M_CLEAN_KV,
-    _CLOTHING1M_CLEAN_LISTS,
-    _CLOTHING1M_NOISY_KV,
-    _CLOTHING1M_NOISY_TRAIN,
+    CLOTHING1M_CLEAN_KV,
+    CLOTHING1M_CLEAN_LISTS,
+    CLOTHING1M_NOISY_KV,
+    CLOTHING1M_NOISY_TRAIN,
     read_clothing1m,
 )
+from cleannet_tf.data.folder import read_folder
 from cleannet_tf.data.food101n import apply_extra_verified, read_food101n
+from cleannet_tf.data.layout import LOOKED_FOR, detect_format
+from cleannet_tf.data.reading import MAX_EXAMPLES, DatasetError
 from cleannet_tf.data.table import (
-    _MAX_EXAMPLES,
     FORMATS,
     SPLIT_TEST,
     SPLIT_TRAIN,
     SPLIT_VAL,
-    DatasetError,
     LabelTable,
     apply_heldout,
     read_heldout_list,
 )
-from cleannet_tf.data.tsv import read_tsv
+from cleannet_tf.data.tsv import read_csv, read_tsv
 
 
 def load_table(config, workdir: str, *, steps: Sequence[str] = ()) -> LabelTable:
     """Reads the dataset `config.data` names (generating the demo data first if asked).
 
-    Dispatches on `config.data.format`; root from `config.resolve_data_root`; applies
+    Dispatches on `config.data.format` ("auto": the layout `data.layout.detect_format` finds at the root, named
+    in one log line); root from `config.resolve_data_root`; applies
     `config.data.heldout_list` (any format), or for the demo
     `ROOT/meta/classes_heldout_<demo_heldout>.txt` when demo_heldout > 0. With
     data.demo set, a data.root that holds something other than a demo dataset is the
-    user's own data: it is read as it is (format from its layout) with the demo's
-    settings, and the log says so.
+    user's own data: it is read as it is (format from its layout unless data.format names
+    another than auto or food101n) with the demo's settings, and the log says so.
 
     Args:
         config: the full cleannet_tf config (`ml_collections.ConfigDict`).
@@ -64,15 +65,17 @@ def load_table(config, workdir: str, *, steps: Sequence[str] = ()) -> LabelTable
         from cleannet_tf.data import demo as demo_data_lib  # lazy: only the demo needs it
 
         if data.root and demo_data_lib.holds_demo_dataset(root) is False:
-            data_format = _detect_format(root, data_format, data.demo)
+            if data_format in ("auto", "food101n"):
+                data_format = _detect_users_format(root, data.demo)
             logging.warning("data.root %s is not a demo dataset: using it as a %s dataset with the demo's settings "
                             "(data.demo=%r generates data only in a new or empty folder; --config.data.demo= "
                             "turns that off).", root, data_format, data.demo)
         else:
-            if data_format != "food101n":
+            if data_format not in ("auto", "food101n"):
                 raise DatasetError(f"data.demo={data.demo!r} writes its data to {root} in the food101n layout, but "
-                                   f"data.format is {data_format!r}: set --config.data.format=food101n, or point "
-                                   "data.root at your own dataset.")
+                                   f"data.format is {data_format!r}: set --config.data.format=food101n (or auto), or "
+                                   "point data.root at your own dataset.")
+            data_format = "food101n"
             if not os.path.exists(os.path.join(root, "meta", "classes.txt")):
                 logging.info("Generating the %r demo dataset under %s.", data.demo, root)
             # Returns at once when the dataset is there; adds a missing held-out list.
@@ -81,16 +84,22 @@ def load_table(config, workdir: str, *, steps: Sequence[str] = ()) -> LabelTable
                                             heldout=data.demo_heldout, seed=config.seed)
             if not heldout_list and data.demo_heldout > 0:
                 heldout_list = os.path.join(root, "meta", f"classes_heldout_{data.demo_heldout}.txt")
+    elif data_format == "auto":
+        data_format, found = detect_format(root)
+        logging.info("data.format=auto: %s is %s: reading it as data.format=%s.", root, found, data_format)
 
     if data_format == "food101n":
         table = read_food101n(root, test_root=data.test_root or None, check_images=data.check_images)
     elif data_format == "clothing1m":
         table = read_clothing1m(root, check_images=data.check_images)
-    elif data_format == "tsv":
+    elif data_format in ("tsv", "csv"):
         if os.path.isdir(root):
-            raise DatasetError(f"data.root {root} is a folder; for data.format=tsv it is the .tsv file itself "
-                               "(image paths relative to the file's folder).")
-        table = read_tsv(root, check_images=data.check_images)
+            raise DatasetError(f"data.root {root} is a folder; for data.format={data_format} it is the "
+                               f".{data_format} file itself (image paths relative to the file's folder).")
+        read = read_tsv if data_format == "tsv" else read_csv
+        table = read(root, check_images=data.check_images)
+    elif data_format == "folder":
+        table = read_folder(root)
     else:
         raise ValueError(f"config.data.format: must be one of {', '.join(FORMATS)}. Received: {data_format!r}")
     if heldout_list:
@@ -107,20 +116,16 @@ def load_table(config, workdir: str, *, steps: Sequence[str] = ()) -> LabelTable
 
 
 
-def _detect_format(root: str, configured: str, demo: str) -> str:
-    """The layout of a user's dataset at `root` (a file: tsv), else `configured` if it is not the demo's."""
-    if os.path.isfile(root):
-        return "tsv"
-    if os.path.isfile(os.path.join(root, "meta", "classes.txt")):
-        return "food101n"
-    if any(os.path.isfile(os.path.join(root, *sub, _CLOTHING1M_CLASSES)) for sub in ((), ("annotations",))):
-        return "clothing1m"
-    if configured != "food101n":
-        return configured
-    raise DatasetError(f"data.root {root} is not a demo dataset, nor a dataset in a layout this package reads "
-                       f"(food101n: ROOT/meta/classes.txt; clothing1m: ROOT/{_CLOTHING1M_CLASSES}; tsv: the .tsv "
-                       f"file itself). Point data.root at your dataset, or at a new or empty folder for the {demo!r} "
-                       "demo data.")
+def _detect_users_format(root: str, demo: str) -> str:
+    """The layout of a user's dataset at a data.root that holds no demo data (logged)."""
+    try:
+        data_format, found = detect_format(root)
+    except DatasetError:
+        raise DatasetError(f"data.root {root} is not a demo dataset, nor a dataset in a layout this package reads "
+                           f"(looked for {LOOKED_FOR}). Point data.root at your dataset, or at a new or empty folder "
+                           f"for the {demo!r} demo data.") from None
+    logging.info("data.format=auto: %s is %s: reading it as data.format=%s.", root, found, data_format)
+    return data_format
 
 
 
@@ -130,10 +135,15 @@ def _verification_sources(data_format: str, root: str) -> tuple[str, str]:
         return (f"{os.path.join(root, 'meta', 'verified_train.tsv')} (class/key.jpg<TAB>1 if the label is right, "
                 "0 if wrong)", f"{os.path.join(root, 'meta', 'verified_val.tsv')} (class/key.jpg<TAB>1 or 0)")
     if data_format == "clothing1m":
-        return (f"the images of {_CLOTHING1M_NOISY_TRAIN} or {_CLOTHING1M_CLEAN_LISTS[0]} under {root} with both a "
-                f"noisy ({_CLOTHING1M_NOISY_KV}) and a clean ({_CLOTHING1M_CLEAN_KV}) label",
-                f"the images of {_CLOTHING1M_CLEAN_LISTS[1]} under {root} with a noisy label in "
-                f"{_CLOTHING1M_NOISY_KV}")
+        return (f"the images of {CLOTHING1M_NOISY_TRAIN} or {CLOTHING1M_CLEAN_LISTS[0]} under {root} with both a "
+                f"noisy ({CLOTHING1M_NOISY_KV}) and a clean ({CLOTHING1M_CLEAN_KV}) label",
+                f"the images of {CLOTHING1M_CLEAN_LISTS[1]} under {root} with a noisy label in "
+                f"{CLOTHING1M_NOISY_KV}")
+    if data_format == "folder":
+        return ("a class folder has none: cleannet-review writes them (WORKDIR/review/verified_train.tsv, read with "
+                "data.extra_verified=auto), or name a file in data.extra_verified (header, then class/image<TAB>1|0)",
+                "a class folder has none, and data.extra_verified labels training rows only: list the dataset in a "
+                ".tsv or .csv file (data.format=tsv/csv) with split=val and a `verified` value on some rows")
     return (f"{root}: rows with split=train (or no split) and a `verified` value (1 = label right, 0 = wrong)",
             f"{root}: rows with split=val and a `verified` value (1 = label right, 0 = wrong)")
 
@@ -160,7 +170,7 @@ def check_for_steps(table: LabelTable, config, steps: Sequence[str], *, data_for
         counts = np.bincount(table.labels[pool], minlength=table.num_classes)
         empty = np.flatnonzero(counts == 0)
         if len(empty):
-            named = ", ".join(repr(table.class_names[i]) for i in empty[:_MAX_EXAMPLES])
+            named = ", ".join(repr(table.class_names[i]) for i in empty[:MAX_EXAMPLES])
             raise DatasetError(f"{root}: {len(empty)} class(es) have no training or validation image, only test "
                                f"rows: {named}. Every class needs images in the noisy pool: its reference set is "
                                "built from them.")
@@ -171,7 +181,7 @@ def check_for_steps(table: LabelTable, config, steps: Sequence[str], *, data_for
                                f"from them. Add some: {train_source}.")
     if "verify" in steps:
         val = table.split == SPLIT_VAL
-        if data_format == "tsv" and not val.any():
+        if data_format in ("tsv", "csv") and not val.any():
             raise DatasetError(f"{root} has no validation rows: add a `split` column with values train/val/test, or "
                                "mark verified rows with split=val (cleannet-verify chooses its threshold on verified "
                                "validation rows).")
