@@ -170,3 +170,57 @@ def make_food101n(root, *, keys=None, verified_train=None, verified_val=None, te
         for name in test:
             write_jpeg(os.path.join(test_dir, f"{name}.jpg"))
     return root
+
+
+# --------------------------------------------------------------------------- a model server on loopback
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """Verifier and classifier SavedModels (version 1, tests/serving_helpers.py) served on loopback: one per module."""
+    from serving_helpers import _publish
+
+    from cleannet_tf.serving import Client, start_server
+
+    root = tmp_path_factory.mktemp("serving")
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(5):
+        path = root / f"img{i}.{'png' if i == 4 else 'jpg'}"
+        Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(path)
+        images.append(path.read_bytes())
+    export_dir = str(root / "saved_models")
+    models = _publish(export_dir, images)
+    server = start_server(model_config_file=os.path.join(export_dir, "models.config"), port=0, rest_port=0,
+                          poll_seconds=0.2)
+    client = Client(f"127.0.0.1:{server.port}")
+    yield {"export_dir": export_dir, "images": images, "models": models, "server": server, "client": client}
+    client.close()
+    server.stop(grace=1)
+
+
+# --------------------------------------------------------------------------- cleannet-review
+
+@pytest.fixture
+def workdir(tmp_path):
+    """cleannet-review's small workdir (tests/review_helpers.py): (config .py path, workdir, config)."""
+    from review_helpers import make_workdir
+
+    return make_workdir(tmp_path)
+
+
+@pytest.fixture
+def server(workdir):
+    """A ReviewServer (with a Retrainer) on loopback over `workdir`: (server, workdir path)."""
+    import json
+
+    from cleannet_tf.review import retrain as retrain_lib
+    from cleannet_tf.review.server import ReviewServer
+    from cleannet_tf.review.session import ReviewSession
+
+    _, work, config = workdir
+    session = ReviewSession(config, work, user="tester")
+    retrainer = retrain_lib.Retrainer(config, work, read_metrics=lambda w: json.load(
+        open(os.path.join(w, "verify", "metrics.json"))), on_finished=lambda ok: ok and session.reload())
+    server = ReviewServer(session, retrainer).start()
+    yield server, work
+    server.stop()
