@@ -17,6 +17,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from cleannet_tf.data.table import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL  # noqa: E402
+
 
 @pytest.fixture
 def make_images():
@@ -170,6 +172,59 @@ def make_food101n(root, *, keys=None, verified_train=None, verified_val=None, te
         for name in test:
             write_jpeg(os.path.join(test_dir, f"{name}.jpg"))
     return root
+
+
+# --------------------------------------------------------------------------- Clothing1M fixture
+
+CLOTHING_CLASSES = ["T-Shirt", "Shirt", "Down Coat"]
+CLOTHING_NOISY = {"n0": 0, "n1": 1, "n2": 2, "n3": 0, "n4": 1, "c0": 1, "c2": 2}
+CLOTHING_CLEAN = {"n0": 0, "n1": 2, "n3": 1, "c0": 1, "c1": 0, "c2": 0, "c3": 2, "t0": 2}
+CLOTHING_LISTS = {
+    "noisy_train_key_list.txt": ["n0", "n1", "n2", "n3", "n4"],
+    "clean_train_key_list.txt": ["n0", "c0", "c1"],
+    "clean_val_key_list.txt": ["n1", "c2", "c3"],
+    "clean_test_key_list.txt": ["n3", "t0"],
+}
+
+
+def clothing_key(name: str) -> str:
+    return f"images/{len(name)}/{name[0]}0/{name}.jpg"
+
+
+def make_clothing1m(root, *, subdir: str = "", noisy=None, clean=None, lists=None, images: bool = True):
+    """Writes a Clothing1M release tree (annotation files in ROOT/subdir); returns its root (str)."""
+    root = str(root)
+    noisy = CLOTHING_NOISY if noisy is None else noisy
+    clean = CLOTHING_CLEAN if clean is None else clean
+    lists = {**CLOTHING_LISTS, **(lists or {})}
+    annotations = os.path.join(root, subdir)
+    write_lines(os.path.join(annotations, "category_names_eng.txt"), CLOTHING_CLASSES)
+    write_lines(os.path.join(annotations, "noisy_label_kv.txt"), [f"{clothing_key(k)} {v}" for k, v in noisy.items()])
+    write_lines(os.path.join(annotations, "clean_label_kv.txt"), [f"{clothing_key(k)} {v}" for k, v in clean.items()])
+    for name, names in lists.items():
+        write_lines(os.path.join(annotations, name), [clothing_key(k) for k in names])
+    if images:
+        for name in set(noisy) | set(clean):
+            write_jpeg(os.path.join(root, clothing_key(name)))
+    return root
+
+
+CLOTHING_EXPECTED = [  # name, label, verification, split
+    ("n0", 0, 1, SPLIT_TRAIN), ("n1", 1, 0, SPLIT_VAL), ("n2", 2, -1, SPLIT_TRAIN), ("n4", 1, -1, SPLIT_TRAIN),
+    ("c0", 1, 1, SPLIT_TRAIN), ("c2", 2, 0, SPLIT_VAL), ("n3", 1, -1, SPLIT_TEST), ("t0", 2, -1, SPLIT_TEST),
+]
+
+
+# --------------------------------------------------------------------------- generic TSV
+
+def make_tsv(folder, lines, *, images=(), crlf: bool = False) -> str:
+    """Writes folder/data.tsv with `lines` and the JPEGs `images` (paths relative to folder); returns the tsv path."""
+    path = os.path.join(str(folder), "data.tsv")
+    write_lines(path, lines, crlf=crlf)
+    for image in images:
+        write_jpeg(os.path.join(str(folder), image))
+    return path
+
 
 
 # --------------------------------------------------------------------------- a model server on loopback
