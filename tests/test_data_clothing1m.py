@@ -15,6 +15,7 @@ from conftest import (
     make_clothing1m,
     write_lines,
 )
+from error_helpers import _write
 
 from cleannet_tf.data.clothing1m import read_clothing1m
 from cleannet_tf.data.table import DatasetError
@@ -104,3 +105,15 @@ def test_clothing1m_class_without_noisy_rows(tmp_path):
     root = make_clothing1m(tmp_path / "clothing", noisy=noisy)
     with pytest.raises(DatasetError, match=r"'Down Coat' \(.*category_names_eng\.txt, line 3\)"):
         read_clothing1m(root)
+
+
+def test_clothing1m_key_leaving_the_root_is_refused(tmp_path):
+    root = tmp_path / "clothing"
+    _write(root / "category_names_eng.txt", "T-Shirt\nShirt\n")
+    _write(root / "noisy_label_kv.txt", "images/a.jpg 0\n../../etc/hostname 1\n")
+    _write(root / "clean_label_kv.txt", "images/a.jpg 0\n")
+    _write(root / "noisy_train_key_list.txt", "images/a.jpg\n../../etc/hostname\n")
+    for name in ("clean_train_key_list.txt", "clean_val_key_list.txt", "clean_test_key_list.txt"):
+        _write(root / name, "\n")
+    with pytest.raises(DatasetError, match=r"noisy_train_key_list\.txt, line 2: key '\.\./\.\./etc/hostname' leaves"):
+        read_clothing1m(str(root), check_images=False)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from error_helpers import _tsv
 
 from cleannet_tf.data import table as data_table
 from cleannet_tf.data.features_npz import load_precomputed_features
 from cleannet_tf.data.table import DatasetError
+from cleannet_tf.data.tsv import read_tsv
 
 
 def small_table(keys) -> data_table.LabelTable:
@@ -85,3 +87,17 @@ def test_load_precomputed_features_bad_files(tmp_path):
     np.savez(path, keys=np.array(["a"], dtype=object), features=np.zeros((1, 2)))
     with pytest.raises(DatasetError, match="holds Python objects"):
         load_precomputed_features(path, table)
+
+
+def test_precomputed_features_need_the_noisy_pool_only(tmp_path):
+    tsv = _tsv(tmp_path / "d", ["a.jpg\tcat\t1\ttrain", "b.jpg\tdog\t0\tval", "t.jpg\tcat\t\ttest"])
+    table = read_tsv(tsv, check_images=False)
+    npz = str(tmp_path / "f.npz")
+    np.savez(npz, keys=np.array(["b.jpg", "a.jpg"]), features=np.array([[3.0, 4.0], [1.0, 2.0]]))
+    features, valid = load_precomputed_features(npz, table)
+    np.testing.assert_array_equal(features, [[1, 2], [3, 4], [0, 0]])
+    np.testing.assert_array_equal(valid, [True, True, False])
+    np.savez(npz, keys=np.array(["a.jpg", "t.jpg"]), features=np.ones((2, 2)))
+    with pytest.raises(DatasetError, match=r"1 of the dataset's 2 train/val keys have no features, e\.g\. "
+                                           r"\['b\.jpg'\]"):
+        load_precomputed_features(npz, table)

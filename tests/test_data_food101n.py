@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 from conftest import FOOD_CLASSES, FOOD_KEYS, FOOD_VERIFIED_TRAIN, make_food101n, write_lines
+from error_helpers import _food101n, _write
 
 from cleannet_tf.data import table as data_table
 from cleannet_tf.data.food101n import read_food101n
@@ -182,3 +183,22 @@ def test_food101n_heldout_list(tmp_path):
     np.testing.assert_array_equal(table.split, [0, 0, 1, 0, 0, 0, 0, 1, 0])
     assert table.keys.tolist() == FOOD_KEYS  # images kept
     assert table.skipped == {data_table.HELDOUT_SKIP_REASON: 2}
+
+
+@pytest.mark.parametrize("key", ["three/../../../../etc/hostname", "three/../../x.jpg"])
+def test_food101n_key_leaving_the_root_is_refused_with_file_and_line(tmp_path, key):
+    root = _food101n(tmp_path / "food", ["three/a.jpg", "four/b.jpg", key])
+    with pytest.raises(DatasetError, match=rf"imagelist\.tsv, line 4: key '{key}' leaves the dataset root"):
+        read_food101n(root, check_images=False)
+
+
+def test_keys_inside_the_root_and_symlinks_are_fine(tmp_path):
+    outside = _write(tmp_path / "elsewhere" / "real.jpg", "x")
+    keys = ["three/a.jpg", "four/b.jpg", "three/sub/../c.jpg", "four/link.jpg"]
+    root = _food101n(tmp_path / "food", keys)
+    for key in keys[:3]:
+        _write(os.path.join(root, "images", os.path.normpath(key)), "x")
+    os.makedirs(os.path.join(root, "images", "three", "sub"))
+    os.symlink(outside, os.path.join(root, "images", "four", "link.jpg"))  # a link may point anywhere
+    table = read_food101n(root, check_images=True)
+    assert table.keys.tolist() == keys

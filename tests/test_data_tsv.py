@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 from conftest import make_tsv, write_jpeg
+from error_helpers import _tsv, _write
 
 from cleannet_tf.data.table import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, UNKNOWN, DatasetError
 from cleannet_tf.data.tsv import read_tsv
@@ -80,3 +81,19 @@ def test_tsv_missing_image_and_missing_file(tmp_path):
     missing = str(tmp_path / "nope.tsv")
     with pytest.raises(DatasetError, match=f"{missing}: file not found"):
         read_tsv(missing)
+
+
+def test_non_utf8_line_names_the_line(tmp_path):
+    tsv = _write(tmp_path / "labels.tsv", "path\tlabel\na.jpg\tcat\n", "w")
+    _write(tsv, b"b\xe9.jpg\tcat\nc.jpg\tdog\n", "ab")
+    with pytest.raises(DatasetError) as error:
+        read_tsv(tsv, check_images=False)
+    assert str(error.value).startswith(f"{tsv}, line 3: not UTF-8 text")
+    assert "position" not in str(error.value)
+
+
+def test_tsv_relative_path_leaving_its_folder_is_refused(tmp_path):
+    tsv = _tsv(tmp_path / "data", ["a.jpg\tcat\t\t", "../../etc/hostname\tcat\t\t"])
+    with pytest.raises(DatasetError, match=r"labels\.tsv, line 3: path '\.\./\.\./etc/hostname' leaves the file's "
+                                           "folder"):
+        read_tsv(tsv, check_images=False)

@@ -44,7 +44,7 @@ def _config(overrides: dict, **extra):
 
 
 def _command(module: str, flags: list[str]) -> list[str]:
-    return [sys.executable, "-m", f"cleannet_tf.{module}", *flags]
+    return [sys.executable, "-m", f"cleannet_tf.cli.{module}", *flags]
 
 
 def _run(module: str, flags: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
