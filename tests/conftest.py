@@ -117,6 +117,31 @@ def small_train_config(overrides, **extra):
     return config_lib.validate(config)
 
 
+# --------------------------------------------------------------------------- headless Chromium
+
+NO_BROWSER_VARIABLE = "CLEANNET_NO_BROWSER"
+
+
+def chromium_paths(*, driver: bool = False) -> tuple[str, str | None]:
+    """(chromium, chromedriver or None) on PATH, for the report's and cleannet-review's browser tests.
+
+    A missing one fails the test (CI installs both: .ci/run); only CLEANNET_NO_BROWSER=1, set by hand,
+    skips the browser tests instead.
+    """
+    import shutil
+
+    if os.environ.get(NO_BROWSER_VARIABLE) == "1":
+        pytest.skip(f"{NO_BROWSER_VARIABLE}=1: the browser tests are switched off")
+    found = {"chromium": shutil.which("chromium") or shutil.which("chromium-browser")}
+    if driver:
+        found["chromedriver"] = shutil.which("chromedriver")
+    missing = [name for name, path in found.items() if not path]
+    if missing:
+        pytest.fail(f"no {' or '.join(missing)} on PATH: install Debian's chromium and chromium-driver (.ci/run "
+                    f"does), or set {NO_BROWSER_VARIABLE}=1 to skip the browser tests", pytrace=False)
+    return found["chromium"], found.get("chromedriver")
+
+
 # --------------------------------------------------------------------------- dataset trees on disk
 
 _buffer = io.BytesIO()

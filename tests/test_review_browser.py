@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 
 import pytest
+from conftest import chromium_paths
 from review_helpers import PER_CLASS, proposals, review_rows, start_review_process, wait_for
 
 from cleannet_tf.detection import scores_tsv
 from cleannet_tf.pipeline.table import load_table
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 
 
 def log_events(workdir: str) -> list[dict]:
@@ -24,16 +21,17 @@ def log_events(workdir: str) -> list[dict]:
 
 @pytest.fixture
 def browser(tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver")
+    chromium, chromedriver = chromium_paths(driver=True)  # missing: a failure, unless CLEANNET_NO_BROWSER=1
+    from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
+    options.binary_location = chromium
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1280,900"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
     yield driver
     driver.quit()
 
@@ -65,8 +63,6 @@ class Page:
         return int(self.driver.find_element("id", "progress-text").get_attribute("data-decided"))
 
 
-@pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
-                    reason="No Chromium/chromedriver: install Debian's chromium and chromium-driver (.ci/run does).")
 def test_page_keyboard_decisions_survive_reload_and_sigkill(workdir, browser, tmp_path):
     config_path, work, config = workdir
     log_path = str(tmp_path / "server.log")
