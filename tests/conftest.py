@@ -99,22 +99,26 @@ def kill_at_marker(command, marker, what: str, *, timeout: float = 240) -> int:
     return process.pid
 
 
-def small_train_config(overrides, **extra):
-    """A validated config for fast CleanNet training on a feature dataset."""
+TINY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.py")
+
+
+def tiny_config(settings: dict):
+    """configs/tiny.py (the one tiny config) with `section.name` -> value settings on top, validated."""
+    import runpy
+
     from cleannet_tf import config as config_lib
 
-    config = config_lib.default_config()
-    # k-means gives each far-off cluster of noisy images its own centre: K must
-    # leave most centres to the true cluster for the paper's model to learn fast.
-    settings = {"refs.num_references": 16, "refs.n_init": 1, "cleannet.query_hidden_dim": 32,
-                "cleannet.reference_hidden_dim": 32, "cleannet.attention_dim": 16, "cleannet.embed_dim": 16,
-                "train.steps": 400, "train.batch_size": 16, "train.learning_rate": 0.05,
-                "train.lr_decay_steps": 1000, "train.eval_every": 100, "train.log_every": 50,
-                "train.checkpoint_every": 100, **overrides, **extra}
+    config = runpy.run_path(TINY_CONFIG)["get_config"]()
     for field, value in settings.items():
         section, name = field.split(".")
         config[section][name] = value
     return config_lib.validate(config)
+
+
+def small_train_config(overrides, **extra):
+    """A validated config for fast CleanNet training on a feature dataset: configs/tiny.py, the dataset's
+    overrides and `extra` on top."""
+    return tiny_config({**overrides, **extra})
 
 
 # --------------------------------------------------------------------------- headless Chromium

@@ -17,6 +17,7 @@ import threading
 import time
 
 import numpy as np
+from conftest import TINY_CONFIG
 from PIL import Image
 
 from cleannet_tf import config as config_lib
@@ -73,24 +74,19 @@ def make_workdir(tmp_path, *, train_steps: int = 40):
 
     config_path = tmp_path / "review_config.py"
     config_path.write_text(textwrap.dedent(f"""
-        from cleannet_tf.config import default_config
+        import runpy
 
         def get_config():
-            c = default_config()
+            c = runpy.run_path({TINY_CONFIG!r})["get_config"]()  # configs/tiny.py, smaller still: 36 images
             c.data.root = {str(root)!r}
             c.data.features = {str(tmp_path / "features.npz")!r}
-            c.model.backbone = "small_cnn"
-            c.model.weights = "random"
             c.refs.num_references = 2
-            c.refs.n_init = 1
             c.cleannet.query_hidden_dim = 16
             c.cleannet.reference_hidden_dim = 16
             c.cleannet.attention_dim = 8
             c.cleannet.embed_dim = 8
             c.train.steps = {train_steps}
             c.train.batch_size = 8
-            c.train.learning_rate = 0.05
-            c.train.lr_decay_steps = 1000
             c.train.eval_every = 20
             c.train.log_every = 10
             c.train.checkpoint_every = 20
