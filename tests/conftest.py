@@ -258,12 +258,11 @@ def make_tsv(folder, lines, *, images=(), crlf: bool = False) -> str:
 
 # --------------------------------------------------------------------------- a model server on loopback
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """Verifier and classifier SavedModels (version 1, tests/serving_helpers.py) served on loopback: one per module."""
+@pytest.fixture(scope="session")
+def published_models(tmp_path_factory):
+    """Five images (4 JPEG, 1 PNG) and the verifier and classifier SavedModels (version 1,
+    tests/serving_helpers.py), built once: (images, export_dir, models)."""
     from serving_helpers import _publish
-
-    from cleannet_tf.serving import Client, start_server
 
     root = tmp_path_factory.mktemp("serving")
     rng = np.random.default_rng(0)
@@ -274,6 +273,22 @@ def served(tmp_path_factory):
         images.append(path.read_bytes())
     export_dir = str(root / "saved_models")
     models = _publish(export_dir, images)
+    return images, export_dir, models
+
+
+@pytest.fixture(scope="module")
+def served(published_models, tmp_path_factory):
+    """A model server on loopback over a copy of published_models of its own (one per test module: tests may
+    publish new versions into it)."""
+    import shutil
+
+    from cleannet_tf.export import savedmodel
+    from cleannet_tf.serving import Client, start_server
+
+    images, published, models = published_models
+    export_dir = str(tmp_path_factory.mktemp("served") / "saved_models")
+    shutil.copytree(published, export_dir)
+    savedmodel.write_models_config(export_dir)  # the copy's base paths
     server = start_server(model_config_file=os.path.join(export_dir, "models.config"), port=0, rest_port=0,
                           poll_seconds=0.2)
     client = Client(f"127.0.0.1:{server.port}")
