@@ -220,8 +220,7 @@ class Retrainer:
             log.write(f"$ steps {', '.join(_prerequisites(config))} (when not complete), then train, verify "
                       f"(--config={self.config_path})\n")
             log.flush()
-            for step, status in runner.run_steps(config, self.workdir, steps=_prerequisites(config)).items():
-                log.write(f"{step}: {status}\n")
+            runner.run_steps(config, self.workdir, steps=_prerequisites(config))  # logs a line per step
             table = load_table(config, self.workdir, steps=("train", "verify"))  # what training needs, checked
             strategy = distribute.build_strategy(config.runtime.strategy)
             backup = os.path.join(self.directory, "previous",
