@@ -86,7 +86,8 @@ def main(argv):
     server = ReviewServer(session, retrainer, host=flags.FLAGS.host, port=flags.FLAGS.port)
     summary = session.summary()
     print(f"cleannet-review: {summary['proposed'] - summary['proposed_decided']} of {summary['proposed']} proposed "
-          f"images to verify, {summary['decided']} decisions in {session.store.tsv_path}", flush=True)
+          f"images to verify, {summary['decided']} decisions in {session.store.directory} "
+          "(verified_train.tsv, verified_val.tsv)", flush=True)
     print(f"cleannet-review: open {server.url}   (Ctrl-C stops; every decision is saved at once)", flush=True)
     # Ctrl-C and SIGTERM stop it even when the parent started it with SIGINT ignored (e.g. a background job).
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
