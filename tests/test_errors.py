@@ -26,7 +26,8 @@ from cleannet_tf.pipeline.refs import run_refs
 from cleannet_tf.pipeline.table import load_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMANDS = ("extract", "refs", "train", "verify", "train_classifier", "run", "demo", "export", "serve", "config")
+COMMANDS = ("extract", "refs", "train", "verify", "train_classifier", "run", "demo", "export", "serve", "config",
+            "review")
 
 
 def _run(module, *args, env=None):
