@@ -632,8 +632,8 @@ def test_a_sigkilled_server_takes_its_retrain_with_it(tmp_path):
         status, _, _ = Client(port, token).request("POST", "/api/retrain", {})
         assert status == 200
         log_path = os.path.join(work, "review", "retrain.log")
-        wait_for(lambda: "Training cleannet from step 0" in open(log_path).read(), "the train step to start",
-                 timeout=120)
+        wait_for(lambda: os.path.exists(log_path) and "Training cleannet from step 0" in open(log_path).read(),
+                 "the train step to start", timeout=120)
         # The steps run in the server's own process (under its workdir lock): no child runs them.
         assert not [pid for pid in _children(process.pid) if b"cleannet" in _cmdline(pid)]
         process.kill()

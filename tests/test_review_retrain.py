@@ -118,7 +118,8 @@ def test_a_retrain_killed_with_the_server_is_undone_when_the_next_server_starts(
         port, token = int(url.split(":")[2].split("/")[0]), url.split("token=")[1].split("&")[0]
         assert Client(port, token).request("POST", "/api/retrain", {})[0] == 200
         log_path = os.path.join(work, "review", "retrain.log")
-        wait_for(lambda: "Training cleannet from step 0" in open(log_path).read(), "the train step", timeout=120)
+        wait_for(lambda: os.path.exists(log_path) and "Training cleannet from step 0" in open(log_path).read(),
+                 "the train step", timeout=120)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
     finally:
