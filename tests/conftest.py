@@ -323,3 +323,20 @@ def server(workdir):
     server = ReviewServer(session, retrainer).start()
     yield server, work
     server.stop()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    chromium, chromedriver = chromium_paths(driver=True)  # missing: a failure, unless CLEANNET_NO_BROWSER=1
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1280,900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    yield driver
+    driver.quit()

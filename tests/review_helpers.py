@@ -198,3 +198,35 @@ def wait_for(predicate, what: str, timeout: float = 30):
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def review_files(work: str) -> dict:
+    directory = os.path.join(work, "review")
+    return {name: open(os.path.join(directory, name), "rb").read() for name in sorted(os.listdir(directory))}
+
+
+class Page:
+    def __init__(self, driver):
+        self.driver = driver
+
+    def open(self, url: str):
+        self.driver.get(url)
+        wait_for(lambda: self.body().get_attribute("data-ready") == "yes", "the page to load")
+        return self
+
+    def body(self):
+        return self.driver.find_element("tag name", "body")
+
+    def press(self, keys: str):
+        self.body().send_keys(keys)
+
+    def cards(self) -> list[tuple[str, str]]:
+        """(key, state) of the queue's grid, in order."""
+        return [(card.get_attribute("data-key"), card.get_attribute("data-state"))
+                for card in self.driver.find_elements("css selector", "#queue-grid .card")]
+
+    def cursor_key(self) -> str:
+        return self.driver.find_element("css selector", "#queue-grid .card.cursor").get_attribute("data-key")
+
+    def decided(self) -> int:
+        return int(self.driver.find_element("id", "progress-text").get_attribute("data-decided"))

@@ -10,7 +10,8 @@ import re
 import pytest
 from error_helpers import _run, _truncate, _tsv, _write
 
-COMMANDS = ("extract", "refs", "train", "verify", "train_classifier", "run", "demo", "export", "serve", "config")
+COMMANDS = ("extract", "refs", "train", "verify", "train_classifier", "run", "demo", "export", "serve", "config",
+            "review")
 
 
 def test_workdir_that_is_a_file_is_one_line_and_traceback_only_with_debug(tmp_path):

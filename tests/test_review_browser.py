@@ -6,9 +6,7 @@ import json
 import os
 import signal
 
-import pytest
-from conftest import chromium_paths
-from review_helpers import PER_CLASS, proposals, review_rows, start_review_process, wait_for
+from review_helpers import PER_CLASS, Page, proposals, review_rows, start_review_process, wait_for
 
 from cleannet_tf.detection import scores_tsv
 from cleannet_tf.pipeline.table import load_table
@@ -17,50 +15,6 @@ from cleannet_tf.pipeline.table import load_table
 def log_events(workdir: str) -> list[dict]:
     with open(os.path.join(workdir, "review", "decisions.jsonl")) as f:
         return [json.loads(line) for line in f]
-
-
-@pytest.fixture
-def browser(tmp_path):
-    chromium, chromedriver = chromium_paths(driver=True)  # missing: a failure, unless CLEANNET_NO_BROWSER=1
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1280,900"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
-    yield driver
-    driver.quit()
-
-
-class Page:
-    def __init__(self, driver):
-        self.driver = driver
-
-    def open(self, url: str):
-        self.driver.get(url)
-        wait_for(lambda: self.body().get_attribute("data-ready") == "yes", "the page to load")
-        return self
-
-    def body(self):
-        return self.driver.find_element("tag name", "body")
-
-    def press(self, keys: str):
-        self.body().send_keys(keys)
-
-    def cards(self) -> list[tuple[str, str]]:
-        """(key, state) of the queue's grid, in order."""
-        return [(card.get_attribute("data-key"), card.get_attribute("data-state"))
-                for card in self.driver.find_elements("css selector", "#queue-grid .card")]
-
-    def cursor_key(self) -> str:
-        return self.driver.find_element("css selector", "#queue-grid .card.cursor").get_attribute("data-key")
-
-    def decided(self) -> int:
-        return int(self.driver.find_element("id", "progress-text").get_attribute("data-decided"))
 
 
 def test_page_keyboard_decisions_survive_reload_and_sigkill(workdir, browser, tmp_path):

@@ -7,14 +7,9 @@ import re
 from urllib.parse import quote
 
 import numpy as np
-from review_helpers import Client, proposals
+from review_helpers import Client, proposals, review_files
 
 from cleannet_tf.detection import scores_tsv
-
-
-def review_files(work: str) -> dict:
-    directory = os.path.join(work, "review")
-    return {name: open(os.path.join(directory, name), "rb").read() for name in sorted(os.listdir(directory))}
 
 
 def test_server_binds_loopback_and_refuses_requests_without_the_token(server):
