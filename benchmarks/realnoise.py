@@ -218,7 +218,7 @@ def cleannet_rows(config, workdir: str, table: data_table.LabelTable, add) -> tu
         if mode == "paper":
             variants = [("CleanNet mode=paper (cosine)", "paper", verifier.SIGNAL_NAMES[:4])]
         else:
-            chosen = tuple(s.strip() for s in config.verify.signals.split(",") if s.strip())
+            chosen = tuple(config.verify.signals)
             variants = [(f"CleanNet mode={mode}, signals={','.join(chosen)} (config)", mode, chosen)]
             if mode == "stacked":
                 for signals in (verifier.SIGNAL_NAMES[:4], ("class_mean_cosine", "class_mean_margin"),

@@ -37,7 +37,7 @@ class CleanNetDetector:
         steps: CleanNet training steps. num_references: K per class.
         validation_fraction: share of the verified rows (drawn per seed) kept to choose the threshold (and fit
             the stacked score) when `fit` gets no `validation` mask.
-        signals: the stacked score's signals, a comma list of verifier.SIGNAL_NAMES (default: the config's
+        signals: the stacked score's signals, a tuple (or comma string) of SIGNAL_NAMES (default: the config's
             verify.signals, all four); "class_mean_margin" transferred best to unverified classes on the demo.
         config: optional full config (config.default_config() schema) for every other setting, used as
             given except for the fields of the arguments above. Default: `detector_config(mode, steps)`.
@@ -45,14 +45,15 @@ class CleanNetDetector:
     """
 
     def __init__(self, *, mode: str = "stacked", steps: int = 3000, num_references: int = 8,
-                 validation_fraction: float = 0.3, signals: str | None = None,
+                 validation_fraction: float = 0.3, signals: str | tuple[str, ...] | None = None,
                  config: ml_collections.ConfigDict | None = None, seed: int = 0):
         config = detector_config(mode, steps) if config is None else ml_collections.ConfigDict(config.to_dict())
         config.cleannet.mode = mode
         config.train.steps = steps
         config.refs.num_references = num_references
         if signals is not None:
-            config.verify.signals = signals
+            config.verify.signals = tuple(name.strip() for name in signals.split(",") if name.strip()) \
+                if isinstance(signals, str) else tuple(signals)
         config.seed = seed
         self.config = config_lib.validate(config, needs_data=False)  # data.* is not read: the data come as arrays
         if not 0.0 < validation_fraction < 1.0:
@@ -134,7 +135,7 @@ class CleanNetDetector:
             output_dir = workdir or scratch
             cleannet_training.train_cleannet(training, reference_sets, self.config, output_dir, progress=False)
             cleannet = keras.saving.load_model(os.path.join(output_dir, "model.keras"))
-        signals = config_lib.split_names(self.config.verify.signals)
+        signals = tuple(self.config.verify.signals)
         self.verifier_, self.info_ = verifier_fit.fit_verifier(
             cleannet, data, reference_sets, mode=self.config.cleannet.mode,
             class_mean_keep=self.config.verify.class_mean_keep, calibration_classes=calibration, signals=signals,

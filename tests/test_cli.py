@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(module, *args):
-    return subprocess.run([sys.executable, "-m", f"cleannet_tf.{module}", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", f"cleannet_tf.cli.{module}", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=600)
 
 

@@ -23,7 +23,7 @@ ALLOWED = {
     "training": {"data", "features", "model", "detection", "ops", "atomic_io", "sanity"},
     "export": {"data", "features", "model", "detection", "training", "ops", "atomic_io"},
     "serving": {"export"},
-    "config": {"data", "features", "model", "detection", "training", "export", "ops", "atomic_io"},
+    "config": set(),  # the schema: a leaf (importing it loads no TensorFlow)
     "detector": {"config", "data", "features", "model", "detection", "training", "ops", "atomic_io"},
     "pipeline": {"config", "data", "features", "model", "detection", "training", "export", "serving", "ops",
                  "atomic_io", "sanity"},
@@ -203,3 +203,34 @@ def test_layout_checks_catch_a_wrong_edge(tmp_path):
     # the checker itself: an import from data/ up into pipeline/ is reported
     tree = ast.parse("def f():\n    from cleannet_tf.pipeline import runner\n")
     assert list(_imported(tree)) == [(2, "pipeline")] and "pipeline" not in ALLOWED["data"]
+
+
+def test_config_imports_nothing_of_the_package():
+    imported = list(_imported(ast.parse((PACKAGE / "config.py").read_text())))
+    assert not imported, f"cleannet_tf/config.py imports the package: {imported}"
+
+
+def _string_fields(config, prefix=""):
+    for name, value in config.items():
+        if hasattr(value, "items"):
+            yield from _string_fields(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", value
+
+
+@pytest.mark.parametrize("name", [None, *sorted(path.stem for path in (ROOT / "configs").glob("*.py"))])
+def test_no_config_field_is_a_comma_string(name):
+    # lists are tuples: ("soft", "hard"), not "soft,hard"
+    import importlib.util
+
+    from cleannet_tf import config as config_lib
+
+    if name is None:
+        config = config_lib.default_config()
+    else:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config()
+    commas = {field: value for field, value in _string_fields(config) if isinstance(value, str) and "," in value}
+    assert not commas, f"{name or 'default_config()'}: comma strings {commas}"

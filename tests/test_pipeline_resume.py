@@ -44,7 +44,7 @@ def _config(overrides: dict, **extra):
 
 
 def _command(module: str, flags: list[str]) -> list[str]:
-    return [sys.executable, "-m", f"cleannet_tf.{module}", *flags]
+    return [sys.executable, "-m", f"cleannet_tf.cli.{module}", *flags]
 
 
 def _run(module: str, flags: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
@@ -299,13 +299,14 @@ def test_publish_dir_replaces_a_folder_whole(tmp_path):
 _WRITE_CONFIGS = """
 import os, resource, signal, sys
 from cleannet_tf import config as config_lib
+from cleannet_tf.pipeline import records
 config = config_lib.default_config()
 config.data.root = "x" * 2000000  # a 2 MB config JSON: more than the tmpfs holds and the file size limit allows
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))  # as ulimit -f 1024: write() gets EFBIG past 1 MiB
 for target in sys.argv[1:]:
     try:
-        config_lib.save_config(config, target)
+        records.save_config(config, target)
     except OSError as error:
         print(type(error).__name__, error)
     print("left:", sorted(os.listdir(os.path.dirname(target))))

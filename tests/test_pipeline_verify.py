@@ -387,7 +387,7 @@ def test_threshold_and_weights_come_from_verified_train_rows(verified_workdir):
     table = load_table(config, workdir)
     data, reference_sets = load_training_inputs(config, workdir, table)
     calibration = cleannet_training.calibration_classes(table, config.cleannet.calibration_fraction, config.seed)
-    signals = config.verify.signals.split(",")
+    signals = list(config.verify.signals)
     uses_cleannet = bool(set(signals) & set(verifier.CLEANNET_SIGNALS))
     rows, name = fit.verified_rows(data, calibration, uses_cleannet)
     assert written["threshold_rows"] == written["fit_rows"] == name

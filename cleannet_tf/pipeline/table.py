@@ -33,12 +33,13 @@ from cleannet_tf.data.table import (
     read_heldout_list,
 )
 from cleannet_tf.data.tsv import read_tsv
+from cleannet_tf.pipeline.workdir import extra_verified_paths, resolve_data_root
 
 
 def load_table(config, workdir: str, *, steps: Sequence[str] = ()) -> LabelTable:
     """Reads the dataset `config.data` names (generating the demo data first if asked).
 
-    Dispatches on `config.data.format`; root from `config.resolve_data_root`; applies
+    Dispatches on `config.data.format`; root from `workdir.resolve_data_root`; applies
     `config.data.heldout_list` (any format), or for the demo
     `ROOT/meta/classes_heldout_<demo_heldout>.txt` when demo_heldout > 0. With
     data.demo set, a data.root that holds something other than a demo dataset is the
@@ -54,7 +55,6 @@ def load_table(config, workdir: str, *, steps: Sequence[str] = ()) -> LabelTable
     Raises:
         DatasetError: bad input, naming the file and line, or the data lack what `steps` need.
     """
-    from cleannet_tf.config import resolve_data_root
 
     data = config.data
     root = resolve_data_root(config, workdir)
@@ -96,9 +96,7 @@ def load_table(config, workdir: str, *, steps: Sequence[str] = ()) -> LabelTable
     if heldout_list:
         heldout_path = os.path.abspath(os.path.expanduser(heldout_list))
         table = apply_heldout(table, read_heldout_list(heldout_path, table.class_names))
-    from cleannet_tf.config import resolve_extra_verified
-
-    for path in resolve_extra_verified(config, workdir):
+    for path in extra_verified_paths(config, workdir):
         table = apply_extra_verified(table, path)
     logging.info("Dataset %s (%s): %s", root, data_format, table.summary())
     if steps:

@@ -31,7 +31,6 @@ import numpy as np
 from absl import logging
 
 from cleannet_tf import atomic_io, sanity
-from cleannet_tf import config as config_lib
 from cleannet_tf.data import table as data_table
 from cleannet_tf.detection import active, scores_tsv, verifier
 from cleannet_tf.detection import report as report_lib
@@ -67,7 +66,7 @@ def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: data_t
     calibration = cleannet_training.calibration_classes(table, config.cleannet.calibration_fraction, config.seed)
     model, info = fit_verifier(cleannet, data, reference_sets, mode=config.cleannet.mode,
                                class_mean_keep=config.verify.class_mean_keep, calibration_classes=calibration,
-                               signals=config_lib.split_names(config.verify.signals),
+                               signals=tuple(config.verify.signals),
                                classifier_rounds=config.verify.classifier_rounds, seed=config.seed)
     info["calibration_classes"] = cleannet_training.log_calibration_classes(  # none are held out (data.heldout_list)
         table.class_names, calibration, config.cleannet.calibration_fraction)

@@ -24,8 +24,7 @@ import threading
 import ml_collections
 from absl import logging
 
-from cleannet_tf import config as config_lib
-from cleannet_tf.pipeline.workdir import cleannet_dir
+from cleannet_tf.pipeline.workdir import cleannet_dir, review_dir
 from cleannet_tf.review.store import now as _now
 from cleannet_tf.review.store import write_text_atomic
 
@@ -71,10 +70,8 @@ def _stop_with_parent(parent: int):
 def write_retrain_config(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Writes WORKDIR/review/config.{json,py} (the review labels included); returns the .py path."""
     config = ml_collections.ConfigDict(config.to_dict())
-    review_file = config_lib.review_verified_path(workdir)
-    if config.data.extra_verified != "auto" and review_file not in config_lib.resolve_extra_verified(config, workdir):
-        config.data.extra_verified = ",".join(filter(None, [config.data.extra_verified, review_file]))
-    directory = os.path.dirname(review_file)
+    config.data.merge_review = True
+    directory = review_dir(workdir)
     os.makedirs(directory, exist_ok=True)
     write_text_atomic(os.path.join(directory, "config.json"), json.dumps(config.to_dict(), indent=2, sort_keys=True))
     path = os.path.join(directory, "config.py")
@@ -95,7 +92,7 @@ class Retrainer:
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, read_metrics, on_finished=None,
                  python: str = sys.executable):
         self.workdir = os.path.abspath(workdir)
-        self.directory = os.path.dirname(config_lib.review_verified_path(self.workdir))
+        self.directory = review_dir(self.workdir)
         self.config_path = write_retrain_config(config, self.workdir)
         self.log_path = os.path.join(self.directory, "retrain.log")
         self.history_path = os.path.join(self.directory, "history.json")

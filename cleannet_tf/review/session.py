@@ -25,13 +25,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cleannet_tf import config as config_lib
 from cleannet_tf.data import table
 from cleannet_tf.detection import active, scores_tsv, signals
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.pipeline.extract import open_features
 from cleannet_tf.pipeline.table import load_table
-from cleannet_tf.pipeline.workdir import references_path, verify_dir
+from cleannet_tf.pipeline.workdir import references_path, review_dir, verify_dir
 from cleannet_tf.review.store import DecisionStore
 
 REFERENCE_IMAGES = 8  # reference images shown per class
@@ -45,11 +44,6 @@ class ReviewError(ValueError):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
-
-
-def review_dir(workdir: str) -> str:
-    """WORKDIR/review/: the folder of config.review_verified_path."""
-    return os.path.dirname(config_lib.review_verified_path(workdir))
 
 
 def read_metrics(workdir: str) -> dict | None:

@@ -25,10 +25,11 @@ import threading
 from absl import logging
 
 from cleannet_tf.detection import active
+from cleannet_tf.pipeline.workdir import REVIEW_FILE_NAMES
 
 DECISIONS = ("correct", "wrong", "relabel")
 LOG_NAME = "decisions.jsonl"
-TSV_NAME = "verified_train.tsv"  # config.review_verified_path's name: what data.extra_verified="auto" reads
+TSV_NAME = REVIEW_FILE_NAMES[0]  # verified_train.tsv: what data.merge_review applies
 RELABELLED_NAME = "relabelled.tsv"
 
 
