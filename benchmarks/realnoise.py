@@ -59,15 +59,16 @@ from ml_collections import config_flags  # noqa: E402
 from benchmarks.transfer_variants import cleanlab_probabilities  # noqa: E402
 from cleannet_tf.data import table as data_table
 from cleannet_tf.detection import fit as verifier_fit
-from cleannet_tf.detection import metrics, verifier
 from cleannet_tf.detection import signals as detection_signals
-from cleannet_tf.features import neighbours, pool
+from cleannet_tf.detection import verifier
+from cleannet_tf.features import neighbours
 from cleannet_tf.pipeline import demo, records
 from cleannet_tf.pipeline.extract import open_features
 from cleannet_tf.pipeline.refs import run_refs
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.train import load_training_inputs
 from cleannet_tf.training import cleannet as cleannet_training
+from cleannet_tf.training import metrics, pool
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Config of the CleanNet modes.")
 _ROOT = flags.DEFINE_string("root", "", "One release (instead of --dataset/--seeds).")

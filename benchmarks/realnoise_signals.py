@@ -35,9 +35,10 @@ from absl import app, flags, logging  # noqa: E402
 
 from benchmarks import realnoise, truth_tsv  # noqa: E402  (realnoise: its flags)
 from cleannet_tf.detection import signals as detection_signals  # noqa: E402
-from cleannet_tf.features import neighbours, pool  # noqa: E402
+from cleannet_tf.features import neighbours  # noqa: E402
 from cleannet_tf.pipeline.extract import open_features  # noqa: E402
 from cleannet_tf.pipeline.table import load_table  # noqa: E402
+from cleannet_tf.training import pool
 
 _SOFTMAX = flags.DEFINE_bool("softmax", True, "Also the softmax heads (TensorFlow, slow).")
 _TRUTH = flags.DEFINE_string("truth", "", "With the true labels, {release}.truth.tsv beside each release (e.g. "

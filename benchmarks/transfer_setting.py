@@ -15,8 +15,6 @@ from absl import logging  # noqa: E402
 from cleannet_tf.data import demo
 from cleannet_tf.data import table as data_table
 from cleannet_tf.data.food101n import read_food101n
-from cleannet_tf.detection import metrics
-from cleannet_tf.features import pool as training_pool
 from cleannet_tf.features import references as references_lib  # noqa: E402
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.pipeline import records
@@ -25,6 +23,8 @@ from cleannet_tf.pipeline.classifier import run_train_classifier
 from cleannet_tf.pipeline.extract import open_features, run_extract
 from cleannet_tf.pipeline.refs import reference_rows, run_refs
 from cleannet_tf.pipeline.workdir import references_path, resolve_data_root
+from cleannet_tf.training import metrics
+from cleannet_tf.training import pool as training_pool
 
 HELDOUT = 50  # the demo's held-out list
 

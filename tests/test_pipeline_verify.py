@@ -12,9 +12,8 @@ from sklearn.metrics import roc_auc_score
 
 from cleannet_tf import sanity
 from cleannet_tf.data import table as data_table
-from cleannet_tf.detection import fit, label_noise, metrics, scores_tsv, verifier
+from cleannet_tf.detection import fit, label_noise, scores_tsv, verifier
 from cleannet_tf.detection import signals as detection_signals
-from cleannet_tf.features import pool
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.model.cleannet import build_cleannet, encode_classes
 from cleannet_tf.pipeline import records
@@ -23,6 +22,7 @@ from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.train import load_training_inputs, run_train
 from cleannet_tf.pipeline.verify import load_verifier, run_verify
 from cleannet_tf.training import cleannet as cleannet_training
+from cleannet_tf.training import metrics, pool
 
 
 def _random_verifier(scoring, *, threshold=0.1, weights=(0.5, -1.0, 2.0, 1.5), bias=-0.3, seed=0):

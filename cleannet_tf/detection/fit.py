@@ -15,11 +15,12 @@ import keras
 import numpy as np
 
 from cleannet_tf import ops
-from cleannet_tf.detection import label_noise, metrics, verifier
+from cleannet_tf.detection import label_noise, verifier
 from cleannet_tf.detection import signals as detection_signals
-from cleannet_tf.features import pool as training_pool
 from cleannet_tf.features.references import ReferenceSets
-from cleannet_tf.model.cleannet import encode_classes
+from cleannet_tf.model.cleannet import MODE_SCORING, encode_classes
+from cleannet_tf.training import metrics
+from cleannet_tf.training import pool as training_pool
 
 
 def knn_index(x: np.ndarray, labels: np.ndarray, *, rows: int = verifier.INDEX_ROWS,
@@ -78,7 +79,7 @@ def fit_verifier(cleannet: keras.Model, data: training_pool.TrainingData, refere
         (verifier, info) with info["threshold"], info["scoring"], info["threshold_rows"] (which rows the
         threshold comes from), and for stacked info["fit_rows"], info["signal_weights"].
     """
-    scoring = verifier.MODE_SCORING[mode]
+    scoring = MODE_SCORING[mode]
     num_classes = len(reference_sets.class_names)
     class_embeddings = encode_classes(cleannet, reference_sets.references).numpy()
     x = ops.LogNormalizedRows(data.features)  # (P, D) log-normalised rows, computed block by block when read

@@ -54,7 +54,6 @@ KNN_K = 10  # neighbours of the knn_agreement signal
 INDEX_ROWS = 20_000  # largest kNN index stored in the verifier (a fixed sample of a larger pool)
 SELF_COSINE = 1.0 - 1e-5  # an index row at least this similar to the query is the query itself
 STACKED_TEMPERATURE = 1.0  # score = 2 sigmoid(logit / T) - 1
-MODE_SCORING = {"paper": "cosine", "robust": "margin", "stacked": "stacked"}
 
 
 def _margin_to_best_other(similarity: tf.Tensor) -> tf.Tensor:

@@ -26,11 +26,11 @@ from sklearn.metrics import roc_auc_score
 from cleannet_tf import ops
 from cleannet_tf.data import demo
 from cleannet_tf.data import table as data_table
-from cleannet_tf.detection import metrics, scores_tsv
+from cleannet_tf.detection import scores_tsv
 from cleannet_tf.pipeline import records, runner
 from cleannet_tf.pipeline.extract import open_features
 from cleannet_tf.pipeline.workdir import classifier_output_dir, export_dir, resolve_data_root, verify_dir
-from cleannet_tf.training import distribute
+from cleannet_tf.training import distribute, metrics
 
 
 def centroid_cosine_scores(features: np.ndarray, labels: np.ndarray, pool: np.ndarray, num_classes: int) -> np.ndarray:

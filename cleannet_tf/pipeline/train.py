@@ -9,11 +9,11 @@ import ml_collections
 import tensorflow as tf
 
 from cleannet_tf.data import table as data_table
-from cleannet_tf.features import pool
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.pipeline.extract import open_features
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.workdir import cleannet_dir, references_path
+from cleannet_tf.training import pool
 from cleannet_tf.training.cleannet import calibration_classes, log_calibration_classes, train_cleannet
 
 

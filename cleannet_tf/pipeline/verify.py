@@ -35,13 +35,13 @@ from cleannet_tf.data import table as data_table
 from cleannet_tf.detection import active, scores_tsv, verifier
 from cleannet_tf.detection import report as report_lib
 from cleannet_tf.detection.fit import METRIC_ROWS, detection_report, fit_verifier
-from cleannet_tf.features import pool as training_pool
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.train import load_training_inputs
 from cleannet_tf.pipeline.workdir import classifier_dir, cleannet_dir, verifier_path, verify_dir
 from cleannet_tf.training import checkpointing
 from cleannet_tf.training import cleannet as cleannet_training
+from cleannet_tf.training import pool as training_pool
 
 
 def load_verifier(workdir: str) -> tuple[keras.Model, list[str], float]:

@@ -25,8 +25,10 @@ import numpy as np
 from cleannet_tf import config as config_lib
 from cleannet_tf.detection import fit as verifier_fit
 from cleannet_tf.detection import label_noise, verifier
-from cleannet_tf.features import pool, references
+from cleannet_tf.features import references
+from cleannet_tf.model.cleannet import MODE_SCORING
 from cleannet_tf.training import cleannet as cleannet_training
+from cleannet_tf.training import pool
 
 
 class CleanNetDetector:
@@ -195,7 +197,7 @@ class CleanNetDetector:
         """
         model = keras.saving.load_model(path)
         head = verifier.verification_head_of(model)
-        mode = {scoring: mode for mode, scoring in verifier.MODE_SCORING.items()}[head.scoring]
+        mode = {scoring: mode for mode, scoring in MODE_SCORING.items()}[head.scoring]
         detector = cls(mode=mode)
         detector.verifier_, detector.threshold_ = model, head.threshold
         return detector

@@ -104,7 +104,7 @@ def test_detector_on_the_class_mean_margin_alone():
 
 def test_detector_keeps_the_callers_config_and_plants_no_data_root():
     from cleannet_tf import config as config_lib
-    from cleannet_tf.detector import detector_config
+    from cleannet_tf.detection.detector import detector_config
 
     config = config_lib.default_config()
     config.train.lr_decay_steps, config.train.eval_every, config.train.checkpoint_every = 777, 333, 444
