@@ -48,7 +48,7 @@ from cleannet_tf import atomic_io, pipeline
 from cleannet_tf import config as config_lib
 from cleannet_tf.data import demo
 from cleannet_tf.data import table as data_table
-from cleannet_tf.detection import scores_tsv
+from cleannet_tf.pipeline import scores_tsv
 from cleannet_tf.pipeline.classifier import classifier_weights
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.workdir import resolve_data_root, verify_dir

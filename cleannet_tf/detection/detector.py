@@ -23,8 +23,8 @@ import ml_collections
 import numpy as np
 
 from cleannet_tf import config as config_lib
+from cleannet_tf.detection import calibration, label_noise, verifier
 from cleannet_tf.detection import fit as verifier_fit
-from cleannet_tf.detection import label_noise, verifier
 from cleannet_tf.features import references
 from cleannet_tf.model.cleannet import MODE_SCORING
 from cleannet_tf.training import cleannet as cleannet_training
@@ -170,7 +170,8 @@ class CleanNetDetector:
         """(N,) float32 training weights: "soft" the verifier's weight_soft (its calibrated P(label correct);
         paper mode max(0, s)), "hard" 1[s >= threshold]; verification wins."""
         scores = self.score(features, labels)
-        probabilities = verifier.correct_probabilities(self._check_fitted(), scores)
+        head = verifier.verification_head_of(self._check_fitted())
+        probabilities = calibration.correct_probabilities(scores, scoring=head.scoring, calibration=head.calibration)
         if self.config.cleannet.mode == "paper":
             probabilities = None  # the paper's max(0, cos), like the verifier's weight_soft
         return label_noise.sample_weights(scores, mode=mode, threshold=self.threshold_, verification=verification,

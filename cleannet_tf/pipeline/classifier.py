@@ -15,8 +15,9 @@ import tensorflow as tf
 from absl import logging
 
 from cleannet_tf.data import table as data_table
-from cleannet_tf.detection import label_noise, scores_tsv
+from cleannet_tf.detection import label_noise
 from cleannet_tf.features import backbones
+from cleannet_tf.pipeline import scores_tsv
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.workdir import (
     classifier_output_dir,

@@ -1,13 +1,13 @@
 """cleannet-verify: score every training image against its label with the best CleanNet -> WORKDIR/verify/.
 
     verifier.keras   the verifier model (features, label -> score, is_noisy, weight_soft, suggested_label, ...)
-    scores.tsv       one row per image of the noisy pool (detection/scores_tsv.py)
-    to_verify.tsv    the images a person should verify next, in verified_train.tsv's format (detection/active.py)
-    report.html      histogram, ROC / PR curves, noise rate per class, most suspicious images (detection/report.py)
+    scores.tsv       one row per image of the noisy pool (pipeline/scores_tsv.py)
+    to_verify.tsv    the images a person should verify next, in verified_train.tsv's format (detection/to_verify.py)
+    report.html      histogram, ROC / PR curves, noise rate per class, most suspicious images (pipeline/report.py)
     metrics.json     threshold, detection error / precision / recall / F1 / ROC-AUC on verified validation rows
                      (verified classes) and on held-out classes' validation rows, per class, noise-rate estimates,
                      (the mean of 1 - P(label correct): the verifier's calibration, per verified class its own
-                     intercept; detection/fit.py detection_report),
+                     intercept; pipeline/verify_metrics.py),
                      calibration_classes (cleannet.calibration_fraction; verified classes, not held out) and
                      warnings (sanity.detection_warnings: a detection barely better than flagging nothing, too
                      few verified rows for a stable threshold)
@@ -32,12 +32,15 @@ from absl import logging
 
 from cleannet_tf import atomic_io, sanity
 from cleannet_tf.data import table as data_table
-from cleannet_tf.detection import active, scores_tsv, verifier
-from cleannet_tf.detection import report as report_lib
-from cleannet_tf.detection.fit import METRIC_ROWS, detection_report, fit_verifier
+from cleannet_tf.detection import verifier
+from cleannet_tf.detection.calibration import correct_probabilities
+from cleannet_tf.detection.fit import fit_verifier
 from cleannet_tf.features.references import ReferenceSets
+from cleannet_tf.pipeline import report as report_lib
+from cleannet_tf.pipeline import scores_tsv, to_verify
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.train import load_training_inputs
+from cleannet_tf.pipeline.verify_metrics import METRIC_ROWS, detection_report
 from cleannet_tf.pipeline.workdir import classifier_dir, cleannet_dir, verifier_path, verify_dir
 from cleannet_tf.training import checkpointing
 from cleannet_tf.training import cleannet as cleannet_training
@@ -114,7 +117,8 @@ def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: da
     """
     threshold = info["threshold"]
     class_names = np.asarray(data.class_names)
-    probabilities = verifier.correct_probabilities(model, scores)  # the verifier's calibration (fit_verifier)
+    head = verifier.verification_head_of(model)  # the verifier's calibration (fit_verifier)
+    probabilities = correct_probabilities(scores, scoring=head.scoring, calibration=head.calibration)
     # The soft weight: the calibrated P(label correct); in paper mode the paper's max(0, cos) (= its weight_soft).
     paper = info["scoring"] == "cosine" or probabilities is None
     weight_soft = np.clip(scores, 0.0, 1.0) if paper else probabilities
@@ -139,14 +143,14 @@ def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: da
 
     train_rows = table.split[data.table_rows] == data_table.SPLIT_TRAIN
     keys = table.keys[data.table_rows]
-    proposals = active.propose_verification(
+    proposals = to_verify.propose_verification(
         data.labels, scores, np.where(train_rows, data.verification, -1), threshold=threshold,
         budget_per_class=config.verify.budget_per_class, num_classes=len(class_names),
         candidates=train_rows & (data.verification < 0), rank_scores=rank_scores,
         rank_threshold=None if rank_scores is None else _rank_threshold(info))
     has_verification = np.bincount(data.labels[train_rows & (data.verification >= 0)],
                                    minlength=len(class_names)) > 0
-    active.write_verification_tsv(
+    to_verify.write_verification_tsv(
         os.path.join(output_dir, "to_verify.tsv"), keys[proposals], scores[proposals] >= threshold,
         scores=scores[proposals], suggested_labels=class_names[suggested[proposals]],
         reasons=["class has no verified label" if not has_verification[c] else "near the threshold"

@@ -26,8 +26,9 @@ import numpy as np
 from absl import logging
 
 from cleannet_tf.data import table
-from cleannet_tf.detection import active, scores_tsv, signals
+from cleannet_tf.detection import signals
 from cleannet_tf.features.references import ReferenceSets
+from cleannet_tf.pipeline import scores_tsv, to_verify
 from cleannet_tf.pipeline.extract import open_features
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.workdir import references_path, review_dir, verify_dir
@@ -90,7 +91,7 @@ class _Snapshot:
         self.scored = np.nonzero(~np.isnan(self.score))[0]
         self.flagged = self.score < self.threshold  # NaN rows: False
         self.proposals = []  # (row, to_verify.tsv entry), file order
-        for entry in active.read_verification_tsv(os.path.join(output, "to_verify.tsv")):
+        for entry in to_verify.read_verification_tsv(os.path.join(output, "to_verify.tsv")):
             row = self.row_of.get(entry["key"])
             if row is None or self.table.split[row] != table.SPLIT_TRAIN:
                 stale += 1

@@ -24,7 +24,7 @@ import threading
 
 from absl import logging
 
-from cleannet_tf.detection import active
+from cleannet_tf.pipeline import to_verify
 from cleannet_tf.pipeline.workdir import REVIEW_FILE_NAMES
 
 DECISIONS = ("correct", "wrong", "relabel")
@@ -114,7 +114,7 @@ class DecisionStore:
             os.fsync(f.fileno())
 
     def _write_tsvs(self) -> None:
-        header = "\t".join(active.HEADER[:2])
+        header = "\t".join(to_verify.HEADER[:2])
         write_text_atomic(self.tsv_path, "".join([header + "\n"] + [f"{key}\t{value['verified']}\n"
                                                                     for key, value in self.decisions.items()]))
         write_text_atomic(self.relabelled_path, "".join(
