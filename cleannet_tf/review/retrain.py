@@ -24,9 +24,9 @@ import threading
 import ml_collections
 from absl import logging
 
+from cleannet_tf import atomic_io
 from cleannet_tf.pipeline.workdir import cleannet_dir, review_dir
 from cleannet_tf.review.store import now as _now
-from cleannet_tf.review.store import write_text_atomic
 
 # The metrics.json fields the page compares before / after a retrain.
 METRICS = ("detection_error", "detection_error_heldout", "detection_error_all", "roc_auc", "roc_auc_heldout",
@@ -73,9 +73,9 @@ def write_retrain_config(config: ml_collections.ConfigDict, workdir: str) -> str
     config.data.merge_review = True
     directory = review_dir(workdir)
     os.makedirs(directory, exist_ok=True)
-    write_text_atomic(os.path.join(directory, "config.json"), json.dumps(config.to_dict(), indent=2, sort_keys=True))
+    atomic_io.write_text(os.path.join(directory, "config.json"), json.dumps(config.to_dict(), indent=2, sort_keys=True))
     path = os.path.join(directory, "config.py")
-    write_text_atomic(path, _CONFIG_PY)
+    atomic_io.write_text(path, _CONFIG_PY)
     return path
 
 
@@ -169,7 +169,7 @@ class Retrainer:
                 self._process = None
         entry.update(finished=_now(), returncode=returncode, after=metrics_subset(self._read_metrics(self.workdir)))
         history = self.history() + [entry]
-        write_text_atomic(self.history_path, json.dumps(history, indent=2))
+        atomic_io.write_text(self.history_path, json.dumps(history, indent=2), sync_folder=True)
         logging.info("Retrain finished (exit status %s).", returncode)
         if self._on_finished is not None:
             self._on_finished(returncode == 0)

@@ -24,6 +24,7 @@ import threading
 
 from absl import logging
 
+from cleannet_tf import atomic_io
 from cleannet_tf.pipeline import to_verify
 from cleannet_tf.pipeline.workdir import REVIEW_FILE_NAMES
 
@@ -36,21 +37,6 @@ RELABELLED_NAME = "relabelled.tsv"
 def now() -> str:
     """The time saved with an event: UTC, ISO 8601, to the second."""
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Writes `text` under a temporary name, fsyncs it, renames it over `path`, fsyncs the folder."""
-    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 class DecisionStore:
@@ -115,12 +101,13 @@ class DecisionStore:
 
     def _write_tsvs(self) -> None:
         header = "\t".join(to_verify.HEADER[:2])
-        write_text_atomic(self.tsv_path, "".join([header + "\n"] + [f"{key}\t{value['verified']}\n"
-                                                                    for key, value in self.decisions.items()]))
-        write_text_atomic(self.relabelled_path, "".join(
+        atomic_io.write_text(self.tsv_path, "".join([header + "\n"] + [f"{key}\t{value['verified']}\n"
+                                                                    for key, value in self.decisions.items()]),
+                             sync_folder=True)
+        atomic_io.write_text(self.relabelled_path, "".join(
             ["class_name/key\tlabel\tcorrected_label\n"]
             + [f"{key}\t{value['label']}\t{value['chosen']}\n" for key, value in self.decisions.items()
-               if value["decision"] == "relabel"]))
+               if value["decision"] == "relabel"]), sync_folder=True)
 
     def decide(self, key: str, decision: str, *, label: str, chosen: str | None = None, user: str) -> dict:
         """Records one decision (the caller has checked key and classes); returns the stored decision.
