@@ -49,7 +49,7 @@ from cleannet_tf import config as config_lib
 from cleannet_tf.data import demo
 from cleannet_tf.data import table as data_table
 from cleannet_tf.pipeline import scores_tsv
-from cleannet_tf.pipeline.classifier import classifier_weights
+from cleannet_tf.pipeline.artifacts import classifier_weights
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.workdir import resolve_data_root, verify_dir
 from cleannet_tf.training import classifier

@@ -33,8 +33,8 @@ from cleannet_tf.detection import fit, verifier  # noqa: E402
 from cleannet_tf.detection import signals as detection_signals
 from cleannet_tf.model.cleannet import MODE_SCORING
 from cleannet_tf.pipeline import demo, records, runner
+from cleannet_tf.pipeline.artifacts import load_training_inputs
 from cleannet_tf.pipeline.table import load_table
-from cleannet_tf.pipeline.train import load_training_inputs
 from cleannet_tf.training import cleannet as cleannet_training
 from cleannet_tf.training import metrics
 

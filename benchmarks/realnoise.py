@@ -63,10 +63,9 @@ from cleannet_tf.detection import signals as detection_signals
 from cleannet_tf.detection import stacking, verifier
 from cleannet_tf.features import neighbours
 from cleannet_tf.pipeline import demo, records
-from cleannet_tf.pipeline.extract import open_features
+from cleannet_tf.pipeline.artifacts import load_training_inputs, open_features
 from cleannet_tf.pipeline.refs import run_refs
 from cleannet_tf.pipeline.table import load_table
-from cleannet_tf.pipeline.train import load_training_inputs
 from cleannet_tf.training import cleannet as cleannet_training
 from cleannet_tf.training import metrics, pool
 

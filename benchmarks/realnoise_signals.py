@@ -37,7 +37,7 @@ from benchmarks import realnoise, truth_tsv  # noqa: E402  (realnoise: its flags
 from cleannet_tf.detection import signals as detection_signals  # noqa: E402
 from cleannet_tf.detection import stacking
 from cleannet_tf.features import neighbours  # noqa: E402
-from cleannet_tf.pipeline.extract import open_features  # noqa: E402
+from cleannet_tf.pipeline.artifacts import open_features
 from cleannet_tf.pipeline.table import load_table  # noqa: E402
 from cleannet_tf.training import pool
 

@@ -19,8 +19,9 @@ from cleannet_tf.features import references as references_lib  # noqa: E402
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.pipeline import records
 from cleannet_tf.pipeline import table as table_lib
+from cleannet_tf.pipeline.artifacts import open_features
 from cleannet_tf.pipeline.classifier import run_train_classifier
-from cleannet_tf.pipeline.extract import open_features, run_extract
+from cleannet_tf.pipeline.extract import run_extract
 from cleannet_tf.pipeline.refs import reference_rows, run_refs
 from cleannet_tf.pipeline.workdir import references_path, resolve_data_root
 from cleannet_tf.training import metrics

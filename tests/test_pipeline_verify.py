@@ -18,10 +18,11 @@ from cleannet_tf.detection import signals as detection_signals
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.model.cleannet import build_cleannet, encode_classes
 from cleannet_tf.pipeline import records, scores_tsv
+from cleannet_tf.pipeline.artifacts import load_training_inputs, load_verifier
 from cleannet_tf.pipeline.refs import run_refs
 from cleannet_tf.pipeline.table import load_table
-from cleannet_tf.pipeline.train import load_training_inputs, run_train
-from cleannet_tf.pipeline.verify import load_verifier, run_verify
+from cleannet_tf.pipeline.train import run_train
+from cleannet_tf.pipeline.verify import run_verify
 from cleannet_tf.training import cleannet as cleannet_training
 from cleannet_tf.training import metrics, pool
 

@@ -16,7 +16,8 @@ import tensorflow as tf
 from cleannet_tf import config as config_lib
 from cleannet_tf.data import table as data_table
 from cleannet_tf.pipeline import records, runner, scores_tsv
-from cleannet_tf.pipeline.classifier import classifier_weights, run_train_classifier
+from cleannet_tf.pipeline.artifacts import classifier_weights
+from cleannet_tf.pipeline.classifier import run_train_classifier
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.workdir import classifier_output_dir
 from cleannet_tf.training import classifier

@@ -27,7 +27,7 @@ from cleannet_tf import ops
 from cleannet_tf.data import demo
 from cleannet_tf.data import table as data_table
 from cleannet_tf.pipeline import records, runner, scores_tsv
-from cleannet_tf.pipeline.extract import open_features
+from cleannet_tf.pipeline.artifacts import open_features
 from cleannet_tf.pipeline.workdir import classifier_output_dir, export_dir, resolve_data_root, verify_dir
 from cleannet_tf.training import distribute, metrics
 

@@ -11,7 +11,7 @@ from absl import logging
 
 from cleannet_tf.data import table as data_table
 from cleannet_tf.features import references
-from cleannet_tf.pipeline.extract import open_features
+from cleannet_tf.pipeline.artifacts import open_features
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.workdir import (
     references_path,

@@ -35,27 +35,15 @@ from cleannet_tf.data import table as data_table
 from cleannet_tf.detection import verifier
 from cleannet_tf.detection.calibration import correct_probabilities
 from cleannet_tf.detection.fit import fit_verifier
-from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.pipeline import report as report_lib
 from cleannet_tf.pipeline import scores_tsv, to_verify
+from cleannet_tf.pipeline.artifacts import load_training_inputs
 from cleannet_tf.pipeline.table import load_table
-from cleannet_tf.pipeline.train import load_training_inputs
 from cleannet_tf.pipeline.verify_metrics import METRIC_ROWS, detection_report
-from cleannet_tf.pipeline.workdir import classifier_dir, cleannet_dir, verifier_path, verify_dir
+from cleannet_tf.pipeline.workdir import classifier_dir, cleannet_dir, verify_dir
 from cleannet_tf.training import checkpointing
 from cleannet_tf.training import cleannet as cleannet_training
 from cleannet_tf.training import pool as training_pool
-
-
-def load_verifier(workdir: str) -> tuple[keras.Model, list[str], float]:
-    """(verifier model, class names, threshold) that cleannet-verify wrote to WORKDIR/verify/."""
-    path = verifier_path(workdir)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: run cleannet-verify first.")
-    model = keras.saving.load_model(path)
-    head = verifier.verification_head_of(model)
-    class_names = ReferenceSets.load(os.path.join(workdir, "references.npz")).class_names
-    return model, list(class_names), head.threshold
 
 
 def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: data_table.LabelTable | None = None) -> dict:

@@ -8,7 +8,7 @@
 
 Inputs: the table (load_table, which also merges WORKDIR/review/verified_train.tsv through
 data.extra_verified), WORKDIR/verify/{scores.tsv, to_verify.tsv, metrics.json}, the features
-(pipeline/extract.py open_features) and WORKDIR/references.npz. Bad input raises `ReviewError` (the server's 4xx).
+(pipeline/artifacts.py open_features) and WORKDIR/references.npz. Bad input raises `ReviewError` (the server's 4xx).
 
 Imports `config`, `data`, `detection`, `features`, `pipeline`, `review.store`.
 """
@@ -29,7 +29,7 @@ from cleannet_tf.data import table
 from cleannet_tf.detection import signals
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.pipeline import scores_tsv, to_verify
-from cleannet_tf.pipeline.extract import open_features
+from cleannet_tf.pipeline.artifacts import open_features
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.workdir import references_path, review_dir, verify_dir
 from cleannet_tf.review.store import DecisionStore
