@@ -166,7 +166,7 @@ def run_setting(setting: Setting, args, shared: dict) -> list[dict]:
     signal_seconds = time.perf_counter() - start
     add("robust class-mean margin (no verif.)", signals[:, names.index("robust_margin")], signal_seconds)
     train = data.verified_train  # verified classes only: held-out classes have no training rows
-    for model in detection_signals.MODELS:
+    for model in stacking.MODELS:
         start = time.perf_counter()
         detector = stacking.StackedDetector(model=model, seed=args.seed).fit(signals[train],
                                                                               data.verification[train])

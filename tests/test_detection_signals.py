@@ -104,7 +104,7 @@ def test_stacked_detector_transfers_to_unverified_classes():
     correct = (noisy == true).astype(int)
     rng = np.random.default_rng(5)
     verified = np.nonzero((noisy < 4) & (rng.random(len(noisy)) < 0.5))[0]
-    for model in detection_signals.MODELS:
+    for model in stacking.MODELS:
         detector = stacking.StackedDetector(model=model).fit(signals[verified], correct[verified])
         scores = detector.score(signals)
         assert scores.shape == (len(noisy),) and np.all((scores >= 0) & (scores <= 1))
