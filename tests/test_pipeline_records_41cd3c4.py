@@ -13,7 +13,7 @@ from pathlib import Path
 
 from conftest import write_feature_dataset
 
-from cleannet_tf.pipeline import records
+from cleannet_tf.pipeline.steps import STEPS
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "data" / "done_records_41cd3c4.json"
@@ -34,7 +34,7 @@ def _run(cwd, **changes):
                                 "PYTHONPATH", "")])})
     assert result.returncode == 0, result.stderr[-3000:]
     return {line.split(None, 1)[0]: line.split(None, 1)[1] for line in result.stdout.splitlines()
-            if line.split(None, 1) and line.split(None, 1)[0] in records.STEPS}
+            if line.split(None, 1) and line.split(None, 1)[0] in STEPS}
 
 
 def test_a_workdir_of_41cd3c4_resumes_with_every_step_complete(tmp_path):
@@ -52,7 +52,7 @@ def test_a_workdir_of_41cd3c4_resumes_with_every_step_complete(tmp_path):
         record.update(written)  # the record as 41cd3c4 wrote it
         (done / f"{name}.json").write_text(json.dumps(record, indent=2))
     again = _run(tmp_path, **{"classifier.after_verify": "('soft', 'hard')"})  # the tuple form: the same config
-    assert again == {**{step: "already complete" for step in records.STEPS},
+    assert again == {**{step: "already complete" for step in STEPS},
                      "extract": "skipped: precomputed features (data.features)",
                      "export": first["export"]}
     assert again["export"].startswith("skipped")

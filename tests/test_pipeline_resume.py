@@ -20,6 +20,7 @@ from cleannet_tf import config as config_lib
 from cleannet_tf.pipeline import lock as workdir_lock_lib
 from cleannet_tf.pipeline import records, runner
 from cleannet_tf.pipeline.refs import run_refs
+from cleannet_tf.pipeline.steps import STEPS, VERIFY_OUTPUTS
 from cleannet_tf.pipeline.workdir import done_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,7 +55,7 @@ def _run(module: str, flags: list[str], timeout: float = 600) -> subprocess.Comp
 def _status(stdout: str) -> dict[str, str]:
     """cleannet-run's summary: step -> what it did."""
     return dict(line.split(None, 1) for line in stdout.strip().splitlines() if line.split(None, 1)[0] in
-                records.STEPS)
+                STEPS)
 
 
 def _wait_for(predicate, process: subprocess.Popen, timeout: float = 300, interval: float = 0.01) -> bool:
@@ -113,7 +114,7 @@ def test_sigkill_of_run_during_training_resumes_to_the_uninterrupted_result(tmp_
 
 
 def _verify_set(directory) -> dict[str, bytes]:
-    return {name: (directory / name).read_bytes() for name in records.VERIFY_OUTPUTS}
+    return {name: (directory / name).read_bytes() for name in VERIFY_OUTPUTS}
 
 
 def _staging_files(workdir) -> set[str] | None:
@@ -154,7 +155,7 @@ def test_sigkill_of_verify_between_outputs_leaves_the_old_complete_set(tmp_path)
         runner.run_step("verify", old_config, str(workdir))  # back to the old set for the next try
         old = _verify_set(workdir / "verify")
     assert caught, "never stopped cleannet-verify between its outputs"
-    assert "scores.tsv" in caught and not set(records.VERIFY_OUTPUTS) <= caught
+    assert "scores.tsv" in caught and not set(VERIFY_OUTPUTS) <= caught
     assert _verify_set(workdir / "verify") == old  # the old complete set, untouched
     assert not (workdir / "done" / "verify.json").exists()  # and not counted as complete
     assert _staging_files(workdir) is not None  # the killed run's temporary folder is still there

@@ -1,6 +1,6 @@
 """The steps' order and DONE records: WORKDIR/done/<record>.json, what each step depends on, when one is complete.
 
-A record holds the config fields the step depends on (STEP_FIELDS) and their hash, the DONE ids of its inputs,
+A record holds the config fields the step depends on (steps.py's table) and their hash, the DONE ids of its inputs,
 the files it produced and the time; `staleness` compares it with the current config. A workdir written before
 DONE records (outputs, no done/) runs every step again (`note_unrecorded_workdir` says so).
 Fields are selected (`select_fields`) and hashed (`hash_fields`) in their recorded form (`recorded_form`): a
@@ -22,41 +22,13 @@ import ml_collections
 from absl import logging
 
 from cleannet_tf import atomic_io
+from cleannet_tf.pipeline.steps import BY_NAME, OUTPUT_DIRS, STEP_FIELDS, STEPS
 from cleannet_tf.pipeline.workdir import (
     classifier_dir,
     classifier_output_dir,
-    cleannet_dir,
     done_dir,
-    export_dir,
-    features_dir,
-    references_path,
     verify_dir,
 )
-
-STEPS = ("train_classifier", "extract", "refs", "train", "verify", "weighted_classifiers", "export")
-
-# The config fields each step's outputs depend on ("section.*": all of a section; "-field": but not that one).
-# Left out everywhere: runtime.*, logging and checkpoint cadence, extract.batch_size, input.parallel_calls,
-# data.check_images: they cannot change what a step writes.
-
-
-_DATA = ("seed", "data.*", "-data.check_images")
-
-
-STEP_FIELDS = {
-    "train_classifier": (*_DATA, "model.backbone", "model.image_height", "model.image_width", "model.feature_dim",
-                         "input.resize", "input.augment", "input.max_pixels", "classifier.*",
-                         "-classifier.after_verify"),
-    "extract": (*_DATA, "model.*", "input.resize", "input.max_pixels", "extract.shard_size"),
-    "refs": (*_DATA, "refs.*"),
-    "train": (*_DATA, "cleannet.*", "loss.*", "train.*", "-train.checkpoint_every", "-train.log_every"),
-    "verify": (*_DATA, "cleannet.mode", "cleannet.calibration_fraction", "verify.*"),
-    "weighted_classifiers": ("classifier.after_verify",),
-    "export": (*_DATA, "model.*", "input.resize", "input.max_pixels", "classifier.after_verify"),
-}
-
-
-VERIFY_OUTPUTS = ("scores.tsv", "metrics.json", "verifier.keras", "to_verify.tsv", "report.html")
 
 
 def select_fields(config: ml_collections.ConfigDict, patterns) -> dict[str, Any]:
@@ -162,26 +134,19 @@ def skip_reason(step: str, config: ml_collections.ConfigDict) -> str | None:
 
 
 def _upstream(name: str, config: ml_collections.ConfigDict) -> list[str]:
-    """The records whose outputs record `name` reads."""
-    features = [] if config.data.features else ["extract"]
-    if name == "train_classifier":
-        return []
+    """The records whose outputs record `name` reads: its step's inputs (steps.py) but those `config` makes moot."""
     if name.startswith("train_classifier_"):  # weighted by verify's scores
         return ["verify"]
-    if name == "extract":
-        return ["train_classifier"] if config.model.weights == "classifier" else []
-    if name == "refs":
-        return features
-    if name == "train":
-        return ["refs", *features]
-    if name == "verify":
-        return ["train", "refs", *features]
     if name == "weighted_classifiers":
         return [f"train_classifier_{weighting}" for weighting in weighted_classifiers(config)]
-    if name == "export":
-        weighted = ["weighted_classifiers"] if skip_reason("weighted_classifiers", config) is None else []
-        return ["verify", "train_classifier", *weighted, *features]
-    raise ValueError(f"Unknown step {name!r}; expected one of {STEPS}")
+    if name not in BY_NAME:
+        raise ValueError(f"Unknown step {name!r}; expected one of {STEPS}")
+    moot = {"extract"} if config.data.features else set()
+    if name == "extract" and config.model.weights != "classifier":
+        moot.add("train_classifier")
+    if skip_reason("weighted_classifiers", config):
+        moot.add("weighted_classifiers")
+    return [upstream for upstream in BY_NAME[name].inputs if upstream not in moot]
 
 
 def _expected(name: str, config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -248,8 +213,7 @@ def note_unrecorded_workdir(workdir: str) -> bool:
     """
     if os.path.isdir(done_dir(workdir)) or not os.path.isdir(workdir):
         return False
-    outputs = [path for path in (features_dir(workdir), references_path(workdir), cleannet_dir(workdir),
-                                 verify_dir(workdir), export_dir(workdir)) if os.path.lexists(path)]
+    outputs = [path for path in (output(workdir) for output in OUTPUT_DIRS) if os.path.lexists(path)]
     if outputs:
         logging.info("%s has outputs but no DONE records (written before them): every step runs again.", workdir)
     os.makedirs(done_dir(workdir), exist_ok=True)
@@ -263,8 +227,7 @@ def _clear_paths(name: str, workdir: str) -> list[str]:
     """
     if name.startswith("train_classifier"):
         return [classifier_dir(workdir) + name[len("train_classifier"):]]
-    return {"extract": [features_dir(workdir)], "refs": [references_path(workdir)],
-            "train": [cleannet_dir(workdir)]}.get(name, [])
+    return BY_NAME[name].outputs(workdir) if name in BY_NAME else []
 
 
 def begin_step(name: str, config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -31,10 +31,7 @@ from absl import logging
 
 from cleannet_tf.data import table as data_table
 from cleannet_tf.pipeline import lock as workdir_lock_lib
-from cleannet_tf.pipeline.classifier import run_train_classifier
-from cleannet_tf.pipeline.extract import run_extract
 from cleannet_tf.pipeline.records import (
-    STEPS,
     begin_step,
     files_under,
     finish_step,
@@ -46,10 +43,8 @@ from cleannet_tf.pipeline.records import (
     weighted_classifiers,
     with_weighting,
 )
-from cleannet_tf.pipeline.refs import run_refs
+from cleannet_tf.pipeline.steps import BY_NAME, STEPS
 from cleannet_tf.pipeline.table import load_table
-from cleannet_tf.pipeline.train import run_train
-from cleannet_tf.pipeline.verify import run_verify
 from cleannet_tf.pipeline.workdir import (
     classifier_output_dir,
     cleannet_dir,
@@ -132,37 +127,37 @@ def run_step(step: str, config: ml_collections.ConfigDict, workdir: str, *,
 
 def _run(step: str, config: ml_collections.ConfigDict, workdir: str, *, table, strategy,
          export_to: str, extract_task: tuple[int, int] = (0, 1)) -> tuple[str, list[str]]:
-    """Runs the step's library function: (status line, the files it produced)."""
+    """Runs the step's library function (steps.py's table): (status line, the files it produced)."""
+    if step not in BY_NAME:
+        raise ValueError(f"Unknown step {step!r}; expected one of {STEPS}")
+    function = BY_NAME[step].load()
     if step == "train_classifier":
-        result = run_train_classifier(config, workdir, table=table, strategy=strategy)
+        result = function(config, workdir, table=table, strategy=strategy)
         accuracy = result["test_accuracy"]
         return (f"{result['epochs']} epochs on the noisy labels, test accuracy " +
                 (f"{accuracy:.3f}" if accuracy is not None else "n/a (no test split)"),
                 files_under(classifier_output_dir(workdir, config.classifier.weighting)))
     if step == "extract":
         task_index, num_tasks = extract_task
-        stats = run_extract(config, workdir, table=table, strategy=strategy, task_index=task_index,
-                                        num_tasks=num_tasks)
+        stats = function(config, workdir, table=table, strategy=strategy, task_index=task_index, num_tasks=num_tasks)
         if config.data.features:
             return "skipped: precomputed features (data.features)", []
         return (f"{stats['images']} images, {stats['images_per_second']:.0f} images/s",
                 files_under(features_dir(workdir)))
     if step == "refs":
-        reference_sets = run_refs(config, workdir, table=table)
+        reference_sets = function(config, workdir, table=table)
         return ("{} classes x {} references x {} dims".format(*reference_sets.references.shape),
                 [references_path(workdir)])
     if step == "train":
-        result = run_train(config, workdir, table=table, strategy=strategy)
+        result = function(config, workdir, table=table, strategy=strategy)
         return (f"{result['steps']} steps, best at {result['best_step']}, "
                 f"{result['samples_per_second']:.0f} samples/s", files_under(cleannet_dir(workdir)))
     if step == "verify":
-        result = run_verify(config, workdir, table=table)
+        result = function(config, workdir, table=table)
         return (f"threshold {result['threshold']:.3f}, {result['n_flagged']} of {result['n_images']} images flagged",
                 files_under(verify_dir(workdir)))
     if step == "export":
-        from cleannet_tf.pipeline.export import export_all  # TF Serving protos only when exporting
-
-        result = export_all(config, workdir, export_to, table=table, max_pixels=config.input.max_pixels)
+        result = function(config, workdir, export_to, table=table, max_pixels=config.input.max_pixels)
         return (f"{result['verifier']}, {result['classifier']}",
                 files_under(result["verifier"], result["classifier"], result["models_config"]))
     raise ValueError(f"Unknown step {step!r}; expected one of {STEPS}")
