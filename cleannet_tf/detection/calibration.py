@@ -2,17 +2,36 @@
 `correct_probabilities` of scores and a calibration (a verifier head's, or one fitted here).
 
 Notation as label_noise.py: scores (N,) in [-1, 1], verification (N,) 1 / 0 / -1, probabilities (N,) P(correct).
-Imports `detection.label_noise`, `training.pool`.
+Imports nothing of the package at run time (training.pool for a type). label_noise.py (the public NumPy API)
+offers its NumPy functions too.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from cleannet_tf.detection.label_noise import as_scores, as_verification
-from cleannet_tf.training import pool as training_pool
+if TYPE_CHECKING:  # a type only: importing this module (and label_noise.py) loads no TensorFlow
+    from cleannet_tf.training import pool as training_pool
 
 OFFSET_PRIOR_SCALE = 2.0  # logit units: a class's offset needs a few dozen verified pairs to move far
+
+
+def as_scores(scores) -> np.ndarray:
+    """`scores` as a (N,) float64 array (ValueError naming the shape otherwise)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 1:
+        raise ValueError(f"scores must be (N,). Received shape {scores.shape}")
+    return scores
+
+
+def as_verification(verification, shape) -> np.ndarray:
+    """`verification` as an array of `shape` (the scores'), ValueError otherwise."""
+    verification = np.asarray(verification)
+    if verification.shape != shape:
+        raise ValueError(f"verification must be (N,) like scores. Received {verification.shape}")
+    return verification
 
 
 def _calibration_input(scores, scoring: str) -> np.ndarray:

@@ -6,22 +6,27 @@ stacked score 2 P - 1). Low scores mean the label is likely wrong; a pair is
 flagged when s < threshold. `probabilities` (N,) are calibrated P(label correct)
 (calibration.py); verification labels are 1 (correct), 0 (wrong), -1 (none).
 
-Imports nothing of the package.
+The calibration functions (fit_calibration, correct_probability, class_offsets, shift_probabilities) are
+calibration.py's, offered here as part of this API. Imports `detection.calibration`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from cleannet_tf.detection.calibration import (
+    as_scores,
+    as_verification,
+    class_offsets,
+    correct_probability,
+    fit_calibration,
+    shift_probabilities,
+)
+
+__all__ = ["WEIGHT_MODES", "class_offsets", "correct_probability", "estimate_noise_rates", "find_label_issues",
+           "fit_calibration", "sample_weights", "shift_probabilities"]
+
 WEIGHT_MODES = ("none", "soft", "hard")
-
-
-def as_scores(scores) -> np.ndarray:
-    """`scores` as a (N,) float64 array (ValueError naming the shape otherwise)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.ndim != 1:
-        raise ValueError(f"scores must be (N,). Received shape {scores.shape}")
-    return scores
 
 
 def find_label_issues(scores, *, threshold: float, return_ranked: bool = False) -> np.ndarray:
@@ -84,14 +89,6 @@ def sample_weights(scores, *, mode: str, threshold: float | None = None, verific
         verification = as_verification(verification, scores.shape)
         weights = np.where(verification == 1, 1.0, np.where(verification == 0, 0.0, weights))
     return weights.astype(np.float32)
-
-
-def as_verification(verification, shape) -> np.ndarray:
-    """`verification` as an array of `shape` (the scores'), ValueError otherwise."""
-    verification = np.asarray(verification)
-    if verification.shape != shape:
-        raise ValueError(f"verification must be (N,) like scores. Received {verification.shape}")
-    return verification
 
 
 def estimate_noise_rates(probabilities, labels, *, num_classes: int, verification=None) -> tuple[np.ndarray, float]:
