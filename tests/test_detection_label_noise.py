@@ -129,3 +129,12 @@ def test_load_model_after_plain_import(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "(1,)" in result.stdout
+
+
+def test_the_numpy_api_loads_no_tensorflow():
+    code = ("import sys, numpy as np, cleannet_tf; from cleannet_tf.detection import label_noise; "
+            "cleannet_tf.find_label_issues(np.zeros(3), threshold=0.5); "
+            "label_noise.correct_probability(np.zeros(3), scoring='stacked'); "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
