@@ -171,7 +171,7 @@ def test_sigkill_of_verify_between_outputs_leaves_the_old_complete_set(tmp_path)
     scores = [float(line.split("\t")[2]) for line in current["scores.tsv"].decode().splitlines()[1:]]
     assert all((s < metrics["threshold"]) == (n == "1") for s, n in zip(scores, noisy, strict=True))
     assert json.loads((workdir / "config.verify.json").read_text())["verify"]["signals"] == \
-        "cleannet_cosine,cleannet_margin"
+        ["cleannet_cosine", "cleannet_margin"]  # the comma string on the command line, a tuple in the config
 
 
 def test_second_process_on_a_busy_workdir_is_refused_naming_the_holder(tmp_path):
