@@ -25,7 +25,7 @@ reaches `target_recall` (ApproximateIndex.tune). Features whose graph is hard to
 recall@10 0.76 at efSearch 64 on 1M synthetic rows, graph built at efConstruction 80; 0.95 at efSearch 128
 on a graph built at 256) cost more search time instead of losing neighbours.
 
-Imports nothing of the package.
+Imports `ops`.
 """
 
 from __future__ import annotations

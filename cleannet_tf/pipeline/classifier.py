@@ -1,7 +1,7 @@
 """cleannet-train-classifier: the image classifier on the noisy labels (the feature extractor), and the classifiers
 weighted by cleannet-verify's scores -> WORKDIR/classifier[_<weighting>]/.
 
-Imports `config`, `data`, `detection`, `training`.
+Imports `data`, `features`, `training`, `pipeline.artifacts`.
 """
 
 from __future__ import annotations

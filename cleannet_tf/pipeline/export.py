@@ -1,6 +1,6 @@
 """cleannet-export: the verifier and the classifier of a WORKDIR as SavedModels under EXPORT_DIR/<name>/<version>/.
 
-Imports `config`, `data`, `features`, `export`, and the verify step's reader.
+Imports `data`, `export`, `pipeline.artifacts`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ the files it produced and the time; `staleness` compares it with the current con
 DONE records (outputs, no done/) runs every step again (`note_unrecorded_workdir` says so).
 Fields are selected (`select_fields`) and hashed (`hash_fields`) in their recorded form (`recorded_form`): a
 tuple field as the comma string it was before it became a tuple, so records of those versions still match.
-Imports `atomic_io`, `pipeline.workdir`.
+Imports `atomic_io`, `pipeline.steps`, `pipeline.workdir`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """cleannet-refs: per-class reference sets of WORKDIR/features -> WORKDIR/references.npz.
 
-Imports `config`, `data`, `features`.
+Imports `data`, `features`, `pipeline.artifacts`.
 """
 
 from __future__ import annotations

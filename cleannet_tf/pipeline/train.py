@@ -1,6 +1,6 @@
 """cleannet-train: CleanNet on WORKDIR/features and WORKDIR/references.npz -> WORKDIR/cleannet/.
 
-Imports `config`, `data`, `features`, `training`.
+Imports `data`, `training`, `pipeline.artifacts`.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ The stacked weights and the threshold (the lowest detection error) are chosen on
 verified_val rows the figures are measured on; metrics.json names the rows of each figure (metric_rows).
 The five files (and report.html's figures) are written to a temporary folder beside WORKDIR/verify/ and published
 as one set (atomic_io.staging_dir): a kill at any moment leaves the previous complete set or the new one, never
-a mix. Imports `config`, `data`, `features`, `detection`, `training`.
+a mix. Imports `data`, `features`, `detection`, `training`, `pipeline` (artifacts and the writers of verify/).
 """
 
 from __future__ import annotations

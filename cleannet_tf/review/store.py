@@ -12,7 +12,7 @@
 The log is the record: on opening, the store replays it and rewrites the two TSVs, so a kill between the log
 and a TSV loses nothing. A torn last line (a kill in the middle of writing it) is dropped with a warning.
 
-Imports `detection`.
+Imports `atomic_io`, `pipeline` (to_verify, workdir).
 """
 
 from __future__ import annotations

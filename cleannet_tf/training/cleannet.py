@@ -10,7 +10,7 @@ a killed run resumes from the last one with the same data order), model.keras
 (the best model by validation error on verified classes, never overwritten by
 a worse one), metrics.json, logs/ (TensorBoard). Only the chief writes them.
 
-Imports `data`, `detection`, `features`, `model`, `ops`.
+Imports `data`, `features`, `model`, `ops`, `training`.
 """
 
 from __future__ import annotations
