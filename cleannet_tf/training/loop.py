@@ -156,7 +156,9 @@ def train(task: Task, output_dir: str, *, strategy: tf.distribute.Strategy | Non
     start_step = int(task.optimizer.iterations.numpy())
     state = _restore_history(metrics_path, start_step, task.objective) if running_metrics else LoopState(start_step)
 
-    iterator = iter(strategy.distribute_datasets_from_function(lambda context: task.dataset(context, start_step)))
+    # A run whose checkpoint is already at the last step (finished, its DONE record not yet written) reads no data.
+    iterator = iter(strategy.distribute_datasets_from_function(lambda context: task.dataset(context, start_step))) \
+        if start_step < task.total_steps else None
 
     @tf.function
     def train_step(iterator):
