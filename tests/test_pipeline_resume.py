@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import logging as absl_logging
 from conftest import write_feature_dataset
 
 from cleannet_tf import atomic_io
@@ -250,8 +251,13 @@ def test_workdir_of_a_version_before_done_records_runs_every_step_again(tmp_path
     run_refs(config, workdir, progress=False)
     assert not os.path.exists(done_dir(workdir))
     assert not records.step_complete("refs", config, workdir)
-    with caplog.at_level(logging.INFO):
-        status = runner.run_steps(config, workdir)
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.INFO)  # an earlier test of the session may have quietened absl
+    try:
+        with caplog.at_level(logging.INFO):
+            status = runner.run_steps(config, workdir)
+    finally:
+        absl_logging.set_verbosity(verbosity)
     said = [r.getMessage() for r in caplog.records if "no DONE records" in r.getMessage()]
     assert said == [f"{workdir} has outputs but no DONE records (written before them): every step runs again."]
     assert status["refs"] != "already complete" and status["train"].startswith("200 steps")
