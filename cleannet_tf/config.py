@@ -192,6 +192,19 @@ def default_config() -> ml_collections.ConfigDict:
     # learning rate, after the (weighted) epochs on the noisy labels.
     config.classifier.finetune_epochs = 0
     config.classifier.finetune_learning_rate = 0.001
+    # Fine-tuning a pretrained backbone from a block on (efficientnet_lite0; training/finetune.py): all (every
+    # layer) | block<k> (MBConv blocks k..15, k in 0..15, the head conv and the softmax) | head | logits.
+    config.classifier.train_from = "all"
+    # The frozen layers' outputs computed once into WORKDIR/frozen_cache/ (float16; a flipped view too with
+    # input.augment=flip) so an epoch runs only the trained layers: auto (without a GPU) | on | off.
+    config.classifier.frozen_cache = "auto"
+    # Share of the noisy training rows held apart (not trained on) to pick the best epoch by their weighted
+    # accuracy; that epoch's model is kept. 0: none, the last epoch's model.
+    config.classifier.holdout_fraction = 0.0
+    # Stop after this many epochs without a better held-apart accuracy (0: train every epoch).
+    config.classifier.patience = 0
+    # float16 compute with float32 weights (mixed_float16): auto (on GPUs) | on | off.
+    config.classifier.mixed_precision = "auto"
 
     # --- Distribution.
     config.runtime = ml_collections.ConfigDict()
@@ -354,6 +367,30 @@ def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> m
               "must be 'auto', 'random', 'imagenet', or a path ending in .keras or .weights.h5", initial)
     if initial == "imagenet" and config.model.backbone == "small_cnn":
         _fail("classifier.initial_weights", "the small_cnn backbone has no ImageNet weights", initial)
+    train_from, cache = config.classifier.train_from, config.classifier.frozen_cache
+    block_names = tuple(f"block{k}" for k in range(16))  # efficientnet_lite0's MBConv blocks
+    _check_choice(config, "classifier.train_from", ("all", *block_names, "head", "logits"))
+    if train_from != "all" and config.model.backbone != "efficientnet_lite0":
+        _fail("classifier.train_from", "only model.backbone='efficientnet_lite0' trains from a block on; 'all' "
+              "trains every layer", train_from)
+    if train_from != "all" and config.data.features:
+        _fail("classifier.train_from", "needs images: data.features trains a softmax on fixed features", train_from)
+    _check_choice(config, "classifier.frozen_cache", ("auto", "on", "off"))
+    if cache == "on" and train_from == "all":
+        _fail("classifier.frozen_cache", "needs frozen layers: set classifier.train_from to a block", cache)
+    if cache == "on" and config.input.augment not in ("none", "flip"):
+        _fail("classifier.frozen_cache", f"caches the image and its mirror only, not input.augment="
+              f"{config.input.augment!r}: use 'none' or 'flip', or frozen_cache='off'", cache)
+    if not 0.0 <= config.classifier.holdout_fraction <= 0.5:
+        _fail("classifier.holdout_fraction", "must be in [0, 0.5]", config.classifier.holdout_fraction)
+    _check_positive(config, "classifier.patience", allow_zero=True)
+    if config.classifier.patience and not config.classifier.holdout_fraction:
+        _fail("classifier.patience", "early stopping needs held-apart rows: set classifier.holdout_fraction > 0",
+              config.classifier.patience)
+    if config.classifier.patience and config.classifier.finetune_epochs:
+        _fail("classifier.patience", "early stopping would skip the classifier.finetune_epochs phase: set one "
+              "of them to 0", config.classifier.patience)
+    _check_choice(config, "classifier.mixed_precision", ("auto", "on", "off"))
     _check_choice(config, "runtime.strategy", STRATEGIES)
     _check_positive(config, "runtime.logical_cpu_devices", allow_zero=True)
     return config
