@@ -84,6 +84,11 @@ def build_frozen_part(backbone: keras.Model, train_from: str, *, view: str = "or
     return keras.Model(image, {"frozen": output}, name=f"frozen_part_{view}")
 
 
+def output_shape(frozen_part: keras.Model) -> tuple[int, ...]:
+    """The frozen part's output shape without the batch: (h, w, c), or (1280,)."""
+    return tuple(int(d) for d in frozen_part.outputs[0].shape[1:])
+
+
 def build_trained_part(frozen_shape: tuple[int, ...], train_from: str, num_classes: int) -> keras.Model:
     """Input "frozen" (B, *frozen_shape) -> outputs "logits", "probabilities" (B, C): what follows the frozen part.
 
@@ -142,13 +147,18 @@ def set_trainable_from(classifier: keras.Model, train_from: str) -> None:
 class FrozenCache:
     """The frozen part's outputs of every table row: one FeatureStore per view, each (N, prod(shape)).
 
-    gather(rows, views) -> (n, *shape) in the stores' dtype.
+    gather(rows, views) -> (n, *shape) in the stores' dtype. Every shard is memory-mapped once, here: `gather`
+    then parses no .npy header (NumPy does that with `ast`, which CPython 3.11 does not allow in two threads at
+    once, and `gather` runs in tf.data's threads while the main thread traces functions).
     """
 
     def __init__(self, stores: dict[str, FeatureStore], shape: tuple[int, ...]):
         self.stores, self.shape = stores, tuple(shape)
         self.views = tuple(stores)
-        self.num_rows = next(iter(stores.values())).num_rows
+        first = next(iter(stores.values()))
+        self.num_rows, self.shard_size, self.dtype = first.num_rows, first.shard_size, first.dtype
+        self._shards = [[store.shard_features(shard) for shard in range(store.num_shards)]
+                        for store in stores.values()]
 
     def valid(self) -> np.ndarray:
         """(N,) bool: rows every view holds (their image was read)."""
@@ -158,17 +168,12 @@ class FrozenCache:
         """(len(rows), *shape): row i from the view index views[i] (default 0, "original")."""
         rows = np.asarray(rows, np.int64)
         views = np.zeros(len(rows), np.int64) if views is None else np.asarray(views, np.int64)
-        out = None
-        for index, name in enumerate(self.views):
-            chosen = np.nonzero(views == index)[0]
-            if not len(chosen):
-                continue
-            values = self.stores[name].gather(rows[chosen])
-            if out is None:
-                out = np.empty((len(rows), values.shape[1]), values.dtype)
-            out[chosen] = values
-        if out is None:
-            out = np.empty((0, int(np.prod(self.shape))), np.float16)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.num_rows):
+            raise IndexError(f"Rows must be in [0, {self.num_rows}). Received min {rows.min()}, max {rows.max()}")
+        out = np.empty((len(rows), int(np.prod(self.shape))), self.dtype)
+        shard_of_row = rows // self.shard_size
+        for i in range(len(rows)):
+            out[i] = self._shards[views[i]][shard_of_row[i]][rows[i] - shard_of_row[i] * self.shard_size]
         return out.reshape((len(rows), *self.shape))
 
 
@@ -187,7 +192,7 @@ def fill_frozen_cache(directory: str, *, keys: np.ndarray, paths: np.ndarray, ba
     backbone: the whole backbone (built in `strategy.scope()`); `settings`: what determines the outputs (written
     to each store's manifest; a store of other settings is an error naming it).
     """
-    frozen_shape = tuple(int(d) for d in build_frozen_part(backbone, train_from).output_shape["frozen"][1:])
+    frozen_shape = output_shape(build_frozen_part(backbone, train_from))
     flat_dim = int(np.prod(frozen_shape))
     shard_size = int(max(1, min(8192, CACHE_BYTES_PER_SHARD // (4 * flat_dim))))
     stores = {}
@@ -197,7 +202,7 @@ def fill_frozen_cache(directory: str, *, keys: np.ndarray, paths: np.ndarray, ba
             extractor={**settings, "view": view, "shape": list(frozen_shape)}, dtype=dtype)
         if not store.complete:
             part = build_frozen_part(backbone, train_from, view=view)
-            flat = keras.Model(part.input, {"features": keras.layers.Flatten()(part.output["frozen"])})
+            flat = keras.Model(part.input, {"features": keras.layers.Flatten()(part.outputs[0])})
             extra = {} if max_pixels is None else {"max_pixels": max_pixels}
             extract_features(paths, store, flat, image_size=image_size, batch_size=batch_size, resize=resize,
                              strategy=strategy, parallel_calls=parallel_calls, progress=progress, **extra)

@@ -171,7 +171,7 @@ class FinetuneTask(classifier.ClassifierTask):
             tf.data.AUTOTUNE)
 
     def _read_frozen(self, batch: dict) -> dict:
-        dtype = tf.as_dtype(next(iter(self.cache.stores.values())).dtype)
+        dtype = tf.as_dtype(self.cache.dtype)
         values = tf.numpy_function(self.cache.gather, [batch["row"], batch["view"]], dtype, stateful=False)
         frozen = tf.ensure_shape(tf.cast(values, tf.float32), (None, *self.cache.shape))
         return {**batch, "frozen": frozen}
