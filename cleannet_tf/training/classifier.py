@@ -229,6 +229,10 @@ class ClassifierTask(loop.Task):
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
             scaled_loss = self.optimizer.scale_loss(loss)  # the loss itself but under a LossScaleOptimizer
         gradients = tape.gradient(scaled_loss, model.trainable_variables)
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            # Keras checks replica 0's gradients for inf/NaN, taking them as all-reduced: make them so (their mean,
+            # which the optimizer's own sum over replicas turns back into the sum), or another replica's inf passes.
+            gradients = tf.distribute.get_replica_context().all_reduce("MEAN", gradients)
         self.optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
         correct = tf.reduce_sum(tf.cast(tf.argmax(logits, -1, output_type=tf.int32) == batch["label"], tf.float32))
         return {"loss": loss, "correct": correct}

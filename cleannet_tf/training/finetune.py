@@ -176,9 +176,10 @@ class FinetuneTask(classifier.ClassifierTask):
         frozen = tf.ensure_shape(tf.cast(values, tf.float32), (None, *self.cache.shape))
         return {**batch, "frozen": frozen}
 
-    def _inputs(self, rows: np.ndarray, *, labels: bool = True):
-        """Unaugmented batches of `rows`: dicts with the model input, "label", "weight"."""
-        if self.cache is not None:
+    def _inputs(self, rows: np.ndarray, *, images_only: bool = False):
+        """Unaugmented batches of `rows`: dicts with the model input ("frozen" from the cache, or "image" when
+        there is none or `images_only`), "label", "weight"."""
+        if self.cache is not None and not images_only:
             for start in range(0, len(rows), EVAL_BATCH):
                 chunk = rows[start:start + EVAL_BATCH]
                 yield {"frozen": tf.constant(self.cache.gather(chunk), tf.float32),
@@ -229,13 +230,19 @@ class FinetuneTask(classifier.ClassifierTask):
         if int(self.best.epoch.numpy()) > 0:
             for weight, kept in zip(self.model.weights, self.best.weights, strict=True):
                 weight.assign(kept.numpy())
-        if self.epoch_steps < sanity.MIN_STEPS_PER_EPOCH:
+        short_epochs = self.epoch_steps < sanity.MIN_STEPS_PER_EPOCH
+        if short_epochs and not self.mixed_precision:
             backbones.recompute_batchnorm_statistics(
                 self.model, (batch[self.input_name] for batch in self._inputs(self.pool)))
         if self.model is not self.full:
             block_cache.copy_weights_by_name(self.model, self.full)
         self.full.trainable = True
         self.model = self.full
+        if short_epochs and self.mixed_precision:  # in float32: float16 batch variances can overflow
+            block_cache.set_trainable_from(self.full, self.train_from)  # frozen statistics stay as they are
+            backbones.recompute_batchnorm_statistics(
+                self.full, (batch["image"] for batch in self._inputs(self.pool, images_only=True)))
+            self.full.trainable = True
 
     def payload(self, state: loop.LoopState) -> dict:
         """ClassifierTask's (test accuracy of the whole classifier on the test images), and how it trained."""
