@@ -123,7 +123,7 @@ def test_cached_and_uncached_fine_tunes_train_the_same_model(image_workdir, tmp_
 
 def test_mixed_precision_under_mirrored_strategy_saves_a_float32_classifier(image_workdir, tmp_path):
     config, workdir, table = image_workdir
-    config.classifier.mixed_precision, config.classifier.epochs, config.classifier.holdout_fraction = "on", 1, 0.0
+    config.classifier.mixed_precision, config.classifier.epochs, config.classifier.holdout_fraction = "on", 4, 0.0
     model, metrics = _train(config, table, str(tmp_path / "mixed"), cache=False,
                             strategy=distribute.build_strategy("mirrored"))
     assert metrics["mixed_precision"] and not metrics["frozen_cache"]
@@ -134,7 +134,8 @@ def test_mixed_precision_under_mirrored_strategy_saves_a_float32_classifier(imag
     initial = backbones.build_backbone("efficientnet_lite0", image_size=(32, 32),
                                        weights=config.classifier.initial_weights)
     assert not np.allclose(saved.get_layer("backbone").get_layer("block15_project_conv").get_weights()[0],
-                           initial.get_layer("block15_project_conv").get_weights()[0])  # float16 steps trained it
+                           initial.get_layer("block15_project_conv").get_weights()[0])  # trained (after the
+    # loss scale, 2^15 at first, came down through the skipped steps whose float16 gradients overflowed)
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
 
 
@@ -172,10 +173,10 @@ def test_early_stopping_keeps_the_best_held_apart_epoch(image_workdir, tmp_path)
     index = [w.path for w in trained.weights].index("logits/kernel")
     best_kernel = checkpoint.get_tensor(f"best/weights/{index}/.ATTRIBUTES/VARIABLE_VALUE")
     last_kernel = [checkpoint.get_tensor(name) for name, shape in checkpoint.get_variable_to_shape_map().items()
-                   if not name.startswith(("best/", "optimizer/")) and tuple(shape) == (1280, 3)]
+                   if name.startswith(("model/", "optimizer/_trainable_variables/")) and tuple(shape) == (1280, 3)]
     saved = keras.saving.load_model(str(tmp_path / "early" / "classifier" / "model.keras"))
     np.testing.assert_array_equal(saved.get_layer("logits").get_weights()[0], best_kernel)
-    assert len(last_kernel) == 1 and not np.allclose(last_kernel[0], best_kernel)
+    assert len(last_kernel) == 1 and not np.allclose(last_kernel[0], best_kernel)  # (saved once, under either)
 
 
 def test_fine_tune_killed_mid_epoch_resumes_to_the_uninterrupted_result(image_workdir, tmp_path):
