@@ -230,9 +230,13 @@ class ClassifierTask(loop.Task):
             scaled_loss = self.optimizer.scale_loss(loss)  # the loss itself but under a LossScaleOptimizer
         gradients = tape.gradient(scaled_loss, model.trainable_variables)
         if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-            # Keras checks replica 0's gradients for inf/NaN, taking them as all-reduced: make them so (their mean,
-            # which the optimizer's own sum over replicas turns back into the sum), or another replica's inf passes.
-            gradients = tf.distribute.get_replica_context().all_reduce("MEAN", gradients)
+            # Keras skips the step (and lowers the loss scale) on inf/NaN in replica 0's gradients only, taking
+            # them as all-reduced: another replica's non-finite gradients are zeroed so they cannot reach the
+            # weights (an all-reduce here clashed with the optimizer's own collectives under MirroredStrategy).
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
+            keep = tf.logical_or(finite, tf.equal(replica, 0))
+            gradients = [tf.where(keep, g, tf.zeros_like(g)) for g in gradients]
         self.optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
         correct = tf.reduce_sum(tf.cast(tf.argmax(logits, -1, output_type=tf.int32) == batch["label"], tf.float32))
         return {"loss": loss, "correct": correct}
