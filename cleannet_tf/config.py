@@ -25,6 +25,9 @@ WEIGHTINGS = ("none", "soft", "hard")  # training/classifier.WEIGHTINGS
 CLEANNET_MODES = ("paper", "robust", "stacked")  # detection's MODE_SCORING
 ENCODINGS = ("per_class", "per_sample")  # training/cleannet.ENCODINGS
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")  # training/distribute.STRATEGIES
+# verify.operating_point (detection/operating_point.py): P(label wrong) > 1/2 with each class's own prior, or
+# the score threshold of the lowest error on the verified rows.
+OPERATING_POINTS = ("calibrated", "threshold")
 SIGNAL_NAMES = ("cleannet_cosine", "cleannet_margin", "class_mean_cosine", "class_mean_margin", "classifier_score",
                 "classifier_margin", "knn_agreement")  # detection's SIGNAL_NAMES
 DEFAULT_MAX_PIXELS = 40_000_000  # data/DEFAULT_MAX_PIXELS
@@ -174,6 +177,10 @@ def default_config() -> ml_collections.ConfigDict:
     # cosine and margin, the features' cosine and margin to robust class means.
     config.verify.signals = ("cleannet_cosine", "cleannet_margin", "class_mean_cosine", "class_mean_margin")
     config.verify.classifier_rounds = 0  # refits of the classifier signals weighted by P(label correct) (fit.py)
+    # Which pairs are flagged (OPERATING_POINTS): "calibrated" where the calibrated P(label wrong), re-based on
+    # the class's own estimated noise rate, is above 1/2; "threshold" below the score threshold of the lowest
+    # error on the verified classes' verified_train rows (the same in every class).
+    config.verify.operating_point = "calibrated"
     # Active verification: images proposed for a person to verify, per class.
     config.verify.budget_per_class = 10
     # report.html: classes shown with their most suspicious images.
@@ -383,6 +390,7 @@ def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> m
         _fail("cleannet.calibration_fraction", "must be in [0, 1)", config.cleannet.calibration_fraction)
     if not 0.0 < config.verify.class_mean_keep <= 1.0:
         _fail("verify.class_mean_keep", "must be in (0, 1]", config.verify.class_mean_keep)
+    _check_choice(config, "verify.operating_point", OPERATING_POINTS)
     signals = config.verify.signals
     if not signals or not set(signals) <= set(SIGNAL_NAMES) or len(set(signals)) != len(signals):
         _fail("verify.signals", f"must be distinct names among {SIGNAL_NAMES}", signals)

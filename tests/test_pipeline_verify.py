@@ -42,7 +42,9 @@ def test_verify_writes_scores_metrics_and_verifier(verified_workdir):
     rows = {key: i for i, key in enumerate(table.keys)}
     table_rows = np.array([rows[key] for key in scores.keys])
     assert list(scores.labels) == [table.class_names[c] for c in table.labels[table_rows]]
-    threshold = report["threshold"]
+    # The calibrated operating point (the default): each class's threshold.
+    assert report["operating_point"] == "calibrated"
+    threshold = np.asarray(report["class_thresholds"])[table.labels[table_rows]]
     np.testing.assert_array_equal(scores.noisy, scores.scores < threshold - 1e-6 * (scores.scores == threshold))
     # Soft weights: the calibrated P(label correct) (stacked mode), never 0 for an unsure image.
     np.testing.assert_allclose(scores.weight_soft, scores.p_correct, atol=2e-6)
