@@ -4,7 +4,10 @@
     scores.tsv       one row per image of the noisy pool (pipeline/scores_tsv.py)
     to_verify.tsv    the images a person should verify next, in verified_train.tsv's format (detection/to_verify.py)
     report.html      histogram, ROC / PR curves, noise rate per class, most suspicious images (pipeline/report.py)
-    metrics.json     threshold, detection error / precision / recall / F1 / ROC-AUC on verified validation rows
+    metrics.json     threshold, operating_point (verify.operating_point) and class_thresholds (each class's
+                     threshold: at "calibrated" where its re-based P(label wrong) is 1/2, with prior_noise_rates;
+                     at "threshold" the one threshold), detection error / precision / recall / F1 / ROC-AUC at
+                     that operating point on verified validation rows
                      (verified classes) and on held-out classes' validation rows, per class, noise-rate estimates,
                      (the mean of 1 - P(label correct): the verifier's calibration, per verified class its own
                      intercept; pipeline/verify_metrics.py),
