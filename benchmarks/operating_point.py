@@ -4,8 +4,9 @@ For each release (benchmarks/realnoise.py's --dataset/--seeds/--releases/--featu
 config's CleanNet and verifier are fitted once (detection/fit.py fit_verifier, operating_point="calibrated",
 which also returns the threshold), and the verified_val rows, verified (V) and held-out (H) classes apart, are
 measured three ways: no detection; "threshold" (score < the threshold of the lowest error on the threshold rows);
-"calibrated" (score < info["class_thresholds"][label]: P(label wrong) > 1/2 with each class's prior re-estimated
-by EM on its unverified rows).
+"P(wrong) > 1/2, no prior shift" (the stacked P(label correct) below 1/2 in every class, the calibration rows'
+prior); "calibrated" (score < info["class_thresholds"][label]: P(label wrong) > 1/2 with each class's prior
+re-estimated by EM on its unverified rows).
 
     python -m benchmarks.operating_point --config=configs/realnoise.py --dataset=cifar10n_aggre \\
         --seeds=0,1,2,11,12 --releases=RELEASES --features=FEATURES/effl0_features_{release}.npz --steps=1 \\
@@ -28,7 +29,7 @@ import numpy as np  # noqa: E402
 from absl import app, logging  # noqa: E402
 
 from benchmarks import realnoise  # noqa: E402  (its flags: --config, --dataset, --seeds, --json, ...)
-from cleannet_tf.detection import verifier  # noqa: E402
+from cleannet_tf.detection import operating_point, verifier  # noqa: E402
 from cleannet_tf.detection.fit import fit_verifier  # noqa: E402
 from cleannet_tf.pipeline.artifacts import load_training_inputs  # noqa: E402
 from cleannet_tf.pipeline.refs import run_refs  # noqa: E402
@@ -60,8 +61,10 @@ def release_rows(config, name: str, root: str, seed: int) -> list[dict]:
     class_thresholds = np.asarray(info["class_thresholds"])
     held = data.heldout_classes[data.labels[data.validation]]
     rows = []
+    unshifted = operating_point.class_thresholds(np.zeros(1), scoring=info["scoring"])[0]  # stacked: P = 1/2
     for point, thresholds in (("no detection", np.full(len(scores), -np.inf)),
                               ("threshold", np.full(len(scores), info["threshold"])),
+                              ("P(wrong) > 1/2, no prior shift", np.full(len(scores), unshifted)),
                               ("calibrated", class_thresholds[data.labels])):
         for tag, mask in (("V", ~held), ("H", held)):
             val = data.validation[mask]
@@ -79,7 +82,7 @@ def markdown_table(rows: list[dict]) -> str:
     lines = ["| release | operating point | H error | H precision | H recall | H F1 | V error |",
              "|---|---|---|---|---|---|---|"]
     for release in dict.fromkeys(row["release"] for row in rows):
-        for point in ("no detection", "threshold", "calibrated"):
+        for point in ("no detection", "threshold", "P(wrong) > 1/2, no prior shift", "calibrated"):
             h = next(r for r in rows if r["release"] == release and r["point"] == point and r["tag"] == "H")
             v = next(r for r in rows if r["release"] == release and r["point"] == point and r["tag"] == "V")
             cells = [f"{h['error']:.3f}"] + (["-"] * 3 if point == "no detection" else

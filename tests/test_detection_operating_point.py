@@ -90,7 +90,7 @@ def test_per_pair_thresholds_must_match_the_scores():
 
 def test_config_field_operating_point_is_validated():
     config = config_lib.default_config()
-    assert config.verify.operating_point == "calibrated"
+    assert config.verify.operating_point == "threshold"
     config.verify.operating_point = "median"
     with pytest.raises(ValueError, match="verify.operating_point"):
         config_lib.validate(config, needs_data=False)

@@ -66,7 +66,7 @@ def verified_rows(data: training_pool.TrainingData, calibration_classes: np.ndar
 
 def fit_verifier(cleannet: keras.Model, data: training_pool.TrainingData, reference_sets: ReferenceSets, *,
                  mode: str, class_mean_keep: float = 0.7, calibration_classes: np.ndarray | None = None,
-                 signals=verifier.SIGNAL_NAMES[:4], classifier_rounds: int = 0, operating_point: str = "calibrated",
+                 signals=verifier.SIGNAL_NAMES[:4], classifier_rounds: int = 0, operating_point: str = "threshold",
                  seed: int = 0) -> tuple[keras.Model, dict]:
     """The verifier of a trained CleanNet, its weights and threshold chosen on rows that are not evaluated.
 
@@ -81,8 +81,8 @@ def fit_verifier(cleannet: keras.Model, data: training_pool.TrainingData, refere
         classifier_rounds: refits of the linear classifier (when a classifier signal is used), each with rows
             weighted by the last stacked P(label correct), the fit rows by their verification
             (detection_signals.classifier_refit_weights), and the stacked weights fitted again.
-        operating_point: "calibrated" (P(label wrong) > 1/2 with each class's own prior, fit_operating_point)
-            or "threshold" (score < info["threshold"] in every class); the verifier's is_noisy follows it.
+        operating_point: "threshold" (score < info["threshold"] in every class) or "calibrated" (P(label wrong)
+            > 1/2 with each class's own prior, fit_operating_point); the verifier's is_noisy follows it.
     Returns:
         (verifier, info) with info["threshold"], info["operating_point"], info["class_thresholds"] ((C,) list:
         the threshold of each class's pairs), info["scoring"], info["threshold_rows"] (which rows the
