@@ -25,9 +25,7 @@ WEIGHTINGS = ("none", "soft", "hard")  # training/classifier.WEIGHTINGS
 CLEANNET_MODES = ("paper", "robust", "stacked")  # detection's MODE_SCORING
 ENCODINGS = ("per_class", "per_sample")  # training/cleannet.ENCODINGS
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")  # training/distribute.STRATEGIES
-# verify.operating_point (detection/operating_point.py): P(label wrong) > 1/2 with each class's own prior, or
-# the score threshold of the lowest error on the verified rows.
-OPERATING_POINTS = ("calibrated", "threshold")
+OPERATING_POINTS = ("calibrated", "threshold")  # verify.operating_point: detection/operating_point.py
 SIGNAL_NAMES = ("cleannet_cosine", "cleannet_margin", "class_mean_cosine", "class_mean_margin", "classifier_score",
                 "classifier_margin", "knn_agreement")  # detection's SIGNAL_NAMES
 DEFAULT_MAX_PIXELS = 40_000_000  # data/DEFAULT_MAX_PIXELS
@@ -170,22 +168,15 @@ def default_config() -> ml_collections.ConfigDict:
 
     # --- cleannet-verify.
     config.verify = _section()
-    # Share of each class nearest its trimmed mean that makes its robust class
-    # mean (the stacked scoring's class-mean signals).
+    # Share of each class nearest its trimmed mean in its robust class mean (the class-mean signals).
     config.verify.class_mean_keep = 0.7
-    # Signals (a tuple of SIGNAL_NAMES) the stacked scoring combines: CleanNet's
-    # cosine and margin, the features' cosine and margin to robust class means.
+    # Signals (SIGNAL_NAMES) the stacked scoring combines: CleanNet's and the robust class means' cosine and margin.
     config.verify.signals = ("cleannet_cosine", "cleannet_margin", "class_mean_cosine", "class_mean_margin")
     config.verify.classifier_rounds = 0  # refits of the classifier signals weighted by P(label correct) (fit.py)
-    # Which pairs are flagged (OPERATING_POINTS): "threshold" below the score threshold of the lowest error on
-    # the verified classes' verified_train rows (the same in every class); "calibrated" where the calibrated
-    # P(label wrong), re-based on the class's own noise rate estimated by EM, is above 1/2. On CIFAR-10N
-    # "calibrated" had the higher held-out error (docs/results.md, "Operating point"), so it is not the default.
+    # Flagged: "threshold" below the one threshold; "calibrated" where P(label wrong), on the class's own prior, > 1/2.
     config.verify.operating_point = "threshold"
-    # Active verification: images proposed for a person to verify, per class.
-    config.verify.budget_per_class = 10
-    # report.html: classes shown with their most suspicious images.
-    config.verify.report_classes = 6
+    config.verify.budget_per_class = 10  # active verification: images proposed for a person to verify, per class
+    config.verify.report_classes = 6  # report.html: classes shown with their most suspicious images
 
     # --- cleannet-train-classifier.
     config.classifier = _section()
