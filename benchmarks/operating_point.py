@@ -77,17 +77,27 @@ def release_rows(config, name: str, root: str, seed: int) -> list[dict]:
     return rows
 
 
+POINTS = ("no detection", "threshold", "P(wrong) > 1/2, no prior shift", "calibrated")
+
+
 def markdown_table(rows: list[dict]) -> str:
-    """One line per release and operating point: error / precision / recall / F1 on H, then error on V."""
-    lines = ["| release | operating point | H error | H precision | H recall | H F1 | V error |",
-             "|---|---|---|---|---|---|---|"]
-    for release in dict.fromkeys(row["release"] for row in rows):
-        for point in ("no detection", "threshold", "P(wrong) > 1/2, no prior shift", "calibrated"):
-            h = next(r for r in rows if r["release"] == release and r["point"] == point and r["tag"] == "H")
-            v = next(r for r in rows if r["release"] == release and r["point"] == point and r["tag"] == "V")
-            cells = [f"{h['error']:.3f}"] + (["-"] * 3 if point == "no detection" else
-                                             [f"{h[f]:.3f}" for f in FIGURES[1:]])
-            lines.append(f"| {release} | {point} | " + " | ".join(cells) + f" | {v['error']:.3f} |")
+    """One line per release: held-out (H) error / precision / recall / F1 of each operating point, V errors;
+    then the mean over the releases of each dataset."""
+    def cell(found: list[dict], point: str, tag: str) -> str:
+        mine = [r for r in found if r["point"] == point and r["tag"] == tag]
+        figures = FIGURES[:1] if point == "no detection" or tag == "V" else FIGURES
+        return " / ".join(f"{np.mean([r[f] for r in mine]):.3f}" for f in figures)
+
+    lines = ["| release (H: error / precision / recall / F1) | " + " | ".join(POINTS) + " | V error, each |",
+             "|---" * (len(POINTS) + 2) + "|"]
+    releases = list(dict.fromkeys(row["release"] for row in rows))
+    groups = [(name, [r for r in rows if r["release"] == name]) for name in releases]
+    for dataset in dict.fromkeys(name.rsplit("_s", 1)[0] for name in releases):
+        mine = [r for r in rows if r["release"].rsplit("_s", 1)[0] == dataset]
+        groups.append((f"{dataset}, mean of {len({r['release'] for r in mine})}", mine))
+    for name, found in groups:
+        lines.append(f"| {name} | " + " | ".join(cell(found, p, "H") for p in POINTS) + " | "
+                     + " / ".join(cell(found, p, "V") for p in POINTS) + " |")
     return "\n".join(lines)
 
 
