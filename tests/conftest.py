@@ -102,6 +102,15 @@ def kill_at_marker(command, marker, what: str, *, timeout: float = 240) -> int:
 TINY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.py")
 
 
+def flat_fields(config, prefix=""):
+    """("section.field", value) of every leaf field of a (nested) config, in order."""
+    for name, value in config.items():
+        if hasattr(value, "items"):
+            yield from flat_fields(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", value
+
+
 def tiny_config(settings: dict):
     """configs/tiny.py (the one tiny config) with `section.name` -> value settings on top, validated."""
     import runpy

@@ -2,6 +2,7 @@
 
 
 
+from conftest import flat_fields
 from error_helpers import _run
 
 from cleannet_tf import config as config_lib
@@ -12,14 +13,7 @@ def test_config_show_prints_every_field_with_its_comment_and_default():
     assert result.returncode == 0, result.stderr
     out = result.stdout
 
-    def flatten(config, prefix=""):
-        for name, value in config.items():
-            if hasattr(value, "items"):
-                yield from flatten(value, f"{prefix}{name}.")
-            else:
-                yield f"{prefix}{name}", value
-
-    for field, default in flatten(config_lib.default_config()):
+    for field, default in flat_fields(config_lib.default_config()):
         assert f"\n{field} = {default!r}" in "\n" + out, field
     assert "data.root = ''\n    Dataset root (release layout), or for `tsv` the .tsv file itself." in out
     assert "data.demo = ''" in out and "(this config: 'two_digits')" in out

@@ -7,6 +7,7 @@ import ast
 from pathlib import Path
 
 import pytest
+from conftest import flat_fields
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "cleannet_tf"
@@ -212,14 +213,6 @@ def test_config_imports_nothing_of_the_package():
     assert (PACKAGE / "config" / "__init__.py").exists() and not imported, f"cleannet_tf/config/ imports: {imported}"
 
 
-def _string_fields(config, prefix=""):
-    for name, value in config.items():
-        if hasattr(value, "items"):
-            yield from _string_fields(value, f"{prefix}{name}.")
-        else:
-            yield f"{prefix}{name}", value
-
-
 @pytest.mark.parametrize("name", [None, *sorted(path.stem for path in (ROOT / "configs").glob("*.py"))])
 def test_no_config_field_is_a_comma_string(name):
     # lists are tuples: ("soft", "hard"), not "soft,hard"
@@ -234,5 +227,5 @@ def test_no_config_field_is_a_comma_string(name):
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         config = module.get_config()
-    commas = {field: value for field, value in _string_fields(config) if isinstance(value, str) and "," in value}
+    commas = {field: value for field, value in flat_fields(config) if isinstance(value, str) and "," in value}
     assert not commas, f"{name or 'default_config()'}: comma strings {commas}"
