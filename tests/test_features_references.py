@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from error_helpers import _truncate
 
+from cleannet_tf.data.features_npz import CorruptFileError
 from cleannet_tf.features.kmeans import (
     KMEANS_BACKENDS,
     _assign,
@@ -324,3 +326,14 @@ def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="kmeans_backend"):
         build_reference_sets(RecordingGather(np.zeros((2, 2), np.float32)), np.array([0, 0]), np.ones(2, bool),
                              names(1), progress=False, kmeans_backend="faiss")
+
+
+def test_truncated_references_npz_is_named(tmp_path):
+    path = str(tmp_path / "references.npz")
+    ReferenceSets(references=np.ones((2, 3, 4), np.float32), counts=np.array([5, 6]), class_names=("a", "b"),
+                  num_images=np.array([5, 6])).save(path)
+    assert ReferenceSets.load(path).references.shape == (2, 3, 4)
+    _truncate(path)
+    with pytest.raises(CorruptFileError, match=rf"^{path} is not a valid \.npz \(truncated or corrupt\): .*"
+                                               "rerun cleannet-refs"):
+        ReferenceSets.load(path)

@@ -13,34 +13,27 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import write_feature_dataset
+from conftest import tiny_config, write_feature_dataset
 
 from cleannet_tf import atomic_io
-from cleannet_tf import config as config_lib
 from cleannet_tf.pipeline import lock as workdir_lock_lib
 from cleannet_tf.pipeline import records, runner
 from cleannet_tf.pipeline.refs import run_refs
 from cleannet_tf.pipeline.workdir import done_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Small CleanNet on the planted-cluster features (as test_train's small_train_config).
-SMALL = {"refs.num_references": 16, "refs.n_init": 1, "cleannet.query_hidden_dim": 32,
-         "cleannet.reference_hidden_dim": 32, "cleannet.attention_dim": 16, "cleannet.embed_dim": 16,
-         "train.batch_size": 16, "train.learning_rate": 0.05, "train.lr_decay_steps": 1000,
-         "train.checkpoint_every": 100, "train.eval_every": 100, "train.log_every": 500}
+# Small CleanNet on the planted-cluster features: configs/tiny.py, logging less often.
+TINY_CONFIG = os.path.join(ROOT, "configs", "tiny.py")
+QUIET = {"train.log_every": 500}
 
 
 def _flags(overrides: dict, workdir, **extra) -> list[str]:
-    settings = {**overrides, **SMALL, **extra}
-    return [f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in settings.items())]
+    settings = {**overrides, **QUIET, **extra}
+    return [f"--workdir={workdir}", f"--config={TINY_CONFIG}", *(f"--config.{k}={v}" for k, v in settings.items())]
 
 
 def _config(overrides: dict, **extra):
-    config = config_lib.default_config()
-    for field, value in {**overrides, **SMALL, **extra}.items():
-        section, name = field.split(".")
-        config[section][name] = value
-    return config_lib.validate(config)
+    return tiny_config({**overrides, **QUIET, **extra})
 
 
 def _command(module: str, flags: list[str]) -> list[str]:
@@ -249,7 +242,7 @@ def test_workdir_of_a_version_before_done_records_runs_every_step_again(tmp_path
     run_refs(config, workdir, progress=False)
     assert not os.path.exists(done_dir(workdir))
     assert not records.step_complete("refs", config, workdir)
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):  # absl's own level, whatever an earlier test left it at
         status = runner.run_steps(config, workdir)
     said = [r.getMessage() for r in caplog.records if "no DONE records" in r.getMessage()]
     assert said == [f"{workdir} has outputs but no DONE records (written before them): every step runs again."]

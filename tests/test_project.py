@@ -42,3 +42,33 @@ def test_console_scripts_point_at_existing_functions():
     for name, target in re.findall(r'"(cleannet-[a-z-]+)": "([\w.:]+)"', setup_text):
         module, function = target.split(":")
         assert callable(getattr(importlib.import_module(module), function)), name
+
+
+def test_a_missing_browser_fails_the_browser_tests_and_stops_ci(tmp_path, monkeypatch):
+    """The browser tests fail without Chromium (skip only with CLEANNET_NO_BROWSER=1); .ci/run exits 1 if
+    apt-get cannot install it, before the venv is made."""
+    import shutil
+    import subprocess
+
+    import pytest
+    from conftest import chromium_paths
+
+    bare = tmp_path / "bin"  # a PATH with dirname and an apt-get that fails, but no chromium
+    bare.mkdir()
+    (bare / "dirname").symlink_to(shutil.which("dirname"))
+    (bare / "apt-get").write_text("#!/bin/sh\nexit 100\n")
+    (bare / "apt-get").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bare))
+    monkeypatch.delenv("CLEANNET_NO_BROWSER", raising=False)
+    with pytest.raises(pytest.fail.Exception, match="no chromium or chromedriver on PATH"):
+        chromium_paths(driver=True)
+    with pytest.raises(pytest.fail.Exception, match="no chromium on PATH"):
+        chromium_paths()
+    monkeypatch.setenv("CLEANNET_NO_BROWSER", "1")
+    with pytest.raises(pytest.skip.Exception, match="CLEANNET_NO_BROWSER=1"):
+        chromium_paths(driver=True)
+    result = subprocess.run([shutil.which("bash", path="/usr/bin:/bin"), str(ROOT / ".ci" / "run")],
+                            capture_output=True, text=True, timeout=60, env={"PATH": str(bare)})
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert result.stderr.strip() == (".ci/run: could not install chromium and chromium-driver (apt-get failed); "
+                                     "the browser tests need them.")

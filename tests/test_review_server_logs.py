@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from test_review import Client, make_workdir
+from review_helpers import Client, make_workdir
 
 from cleannet_tf.review.server import ReviewServer
 from cleannet_tf.review.session import ReviewSession

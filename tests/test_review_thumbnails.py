@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from image_bombs import write_gif_bomb, write_png_bomb
 from PIL import Image
-from test_review import make_workdir
+from review_helpers import make_workdir
 
 from cleannet_tf.review.session import ReviewError, ReviewSession
 

@@ -37,22 +37,29 @@ from cleannet_tf.data.table import (
 )
 
 
-def apply_extra_verified(table: LabelTable, path: str) -> LabelTable:
+def apply_extra_verified(table: LabelTable, path: str, *, split: str = "train") -> LabelTable:
     """A new table with the verification labels of `path` (verified_train.tsv format) on its training rows.
 
-    They replace the table's own labels of those rows; keys not in the table are counted in `skipped`;
-    a validation or test row raises DatasetError (naming the file and line).
+    They replace the table's own labels of those rows; keys not in the table are counted in `skipped`.
+    split "train": a validation or test row raises DatasetError (naming the file and line).
+    split "val" (a verified_val.tsv): the rows become verified validation rows (a test row raises).
     """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be train or val. Received {split!r}")
     skipped = dict(table.skipped)
     rows = {key: row for row, key in enumerate(table.keys)}
     verification = table.verification.copy()
+    splits = table.split.copy()
+    allowed = (SPLIT_TRAIN,) if split == "train" else (SPLIT_TRAIN, SPLIT_VAL)
     for key, (value, lineno) in _read_food101n_verified(require_file(path, "verification labels"), rows,
                                                         skipped).items():
-        if table.split[rows[key]] != SPLIT_TRAIN:
+        if table.split[rows[key]] not in allowed:
             raise DatasetError(f"{where(path, lineno)}: {key!r} is a {SPLITS[table.split[rows[key]]]} row; extra "
-                               "verification labels go to training rows only.")
+                               f"verification labels go to {' or '.join(SPLITS[s] for s in allowed)} rows only.")
         verification[rows[key]] = value
-    return dataclasses.replace(table, verification=verification, skipped=skipped)
+        if split == "val":
+            splits[rows[key]] = SPLIT_VAL
+    return dataclasses.replace(table, verification=verification, split=splits, skipped=skipped)
 
 
 

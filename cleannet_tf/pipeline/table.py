@@ -107,8 +107,9 @@ def load_table(config, workdir: str, *, steps: Sequence[str] = ()) -> LabelTable
         table = apply_heldout(table, read_heldout_list(heldout_path, table.class_names))
     from cleannet_tf.config import resolve_extra_verified
 
-    for path in resolve_extra_verified(config, workdir):
-        table = apply_extra_verified(table, path)
+    for path in resolve_extra_verified(config, workdir):  # a verified_val.tsv: verified validation rows
+        table = apply_extra_verified(table, path, split="val" if os.path.basename(path) == "verified_val.tsv"
+                                     else "train")
     logging.info("Dataset %s (%s): %s", root, data_format, table.summary())
     if steps:
         check_for_steps(table, config, steps, data_format=data_format, root=root)

@@ -11,8 +11,9 @@ cookie and redirects to `/`), then the cookie, or an `X-Review-Token` header; ot
     GET  /api/references?label=    the class's reference images
     GET  /api/neighbours?key=&count=
     GET  /api/image?key=&size=96|160|320   a JPEG thumbnail
-    POST /api/decide  {"key", "decision": "correct"|"wrong"|"relabel", "label": class name or id (relabel)}
-    POST /api/undo    {}           takes back the last decision
+    POST /api/decide  {"key", "decision": "correct"|"wrong"|"relabel", "label": class name or id (relabel),
+                       "client": the page's id}   lands by the plan row's split (verified_train/val.tsv)
+    POST /api/undo    {"key", "client"}   takes back the decision on key (no key: the newest one of client)
     GET  /api/retrain?offset=      status, log from byte offset, commands, history
     POST /api/retrain {}           starts cleannet-train + cleannet-verify with the review labels
 
@@ -248,18 +249,26 @@ def _image(app, args):
     return "image/jpeg", app.session.thumbnail(args.get("key"), _int(args, "size", 160, 1, 10000))
 
 
+def _client(args: dict) -> str | None:
+    """The page's id for itself (recorded with each event), or None."""
+    client = args.get("client")
+    if client is not None and not (isinstance(client, str) and 0 < len(client) <= 100):
+        raise ReviewError(f"'client' must be a string of 1 to 100 characters. Received {client!r}")
+    return client
+
+
 def _decide(app, args):
-    _only(args, ("key", "decision", "label"))
+    _only(args, ("key", "decision", "label", "client"))
     for name in ("key", "decision"):
         if name not in args:
             raise ReviewError(f"missing field {name!r}")
-    item = app.session.decide(args["key"], args["decision"], args.get("label"))
+    item = app.session.decide(args["key"], args["decision"], args.get("label"), client=_client(args))
     return {"item": item, "summary": app.session.summary()}
 
 
 def _undo(app, args):
-    _only(args, ())
-    item = app.session.undo()
+    _only(args, ("key", "client"))
+    item = app.session.undo(key=args.get("key"), client=_client(args))
     if item is None:
         raise ReviewError("nothing to undo", status=409)
     return {"item": item, "summary": app.session.summary()}

@@ -1,16 +1,19 @@
 """What cleannet-review shows: the dataset, cleannet-verify's outputs and the person's decisions, joined by key.
 
     session = ReviewSession(config, workdir, user="ana")
-    session.queue()              # to_verify.tsv order, decided images left out, grouped by class
+    session.queue()              # the plan's order (to_verify.tsv), decided images left out, grouped by class
     session.decide(key, "relabel", label="ramen")
     session.references(c)        # the class's reference images
     session.neighbours(key, 12)  # nearest images by cosine on ln(1 + x) features
 
-Inputs: the table (load_table, which also merges WORKDIR/review/verified_train.tsv through
-data.extra_verified), WORKDIR/verify/{scores.tsv, to_verify.tsv, metrics.json}, the features
+Inputs: the table (load_table, which also merges WORKDIR/review/verified_{train,val}.tsv through
+data.extra_verified), WORKDIR/verify/{scores.tsv, to_verify.tsv (the plan, review/plan.py), metrics.json}, the features
 (pipeline/extract.py open_features) and WORKDIR/references.npz. Bad input raises `ReviewError` (the server's 4xx).
 
-Imports `config`, `data`, `detection`, `features`, `pipeline`, `review.store`.
+A decision on a plan row lands by the row's split (verified_train.tsv or verified_val.tsv); any other training image
+reviewed (browse) lands in verified_train.tsv.
+
+Imports `config`, `data`, `detection`, `features`, `pipeline`, `review.plan`, `review.store`.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ from absl import logging
 
 from cleannet_tf import config as config_lib
 from cleannet_tf.data import images, table
-from cleannet_tf.detection import active, scores_tsv, signals
+from cleannet_tf.detection import scores_tsv, signals
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.pipeline.extract import open_features
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.workdir import references_path, verify_dir
+from cleannet_tf.review.plan import read_plan
 from cleannet_tf.review.store import DecisionStore
 
 REFERENCE_IMAGES = 8  # reference images shown per class
@@ -63,7 +67,8 @@ def read_metrics(workdir: str) -> dict | None:
 class _Snapshot:
     """One consistent read of the table and of cleannet-verify's outputs (replaced whole by `reload`)."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, review_val_keys: set[str]):
+        """review_val_keys: the keys decided into WORKDIR/review/verified_val.tsv (val rows of the table now)."""
         output = verify_dir(workdir)
         for name in ("scores.tsv", "to_verify.tsv"):
             if not os.path.exists(os.path.join(output, name)):
@@ -94,13 +99,15 @@ class _Snapshot:
             logging.warning("%s: %d rows name keys or classes not in the dataset; ignored.", output, stale)
         self.scored = np.nonzero(~np.isnan(self.score))[0]
         self.flagged = self.score < self.threshold  # NaN rows: False
-        self.proposals = []  # (row, to_verify.tsv entry), file order
-        for entry in active.read_verification_tsv(os.path.join(output, "to_verify.tsv")):
+        self.proposals = []  # (row, plan entry), file order
+        for entry in read_plan(os.path.join(output, "to_verify.tsv")):
             row = self.row_of.get(entry["key"])
-            if row is None or self.table.split[row] != table.SPLIT_TRAIN:
+            ours = entry["split"] == "val" and entry["key"] in review_val_keys  # a val row by a decision here
+            if row is None or not (self.table.split[row] == table.SPLIT_TRAIN or ours):
                 stale += 1
                 continue
             self.proposals.append((row, entry))
+        self.plan_split = {entry["key"]: entry["split"] for _, entry in self.proposals}
 
 
 class ReviewSession:
@@ -113,11 +120,14 @@ class ReviewSession:
         self._thumbnails: OrderedDict = OrderedDict()
         self._features = None
         self._reference_rows: dict[int, list[int]] = {}
-        self.snapshot = _Snapshot(config, self.workdir)
+        self.snapshot = _Snapshot(config, self.workdir, self._review_val_keys())
+
+    def _review_val_keys(self) -> set[str]:
+        return {key for key, value in self.store.snapshot().items() if value["split"] == "val"}
 
     def reload(self) -> None:
         """Reads the table and WORKDIR/verify/ again (after a retrain)."""
-        snapshot = _Snapshot(self.config, self.workdir)
+        snapshot = _Snapshot(self.config, self.workdir, self._review_val_keys())
         with self._lock:
             self.snapshot, self._features, self._reference_rows = snapshot, None, {}
 
@@ -158,13 +168,15 @@ class ReviewSession:
                 "suggested_score": None if np.isnan(s.suggested_score[row])
                 else round(float(s.suggested_score[row]), 4),
                 "split": table.SPLITS[t.split[row]], "verified": int(t.verification[row]),
-                "decision": decisions.get(key)}
+                "plan_split": s.plan_split.get(key), "decision": decisions.get(key)}
 
-    def decide(self, key, decision, label=None) -> dict:
-        """Records a decision on a training image; `label` (name or id) is the right class of a relabel."""
+    def decide(self, key, decision, label=None, *, client: str | None = None) -> dict:
+        """Records a decision on a training image or a plan row; `label` (name or id) is the right class of a
+        relabel. It lands in verified_val.tsv when the plan's row says split val, else verified_train.tsv."""
         row = self.row_of(key)
         t = self.snapshot.table
-        if t.split[row] != table.SPLIT_TRAIN:
+        split = self.snapshot.plan_split.get(key, "train")
+        if t.split[row] != table.SPLIT_TRAIN and split != "val":
             raise ReviewError(f"{key!r} is a {table.SPLITS[t.split[row]]} row: its labels are kept for "
                               "evaluation; only training images are reviewed")
         if decision not in ("correct", "wrong", "relabel"):
@@ -179,11 +191,15 @@ class ReviewSession:
             chosen = t.class_names[chosen_id]
         elif label is not None:
             raise ReviewError(f"'label' goes with decision 'relabel' only (got decision {decision!r})")
-        self.store.decide(key, decision, label=t.class_names[t.labels[row]], chosen=chosen, user=self.user)
+        self.store.decide(key, decision, label=t.class_names[t.labels[row]], chosen=chosen, user=self.user,
+                          client=client, split=split)
         return self.item(row)
 
-    def undo(self) -> dict | None:
-        undone = self.store.undo(user=self.user)
+    def undo(self, *, key=None, client: str | None = None) -> dict | None:
+        """Takes back the decision on `key` (None: the newest one `client` made); the item, or None."""
+        if key is not None:
+            self.row_of(key)
+        undone = self.store.undo(user=self.user, client=client, key=key)
         if undone is None:
             return None
         row = self.snapshot.row_of.get(undone[0])
@@ -192,17 +208,20 @@ class ReviewSession:
     # ------------------------------------------------------------------ pages
 
     def queue(self) -> dict:
-        """The undecided proposals grouped by class (to_verify.tsv order), with counts per class."""
+        """The undecided plan rows grouped by class (the plan's order), with counts per class; `left`: the plan's
+        rows of the class not yet decided, by split (what the plan still asks for before calibrating)."""
         s = self.snapshot
         decisions = self.store.snapshot()
         classes: OrderedDict[int, dict] = OrderedDict()
         for row, entry in s.proposals:
             c = int(s.table.labels[row])
             group = classes.setdefault(c, {"class": s.table.class_names[c], "why": entry["why"], "proposed": 0,
-                                           "decided": 0, "correct": 0, "wrong": 0, "relabel": 0, "items": []})
+                                           "decided": 0, "correct": 0, "wrong": 0, "relabel": 0,
+                                           "left": {"train": 0, "val": 0}, "items": []})
             group["proposed"] += 1
             decision = decisions.get(entry["key"])
             if decision is None:
+                group["left"][entry["split"]] += 1  # decisions the plan still asks for before calibrating
                 group["items"].append({**self.item(row, decisions), "why": entry["why"], "guess": entry["guess"]})
             else:
                 group["decided"] += 1

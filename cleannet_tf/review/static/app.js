@@ -21,6 +21,17 @@ function enqueue(action) {
 
 const $ = (id) => document.getElementById(id);
 
+// This page's id, sent with each decision and undo (the log records who made what; undo takes back this
+// page's own newest decision). Kept for the tab's life, so a reload still undoes its own decisions.
+const CLIENT = (() => {
+  let id = sessionStorage.getItem("cleannet-review-client");
+  if (!id) {
+    id = Array.from(crypto.getRandomValues(new Uint8Array(8)), (b) => b.toString(16).padStart(2, "0")).join("");
+    sessionStorage.setItem("cleannet-review-client", id);
+  }
+  return id;
+})();
+
 async function api(path, body) {
   const options = body === undefined ? {} : {
     method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)};
@@ -95,7 +106,8 @@ function makeCard(item, index) {
   meta.querySelector(".label").textContent = item.label;
   meta.querySelector(".score").textContent = fmt(item.score);
   if (suggests) meta.querySelector(".suggests b").textContent = item.suggested;
-  if (item.split !== "train") meta.querySelector(".suggests").append(` (${item.split} row: not reviewed)`);
+  if (item.plan_split === "val") meta.querySelector(".suggests").append(" (for validation)");
+  else if (item.split !== "train") meta.querySelector(".suggests").append(` (${item.split} row: not reviewed)`);
   if (item.similarity !== undefined) meta.querySelector(".suggests").append(` cos ${fmt(item.similarity)}`);
   meta.querySelector(".state").textContent = stateText(item.decision);
   meta.querySelector(".key").textContent = item.key;
@@ -169,10 +181,18 @@ function renderClassList() {
     const li = document.createElement("li");
     li.dataset.class = group.class;
     li.className = (i === state.classIndex ? "current " : "") + (group.decided === group.proposed ? "done" : "");
-    li.innerHTML = `<span class="name"></span><span class="count"></span><div class="mini"><div></div></div>`;
+    li.innerHTML = `<span class="name"></span><span class="count"></span><span class="left"></span>` +
+      `<div class="mini"><div></div></div>`;
     li.querySelector(".name").textContent = group.class;
     li.querySelector(".count").textContent = `${group.decided}/${group.proposed}` +
       (group.decided ? ` (${group.correct}✓ ${group.wrong + group.relabel}✗)` : "");
+    // How many more decisions the plan asks for in this class before the scores can be calibrated.
+    const left = li.querySelector(".left");
+    left.dataset.train = group.left.train;
+    left.dataset.val = group.left.val;
+    left.textContent = group.left.train + group.left.val ?
+      `${group.left.train + group.left.val} more: ${group.left.train} train, ${group.left.val} val` : "";
+    left.title = "decisions the plan still asks for before the scores can be calibrated";
     li.querySelector(".mini div").style.width = (100 * group.decided / group.proposed).toFixed(0) + "%";
     li.addEventListener("click", () => selectClass(i));
     list.appendChild(li);
@@ -227,9 +247,11 @@ function nextOpen(from) {
 function countDecision(key, decision, sign) {
   if (!decision) return;
   for (const group of state.queue) {
-    if (group.items.some((item) => item.key === key)) {
+    const item = group.items.find((x) => x.key === key);
+    if (item) {
       group.decided += sign;
       group[decision.decision] += sign;
+      group.left[item.plan_split || "train"] -= sign;
     }
   }
 }
@@ -244,7 +266,7 @@ async function decideNow(decision, label) {
   const item = state.cards[state.cursor];
   if (!item) return;
   try {
-    const body = {key: item.key, decision};
+    const body = {key: item.key, decision, client: CLIENT};
     if (label !== undefined) body.label = label;
     const payload = await api("/api/decide", body);
     countDecision(item.key, item.decision, -1);
@@ -279,7 +301,7 @@ function undo() {
 
 async function undoNow() {
   try {
-    const payload = await api("/api/undo", {});
+    const payload = await api("/api/undo", {client: CLIENT});
     showSummary(payload.summary);
     const restored = payload.item;
     const index = state.cards.findIndex((item) => item.key === restored.key);
