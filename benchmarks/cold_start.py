@@ -7,8 +7,8 @@ folder of class subfolders (symbolic links, keys `<noisy class>/<image>` as the 
     plan     cleannet-run (cold start: ranks, writes verify/to_verify.tsv); the plan's rows answered from the truth
              as a reviewer would (WORKDIR/review/verified_train.tsv, verified_val.tsv by the plan's split column);
              cleannet-run again (calibrated)
-    random   the release's random verified_train.tsv / verified_val.tsv (5% + 5% of the pool) as the review
-             files of the same folder; one cleannet-run
+    random   the release itself (data.root=RELEASE, its random verified_train.tsv / verified_val.tsv: 5% + 5% of
+             the pool; no held-out list); one cleannet-run
 
 Figures: the detection error over the whole pool (every image the run did not have verified, `noisy` of
 scores.tsv against the truth), the error the run reports on its own verified val rows (metrics.json
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -38,6 +37,7 @@ flags.DEFINE_string("features", None, ".npz of the release's features (keys = th
 flags.DEFINE_string("work", "/tmp/cold_start_bench", "Folder for the folder dataset and the workdirs.")
 flags.DEFINE_string("config", "configs/realnoise.py", "Config file of every run.")
 flags.DEFINE_multi_string("set", [], "Extra --config.x=y overrides of every run (e.g. train.steps=600).")
+flags.DEFINE_enum("runs", "both", ["both", "plan", "random"], "Which runs to make (figures of both when present).")
 
 
 def make_folder(release: str, folder: str) -> int:
@@ -52,10 +52,10 @@ def make_folder(release: str, folder: str) -> int:
     return len(keys)
 
 
-def run(name: str, folder: str, workdir: str) -> None:
-    """One cleannet-run on the folder (log: WORK/<name>.log); raises when it fails."""
+def run(name: str, root: str, workdir: str) -> None:
+    """One cleannet-run on `root` (log: WORK/<name>.log); raises when it fails."""
     command = [sys.executable, "-m", "cleannet_tf.cli.run", f"--config={FLAGS.config}", f"--workdir={workdir}",
-               f"--config.data.root={folder}", "--config.data.format=folder",
+               f"--config.data.root={root}", "--config.data.heldout_list=",
                f"--config.data.features={FLAGS.features}", *[f"--config.{item}" for item in FLAGS.set]]
     with open(os.path.join(FLAGS.work, f"{name}.log"), "a") as log:
         log.write(" ".join(command) + "\n")
@@ -80,17 +80,18 @@ def answer_plan(workdir: str, truth: dict[str, str]) -> dict[str, int]:
     return {split: len(lines) for split, lines in answers.items()}
 
 
-def verified_keys(workdir: str) -> set[str]:
+def verified_keys(folder: str) -> set[str]:
+    """The keys of FOLDER/verified_train.tsv and verified_val.tsv."""
     keys = set()
     for split in ("train", "val"):
-        with open(os.path.join(workdir, "review", f"verified_{split}.tsv")) as f:
+        with open(os.path.join(folder, f"verified_{split}.tsv")) as f:
             keys |= {line.split("\t")[0] for line in f.read().splitlines()[1:] if line.strip()}
     return keys
 
 
-def figures(workdir: str, truth: dict[str, str]) -> dict:
+def figures(workdir: str, verified_folder: str, truth: dict[str, str]) -> dict:
     """Whole-pool error (rows not verified) of scores.tsv's `noisy`, and what metrics.json reports."""
-    verified = verified_keys(workdir)
+    verified = verified_keys(verified_folder)
     errors = n = 0
     with open(os.path.join(workdir, "verify", "scores.tsv")) as f:
         header = f.readline().rstrip("\n").split("\t")
@@ -118,23 +119,21 @@ def main(argv):
     folder = os.path.join(FLAGS.work, "folder")
     print(f"folder: {make_folder(FLAGS.release, folder)} images under {folder}", flush=True)
 
-    plan = os.path.join(FLAGS.work, "plan")
-    run("plan_cold", folder, plan)
-    with open(os.path.join(plan, "verify", "metrics.json")) as f:
-        cold = json.load(f)
-    print(f"cold start: calibrated={cold.get('calibrated')} detection_error={cold.get('detection_error')}",
-          flush=True)
-    print(f"plan answered: {answer_plan(plan, truth)}", flush=True)
-    run("plan_verified", folder, plan)
-
-    random = os.path.join(FLAGS.work, "random")
-    os.makedirs(os.path.join(random, "review"), exist_ok=True)
-    for split in ("train", "val"):
-        shutil.copy(os.path.join(FLAGS.release, "meta", f"verified_{split}.tsv"),
-                    os.path.join(random, "review", f"verified_{split}.tsv"))
-    run("random", folder, random)
-
-    results = {"plan": figures(plan, truth), "random": figures(random, truth)}
+    plan, random = os.path.join(FLAGS.work, "plan"), os.path.join(FLAGS.work, "random")
+    if FLAGS.runs in ("both", "plan"):
+        run("plan_cold", folder, plan)
+        with open(os.path.join(plan, "verify", "metrics.json")) as f:
+            cold = json.load(f)
+        print(f"cold start: calibrated={cold.get('calibrated')} detection_error={cold.get('detection_error')}",
+              flush=True)
+        print(f"plan answered: {answer_plan(plan, truth)}", flush=True)
+        run("plan_verified", folder, plan)
+    if FLAGS.runs in ("both", "random"):
+        run("random", FLAGS.release, random)
+    if not all(os.path.exists(os.path.join(w, "verify", "scores.tsv")) for w in (plan, random)):
+        return
+    results = {"plan": figures(plan, os.path.join(plan, "review"), truth),
+               "random": figures(random, os.path.join(FLAGS.release, "meta"), truth)}
     for name, result in results.items():
         print(f"{name:<7} verified {result['verified']:>5}  pool error {result['pool_error']:.4f} "
               f"({result['pool_rows']} rows)  reported {result['reported_error']:.4f} on {result['n_val']} val rows  "
