@@ -48,10 +48,10 @@ from cleannet_tf import atomic_io, pipeline
 from cleannet_tf import config as config_lib
 from cleannet_tf.data import demo
 from cleannet_tf.data import table as data_table
-from cleannet_tf.detection import scores_tsv
-from cleannet_tf.pipeline.classifier import classifier_weights
+from cleannet_tf.pipeline import scores_tsv
+from cleannet_tf.pipeline.artifacts import classifier_weights
 from cleannet_tf.pipeline.table import load_table
-from cleannet_tf.pipeline.workdir import verify_dir
+from cleannet_tf.pipeline.workdir import resolve_data_root, verify_dir
 from cleannet_tf.training import classifier
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Pipeline config file.")
@@ -80,7 +80,7 @@ def release_config(base: ml_collections.ConfigDict, root: str, features: str):
     config.data.demo, config.data.format, config.data.root, config.data.features = "", "food101n", root, features
     heldout = sorted(glob.glob(os.path.join(root, "meta", "classes_heldout_*.txt")))
     config.data.heldout_list = heldout[0] if heldout else ""
-    config.classifier.after_verify = ""
+    config.classifier.after_verify = ()
     return config_lib.validate(config)
 
 
@@ -182,7 +182,7 @@ def main(argv) -> None:
     config, workdir = _CONFIG.value, _WORKDIR.value
     output_root = _OUTPUT.value or os.path.join(workdir, "classifier_benchmark")
     table = load_table(config, workdir)
-    truth = demo.read_demo_truth(config_lib.resolve_data_root(config, workdir))
+    truth = demo.read_demo_truth(resolve_data_root(config, workdir))
     true_labels = np.array([truth.get(key, label) for key, label in zip(table.keys, table.labels, strict=True)])
     pool = table.split != data_table.SPLIT_TEST
     print(f"{int(pool.sum())} training images, {np.mean(true_labels[pool] != table.labels[pool]):.1%} wrong labels, "

@@ -22,10 +22,9 @@ from absl import app, flags
 
 from cleannet_tf import config as config_lib
 from cleannet_tf import ops
-from cleannet_tf.features import pool
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.model.cleannet import encode_classes, query_encoder_of
-from cleannet_tf.training import cleannet
+from cleannet_tf.training import cleannet, pool
 
 _CLASSES = flags.DEFINE_integer("classes", 101, "Classes (101 as Food-101N; 14 as Clothing1M).")
 _STEPS = flags.DEFINE_integer("train_steps", 60, "Timed training steps per encoding.")

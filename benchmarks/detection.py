@@ -29,16 +29,14 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from cleannet_tf import ops
-from cleannet_tf.detection import (
-    fit,  # noqa: E402
-    metrics,
-    verifier,
-)
+from cleannet_tf.detection import fit, verifier  # noqa: E402
 from cleannet_tf.detection import signals as detection_signals
+from cleannet_tf.model.cleannet import MODE_SCORING
 from cleannet_tf.pipeline import demo, records, runner
+from cleannet_tf.pipeline.artifacts import load_training_inputs
 from cleannet_tf.pipeline.table import load_table
-from cleannet_tf.pipeline.train import load_training_inputs
 from cleannet_tf.training import cleannet as cleannet_training
+from cleannet_tf.training import metrics
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Pipeline config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/cleannet_demo", "Workdir of the pipeline's earlier steps.")
@@ -134,7 +132,7 @@ def run_setting(config, workdir: str, name: str, shared: dict) -> None:
             start = time.perf_counter()
             model, _ = fit.fit_verifier(cleannet, data, reference_sets, mode=mode)
             scores = verifier.class_scores(model, data.features)[np.arange(len(data.labels)), data.labels]
-            add(f"  same CleanNet, {verifier.MODE_SCORING[mode]} score", scores, time.perf_counter() - start)
+            add(f"  same CleanNet, {MODE_SCORING[mode]} score", scores, time.perf_counter() - start)
 
     start = time.perf_counter()
     add("class-centroid cosine", demo.centroid_cosine_scores(data.features, data.labels,

@@ -17,7 +17,7 @@ classes_heldout_<H>.txt; made for CIFAR-10N by make_realnoise.py, or a user's ow
                                  mode (configs/demo.py: stacked, core k-means, calibration classes) with its
                                  verify.signals and the other signal choices, and the margin (robust) score of
                                  that same CleanNet
-    stacked + neighbour signals  benchmark-only rows (not a library mode): detection_signals.StackedDetector on the
+    stacked + neighbour signals  benchmark-only rows (not a library mode): stacking.StackedDetector on the
                                  class-mean margin, kNN agreement and vote share (fitted on the verified classes'
                                  verified_train rows), and with CleanNet's four signals too (fitted on the
                                  calibration classes' verified_train rows, which CleanNet did not train on)
@@ -59,15 +59,15 @@ from ml_collections import config_flags  # noqa: E402
 from benchmarks.transfer_variants import cleanlab_probabilities  # noqa: E402
 from cleannet_tf.data import table as data_table
 from cleannet_tf.detection import fit as verifier_fit
-from cleannet_tf.detection import metrics, verifier
 from cleannet_tf.detection import signals as detection_signals
-from cleannet_tf.features import neighbours, pool
+from cleannet_tf.detection import stacking, verifier
+from cleannet_tf.features import neighbours
 from cleannet_tf.pipeline import demo, records
-from cleannet_tf.pipeline.extract import open_features
+from cleannet_tf.pipeline.artifacts import load_training_inputs, open_features
 from cleannet_tf.pipeline.refs import run_refs
 from cleannet_tf.pipeline.table import load_table
-from cleannet_tf.pipeline.train import load_training_inputs
 from cleannet_tf.training import cleannet as cleannet_training
+from cleannet_tf.training import metrics, pool
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Config of the CleanNet modes.")
 _ROOT = flags.DEFINE_string("root", "", "One release (instead of --dataset/--seeds).")
@@ -218,7 +218,7 @@ def cleannet_rows(config, workdir: str, table: data_table.LabelTable, add) -> tu
         if mode == "paper":
             variants = [("CleanNet mode=paper (cosine)", "paper", verifier.SIGNAL_NAMES[:4])]
         else:
-            chosen = tuple(s.strip() for s in config.verify.signals.split(",") if s.strip())
+            chosen = tuple(config.verify.signals)
             variants = [(f"CleanNet mode={mode}, signals={','.join(chosen)} (config)", mode, chosen)]
             if mode == "stacked":
                 for signals in (verifier.SIGNAL_NAMES[:4], ("class_mean_cosine", "class_mean_margin"),
@@ -249,9 +249,9 @@ def cleannet_rows(config, workdir: str, table: data_table.LabelTable, add) -> tu
 
 def stacked_with_neighbours(data: pool.TrainingData, columns: dict[str, np.ndarray], fit: np.ndarray,
                             seed: int) -> np.ndarray:
-    """signals.StackedDetector (logistic) on the named (P,) signal columns, fitted on pool rows `fit`: (P,)."""
+    """stacking.StackedDetector (logistic) on the named (P,) signal columns, fitted on pool rows `fit`: (P,)."""
     signals = np.stack(list(columns.values()), axis=1)
-    detector = detection_signals.StackedDetector(seed=seed).fit(signals[fit], data.verification[fit])
+    detector = stacking.StackedDetector(seed=seed).fit(signals[fit], data.verification[fit])
     weights = ", ".join(f"{name} {w:+.2f}" for name, w in detector.coefficients(list(columns)).items())
     print(f"    weights: {weights}")
     return detector.score(signals)

@@ -1,7 +1,7 @@
 """Benchmark: the classifier-signal candidates of the real-photos default, on the same features and protocol.
 
 Each candidate is a (P,) score of every pool image from the linear classifier of the noisy labels (or a softmax
-head, or neighbour structure on top), combined by the stacked logistic regression (detection_signals.StackedDetector)
+head, or neighbour structure on top), combined by the stacked logistic regression (stacking.StackedDetector)
 fitted on the verified classes' verified_train rows; benchmarks/realnoise.py's `evaluate` measures it
 (threshold on those rows, error on verified_val rows, verified / held-out classes apart). The candidates:
 
@@ -35,9 +35,11 @@ from absl import app, flags, logging  # noqa: E402
 
 from benchmarks import realnoise, truth_tsv  # noqa: E402  (realnoise: its flags)
 from cleannet_tf.detection import signals as detection_signals  # noqa: E402
-from cleannet_tf.features import neighbours, pool  # noqa: E402
-from cleannet_tf.pipeline.extract import open_features  # noqa: E402
+from cleannet_tf.detection import stacking
+from cleannet_tf.features import neighbours  # noqa: E402
+from cleannet_tf.pipeline.artifacts import open_features
 from cleannet_tf.pipeline.table import load_table  # noqa: E402
+from cleannet_tf.training import pool
 
 _SOFTMAX = flags.DEFINE_bool("softmax", True, "Also the softmax heads (TensorFlow, slow).")
 _TRUTH = flags.DEFINE_string("truth", "", "With the true labels, {release}.truth.tsv beside each release (e.g. "
@@ -93,7 +95,7 @@ def candidates(data: pool.TrainingData, seed: int, true_labels: np.ndarray | Non
 
     def stacked(*columns):
         signals = np.stack(columns, axis=1)
-        return detection_signals.StackedDetector(seed=seed).fit(signals[fit], verification).score(signals)
+        return stacking.StackedDetector(seed=seed).fit(signals[fit], verification).score(signals)
 
     def classifier_scores(l2=1.0, sample_weights=None, features=x):
         w, b = detection_signals.linear_classifier(features, labels, num_classes=num_classes, l2=l2,

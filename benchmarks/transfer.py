@@ -48,6 +48,7 @@ from benchmarks.transfer_setting import Setting, build_workdir, evaluate, load_s
 from benchmarks.transfer_variants import cleanlab_probabilities, own, reference_masses, train_library, train_variant
 from cleannet_tf import ops
 from cleannet_tf.detection import signals as detection_signals
+from cleannet_tf.detection import stacking
 from cleannet_tf.pipeline import demo as pipeline_demo
 from cleannet_tf.pipeline import records
 
@@ -165,9 +166,9 @@ def run_setting(setting: Setting, args, shared: dict) -> list[dict]:
     signal_seconds = time.perf_counter() - start
     add("robust class-mean margin (no verif.)", signals[:, names.index("robust_margin")], signal_seconds)
     train = data.verified_train  # verified classes only: held-out classes have no training rows
-    for model in detection_signals.MODELS:
+    for model in stacking.MODELS:
         start = time.perf_counter()
-        detector = detection_signals.StackedDetector(model=model, seed=args.seed).fit(signals[train],
+        detector = stacking.StackedDetector(model=model, seed=args.seed).fit(signals[train],
                                                                               data.verification[train])
         add(f"stacked detector ({model})", detector.score(signals), signal_seconds + time.perf_counter() - start)
         if model == "logistic":
@@ -179,7 +180,7 @@ def run_setting(setting: Setting, args, shared: dict) -> list[dict]:
                           detection_signals.per_class_standardize(own_scores, data.labels, num_classes=num_classes)], 1)
         start = time.perf_counter()
         both = np.concatenate([signals, extra], axis=1)
-        detector = detection_signals.StackedDetector(seed=args.seed).fit(both[train], data.verification[train])
+        detector = stacking.StackedDetector(seed=args.seed).fit(both[train], data.verification[train])
         add("stacked (logistic) + CleanNet mass-aware", detector.score(both), signal_seconds + time.perf_counter()
             - start, note="CleanNet saw these training rows")
     return results

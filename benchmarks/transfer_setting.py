@@ -12,20 +12,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
-from cleannet_tf import config as config_lib  # noqa: E402
 from cleannet_tf.data import demo
 from cleannet_tf.data import table as data_table
 from cleannet_tf.data.food101n import read_food101n
-from cleannet_tf.detection import metrics
-from cleannet_tf.features import pool as training_pool
 from cleannet_tf.features import references as references_lib  # noqa: E402
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.pipeline import records
 from cleannet_tf.pipeline import table as table_lib
+from cleannet_tf.pipeline.artifacts import open_features
 from cleannet_tf.pipeline.classifier import run_train_classifier
-from cleannet_tf.pipeline.extract import open_features, run_extract
+from cleannet_tf.pipeline.extract import run_extract
 from cleannet_tf.pipeline.refs import reference_rows, run_refs
-from cleannet_tf.pipeline.workdir import references_path
+from cleannet_tf.pipeline.workdir import references_path, resolve_data_root
+from cleannet_tf.training import metrics
+from cleannet_tf.training import pool as training_pool
 
 HELDOUT = 50  # the demo's held-out list
 
@@ -57,7 +57,7 @@ def load_table(config, workdir: str) -> data_table.LabelTable:
     except ValueError as error:
         if "other parameters" not in str(error):
             raise
-        root = config_lib.resolve_data_root(config, workdir)
+        root = resolve_data_root(config, workdir)
         logging.warning("%s was made by another demo-generator version; reading it as it is.", root)
         table = read_food101n(root)
         if config.data.demo_heldout:
@@ -105,7 +105,7 @@ def load_setting(base_config, workdir: str, name: str, cache: dict) -> Setting:
     data = training_pool.prepare_training_data(table, features, reference_sets.class_names,
                                             reference_sets.references.shape[2], reference_sets.counts)
     truth_correct = None
-    truth_file = os.path.join(config_lib.resolve_data_root(config, workdir), "meta", "truth.tsv")
+    truth_file = os.path.join(resolve_data_root(config, workdir), "meta", "truth.tsv")
     if os.path.exists(truth_file):
         truth = demo.read_demo_truth(os.path.dirname(os.path.dirname(truth_file)))
         true = np.array([truth.get(key, -1) for key in table.keys[data.table_rows]])

@@ -17,10 +17,10 @@ import tensorflow as tf  # noqa: E402
 
 from benchmarks.transfer_setting import ROBUST_CORE_FRACTION, Setting
 from cleannet_tf import ops
-from cleannet_tf.features import pool as training_pool
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.model.cleannet import encode_classes, query_encoder_of, reference_encoder_of  # noqa: E402
 from cleannet_tf.training import cleannet
+from cleannet_tf.training import pool as training_pool
 
 
 def cleanlab_probabilities(data: training_pool.TrainingData, seed: int) -> np.ndarray:

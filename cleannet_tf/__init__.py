@@ -21,7 +21,7 @@ import sys
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "CleanNetDetector": "cleannet_tf.detector",
+    "CleanNetDetector": "cleannet_tf.detection.detector",
     "build_cleannet": "cleannet_tf.model.cleannet",
     "find_label_issues": "cleannet_tf.detection.label_noise",
     "sample_weights": "cleannet_tf.detection.label_noise",

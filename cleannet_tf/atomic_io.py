@@ -108,17 +108,26 @@ def atomic_path(path: str, *, shared: bool = False) -> Iterator[str]:
         raise
 
 
-def write_bytes(path: str, data: bytes) -> None:
-    """`data` to `path` through a temporary name (flushed to disk before the rename)."""
+def write_bytes(path: str, data: bytes, *, sync_folder: bool = False) -> None:
+    """`data` to `path` through a temporary name (flushed to disk before the rename).
+
+    sync_folder: also flush the folder after the rename, so the new file survives a power loss (decisions).
+    """
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+    if sync_folder:
+        folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
-def write_text(path: str, text: str, *, encoding: str = "utf-8") -> None:
-    """`text` to `path` through a temporary name."""
-    write_bytes(path, text.encode(encoding))
+def write_text(path: str, text: str, *, encoding: str = "utf-8", sync_folder: bool = False) -> None:
+    """`text` to `path` through a temporary name (sync_folder: see write_bytes)."""
+    write_bytes(path, text.encode(encoding), sync_folder=sync_folder)
 
 
 def write_json(path: str, payload: Any, *, indent: int = 2, sort_keys: bool = False) -> None:

@@ -3,49 +3,51 @@
 Every step reads the same `ml_collections.ConfigDict`. Files in `configs/` call
 `default_config()` and override a few fields; `validate()` rejects unknown or
 inconsistent fields with a message naming the field and the value received.
+Imports nothing of the package (importing it loads no TensorFlow): the choice lists below are the schema's, and
+tests/test_config.py checks each against the module that implements it.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
 
-from cleannet_tf.data import images, table
-from cleannet_tf.data.demo_render import KINDS
-from cleannet_tf.detection import verifier
-from cleannet_tf.features import backbones
-from cleannet_tf.model import layers
-from cleannet_tf.training import classifier, cleannet, distribute
+# The choices of each field (the implementing module in brackets; tests/test_config.py checks they agree).
+DATA_FORMATS = ("auto", "food101n", "clothing1m", "tsv", "csv", "folder")  # data/table.FORMATS
+DEMO_DATASETS = ("", "digits", "two_digits")  # "" and data/demo_render.KINDS
+BACKBONES = ("resnet50", "mobilenet_v3_small", "efficientnet_v2_b0", "efficientnet_lite0", "small_cnn")  # backbones
+RESIZE_MODES = ("squash", "center_crop")  # data/images.RESIZE_MODES
+AUGMENTATIONS = ("none", "flip", "flip_crop", "randaugment")  # data/images.AUGMENTATIONS
+FEATURE_NORMS = ("log", "l2", "none")  # model/layers.FEATURE_NORMS
+WEIGHTINGS = ("none", "soft", "hard")  # training/classifier.WEIGHTINGS
+CLEANNET_MODES = ("paper", "robust", "stacked")  # detection's MODE_SCORING
+ENCODINGS = ("per_class", "per_sample")  # training/cleannet.ENCODINGS
+STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")  # training/distribute.STRATEGIES
+SIGNAL_NAMES = ("cleannet_cosine", "cleannet_margin", "class_mean_cosine", "class_mean_margin", "classifier_score",
+                "classifier_margin", "knn_agreement")  # detection's SIGNAL_NAMES
+DEFAULT_MAX_PIXELS = 40_000_000  # data/DEFAULT_MAX_PIXELS
 
-# The choices of each field, from the module that implements them.
-DATA_FORMATS = table.FORMATS
-DEMO_DATASETS = ("", *KINDS)
-BACKBONES = tuple(backbones.BACKBONES)
-RESIZE_MODES = images.RESIZE_MODES
-AUGMENTATIONS = images.AUGMENTATIONS
-FEATURE_NORMS = layers.FEATURE_NORMS
-WEIGHTINGS = classifier.WEIGHTINGS
-CLEANNET_MODES = tuple(verifier.MODE_SCORING)
-ENCODINGS = cleannet.ENCODINGS
-STRATEGIES = distribute.STRATEGIES
+# Fields holding a tuple of names or paths. A comma string ("soft,hard", the form before they were tuples) is
+# still read: from a config file, from JSON (a list) and from the command line (`--config.x=a,b` arrives as
+# ("a,b",)); `normalise_lists` (run by `validate`) turns it into the tuple.
+LIST_FIELDS = ("data.extra_verified", "verify.signals", "classifier.after_verify")
 
 
-def split_names(value: str) -> tuple[str, ...]:
-    """The names of a comma list field ("soft, hard" -> ("soft", "hard")); empty items dropped."""
-    return tuple(name.strip() for name in str(value).split(",") if name.strip())
+def _section() -> ml_collections.ConfigDict:
+    # not type safe, so a config file may still assign a comma string to a tuple field (validate converts it;
+    # _check_schema checks every type)
+    return ml_collections.ConfigDict(type_safe=False)
 
 
 def default_config() -> ml_collections.ConfigDict:
     """Returns the full schema with the paper's defaults (ResNet-50, h=2048)."""
-    config = ml_collections.ConfigDict()
+    config = _section()
     config.seed = 0
 
     # --- Dataset (layouts read: README "Datasets read").
-    config.data = ml_collections.ConfigDict()
+    config.data = _section()
     config.data.format = "auto"  # auto (told apart from data.root) | food101n | clothing1m | tsv | csv | folder
     # Dataset root (release layout), or for `tsv` the .tsv file itself. For `csv` the .csv file; for `folder`
     # the folder of class subfolders. Relative paths are taken from the working directory.
@@ -69,14 +71,15 @@ def default_config() -> ml_collections.ConfigDict:
     config.data.demo_noise_rate = 0.3
     config.data.demo_images_per_class = 0  # 0: the generator's default.
     config.data.demo_heldout = 0  # held-out classes in the demo's heldout list.
-    # Extra verification labels in verified_train.tsv format (header, `key<TAB>0|1`), comma list, applied after
-    # heldout_list (a person's decisions count in held-out classes too) to training rows; they win over the
-    # dataset's own. A file named verified_val.tsv makes its rows verified validation rows instead. "auto":
-    # WORKDIR/review/verified_train.tsv and verified_val.tsv (cleannet-review's) when they exist; "": none.
-    config.data.extra_verified = "auto"
+    # Extra verification labels (verified_train.tsv format: header, `key<TAB>0|1`), paths applied after heldout_list
+    # to training rows (a file named verified_val.tsv: validation rows), over the dataset's own. On the command
+    # line: --config.data.extra_verified="('a.tsv', 'b.tsv')".
+    config.data.extra_verified = ()
+    # Also apply cleannet-review's WORKDIR/review/verified_{train,val}.tsv when they exist (before extra_verified).
+    config.data.merge_review = True
 
     # --- Image input pipeline and backbone (feature extractor, classifier).
-    config.model = ml_collections.ConfigDict()
+    config.model = _section()
     # small_cnn | resnet50 | mobilenet_v3_small | efficientnet_v2_b0 | efficientnet_lite0
     config.model.backbone = "resnet50"
     # random | imagenet (downloads; users' machines only; efficientnet_lite0's come
@@ -87,21 +90,21 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.image_height = 224
     config.model.image_width = 224
     config.model.feature_dim = 0  # small_cnn only; 0 = its default (256).
-    config.input = ml_collections.ConfigDict()
+    config.input = _section()
     config.input.resize = "center_crop"  # squash | center_crop (short side, then crop)
     config.input.augment = "none"  # none | flip | flip_crop | randaugment (training only)
     config.input.parallel_calls = 0  # 0: tf.data.AUTOTUNE
     # Pixel limit of every image decoder (extraction, classifier training, the exported graphs), read from the
     # image's header before decoding: larger dataset images are skipped ("too large"), larger requests refused.
-    config.input.max_pixels = images.DEFAULT_MAX_PIXELS
+    config.input.max_pixels = DEFAULT_MAX_PIXELS
 
     # --- cleannet-extract.
-    config.extract = ml_collections.ConfigDict()
+    config.extract = _section()
     config.extract.batch_size = 64  # global batch over all replicas
     config.extract.shard_size = 8192  # images per shard file of the feature store
 
     # --- cleannet-refs: per-class k-means++ reference sets (paper: K=32).
-    config.refs = ml_collections.ConfigDict()
+    config.refs = _section()
     config.refs.num_references = 32
     config.refs.n_init = 10  # paper: attempts=10
     config.refs.max_iter = 50  # paper: max_iter=50
@@ -114,7 +117,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.refs.core_fraction = 1.0
 
     # --- CleanNet model (paper dimensions).
-    config.cleannet = ml_collections.ConfigDict()
+    config.cleannet = _section()
     # paper: the method as published; an image's score is cos(query, its class).
     # robust: the score is the margin of its class over the best other class
     # (with refs.core_fraction < 1): transfers to classes nobody verified
@@ -140,7 +143,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.cleannet.weight_decay = 1e-4  # TF1 l2_regularizer scale (w.sum()^2 / 2)
 
     # --- CleanNet losses (paper defaults).
-    config.loss = ml_collections.ConfigDict()
+    config.loss = _section()
     config.loss.negative_weight = 5.0
     config.loss.margin = 0.1
     config.loss.reconstruction_weight = 0.1
@@ -151,7 +154,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.loss.other_class_weight = 0.0
 
     # --- cleannet-train (paper: SGD momentum 0.9, lr 0.01 x0.1 at half, 60k steps).
-    config.train = ml_collections.ConfigDict()
+    config.train = _section()
     config.train.steps = 60000
     config.train.batch_size = 64  # global: half verified, half unverified
     config.train.learning_rate = 0.01
@@ -163,13 +166,13 @@ def default_config() -> ml_collections.ConfigDict:
     config.train.log_every = 100
 
     # --- cleannet-verify.
-    config.verify = ml_collections.ConfigDict()
+    config.verify = _section()
     # Share of each class nearest its trimmed mean that makes its robust class
     # mean (the stacked scoring's class-mean signals).
     config.verify.class_mean_keep = 0.7
-    # Signals (comma list of verifier.SIGNAL_NAMES) the stacked scoring combines: CleanNet's
+    # Signals (a tuple of SIGNAL_NAMES) the stacked scoring combines: CleanNet's
     # cosine and margin, the features' cosine and margin to robust class means.
-    config.verify.signals = "cleannet_cosine,cleannet_margin,class_mean_cosine,class_mean_margin"
+    config.verify.signals = ("cleannet_cosine", "cleannet_margin", "class_mean_cosine", "class_mean_margin")
     config.verify.classifier_rounds = 0  # refits of the classifier signals weighted by P(label correct) (fit.py)
     # Active verification: images proposed for a person to verify, per class.
     config.verify.budget_per_class = 10
@@ -177,11 +180,11 @@ def default_config() -> ml_collections.ConfigDict:
     config.verify.report_classes = 6
 
     # --- cleannet-train-classifier.
-    config.classifier = ml_collections.ConfigDict()
+    config.classifier = _section()
     config.classifier.weighting = "none"  # none | soft (P(label correct)) | hard (s >= threshold)
-    # Weighted classifiers cleannet-run trains after cleannet-verify (comma
-    # list of soft, hard; "" for none). Each goes to WORKDIR/classifier_<w>/.
-    config.classifier.after_verify = "soft"
+    # Weighted classifiers cleannet-run trains after cleannet-verify (a tuple
+    # of soft, hard; () for none). Each goes to WORKDIR/classifier_<w>/.
+    config.classifier.after_verify = ("soft",)
     # Backbone weights the classifier starts from: auto (imagenet, the paper's,
     # where the backbone has them, else random), imagenet, random, or a file.
     config.classifier.initial_weights = "auto"
@@ -195,7 +198,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.classifier.finetune_learning_rate = 0.001
 
     # --- Distribution.
-    config.runtime = ml_collections.ConfigDict()
+    config.runtime = _section()
     # auto: mirrored over every GPU if any, else the default strategy.
     config.runtime.strategy = "auto"
     # >1 splits the host CPU into this many logical devices (testing mirrored
@@ -261,19 +264,58 @@ def _check_schema(config: Mapping, schema: Mapping, prefix: str = "") -> None:
                 _fail(path, "must be a whole number", value)
         elif isinstance(expected, str) and not isinstance(value, str):
             _fail(path, "must be a string", value)
+        elif isinstance(expected, tuple) and not (isinstance(value, tuple) and all(isinstance(v, str) for v in value)):
+            _fail(path, "must be a tuple of strings", value)
     for name in schema:
         if name not in config:
             raise ValueError(f"config.{prefix}{name}: missing field.")
+
+
+def _names(value: Any) -> tuple[str, ...] | Any:
+    """("a", "b") from "a,b", ["a", "b"] or ("a,b",); other values as they are (the schema check names them)."""
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (tuple, list)) or not all(isinstance(item, str) for item in value):
+        return value
+    return tuple(name.strip() for item in value for name in item.split(",") if name.strip())
+
+
+def _normalise_list(config: ml_collections.ConfigDict, section: ml_collections.ConfigDict, name: str) -> None:
+    raw = section[name]  # "a,b" (a config file), ["a"] (JSON), ("a,b",) (--config.x=a,b)
+    del section[name]  # a type-safe ConfigDict would turn the tuple back into the list or string it held
+    section[name] = _names(raw)
+    if name == "extra_verified" and "merge_review" in config.data:
+        legacy_string = isinstance(raw, str) or (isinstance(raw, (tuple, list)) and len(raw) == 1
+                                                 and isinstance(raw[0], str) and ("," in raw[0] or not raw[0]))
+        paths = section[name]
+        if isinstance(paths, tuple) and "auto" in paths:
+            section.merge_review = True
+            section[name] = tuple(path for path in paths if path != "auto")
+        elif legacy_string:
+            section.merge_review = False
+
+
+def normalise_lists(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Makes each of LIST_FIELDS a tuple of names (in place). data.extra_verified as the string it was before
+    data.merge_review (or one such command line value): "auto" sets merge_review, "" or paths clear it."""
+    with config.unlocked():
+        for field in LIST_FIELDS:
+            section, name = field.split(".")
+            if section in config and name in config[section]:
+                _normalise_list(config, config[section], name)
+    return config
 
 
 def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> ml_collections.ConfigDict:
     """Checks `config` against the schema and for consistency; returns it.
 
     needs_data=False: the data come as arrays (CleanNetDetector), so data.root may be empty.
+    The LIST_FIELDS of `config` are made tuples first (`normalise_lists`).
 
     Raises:
         ValueError: naming the first bad field and the value received.
     """
+    normalise_lists(config)
     _check_schema(config, default_config())
     _check_choice(config, "data.format", DATA_FORMATS)
     _check_choice(config, "data.demo", DEMO_DATASETS)
@@ -341,14 +383,12 @@ def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> m
         _fail("cleannet.calibration_fraction", "must be in [0, 1)", config.cleannet.calibration_fraction)
     if not 0.0 < config.verify.class_mean_keep <= 1.0:
         _fail("verify.class_mean_keep", "must be in (0, 1]", config.verify.class_mean_keep)
-    signal_names = verifier.SIGNAL_NAMES
-    signals = split_names(config.verify.signals)
-    if not signals or not set(signals) <= set(signal_names) or len(set(signals)) != len(signals):
-        _fail("verify.signals", f"must be distinct names among {signal_names}", signals)
+    signals = config.verify.signals
+    if not signals or not set(signals) <= set(SIGNAL_NAMES) or len(set(signals)) != len(signals):
+        _fail("verify.signals", f"must be distinct names among {SIGNAL_NAMES}", signals)
     _check_choice(config, "classifier.weighting", WEIGHTINGS)
-    for weighting in split_names(config.classifier.after_verify):
-        if weighting not in WEIGHTINGS or weighting == "none":
-            _fail("classifier.after_verify", "must be a comma list of soft, hard", config.classifier.after_verify)
+    if not set(config.classifier.after_verify) <= {"soft", "hard"}:
+        _fail("classifier.after_verify", "must be a tuple of soft, hard", config.classifier.after_verify)
     initial = config.classifier.initial_weights
     if initial not in ("auto", "random", "imagenet") and not initial.endswith((".keras", ".weights.h5")):
         _fail("classifier.initial_weights",
@@ -358,68 +398,3 @@ def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> m
     _check_choice(config, "runtime.strategy", STRATEGIES)
     _check_positive(config, "runtime.logical_cpu_devices", allow_zero=True)
     return config
-
-
-def resolve_data_root(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """Returns the dataset root: data.root, or WORKDIR/demo_data for the demo."""
-    if config.data.root:
-        return os.path.abspath(os.path.expanduser(config.data.root))
-    return os.path.join(os.path.abspath(workdir), "demo_data")
-
-
-def review_verified_path(workdir: str) -> str:
-    """Where cleannet-review saves a person's decisions: WORKDIR/review/verified_train.tsv."""
-    return os.path.join(os.path.abspath(workdir), "review", "verified_train.tsv")
-
-
-def resolve_extra_verified(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
-    """The files data.extra_verified names ("auto": the review's files, those that exist).
-
-    A file named verified_val.tsv holds validation rows (load_table makes them verified val rows).
-    """
-    if config.data.extra_verified == "auto":  # the review's verified_train.tsv and verified_val.tsv
-        train = review_verified_path(workdir)
-        paths = [train, os.path.join(os.path.dirname(train), "verified_val.tsv")]
-        return [path for path in paths if os.path.exists(path)]
-    return [os.path.abspath(os.path.expanduser(p.strip())) for p in config.data.extra_verified.split(",") if p.strip()]
-
-
-def save_config(config: ml_collections.ConfigDict, path: str) -> None:
-    """Writes the resolved config as JSON (per-process temporary name, then rename)."""
-    from cleannet_tf import atomic_io
-
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_io.write_json(path, config.to_dict(), sort_keys=True)
-
-
-def select_fields(config: ml_collections.ConfigDict, patterns) -> dict[str, Any]:
-    """{"section.field": value} of the fields `patterns` name, in schema order.
-
-    A pattern is a field ("train.steps", "seed"), a section ("refs.*"), or "-section.field" to leave one out.
-    """
-    flat = {}
-    for name, value in config.items():
-        if _is_section(value):
-            flat.update({f"{name}.{field}": inner for field, inner in value.items()})
-        else:
-            flat[name] = value
-    chosen: dict[str, Any] = {}
-    for pattern in patterns:
-        if pattern.startswith("-"):
-            chosen.pop(pattern[1:], None)
-        elif pattern.endswith(".*"):
-            chosen.update({k: v for k, v in flat.items() if k.startswith(pattern[:-1])})
-        elif pattern in flat:
-            chosen[pattern] = flat[pattern]
-        else:
-            raise KeyError(f"config.{pattern}: no such field")
-    return chosen
-
-
-def hash_fields(values: Mapping[str, Any]) -> str:
-    """sha256 (hex, 16 digits) of {field: value}: equal exactly when every value is equal."""
-    import hashlib
-
-    same = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in values.items()}  # 1.0 == 1
-    text = json.dumps(same, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -15,8 +15,9 @@ def signed_log1p(features: np.ndarray) -> np.ndarray:
     return np.sign(features) * np.log1p(np.abs(features))
 
 
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Each row divided by its L2 norm (at least 1e-12): (N, D) -> (N, D)."""
+def unit_rows(x: np.ndarray, dtype=None) -> np.ndarray:
+    """Each row divided by its L2 norm (at least 1e-12): (N, D) -> (N, D), as `dtype` when given."""
+    x = np.asarray(x, dtype)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 

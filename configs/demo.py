@@ -34,17 +34,17 @@ def get_config(kind: str = "two_digits"):
     # over to the held-out classes, and the robust class-mean margin alone beats
     # every combination on three seeds (docs/verification.md, "Transfer"), so the score is that
     # margin calibrated on the verified rows (2 P(correct) - 1);
-    # --config.verify.signals=cleannet_cosine,cleannet_margin,class_mean_cosine,class_mean_margin
+    # --config.verify.signals="('cleannet_cosine','cleannet_margin','class_mean_cosine','class_mean_margin')"
     # stacks all four.
     config.cleannet.mode = "stacked"
     config.cleannet.calibration_fraction = 0.3
     config.refs.core_fraction = 0.7
-    config.verify.signals = "class_mean_margin"
+    config.verify.signals = ("class_mean_margin",)
     config.train.steps = 3000
     config.train.eval_every = 500
     config.train.lr_decay_steps = 1500
     config.classifier.epochs = 8
     config.classifier.batch_size = 64
     config.classifier.learning_rate = 0.05
-    config.classifier.after_verify = "soft,hard"  # the demo compares none / soft / hard
+    config.classifier.after_verify = ("soft", "hard")  # the demo compares none / soft / hard
     return config

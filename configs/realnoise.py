@@ -29,7 +29,7 @@ def get_config():
     config.cleannet.mode = "stacked"
     # Calibration classes: only a score with CleanNet's signals uses them (fitted where CleanNet did not train).
     config.cleannet.calibration_fraction = 0.3
-    config.verify.signals = "classifier_score,classifier_margin"
+    config.verify.signals = ("classifier_score", "classifier_margin")
     # One refit of the classifier with rows weighted by the stacked P(label correct), verified_train rows by
     # their verification (docs/results.md: held-out error 0.159 -> 0.153 on worst, 0.074 -> 0.070 on aggre).
     config.verify.classifier_rounds = 1

@@ -19,7 +19,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from cleannet_tf.pipeline.train import load_training_inputs  # noqa: E402
+from cleannet_tf.pipeline.artifacts import load_training_inputs  # noqa: E402
 from cleannet_tf.pipeline.workdir import cleannet_dir  # noqa: E402
 from cleannet_tf.training import cleannet, distribute  # noqa: E402
 

@@ -22,8 +22,9 @@ from PIL import Image
 
 from cleannet_tf import config as config_lib
 from cleannet_tf.data import table as data_table
-from cleannet_tf.detection import active, scores_tsv
 from cleannet_tf.features.references import ReferenceSets
+from cleannet_tf.pipeline import scores_tsv, to_verify
+from cleannet_tf.pipeline import workdir as workdir_lib
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.workdir import references_path
 from cleannet_tf.training import checkpointing
@@ -116,11 +117,11 @@ def make_workdir(tmp_path, *, train_steps: int = 40):
         weight_soft=np.clip(scores, 0, 1), weight_hard=scores >= threshold, suggested_labels=names[suggested],
         suggested_scores=all_scores.max(1).astype(np.float32)))
     train = table.split == data_table.SPLIT_TRAIN
-    rows = active.propose_verification(
+    rows = to_verify.propose_verification(
         table.labels, scores, np.where(train, table.verification, -1), threshold=threshold, budget_per_class=6,
         num_classes=3, candidates=train & (table.verification < 0))
     has_verification = np.bincount(table.labels[train & (table.verification >= 0)], minlength=3) > 0
-    active.write_verification_tsv(
+    to_verify.write_verification_tsv(
         str(verify / "to_verify.tsv"), table.keys[rows], scores[rows] >= threshold, scores=scores[rows],
         suggested_labels=names[suggested[rows]],
         reasons=["near the threshold" if has_verification[c] else "class has no verified label"
@@ -132,11 +133,11 @@ def make_workdir(tmp_path, *, train_steps: int = 40):
 
 
 def proposals(workdir: str) -> list[dict]:
-    return active.read_verification_tsv(os.path.join(workdir, "verify", "to_verify.tsv"))
+    return to_verify.read_verification_tsv(os.path.join(workdir, "verify", "to_verify.tsv"))
 
 
 def review_rows(workdir: str) -> list[str]:
-    with open(config_lib.review_verified_path(workdir)) as f:
+    with open(workdir_lib.review_files(workdir)[0]) as f:
         return f.read().splitlines()
 
 

@@ -11,7 +11,7 @@ import pytest
 from cleannet_tf.data import table as data_table
 from cleannet_tf.data.food101n import read_food101n
 from cleannet_tf.features.references import ReferenceSets
-from cleannet_tf.pipeline import records
+from cleannet_tf.pipeline.steps import STEPS
 
 pytestmark = pytest.mark.slow  # every test here runs the entry points as subprocesses
 
@@ -83,7 +83,7 @@ def test_demo_runs_every_step_then_skips_them(tmp_path):
 
     second = _run("demo", *args)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stdout.count("already complete") == len(records.STEPS)
+    assert second.stdout.count("already complete") == len(STEPS)
 
 
 def test_refs_then_train_on_precomputed_features(tmp_path):

@@ -3,9 +3,11 @@
 import importlib.util
 from pathlib import Path
 
+import ml_collections
 import pytest
 
 from cleannet_tf import config as config_lib
+from cleannet_tf.pipeline import records
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -97,8 +99,9 @@ def test_save_config_round_trip(tmp_path):
     import json
 
     config = _valid()
-    config_lib.save_config(config, str(tmp_path / "out" / "config.json"))
-    assert json.loads((tmp_path / "out" / "config.json").read_text()) == config.to_dict()
+    records.save_config(config, str(tmp_path / "out" / "config.json"))
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config_lib.validate(ml_collections.ConfigDict(saved)).to_dict() == config.to_dict()  # lists: tuples
     assert not list((tmp_path / "out").glob("*.tmp"))
 
 

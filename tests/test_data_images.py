@@ -176,7 +176,7 @@ def test_extraction_skips_a_png_bomb_as_too_large_with_bounded_memory(tmp_path, 
 
 _THUMBNAIL_CHILD = r"""
 import json, sys
-from cleannet_tf.detection.report import _thumbnail
+from cleannet_tf.pipeline.report import _thumbnail
 
 def peak_rss():
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) * 1024

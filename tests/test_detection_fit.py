@@ -7,9 +7,9 @@ from sklearn.metrics import roc_auc_score
 
 from cleannet_tf.detection import fit, verifier
 from cleannet_tf.detection import signals as detection_signals
-from cleannet_tf.features import pool
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.model.cleannet import build_cleannet
+from cleannet_tf.training import pool
 
 
 def test_classifier_rounds_refit_the_exported_classifier_and_it_serves_the_fitted_scores(tmp_path):

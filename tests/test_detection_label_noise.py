@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import cleannet_tf
+from cleannet_tf.detection import calibration as calibration_lib
 from cleannet_tf.detection import label_noise
 
 
@@ -34,13 +35,13 @@ def test_soft_weights_of_an_unsure_detector_are_the_base_rate_not_zero():
     correct = rng.random(2000) < 0.7
     scores = rng.normal(0.0, 0.02, 2000)
     assert cleannet_tf.sample_weights(scores, mode="soft").mean() < 0.02  # the old max(0, 2P - 1): collapse
-    calibration = label_noise.fit_calibration(scores[:400], correct[:400].astype(int), scoring="stacked")
-    probabilities = label_noise.correct_probability(scores, scoring="stacked", calibration=calibration)
+    calibration = calibration_lib.fit_calibration(scores[:400], correct[:400].astype(int), scoring="stacked")
+    probabilities = calibration_lib.correct_probability(scores, scoring="stacked", calibration=calibration)
     weights = cleannet_tf.sample_weights(scores, mode="soft", probabilities=probabilities)
     base_rate = correct[:400].mean()  # of the verified pairs the calibration sees (0.64 here)
     assert abs(weights.mean() - base_rate) < 0.02 and weights.min() > 0.5
     # Without calibration the stacked score's own probability: (s + 1) / 2.
-    np.testing.assert_allclose(label_noise.correct_probability(np.array([-1.0, 0.0, 0.5]), scoring="stacked"),
+    np.testing.assert_allclose(calibration_lib.correct_probability(np.array([-1.0, 0.0, 0.5]), scoring="stacked"),
                                [0.0, 0.5, 0.75])
     # Verified labels win over the probability (1 -> 1, 0 -> 0); NaN scores (not scored) get 1.
     verified = cleannet_tf.sample_weights(np.array([0.9, -0.9, 0.0, np.nan]), mode="soft",
@@ -58,8 +59,8 @@ def test_noise_rates_from_calibrated_probabilities_match_a_known_rate():
     verified = rng.permutation(len(labels))[:450]  # 5% verified, drawn at random
     verification = np.full(len(labels), -1)
     verification[verified] = (~wrong[verified]).astype(int)
-    calibration = label_noise.fit_calibration(scores[verified], verification[verified], scoring="margin")
-    probabilities = label_noise.correct_probability(scores, scoring="margin", calibration=calibration)
+    calibration = calibration_lib.fit_calibration(scores[verified], verification[verified], scoring="margin")
+    probabilities = calibration_lib.correct_probability(scores, scoring="margin", calibration=calibration)
     per_class, overall = label_noise.estimate_noise_rates(probabilities, labels, num_classes=3,
                                                           verification=verification)
     assert abs(overall - wrong.mean()) < 0.02
@@ -82,15 +83,15 @@ def test_per_class_offsets_fix_a_class_the_shared_calibration_misjudges():
     verified = rng.permutation(len(labels))[:600]
     verification = np.full(len(labels), -1)
     verification[verified] = (~wrong[verified]).astype(int)
-    calibration = label_noise.fit_calibration(scores[verified], verification[verified], scoring="margin")
-    probabilities = label_noise.correct_probability(scores, scoring="margin", calibration=calibration)
+    calibration = calibration_lib.fit_calibration(scores[verified], verification[verified], scoring="margin")
+    probabilities = calibration_lib.correct_probability(scores, scoring="margin", calibration=calibration)
     true_per_class = np.array([wrong[labels == c].mean() for c in range(3)])
     shared, _ = label_noise.estimate_noise_rates(probabilities, labels, num_classes=3)
     assert shared[1] < true_per_class[1] - 0.08  # the shared calibration misses class 1
-    offsets = label_noise.class_offsets(probabilities, labels, verification, num_classes=3,
+    offsets = calibration_lib.class_offsets(probabilities, labels, verification, num_classes=3,
                                         classes=np.array([True, True, False]))
     assert offsets[1] < -0.5 and offsets[2] == 0.0  # class 2 (held out) keeps the shared calibration
-    shifted = label_noise.shift_probabilities(probabilities, labels, offsets)
+    shifted = calibration_lib.shift_probabilities(probabilities, labels, offsets)
     per_class, _ = label_noise.estimate_noise_rates(shifted, labels, num_classes=3)
     assert np.all(np.abs(per_class[:2] - true_per_class[:2]) < 0.03), (per_class, true_per_class)
     np.testing.assert_allclose(shifted[labels == 2], probabilities[labels == 2], rtol=1e-12)
@@ -99,8 +100,8 @@ def test_per_class_offsets_fix_a_class_the_shared_calibration_misjudges():
     assert abs(shifted[rows].mean() - verification[rows].mean()) < 0.01
     # No verified row of a class: offset 0; one kind only: finite (the prior bounds it).
     only_right = np.where(labels == 0, (verification >= 0).astype(int), -1)
-    assert np.all(np.isfinite(label_noise.class_offsets(probabilities, labels, only_right, num_classes=3)))
-    assert label_noise.class_offsets(probabilities, labels, only_right, num_classes=3)[1:].tolist() == [0.0, 0.0]
+    assert np.all(np.isfinite(calibration_lib.class_offsets(probabilities, labels, only_right, num_classes=3)))
+    assert calibration_lib.class_offsets(probabilities, labels, only_right, num_classes=3)[1:].tolist() == [0.0, 0.0]
 
 
 def test_bad_arguments():
@@ -113,9 +114,9 @@ def test_bad_arguments():
     with pytest.raises(TypeError):
         cleannet_tf.find_label_issues([0.1], 0.0)  # options are keyword-only
     with pytest.raises(ValueError, match="needs a calibration"):
-        label_noise.correct_probability([0.1], scoring="cosine")
+        calibration_lib.correct_probability([0.1], scoring="cosine")
     with pytest.raises(ValueError, match="both kinds"):
-        label_noise.fit_calibration([0.1, 0.2], [1, 1], scoring="cosine")
+        calibration_lib.fit_calibration([0.1, 0.2], [1, 1], scoring="cosine")
 
 
 @pytest.mark.slow
@@ -128,3 +129,12 @@ def test_load_model_after_plain_import(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "(1,)" in result.stdout
+
+
+def test_the_numpy_api_loads_no_tensorflow():
+    code = ("import sys, numpy as np, cleannet_tf; from cleannet_tf.detection import label_noise; "
+            "cleannet_tf.find_label_issues(np.zeros(3), threshold=0.5); "
+            "label_noise.correct_probability(np.zeros(3), scoring='stacked'); "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -5,6 +5,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from cleannet_tf.detection import signals as detection_signals
+from cleannet_tf.detection import stacking
 
 
 def planted(num_classes=8, per_class=60, dim=16, noise_rate=0.3, spread=0.6, seed=0):
@@ -103,25 +104,25 @@ def test_stacked_detector_transfers_to_unverified_classes():
     correct = (noisy == true).astype(int)
     rng = np.random.default_rng(5)
     verified = np.nonzero((noisy < 4) & (rng.random(len(noisy)) < 0.5))[0]
-    for model in detection_signals.MODELS:
-        detector = detection_signals.StackedDetector(model=model).fit(signals[verified], correct[verified])
+    for model in stacking.MODELS:
+        detector = stacking.StackedDetector(model=model).fit(signals[verified], correct[verified])
         scores = detector.score(signals)
         assert scores.shape == (len(noisy),) and np.all((scores >= 0) & (scores <= 1))
         unverified_classes = noisy >= 4
         assert roc_auc_score(correct[unverified_classes], scores[unverified_classes]) > 0.95, model
         # At the threshold of 0.5 most held-out-class labels are classified right.
         assert np.mean((scores[unverified_classes] >= 0.5) == correct[unverified_classes]) > 0.9, model
-    weights = detection_signals.StackedDetector().fit(signals[verified], correct[verified]).coefficients(names)
+    weights = stacking.StackedDetector().fit(signals[verified], correct[verified]).coefficients(names)
     assert set(weights) == set(names) and sum(weights.values()) > 0  # higher signals mean "label correct"
 
 
 def test_stacked_detector_errors():
     with pytest.raises(ValueError, match="model must be"):
-        detection_signals.StackedDetector(model="svm")
+        stacking.StackedDetector(model="svm")
     with pytest.raises(ValueError, match="before fit"):
-        detection_signals.StackedDetector().score(np.zeros((2, 3)))
+        stacking.StackedDetector().score(np.zeros((2, 3)))
     with pytest.raises(ValueError, match="both values"):
-        detection_signals.StackedDetector().fit(np.zeros((4, 2)), np.ones(4))
+        stacking.StackedDetector().fit(np.zeros((4, 2)), np.ones(4))
     with pytest.raises(ValueError, match="labels must be"):
         detection_signals.detection_signals(np.ones((3, 2)), np.array([0, 1, 5]), num_classes=2, knn_k=(1,))
 
@@ -165,7 +166,7 @@ def test_refit_weighted_by_p_correct_lowers_error_on_planted_pair_flips():
         others = scores.copy()
         others[rows, noisy] = -np.inf
         signals = np.stack([scores[rows, noisy], scores[rows, noisy] - others.max(axis=1)], axis=1)
-        return detection_signals.StackedDetector().fit(signals[verified], verification).score(signals)
+        return stacking.StackedDetector().fit(signals[verified], verification).score(signals)
 
     first = p_correct(None)
     weights = detection_signals.classifier_refit_weights(first, verified, verification)

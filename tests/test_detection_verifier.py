@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cleannet_tf.detection import fit, label_noise, verifier
+from cleannet_tf.detection import calibration as calibration_lib
+from cleannet_tf.detection import fit, stacking, verifier
 from cleannet_tf.detection import signals as detection_signals
 from cleannet_tf.model.cleannet import build_cleannet, encode_classes
 
@@ -84,10 +85,12 @@ def test_weight_soft_is_the_calibrated_probability_and_survives_saving(scoring, 
     assert verifier.verification_head_of(loaded).calibration == (0.6, 0.4)
     out = loaded({"features": features, "label": labels})
     score = out["score"].numpy()
-    p = label_noise.correct_probability(score, scoring=scoring, calibration=(0.6, 0.4))
+    p = calibration_lib.correct_probability(score, scoring=scoring, calibration=(0.6, 0.4))
     x = np.log((1 + score.astype(np.float64)) / (1 - score)) if scoring == "stacked" else score
     np.testing.assert_allclose(p, 1 / (1 + np.exp(-(0.6 * x + 0.4))), rtol=1e-6)  # Platt of the logit / score
-    np.testing.assert_allclose(verifier.correct_probabilities(loaded, score), p, rtol=1e-12)
+    head = verifier.verification_head_of(loaded)
+    np.testing.assert_allclose(calibration_lib.correct_probabilities(score, scoring=head.scoring,
+                                                                     calibration=head.calibration), p, rtol=1e-12)
     expected = np.clip(score, 0, 1) if scoring == "cosine" else p  # paper mode keeps max(0, cos)
     np.testing.assert_allclose(out["weight_soft"], expected, atol=1e-6)
     if scoring != "cosine":
@@ -114,8 +117,8 @@ def test_fitted_signal_weights_reproduce_the_logistic_regression():
     rng = np.random.default_rng(3)
     signals = rng.normal(size=(300, 4)) * [1, 5, 0.1, 2] + [0, 3, -1, 0]
     verification = (signals @ [1, 0.2, 8, -0.5] + rng.normal(0, 1, 300) > -8).astype(int)
-    weights, bias = verifier.fit_signal_weights(signals, verification)
-    detector = detection_signals.StackedDetector().fit(signals, verification)
+    weights, bias = stacking.fit_signal_weights(signals, verification)
+    detector = stacking.StackedDetector().fit(signals, verification)
     np.testing.assert_allclose(1 / (1 + np.exp(-(signals @ weights + bias))), detector.score(signals), atol=1e-9)
 
 

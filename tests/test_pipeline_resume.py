@@ -19,6 +19,7 @@ from cleannet_tf import atomic_io
 from cleannet_tf.pipeline import lock as workdir_lock_lib
 from cleannet_tf.pipeline import records, runner
 from cleannet_tf.pipeline.refs import run_refs
+from cleannet_tf.pipeline.steps import STEPS, VERIFY_OUTPUTS
 from cleannet_tf.pipeline.workdir import done_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +48,7 @@ def _run(module: str, flags: list[str], timeout: float = 600) -> subprocess.Comp
 def _status(stdout: str) -> dict[str, str]:
     """cleannet-run's summary: step -> what it did."""
     return dict(line.split(None, 1) for line in stdout.strip().splitlines() if line.split(None, 1)[0] in
-                records.STEPS)
+                STEPS)
 
 
 def _wait_for(predicate, process: subprocess.Popen, timeout: float = 300, interval: float = 0.01) -> bool:
@@ -106,7 +107,7 @@ def test_sigkill_of_run_during_training_resumes_to_the_uninterrupted_result(tmp_
 
 
 def _verify_set(directory) -> dict[str, bytes]:
-    return {name: (directory / name).read_bytes() for name in records.VERIFY_OUTPUTS}
+    return {name: (directory / name).read_bytes() for name in VERIFY_OUTPUTS}
 
 
 def _staging_files(workdir) -> set[str] | None:
@@ -147,7 +148,7 @@ def test_sigkill_of_verify_between_outputs_leaves_the_old_complete_set(tmp_path)
         runner.run_step("verify", old_config, str(workdir))  # back to the old set for the next try
         old = _verify_set(workdir / "verify")
     assert caught, "never stopped cleannet-verify between its outputs"
-    assert "scores.tsv" in caught and not set(records.VERIFY_OUTPUTS) <= caught
+    assert "scores.tsv" in caught and not set(VERIFY_OUTPUTS) <= caught
     assert _verify_set(workdir / "verify") == old  # the old complete set, untouched
     assert not (workdir / "done" / "verify.json").exists()  # and not counted as complete
     assert _staging_files(workdir) is not None  # the killed run's temporary folder is still there
@@ -163,7 +164,7 @@ def test_sigkill_of_verify_between_outputs_leaves_the_old_complete_set(tmp_path)
     scores = [float(line.split("\t")[2]) for line in current["scores.tsv"].decode().splitlines()[1:]]
     assert all((s < metrics["threshold"]) == (n == "1") for s, n in zip(scores, noisy, strict=True))
     assert json.loads((workdir / "config.verify.json").read_text())["verify"]["signals"] == \
-        "cleannet_cosine,cleannet_margin"
+        ["cleannet_cosine", "cleannet_margin"]  # the comma string on the command line, a tuple in the config
 
 
 def test_second_process_on_a_busy_workdir_is_refused_naming_the_holder(tmp_path):
@@ -292,13 +293,14 @@ def test_publish_dir_replaces_a_folder_whole(tmp_path):
 _WRITE_CONFIGS = """
 import os, resource, signal, sys
 from cleannet_tf import config as config_lib
+from cleannet_tf.pipeline import records
 config = config_lib.default_config()
 config.data.root = "x" * 2000000  # a 2 MB config JSON: more than the tmpfs holds and the file size limit allows
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))  # as ulimit -f 1024: write() gets EFBIG past 1 MiB
 for target in sys.argv[1:]:
     try:
-        config_lib.save_config(config, target)
+        records.save_config(config, target)
     except OSError as error:
         print(type(error).__name__, error)
     print("left:", sorted(os.listdir(os.path.dirname(target))))

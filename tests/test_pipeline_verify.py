@@ -9,13 +9,15 @@ from conftest import small_train_config, write_feature_dataset
 
 from cleannet_tf import sanity
 from cleannet_tf.data import table as data_table
-from cleannet_tf.detection import fit, metrics, scores_tsv, verifier
-from cleannet_tf.pipeline import records
+from cleannet_tf.detection import fit, verifier
+from cleannet_tf.pipeline import records, scores_tsv
+from cleannet_tf.pipeline.artifacts import load_training_inputs, load_verifier
 from cleannet_tf.pipeline.refs import run_refs
 from cleannet_tf.pipeline.table import load_table
-from cleannet_tf.pipeline.train import load_training_inputs, run_train
-from cleannet_tf.pipeline.verify import load_verifier, run_verify
+from cleannet_tf.pipeline.train import run_train
+from cleannet_tf.pipeline.verify import run_verify
 from cleannet_tf.training import cleannet as cleannet_training
+from cleannet_tf.training import metrics
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +213,7 @@ def test_threshold_and_weights_come_from_verified_train_rows(verified_workdir):
     table = load_table(config, workdir)
     data, reference_sets = load_training_inputs(config, workdir, table)
     calibration = cleannet_training.calibration_classes(table, config.cleannet.calibration_fraction, config.seed)
-    signals = config.verify.signals.split(",")
+    signals = list(config.verify.signals)
     uses_cleannet = bool(set(signals) & set(verifier.CLEANNET_SIGNALS))
     rows, name = fit.verified_rows(data, calibration, uses_cleannet)
     assert written["threshold_rows"] == written["fit_rows"] == name

@@ -8,7 +8,7 @@ import signal
 
 from review_helpers import PER_CLASS, Page, proposals, review_rows, start_review_process, wait_for
 
-from cleannet_tf.detection import scores_tsv
+from cleannet_tf.pipeline import scores_tsv
 from cleannet_tf.pipeline.table import load_table
 
 

@@ -14,7 +14,7 @@ import pytest
 from review_helpers import Client, Page, make_workdir, wait_for
 
 from cleannet_tf.data import table as data_table
-from cleannet_tf.detection import active
+from cleannet_tf.pipeline import to_verify
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.review.plan import read_plan
 from cleannet_tf.review.server import ReviewServer
@@ -66,7 +66,7 @@ def test_the_plan_reader_takes_columns_by_name_and_names_bad_rows(tmp_path):
     with pytest.raises(ValueError, match=r"to_verify\.tsv:3: split must be train or val, got 'test'"):
         read_plan(str(path))
     # The plan cleannet-verify writes today (no split column): every row is train.
-    active.write_verification_tsv(str(path), np.array(["a/1.jpg"]), np.array([True]), scores=np.array([0.5]),
+    to_verify.write_verification_tsv(str(path), np.array(["a/1.jpg"]), np.array([True]), scores=np.array([0.5]),
                                   suggested_labels=np.array(["a"]), reasons=["near the threshold"])
     assert read_plan(str(path))[0]["split"] == "train"
 
@@ -92,7 +92,7 @@ def test_decisions_land_by_the_plan_split_and_the_next_run_merges_both_files(pla
     _, _, queue_ = client.request("GET", "/api/queue")
     assert queue_["classes"][0]["class"] == "ramen" and queue_["classes"][0]["left"] == {"train": 1, "val": 1}
 
-    table = load_table(config, work)  # data.extra_verified = "auto": both review files
+    table = load_table(config, work)  # data.merge_review: both review files
     row = {key: i for i, key in enumerate(table.keys)}
     got = {key: (data_table.SPLITS[table.split[row[key]]], int(table.verification[row[key]]))
            for key in [r["key"] for r in ramen[:4]] + ["baklava/b08.jpg"]}

@@ -9,7 +9,7 @@ from urllib.parse import quote
 import numpy as np
 from review_helpers import Client, proposals, review_files
 
-from cleannet_tf.detection import scores_tsv
+from cleannet_tf.pipeline import scores_tsv
 
 
 def test_server_binds_loopback_and_refuses_requests_without_the_token(server):

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from cleannet_tf.detection import scores_tsv
+from cleannet_tf.pipeline import scores_tsv
 from cleannet_tf.review.session import ReviewSession
 
 

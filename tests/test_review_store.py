@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from review_helpers import review_rows
 
-from cleannet_tf import config as config_lib
 from cleannet_tf.data import table as data_table
+from cleannet_tf.pipeline import workdir as workdir_lib
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.review.store import DecisionStore
 
@@ -46,23 +46,23 @@ def test_extra_verified_changes_the_tables_labels_not_the_release(workdir, tmp_p
     store = DecisionStore(os.path.join(work, "review"))
     store.decide(key_unverified, "correct", label="ramen", user="t")
     store.decide(key_verified, "relabel", label="apple_pie", chosen="ramen", user="t")
-    table = load_table(config, work)  # data.extra_verified = "auto": the review file
+    table = load_table(config, work)  # data.merge_review: the review file
     assert table.verification[row[key_unverified]] == 1 and table.verification[row[key_verified]] == 0
     changed = np.nonzero(table.verification != base.verification)[0]
     assert sorted(changed) == sorted([row[key_unverified], row[key_verified]])
     assert open(release, "rb").read() == release_bytes
 
     config.unlock()
-    config.data.extra_verified = ""
+    config.data.merge_review = False
     assert np.array_equal(load_table(config, work).verification, base.verification)
     extra = tmp_path / "extra.tsv"
     extra.write_text("class_name/key\tverification_label\nbaklava/b07.jpg\t0\nnot/in_the_data.jpg\t1\n")
-    config.data.extra_verified = f"{extra}, {config_lib.review_verified_path(work)}"
+    config.data.extra_verified = (str(extra), workdir_lib.review_files(work)[0])
     table = load_table(config, work)
     assert table.verification[row["baklava/b07.jpg"]] == 0 and table.verification[row[key_unverified]] == 1
     assert sum(table.skipped.values()) == 1  # the unknown key is counted, not fatal
     extra.write_text("class_name/key\tverification_label\nramen/r02.jpg\t1\n")  # a verified_val row
-    config.data.extra_verified = str(extra)
+    config.data.extra_verified = (str(extra),)
     with pytest.raises(data_table.DatasetError, match=r"extra\.tsv, line 2: 'ramen/r02\.jpg' is a val row"):
         load_table(config, work)
 

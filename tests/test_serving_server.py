@@ -20,7 +20,7 @@ from tensorflow_serving.apis import (
 )
 
 from cleannet_tf.data import images as data_images
-from cleannet_tf.detection import label_noise
+from cleannet_tf.detection import calibration as calibration_lib
 from cleannet_tf.export.names import CLASSIFIER, VERIFIER
 from cleannet_tf.serving import Client
 
@@ -43,7 +43,7 @@ def test_every_signature_matches_the_in_process_model(served):
         np.testing.assert_array_equal(got["is_noisy"], expected["is_noisy"])
         np.testing.assert_array_equal(got["suggested_label"], expected["suggested_label"])
         # The served weight_soft is the calibrated P(label correct) of scores.tsv, not clip(score, 0, 1).
-        np.testing.assert_allclose(got["weight_soft"], label_noise.correct_probability(
+        np.testing.assert_allclose(got["weight_soft"], calibration_lib.correct_probability(
             got["score"], scoring="stacked", calibration=CALIBRATION), atol=1e-6)
     raw = np.abs(np.random.default_rng(3).normal(size=(7, 16))).astype(np.float32)  # batch 7: dynamic
     got = client.verify_features(raw, [0, 1, 2, 3, 0, 1, 2])

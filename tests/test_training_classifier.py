@@ -15,9 +15,9 @@ import tensorflow as tf
 
 from cleannet_tf import config as config_lib
 from cleannet_tf.data import table as data_table
-from cleannet_tf.detection import scores_tsv
-from cleannet_tf.pipeline import records, runner
-from cleannet_tf.pipeline.classifier import classifier_weights, run_train_classifier
+from cleannet_tf.pipeline import records, runner, scores_tsv
+from cleannet_tf.pipeline.artifacts import classifier_weights
+from cleannet_tf.pipeline.classifier import run_train_classifier
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.workdir import classifier_output_dir
 from cleannet_tf.training import classifier
@@ -109,7 +109,10 @@ def test_weighted_classifier_through_the_pipeline(verified_image_workdir):
     assert metrics["n_train"] == int(np.sum(weights[pool] > 0))  # weight-0 images are not trained on
     assert metrics["steps"] == config.classifier.epochs * (len(pool) // config.classifier.batch_size)
     assert os.path.exists(os.path.join(workdir, "classifier_hard", "model.keras"))
-    assert records.step_complete("train_classifier", config, workdir)
+    assert not records.step_complete("train_classifier", config, workdir)  # the library function records nothing
+    runner.run_step("train_classifier", config, workdir, table=table)  # the step: its finished outputs, recorded
+    record = records.read_record(workdir, "train_classifier_hard")  # (not complete: verify here has no record)
+    assert "classifier_hard/model.keras" in record["outputs"] and record["inputs"] == {"verify": None}
 
 
 def test_stale_scores_are_an_error(verified_image_workdir):

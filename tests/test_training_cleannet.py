@@ -14,11 +14,11 @@ import tensorflow as tf
 from conftest import kill_at_marker, small_train_config, write_feature_dataset
 
 from cleannet_tf.data import table as data_table
-from cleannet_tf.features import pool
+from cleannet_tf.pipeline.artifacts import load_training_inputs
 from cleannet_tf.pipeline.refs import run_refs
 from cleannet_tf.pipeline.table import load_table
-from cleannet_tf.pipeline.train import load_training_inputs, run_train
-from cleannet_tf.training import cleannet
+from cleannet_tf.pipeline.train import run_train
+from cleannet_tf.training import cleannet, pool
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 

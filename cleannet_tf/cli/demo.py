@@ -22,14 +22,15 @@ Imports `pipeline`.
 import time
 
 from cleannet_tf.cli import flags
-from cleannet_tf.pipeline import demo, records
+from cleannet_tf.pipeline import demo
+from cleannet_tf.pipeline.steps import STEPS
 from cleannet_tf.pipeline.table import load_table
 
 
 def main(argv):
     config, workdir = flags.setup(argv, "demo")
     start = time.perf_counter()
-    table = load_table(config, workdir, steps=records.STEPS)
+    table = load_table(config, workdir, steps=STEPS)
     summary = demo.run_demo(config, workdir, table)
     print(demo.format_summary(summary, seconds=time.perf_counter() - start))
 

@@ -22,13 +22,14 @@ Imports `pipeline`, `training`.
 
 from cleannet_tf.cli import flags
 from cleannet_tf.pipeline import records, runner
+from cleannet_tf.pipeline.steps import STEPS
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.training import distribute
 
 
 def main(argv):
     config, workdir = flags.setup(argv, "run")
-    table = load_table(config, workdir, steps=records.STEPS)  # every step's needs, before any training
+    table = load_table(config, workdir, steps=STEPS)  # every step's needs, before any training
     strategy = distribute.build_strategy(config.runtime.strategy)
     for step, status in runner.run_steps(config, workdir, table=table, strategy=strategy).items():
         print(f"{step:<18} {status}")

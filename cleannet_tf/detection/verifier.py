@@ -29,11 +29,11 @@ pool image scored by the served model gets the same agreement as in scores.tsv.
 
 All scores lie in [-1, 1] (margin in [-2, 2]); low means the label is likely wrong; a pair is noisy when
 score < threshold. weight_soft is the calibrated P(label correct) of scores.tsv: sigmoid(a x + b) with the
-head's Platt calibration (a, b) (label_noise.fit_calibration; x the stacked logit log((1 + s) / (1 - s)), or
+head's Platt calibration (a, b) (calibration.fit_calibration; x the stacked logit log((1 + s) / (1 - s)), or
 the margin), without one (s + 1) / 2 for stacked; for cosine (mode "paper") and an uncalibrated margin, the
 paper's max(0, s) = clip(s, 0, 1).
 
-Imports `detection.signals`, `detection.label_noise`, `model`.
+Imports `model`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cleannet_tf.detection import label_noise
 from cleannet_tf.model import layers
 from cleannet_tf.model.cleannet import query_encoder_of
 
@@ -54,7 +53,6 @@ KNN_K = 10  # neighbours of the knn_agreement signal
 INDEX_ROWS = 20_000  # largest kNN index stored in the verifier (a fixed sample of a larger pool)
 SELF_COSINE = 1.0 - 1e-5  # an index row at least this similar to the query is the query itself
 STACKED_TEMPERATURE = 1.0  # score = 2 sigmoid(logit / T) - 1
-MODE_SCORING = {"paper": "cosine", "robust": "margin", "stacked": "stacked"}
 
 
 def _margin_to_best_other(similarity: tf.Tensor) -> tf.Tensor:
@@ -82,7 +80,7 @@ class VerificationHead(keras.layers.Layer):
         signal_weights: floats in SIGNAL_NAMES order (missing trailing ones are 0) and signal_bias: float, the
             logistic regression of "stacked" on raw (unstandardised) signals.
         index_rows: M, rows of the kNN index (0: none; then knn_agreement must have weight 0).
-        calibration: optional (a, b), Platt scaling of P(label correct) (label_noise.fit_calibration with this
+        calibration: optional (a, b), Platt scaling of P(label correct) (calibration.fit_calibration with this
             scoring): weight_soft = P (see the module docstring).
 
     Weights (not trained): class_embeddings (C, E), class_means (C, D) unit rows, classifier_weights (D, C) and
@@ -182,7 +180,7 @@ class VerificationHead(keras.layers.Layer):
         return 2.0 * tf.sigmoid(self.logits(features, query_embedding) / STACKED_TEMPERATURE) - 1.0
 
     def soft_weight(self, score: tf.Tensor) -> tf.Tensor:
-        """(B,) score -> (B,) float32 weight_soft: label_noise.correct_probability of the score with this head's
+        """(B,) score -> (B,) float32 weight_soft: calibration.correct_probability of the score with this head's
         calibration, computed in float64 like scores.tsv's (clip(s, 0, 1) for cosine, or margin without one)."""
         if self.scoring == "cosine" or (self.scoring == "margin" and self.calibration is None):
             return tf.clip_by_value(score, 0.0, 1.0)
@@ -276,15 +274,6 @@ def verification_head_of(verifier: keras.Model) -> VerificationHead:
     return verifier.get_layer("verification_head")
 
 
-def correct_probabilities(verifier: keras.Model, scores: np.ndarray) -> np.ndarray | None:
-    """(N,) scores of the verifier -> (N,) float64 calibrated P(label correct) with its head's calibration
-    (label_noise.correct_probability); None for cosine or margin scores without a calibration."""
-    head = verification_head_of(verifier)
-    if head.calibration is None and head.scoring != "stacked":
-        return None
-    return label_noise.correct_probability(scores, scoring=head.scoring, calibration=head.calibration)
-
-
 def _batches(verifier: keras.Model, features: np.ndarray, batch_size: int):
     """(head, batch features, query embedding) per batch of rows."""
     head = verification_head_of(verifier)
@@ -344,22 +333,3 @@ def own_class_signals(verifier: keras.Model, features: np.ndarray, labels: np.nd
         chunks.append(np.stack([signals[name].numpy()[rows, labels[start:start + batch_size]]
                                 for name in names], axis=1))
     return np.concatenate(chunks).astype(np.float64) if chunks else np.zeros((0, len(names)))
-
-
-def fit_signal_weights(signals: np.ndarray, verification: np.ndarray, *, regularization: float = 1.0,
-                       seed: int = 0) -> tuple[np.ndarray, float]:
-    """Logistic regression P(correct | signals) on standardised signals, returned on raw signals.
-
-    Args:
-        signals: (n, F) own-class signals (own_class_signals). verification: (n,) 0/1, both present.
-    Returns:
-        weights (F,), bias: logit = signals @ weights + bias.
-    """
-    from cleannet_tf.detection.signals import StackedDetector
-
-    detector = StackedDetector(model="logistic", regularization=regularization, seed=seed).fit(signals, verification)
-    scaler, logistic = detector.model[0], detector.model[-1]
-    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
-    weights = logistic.coef_[0] / scale
-    bias = float(logistic.intercept_[0] - np.sum(logistic.coef_[0] * scaler.mean_ / scale))
-    return weights.astype(np.float64), bias

@@ -30,13 +30,11 @@ Imports `data`, `export.names`, `model`.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
 from cleannet_tf import atomic_io
 from cleannet_tf.data import images as data_images
@@ -148,33 +146,6 @@ def next_version(*model_bases: str) -> int:
     return max(versions, default=0) + 1
 
 
-_TEMP_NAME = re.compile(r"^\.tmp-(\d+)-(\d+)$")  # .tmp-VERSION-PID, as publish() names them
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
-def remove_stale_temps(model_base: str) -> list[str]:
-    """Deletes publish()'s temporary folders under model_base whose process is gone (killed exports)."""
-    removed = []
-    if not os.path.isdir(model_base):
-        return removed
-    for name in os.listdir(model_base):
-        match = _TEMP_NAME.match(name)
-        if match and int(match[2]) != os.getpid() and not _pid_alive(int(match[2])):
-            shutil.rmtree(os.path.join(model_base, name), ignore_errors=True)
-            removed.append(os.path.join(model_base, name))
-            logging.info("Removed %s, left by a killed export (process %s).", removed[-1], match[2])
-    return removed
-
-
 def example_of(image_bytes: bytes) -> bytes:
     """A serialized tf.Example carrying one encoded image under "image/encoded" (the classify input)."""
     feature = {IMAGE_FEATURE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_bytes]))}
@@ -211,7 +182,7 @@ def publish(archive: keras.export.ExportArchive, model_base: str, *, class_names
             version: int | None = None) -> str:
     """Writes `archive` as model_base/<version>/ (temporary folder, then rename); returns that path."""
     os.makedirs(model_base, exist_ok=True)
-    remove_stale_temps(model_base)
+    atomic_io.clean_litter(model_base)  # temporary folders of killed exports (their process is gone)
     version = version or next_version(model_base)
     final = os.path.join(model_base, str(version))
     if os.path.exists(final):
@@ -240,7 +211,7 @@ def publish_models(export_dir: str, models: dict[str, tuple[keras.export.ExportA
     bases = {name: os.path.join(export_dir, name) for name in models}
     for base in bases.values():
         os.makedirs(base, exist_ok=True)
-        remove_stale_temps(base)
+        atomic_io.clean_litter(base)
     version = next_version(*bases.values())
     paths = {name: publish(archive, bases[name], class_names=class_names, warmup=warmup, version=version)
              for name, (archive, warmup) in models.items()}

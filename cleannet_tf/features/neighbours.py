@@ -26,13 +26,15 @@ reaches `target_recall` (ApproximateIndex.tune). Features whose graph is hard to
 recall@10 0.76 at efSearch 64 on 1M synthetic rows, graph built at efConstruction 80; 0.95 at efSearch 128
 on a graph built at 256) cost more search time instead of losing neighbours.
 
-Imports nothing of the package.
+Imports `ops`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from absl import logging
+
+from cleannet_tf import ops
 
 METHODS = ("auto", "exact", "faiss")
 INDEXES = ("ivf", "hnsw")  # the faiss index of the projected rows
@@ -45,11 +47,6 @@ MAX_EF_SEARCH = 2048  # the largest HNSW efSearch the tuning tries (IVF: every l
 # efSearch 256 gives 0.977).
 EF_CONSTRUCTION = 256
 BLOCK_BYTES = 1 << 27  # 128 MB of similarities per exact block (peak about 4x: the top-k selection)
-
-
-def _unit_rows(block: np.ndarray) -> np.ndarray:
-    block = np.asarray(block, np.float32)
-    return block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
 
 
 def _check(features, k: int, exclude_self: bool) -> tuple[int, int]:
@@ -139,16 +136,16 @@ def exact_search(features: np.ndarray, k: int, *, exclude_self: bool = True, blo
     queries = np.arange(n) if queries is None else np.asarray(queries, np.int64)
     chunk = max(k + 1, min(n, BLOCK_BYTES // (4 * d)))
     block_rows = block_rows or max(1, BLOCK_BYTES // (4 * chunk))
-    base = _unit_rows(features) if chunk >= n else None  # one chunk: normalised once
+    base = ops.unit_rows(features, np.float32) if chunk >= n else None  # one chunk: normalised once
     indices = np.empty((len(queries), k), np.int64)
     similarities = np.empty((len(queries), k), np.float32)
     for start in range(0, len(queries), block_rows):
         rows = queries[start:start + block_rows]
-        query = base[rows] if base is not None else _unit_rows(features[rows])
+        query = base[rows] if base is not None else ops.unit_rows(features[rows], np.float32)
         best_i = np.empty((len(rows), 0), np.int64)
         best_s = np.empty((len(rows), 0), np.float32)
         for first in range(0, n, chunk):
-            sims = query @ (base if base is not None else _unit_rows(features[first:first + chunk])).T
+            sims = query @ (base if base is not None else ops.unit_rows(features[first:first + chunk], np.float32)).T
             if exclude_self:
                 inside = (rows >= first) & (rows < first + len(sims[0]))
                 sims[np.flatnonzero(inside), rows[inside] - first] = -np.inf
@@ -166,7 +163,7 @@ def exact_search(features: np.ndarray, k: int, *, exclude_self: bool = True, blo
 
 def _projection(features, rows: np.ndarray, reduce_dim: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Mean (D,) and top principal directions (D, reduce_dim) of the unit rows `rows`; None: no projection."""
-    sample = _unit_rows(features[np.sort(rows)])
+    sample = ops.unit_rows(features[np.sort(rows)], np.float32)
     mean = sample.mean(axis=0)
     if not reduce_dim or reduce_dim >= sample.shape[1]:
         return mean, None
@@ -261,7 +258,7 @@ class ApproximateIndex:
         return recall
 
     def _reduced(self, rows) -> np.ndarray:
-        block = _unit_rows(self.features[rows]) - self.mean
+        block = ops.unit_rows(self.features[rows], np.float32) - self.mean
         return np.ascontiguousarray(block if self.directions is None else block @ self.directions,
                                     dtype=np.float32)
 
@@ -282,8 +279,8 @@ class ApproximateIndex:
         for start in range(0, len(queries), self.block_rows):
             rows = queries[start:start + self.block_rows]
             _, found = self.index.search(self._reduced(rows), candidates)
-            query = _unit_rows(features[rows])
-            gathered = _unit_rows(features[np.maximum(found, 0).ravel()]).reshape(*found.shape, -1)
+            query = ops.unit_rows(features[rows], np.float32)
+            gathered = ops.unit_rows(features[np.maximum(found, 0).ravel()], np.float32).reshape(*found.shape, -1)
             sims = np.einsum("bd,bcd->bc", query, gathered)  # the exact cosines of the candidates
             sims[found < 0] = -np.inf
             if exclude_self:

@@ -25,6 +25,10 @@ from keras import ops
 
 from cleannet_tf.model.layers import ContextAttentionPooling, CosineSimilarity, FeatureNormalization, l2_normalize
 
+# cleannet.mode -> how a (features, label) pair is scored: cos(query, class) (the paper's), its margin over the
+# best other class, or the stacked P(label correct) of detection/verifier.py.
+MODE_SCORING = {"paper": "cosine", "robust": "margin", "stacked": "stacked"}
+
 
 def _dense(units: int, name: str, weight_decay: float) -> keras.layers.Dense:
     # TF1's l2_regularizer(scale) adds scale * sum(w^2) / 2; Keras L2(l) adds l * sum(w^2).

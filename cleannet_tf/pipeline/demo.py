@@ -23,15 +23,13 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
-from cleannet_tf import config as config_lib
 from cleannet_tf import ops
 from cleannet_tf.data import demo
 from cleannet_tf.data import table as data_table
-from cleannet_tf.detection import metrics, scores_tsv
-from cleannet_tf.pipeline import records, runner
-from cleannet_tf.pipeline.extract import open_features
-from cleannet_tf.pipeline.workdir import classifier_output_dir, export_dir, verify_dir
-from cleannet_tf.training import distribute
+from cleannet_tf.pipeline import records, runner, scores_tsv
+from cleannet_tf.pipeline.artifacts import open_features
+from cleannet_tf.pipeline.workdir import classifier_output_dir, export_dir, resolve_data_root, verify_dir
+from cleannet_tf.training import distribute, metrics
 
 
 def centroid_cosine_scores(features: np.ndarray, labels: np.ndarray, pool: np.ndarray, num_classes: int) -> np.ndarray:
@@ -52,7 +50,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str, table: data_table.
     strategy = distribute.build_strategy(config.runtime.strategy)
     summary = {"steps": runner.run_steps(config, workdir, table=table, strategy=strategy)}
 
-    root = config_lib.resolve_data_root(config, workdir)
+    root = resolve_data_root(config, workdir)
     # The user's own data under the demo's settings (load_table) has no known true labels.
     truth = demo.read_demo_truth(root) if demo.holds_demo_dataset(root) else {}
     pool = table.split != data_table.SPLIT_TEST

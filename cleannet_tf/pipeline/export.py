@@ -1,6 +1,6 @@
 """cleannet-export: the verifier and the classifier of a WORKDIR as SavedModels under EXPORT_DIR/<name>/<version>/.
 
-Imports `config`, `data`, `features`, `export`, and the verify step's reader.
+Imports `data`, `export`, `pipeline.artifacts`.
 """
 
 from __future__ import annotations
@@ -22,20 +22,9 @@ from cleannet_tf.export.savedmodel import (
     publish_models,
     warmup_records,
 )
-from cleannet_tf.pipeline import records
-from cleannet_tf.pipeline.extract import build_config_backbone, open_features
+from cleannet_tf.pipeline.artifacts import build_config_backbone, classifier_path, load_verifier, open_features
 from cleannet_tf.pipeline.table import load_table
-from cleannet_tf.pipeline.verify import load_verifier
-from cleannet_tf.pipeline.workdir import classifier_output_dir, verifier_path
-
-
-def classifier_path(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """The weighted classifier cleannet-run trained last (classifier.after_verify), else the unweighted one."""
-    for weighting in [*records.weighted_classifiers(config), "none"]:
-        path = os.path.join(classifier_output_dir(workdir, weighting), "model.keras")
-        if os.path.exists(path):
-            return path
-    raise FileNotFoundError(f"No classifier in {workdir}: run cleannet-train-classifier first.")
+from cleannet_tf.pipeline.workdir import verifier_path
 
 
 def _sample_inputs(table: data_table.LabelTable, features: np.ndarray, count: int = 2):

@@ -1,6 +1,6 @@
 """cleannet-extract: the backbone config.model names, run over every table image into WORKDIR/features/.
 
-Also the readers of that step's output (open_features). Imports `config`, `data`, `features`.
+Its output is read through pipeline/artifacts.py (open_features). Imports `data`, `features`, `pipeline.artifacts`.
 """
 
 from __future__ import annotations
@@ -9,24 +9,16 @@ import os
 
 import keras
 import ml_collections
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from cleannet_tf.data import table as data_table
-from cleannet_tf.data.features_npz import load_precomputed_features
 from cleannet_tf.features import backbones
 from cleannet_tf.features.extract import extract_features
-from cleannet_tf.features.store import ArrayFeatures, FeatureSource, FeatureStore
+from cleannet_tf.features.store import FeatureStore
+from cleannet_tf.pipeline.artifacts import build_config_backbone, resolve_weights
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.workdir import features_dir
-
-
-def resolve_weights(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """model.weights with "classifier" replaced by WORKDIR/classifier/model.keras."""
-    if config.model.weights == "classifier":
-        return os.path.join(workdir, "classifier", "model.keras")
-    return config.model.weights
 
 
 def extractor_settings(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -37,13 +29,6 @@ def extractor_settings(config: ml_collections.ConfigDict, workdir: str) -> dict:
         weights_id = f"{os.path.abspath(weights)}@{os.path.getmtime(weights):.0f}"
     return {"backbone": config.model.backbone, "weights": weights_id, "feature_dim": config.model.feature_dim,
             "image_size": [config.model.image_height, config.model.image_width], "resize": config.input.resize}
-
-
-def build_config_backbone(config: ml_collections.ConfigDict, workdir: str) -> keras.Model:
-    """The backbone named by config.model (weights resolved against `workdir`)."""
-    return backbones.build_backbone(
-        config.model.backbone, image_size=(config.model.image_height, config.model.image_width),
-        weights=resolve_weights(config, workdir), feature_dim=config.model.feature_dim)
 
 
 def run_extract(config: ml_collections.ConfigDict, workdir: str, *, table: data_table.LabelTable | None = None,
@@ -87,12 +72,3 @@ def run_extract(config: ml_collections.ConfigDict, workdir: str, *, table: data_
     return stats
 
 
-def open_features(config: ml_collections.ConfigDict, workdir: str, table: data_table.LabelTable) -> FeatureSource:
-    """The features of `table`: data.features if given, else the finished WORKDIR/features/ store."""
-    if config.data.features:
-        return ArrayFeatures(*load_precomputed_features(config.data.features, table))
-    store = FeatureStore(features_dir(workdir))
-    if store.num_rows != len(table) or not np.array_equal(store.keys(), table.keys):
-        raise ValueError(f"{store.directory} holds features of another table ({store.num_rows} rows, "
-                         f"now {len(table)}): run cleannet-extract with this config, or use another --workdir.")
-    return store

@@ -1,81 +1,99 @@
 """The steps' order and DONE records: WORKDIR/done/<record>.json, what each step depends on, when one is complete.
 
-A record holds the config fields the step depends on (STEP_FIELDS) and their hash, the DONE ids of its inputs,
+A record holds the config fields the step depends on (steps.py's table) and their hash, the DONE ids of its inputs,
 the files it produced and the time; `staleness` compares it with the current config. A workdir written before
 DONE records (outputs, no done/) runs every step again (`note_unrecorded_workdir` says so).
-Imports `config`, `data.layout`, `features`, `pipeline.workdir`.
+Fields are selected (`select_fields`) and hashed (`hash_fields`) in their recorded form (`recorded_form`): a
+tuple field as the comma string it was before it became a tuple, so records of those versions still match.
+Imports `atomic_io`, `data.layout`, `pipeline.steps`, `pipeline.workdir`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 from absl import logging
 
 from cleannet_tf import atomic_io
-from cleannet_tf import config as config_lib
 from cleannet_tf.data.layout import detect_format
+from cleannet_tf.pipeline.steps import BY_NAME, OUTPUT_DIRS, STEP_FIELDS, STEPS
 from cleannet_tf.pipeline.workdir import (
     classifier_dir,
     classifier_output_dir,
-    cleannet_dir,
     done_dir,
-    export_dir,
-    features_dir,
-    references_path,
+    resolve_data_root,
     verify_dir,
 )
 
-STEPS = ("train_classifier", "extract", "refs", "train", "verify", "weighted_classifiers", "export")
 
-# The config fields each step's outputs depend on ("section.*": all of a section; "-field": but not that one).
-# Left out everywhere: runtime.*, logging and checkpoint cadence, extract.batch_size, input.parallel_calls,
-# data.check_images: they cannot change what a step writes.
+def select_fields(config: ml_collections.ConfigDict, patterns) -> dict[str, Any]:
+    """{"section.field": value} of the fields `patterns` name, in schema order.
+
+    A pattern is a field ("train.steps", "seed"), a section ("refs.*"), or "-section.field" to leave one out.
+    """
+    flat = {}
+    for name, value in config.items():
+        if isinstance(value, (Mapping, ml_collections.ConfigDict)):
+            flat.update({f"{name}.{field}": inner for field, inner in value.items()})
+        else:
+            flat[name] = value
+    chosen: dict[str, Any] = {}
+    for pattern in patterns:
+        if pattern.startswith("-"):
+            chosen.pop(pattern[1:], None)
+        elif pattern.endswith(".*"):
+            chosen.update({k: v for k, v in flat.items() if k.startswith(pattern[:-1])})
+        elif pattern in flat:
+            chosen[pattern] = flat[pattern]
+        else:
+            raise KeyError(f"config.{pattern}: no such field")
+    return chosen
 
 
-
-_DATA = ("seed", "data.*", "-data.check_images")
-
-
-
-STEP_FIELDS = {
-    "train_classifier": (*_DATA, "model.backbone", "model.image_height", "model.image_width", "model.feature_dim",
-                         "input.resize", "input.augment", "input.max_pixels", "classifier.*",
-                         "-classifier.after_verify"),
-    "extract": (*_DATA, "model.*", "input.resize", "input.max_pixels", "extract.shard_size"),
-    "refs": (*_DATA, "refs.*"),
-    "train": (*_DATA, "cleannet.*", "loss.*", "train.*", "-train.checkpoint_every", "-train.log_every"),
-    "verify": (*_DATA, "cleannet.mode", "cleannet.calibration_fraction", "verify.*"),
-    "weighted_classifiers": ("classifier.after_verify",),
-    "export": (*_DATA, "model.*", "input.resize", "input.max_pixels", "classifier.after_verify"),
-}
+def recorded_form(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """`fields` as DONE records hold them: a tuple as its comma string ("soft,hard"), data.extra_verified and
+    data.merge_review as the one string they were before ("auto": the review files only; "a,b": those paths)."""
+    form = {field: ",".join(value) if isinstance(value, (tuple, list)) else value for field, value in fields.items()}
+    if "data.merge_review" in form:
+        merge, paths = form.pop("data.merge_review"), form.get("data.extra_verified", "")
+        if merge:
+            form["data.extra_verified"] = ",".join(filter(None, ["auto", paths]))
+    return form
 
 
+def hash_fields(values: Mapping[str, Any]) -> str:
+    """sha256 (hex, 16 digits) of {field: value}: equal exactly when every value is equal."""
+    same = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in values.items()}  # 1.0 == 1
+    text = json.dumps(same, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-VERIFY_OUTPUTS = ("scores.tsv", "metrics.json", "verifier.keras", "to_verify.tsv", "report.html")
 
+def save_config(config: ml_collections.ConfigDict, path: str) -> None:
+    """Writes the resolved config as JSON (per-process temporary name, then rename)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_io.write_json(path, config.to_dict(), sort_keys=True)
 
 
 def weighted_classifiers(config: ml_collections.ConfigDict) -> list[str]:
-    """The weightings of classifier.after_verify ("soft,hard" -> ["soft", "hard"])."""
-    return list(config_lib.split_names(config.classifier.after_verify))
+    """The weightings of classifier.after_verify, as a list."""
+    return list(config.classifier.after_verify)
 
 
-
-def _with_weighting(config: ml_collections.ConfigDict, weighting: str) -> ml_collections.ConfigDict:
+def with_weighting(config: ml_collections.ConfigDict, weighting: str) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict(config.to_dict())
     config.classifier.weighting = weighting
     return config
 
 
-
 def _record_path(workdir: str, name: str, *, started: bool = False) -> str:
     return os.path.join(done_dir(workdir), f"{name}.started.json" if started else f"{name}.json")
-
 
 
 def record_name(step: str, config: ml_collections.ConfigDict) -> str:
@@ -85,10 +103,8 @@ def record_name(step: str, config: ml_collections.ConfigDict) -> str:
     return step
 
 
-
 def _step_of(name: str) -> str:
     return "train_classifier" if name.startswith("train_classifier") else name
-
 
 
 def _record_config(name: str, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -96,8 +112,7 @@ def _record_config(name: str, config: ml_collections.ConfigDict) -> ml_collectio
     if _step_of(name) != "train_classifier":
         return config
     weighting = name[len("train_classifier_"):] or "none"
-    return config if config.classifier.weighting == weighting else _with_weighting(config, weighting)
-
+    return config if config.classifier.weighting == weighting else with_weighting(config, weighting)
 
 
 def read_record(workdir: str, name: str, *, started: bool = False) -> dict | None:
@@ -109,8 +124,7 @@ def read_record(workdir: str, name: str, *, started: bool = False) -> dict | Non
         return None
 
 
-
-def _skip_reason(step: str, config: ml_collections.ConfigDict) -> str | None:
+def skip_reason(step: str, config: ml_collections.ConfigDict) -> str | None:
     """Why cleannet-run does not run `step` under `config`, or None."""
     if step == "extract" and config.data.features:
         return "skipped: precomputed features (data.features)"
@@ -121,49 +135,39 @@ def _skip_reason(step: str, config: ml_collections.ConfigDict) -> str | None:
     return None
 
 
-
 def _upstream(name: str, config: ml_collections.ConfigDict) -> list[str]:
-    """The records whose outputs record `name` reads."""
-    features = [] if config.data.features else ["extract"]
-    if name == "train_classifier":
-        return []
+    """The records whose outputs record `name` reads: its step's inputs (steps.py) but those `config` makes moot."""
     if name.startswith("train_classifier_"):  # weighted by verify's scores
         return ["verify"]
-    if name == "extract":
-        return ["train_classifier"] if config.model.weights == "classifier" else []
-    if name == "refs":
-        return features
-    if name == "train":
-        return ["refs", *features]
-    if name == "verify":
-        return ["train", "refs", *features]
     if name == "weighted_classifiers":
         return [f"train_classifier_{weighting}" for weighting in weighted_classifiers(config)]
-    if name == "export":
-        weighted = ["weighted_classifiers"] if _skip_reason("weighted_classifiers", config) is None else []
-        return ["verify", "train_classifier", *weighted, *features]
-    raise ValueError(f"Unknown step {name!r}; expected one of {STEPS}")
-
+    if name not in BY_NAME:
+        raise ValueError(f"Unknown step {name!r}; expected one of {STEPS}")
+    moot = {"extract"} if config.data.features else set()
+    if name == "extract" and config.model.weights != "classifier":
+        moot.add("train_classifier")
+    if skip_reason("weighted_classifiers", config):
+        moot.add("weighted_classifiers")
+    return [upstream for upstream in BY_NAME[name].inputs if upstream not in moot]
 
 
 def _expected(name: str, config: ml_collections.ConfigDict, workdir: str) -> dict:
     """What record `name` must say to describe outputs of `config`: its fields, their hash, its inputs' ids."""
     config = _record_config(name, config)
-    fields = config_lib.select_fields(config, STEP_FIELDS[_step_of(name)])
+    fields = recorded_form(select_fields(config, STEP_FIELDS[_step_of(name)]))
     if fields.get("data.format") == "auto":  # the layout it stands for: "auto" and its choice are one dataset
         fields["data.format"] = _resolved_format(config, workdir)
     inputs = {}
     for upstream in _upstream(name, config):
         record = read_record(workdir, upstream)
         inputs[upstream] = record["id"] if record else None
-    return {"step": name, "config_hash": config_lib.hash_fields(fields), "config": fields, "inputs": inputs}
-
+    return {"step": name, "config_hash": hash_fields(fields), "config": fields, "inputs": inputs}
 
 
 def _resolved_format(config: ml_collections.ConfigDict, workdir: str) -> str:
     """The format data.format=auto reads data.root as ("auto" while there is nothing to tell apart yet)."""
     try:
-        return detect_format(config_lib.resolve_data_root(config, workdir))[0]
+        return detect_format(resolve_data_root(config, workdir))[0]
     except ValueError:
         return "auto"
 
@@ -176,7 +180,6 @@ def _changes(old: dict, new: dict, *, limit: int = 6) -> list[str]:
     return changed[:limit] + ([f"and {len(changed) - limit} more"] if len(changed) > limit else [])
 
 
-
 def _mismatch(record: dict, expected: dict) -> str | None:
     """Why `record` does not describe the outputs `expected` wants, or None when it does."""
     if record["config_hash"] != expected["config_hash"]:
@@ -187,7 +190,6 @@ def _mismatch(record: dict, expected: dict) -> str | None:
     if set(record.get("inputs", {})) != set(expected["inputs"]):
         return "its inputs changed (" + ", ".join(sorted(set(record.get("inputs", {})) ^ set(expected["inputs"]))) + ")"
     return None
-
 
 
 def staleness(name: str, config: ml_collections.ConfigDict, workdir: str) -> str | None:
@@ -206,17 +208,15 @@ def staleness(name: str, config: ml_collections.ConfigDict, workdir: str) -> str
     return None
 
 
-
 def step_complete(step: str, config: ml_collections.ConfigDict, workdir: str) -> bool:
     """Whether `step`'s outputs in `workdir` are complete for `config` (cleannet-run skips those).
 
     Trusts only the step's DONE record.
     A step cleannet-run skips under `config` (precomputed features, no weighted classifiers) counts as complete.
     """
-    if _skip_reason(step, config) and step != "train_classifier":
+    if skip_reason(step, config) and step != "train_classifier":
         return True
     return staleness(record_name(step, config), config, workdir) is None
-
 
 
 def note_unrecorded_workdir(workdir: str) -> bool:
@@ -226,13 +226,11 @@ def note_unrecorded_workdir(workdir: str) -> bool:
     """
     if os.path.isdir(done_dir(workdir)) or not os.path.isdir(workdir):
         return False
-    outputs = [path for path in (features_dir(workdir), references_path(workdir), cleannet_dir(workdir),
-                                 verify_dir(workdir), export_dir(workdir)) if os.path.lexists(path)]
+    outputs = [path for path in (output(workdir) for output in OUTPUT_DIRS) if os.path.lexists(path)]
     if outputs:
         logging.info("%s has outputs but no DONE records (written before them): every step runs again.", workdir)
     os.makedirs(done_dir(workdir), exist_ok=True)
     return bool(outputs)
-
 
 
 def _clear_paths(name: str, workdir: str) -> list[str]:
@@ -242,12 +240,10 @@ def _clear_paths(name: str, workdir: str) -> list[str]:
     """
     if name.startswith("train_classifier"):
         return [classifier_dir(workdir) + name[len("train_classifier"):]]
-    return {"extract": [features_dir(workdir)], "refs": [references_path(workdir)],
-            "train": [cleannet_dir(workdir)]}.get(name, [])
+    return BY_NAME[name].outputs(workdir) if name in BY_NAME else []
 
 
-
-def _begin(name: str, config: ml_collections.ConfigDict, workdir: str) -> None:
+def begin_step(name: str, config: ml_collections.ConfigDict, workdir: str) -> None:
     """Before record `name`'s step runs: outputs of other settings removed, a started record, no DONE record."""
     expected = _expected(name, config, workdir)
     prior = read_record(workdir, name, started=True) or read_record(workdir, name)
@@ -264,7 +260,6 @@ def _begin(name: str, config: ml_collections.ConfigDict, workdir: str) -> None:
         os.remove(_record_path(workdir, name))
 
 
-
 def _write_record(name: str, config: ml_collections.ConfigDict, workdir: str, *, outputs: list[str]) -> dict:
     record = {**_expected(name, config, workdir), "id": uuid.uuid4().hex,
               "outputs": sorted(os.path.relpath(path, workdir) for path in outputs),
@@ -273,18 +268,16 @@ def _write_record(name: str, config: ml_collections.ConfigDict, workdir: str, *,
     return record
 
 
-
-def _finish(name: str, config: ml_collections.ConfigDict, workdir: str, outputs: list[str]) -> None:
+def finish_step(name: str, config: ml_collections.ConfigDict, workdir: str, outputs: list[str]) -> None:
     """The step's last act: WORKDIR/config.<name>.json, then its DONE record (then the started record goes)."""
-    config_lib.save_config(_record_config(name, config), os.path.join(workdir, f"config.{name}.json"))
+    save_config(_record_config(name, config), os.path.join(workdir, f"config.{name}.json"))
     _write_record(name, config, workdir, outputs=outputs)
     started = _record_path(workdir, name, started=True)
     if os.path.exists(started):
         os.remove(started)
 
 
-
-def _files_under(*paths: str) -> list[str]:
+def files_under(*paths: str) -> list[str]:
     files = []
     for path in paths:
         if os.path.isdir(path):

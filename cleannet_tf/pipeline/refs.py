@@ -1,6 +1,6 @@
 """cleannet-refs: per-class reference sets of WORKDIR/features -> WORKDIR/references.npz.
 
-Imports `config`, `data`, `features`.
+Imports `data`, `features`, `pipeline.artifacts`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from absl import logging
 
 from cleannet_tf.data import table as data_table
 from cleannet_tf.features import references
-from cleannet_tf.pipeline.extract import open_features
+from cleannet_tf.pipeline.artifacts import open_features
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.workdir import (
     references_path,

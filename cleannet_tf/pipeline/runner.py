@@ -29,27 +29,22 @@ import ml_collections
 import tensorflow as tf
 from absl import logging
 
-from cleannet_tf import config as config_lib
 from cleannet_tf.data import table as data_table
 from cleannet_tf.pipeline import lock as workdir_lock_lib
-from cleannet_tf.pipeline.classifier import run_train_classifier
-from cleannet_tf.pipeline.extract import run_extract
 from cleannet_tf.pipeline.records import (
-    STEPS,
-    _begin,
-    _files_under,
-    _finish,
-    _skip_reason,
-    _with_weighting,
+    begin_step,
+    files_under,
+    finish_step,
     note_unrecorded_workdir,
     record_name,
+    save_config,
+    skip_reason,
     staleness,
     weighted_classifiers,
+    with_weighting,
 )
-from cleannet_tf.pipeline.refs import run_refs
+from cleannet_tf.pipeline.steps import BY_NAME, STEPS
 from cleannet_tf.pipeline.table import load_table
-from cleannet_tf.pipeline.train import run_train
-from cleannet_tf.pipeline.verify import run_verify
 from cleannet_tf.pipeline.workdir import (
     classifier_output_dir,
     cleannet_dir,
@@ -93,7 +88,7 @@ def start_command(config: ml_collections.ConfigDict, workdir: str, command: str,
     else:
         os.makedirs(workdir, exist_ok=True)
     if command not in STEPS or command == "export":
-        config_lib.save_config(config, os.path.join(workdir, f"config.{command}.json"))
+        save_config(config, os.path.join(workdir, f"config.{command}.json"))
 
 
 
@@ -121,52 +116,52 @@ def run_step(step: str, config: ml_collections.ConfigDict, workdir: str, *,
             return _run_weighted_classifiers(config, workdir, table=table, strategy=strategy, recorded=recorded)
         name = record_name(step, config)
         if recorded:
-            _begin(name, config, workdir)
+            begin_step(name, config, workdir)
         status, outputs = _run(step, config, workdir, table=table, strategy=strategy,
                                export_to=export_to or export_dir(workdir), extract_task=extract_task)
         if recorded:
-            _finish(name, config, workdir, outputs)
+            finish_step(name, config, workdir, outputs)
         return status
 
 
 
 def _run(step: str, config: ml_collections.ConfigDict, workdir: str, *, table, strategy,
          export_to: str, extract_task: tuple[int, int] = (0, 1)) -> tuple[str, list[str]]:
-    """Runs the step's library function: (status line, the files it produced)."""
+    """Runs the step's library function (steps.py's table): (status line, the files it produced)."""
+    if step not in BY_NAME:
+        raise ValueError(f"Unknown step {step!r}; expected one of {STEPS}")
+    function = BY_NAME[step].load()
     if step == "train_classifier":
-        result = run_train_classifier(config, workdir, table=table, strategy=strategy)
+        result = function(config, workdir, table=table, strategy=strategy)
         accuracy = result["test_accuracy"]
         return (f"{result['epochs']} epochs on the noisy labels, test accuracy " +
                 (f"{accuracy:.3f}" if accuracy is not None else "n/a (no test split)"),
-                _files_under(classifier_output_dir(workdir, config.classifier.weighting)))
+                files_under(classifier_output_dir(workdir, config.classifier.weighting)))
     if step == "extract":
         task_index, num_tasks = extract_task
-        stats = run_extract(config, workdir, table=table, strategy=strategy, task_index=task_index,
-                                        num_tasks=num_tasks)
+        stats = function(config, workdir, table=table, strategy=strategy, task_index=task_index, num_tasks=num_tasks)
         if config.data.features:
             return "skipped: precomputed features (data.features)", []
         return (f"{stats['images']} images, {stats['images_per_second']:.0f} images/s",
-                _files_under(features_dir(workdir)))
+                files_under(features_dir(workdir)))
     if step == "refs":
-        reference_sets = run_refs(config, workdir, table=table)
+        reference_sets = function(config, workdir, table=table)
         return ("{} classes x {} references x {} dims".format(*reference_sets.references.shape),
                 [references_path(workdir)])
     if step == "train":
-        result = run_train(config, workdir, table=table, strategy=strategy)
+        result = function(config, workdir, table=table, strategy=strategy)
         rate = result["samples_per_second"]
         return (f"{result['steps']} steps, best at {result['best_step']}, "
                 + (f"{rate:.0f} samples/s" if rate is not None else "no step left to train"),
-                _files_under(cleannet_dir(workdir)))
+                files_under(cleannet_dir(workdir)))
     if step == "verify":
-        result = run_verify(config, workdir, table=table)
+        result = function(config, workdir, table=table)
         return (f"threshold {result['threshold']:.3f}, {result['n_flagged']} of {result['n_images']} images flagged",
-                _files_under(verify_dir(workdir)))
+                files_under(verify_dir(workdir)))
     if step == "export":
-        from cleannet_tf.pipeline.export import export_all  # TF Serving protos only when exporting
-
-        result = export_all(config, workdir, export_to, table=table, max_pixels=config.input.max_pixels)
+        result = function(config, workdir, export_to, table=table, max_pixels=config.input.max_pixels)
         return (f"{result['verifier']}, {result['classifier']}",
-                _files_under(result["verifier"], result["classifier"], result["models_config"]))
+                files_under(result["verifier"], result["classifier"], result["models_config"]))
     raise ValueError(f"Unknown step {step!r}; expected one of {STEPS}")
 
 
@@ -174,26 +169,26 @@ def _run(step: str, config: ml_collections.ConfigDict, workdir: str, *, table, s
 def _run_weighted_classifiers(config, workdir, *, table, strategy, recorded: bool) -> str:
     """Each classifier of classifier.after_verify not yet complete (each with its own record), then the step's."""
     if recorded:
-        _begin("weighted_classifiers", config, workdir)
+        begin_step("weighted_classifiers", config, workdir)
     accuracies, outputs = [], []
     for weighting in weighted_classifiers(config):
-        weighted = _with_weighting(config, weighting)
+        weighted = with_weighting(config, weighting)
         name = record_name("train_classifier", weighted)
         reason = staleness(name, weighted, workdir) if recorded else "not recorded"
         if reason:
             logging.info("%s: %s; training it.", name, reason)
             if recorded:
-                _begin(name, weighted, workdir)
+                begin_step(name, weighted, workdir)
             _, produced = _run("train_classifier", weighted, workdir, table=table, strategy=strategy, export_to="")
             if recorded:
-                _finish(name, weighted, workdir, produced)
+                finish_step(name, weighted, workdir, produced)
         directory = classifier_output_dir(workdir, weighting)
-        outputs += _files_under(directory)
+        outputs += files_under(directory)
         with open(os.path.join(directory, "metrics.json")) as f:
             accuracy = json.load(f)["test_accuracy"]
         accuracies.append(f"{weighting} {accuracy:.3f}" if accuracy is not None else f"{weighting} n/a")
     if recorded:
-        _finish("weighted_classifiers", config, workdir, outputs)
+        finish_step("weighted_classifiers", config, workdir, outputs)
     return "test accuracy " + ", ".join(accuracies)
 
 
@@ -216,8 +211,8 @@ def run_steps(config: ml_collections.ConfigDict, workdir: str, *, table: data_ta
         table = table if table is not None else load_table(config, workdir)
         for step in steps:
             # The first classifier makes the features: unweighted, whatever classifier.weighting says.
-            step_config = _with_weighting(config, "none") if step == "train_classifier" else config
-            reason = _skip_reason(step, config)
+            step_config = with_weighting(config, "none") if step == "train_classifier" else config
+            reason = skip_reason(step, config)
             stale = None if reason else staleness(record_name(step, step_config), step_config, workdir)
             if reason:
                 done[step] = reason

@@ -33,13 +33,14 @@ from cleannet_tf.data.table import (
     read_heldout_list,
 )
 from cleannet_tf.data.tsv import read_csv, read_tsv
+from cleannet_tf.pipeline.workdir import extra_verified_paths, resolve_data_root
 
 
 def load_table(config, workdir: str, *, steps: Sequence[str] = ()) -> LabelTable:
     """Reads the dataset `config.data` names (generating the demo data first if asked).
 
     Dispatches on `config.data.format` ("auto": the layout `data.layout.detect_format` finds at the root, named
-    in one log line); root from `config.resolve_data_root`; applies
+    in one log line); root from `workdir.resolve_data_root`; applies
     `config.data.heldout_list` (any format), or for the demo
     `ROOT/meta/classes_heldout_<demo_heldout>.txt` when demo_heldout > 0. With
     data.demo set, a data.root that holds something other than a demo dataset is the
@@ -55,7 +56,6 @@ def load_table(config, workdir: str, *, steps: Sequence[str] = ()) -> LabelTable
     Raises:
         DatasetError: bad input, naming the file and line, or the data lack what `steps` need.
     """
-    from cleannet_tf.config import resolve_data_root
 
     data = config.data
     root = resolve_data_root(config, workdir)
@@ -105,9 +105,7 @@ def load_table(config, workdir: str, *, steps: Sequence[str] = ()) -> LabelTable
     if heldout_list:
         heldout_path = os.path.abspath(os.path.expanduser(heldout_list))
         table = apply_heldout(table, read_heldout_list(heldout_path, table.class_names))
-    from cleannet_tf.config import resolve_extra_verified
-
-    for path in resolve_extra_verified(config, workdir):  # a verified_val.tsv: verified validation rows
+    for path in extra_verified_paths(config, workdir):  # a verified_val.tsv: verified validation rows
         table = apply_extra_verified(table, path, split="val" if os.path.basename(path) == "verified_val.tsv"
                                      else "train")
     logging.info("Dataset %s (%s): %s", root, data_format, table.summary())

@@ -1,13 +1,13 @@
 """cleannet-verify: score every training image against its label with the best CleanNet -> WORKDIR/verify/.
 
     verifier.keras   the verifier model (features, label -> score, is_noisy, weight_soft, suggested_label, ...)
-    scores.tsv       one row per image of the noisy pool (detection/scores_tsv.py)
-    to_verify.tsv    the images a person should verify next, in verified_train.tsv's format (detection/active.py)
-    report.html      histogram, ROC / PR curves, noise rate per class, most suspicious images (detection/report.py)
+    scores.tsv       one row per image of the noisy pool (pipeline/scores_tsv.py)
+    to_verify.tsv    the images a person should verify next, in verified_train.tsv's format (detection/to_verify.py)
+    report.html      histogram, ROC / PR curves, noise rate per class, most suspicious images (pipeline/report.py)
     metrics.json     threshold, detection error / precision / recall / F1 / ROC-AUC on verified validation rows
                      (verified classes) and on held-out classes' validation rows, per class, noise-rate estimates,
                      (the mean of 1 - P(label correct): the verifier's calibration, per verified class its own
-                     intercept; detection/fit.py detection_report),
+                     intercept; pipeline/verify_metrics.py),
                      calibration_classes (cleannet.calibration_fraction; verified classes, not held out) and
                      warnings (sanity.detection_warnings: a detection barely better than flagging nothing, too
                      few verified rows for a stable threshold)
@@ -17,7 +17,7 @@ The stacked weights and the threshold (the lowest detection error) are chosen on
 verified_val rows the figures are measured on; metrics.json names the rows of each figure (metric_rows).
 The five files (and report.html's figures) are written to a temporary folder beside WORKDIR/verify/ and published
 as one set (atomic_io.staging_dir): a kill at any moment leaves the previous complete set or the new one, never
-a mix. Imports `config`, `data`, `features`, `detection`, `training`.
+a mix. Imports `data`, `features`, `detection`, `training`, `pipeline` (artifacts and the writers of verify/).
 """
 
 from __future__ import annotations
@@ -31,29 +31,19 @@ import numpy as np
 from absl import logging
 
 from cleannet_tf import atomic_io, sanity
-from cleannet_tf import config as config_lib
 from cleannet_tf.data import table as data_table
-from cleannet_tf.detection import active, scores_tsv, verifier
-from cleannet_tf.detection import report as report_lib
-from cleannet_tf.detection.fit import METRIC_ROWS, detection_report, fit_verifier
-from cleannet_tf.features import pool as training_pool
-from cleannet_tf.features.references import ReferenceSets
+from cleannet_tf.detection import verifier
+from cleannet_tf.detection.calibration import correct_probabilities
+from cleannet_tf.detection.fit import fit_verifier
+from cleannet_tf.pipeline import report as report_lib
+from cleannet_tf.pipeline import scores_tsv, to_verify
+from cleannet_tf.pipeline.artifacts import load_training_inputs
 from cleannet_tf.pipeline.table import load_table
-from cleannet_tf.pipeline.train import load_training_inputs
-from cleannet_tf.pipeline.workdir import classifier_dir, cleannet_dir, verifier_path, verify_dir
+from cleannet_tf.pipeline.verify_metrics import METRIC_ROWS, detection_report
+from cleannet_tf.pipeline.workdir import classifier_dir, cleannet_dir, verify_dir
 from cleannet_tf.training import checkpointing
 from cleannet_tf.training import cleannet as cleannet_training
-
-
-def load_verifier(workdir: str) -> tuple[keras.Model, list[str], float]:
-    """(verifier model, class names, threshold) that cleannet-verify wrote to WORKDIR/verify/."""
-    path = verifier_path(workdir)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: run cleannet-verify first.")
-    model = keras.saving.load_model(path)
-    head = verifier.verification_head_of(model)
-    class_names = ReferenceSets.load(os.path.join(workdir, "references.npz")).class_names
-    return model, list(class_names), head.threshold
+from cleannet_tf.training import pool as training_pool
 
 
 def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: data_table.LabelTable | None = None) -> dict:
@@ -67,7 +57,7 @@ def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: data_t
     calibration = cleannet_training.calibration_classes(table, config.cleannet.calibration_fraction, config.seed)
     model, info = fit_verifier(cleannet, data, reference_sets, mode=config.cleannet.mode,
                                class_mean_keep=config.verify.class_mean_keep, calibration_classes=calibration,
-                               signals=config_lib.split_names(config.verify.signals),
+                               signals=tuple(config.verify.signals),
                                classifier_rounds=config.verify.classifier_rounds, seed=config.seed)
     info["calibration_classes"] = cleannet_training.log_calibration_classes(  # none are held out (data.heldout_list)
         table.class_names, calibration, config.cleannet.calibration_fraction)
@@ -115,7 +105,8 @@ def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: da
     """
     threshold = info["threshold"]
     class_names = np.asarray(data.class_names)
-    probabilities = verifier.correct_probabilities(model, scores)  # the verifier's calibration (fit_verifier)
+    head = verifier.verification_head_of(model)  # the verifier's calibration (fit_verifier)
+    probabilities = correct_probabilities(scores, scoring=head.scoring, calibration=head.calibration)
     # The soft weight: the calibrated P(label correct); in paper mode the paper's max(0, cos) (= its weight_soft).
     paper = info["scoring"] == "cosine" or probabilities is None
     weight_soft = np.clip(scores, 0.0, 1.0) if paper else probabilities
@@ -140,14 +131,14 @@ def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: da
 
     train_rows = table.split[data.table_rows] == data_table.SPLIT_TRAIN
     keys = table.keys[data.table_rows]
-    proposals = active.propose_verification(
+    proposals = to_verify.propose_verification(
         data.labels, scores, np.where(train_rows, data.verification, -1), threshold=threshold,
         budget_per_class=config.verify.budget_per_class, num_classes=len(class_names),
         candidates=train_rows & (data.verification < 0), rank_scores=rank_scores,
         rank_threshold=None if rank_scores is None else _rank_threshold(info))
     has_verification = np.bincount(data.labels[train_rows & (data.verification >= 0)],
                                    minlength=len(class_names)) > 0
-    active.write_verification_tsv(
+    to_verify.write_verification_tsv(
         os.path.join(output_dir, "to_verify.tsv"), keys[proposals], scores[proposals] >= threshold,
         scores=scores[proposals], suggested_labels=class_names[suggested[proposals]],
         reasons=["class has no verified label" if not has_verification[c] else "near the threshold"

@@ -34,8 +34,8 @@ from cleannet_tf import config as config_lib
 from cleannet_tf.pipeline import lock as workdir_lock
 from cleannet_tf.pipeline import records, runner
 from cleannet_tf.pipeline.table import load_table
+from cleannet_tf.pipeline.workdir import review_dir
 from cleannet_tf.review import retrain_backup
-from cleannet_tf.review.store import VAL_TSV_NAME
 from cleannet_tf.review.store import now as _now
 
 # The metrics.json fields the page compares before / after a retrain.
@@ -57,21 +57,16 @@ def get_config():
 
 
 def retrain_config(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
-    """`config` with data.extra_verified naming the review's files (verified_train.tsv, verified_val.tsv)."""
+    """`config` with data.merge_review on: the review's files (verified_train.tsv, verified_val.tsv) applied."""
     config = ml_collections.ConfigDict(config.to_dict())
-    train_file = config_lib.review_verified_path(workdir)
-    review_files = [train_file, os.path.join(os.path.dirname(train_file), VAL_TSV_NAME)]
-    if config.data.extra_verified != "auto":
-        named = config_lib.resolve_extra_verified(config, workdir)
-        config.data.extra_verified = ",".join(filter(None, [config.data.extra_verified]
-                                                     + [path for path in review_files if path not in named]))
+    config.data.merge_review = True
     return config_lib.validate(config)
 
 
 def write_retrain_config(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Writes WORKDIR/review/config.{json,py} (retrain_config); returns the .py path."""
     config = retrain_config(config, workdir)
-    directory = os.path.dirname(config_lib.review_verified_path(workdir))
+    directory = review_dir(workdir)
     os.makedirs(directory, exist_ok=True)
     atomic_io.write_text(os.path.join(directory, "config.json"),
                          json.dumps(config.to_dict(), indent=2, sort_keys=True))
@@ -97,7 +92,7 @@ def recover(config: ml_collections.ConfigDict, workdir: str) -> bool:
     retrain was pending.
     """
     workdir = os.path.abspath(workdir)
-    directory = os.path.dirname(config_lib.review_verified_path(workdir))
+    directory = review_dir(workdir)
     marker = retrain_backup.pending(directory)
     if marker is None:
         return False
@@ -145,7 +140,7 @@ class Retrainer:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, read_metrics, on_finished=None):
         self.workdir = os.path.abspath(workdir)
-        self.directory = os.path.dirname(config_lib.review_verified_path(self.workdir))
+        self.directory = review_dir(self.workdir)
         self.config = retrain_config(config, self.workdir)
         self.config_path = write_retrain_config(config, self.workdir)
         self.log_path = os.path.join(self.directory, "retrain.log")

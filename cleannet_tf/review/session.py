@@ -7,8 +7,8 @@
     session.neighbours(key, 12)  # nearest images by cosine on ln(1 + x) features
 
 Inputs: the table (load_table, which also merges WORKDIR/review/verified_{train,val}.tsv through
-data.extra_verified), WORKDIR/verify/{scores.tsv, to_verify.tsv (the plan, review/plan.py), metrics.json}, the features
-(pipeline/extract.py open_features) and WORKDIR/references.npz. Bad input raises `ReviewError` (the server's 4xx).
+data.merge_review), WORKDIR/verify/{scores.tsv, to_verify.tsv (the plan, review/plan.py), metrics.json}, the features
+(pipeline/artifacts.py open_features) and WORKDIR/references.npz. Bad input raises `ReviewError` (the server's 4xx).
 
 A decision on a plan row lands by the row's split (verified_train.tsv or verified_val.tsv); any other training image
 reviewed (browse) lands in verified_train.tsv.
@@ -27,13 +27,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cleannet_tf import config as config_lib
 from cleannet_tf.data import images, table
-from cleannet_tf.detection import scores_tsv, signals
+from cleannet_tf.detection import signals
 from cleannet_tf.features.references import ReferenceSets
-from cleannet_tf.pipeline.extract import open_features
+from cleannet_tf.pipeline import scores_tsv
+from cleannet_tf.pipeline.artifacts import open_features
 from cleannet_tf.pipeline.table import load_table
-from cleannet_tf.pipeline.workdir import references_path, verify_dir
+from cleannet_tf.pipeline.workdir import references_path, review_dir, verify_dir
 from cleannet_tf.review.plan import read_plan
 from cleannet_tf.review.store import DecisionStore
 
@@ -48,11 +48,6 @@ class ReviewError(ValueError):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
-
-
-def review_dir(workdir: str) -> str:
-    """WORKDIR/review/: the folder of config.review_verified_path."""
-    return os.path.dirname(config_lib.review_verified_path(workdir))
 
 
 def read_metrics(workdir: str) -> dict | None:

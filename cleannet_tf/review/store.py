@@ -21,7 +21,7 @@ name, rename), so a kill between the log and a TSV loses nothing. A torn last li
 it) is dropped with a warning. One process writes a workdir's review/ at a time: cleannet-review holds the
 workdir lock (pipeline/lock.py) while it serves.
 
-Imports `atomic_io`, `detection`.
+Imports `atomic_io`, `pipeline` (to_verify, workdir).
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ import threading
 from absl import logging
 
 from cleannet_tf import atomic_io
-from cleannet_tf.detection import active
+from cleannet_tf.pipeline import to_verify
+from cleannet_tf.pipeline.workdir import REVIEW_FILE_NAMES
 
 DECISIONS = ("correct", "wrong", "relabel")
 SPLITS = ("train", "val")
 LOG_NAME = "decisions.jsonl"
-TSV_NAME = "verified_train.tsv"  # config.review_verified_path's name: what data.extra_verified="auto" reads
-VAL_TSV_NAME = "verified_val.tsv"  # its validation twin (data.extra_verified="auto" reads it too)
+TSV_NAME, VAL_TSV_NAME = REVIEW_FILE_NAMES  # verified_train.tsv, verified_val.tsv: what data.merge_review applies
 RELABELLED_NAME = "relabelled.tsv"
 _FIELDS = ("decision", "verified", "label", "chosen", "user", "client", "split", "time")
 
@@ -119,15 +119,15 @@ class DecisionStore:
             os.fsync(f.fileno())
 
     def _write_tsvs(self) -> None:
-        header = "\t".join(active.HEADER[:2]) + "\n"
+        header = "\t".join(to_verify.HEADER[:2]) + "\n"
         for split, path in (("train", self.tsv_path), ("val", self.val_tsv_path)):
             atomic_io.write_text(path, "".join([header] + [f"{key}\t{value['verified']}\n"
                                                            for key, value in self.decisions.items()
-                                                           if value["split"] == split]))
+                                                           if value["split"] == split]), sync_folder=True)
         atomic_io.write_text(self.relabelled_path, "".join(
             ["class_name/key\tlabel\tcorrected_label\n"]
             + [f"{key}\t{value['label']}\t{value['chosen']}\n" for key, value in self.decisions.items()
-               if value["decision"] == "relabel"]))
+               if value["decision"] == "relabel"]), sync_folder=True)
 
     def decide(self, key: str, decision: str, *, label: str, chosen: str | None = None, user: str,
                client: str | None = None, split: str = "train") -> dict:

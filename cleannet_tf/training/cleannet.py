@@ -10,7 +10,7 @@ a killed run resumes from the last one with the same data order), model.keras
 (the best model by validation error on verified classes, never overwritten by
 a worse one), metrics.json, logs/ (TensorBoard). Only the chief writes them.
 
-Imports `data`, `detection`, `features`, `model`, `ops`.
+Imports `data`, `features`, `model`, `ops`, `training`.
 """
 
 from __future__ import annotations
@@ -23,12 +23,16 @@ from absl import logging
 
 from cleannet_tf import ops
 from cleannet_tf.data import table as data_table
-from cleannet_tf.detection import metrics, verifier
-from cleannet_tf.features import pool
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.model import losses
-from cleannet_tf.model.cleannet import build_cleannet, encode_classes, query_encoder_of, reference_encoder_of
-from cleannet_tf.training import loop
+from cleannet_tf.model.cleannet import (
+    MODE_SCORING,
+    build_cleannet,
+    encode_classes,
+    query_encoder_of,
+    reference_encoder_of,
+)
+from cleannet_tf.training import loop, metrics, pool
 
 ENCODINGS = ("per_class", "per_sample")
 
@@ -193,7 +197,7 @@ class CleanNetTask(loop.Task):
     def pool_scores(self, rows: np.ndarray) -> np.ndarray:
         """The scores of pool rows that evaluation thresholds (the margin in modes robust and stacked)."""
         return score_pool_rows(self.model, self.data, self.reference_sets.references, rows,
-                               margin=verifier.MODE_SCORING[self.config.cleannet.mode] != "cosine")
+                               margin=MODE_SCORING[self.config.cleannet.mode] != "cosine")
 
     def evaluate(self, step: int) -> tuple[dict, dict[str, float]]:
         val = validation_metrics(self.pool_scores(self.data.validation), self.data)

@@ -23,10 +23,12 @@ import ml_collections
 import numpy as np
 
 from cleannet_tf import config as config_lib
+from cleannet_tf.detection import calibration, label_noise, verifier
 from cleannet_tf.detection import fit as verifier_fit
-from cleannet_tf.detection import label_noise, verifier
-from cleannet_tf.features import pool, references
+from cleannet_tf.features import references
+from cleannet_tf.model.cleannet import MODE_SCORING
 from cleannet_tf.training import cleannet as cleannet_training
+from cleannet_tf.training import pool
 
 
 class CleanNetDetector:
@@ -37,7 +39,7 @@ class CleanNetDetector:
         steps: CleanNet training steps. num_references: K per class.
         validation_fraction: share of the verified rows (drawn per seed) kept to choose the threshold (and fit
             the stacked score) when `fit` gets no `validation` mask.
-        signals: the stacked score's signals, a comma list of verifier.SIGNAL_NAMES (default: the config's
+        signals: the stacked score's signals, a tuple (or comma string) of SIGNAL_NAMES (default: the config's
             verify.signals, all four); "class_mean_margin" transferred best to unverified classes on the demo.
         config: optional full config (config.default_config() schema) for every other setting, used as
             given except for the fields of the arguments above. Default: `detector_config(mode, steps)`.
@@ -45,14 +47,15 @@ class CleanNetDetector:
     """
 
     def __init__(self, *, mode: str = "stacked", steps: int = 3000, num_references: int = 8,
-                 validation_fraction: float = 0.3, signals: str | None = None,
+                 validation_fraction: float = 0.3, signals: str | tuple[str, ...] | None = None,
                  config: ml_collections.ConfigDict | None = None, seed: int = 0):
         config = detector_config(mode, steps) if config is None else ml_collections.ConfigDict(config.to_dict())
         config.cleannet.mode = mode
         config.train.steps = steps
         config.refs.num_references = num_references
         if signals is not None:
-            config.verify.signals = signals
+            config.verify.signals = tuple(name.strip() for name in signals.split(",") if name.strip()) \
+                if isinstance(signals, str) else tuple(signals)
         config.seed = seed
         self.config = config_lib.validate(config, needs_data=False)  # data.* is not read: the data come as arrays
         if not 0.0 < validation_fraction < 1.0:
@@ -134,7 +137,7 @@ class CleanNetDetector:
             output_dir = workdir or scratch
             cleannet_training.train_cleannet(training, reference_sets, self.config, output_dir, progress=False)
             cleannet = keras.saving.load_model(os.path.join(output_dir, "model.keras"))
-        signals = config_lib.split_names(self.config.verify.signals)
+        signals = tuple(self.config.verify.signals)
         self.verifier_, self.info_ = verifier_fit.fit_verifier(
             cleannet, data, reference_sets, mode=self.config.cleannet.mode,
             class_mean_keep=self.config.verify.class_mean_keep, calibration_classes=calibration, signals=signals,
@@ -167,7 +170,8 @@ class CleanNetDetector:
         """(N,) float32 training weights: "soft" the verifier's weight_soft (its calibrated P(label correct);
         paper mode max(0, s)), "hard" 1[s >= threshold]; verification wins."""
         scores = self.score(features, labels)
-        probabilities = verifier.correct_probabilities(self._check_fitted(), scores)
+        head = verifier.verification_head_of(self._check_fitted())
+        probabilities = calibration.correct_probabilities(scores, scoring=head.scoring, calibration=head.calibration)
         if self.config.cleannet.mode == "paper":
             probabilities = None  # the paper's max(0, cos), like the verifier's weight_soft
         return label_noise.sample_weights(scores, mode=mode, threshold=self.threshold_, verification=verification,
@@ -194,7 +198,7 @@ class CleanNetDetector:
         """
         model = keras.saving.load_model(path)
         head = verifier.verification_head_of(model)
-        mode = {scoring: mode for mode, scoring in verifier.MODE_SCORING.items()}[head.scoring]
+        mode = {scoring: mode for mode, scoring in MODE_SCORING.items()}[head.scoring]
         detector = cls(mode=mode)
         detector.verifier_, detector.threshold_ = model, head.threshold
         return detector

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cleannet_tf.detection import metrics
+from cleannet_tf.training import metrics
 
 
 def test_best_threshold_separable():

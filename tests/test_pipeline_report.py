@@ -10,7 +10,7 @@ from conftest import chromium_paths, make_food101n, write_lines
 
 from cleannet_tf.data import table as data_table
 from cleannet_tf.data.food101n import read_food101n
-from cleannet_tf.detection import active, report
+from cleannet_tf.pipeline import report, to_verify
 
 
 def test_proposals_prefer_unverified_classes_and_uncertain_images():
@@ -19,7 +19,7 @@ def test_proposals_prefer_unverified_classes_and_uncertain_images():
     verification = np.full(18, -1)
     verification[[0, 6]] = 1  # classes 0 and 1 have a verified label, class 2 none
     verification[1] = 0  # a verified row is never proposed
-    rows = active.propose_verification(labels, scores, verification, threshold=0.3,
+    rows = to_verify.propose_verification(labels, scores, verification, threshold=0.3,
                                                     budget_per_class=2, num_classes=3)
     assert list(labels[rows]) == [2, 2, 0, 0, 1, 1]  # the class nobody verified first
     assert list(rows[:2]) == [13, 16]  # |0.31 - 0.3| then |0.28 - 0.3|, the nearest to the threshold
@@ -33,10 +33,10 @@ def test_proposals_order_tied_scores_by_the_rank_score():
     logits = np.array([-30.0, -18.0, -25.0, 3.0, -40.0, 0.4])
     verification = np.full(6, -1)
     verification[5] = 1
-    rows = active.propose_verification(labels, scores, verification, threshold=0.5, budget_per_class=5,
+    rows = to_verify.propose_verification(labels, scores, verification, threshold=0.5, budget_per_class=5,
                                        num_classes=1, rank_scores=logits, rank_threshold=1.1)
     assert list(rows) == [3, 1, 2, 0, 4]  # nearest the threshold first; the ties by their logits
-    plain = active.propose_verification(labels, scores, verification, threshold=0.5,
+    plain = to_verify.propose_verification(labels, scores, verification, threshold=0.5,
                                         budget_per_class=5, num_classes=1)
     assert list(plain) == [3, 0, 1, 2, 4]  # without them, row order
 
@@ -48,11 +48,11 @@ def test_proposal_file_reads_back_through_the_food101n_reader(tmp_path):
     table = read_food101n(root)
     scores = np.linspace(-0.4, 0.8, len(table))
     train = table.split == data_table.SPLIT_TRAIN
-    rows = active.propose_verification(table.labels, scores, np.where(train, table.verification, -1),
+    rows = to_verify.propose_verification(table.labels, scores, np.where(train, table.verification, -1),
                                                     threshold=0.2, budget_per_class=3, num_classes=3,
                                                     candidates=train & (table.verification < 0))
     proposal = tmp_path / "to_verify.tsv"
-    active.write_verification_tsv(str(proposal), table.keys[rows], scores[rows] >= 0.2,
+    to_verify.write_verification_tsv(str(proposal), table.keys[rows], scores[rows] >= 0.2,
                                                scores=scores[rows], suggested_labels=["x"] * len(rows),
                                                reasons=["near the threshold"] * len(rows))
     # The person answers in the 0/1 column; the rows go to verified_train.tsv as they are.

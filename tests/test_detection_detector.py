@@ -5,7 +5,8 @@ import pytest
 from conftest import small_train_config
 
 import cleannet_tf
-from cleannet_tf.detection import label_noise, verifier
+from cleannet_tf.detection import calibration as calibration_lib
+from cleannet_tf.detection import verifier
 
 
 def _planted(seed, n_per_class=120, num_classes=6, dim=24, noise=0.2):
@@ -56,7 +57,7 @@ def test_detector_weights_and_save_load(fitted, tmp_path):
     calibration = verifier.verification_head_of(detector.verifier_).calibration
     assert calibration == tuple(detector.info_["calibration_ab"])
     soft = detector.sample_weights(features, noisy, mode="soft")
-    np.testing.assert_allclose(soft, label_noise.correct_probability(scores, scoring="stacked",
+    np.testing.assert_allclose(soft, calibration_lib.correct_probability(scores, scoring="stacked",
                                                                      calibration=calibration), atol=1e-6)
     np.testing.assert_allclose(soft, detector.verifier_({"features": features, "label": noisy})["weight_soft"],
                                atol=1e-6)
@@ -104,7 +105,7 @@ def test_detector_on_the_class_mean_margin_alone():
 
 def test_detector_keeps_the_callers_config_and_plants_no_data_root():
     from cleannet_tf import config as config_lib
-    from cleannet_tf.detector import detector_config
+    from cleannet_tf.detection.detector import detector_config
 
     config = config_lib.default_config()
     config.train.lr_decay_steps, config.train.eval_every, config.train.checkpoint_every = 777, 333, 444

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cleannet_tf.detection import scores_tsv
+from cleannet_tf.pipeline import scores_tsv
 
 
 def table(n: int = 4) -> scores_tsv.ScoresTable:
