@@ -176,6 +176,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.verify.classifier_rounds = 0  # refits of the classifier signals weighted by P(label correct) (fit.py)
     # Active verification: images proposed for a person to verify, per class.
     config.verify.budget_per_class = 10
+    # Nothing verified yet (cold start): share of the pool cleannet-run plans for verification (verify/to_verify.tsv;
+    # at least 2 images a class): per class a random val share, the rest where a label is most informative.
+    config.verify.plan_fraction = 0.02
     # report.html: classes shown with their most suspicious images.
     config.verify.report_classes = 6
 
@@ -381,6 +384,8 @@ def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> m
         _fail("train.lr_decay_factor", "must be in (0, 1]", config.train.lr_decay_factor)
     if not 0.0 <= config.cleannet.calibration_fraction < 1.0:
         _fail("cleannet.calibration_fraction", "must be in [0, 1)", config.cleannet.calibration_fraction)
+    if not 0.0 < config.verify.plan_fraction <= 1.0:
+        _fail("verify.plan_fraction", "must be in (0, 1]", config.verify.plan_fraction)
     if not 0.0 < config.verify.class_mean_keep <= 1.0:
         _fail("verify.class_mean_keep", "must be in (0, 1]", config.verify.class_mean_keep)
     signals = config.verify.signals

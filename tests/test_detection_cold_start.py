@@ -59,8 +59,9 @@ def test_plan_size_is_a_share_of_the_pool_with_two_rows_a_class():
 def test_plan_holds_a_random_val_share_per_class_and_informative_train_rows():
     features, true, noisy = _clusters(per_class=200)
     margin = cold_start.out_of_fold_margin(features, noisy, num_classes=5)["margin"]
-    rows, splits = cold_start.plan_verification(noisy, margin, num_classes=5, size=100, seed=3)
-    assert len(rows) == 100 and len(set(rows)) == 100
+    rows, splits, why = cold_start.plan_verification(noisy, margin, num_classes=5, size=200, seed=3)
+    assert {why[i] for i in np.flatnonzero(splits == "val")} == {cold_start.VAL_REASON}
+    assert len(rows) == 200 and len(set(rows)) == 200
     for c in range(5):
         in_class = noisy[rows] == c
         assert {"val", "train"} <= set(splits[in_class])
@@ -70,7 +71,7 @@ def test_plan_holds_a_random_val_share_per_class_and_informative_train_rows():
         assert members[np.argmin(margin[members])] in train and members[np.argmax(margin[members])] in train
     # val is never chosen by score: other scores, the same seed -> the same val rows.
     shuffled = np.random.default_rng(0).permutation(margin)
-    rows2, splits2 = cold_start.plan_verification(noisy, shuffled, num_classes=5, size=100, seed=3)
+    rows2, splits2, _ = cold_start.plan_verification(noisy, shuffled, num_classes=5, size=200, seed=3)
     assert set(rows[splits == "val"]) == set(rows2[splits2 == "val"])
     assert set(rows[splits == "train"]) != set(rows2[splits2 == "train"])
     # train rows sit nearer the boundary (margin 0) than a random sample of the pool.
@@ -84,7 +85,7 @@ def test_plan_skips_rows_that_are_not_candidates():
     features, _, noisy = _clusters(per_class=40)
     margin = cold_start.out_of_fold_margin(features, noisy, num_classes=5)["margin"]
     candidates = np.arange(len(noisy)) % 2 == 0
-    rows, splits = cold_start.plan_verification(noisy, margin, num_classes=5, size=30, candidates=candidates)
+    rows, splits, _ = cold_start.plan_verification(noisy, margin, num_classes=5, size=30, candidates=candidates)
     assert candidates[rows].all() and len(rows) == 30
     with pytest.raises(ValueError, match="val_share"):
         cold_start.plan_verification(noisy, margin, num_classes=5, size=30, val_share=1.0)

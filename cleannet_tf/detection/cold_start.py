@@ -31,8 +31,10 @@ from cleannet_tf import ops
 from cleannet_tf.detection import signals as detection_signals
 
 SCORE_NAME = "out-of-fold linear classifier margin (noisy labels; uncalibrated)"
-DEFAULT_FRACTION = 0.02  # verify.plan_fraction's default: share of the pool in the plan
-VAL_SHARE = 0.5  # of each class's planned rows: the random validation sample
+# Of each class's planned rows, the random validation sample: the threshold (Platt calibration on them) and the
+# reported error come from these; the stacked score has a handful of weights to fit on the train rows.
+VAL_SHARE = 0.75
+VAL_REASON = "random sample (held apart to choose and check the threshold)"
 EXTREMES_SHARE = 0.25  # of each class's training rows: half most, half least suspicious
 FOLDS = 5
 
@@ -84,15 +86,15 @@ def plan_size(pool_images: int, num_classes: int, fraction: float) -> int:
 def plan_verification(labels: np.ndarray, scores: np.ndarray, *, num_classes: int, size: int,
                       candidates: np.ndarray | None = None, val_share: float = VAL_SHARE,
                       extremes_share: float = EXTREMES_SHARE, boundary: float = 0.0,
-                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The images to verify, in order, and the split each answer belongs to (see the module docstring).
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The images to verify, in order, the split each answer belongs to and why (see the module docstring).
 
     Args:
         labels: (N,) int noisy labels. scores: (N,) float uncalibrated scores (low = suspicious).
         size: rows in the plan (plan_size). candidates: optional (N,) bool rows that may be planned (default all).
         boundary: the score where the uncalibrated decision flips (0 for a margin).
     Returns:
-        rows (M,) int64 and splits (M,) str "train" / "val", M <= size.
+        rows (M,) int64, splits (M,) str "train" / "val", reasons M str (for the reviewer), M <= size.
     """
     labels = ops.check_labels(labels, len(scores), num_classes)
     scores = np.asarray(scores, np.float64)
@@ -103,7 +105,7 @@ def plan_verification(labels: np.ndarray, scores: np.ndarray, *, num_classes: in
     rng = np.random.default_rng([seed, 0x91A7])
     available = np.bincount(labels[allowed], minlength=num_classes)
     quota = _class_quota(available, size)
-    queues = []
+    queues, reasons = [], {}
     for c in np.argsort(-available, kind="stable"):
         rows = np.flatnonzero(allowed & (labels == c))
         if not quota[c]:
@@ -111,12 +113,14 @@ def plan_verification(labels: np.ndarray, scores: np.ndarray, *, num_classes: in
         n_val = min(max(1, round(val_share * quota[c])), quota[c] - 1) if quota[c] > 1 else 1
         val = rng.choice(rows, n_val, replace=False)
         rest = np.setdiff1d(rows, val)
-        train = _informative(rest, scores[rest], quota[c] - n_val, extremes_share, boundary)
+        train, why = _informative(rest, scores[rest], quota[c] - n_val, extremes_share, boundary)
+        reasons.update(why)
+        reasons.update({int(row): VAL_REASON for row in val})
         queues.append(_interleave(val, train))
     order = [item for round_ in _round_robin(queues) for item in round_]
     rows = np.asarray([row for row, _ in order], np.int64)
     splits = np.asarray([split for _, split in order], dtype="<U5")
-    return rows, splits
+    return rows, splits, [reasons[int(row)] for row in rows]
 
 
 def _class_quota(available: np.ndarray, size: int) -> np.ndarray:
@@ -135,11 +139,12 @@ def _class_quota(available: np.ndarray, size: int) -> np.ndarray:
 
 
 def _informative(rows: np.ndarray, scores: np.ndarray, count: int, extremes_share: float,
-                 boundary: float) -> np.ndarray:
-    """`count` of `rows`: the extremes (alternately least and most suspicious), then nearest the boundary."""
+                 boundary: float) -> tuple[np.ndarray, dict[int, str]]:
+    """`count` of `rows`: the extremes (alternately least and most suspicious), the rest nearest the boundary;
+    and row -> why."""
     count = min(count, len(rows))
     if count <= 0:
-        return np.zeros(0, np.int64)
+        return np.zeros(0, np.int64), {}
     by_score = rows[np.lexsort((rows, scores))]  # most suspicious first
     n_extremes = min(int(round(extremes_share * count)), count)
     low, high = by_score[:(n_extremes + 1) // 2], by_score[::-1][:n_extremes // 2]
@@ -147,8 +152,11 @@ def _informative(rows: np.ndarray, scores: np.ndarray, count: int, extremes_shar
     taken = set(extremes)
     near = rows[np.lexsort((rows, np.abs(scores - boundary)))]
     near = [row for row in near if row not in taken][:count - len(extremes)]
+    why = {int(row): "near the boundary (the noisy-label classifier is unsure)" for row in near}
+    why.update({int(row): "among its class's most suspicious" for row in low})
+    why.update({int(row): "among its class's least suspicious" for row in high})
     # The boundary rows first (they move the threshold most), an extreme after every few.
-    return np.asarray(_interleave(np.asarray(near), np.asarray(extremes), tags=False), np.int64)
+    return np.asarray(_interleave(np.asarray(near), np.asarray(extremes), tags=False), np.int64), why
 
 
 def _interleave(first: np.ndarray, second: np.ndarray, *, tags: bool = True) -> list:

@@ -16,7 +16,7 @@ import numpy as np
 from cleannet_tf import ops
 from cleannet_tf.detection import signals as detection_signals
 from cleannet_tf.detection import stacking, verifier
-from cleannet_tf.detection.calibration import calibration_rows, fit_probability_calibration
+from cleannet_tf.detection.calibration import calibration_rows, fit_probability_calibration, half_probability_score
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.model.cleannet import MODE_SCORING, encode_classes
 from cleannet_tf.training import metrics
@@ -60,8 +60,8 @@ def verified_rows(data: training_pool.TrainingData, calibration_classes: np.ndar
 
 def fit_verifier(cleannet: keras.Model, data: training_pool.TrainingData, reference_sets: ReferenceSets, *,
                  mode: str, class_mean_keep: float = 0.7, calibration_classes: np.ndarray | None = None,
-                 signals=verifier.SIGNAL_NAMES[:4], classifier_rounds: int = 0,
-                 seed: int = 0) -> tuple[keras.Model, dict]:
+                 signals=verifier.SIGNAL_NAMES[:4], classifier_rounds: int = 0, seed: int = 0,
+                 chosen_by_score: bool = False) -> tuple[keras.Model, dict]:
     """The verifier of a trained CleanNet, its weights and threshold chosen on rows that are not evaluated.
 
     Args:
@@ -75,6 +75,10 @@ def fit_verifier(cleannet: keras.Model, data: training_pool.TrainingData, refere
         classifier_rounds: refits of the linear classifier (when a classifier signal is used), each with rows
             weighted by the last stacked P(label correct), the fit rows by their verification
             (detection_signals.classifier_refit_weights), and the stacked weights fitted again.
+        chosen_by_score: the verified_train rows were chosen by score (a verification plan, proposals near the
+            threshold), not at random: their best threshold is not the pool's. The threshold is then where the
+            Platt calibration fitted on the verified classes' verified_val rows (a random sample) gives
+            P(label correct) = 1/2, and the calibration is fitted on those rows alone.
     Returns:
         (verifier, info) with info["threshold"], info["scoring"], info["threshold_rows"] (which rows the
         threshold comes from), and for stacked info["fit_rows"], info["signal_weights"].
@@ -139,12 +143,19 @@ def fit_verifier(cleannet: keras.Model, data: training_pool.TrainingData, refere
                                     signal_weights=weights, signal_bias=bias, **extras)
     scores = verifier.class_scores(model, data.features[rows])[np.arange(len(rows)), data.labels[rows]]
     threshold, _ = metrics.best_threshold(scores, verification)
-    info["threshold"] = threshold
     # Platt calibration of P(label correct), served as weight_soft (the verifier holds it).
-    rows = calibration_rows(data, calibration_classes)
+    rows = calibration_rows(data, None if chosen_by_score else calibration_classes)
     scores = verifier.class_scores(model, data.features[rows])[np.arange(len(rows)), data.labels[rows]]
     calibration, calibration_info = fit_probability_calibration(scores, data.verification[rows], scoring)
     info.update(calibration_info)
+    half = half_probability_score(calibration, scoring) if chosen_by_score and calibration is not None else None
+    if half is not None:
+        threshold = half
+        info.update({"threshold_rows": "verified_val of verified classes: where their Platt-calibrated P(label "
+                                       "correct) is 1/2 (the verified_train rows were chosen by score)",
+                     "n_threshold_rows": int(len(rows)), "n_threshold_right": int(np.sum(data.verification[rows] == 1)),
+                     "n_threshold_wrong": int(np.sum(data.verification[rows] == 0))})
+    info["threshold"] = threshold
     model = verifier.build_verifier(cleannet, class_embeddings, class_means, scoring=scoring, threshold=threshold,
                                     signal_weights=weights, signal_bias=bias, calibration=calibration, **extras)
     return model, info

@@ -14,7 +14,10 @@
 
 The stacked weights and the threshold (the lowest detection error) are chosen on verified_train rows
 (detection/fit.py verified_rows: the calibration classes' when the score uses CleanNet's signals), never on the
-verified_val rows the figures are measured on; metrics.json names the rows of each figure (metric_rows).
+verified_val rows the figures are measured on; metrics.json names the rows of each figure (metric_rows). When the
+verified_train rows came from cleannet-review (a plan's or the proposals', chosen by score: table.py
+train_rows_chosen_by_score), the threshold is where the Platt calibration fitted on the verified_val rows (a random
+sample) gives P(label correct) = 1/2 (metrics.json threshold_rows says so).
 The five files (and report.html's figures) are written to a temporary folder beside WORKDIR/verify/ and published
 as one set (atomic_io.staging_dir): a kill at any moment leaves the previous complete set or the new one, never
 a mix. Imports `data`, `features`, `detection`, `training`, `pipeline` (artifacts and the writers of verify/).
@@ -38,7 +41,7 @@ from cleannet_tf.detection.fit import fit_verifier
 from cleannet_tf.pipeline import report as report_lib
 from cleannet_tf.pipeline import scores_tsv, to_verify
 from cleannet_tf.pipeline.artifacts import load_training_inputs
-from cleannet_tf.pipeline.table import load_table
+from cleannet_tf.pipeline.table import load_table, train_rows_chosen_by_score
 from cleannet_tf.pipeline.verify_metrics import METRIC_ROWS, detection_report
 from cleannet_tf.pipeline.workdir import classifier_dir, cleannet_dir, verify_dir
 from cleannet_tf.training import checkpointing
@@ -58,7 +61,8 @@ def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: data_t
     model, info = fit_verifier(cleannet, data, reference_sets, mode=config.cleannet.mode,
                                class_mean_keep=config.verify.class_mean_keep, calibration_classes=calibration,
                                signals=tuple(config.verify.signals),
-                               classifier_rounds=config.verify.classifier_rounds, seed=config.seed)
+                               classifier_rounds=config.verify.classifier_rounds, seed=config.seed,
+                               chosen_by_score=train_rows_chosen_by_score(table, config, workdir))
     info["calibration_classes"] = cleannet_training.log_calibration_classes(  # none are held out (data.heldout_list)
         table.class_names, calibration, config.cleannet.calibration_fraction)
     info["features_warnings"] = _features_warnings(config, workdir)  # the report repeats them
@@ -117,7 +121,7 @@ def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: da
         p_correct=probabilities if probabilities is not None else np.full(len(scores), np.nan),
         rank_score=rank_scores))
     checkpointing.save_model(model, os.path.join(output_dir, "verifier.keras"))
-    report = {"mode": config.cleannet.mode, **info,
+    report = {"mode": config.cleannet.mode, "calibrated": True, **info,
               **detection_report(scores, data, threshold, probabilities),
               "n_images": int(len(scores)), "n_flagged": int(np.sum(scores < threshold)),
               "class_names": list(data.class_names), "metric_rows": METRIC_ROWS}
