@@ -96,6 +96,12 @@ def fit_verifier(cleannet: keras.Model, data: training_pool.TrainingData, refere
                              f"Received {signals}")
     uses_cleannet = scoring != "stacked" or bool(set(signals) & set(verifier.CLEANNET_SIGNALS))
     rows, rows_name = verified_rows(data, calibration_classes if scoring == "stacked" else None, uses_cleannet)
+    refit_rows = rows  # the rows whose verification weighs the classifier refit
+    val_rows = data.validation[~data.heldout_classes[data.labels[data.validation]]]
+    chosen_by_score = chosen_by_score and len(np.unique(data.verification[val_rows])) == 2
+    if chosen_by_score and scoring == "stacked":  # few rows chosen by score: the stacked weights see val too
+        rows = np.concatenate([rows, val_rows])
+        rows_name += " and verified_val of verified classes (the verified_train rows were chosen by score)"
     verification = data.verification[rows]
     info: dict = {"scoring": scoring, "threshold_rows": rows_name, "n_threshold_rows": int(len(rows)),
                   "n_threshold_right": int(np.sum(verification == 1)),
@@ -129,7 +135,8 @@ def fit_verifier(cleannet: keras.Model, data: training_pool.TrainingData, refere
             scored = verifier.build_verifier(cleannet, class_embeddings, class_means, scoring=scoring, threshold=0.0,
                                              signal_weights=weights, signal_bias=bias, **extras)
             pool_scores = verifier.class_scores(scored, data.features)[np.arange(len(data.labels)), data.labels]
-            sample_weights = detection_signals.classifier_refit_weights((pool_scores + 1.0) / 2.0, rows, verification)
+            sample_weights = detection_signals.classifier_refit_weights((pool_scores + 1.0) / 2.0, refit_rows,
+                                                                        data.verification[refit_rows])
             extras["classifier"] = detection_signals.linear_classifier(x, data.labels, num_classes=num_classes,
                                                                sample_weights=sample_weights)
             weights, bias = stacked_weights()
@@ -151,6 +158,14 @@ def fit_verifier(cleannet: keras.Model, data: training_pool.TrainingData, refere
     half = half_probability_score(calibration, scoring) if chosen_by_score and calibration is not None else None
     if half is not None:
         threshold = half
+        plain = verifier.build_verifier(cleannet, class_embeddings, class_means, scoring=scoring, threshold=0.0,
+                                        **extras)
+        fit_signals = (verifier.own_class_signals(plain, data.features[rows], data.labels[rows], names=signals)
+                       if scoring == "stacked" else None)
+        info["detection_error_crossfit"] = crossfit_error(
+            fit_signals, data.verification[rows], np.flatnonzero(np.isin(rows, val_rows)),
+            scores=None if scoring == "stacked" else verifier.class_scores(model, data.features[rows])[
+                np.arange(len(rows)), data.labels[rows]], seed=seed)
         info.update({"threshold_rows": "verified_val of verified classes: where their Platt-calibrated P(label "
                                        "correct) is 1/2 (the verified_train rows were chosen by score)",
                      "n_threshold_rows": int(len(rows)), "n_threshold_right": int(np.sum(data.verification[rows] == 1)),
@@ -161,3 +176,30 @@ def fit_verifier(cleannet: keras.Model, data: training_pool.TrainingData, refere
     return model, info
 
 
+def crossfit_error(signals: np.ndarray | None, verification: np.ndarray, val: np.ndarray, *,
+                   scores: np.ndarray | None = None, folds: int = 5, seed: int = 0) -> float | None:
+    """The detection error of the val rows, each scored by stacked weights and a threshold fitted without it.
+
+    signals (n, F) of the n fit rows (stacked: the weights are refitted per fold on the other rows), or scores (n,)
+    (cosine / margin: fixed); verification (n,) 0/1; val: positions of the val rows among them. Per fold the
+    threshold is where the Platt calibration on the other val rows gives P(label correct) = 1/2, as fit_verifier
+    chooses it. None when a fold's rows are of one kind.
+    """
+    from cleannet_tf.detection.calibration import fit_calibration
+
+    fold = np.random.default_rng([seed, 0xC5F]).permutation(len(val)) % folds
+    errors = 0
+    for k in range(folds):
+        held, kept = val[fold == k], val[fold != k]
+        fit = np.setdiff1d(np.arange(len(verification)), held)
+        if len(np.unique(verification[kept])) < 2 or len(np.unique(verification[fit])) < 2:
+            return None
+        if signals is not None:
+            weights, bias = stacking.fit_signal_weights(signals[fit], verification[fit], seed=seed)
+            inputs = signals @ weights + bias  # the stacked logit
+        else:
+            inputs = np.asarray(scores, np.float64)
+        a, b = fit_calibration(inputs[kept], verification[kept], scoring="margin")  # identity input
+        threshold = -b / a if a > 0 else np.inf
+        errors += int(np.sum((inputs[held] < threshold) != (verification[held] == 0)))
+    return errors / len(val)

@@ -17,7 +17,8 @@ The stacked weights and the threshold (the lowest detection error) are chosen on
 verified_val rows the figures are measured on; metrics.json names the rows of each figure (metric_rows). When the
 verified_train rows came from cleannet-review (a plan's or the proposals', chosen by score: table.py
 train_rows_chosen_by_score), the threshold is where the Platt calibration fitted on the verified_val rows (a random
-sample) gives P(label correct) = 1/2 (metrics.json threshold_rows says so).
+sample) gives P(label correct) = 1/2, the stacked weights are fitted on both kinds of rows, and detection_error is
+cross-fitted on the verified_val rows (fit.py crossfit_error; detection_error_in_sample beside it).
 The five files (and report.html's figures) are written to a temporary folder beside WORKDIR/verify/ and published
 as one set (atomic_io.staging_dir): a kill at any moment leaves the previous complete set or the new one, never
 a mix. Imports `data`, `features`, `detection`, `training`, `pipeline` (artifacts and the writers of verify/).
@@ -127,6 +128,11 @@ def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: da
               "class_names": list(data.class_names), "metric_rows": METRIC_ROWS}
     for name in report["calibration_classes"]:
         report["per_class"][name]["calibration"] = True
+    if info.get("detection_error_crossfit") is not None:  # val rows helped fit: each scored by a fit without it
+        report["detection_error_in_sample"] = report["detection_error"]
+        report["detection_error"] = info["detection_error_crossfit"]
+        report["metric_rows"] = {**METRIC_ROWS, "detection_error": "verified_val of verified classes, cross-fitted "
+                                 "(5 folds: stacked weights and threshold fitted without the fold)"}
     seen = data.validation[~data.heldout_classes[data.labels[data.validation]]]  # the rows the figures come from
     report["warnings"] = sanity.log(sanity.detection_warnings(
         detection_error=report["detection_error"], verification=data.verification[seen],
