@@ -176,8 +176,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.verify.classifier_rounds = 0  # refits of the classifier signals weighted by P(label correct) (fit.py)
     # Active verification: images proposed for a person to verify, per class.
     config.verify.budget_per_class = 10
-    # Nothing verified yet (cold start): share of the pool cleannet-run plans for verification (verify/to_verify.tsv;
-    # at least 2 images a class): per class a random val share, the rest where a label is most informative.
+    # Nothing verified yet: share of the pool cleannet-run plans for verification (verify/to_verify.tsv, >= 2 images
+    # a class): per class a random val share, the rest where a label is most informative (docs/verification.md).
     config.verify.plan_fraction = 0.02
     # report.html: classes shown with their most suspicious images.
     config.verify.report_classes = 6
@@ -371,8 +371,6 @@ def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> m
 
     _check_choice(config, "cleannet.feature_norm", FEATURE_NORMS)
     _check_choice(config, "cleannet.mode", CLEANNET_MODES)
-    if not 0.0 < config.refs.core_fraction <= 1.0:
-        _fail("refs.core_fraction", "must be in (0, 1]", config.refs.core_fraction)
     _check_choice(config, "cleannet.encoding", ENCODINGS)
     if not 0.0 <= config.cleannet.dropout_rate < 1.0:
         _fail("cleannet.dropout_rate", "must be in [0, 1)", config.cleannet.dropout_rate)
@@ -380,14 +378,11 @@ def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> m
                   "loss.unverified_weight", "loss.other_class_weight", "train.momentum", "verify.classifier_rounds",
                   "verify.budget_per_class", "verify.report_classes"):
         _check_positive(config, field, allow_zero=True)
-    if not 0.0 < config.train.lr_decay_factor <= 1.0:
-        _fail("train.lr_decay_factor", "must be in (0, 1]", config.train.lr_decay_factor)
     if not 0.0 <= config.cleannet.calibration_fraction < 1.0:
         _fail("cleannet.calibration_fraction", "must be in [0, 1)", config.cleannet.calibration_fraction)
-    if not 0.0 < config.verify.plan_fraction <= 1.0:
-        _fail("verify.plan_fraction", "must be in (0, 1]", config.verify.plan_fraction)
-    if not 0.0 < config.verify.class_mean_keep <= 1.0:
-        _fail("verify.class_mean_keep", "must be in (0, 1]", config.verify.class_mean_keep)
+    for field in ("refs.core_fraction", "train.lr_decay_factor", "verify.plan_fraction", "verify.class_mean_keep"):
+        if not 0.0 < _get(config, field) <= 1.0:
+            _fail(field, "must be in (0, 1]", _get(config, field))
     signals = config.verify.signals
     if not signals or not set(signals) <= set(SIGNAL_NAMES) or len(set(signals)) != len(signals):
         _fail("verify.signals", f"must be distinct names among {SIGNAL_NAMES}", signals)
