@@ -144,10 +144,11 @@ def _verification_sources(data_format: str, root: str) -> tuple[str, str]:
                 f"the images of {CLOTHING1M_CLEAN_LISTS[1]} under {root} with a noisy label in "
                 f"{CLOTHING1M_NOISY_KV}")
     if data_format == "folder":
-        return ("a class folder has none: cleannet-review writes them (WORKDIR/review/verified_train.tsv, read with "
-                "data.extra_verified=auto), or name a file in data.extra_verified (header, then class/image<TAB>1|0)",
-                "a class folder has none, and data.extra_verified labels training rows only: list the dataset in a "
-                ".tsv or .csv file (data.format=tsv/csv) with split=val and a `verified` value on some rows")
+        return ("a class folder has none: cleannet-run plans what to verify and cleannet-review writes the answers "
+                "(WORKDIR/review/verified_train.tsv), or name a file in data.extra_verified (header, then "
+                "class/image<TAB>1|0)", "a class folder has none: cleannet-run plans what to verify and "
+                "cleannet-review writes the answers (WORKDIR/review/verified_val.tsv), or name a file called "
+                "verified_val.tsv in data.extra_verified")
     return (f"{root}: rows with split=train (or no split) and a `verified` value (1 = label right, 0 = wrong)",
             f"{root}: rows with split=val and a `verified` value (1 = label right, 0 = wrong)")
 
