@@ -33,6 +33,7 @@ KERAS_CLASS_MODULES = (
     "cleannet_tf.model.layers",
     "cleannet_tf.features.backbones",
     "cleannet_tf.features.efficientnet_lite",
+    "cleannet_tf.features.block_cache",
     "cleannet_tf.detection.verifier",
 )
 

@@ -1,9 +1,9 @@
-"""cleannet-config: every config field with its comment and default (the schema, cleannet_tf/config.py).
+"""cleannet-config: every config field with its comment and default (the schema, cleannet_tf/config/).
 
     cleannet-config --show
     cleannet-config --show --config=configs/demo.py     # also that config's value where it differs
 
-Reads: cleannet_tf/config.py (and --config, if given). Writes: nothing; prints one
+Reads: cleannet_tf/config/ (and --config, if given). Writes: nothing; prints one
 block per field: `section.field = default`, then its comment. Any field is set on
 a command line as --config.section.field=value. Errors print one line and exit 1;
 --debug adds the traceback.

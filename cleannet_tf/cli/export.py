@@ -11,7 +11,7 @@ workdir lock); an export to WORKDIR/saved_models gets its DONE record.
 
 Config: --config=configs/<x>.py, any field overridden as --config.section.field=value;
 `cleannet-config --show` lists every field with its comment and default (schema:
-cleannet_tf/config.py). Also writes the config it ran with to WORKDIR/config.export.json.
+cleannet_tf/config/). Also writes the config it ran with to WORKDIR/config.export.json.
 Errors print one line and exit 1; --debug (or --verbosity=1) adds the traceback.
 
 Imports `pipeline`.

@@ -31,7 +31,7 @@ from cleannet_tf.training import distribute
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", config_lib.__file__, "An ml_collections config file, e.g. configs/demo.py (default: the schema's "
-    "defaults, cleannet_tf/config.py). Override any field as --config.section.field=value; "
+    "defaults, cleannet_tf/config/). Override any field as --config.section.field=value; "
     "`cleannet-config --show` lists every field with its comment and default.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder every step reads from and writes to (created if missing).")
 _DEBUG = flags.DEFINE_boolean("debug", False, "Print the Python traceback of an error (as --verbosity=1 does).")
@@ -43,7 +43,8 @@ _COMMON_FLAGS = ("config", "workdir", "debug", "verbosity")
 
 def default_config_path(name: str) -> str | None:
     """configs/<name>.py of the source checkout this package runs from, if there is one."""
-    path = os.path.join(os.path.dirname(os.path.dirname(config_lib.__file__)), "configs", f"{name}.py")
+    repository = os.path.dirname(os.path.dirname(os.path.dirname(config_lib.__file__)))  # cleannet_tf/config/
+    path = os.path.join(repository, "configs", f"{name}.py")
     return path if os.path.exists(path) else None
 
 

@@ -17,7 +17,7 @@ the same flags picks up where it stopped (each step resumes too).
 
 Config: --config=configs/<x>.py, any field overridden as --config.section.field=value;
 `cleannet-config --show` lists every field with its comment and default (schema:
-cleannet_tf/config.py). Also writes the config it ran with to WORKDIR/config.run.json.
+cleannet_tf/config/). Also writes the config it ran with to WORKDIR/config.run.json.
 Errors print one line and exit 1; --debug (or --verbosity=1) adds the traceback.
 
 Imports `pipeline`, `training`.

@@ -10,9 +10,15 @@ With --config.classifier.weighting=none this is the paper's first step: the
 backbone fine-tuned on the noisy labels, whose features CleanNet then uses
 (`model.weights=classifier`). Resumes from its checkpoints after a kill.
 
+Fine-tuning from a block on (efficientnet_lite0): --config.classifier.train_from=block11 (or head, logits, any
+block<k>) trains only that part and the softmax; without a GPU the frozen layers' outputs are computed once into
+WORKDIR/frozen_cache/ (classifier.frozen_cache), so an epoch costs a fraction of full fine-tuning;
+classifier.holdout_fraction and classifier.patience keep the best epoch on held-apart rows and stop early;
+classifier.mixed_precision computes in float16 on GPUs.
+
 Config: --config=configs/<x>.py, any field overridden as --config.section.field=value;
 `cleannet-config --show` lists every field with its comment and default (schema:
-cleannet_tf/config.py). When it finishes, writes the config of its outputs to WORKDIR/config.train_classifier.json.
+cleannet_tf/config/). When it finishes, writes the config of its outputs to WORKDIR/config.train_classifier.json.
 Errors print one line and exit 1; --debug (or --verbosity=1) adds the traceback.
 
 Imports `pipeline`, `training`.

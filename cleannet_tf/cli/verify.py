@@ -11,7 +11,7 @@ verified validation rows.
 
 Config: --config=configs/<x>.py, any field overridden as --config.section.field=value;
 `cleannet-config --show` lists every field with its comment and default (schema:
-cleannet_tf/config.py). When it finishes, writes the config of its outputs to WORKDIR/config.verify.json.
+cleannet_tf/config/). When it finishes, writes the config of its outputs to WORKDIR/config.verify.json.
 Errors print one line and exit 1; --debug (or --verbosity=1) adds the traceback.
 
 Imports `pipeline`.

@@ -82,6 +82,22 @@ def _mbconv(x, index: int, expand: int, kernel: int, stride: int, filters: int):
     return x
 
 
+# (expand ratio, kernel, stride, output channels) of block0 .. block15, the stages unrolled.
+BLOCKS = tuple((expand, kernel, stride if repeat == 0 else 1, filters)
+               for expand, kernel, stride, repeats, filters in _STAGES for repeat in range(repeats))
+
+
+def efficientnet_lite0_top(x, first_block: int):
+    """Blocks `first_block`.. of the network, the head conv and the pooling on x (B, h, w, c) -> (B, 1280).
+
+    first_block = len(BLOCKS): the head conv only. The layers have the names they have in the whole network.
+    """
+    for index in range(first_block, len(BLOCKS)):
+        x = _mbconv(x, index, *BLOCKS[index])
+    x = _conv_bn(x, FEATURE_DIM, 1, 1, "head", activation=True)
+    return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+
+
 def efficientnet_lite0_layers(image_input) -> tuple:
     """Builds the network on `image_input` (B, H, W, 3) RGB in [0, 255].
 
@@ -90,13 +106,7 @@ def efficientnet_lite0_layers(image_input) -> tuple:
     """
     x = TorchImageNetNormalization(name="preprocessing")(image_input)
     x = _conv_bn(x, _STEM_CHANNELS, 3, 2, "stem", activation=True)
-    index = 0
-    for expand, kernel, stride, repeats, filters in _STAGES:
-        for repeat in range(repeats):
-            x = _mbconv(x, index, expand, kernel, stride if repeat == 0 else 1, filters)
-            index += 1
-    x = _conv_bn(x, FEATURE_DIM, 1, 1, "head", activation=True)
-    features = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    features = efficientnet_lite0_top(x, 0)
     logits = keras.layers.Dense(NUM_IMAGENET_CLASSES, name="imagenet_logits")(features)
     return features, logits
 

@@ -6,7 +6,8 @@ Layout of a store directory (plain NumPy files, `np.load` reads each):
     complete.json                 completion record: written once every shard is present and checked
     keys.npy                      (N,) str: the table keys, row order
     shard-00000.valid.npy         (n,) bool: False where the image could not be read
-    shard-00000.features.npy      (n, D) float32: rows [0, n); zeros where not valid
+    shard-00000.features.npy      (n, D) float32 (the manifest's dtype, when it names one): rows [0, n); zeros
+                                  where not valid
     shard-00001....
 
 Shard i holds rows [i * shard_size, min(N, (i + 1) * shard_size)). Each file is
@@ -106,11 +107,12 @@ class FeatureStore:
         self.feature_dim = int(manifest["feature_dim"])
         self.shard_size = int(manifest["shard_size"])
         self.num_shards = max(1, -(-self.num_rows // self.shard_size))
+        self.dtype = np.dtype(manifest.get("dtype", "float32"))
 
     @classmethod
     def create_or_open(cls, directory: str, *, keys: np.ndarray, paths: np.ndarray, feature_dim: int,
-                       shard_size: int, extractor: dict) -> FeatureStore:
-        """Opens the store for this table and extractor, or starts a new one.
+                       shard_size: int, extractor: dict, dtype: str = "float32") -> FeatureStore:
+        """Opens the store for this table and extractor, or starts a new one (features kept as `dtype`).
 
         Raises:
             ValueError: the directory holds a store of another table or extractor.
@@ -118,15 +120,17 @@ class FeatureStore:
         fingerprint = table_fingerprint(keys, paths)
         manifest = {"num_rows": len(keys), "feature_dim": int(feature_dim), "shard_size": int(shard_size),
                     "extractor": extractor, "fingerprint": fingerprint, "format": 1}
+        if np.dtype(dtype) != np.float32:  # float32 stores keep the manifest they always had
+            manifest["dtype"] = np.dtype(dtype).name
         path = os.path.join(directory, MANIFEST)
         if os.path.exists(path):
             with open(path) as f:
                 existing = json.load(f)
-            for field in ("fingerprint", "extractor", "shard_size", "feature_dim", "num_rows"):
-                if existing.get(field) != manifest[field]:
+            for field in ("fingerprint", "extractor", "shard_size", "feature_dim", "num_rows", "dtype"):
+                if existing.get(field) != manifest.get(field):
                     raise ValueError(
                         f"{path}: the feature store there was made with another {field} "
-                        f"({existing.get(field)!r}, now {manifest[field]!r}). Delete {directory} to re-extract, "
+                        f"({existing.get(field)!r}, now {manifest.get(field)!r}). Delete {directory} to re-extract, "
                         "or use another --workdir.")
             return cls(directory)
         os.makedirs(directory, exist_ok=True)
@@ -160,9 +164,9 @@ class FeatureStore:
         return not self.unfinished_shards()
 
     def write_shard(self, shard: int, features: np.ndarray, valid: np.ndarray) -> None:
-        """Writes one shard: features (n, D) float32, valid (n,) bool; n = its row count."""
+        """Writes one shard: features (n, D) (stored as the store's dtype), valid (n,) bool; n = its row count."""
         start, end = self.shard_rows(shard)
-        features = np.asarray(features, dtype=np.float32)
+        features = np.asarray(features, dtype=self.dtype)
         if features.shape != (end - start, self.feature_dim) or valid.shape != (end - start,):
             raise ValueError(f"Shard {shard} needs features ({end - start}, {self.feature_dim}) and valid "
                              f"({end - start},). Received: {features.shape} and {valid.shape}")
@@ -192,7 +196,7 @@ class FeatureStore:
         for shard in range(self.num_shards):
             start, end = self.shard_rows(shard)
             for kind, shape, dtype in (("valid", (end - start,), np.bool_),
-                                       ("features", (end - start, self.feature_dim), np.float32)):
+                                       ("features", (end - start, self.feature_dim), self.dtype)):
                 array = self._load(self._path(shard, kind), mmap=True)
                 if array.shape != shape or array.dtype != dtype:
                     raise ValueError(f"{self._path(shard, kind)}: shape {array.shape} {array.dtype}, expected "
@@ -231,10 +235,10 @@ class FeatureStore:
         return features
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
-        """Features of `rows` (any order): (len(rows), D) float32, read through memory maps."""
+        """Features of `rows` (any order): (len(rows), D) of the store's dtype, read through memory maps."""
         self._check_complete()
         rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows), self.feature_dim), dtype=np.float32)
+        out = np.empty((len(rows), self.feature_dim), dtype=self.dtype)
         if len(rows) and (rows.min() < 0 or rows.max() >= self.num_rows):
             raise IndexError(f"Rows must be in [0, {self.num_rows}). Received min {rows.min()}, max {rows.max()}")
         shard_of_row = rows // self.shard_size

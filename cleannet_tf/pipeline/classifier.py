@@ -15,8 +15,9 @@ from cleannet_tf.pipeline.artifacts import classifier_weights
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.workdir import (
     classifier_output_dir,
+    frozen_cache_dir,
 )
-from cleannet_tf.training import classifier
+from cleannet_tf.training import classifier, finetune
 
 
 def run_train_classifier(config: ml_collections.ConfigDict, workdir: str, *, table: data_table.LabelTable | None = None,
@@ -29,6 +30,11 @@ def run_train_classifier(config: ml_collections.ConfigDict, workdir: str, *, tab
     if initial_weights == "auto":
         has_imagenet = backbones.BACKBONES[config.model.backbone].has_imagenet_weights
         initial_weights = "imagenet" if has_imagenet else "random"
+    if finetune.uses_finetune(config):  # from a block on, held-apart rows or mixed precision
+        _, metrics = finetune.train_finetune(
+            table, config, classifier_output_dir(workdir, weighting), cache_dir=frozen_cache_dir(workdir),
+            sample_weights=weights, initial_weights=initial_weights, strategy=strategy, progress=progress)
+        return metrics
     _, metrics = classifier.train_classifier(
         table, config, classifier_output_dir(workdir, weighting), sample_weights=weights,
         initial_weights=initial_weights, strategy=strategy, progress=progress)

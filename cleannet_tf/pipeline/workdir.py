@@ -1,7 +1,7 @@
 """Every WORKDIR path: one function per step's folder or file (the layout a c90b6d9 workdir already has).
 
-    config.<step>.json  demo_data/  classifier[_<weighting>]/  features/  references.npz  cleannet/  verify/
-    saved_models/  done/  review/
+    config.<step>.json  demo_data/  classifier[_<weighting>]/  frozen_cache/  features/  references.npz  cleannet/
+    verify/  saved_models/  done/  review/
 
 Imports nothing of the package.
 """
@@ -46,6 +46,12 @@ def classifier_dir(workdir: str) -> str:
 def classifier_output_dir(workdir: str, weighting: str) -> str:
     """WORKDIR/classifier for the unweighted classifier (the feature extractor), classifier_<weighting> otherwise."""
     return classifier_dir(workdir) + ("" if weighting == "none" else f"_{weighting}")
+
+
+def frozen_cache_dir(workdir: str) -> str:
+    """WORKDIR/frozen_cache: the frozen layers' outputs a fine-tune from a block on reads (training/finetune.py),
+    one folder per setting, shared by the unweighted and weighted classifiers."""
+    return os.path.join(workdir, "frozen_cache")
 
 
 def export_dir(workdir: str) -> str:

@@ -195,25 +195,29 @@ class ClassifierTask(loop.Task):
         skip = start_step - (int(self.epoch_ends[first_epoch - 1]) if first_epoch else 0)
         # Every epoch yields exactly its steps' batches per replica (shards stay in step).
         replicas_here = context.num_replicas_in_sync // context.num_input_pipelines
-        table = self.table
         shard, num_shards = context.input_pipeline_id, context.num_input_pipelines
-        if self.features is not None:
-            features = tf.constant(self.features, tf.float32)
-            parts = [_per_epoch_features_dataset(features, rows, table.labels[rows], rows_weights, epoch=epoch,
-                                                 per_replica_batch=per_replica, seed=self.config.seed, shard=shard,
-                                                 num_shards=num_shards)
-                     .repeat().take(steps * replicas_here)
-                     for epoch, (rows, rows_weights, steps) in enumerate(self.epochs) if epoch >= first_epoch]
-        else:
-            parts = [_per_epoch_dataset(table.paths[rows], table.labels[rows], rows_weights, epoch=epoch,
-                                        image_size=self.image_size, per_replica_batch=per_replica, config=self.config,
-                                        shard=shard, num_shards=num_shards)
-                     .repeat().take(steps * replicas_here)
-                     for epoch, (rows, rows_weights, steps) in enumerate(self.epochs) if epoch >= first_epoch]
+        self._features_tensor = None  # made by this call's first epoch_dataset, shared by its epochs
+        parts = [self.epoch_dataset(epoch, rows, rows_weights, per_replica_batch=per_replica, shard=shard,
+                                    num_shards=num_shards).repeat().take(steps * replicas_here)
+                 for epoch, (rows, rows_weights, steps) in enumerate(self.epochs) if epoch >= first_epoch]
         combined = parts[0]
         for part in parts[1:]:
             combined = combined.concatenate(part)
         return combined.skip(skip * replicas_here)
+
+    def epoch_dataset(self, epoch: int, rows: np.ndarray, rows_weights: np.ndarray, *, per_replica_batch: int,
+                      shard: int, num_shards: int) -> tf.data.Dataset:
+        """Epoch `epoch`'s batches of this input pipeline: `rows` (table rows) shuffled by (seed, epoch)."""
+        table = self.table
+        if self.features is not None:
+            if getattr(self, "_features_tensor", None) is None:
+                self._features_tensor = tf.constant(self.features, tf.float32)
+            return _per_epoch_features_dataset(self._features_tensor, rows, table.labels[rows],
+                                               rows_weights, epoch=epoch, per_replica_batch=per_replica_batch,
+                                               seed=self.config.seed, shard=shard, num_shards=num_shards)
+        return _per_epoch_dataset(table.paths[rows], table.labels[rows], rows_weights, epoch=epoch,
+                                  image_size=self.image_size, per_replica_batch=per_replica_batch,
+                                  config=self.config, shard=shard, num_shards=num_shards)
 
     def replica_step(self, batch: dict) -> dict[str, tf.Tensor]:
         model = self.model
@@ -223,7 +227,16 @@ class ClassifierTask(loop.Task):
                                           global_batch_size=self.global_batch)
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-        gradients = tape.gradient(loss, model.trainable_variables)
+            scaled_loss = self.optimizer.scale_loss(loss)  # the loss itself but under a LossScaleOptimizer
+        gradients = tape.gradient(scaled_loss, model.trainable_variables)
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            # Keras skips the step (and lowers the loss scale) on inf/NaN in replica 0's gradients only, taking
+            # them as all-reduced: another replica's non-finite gradients are zeroed so they cannot reach the
+            # weights (an all-reduce here clashed with the optimizer's own collectives under MirroredStrategy).
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
+            keep = tf.logical_or(finite, tf.equal(replica, 0))
+            gradients = [tf.where(keep, g, tf.zeros_like(g)) for g in gradients]
         self.optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
         correct = tf.reduce_sum(tf.cast(tf.argmax(logits, -1, output_type=tf.int32) == batch["label"], tf.float32))
         return {"loss": loss, "correct": correct}

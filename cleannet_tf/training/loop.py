@@ -96,6 +96,15 @@ class Task:
     def is_checkpoint_step(self, step: int) -> bool:
         return step == self.total_steps
 
+    def should_stop(self, step: int) -> bool:
+        """True when training ends after `step`, before total_steps (early stopping); read after each step
+        and, on a resumed run, at the restored step."""
+        return False
+
+    def checkpoint_items(self) -> dict:
+        """Trackables (e.g. tf.Variables) saved in the checkpoint beside the model and optimizer."""
+        return {}
+
     def log_entry(self, step: int, window: Window) -> tuple[dict, dict[str, float]]:
         """(history entry with "step", TensorBoard scalars) of a log step."""
         return {"step": step}, {}
@@ -150,7 +159,7 @@ def train(task: Task, output_dir: str, *, strategy: tf.distribute.Strategy | Non
     with strategy.scope():
         task.build()
         task.optimizer.build(task.model.trainable_variables)  # slots now, not lazily inside the replica function
-    checkpoint = tf.train.Checkpoint(model=task.model, optimizer=task.optimizer)
+    checkpoint = tf.train.Checkpoint(model=task.model, optimizer=task.optimizer, **task.checkpoint_items())
     manager = checkpointing.restore_latest(checkpoint, os.path.join(write_dir, "checkpoints"),
                                            max_to_keep=max_to_keep)
     start_step = int(task.optimizer.iterations.numpy())
@@ -179,6 +188,8 @@ def train(task: Task, output_dir: str, *, strategy: tf.distribute.Strategy | Non
     with tqdm.tqdm(total=task.total_steps, initial=start_step, unit="step", desc=task.name,
                    disable=None if progress else True) as bar:
         for step in range(start_step + 1, task.total_steps + 1):
+            if step > 1 and task.should_stop(step - 1):
+                break
             window.add(train_step(iterator))
             state.step = step
             bar.update(1)
