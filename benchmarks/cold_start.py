@@ -17,7 +17,12 @@ detection_error), how many labels each used. Target: plan error <= random error,
     nice python -m benchmarks.cold_start --release=/work/scratch/realnoise/cifar10n_worst_s0 \\
         --features=/work/scratch/frozen/effl0_features_cifar10n_worst_s0.npz --work=/work/scratch/coldstart/bench
 
-Run from the repository root (configs/realnoise.py). Each run's log goes to WORK/<name>.log.
+Run from the repository root (configs/realnoise.py). Each run's log goes to WORK/<name>.log; --runs=plan or
+random makes one of them (the figures need both in WORK).
+
+Measured on cifar10n_worst_s0 (20k images, 40% wrong labels, EfficientNet-Lite0 ImageNet features):
+    plan    verified   400  pool error 0.1435 (19600 rows)  reported 0.1429 on 301 val rows
+    random  verified  2000  pool error 0.1454 (18000 rows)  reported 0.1330 on 1000 val rows
 """
 
 from __future__ import annotations
