@@ -62,13 +62,17 @@ def test_detector_weights_and_save_load(fitted, tmp_path):
     np.testing.assert_allclose(soft, detector.verifier_({"features": features, "label": noisy})["weight_soft"],
                                atol=1e-6)
     hard = detector.sample_weights(features, noisy, mode="hard")
-    np.testing.assert_array_equal(hard, (scores >= detector.threshold_).astype(np.float32))
+    # hard: the verifier's operating point (each class's threshold), the complement of find_label_issues
+    thresholds = np.asarray(detector.info_["class_thresholds"])[noisy]
+    np.testing.assert_array_equal(hard, (scores >= thresholds).astype(np.float32))
+    np.testing.assert_array_equal(detector.find_label_issues(features, noisy), hard == 0)
     path = str(tmp_path / "detector.keras")
     detector.save(path)
     loaded = cleannet_tf.CleanNetDetector.load(path)
     np.testing.assert_array_equal(loaded.score(features, noisy), scores)
     np.testing.assert_array_equal(loaded.sample_weights(features, noisy, mode="soft"), soft)
     assert loaded.threshold_ == pytest.approx(detector.threshold_)
+    np.testing.assert_array_equal(loaded.sample_weights(features, noisy, mode="hard"), hard)
     assert loaded.config.cleannet.mode == "stacked" and loaded.validation_fraction == detector.validation_fraction
 
 

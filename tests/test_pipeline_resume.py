@@ -162,7 +162,9 @@ def test_sigkill_of_verify_between_outputs_leaves_the_old_complete_set(tmp_path)
     assert set(metrics["signal_weights"]) and metrics["signal_weights"]["class_mean_margin"] == 0.0
     noisy = [line.split("\t")[3] for line in current["scores.tsv"].decode().splitlines()[1:]]
     scores = [float(line.split("\t")[2]) for line in current["scores.tsv"].decode().splitlines()[1:]]
-    assert all((s < metrics["threshold"]) == (n == "1") for s, n in zip(scores, noisy, strict=True))
+    labels = [line.split("\t")[1] for line in current["scores.tsv"].decode().splitlines()[1:]]
+    threshold = dict(zip(metrics["class_names"], metrics["class_thresholds"], strict=True))  # the operating point's
+    assert all((s < threshold[c]) == (n == "1") for s, c, n in zip(scores, labels, noisy, strict=True))
     assert json.loads((workdir / "config.verify.json").read_text())["verify"]["signals"] == \
         ["cleannet_cosine", "cleannet_margin"]  # the comma string on the command line, a tuple in the config
 

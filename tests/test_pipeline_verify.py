@@ -42,8 +42,12 @@ def test_verify_writes_scores_metrics_and_verifier(verified_workdir):
     rows = {key: i for i, key in enumerate(table.keys)}
     table_rows = np.array([rows[key] for key in scores.keys])
     assert list(scores.labels) == [table.class_names[c] for c in table.labels[table_rows]]
+    # The default operating point: one threshold (each class's threshold is it; "calibrated":
+    # test_pipeline_verify_operating_point.py).
+    assert report["operating_point"] == "threshold" and set(report["class_thresholds"]) == {report["threshold"]}
+    pair_threshold = np.asarray(report["class_thresholds"])[table.labels[table_rows]]
+    np.testing.assert_array_equal(scores.noisy, scores.scores < pair_threshold)
     threshold = report["threshold"]
-    np.testing.assert_array_equal(scores.noisy, scores.scores < threshold - 1e-6 * (scores.scores == threshold))
     # Soft weights: the calibrated P(label correct) (stacked mode), never 0 for an unsure image.
     np.testing.assert_allclose(scores.weight_soft, scores.p_correct, atol=2e-6)
     assert np.all(np.diff(scores.p_correct[np.argsort(scores.scores)]) >= -1e-6)  # monotone in the score
@@ -61,6 +65,7 @@ def test_verify_writes_scores_metrics_and_verifier(verified_workdir):
     np.testing.assert_array_equal(table.keys[data.table_rows], scores.keys)
     np.testing.assert_allclose(served["weight_soft"], scores.weight_soft, atol=2e-6)
     np.testing.assert_allclose(served["score"], scores.scores, atol=2e-6)
+    np.testing.assert_array_equal(served["is_noisy"], scores.noisy)  # the served verifier flags at the same point
 
     # The planted noise is found, in verified and held-out classes alike.
     key_index = {f"img{i:05d}.jpg": i for i in range(len(true))}
@@ -74,6 +79,7 @@ def test_verify_writes_scores_metrics_and_verifier(verified_workdir):
 
     written = json.load(open(os.path.join(workdir, "verify", "metrics.json")))
     assert written["threshold"] == pytest.approx(threshold)
+    assert written["operating_point"] == "threshold"  # metrics.json says which operating point flagged
     for field in ("detection_error", "detection_error_heldout", "roc_auc", "n_val", "precision", "recall", "f1"):
         assert field in written
     assert written["detection_error"] < 0.1 and written["detection_error_heldout"] < 0.15

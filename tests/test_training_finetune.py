@@ -16,9 +16,8 @@ import tensorflow as tf
 
 from cleannet_tf import config as config_lib
 from cleannet_tf.data import table as datasets
-from cleannet_tf.detection import scores_tsv
 from cleannet_tf.features import backbones, block_cache
-from cleannet_tf.pipeline import records, runner
+from cleannet_tf.pipeline import records, runner, scores_tsv
 from cleannet_tf.pipeline.classifier import classifier_weights, run_train_classifier
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.training import distribute, finetune

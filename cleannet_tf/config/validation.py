@@ -18,6 +18,7 @@ from cleannet_tf.config.schema import (
     ENCODINGS,
     FEATURE_NORMS,
     LIST_FIELDS,
+    OPERATING_POINTS,
     RESIZE_MODES,
     SIGNAL_NAMES,
     STRATEGIES,
@@ -199,6 +200,7 @@ def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> m
         _fail("verify.plan_fraction", "must be in (0, 1]", config.verify.plan_fraction)
     if not 0.0 < config.verify.class_mean_keep <= 1.0:
         _fail("verify.class_mean_keep", "must be in (0, 1]", config.verify.class_mean_keep)
+    _check_choice(config, "verify.operating_point", OPERATING_POINTS)
     signals = config.verify.signals
     if not signals or not set(signals) <= set(SIGNAL_NAMES) or len(set(signals)) != len(signals):
         _fail("verify.signals", f"must be distinct names among {SIGNAL_NAMES}", signals)

@@ -141,7 +141,8 @@ class CleanNetDetector:
         self.verifier_, self.info_ = verifier_fit.fit_verifier(
             cleannet, data, reference_sets, mode=self.config.cleannet.mode,
             class_mean_keep=self.config.verify.class_mean_keep, calibration_classes=calibration, signals=signals,
-            classifier_rounds=self.config.verify.classifier_rounds, seed=self.config.seed)
+            classifier_rounds=self.config.verify.classifier_rounds,
+            operating_point=self.config.verify.operating_point, seed=self.config.seed)
         self.threshold_ = float(self.info_["threshold"])
         return self
 
@@ -162,19 +163,26 @@ class CleanNetDetector:
         return np.concatenate(scores) if scores else np.zeros(0, np.float32)
 
     def find_label_issues(self, features, labels, *, return_ranked: bool = False) -> np.ndarray:
-        """(N,) bool mask of likely wrong labels, or their indices most suspicious first (return_ranked)."""
-        return label_noise.find_label_issues(self.score(features, labels), threshold=self.threshold_,
+        """(N,) bool mask of likely wrong labels, or their indices most suspicious first (return_ranked), at the
+        verifier's operating point (each class's threshold: verify.operating_point)."""
+        return label_noise.find_label_issues(self.score(features, labels), threshold=self.pair_thresholds(labels),
                                              return_ranked=return_ranked)
+
+    def pair_thresholds(self, labels) -> np.ndarray:
+        """(N,) float64 threshold of each label (N,): its class's at the verifier's operating point."""
+        return verifier.verification_head_of(self._check_fitted()).pair_thresholds(labels)
 
     def sample_weights(self, features, labels, *, mode: str = "soft", verification=None) -> np.ndarray:
         """(N,) float32 training weights: "soft" the verifier's weight_soft (its calibrated P(label correct);
-        paper mode max(0, s)), "hard" 1[s >= threshold]; verification wins."""
+        paper mode max(0, s)), "hard" 1[s >= the label's threshold] (find_label_issues' complement); verification
+        wins."""
         scores = self.score(features, labels)
         head = verifier.verification_head_of(self._check_fitted())
         probabilities = calibration.correct_probabilities(scores, scoring=head.scoring, calibration=head.calibration)
         if self.config.cleannet.mode == "paper":
             probabilities = None  # the paper's max(0, cos), like the verifier's weight_soft
-        return label_noise.sample_weights(scores, mode=mode, threshold=self.threshold_, verification=verification,
+        return label_noise.sample_weights(scores, mode=mode, threshold=self.pair_thresholds(labels),
+                                          verification=verification,
                                           probabilities=probabilities)
 
     def suggest_labels(self, features, *, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:

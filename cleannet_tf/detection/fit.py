@@ -14,9 +14,16 @@ import keras
 import numpy as np
 
 from cleannet_tf import ops
+from cleannet_tf.detection import operating_point, stacking, verifier
 from cleannet_tf.detection import signals as detection_signals
-from cleannet_tf.detection import stacking, verifier
-from cleannet_tf.detection.calibration import calibration_rows, fit_probability_calibration, half_probability_score
+from cleannet_tf.detection.calibration import (
+    calibration_rows,
+    correct_probability,
+    fit_calibration,
+    fit_probability_calibration,
+    half_probability_score,
+)
+from cleannet_tf.detection.operating_point import OPERATING_POINTS
 from cleannet_tf.features.references import ReferenceSets
 from cleannet_tf.model.cleannet import MODE_SCORING, encode_classes
 from cleannet_tf.training import metrics
@@ -60,8 +67,8 @@ def verified_rows(data: training_pool.TrainingData, calibration_classes: np.ndar
 
 def fit_verifier(cleannet: keras.Model, data: training_pool.TrainingData, reference_sets: ReferenceSets, *,
                  mode: str, class_mean_keep: float = 0.7, calibration_classes: np.ndarray | None = None,
-                 signals=verifier.SIGNAL_NAMES[:4], classifier_rounds: int = 0, seed: int = 0,
-                 chosen_by_score: bool = False) -> tuple[keras.Model, dict]:
+                 signals=verifier.SIGNAL_NAMES[:4], classifier_rounds: int = 0, operating_point: str = "threshold",
+                 seed: int = 0, chosen_by_score: bool = False) -> tuple[keras.Model, dict]:
     """The verifier of a trained CleanNet, its weights and threshold chosen on rows that are not evaluated.
 
     Args:
@@ -79,8 +86,11 @@ def fit_verifier(cleannet: keras.Model, data: training_pool.TrainingData, refere
             threshold), not at random: their best threshold is not the pool's. The threshold is then where the
             Platt calibration fitted on the verified classes' verified_val rows (a random sample) gives
             P(label correct) = 1/2, and the calibration is fitted on those rows alone.
+        operating_point: "threshold" (score < info["threshold"] in every class) or "calibrated" (P(label wrong)
+            > 1/2 with each class's own prior, fit_operating_point); the verifier's is_noisy follows it.
     Returns:
-        (verifier, info) with info["threshold"], info["scoring"], info["threshold_rows"] (which rows the
+        (verifier, info) with info["threshold"], info["operating_point"], info["class_thresholds"] ((C,) list:
+        the threshold of each class's pairs), info["scoring"], info["threshold_rows"] (which rows the
         threshold comes from), and for stacked info["fit_rows"], info["signal_weights"].
     """
     scoring = MODE_SCORING[mode]
@@ -150,7 +160,11 @@ def fit_verifier(cleannet: keras.Model, data: training_pool.TrainingData, refere
                                     signal_weights=weights, signal_bias=bias, **extras)
     scores = verifier.class_scores(model, data.features[rows])[np.arange(len(rows)), data.labels[rows]]
     threshold, _ = metrics.best_threshold(scores, verification)
-    # Platt calibration of P(label correct), served as weight_soft (the verifier holds it).
+    if operating_point not in OPERATING_POINTS:
+        raise ValueError(f"operating_point must be one of {OPERATING_POINTS}. Received {operating_point!r}")
+    fit_rows = rows
+    # Platt calibration of P(label correct), served as weight_soft (the verifier holds it): rows of the verified
+    # classes; after a plan, the verified_val rows alone (the train rows were chosen by score).
     rows = calibration_rows(data, None if chosen_by_score else calibration_classes)
     scores = verifier.class_scores(model, data.features[rows])[np.arange(len(rows)), data.labels[rows]]
     calibration, calibration_info = fit_probability_calibration(scores, data.verification[rows], scoring)
@@ -160,19 +174,28 @@ def fit_verifier(cleannet: keras.Model, data: training_pool.TrainingData, refere
         threshold = half
         plain = verifier.build_verifier(cleannet, class_embeddings, class_means, scoring=scoring, threshold=0.0,
                                         **extras)
-        fit_signals = (verifier.own_class_signals(plain, data.features[rows], data.labels[rows], names=signals)
-                       if scoring == "stacked" else None)
+        cross = fit_rows if scoring == "stacked" else val_rows  # stacked: its weights saw the val rows too
+        fit_signals = (verifier.own_class_signals(plain, data.features[cross], data.labels[cross],
+                                                  names=signals) if scoring == "stacked" else None)
         info["detection_error_crossfit"] = crossfit_error(
-            fit_signals, data.verification[rows], np.flatnonzero(np.isin(rows, val_rows)),
-            scores=None if scoring == "stacked" else verifier.class_scores(model, data.features[rows])[
-                np.arange(len(rows)), data.labels[rows]], seed=seed)
+            fit_signals, data.verification[cross], np.flatnonzero(np.isin(cross, val_rows)),
+            scores=None if scoring == "stacked" else verifier.class_scores(model, data.features[cross])[
+                np.arange(len(cross)), data.labels[cross]], seed=seed)
         info.update({"threshold_rows": "verified_val of verified classes: where their Platt-calibrated P(label "
                                        "correct) is 1/2 (the verified_train rows were chosen by score)",
                      "n_threshold_rows": int(len(rows)), "n_threshold_right": int(np.sum(data.verification[rows] == 1)),
                      "n_threshold_wrong": int(np.sum(data.verification[rows] == 0))})
     info["threshold"] = threshold
+    class_thresholds = None
+    if operating_point == "calibrated":
+        point = fit_operating_point(model, data, fit_rows, scoring)
+        class_thresholds = point.pop("class_thresholds")
+        info.update(point)
+    info["operating_point"] = operating_point
+    info["class_thresholds"] = [threshold] * num_classes if class_thresholds is None else class_thresholds
     model = verifier.build_verifier(cleannet, class_embeddings, class_means, scoring=scoring, threshold=threshold,
-                                    signal_weights=weights, signal_bias=bias, calibration=calibration, **extras)
+                                    signal_weights=weights, signal_bias=bias, calibration=calibration,
+                                    class_thresholds=class_thresholds, **extras)
     return model, info
 
 
@@ -185,8 +208,6 @@ def crossfit_error(signals: np.ndarray | None, verification: np.ndarray, val: np
     threshold is where the Platt calibration on the other val rows gives P(label correct) = 1/2, as fit_verifier
     chooses it. None when a fold's rows are of one kind.
     """
-    from cleannet_tf.detection.calibration import fit_calibration
-
     fold = np.random.default_rng([seed, 0xC5F]).permutation(len(val)) % folds
     errors = 0
     for k in range(folds):
@@ -203,3 +224,32 @@ def crossfit_error(signals: np.ndarray | None, verification: np.ndarray, val: np
         threshold = -b / a if a > 0 else np.inf
         errors += int(np.sum((inputs[held] < threshold) != (verification[held] == 0)))
     return errors / len(val)
+
+
+def fit_operating_point(model: keras.Model, data: training_pool.TrainingData, rows: np.ndarray,
+                        scoring: str) -> dict:
+    """The calibrated operating point (operating_point.py) of a verifier whose score was fitted on `rows` (the
+    threshold rows): P(label correct) calibrated on those rows (the stacked logistic regression's own, fitted
+    there; Platt scaling of a cosine or margin score), its prior their share of wrong labels, re-based per class
+    on the class's unverified pool rows (EM). Verified rows (the evaluated verified_val ones too) are not used.
+
+    Returns {"class_thresholds": (C,) list, "calibration_noise_rate", "prior_noise_rates" (C,) list (None where
+    a class has no unverified row), "prior_offsets" (C,) list}.
+    """
+    verification = data.verification[rows]
+    scored = verifier.own_label_scores(model, data.features, data.labels)
+    calibration = None
+    if scoring == "stacked":  # sigmoid of the logit: no float32 saturation of s = 2 P - 1
+        probabilities = 1.0 / (1.0 + np.exp(-scored["rank_score"] / verifier.STACKED_TEMPERATURE))
+    else:
+        calibration = fit_calibration(scored["score"][rows], verification, scoring=scoring)
+        probabilities = correct_probability(scored["score"], scoring=scoring, calibration=calibration)
+    noise_rate = float(np.clip(np.mean(verification == 0), *operating_point.NOISE_RATE_LIMITS))
+    point = operating_point.calibrated_operating_point(
+        probabilities, data.labels, num_classes=len(data.class_names), scoring=scoring,
+        calibration_noise_rate=noise_rate, calibration=calibration, verification=data.verification)
+    return {"class_thresholds": [float(t) for t in point["class_thresholds"]], "calibration_noise_rate": noise_rate,
+            "prior_noise_rates": [None if np.isnan(r) else float(r) for r in point["noise_rates"]],
+            "prior_offsets": [float(d) for d in point["offsets"]]}
+
+

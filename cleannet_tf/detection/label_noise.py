@@ -29,13 +29,23 @@ __all__ = ["WEIGHT_MODES", "class_offsets", "correct_probability", "estimate_noi
 WEIGHT_MODES = ("none", "soft", "hard")
 
 
-def find_label_issues(scores, *, threshold: float, return_ranked: bool = False) -> np.ndarray:
+def _thresholds(threshold, shape) -> np.ndarray:
+    """`threshold` (a float, or (N,) per pair, e.g. operating_point.class_thresholds[labels]) as an array of
+    `shape`; ValueError naming the shape otherwise."""
+    threshold = np.asarray(threshold, np.float64)
+    if threshold.ndim and threshold.shape != shape:
+        raise ValueError(f"threshold must be a float or (N,) like scores. Received shape {threshold.shape}")
+    return np.broadcast_to(threshold, shape)
+
+
+def find_label_issues(scores, *, threshold, return_ranked: bool = False) -> np.ndarray:
     """Pairs whose label is likely wrong.
 
     Args:
         scores: (N,) float. CleanNet scores.
-        threshold: float. A pair is flagged when its score is below it (the
-            threshold `cleannet-verify` chose on verified validation rows).
+        threshold: float, or (N,) each pair's. A pair is flagged when its score is below it: the threshold
+            `cleannet-verify` chose on verified rows, or at the calibrated operating point (metrics.json's
+            class_thresholds, operating_point.py) class_thresholds[labels].
         return_ranked: bool. False: (N,) bool mask. True: the flagged indices,
             most suspicious (lowest score) first, ties by index.
 
@@ -43,21 +53,21 @@ def find_label_issues(scores, *, threshold: float, return_ranked: bool = False) 
         (N,) bool, or (M,) int64 indices.
     """
     scores = as_scores(scores)
-    flagged = scores < threshold
+    flagged = scores < _thresholds(threshold, scores.shape)
     if not return_ranked:
         return flagged
     indices = np.nonzero(flagged)[0]
     return indices[np.argsort(scores[indices], kind="stable")].astype(np.int64)
 
 
-def sample_weights(scores, *, mode: str, threshold: float | None = None, verification=None,
+def sample_weights(scores, *, mode: str, threshold=None, verification=None,
                    probabilities=None) -> np.ndarray:
     """Per-pair training weights from CleanNet scores (the paper's w_soft and w_hard).
 
     Args:
         scores: (N,) float. CleanNet scores; NaN = not scored (weight 1).
         mode: "soft", "hard" (1[s >= threshold]) or "none" (1).
-        threshold: float. Required for "hard".
+        threshold: float, or (N,) each pair's (as find_label_issues). Required for "hard".
         verification: optional (N,) int, 1 / 0 / -1. A human verification label
             takes precedence over the score (1 -> weight 1, 0 -> weight 0).
         probabilities: optional (N,) calibrated P(label correct) (scores.tsv's
@@ -81,7 +91,7 @@ def sample_weights(scores, *, mode: str, threshold: float | None = None, verific
     elif mode == "hard":
         if threshold is None:
             raise ValueError("mode='hard' needs a threshold.")
-        weights = (scores >= threshold).astype(np.float64)
+        weights = (scores >= _thresholds(threshold, scores.shape)).astype(np.float64)
     else:
         raise ValueError(f"mode must be one of {WEIGHT_MODES}. Received: mode={mode!r}")
     weights = np.where(np.isnan(scores), 1.0, np.minimum(weights, 1.0))

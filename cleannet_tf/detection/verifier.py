@@ -76,7 +76,9 @@ class VerificationHead(keras.layers.Layer):
     Args:
         num_classes: C. embed_dim: E. feature_dim: D.
         scoring: "cosine", "margin" or "stacked".
-        threshold: float. A pair is noisy when its score is below it.
+        threshold: float. A pair is noisy when its score is below it (unless class_thresholds).
+        class_thresholds: optional (C,) floats: a pair of class c is noisy when its score is below
+            class_thresholds[c] (the calibrated operating point, detection/operating_point.py).
         signal_weights: floats in SIGNAL_NAMES order (missing trailing ones are 0) and signal_bias: float, the
             logistic regression of "stacked" on raw (unstandardised) signals.
         index_rows: M, rows of the kNN index (0: none; then knn_agreement must have weight 0).
@@ -91,7 +93,7 @@ class VerificationHead(keras.layers.Layer):
 
     def __init__(self, num_classes: int, embed_dim: int, feature_dim: int, *, scoring: str, threshold: float,
                  signal_weights=(0.0, 0.0, 0.0, 0.0), signal_bias: float = 0.0, index_rows: int = 0,
-                 calibration=None, **kwargs):
+                 calibration=None, class_thresholds=None, **kwargs):
         super().__init__(**kwargs)
         if scoring not in SCORINGS:
             raise ValueError(f"scoring must be one of {SCORINGS}. Received: scoring={scoring!r}")
@@ -101,6 +103,9 @@ class VerificationHead(keras.layers.Layer):
         self.num_classes, self.embed_dim, self.feature_dim = int(num_classes), int(embed_dim), int(feature_dim)
         self.scoring = scoring
         self.threshold = float(threshold)
+        if class_thresholds is not None and len(class_thresholds) != num_classes:
+            raise ValueError(f"class_thresholds must hold {num_classes} values. Received {len(class_thresholds)}")
+        self.class_thresholds = None if class_thresholds is None else tuple(float(t) for t in class_thresholds)
         weights = [float(w) for w in signal_weights]
         self.signal_weights = tuple(weights + [0.0] * (len(SIGNAL_NAMES) - len(weights)))
         self.signal_bias = float(signal_bias)
@@ -200,7 +205,9 @@ class VerificationHead(keras.layers.Layer):
         tf.debugging.assert_non_negative(label, message=f"label must be a class id in [0, {self.num_classes})")
         scores = self.class_scores(tf.cast(features, tf.float32), tf.cast(query_embedding, tf.float32))
         score = tf.gather(scores, label, axis=1, batch_dims=1)
-        return {"score": score, "is_noisy": score < self.threshold, "weight_soft": self.soft_weight(score),
+        threshold = self.threshold if self.class_thresholds is None else tf.gather(
+            tf.constant(self.class_thresholds, tf.float32), label)
+        return {"score": score, "is_noisy": score < threshold, "weight_soft": self.soft_weight(score),
                 "suggested_label": tf.argmax(scores, axis=1, output_type=tf.int64),
                 "suggested_score": tf.reduce_max(scores, axis=1)}
 
@@ -216,13 +223,22 @@ class VerificationHead(keras.layers.Layer):
                 "feature_dim": self.feature_dim, "scoring": self.scoring, "threshold": self.threshold,
                 "signal_weights": list(self.signal_weights), "signal_bias": self.signal_bias,
                 "index_rows": self.index_rows,
-                "calibration": None if self.calibration is None else list(self.calibration)}
+                "calibration": None if self.calibration is None else list(self.calibration),
+                "class_thresholds": None if self.class_thresholds is None else list(self.class_thresholds)}
+
+    def pair_thresholds(self, labels) -> np.ndarray:
+        """(N,) float64 threshold of each pair of labels (N,): class_thresholds[label], or the threshold."""
+        labels = np.asarray(labels, np.int64)
+        if self.class_thresholds is None:
+            return np.full(labels.shape, self.threshold)
+        return np.asarray(self.class_thresholds, np.float64)[labels]
 
 
 def build_verifier(cleannet: keras.Model, class_embeddings: np.ndarray, class_means: np.ndarray | None = None, *,
                    scoring: str, threshold: float, signal_weights=(0.0, 0.0, 0.0, 0.0),
                    signal_bias: float = 0.0, classifier: tuple[np.ndarray, np.ndarray] | None = None,
-                   index: tuple[np.ndarray, np.ndarray] | None = None, calibration=None) -> keras.Model:
+                   index: tuple[np.ndarray, np.ndarray] | None = None, calibration=None,
+                   class_thresholds=None) -> keras.Model:
     """The verifier model "cleannet_verifier" of a trained CleanNet.
 
     Args:
@@ -230,7 +246,7 @@ def build_verifier(cleannet: keras.Model, class_embeddings: np.ndarray, class_me
         class_embeddings: (C, E) from model.encode_classes.
         class_means: (C, D) unit rows (detectors.robust_class_means of log_normalize'd features); needed by
             "stacked", zeros otherwise.
-        scoring, threshold, signal_weights, signal_bias: see VerificationHead.
+        scoring, threshold, signal_weights, signal_bias, class_thresholds: see VerificationHead.
         classifier: optional (weights (D, C), bias (C,)) of detectors.linear_classifier (zeros otherwise).
         index: optional kNN index (features (M, D) unit rows, labels (M,) int); M <= INDEX_ROWS keeps the model
             small (detection/fit.py knn_index picks them).
@@ -256,7 +272,7 @@ def build_verifier(cleannet: keras.Model, class_embeddings: np.ndarray, class_me
     index_rows = 0 if index is None else len(index[0])
     head = VerificationHead(num_classes, embed_dim, feature_dim, scoring=scoring, threshold=threshold,
                             signal_weights=signal_weights, signal_bias=signal_bias, index_rows=index_rows,
-                            calibration=calibration, name="verification_head")
+                            calibration=calibration, class_thresholds=class_thresholds, name="verification_head")
     outputs = {name: keras.layers.Identity(name=name)(tensor)
                for name, tensor in head(features, query_embedding, label).items()}
     head.class_embeddings.assign(class_embeddings)

@@ -25,15 +25,17 @@ from cleannet_tf import atomic_io
 HEADER = ("class_name/key", "verification_label", "score", "suggested_label", "why", "split")
 
 
-def propose_verification(labels: np.ndarray, scores: np.ndarray, verification: np.ndarray, *, threshold: float,
+def propose_verification(labels: np.ndarray, scores: np.ndarray, verification: np.ndarray, *,
+                         threshold: float | np.ndarray,
                          budget_per_class: int, num_classes: int,
                          candidates: np.ndarray | None = None, rank_scores: np.ndarray | None = None,
-                         rank_threshold: float | None = None) -> np.ndarray:
+                         rank_threshold: float | np.ndarray | None = None) -> np.ndarray:
     """Rows to verify next.
 
     Args:
         labels: (N,) int noisy labels. scores: (N,) float CleanNet scores. verification: (N,) int, -1 unknown.
-        threshold: the detection threshold. budget_per_class: images proposed per class (at most).
+        threshold: the detection threshold, or (N,) each row's (its class's).
+        budget_per_class: images proposed per class (at most).
         num_classes: C. candidates: optional (N,) bool rows that may be proposed (default: all unverified).
         rank_scores, rank_threshold: optional (N,) unbounded scores (the stacked logit) and the threshold in
             their units; they order rows whose scores tie (a saturated score).

@@ -4,7 +4,10 @@
     scores.tsv       one row per image of the noisy pool (pipeline/scores_tsv.py)
     to_verify.tsv    the images a person should verify next, in verified_train.tsv's format (detection/to_verify.py)
     report.html      histogram, ROC / PR curves, noise rate per class, most suspicious images (pipeline/report.py)
-    metrics.json     threshold, detection error / precision / recall / F1 / ROC-AUC on verified validation rows
+    metrics.json     threshold, operating_point (verify.operating_point) and class_thresholds (each class's
+                     threshold: at "calibrated" where its re-based P(label wrong) is 1/2, with prior_noise_rates;
+                     at "threshold" the one threshold), detection error / precision / recall / F1 / ROC-AUC at
+                     that operating point on verified validation rows
                      (verified classes) and on held-out classes' validation rows, per class, noise-rate estimates,
                      (the mean of 1 - P(label correct): the verifier's calibration, per verified class its own
                      intercept; pipeline/verify_metrics.py),
@@ -62,7 +65,8 @@ def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: data_t
     model, info = fit_verifier(cleannet, data, reference_sets, mode=config.cleannet.mode,
                                class_mean_keep=config.verify.class_mean_keep, calibration_classes=calibration,
                                signals=tuple(config.verify.signals),
-                               classifier_rounds=config.verify.classifier_rounds, seed=config.seed,
+                               classifier_rounds=config.verify.classifier_rounds,
+                               operating_point=config.verify.operating_point, seed=config.seed,
                                chosen_by_score=train_rows_chosen_by_score(table, config, workdir))
     info["calibration_classes"] = cleannet_training.log_calibration_classes(  # none are held out (data.heldout_list)
         table.class_names, calibration, config.cleannet.calibration_fraction)
@@ -81,13 +85,12 @@ def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: data_t
     return report
 
 
-def _rank_threshold(info: dict) -> float:
-    """The threshold in the units of the rank scores (the stacked logit; the score itself otherwise)."""
-    threshold = info["threshold"]
+def _rank_threshold(info: dict, thresholds: np.ndarray) -> np.ndarray:
+    """Score thresholds (P,) in the units of the rank scores (the stacked logit; the score itself otherwise)."""
     if info["scoring"] != "stacked":
-        return threshold
-    p = np.clip((threshold + 1.0) / 2.0, 1e-12, 1 - 1e-12)
-    return float(verifier.STACKED_TEMPERATURE * np.log(p / (1 - p)))
+        return thresholds
+    p = np.clip((thresholds + 1.0) / 2.0, 1e-12, 1 - 1e-12)
+    return verifier.STACKED_TEMPERATURE * np.log(p / (1 - p))
 
 
 def _features_warnings(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
@@ -109,6 +112,8 @@ def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: da
     its score (verifier.own_label_scores).
     """
     threshold = info["threshold"]
+    # Each pair's threshold: its class's (verify.operating_point "calibrated"), or the one threshold.
+    thresholds = verifier.verification_head_of(model).pair_thresholds(data.labels)
     class_names = np.asarray(data.class_names)
     head = verifier.verification_head_of(model)  # the verifier's calibration (fit_verifier)
     probabilities = correct_probabilities(scores, scoring=head.scoring, calibration=head.calibration)
@@ -117,14 +122,14 @@ def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: da
     weight_soft = np.clip(scores, 0.0, 1.0) if paper else probabilities
     scores_tsv.write_scores_tsv(os.path.join(output_dir, "scores.tsv"), scores_tsv.ScoresTable(
         keys=table.keys[data.table_rows], labels=class_names[data.labels], scores=scores,
-        noisy=scores < threshold, weight_soft=weight_soft, weight_hard=scores >= threshold,
+        noisy=scores < thresholds, weight_soft=weight_soft, weight_hard=scores >= thresholds,
         suggested_labels=class_names[suggested], suggested_scores=suggested_scores,
         p_correct=probabilities if probabilities is not None else np.full(len(scores), np.nan),
         rank_score=rank_scores))
     checkpointing.save_model(model, os.path.join(output_dir, "verifier.keras"))
     report = {"mode": config.cleannet.mode, "calibrated": True, **info,
-              **detection_report(scores, data, threshold, probabilities),
-              "n_images": int(len(scores)), "n_flagged": int(np.sum(scores < threshold)),
+              **detection_report(scores, data, thresholds, probabilities),
+              "n_images": int(len(scores)), "n_flagged": int(np.sum(scores < thresholds)),
               "class_names": list(data.class_names), "metric_rows": METRIC_ROWS}
     for name in report["calibration_classes"]:
         report["per_class"][name]["calibration"] = True
@@ -142,14 +147,14 @@ def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: da
     train_rows = table.split[data.table_rows] == data_table.SPLIT_TRAIN
     keys = table.keys[data.table_rows]
     proposals = to_verify.propose_verification(
-        data.labels, scores, np.where(train_rows, data.verification, -1), threshold=threshold,
+        data.labels, scores, np.where(train_rows, data.verification, -1), threshold=thresholds,
         budget_per_class=config.verify.budget_per_class, num_classes=len(class_names),
         candidates=train_rows & (data.verification < 0), rank_scores=rank_scores,
-        rank_threshold=None if rank_scores is None else _rank_threshold(info))
+        rank_threshold=None if rank_scores is None else _rank_threshold(info, thresholds))
     has_verification = np.bincount(data.labels[train_rows & (data.verification >= 0)],
                                    minlength=len(class_names)) > 0
     to_verify.write_verification_tsv(
-        os.path.join(output_dir, "to_verify.tsv"), keys[proposals], scores[proposals] >= threshold,
+        os.path.join(output_dir, "to_verify.tsv"), keys[proposals], scores[proposals] >= thresholds[proposals],
         scores=scores[proposals], suggested_labels=class_names[suggested[proposals]],
         reasons=["class has no verified label" if not has_verification[c] else "near the threshold"
                  for c in data.labels[proposals]])

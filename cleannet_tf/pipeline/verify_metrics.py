@@ -15,9 +15,10 @@ from cleannet_tf.training import metrics
 from cleannet_tf.training import pool as training_pool
 
 
-def detection_report(scores: np.ndarray, data: training_pool.TrainingData, threshold: float,
+def detection_report(scores: np.ndarray, data: training_pool.TrainingData, threshold: float | np.ndarray,
                      probabilities: np.ndarray | None = None) -> dict:
-    """metrics.json's numbers: scores (P,) of the pool rows at `threshold`.
+    """metrics.json's numbers: scores (P,) of the pool rows at `threshold`, one float or (P,) (each pool row's:
+    its class's threshold at the calibrated operating point).
 
     detection_* on the verified classes' validation rows, *_heldout on held-out classes' validation rows,
     *_all on both; per class: images, estimated noise rate, the share below the threshold, and on its
@@ -29,10 +30,11 @@ def detection_report(scores: np.ndarray, data: training_pool.TrainingData, thres
     rows = data.validation
     labels, verification = data.labels[rows], data.verification[rows]
     heldout = data.heldout_classes[labels]
-    report: dict = {"threshold": float(threshold)}
+    thresholds = np.broadcast_to(np.asarray(threshold, np.float64), np.shape(scores))
+    report: dict = {"threshold": float(threshold)} if np.ndim(threshold) == 0 else {}
     for suffix, mask in (("", ~heldout), ("_heldout", heldout), ("_all", np.ones_like(heldout))):
         if mask.any():
-            m = metrics.detection_metrics(scores[rows][mask], verification[mask], threshold)
+            m = metrics.detection_metrics(scores[rows][mask], verification[mask], thresholds[rows][mask])
             values = {"detection_error": m["error"], "precision": m["precision"], "recall": m["recall"],
                       "f1": m["f1"], "roc_auc": m["roc_auc"], "n_val": int(m["n"])}
         else:
@@ -40,7 +42,7 @@ def detection_report(scores: np.ndarray, data: training_pool.TrainingData, thres
                       "n_val": 0}
         report.update({name + suffix: value if name == "n_val" else _finite_or_none(value)
                        for name, value in values.items()})
-    flagged = scores < threshold
+    flagged = scores < thresholds
     num_classes = len(data.class_names)
     images = np.bincount(data.labels, minlength=num_classes)
     flagged_per_class = np.bincount(data.labels, weights=flagged, minlength=num_classes)
@@ -55,7 +57,7 @@ def detection_report(scores: np.ndarray, data: training_pool.TrainingData, thres
             num_classes=num_classes, verification=data.verification)
     val_count = np.bincount(labels, minlength=num_classes)
     val_wrong = np.bincount(labels, weights=verification == 0, minlength=num_classes)
-    val_error = metrics.per_class_error(scores[rows], verification, labels, threshold, num_classes)
+    val_error = metrics.per_class_error(scores[rows], verification, labels, thresholds[rows], num_classes)
     per_class = {}
     for c, name in enumerate(data.class_names):
         per_class[name] = {
