@@ -21,7 +21,7 @@ Run from the repository root (configs/realnoise.py). Each run's log goes to WORK
 random makes one of them (the figures need both in WORK).
 
 Measured on cifar10n_worst_s0 (20k images, 40% wrong labels, EfficientNet-Lite0 ImageNet features):
-    plan    verified   400  pool error 0.1435 (19600 rows)  reported 0.1429 on 301 val rows
+    plan    verified   400  pool error 0.1435 (19600 rows)  reported 0.1495 on 301 val rows
     random  verified  2000  pool error 0.1454 (18000 rows)  reported 0.1330 on 1000 val rows
 """
 
