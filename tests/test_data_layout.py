@@ -152,16 +152,17 @@ def test_a_folder_runs_until_verification_rows_are_needed(tmp_path):
     workdir = str(tmp_path / "work")
     table = load_table(config, workdir, steps=("extract", "refs"))
     assert table.split.tolist().count(SPLIT_TEST) == 1 and (table.verification == -1).all()
-    with pytest.raises(DatasetError, match=r"No verified training rows: .* a class folder has none: cleannet-review "
-                                           r"writes them \(WORKDIR/review/verified_train\.tsv"):
+    with pytest.raises(DatasetError, match=r"No verified training rows: .* a class folder has none: cleannet-run plans "
+                                           r"what to verify and cleannet-review writes the answers "
+                                           r"\(WORKDIR/review/verified_train\.tsv"):
         load_table(config, workdir, steps=("extract", "refs", "train"))
     # The reviewed answers (keys as the folder names them) are merged; then validation rows are what is missing.
     write_lines(os.path.join(workdir, "review", "verified_train.tsv"), ["key\tverified", "cat/a.jpg\t1",
                                                                           "dog/d.jpg\t0"])
     table = load_table(config, workdir, steps=("extract", "refs", "train"))
     np.testing.assert_array_equal(table.verification, [1, -1, -1, 0, -1])
-    with pytest.raises(DatasetError, match=r"No verified validation rows: .* list the dataset in a \.tsv or \.csv "
-                                           r"file"):
+    with pytest.raises(DatasetError, match=r"No verified validation rows: .* cleannet-review writes the answers "
+                                           r"\(WORKDIR/review/verified_val\.tsv\)"):
         load_table(config, workdir, steps=("extract", "refs", "train", "verify"))
 
 

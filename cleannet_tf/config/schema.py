@@ -172,6 +172,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.verify.operating_point = "threshold"
     # Active verification: images proposed for a person to verify, per class.
     config.verify.budget_per_class = 10
+    # Nothing verified yet: share of the pool cleannet-run plans for verification (verify/to_verify.tsv, >= 2 images
+    # a class): per class a random val share, the rest where a label is most informative (docs/verification.md).
+    config.verify.plan_fraction = 0.02
     # report.html: classes shown with their most suspicious images.
     config.verify.report_classes = 6
 

@@ -196,6 +196,8 @@ def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> m
         _fail("train.lr_decay_factor", "must be in (0, 1]", config.train.lr_decay_factor)
     if not 0.0 <= config.cleannet.calibration_fraction < 1.0:
         _fail("cleannet.calibration_fraction", "must be in [0, 1)", config.cleannet.calibration_fraction)
+    if not 0.0 < config.verify.plan_fraction <= 1.0:
+        _fail("verify.plan_fraction", "must be in (0, 1]", config.verify.plan_fraction)
     if not 0.0 < config.verify.class_mean_keep <= 1.0:
         _fail("verify.class_mean_keep", "must be in (0, 1]", config.verify.class_mean_keep)
     _check_choice(config, "verify.operating_point", OPERATING_POINTS)

@@ -87,6 +87,16 @@ def correct_probabilities(scores, *, scoring: str, calibration: tuple[float, flo
     return correct_probability(scores, scoring=scoring, calibration=calibration)
 
 
+def half_probability_score(calibration: tuple[float, float], scoring: str) -> float | None:
+    """The score where the Platt calibration (a, b) gives P(label correct) = 1/2: the threshold of the fewest
+    expected errors on the rows it was fitted on; None when a <= 0 (a score that does not rank)."""
+    a, b = calibration
+    if a <= 0:
+        return None
+    x = -b / a
+    return float(np.tanh(x / 2.0)) if scoring == "stacked" else float(x)  # stacked: x = log((1 + s) / (1 - s))
+
+
 def calibration_rows(data: training_pool.TrainingData, calibration_classes: np.ndarray | None = None) -> np.ndarray:
     """Pool rows the probabilities are calibrated on: verified rows of verified classes that CleanNet did not train
     on (the validation rows, and the calibration classes' verified_train rows)."""

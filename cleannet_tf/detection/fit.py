@@ -21,6 +21,7 @@ from cleannet_tf.detection.calibration import (
     correct_probability,
     fit_calibration,
     fit_probability_calibration,
+    half_probability_score,
 )
 from cleannet_tf.detection.operating_point import OPERATING_POINTS
 from cleannet_tf.features.references import ReferenceSets
@@ -67,7 +68,7 @@ def verified_rows(data: training_pool.TrainingData, calibration_classes: np.ndar
 def fit_verifier(cleannet: keras.Model, data: training_pool.TrainingData, reference_sets: ReferenceSets, *,
                  mode: str, class_mean_keep: float = 0.7, calibration_classes: np.ndarray | None = None,
                  signals=verifier.SIGNAL_NAMES[:4], classifier_rounds: int = 0, operating_point: str = "threshold",
-                 seed: int = 0) -> tuple[keras.Model, dict]:
+                 seed: int = 0, chosen_by_score: bool = False) -> tuple[keras.Model, dict]:
     """The verifier of a trained CleanNet, its weights and threshold chosen on rows that are not evaluated.
 
     Args:
@@ -81,6 +82,10 @@ def fit_verifier(cleannet: keras.Model, data: training_pool.TrainingData, refere
         classifier_rounds: refits of the linear classifier (when a classifier signal is used), each with rows
             weighted by the last stacked P(label correct), the fit rows by their verification
             (detection_signals.classifier_refit_weights), and the stacked weights fitted again.
+        chosen_by_score: the verified_train rows were chosen by score (a verification plan, proposals near the
+            threshold), not at random: their best threshold is not the pool's. The threshold is then where the
+            Platt calibration fitted on the verified classes' verified_val rows (a random sample) gives
+            P(label correct) = 1/2, and the calibration is fitted on those rows alone.
         operating_point: "threshold" (score < info["threshold"] in every class) or "calibrated" (P(label wrong)
             > 1/2 with each class's own prior, fit_operating_point); the verifier's is_noisy follows it.
     Returns:
@@ -101,6 +106,12 @@ def fit_verifier(cleannet: keras.Model, data: training_pool.TrainingData, refere
                              f"Received {signals}")
     uses_cleannet = scoring != "stacked" or bool(set(signals) & set(verifier.CLEANNET_SIGNALS))
     rows, rows_name = verified_rows(data, calibration_classes if scoring == "stacked" else None, uses_cleannet)
+    refit_rows = rows  # the rows whose verification weighs the classifier refit
+    val_rows = data.validation[~data.heldout_classes[data.labels[data.validation]]]
+    chosen_by_score = chosen_by_score and len(np.unique(data.verification[val_rows])) == 2
+    if chosen_by_score and scoring == "stacked":  # few rows chosen by score: the stacked weights see val too
+        rows = np.concatenate([rows, val_rows])
+        rows_name += " and verified_val of verified classes (the verified_train rows were chosen by score)"
     verification = data.verification[rows]
     info: dict = {"scoring": scoring, "threshold_rows": rows_name, "n_threshold_rows": int(len(rows)),
                   "n_threshold_right": int(np.sum(verification == 1)),
@@ -134,7 +145,8 @@ def fit_verifier(cleannet: keras.Model, data: training_pool.TrainingData, refere
             scored = verifier.build_verifier(cleannet, class_embeddings, class_means, scoring=scoring, threshold=0.0,
                                              signal_weights=weights, signal_bias=bias, **extras)
             pool_scores = verifier.class_scores(scored, data.features)[np.arange(len(data.labels)), data.labels]
-            sample_weights = detection_signals.classifier_refit_weights((pool_scores + 1.0) / 2.0, rows, verification)
+            sample_weights = detection_signals.classifier_refit_weights((pool_scores + 1.0) / 2.0, refit_rows,
+                                                                        data.verification[refit_rows])
             extras["classifier"] = detection_signals.linear_classifier(x, data.labels, num_classes=num_classes,
                                                                sample_weights=sample_weights)
             weights, bias = stacked_weights()
@@ -148,25 +160,70 @@ def fit_verifier(cleannet: keras.Model, data: training_pool.TrainingData, refere
                                     signal_weights=weights, signal_bias=bias, **extras)
     scores = verifier.class_scores(model, data.features[rows])[np.arange(len(rows)), data.labels[rows]]
     threshold, _ = metrics.best_threshold(scores, verification)
-    info["threshold"] = threshold
     if operating_point not in OPERATING_POINTS:
         raise ValueError(f"operating_point must be one of {OPERATING_POINTS}. Received {operating_point!r}")
+    fit_rows = rows
+    # Platt calibration of P(label correct), served as weight_soft (the verifier holds it): rows of the verified
+    # classes; after a plan, the verified_val rows alone (the train rows were chosen by score).
+    rows = calibration_rows(data, None if chosen_by_score else calibration_classes)
+    scores = verifier.class_scores(model, data.features[rows])[np.arange(len(rows)), data.labels[rows]]
+    calibration, calibration_info = fit_probability_calibration(scores, data.verification[rows], scoring)
+    info.update(calibration_info)
+    half = half_probability_score(calibration, scoring) if chosen_by_score and calibration is not None else None
+    if half is not None:
+        threshold = half
+        plain = verifier.build_verifier(cleannet, class_embeddings, class_means, scoring=scoring, threshold=0.0,
+                                        **extras)
+        cross = fit_rows if scoring == "stacked" else val_rows  # stacked: its weights saw the val rows too
+        fit_signals = (verifier.own_class_signals(plain, data.features[cross], data.labels[cross],
+                                                  names=signals) if scoring == "stacked" else None)
+        info["detection_error_crossfit"] = crossfit_error(
+            fit_signals, data.verification[cross], np.flatnonzero(np.isin(cross, val_rows)),
+            scores=None if scoring == "stacked" else verifier.class_scores(model, data.features[cross])[
+                np.arange(len(cross)), data.labels[cross]], seed=seed)
+        info.update({"threshold_rows": "verified_val of verified classes: where their Platt-calibrated P(label "
+                                       "correct) is 1/2 (the verified_train rows were chosen by score)",
+                     "n_threshold_rows": int(len(rows)), "n_threshold_right": int(np.sum(data.verification[rows] == 1)),
+                     "n_threshold_wrong": int(np.sum(data.verification[rows] == 0))})
+    info["threshold"] = threshold
     class_thresholds = None
     if operating_point == "calibrated":
-        point = fit_operating_point(model, data, rows, scoring)
+        point = fit_operating_point(model, data, fit_rows, scoring)
         class_thresholds = point.pop("class_thresholds")
         info.update(point)
     info["operating_point"] = operating_point
     info["class_thresholds"] = [threshold] * num_classes if class_thresholds is None else class_thresholds
-    # Platt calibration of P(label correct), served as weight_soft (the verifier holds it).
-    rows = calibration_rows(data, calibration_classes)  # weight_soft's calibration (rows of the verified classes)
-    scores = verifier.class_scores(model, data.features[rows])[np.arange(len(rows)), data.labels[rows]]
-    calibration, calibration_info = fit_probability_calibration(scores, data.verification[rows], scoring)
-    info.update(calibration_info)
     model = verifier.build_verifier(cleannet, class_embeddings, class_means, scoring=scoring, threshold=threshold,
                                     signal_weights=weights, signal_bias=bias, calibration=calibration,
                                     class_thresholds=class_thresholds, **extras)
     return model, info
+
+
+def crossfit_error(signals: np.ndarray | None, verification: np.ndarray, val: np.ndarray, *,
+                   scores: np.ndarray | None = None, folds: int = 5, seed: int = 0) -> float | None:
+    """The detection error of the val rows, each scored by stacked weights and a threshold fitted without it.
+
+    signals (n, F) of the n fit rows (stacked: the weights are refitted per fold on the other rows), or scores (n,)
+    (cosine / margin: fixed); verification (n,) 0/1; val: positions of the val rows among them. Per fold the
+    threshold is where the Platt calibration on the other val rows gives P(label correct) = 1/2, as fit_verifier
+    chooses it. None when a fold's rows are of one kind.
+    """
+    fold = np.random.default_rng([seed, 0xC5F]).permutation(len(val)) % folds
+    errors = 0
+    for k in range(folds):
+        held, kept = val[fold == k], val[fold != k]
+        fit = np.setdiff1d(np.arange(len(verification)), held)
+        if len(np.unique(verification[kept])) < 2 or len(np.unique(verification[fit])) < 2:
+            return None
+        if signals is not None:
+            weights, bias = stacking.fit_signal_weights(signals[fit], verification[fit], seed=seed)
+            inputs = signals @ weights + bias  # the stacked logit
+        else:
+            inputs = np.asarray(scores, np.float64)
+        a, b = fit_calibration(inputs[kept], verification[kept], scoring="margin")  # identity input
+        threshold = -b / a if a > 0 else np.inf
+        errors += int(np.sum((inputs[held] < threshold) != (verification[held] == 0)))
+    return errors / len(val)
 
 
 def fit_operating_point(model: keras.Model, data: training_pool.TrainingData, rows: np.ndarray,

@@ -28,6 +28,7 @@ from cleannet_tf.pipeline.workdir import (
     classifier_dir,
     classifier_output_dir,
     done_dir,
+    extra_verified_paths,
     resolve_data_root,
     verify_dir,
 )
@@ -157,11 +158,43 @@ def _expected(name: str, config: ml_collections.ConfigDict, workdir: str) -> dic
     fields = recorded_form(select_fields(config, STEP_FIELDS[_step_of(name)]))
     if fields.get("data.format") == "auto":  # the layout it stands for: "auto" and its choice are one dataset
         fields["data.format"] = _resolved_format(config, workdir)
+    if _reads_verification(name, config):  # new answers in the review files rerun what they change
+        digest = verification_digest(config, workdir)
+        if digest:
+            fields["verification_files"] = digest
     inputs = {}
     for upstream in _upstream(name, config):
         record = read_record(workdir, upstream)
         inputs[upstream] = record["id"] if record else None
     return {"step": name, "config_hash": hash_fields(fields), "config": fields, "inputs": inputs}
+
+
+def _reads_verification(name: str, config: ml_collections.ConfigDict) -> bool:
+    """Whether record `name`'s outputs depend on the verification labels (train, verify, plan, the weighted
+    classifiers, and the first classifier when it fine-tunes on verified-correct rows)."""
+    return (name in ("train", "verify", "plan") or name.startswith("train_classifier_")
+            or (name == "train_classifier" and config.classifier.finetune_epochs > 0))
+
+
+def verification_digest(config: ml_collections.ConfigDict, workdir: str) -> str | None:
+    """sha256 (16 hex digits) of the verification files applied to the table that exist (the review files,
+    data.extra_verified), or None when there are none (a record then holds no such field, as before)."""
+    paths = [path for path in extra_verified_paths(config, workdir) if os.path.exists(path)]
+    if not paths:
+        return None
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.encode() + b"\0")
+        with open(path, "rb") as f:
+            digest.update(hashlib.sha256(f.read()).digest())
+    return digest.hexdigest()[:16]
+
+
+def forget(name: str, workdir: str) -> None:
+    """Removes record `name` (its outputs were replaced: the plan and verify steps share WORKDIR/verify/)."""
+    path = _record_path(workdir, name)
+    if os.path.exists(path):
+        os.remove(path)
 
 
 def _resolved_format(config: ml_collections.ConfigDict, workdir: str) -> str:

@@ -35,6 +35,7 @@ from cleannet_tf.pipeline.records import (
     begin_step,
     files_under,
     finish_step,
+    forget,
     note_unrecorded_workdir,
     record_name,
     save_config,
@@ -43,8 +44,8 @@ from cleannet_tf.pipeline.records import (
     weighted_classifiers,
     with_weighting,
 )
-from cleannet_tf.pipeline.steps import BY_NAME, STEPS
-from cleannet_tf.pipeline.table import load_table
+from cleannet_tf.pipeline.steps import BY_NAME, NEEDS_VERIFICATION, STEPS
+from cleannet_tf.pipeline.table import load_table, missing_verification
 from cleannet_tf.pipeline.workdir import (
     classifier_output_dir,
     cleannet_dir,
@@ -156,8 +157,15 @@ def _run(step: str, config: ml_collections.ConfigDict, workdir: str, *, table, s
                 files_under(cleannet_dir(workdir)))
     if step == "verify":
         result = function(config, workdir, table=table)
+        forget("plan", workdir)  # its outputs in verify/ are replaced
         return (f"threshold {result['threshold']:.3f}, {result['n_flagged']} of {result['n_images']} images flagged",
                 files_under(verify_dir(workdir)))
+    if step == "plan":
+        result = function(config, workdir, table=table)
+        forget("verify", workdir)
+        plan = result["plan"]
+        return (f"nothing verified yet: {result['n_images']} images ranked (uncalibrated), {plan['rows']} to verify "
+                f"({plan['val']} val, {plan['train']} train) in verify/to_verify.tsv", files_under(verify_dir(workdir)))
     if step == "export":
         result = function(config, workdir, export_to, table=table, max_pixels=config.input.max_pixels)
         return (f"{result['verifier']}, {result['classifier']}",
@@ -199,9 +207,12 @@ def run_steps(config: ml_collections.ConfigDict, workdir: str, *, table: data_ta
 
     A step runs again when its DONE record is missing (never run, or interrupted: it resumes) or describes
     other settings or inputs (it starts over, and so do the steps after it, whose inputs it replaces).
+    With nothing verified yet (table.py missing_verification), the steps that need verified rows
+    are skipped and the plan step runs; otherwise the plan step is left out (no line).
     Returns:
         step -> one line saying what it did ("already complete" when skipped).
     """
+
     unknown = [step for step in steps if step not in STEPS]
     if unknown:
         raise ValueError(f"Unknown step {unknown[0]!r}; expected one of {STEPS}")
@@ -209,10 +220,15 @@ def run_steps(config: ml_collections.ConfigDict, workdir: str, *, table: data_ta
     with workdir_lock_lib.locked(workdir, command_line("run")):
         note_unrecorded_workdir(workdir)
         table = table if table is not None else load_table(config, workdir)
+        cold = missing_verification(table) if "plan" in steps else None
         for step in steps:
+            if step == "plan" and not cold:
+                continue
             # The first classifier makes the features: unweighted, whatever classifier.weighting says.
             step_config = with_weighting(config, "none") if step == "train_classifier" else config
-            reason = skip_reason(step, config)
+            reason = skip_reason(step, config) or (
+                f"skipped: nothing verified yet ({cold}): verify the plan, then run again"
+                if cold and step in NEEDS_VERIFICATION else None)
             stale = None if reason else staleness(record_name(step, step_config), step_config, workdir)
             if reason:
                 done[step] = reason

@@ -33,7 +33,8 @@ from cleannet_tf.data.table import (
     read_heldout_list,
 )
 from cleannet_tf.data.tsv import read_csv, read_tsv
-from cleannet_tf.pipeline.workdir import extra_verified_paths, resolve_data_root
+from cleannet_tf.pipeline.steps import NEEDS_VERIFICATION
+from cleannet_tf.pipeline.workdir import extra_verified_paths, resolve_data_root, review_files
 
 
 def load_table(config, workdir: str, *, steps: Sequence[str] = ()) -> LabelTable:
@@ -110,6 +111,10 @@ def load_table(config, workdir: str, *, steps: Sequence[str] = ()) -> LabelTable
                                      else "train")
     logging.info("Dataset %s (%s): %s", root, data_format, table.summary())
     if steps:
+        if "plan" in steps and missing_verification(table):  # cleannet-run: the cold start (pipeline/cold_start.py)
+            logging.info("Nothing verified yet (%s): the steps that need verified rows wait for the plan's answers.",
+                         missing_verification(table))
+            steps = [step for step in steps if step not in NEEDS_VERIFICATION]
         check_for_steps(table, config, steps, data_format=data_format, root=root)
     return table
 
@@ -139,13 +144,23 @@ def _verification_sources(data_format: str, root: str) -> tuple[str, str]:
                 f"the images of {CLOTHING1M_CLEAN_LISTS[1]} under {root} with a noisy label in "
                 f"{CLOTHING1M_NOISY_KV}")
     if data_format == "folder":
-        return ("a class folder has none: cleannet-review writes them (WORKDIR/review/verified_train.tsv, read with "
-                "data.extra_verified=auto), or name a file in data.extra_verified (header, then class/image<TAB>1|0)",
-                "a class folder has none, and data.extra_verified labels training rows only: list the dataset in a "
-                ".tsv or .csv file (data.format=tsv/csv) with split=val and a `verified` value on some rows")
+        return ("a class folder has none: cleannet-run plans what to verify and cleannet-review writes the answers "
+                "(WORKDIR/review/verified_train.tsv), or name a file in data.extra_verified (header, then "
+                "class/image<TAB>1|0)", "a class folder has none: cleannet-run plans what to verify and "
+                "cleannet-review writes the answers (WORKDIR/review/verified_val.tsv), or name a file called "
+                "verified_val.tsv in data.extra_verified")
     return (f"{root}: rows with split=train (or no split) and a `verified` value (1 = label right, 0 = wrong)",
             f"{root}: rows with split=val and a `verified` value (1 = label right, 0 = wrong)")
 
+
+
+def missing_verification(table: LabelTable) -> str | None:
+    """Why the table cannot train CleanNet and choose a threshold yet (no verified training rows, or no verified
+    validation rows, in classes that are not held out), or None when it can."""
+    usable = (table.verification >= 0) & ~table.heldout_classes[table.labels]
+    missing = [what for what, split in (("training", SPLIT_TRAIN), ("validation", SPLIT_VAL))
+               if not (usable & (table.split == split)).any()]
+    return f"no verified {' and no verified '.join(missing)} rows" if missing else None
 
 
 def check_for_steps(table: LabelTable, config, steps: Sequence[str], *, data_format: str, root: str) -> None:
@@ -206,3 +221,16 @@ def check_for_steps(table: LabelTable, config, steps: Sequence[str], *, data_for
                         f"{int(calibration.sum())} calibration classes' verified rows are all of one kind (label "
                         "right, or wrong): raise cleannet.calibration_fraction, verify rows of both kinds, or set "
                         "it to 0.")
+
+
+def train_rows_chosen_by_score(table: LabelTable, config, workdir: str) -> bool:
+    """Whether verified training rows came from cleannet-review's WORKDIR/review/verified_train.tsv (applied by
+    data.merge_review): rows a plan or the proposals chose by score, not a random sample (detection/fit.py
+    fit_verifier chosen_by_score)."""
+    path = review_files(workdir)[0]
+    if path not in extra_verified_paths(config, workdir):
+        return False
+    with open(path, encoding="utf-8") as f:
+        keys = {line.split("\t", 1)[0] for line in f.read().splitlines()[1:] if line.strip()}
+    trained = table.keys[(table.verification >= 0) & (table.split == SPLIT_TRAIN)]
+    return bool(keys.intersection(trained.tolist()))

@@ -9,8 +9,9 @@ a verified row there also teaches the score about a class it has never seen.
     write_verification_tsv("to_verify.tsv", keys[rows], guesses=scores[rows] >= t, scores=scores[rows], ...)
 
 The file has the header and the two columns of Food-101N's `verified_train.tsv` (`class/key<TAB>0|1`), plus
-columns the reader ignores (score, suggested label). The 0/1 column holds the model's guess; the person
-corrects it, and the rows are appended to `meta/verified_train.tsv` unchanged.
+columns the reader ignores (score, suggested label, why) and `split`: the verified list an answer belongs to
+(`train` here; a cold-start plan, pipeline/cold_start.py, also has `val` rows). The 0/1 column holds the
+model's guess; the person corrects it, and the rows are appended to `meta/verified_train.tsv` unchanged.
 
 Imports nothing of the package.
 """
@@ -21,7 +22,7 @@ import numpy as np
 
 from cleannet_tf import atomic_io
 
-HEADER = ("class_name/key", "verification_label", "score", "suggested_label", "why")
+HEADER = ("class_name/key", "verification_label", "score", "suggested_label", "why", "split")
 
 
 def propose_verification(labels: np.ndarray, scores: np.ndarray, verification: np.ndarray, *,
@@ -65,14 +66,20 @@ def propose_verification(labels: np.ndarray, scores: np.ndarray, verification: n
     return np.concatenate(chosen).astype(np.int64) if chosen else np.zeros(0, np.int64)
 
 
-def write_verification_tsv(path: str, keys, guesses, *, scores=None, suggested_labels=None, reasons=None) -> None:
-    """Writes the proposal file (header + `key<TAB>0|1` [+ score, suggested label, why]) through a temporary name.
+def write_verification_tsv(path: str, keys, guesses, *, scores=None, suggested_labels=None, reasons=None,
+                           splits=None) -> None:
+    """Writes the proposal file (header + `key<TAB>0|1<TAB>score<TAB>suggested label<TAB>why<TAB>split`) through a
+    temporary name.
 
     Args:
         keys: (M,) str dataset keys (`class/key.jpg`). guesses: (M,) bool/int, the 0/1 the person checks.
         scores, suggested_labels, reasons: optional (M,) columns for the person (ignored by the reader).
+        splits: optional (M,) "train" / "val": the verified list each answer belongs to (default: train).
     """
     m = len(keys)
+    splits = ["train"] * m if splits is None else [str(split) for split in splits]
+    if len(splits) != m or not set(splits) <= {"train", "val"}:
+        raise ValueError(f"{path}: splits must be {m} values among train, val.")
     scores = [""] * m if scores is None else [f"{s:.4f}" for s in scores]
     suggested_labels = [""] * m if suggested_labels is None else list(suggested_labels)
     reasons = [""] * m if reasons is None else list(reasons)
@@ -80,14 +87,14 @@ def write_verification_tsv(path: str, keys, guesses, *, scores=None, suggested_l
         raise ValueError(f"{path}: every column needs {m} rows.")
     with atomic_io.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write("\t".join(HEADER) + "\n")
-        for key, guess, score, suggested, reason in zip(keys, guesses, scores, suggested_labels, reasons,
-                                                         strict=True):
-            f.write(f"{key}\t{int(bool(guess))}\t{score}\t{suggested}\t{reason}\n")
+        for key, guess, score, suggested, reason, split in zip(keys, guesses, scores, suggested_labels, reasons,
+                                                                splits, strict=True):
+            f.write(f"{key}\t{int(bool(guess))}\t{score}\t{suggested}\t{reason}\t{split}\n")
 
 
 def read_verification_tsv(path: str) -> list[dict]:
     """Reads a proposal file back, in file order: [{"key", "guess" (0/1), "score" (float|None), "suggested_label",
-    "why"}]; a malformed row raises ValueError naming the file and line."""
+    "why", "split"}]; a malformed row raises ValueError naming the file and line."""
     rows = []
     with open(path, encoding="utf-8") as f:
         header = tuple(f.readline().rstrip("\n").split("\t"))
@@ -104,5 +111,5 @@ def read_verification_tsv(path: str) -> list[dict]:
             except ValueError:
                 raise ValueError(f"{path}:{line_number}: score must be a number, got {fields[2]!r}") from None
             rows.append({"key": fields[0], "guess": int(fields[1]), "score": score, "suggested_label": fields[3],
-                         "why": fields[4]})
+                         "why": fields[4], "split": fields[5] or "train"})
     return rows

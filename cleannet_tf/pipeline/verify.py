@@ -17,7 +17,11 @@
 
 The stacked weights and the threshold (the lowest detection error) are chosen on verified_train rows
 (detection/fit.py verified_rows: the calibration classes' when the score uses CleanNet's signals), never on the
-verified_val rows the figures are measured on; metrics.json names the rows of each figure (metric_rows).
+verified_val rows the figures are measured on; metrics.json names the rows of each figure (metric_rows). When the
+verified_train rows came from cleannet-review (a plan's or the proposals', chosen by score: table.py
+train_rows_chosen_by_score), the threshold is where the Platt calibration fitted on the verified_val rows (a random
+sample) gives P(label correct) = 1/2, the stacked weights are fitted on both kinds of rows, and detection_error is
+cross-fitted on the verified_val rows (fit.py crossfit_error; detection_error_in_sample beside it).
 The five files (and report.html's figures) are written to a temporary folder beside WORKDIR/verify/ and published
 as one set (atomic_io.staging_dir): a kill at any moment leaves the previous complete set or the new one, never
 a mix. Imports `data`, `features`, `detection`, `training`, `pipeline` (artifacts and the writers of verify/).
@@ -41,7 +45,7 @@ from cleannet_tf.detection.fit import fit_verifier
 from cleannet_tf.pipeline import report as report_lib
 from cleannet_tf.pipeline import scores_tsv, to_verify
 from cleannet_tf.pipeline.artifacts import load_training_inputs
-from cleannet_tf.pipeline.table import load_table
+from cleannet_tf.pipeline.table import load_table, train_rows_chosen_by_score
 from cleannet_tf.pipeline.verify_metrics import METRIC_ROWS, detection_report
 from cleannet_tf.pipeline.workdir import classifier_dir, cleannet_dir, verify_dir
 from cleannet_tf.training import checkpointing
@@ -62,7 +66,8 @@ def run_verify(config: ml_collections.ConfigDict, workdir: str, *, table: data_t
                                class_mean_keep=config.verify.class_mean_keep, calibration_classes=calibration,
                                signals=tuple(config.verify.signals),
                                classifier_rounds=config.verify.classifier_rounds,
-                               operating_point=config.verify.operating_point, seed=config.seed)
+                               operating_point=config.verify.operating_point, seed=config.seed,
+                               chosen_by_score=train_rows_chosen_by_score(table, config, workdir))
     info["calibration_classes"] = cleannet_training.log_calibration_classes(  # none are held out (data.heldout_list)
         table.class_names, calibration, config.cleannet.calibration_fraction)
     info["features_warnings"] = _features_warnings(config, workdir)  # the report repeats them
@@ -122,12 +127,17 @@ def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: da
         p_correct=probabilities if probabilities is not None else np.full(len(scores), np.nan),
         rank_score=rank_scores))
     checkpointing.save_model(model, os.path.join(output_dir, "verifier.keras"))
-    report = {"mode": config.cleannet.mode, **info,
+    report = {"mode": config.cleannet.mode, "calibrated": True, **info,
               **detection_report(scores, data, thresholds, probabilities),
               "n_images": int(len(scores)), "n_flagged": int(np.sum(scores < thresholds)),
               "class_names": list(data.class_names), "metric_rows": METRIC_ROWS}
     for name in report["calibration_classes"]:
         report["per_class"][name]["calibration"] = True
+    if info.get("detection_error_crossfit") is not None:  # val rows helped fit: each scored by a fit without it
+        report["detection_error_in_sample"] = report["detection_error"]
+        report["detection_error"] = info["detection_error_crossfit"]
+        report["metric_rows"] = {**METRIC_ROWS, "detection_error": "verified_val of verified classes, cross-fitted "
+                                 "(5 folds: stacked weights and threshold fitted without the fold)"}
     seen = data.validation[~data.heldout_classes[data.labels[data.validation]]]  # the rows the figures come from
     report["warnings"] = sanity.log(sanity.detection_warnings(
         detection_error=report["detection_error"], verification=data.verification[seen],

@@ -258,8 +258,9 @@ class ClassifierTask(loop.Task):
         return entry, {"train/loss": entry["loss"], "train/accuracy": entry["train_accuracy"]}
 
     def finish(self) -> None:
-        """Epochs of few steps leave BatchNorm's moving statistics unsettled: recomputed on the trained images."""
-        if self.epoch_steps < sanity.MIN_STEPS_PER_EPOCH:
+        """Epochs of few steps leave BatchNorm's moving statistics unsettled: recomputed on the trained images (a
+        head on precomputed features reads no image)."""
+        if self.features is None and self.epoch_steps < sanity.MIN_STEPS_PER_EPOCH:
             backbones.recompute_batchnorm_statistics(self.model, images.make_image_dataset(
                 self.table.paths[self.pool], image_size=self.image_size, batch_size=self.global_batch,
                 resize=self.config.input.resize, parallel_calls=self.config.input.parallel_calls,
