@@ -28,6 +28,7 @@ from cleannet_tf.pipeline.workdir import (
     classifier_dir,
     classifier_output_dir,
     done_dir,
+    extra_verified_paths,
     resolve_data_root,
     verify_dir,
 )
@@ -115,13 +116,42 @@ def _record_config(name: str, config: ml_collections.ConfigDict) -> ml_collectio
     return config if config.classifier.weighting == weighting else with_weighting(config, weighting)
 
 
-def read_record(workdir: str, name: str, *, started: bool = False) -> dict | None:
-    """WORKDIR/done/<name>.json (or .started.json), or None."""
+# What a DONE record must hold to be trusted (a started record: the first three); anything else reruns the step.
+_RECORD_TYPES = {"config_hash": str, "inputs": dict, "config": dict, "id": str, "outputs": list}
+
+
+def _load_record(path: str, *, started: bool = False) -> tuple[dict | None, str | None]:
+    """(the record at `path`, None); (None, None) when there is none; (None, why) when it cannot be trusted
+    (not JSON, truncated, a field missing or of the wrong type)."""
     try:
-        with open(_record_path(workdir, name, started=started)) as f:
-            return json.load(f)
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
     except FileNotFoundError:
-        return None
+        return None, None
+    except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None, f"its DONE record {path} is unreadable ({' '.join(str(error).split())})"
+    if not isinstance(record, dict):
+        return None, f"its DONE record {path} is unreadable (a JSON {type(record).__name__}, not an object)"
+    for field, kind in list(_RECORD_TYPES.items())[: 3 if started else None]:
+        if not isinstance(record.get(field, {} if field == "config" else None), kind):
+            what = "no" if field not in record else f"a {type(record[field]).__name__} as"
+            return None, f"its DONE record {path} is partial ({what} {field})"
+    if not started and not all(isinstance(output, str) for output in record["outputs"]):
+        return None, f"its DONE record {path} is partial (outputs are not paths)"
+    return record, None
+
+
+def read_record(workdir: str, name: str, *, started: bool = False) -> dict | None:
+    """WORKDIR/done/<name>.json (or .started.json), or None (also when it is unreadable or partial)."""
+    return _load_record(_record_path(workdir, name, started=started), started=started)[0]
+
+
+def _missing_output(record: dict, workdir: str) -> str | None:
+    """The first file `record` lists as an output that is gone, or None."""
+    for output in record["outputs"]:
+        if not os.path.lexists(os.path.join(workdir, output)):
+            return os.path.join(workdir, output)
+    return None
 
 
 def skip_reason(step: str, config: ml_collections.ConfigDict) -> str | None:
@@ -157,11 +187,36 @@ def _expected(name: str, config: ml_collections.ConfigDict, workdir: str) -> dic
     fields = recorded_form(select_fields(config, STEP_FIELDS[_step_of(name)]))
     if fields.get("data.format") == "auto":  # the layout it stands for: "auto" and its choice are one dataset
         fields["data.format"] = _resolved_format(config, workdir)
+    if _reads_verification(name, config):
+        fields.update(verification_inputs(config, workdir))
     inputs = {}
     for upstream in _upstream(name, config):
         record = read_record(workdir, upstream)
         inputs[upstream] = record["id"] if record else None
     return {"step": name, "config_hash": hash_fields(fields), "config": fields, "inputs": inputs}
+
+
+def _reads_verification(name: str, config: ml_collections.ConfigDict) -> bool:
+    """Whether record `name`'s step reads verification labels beyond the dataset's own (train, verify, and a
+    classifier fine-tuned on verified rows); the steps after them rerun through their inputs."""
+    step = _step_of(name)
+    return step in ("train", "verify") or (step == "train_classifier" and config.classifier.finetune_epochs > 0)
+
+
+def verification_inputs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[str, str]]:
+    """{"verification_files": {path: sha256 of its bytes (16 hex digits)}} of the verification files applied to
+    the table (workdir.extra_verified_paths: cleannet-review's decisions, data.extra_verified), or {} when there
+    are none (so a record made before these were recorded still matches). Paths under `workdir` are relative."""
+    digests = {}
+    for path in extra_verified_paths(config, workdir):
+        try:
+            with open(path, "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()[:16]
+        except FileNotFoundError:
+            digest = "missing"
+        inside = os.path.commonpath([os.path.abspath(workdir), path]) == os.path.abspath(workdir)
+        digests[os.path.relpath(path, workdir) if inside else path] = digest
+    return {"verification_files": digests} if digests else {}
 
 
 def _resolved_format(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -176,7 +231,11 @@ def _resolved_format(config: ml_collections.ConfigDict, workdir: str) -> str:
 def _changes(old: dict, new: dict, *, limit: int = 6) -> list[str]:
     """["train.steps 3000 -> 600", ...]: the fields whose values differ."""
     changed = [f"{field} {old.get(field, '(unset)')!r} -> {new.get(field, '(unset)')!r}"
-               for field in sorted(set(old) | set(new)) if old.get(field) != new.get(field)]
+               for field in sorted(set(old) | set(new) - {"verification_files"}) if old.get(field) != new.get(field)]
+    old_files, new_files = old.get("verification_files") or {}, new.get("verification_files") or {}
+    changed += [f"verification file {path} " + ("new" if path not in old_files else "gone" if path not in new_files
+                                                 else "changed")
+                for path in sorted(set(old_files) | set(new_files)) if old_files.get(path) != new_files.get(path)]
     return changed[:limit] + ([f"and {len(changed) - limit} more"] if len(changed) > limit else [])
 
 
@@ -193,19 +252,30 @@ def _mismatch(record: dict, expected: dict) -> str | None:
 
 
 def staleness(name: str, config: ml_collections.ConfigDict, workdir: str) -> str | None:
-    """None when record `name` says its outputs are those of `config` and of complete inputs; else why not."""
-    record = read_record(workdir, name)
+    """None when record `name` says its outputs are those of `config` and of complete inputs; else why not.
+
+    A record that is unreadable, partial, or lists an output that is gone is "not complete" (the reason names
+    the record file and the missing output).
+    """
+    path = _record_path(workdir, name)
+    record, problem = _load_record(path)
+    if problem:
+        return problem
     if record is None:
         started = read_record(workdir, name, started=True)
         return f"interrupted (started {started.get('started', '?')}, no DONE record)" if started else "not run yet"
-    reason = _mismatch(record, _expected(name, config, workdir))
-    if reason:
-        return reason
-    for upstream in record.get("inputs", {}):
+    expected = _expected(name, config, workdir)
+    if record["config_hash"] != expected["config_hash"]:
+        return _mismatch(record, expected)
+    for upstream in record["inputs"]:
         upstream_reason = staleness(upstream, config, workdir)
         if upstream_reason:
             return f"its input {upstream} is not complete ({upstream_reason})"
-    return None
+    reason = _mismatch(record, expected)
+    if reason:
+        return reason
+    missing = _missing_output(record, workdir)
+    return f"its output {missing} is gone (listed in its DONE record {path})" if missing else None
 
 
 def step_complete(step: str, config: ml_collections.ConfigDict, workdir: str) -> bool:
@@ -248,10 +318,15 @@ def begin_step(name: str, config: ml_collections.ConfigDict, workdir: str) -> No
     expected = _expected(name, config, workdir)
     prior = read_record(workdir, name, started=True) or read_record(workdir, name)
     reason = _mismatch(prior, expected) if prior else None
+    if prior is None:  # an unreadable record: the settings its outputs were made with are unknown
+        reason = (_load_record(_record_path(workdir, name, started=True), started=True)[1]
+                  or _load_record(_record_path(workdir, name))[1])
+    elif not reason and "outputs" in prior and _missing_output(prior, workdir):  # resuming would not remake it
+        reason = f"its output {_missing_output(prior, workdir)} is gone"
     if reason:
         for path in _clear_paths(name, workdir):
             if os.path.lexists(path):
-                logging.info("%s: %s; removing %s (made with the old settings).", name, reason, path)
+                logging.info("%s: %s; removing %s (its outputs start over).", name, reason, path)
                 atomic_io.remove_path(path)
     os.makedirs(done_dir(workdir), exist_ok=True)
     atomic_io.write_json(_record_path(workdir, name, started=True),
@@ -261,7 +336,14 @@ def begin_step(name: str, config: ml_collections.ConfigDict, workdir: str) -> No
 
 
 def _write_record(name: str, config: ml_collections.ConfigDict, workdir: str, *, outputs: list[str]) -> dict:
-    record = {**_expected(name, config, workdir), "id": uuid.uuid4().hex,
+    expected = _expected(name, config, workdir)
+    started = read_record(workdir, name, started=True)
+    read = (started or {}).get("config", {}).get("verification_files")
+    if started and read != expected["config"].get("verification_files"):  # changed while it ran: what it read
+        fields = {**{k: v for k, v in expected["config"].items() if k != "verification_files"},
+                  **({"verification_files": read} if read else {})}
+        expected = {**expected, "config": fields, "config_hash": hash_fields(fields)}
+    record = {**expected, "id": uuid.uuid4().hex,
               "outputs": sorted(os.path.relpath(path, workdir) for path in outputs),
               "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "pid": os.getpid()}
     atomic_io.write_json(_record_path(workdir, name), record)
