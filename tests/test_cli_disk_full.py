@@ -3,7 +3,8 @@ describe_error, atomic_io.DiskFullError).
 
 The workdir is a real small file system (a tmpfs mounted in a private mount namespace), filled up at a
 boundary of the run (tests/kill_boundaries.py "fill:"), so the next writer meets a real ENOSPC: the references'
-np.savez into an open file, a CleanNet checkpoint (TensorFlow's ResourceExhaustedError), the verifier's .keras.
+np.savez into an open file (atomic_io.atomic_path: every output written through a temporary name), a CleanNet
+checkpoint (TensorFlow's ResourceExhaustedError, through training/checkpointing.save_checkpoint).
 """
 
 import errno
@@ -47,7 +48,6 @@ def test_describe_error_names_the_path_of_a_disk_full_error():
 @pytest.mark.parametrize("boundary, path", [
     ("write done/refs.started.json", "references.npz"),  # np.savez into an open temporary file
     ("write cleannet/model.keras", "cleannet/checkpoints"),  # the checkpoint after it: TensorFlow's error
-    ("write verify.tmp/scores.tsv", "verifier.keras"),  # a Keras model in verify's temporary folder
 ])
 def test_a_full_disk_during_cleannet_run_is_one_line_naming_the_path(tmp_path, boundary, path):
     write_feature_dataset(tmp_path / "data", num_classes=4, per_class=60, feature_dim=8)

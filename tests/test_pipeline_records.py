@@ -139,11 +139,12 @@ def test_review_decisions_and_extra_verified_files_rerun_the_steps_that_read_the
     extra = str(tmp_path / "extra.tsv")
     _write_verified(extra, keys[:3], 1)
     config.data.extra_verified = (extra,)
-    done, _ = _run(config, workdir, caplog)
-    assert done["refs"] == "already complete" and "ran again" in done["train"]
-    _write_verified(extra, keys[:3], 0)
+    done, _ = _run(config, workdir, caplog)  # a new data.extra_verified: a config change of every step
+    assert "ran again: config changed: data.extra_verified" in done["refs"]
+    _write_verified(extra, keys[:3], 0)  # the same path, other contents: only the steps that read it
     done, _ = _run(config, workdir, caplog)
     assert f"verification file {extra} changed" in done["train"] and "ran again" in done["verify"]
+    assert done["refs"] == "already complete"
 
     os.remove(decisions)
     config.data.extra_verified = ()

@@ -198,12 +198,12 @@ def train(task: Task, output_dir: str, *, strategy: tf.distribute.Strategy | Non
                     state.best, state.best_step = val, step
                     if chief:
                         checkpointing.save_model(task.model, model_path)
-            if task.is_checkpoint_step(step):
-                checkpointing.save_checkpoint(manager, step)
-            if entry is not None:
+            if entry is not None:  # before the checkpoint: a kill right after it keeps this step's entry
                 state.history.append(entry)
                 if chief and running_metrics:
                     checkpointing.write_json(metrics_path, task.payload(state))
+            if task.is_checkpoint_step(step):
+                checkpointing.save_checkpoint(manager, step)
     state.seconds = time.perf_counter() - start
     task.finish()
     if chief and task.objective is None:
