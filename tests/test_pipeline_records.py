@@ -124,6 +124,8 @@ def test_review_decisions_and_extra_verified_files_rerun_the_steps_that_read_the
     assert config.data.merge_review
     keys = _unverified_train_keys(config, 6)
     decisions = os.path.join(review_dir(workdir), "verified_train.tsv")
+    _write_verified(decisions, [], 1)  # as cleannet-review leaves it before any decision: a header only
+    assert all(records.step_complete(step, config, workdir) for step in ("train", "verify"))
     _write_verified(decisions, keys, 1)
     done, said = _run(config, workdir, caplog)
     assert {step: done[step] for step in ("train_classifier", "refs")} == {

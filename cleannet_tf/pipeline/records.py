@@ -203,17 +203,29 @@ def _reads_verification(name: str, config: ml_collections.ConfigDict) -> bool:
     return step in ("train", "verify") or (step == "train_classifier" and config.classifier.finetune_epochs > 0)
 
 
+def _label_rows(path: str) -> list[str] | None:
+    """The label rows of a verification file (blank lines and a header left out), or None when it is missing."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = [line.rstrip("\r\n") for line in f if line.strip()]
+    except FileNotFoundError:
+        return None
+    if lines and lines[0].split("\t")[1:2] not in (["0"], ["1"]):
+        lines = lines[1:]  # a header, as the readers skip it ("class_name/key<TAB>verification_label")
+    return lines
+
+
 def verification_inputs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[str, str]]:
-    """{"verification_files": {path: sha256 of its bytes (16 hex digits)}} of the verification files applied to
-    the table (workdir.extra_verified_paths: cleannet-review's decisions, data.extra_verified), or {} when there
-    are none (so a record made before these were recorded still matches). Paths under `workdir` are relative."""
+    """{"verification_files": {path: sha256 of its label rows (16 hex digits)}} of the verification files
+    applied to the table (workdir.extra_verified_paths: cleannet-review's decisions, data.extra_verified) that
+    hold a row, or {} when none does (a record made before these were recorded still matches; a review file
+    with a header only changes nothing). Paths under `workdir` are relative."""
     digests = {}
     for path in extra_verified_paths(config, workdir):
-        try:
-            with open(path, "rb") as f:
-                digest = hashlib.sha256(f.read()).hexdigest()[:16]
-        except FileNotFoundError:
-            digest = "missing"
+        rows = _label_rows(path)
+        if rows == []:
+            continue
+        digest = "missing" if rows is None else hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
         inside = os.path.commonpath([os.path.abspath(workdir), path]) == os.path.abspath(workdir)
         digests[os.path.relpath(path, workdir) if inside else path] = digest
     return {"verification_files": digests} if digests else {}
