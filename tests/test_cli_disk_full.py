@@ -68,3 +68,27 @@ def test_a_full_disk_during_cleannet_run_is_one_line_naming_the_path(tmp_path, b
     named = last[len("cleannet-run: error: Cannot write "):].split(":", 1)[0]
     assert named.endswith(path), last
     assert last.endswith(f": {FIX} (--debug shows the traceback)"), last
+
+
+_DEMO = """
+import sys
+from cleannet_tf.cli import flags
+from cleannet_tf.data import demo
+try:
+    demo.generate_demo_dataset(sys.argv[1], images_per_class=40)
+except OSError as error:
+    print(type(error).__name__, flags.describe_error(error))
+"""
+
+
+def test_a_full_disk_while_writing_the_demo_dataset_names_its_folder(tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    script = (f"mount -t tmpfs -o size=64k tmpfs {small} || exit 97; "
+              f"exec {sys.executable} -c '{_DEMO}' {small}/demo_data")
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    if result.returncode == 97 or "unshare: " in result.stderr:
+        pytest.skip(f"no private tmpfs mount here: {result.stderr.strip()[-200:]}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == [f"DiskFullError Cannot write {small}/demo_data: {FIX}"]

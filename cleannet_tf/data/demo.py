@@ -60,7 +60,8 @@ held-out classes are the first n of one seeded permutation, so smaller lists are
 subsets of larger ones.
 
 The same arguments give byte-identical files. The dataset is written to
-ROOT.tmp-<pid> and renamed to ROOT at the end, so ROOT never holds half a dataset. Imports `data.demo_render`.
+ROOT.tmp-<pid> and renamed to ROOT at the end, so ROOT never holds half a dataset.
+Imports `atomic_io`, `data.demo_render`.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from cleannet_tf import atomic_io
 from cleannet_tf.data import demo_render as render
 
 JPEG_QUALITY = 90
@@ -278,7 +280,8 @@ def generate_demo_dataset(root: str, *, kind: str = "digits", noise_rate: float 
     tmp = f"{root}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run of an earlier process with this pid
     try:
-        info = _write_dataset(tmp, parameters, class_names, heldout_counts)
+        with atomic_io.naming_path(root):  # a full disk: DiskFullError naming the dataset folder
+            info = _write_dataset(tmp, parameters, class_names, heldout_counts)
         try:
             os.replace(tmp, root)  # atomic; replaces a missing or empty folder only
         except OSError:
