@@ -47,7 +47,7 @@ def test_describe_error_names_the_path_of_a_disk_full_error():
 @pytest.mark.slow
 @pytest.mark.parametrize("boundary, path", [
     ("write done/refs.started.json", "references.npz"),  # np.savez into an open temporary file
-    ("write cleannet/model.keras", "cleannet/checkpoints"),  # the checkpoint after it: TensorFlow's error
+    ("write cleannet/metrics.json", "cleannet/checkpoints"),  # step 10's checkpoint after it: TensorFlow's error
 ])
 def test_a_full_disk_during_cleannet_run_is_one_line_naming_the_path(tmp_path, boundary, path):
     write_feature_dataset(tmp_path / "data", num_classes=4, per_class=60, feature_dim=8)
