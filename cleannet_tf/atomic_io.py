@@ -1,12 +1,13 @@
 """Outputs published whole: written under a per-process temporary name next to the target, then renamed.
 
-    PATH.tmp-<pid>-<token>[.ext]   a file or folder being written (the extension is kept: .keras, .npy, ...)
-    PATH.old-<pid>-<token>         the previous folder, moved aside while a new one is swapped in
+    PATH.tmp-<host>-<pid>-<token>[.ext]   a file or folder being written (the extension is kept: .keras, .npy)
+    PATH.old-<host>-<pid>-<token>         the previous folder, moved aside while a new one is swapped in
 
 A reader (or a process killed at any moment) sees the old complete file or folder or the new complete one,
 never a mix. A full disk raises DiskFullError naming the path (also NumPy's short write, "N requested and M
-written", which has no errno), and the temporary file is removed.
-`clean_litter` removes what killed processes left (their pid is dead) and puts back a folder a kill left aside.
+written", which has no errno; TensorFlow's "No space left on device"), and the temporary file is removed.
+`clean_litter` removes what killed processes of this host left (their pid is dead) and puts back a folder a kill
+left aside; another host's (a multi-host extraction on a shared workdir) only when older than LITTER_AGE.
 """
 
 from __future__ import annotations
@@ -20,16 +21,26 @@ import re
 import secrets
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
 from absl import logging
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-# PATH.tmp-<pid>[-<token>] and PATH.old-<pid>-<token> (ours), then export/'s version folders .tmp-<version>-<pid>.
-_TEMP_NAME = re.compile(r"\.(tmp|old)-(\d+)(?:-[0-9a-f]{8})?(?=$|\.)")
+# PATH.(tmp|old)-[<host>-]<pid>[-<token>] (ours; names of older versions have no host), then export/'s version
+# folders .tmp-<version>-<pid>.
+_TEMP_NAME = re.compile(r"\.(tmp|old)-(?:([A-Za-z0-9_-]+?)-(\d+)-[0-9a-f]{8}|(\d+)(?:-[0-9a-f]{8})?)(?=$|\.)")
 _EXPORT_TEMP_NAME = re.compile(r"\.tmp-\d+-(\d+)")
 _MULTI_EXTENSIONS = (".weights.h5",)
+# A temporary file or folder of another host is litter only when untouched this long: whether its process lives
+# cannot be told from here, and no write of this package takes a day.
+LITTER_AGE = 24 * 3600.0
+
+
+def host_name() -> str:
+    """This host's name as temporary names carry it (letters, digits, '-' and '_')."""
+    return re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname()) or "host"
 
 
 class DiskFullError(OSError):
@@ -43,20 +54,20 @@ def _split_extension(name: str) -> tuple[str, str]:
     return os.path.splitext(name)
 
 
-def temp_path(path: str, kind: str = "tmp", *, shared: bool = False) -> str:
-    """PATH.<kind>-<pid>-<token>[.ext]: a name no other process uses, in PATH's folder (so a rename is atomic).
-
-    shared: a folder processes of several hosts write to (a pid says nothing of another host's process):
-    PATH.<kind>-<host>-<pid>-<token>[.ext], which clean_litter leaves alone.
-    """
+def temp_path(path: str, kind: str = "tmp") -> str:
+    """PATH.<kind>-<host>-<pid>-<token>[.ext]: a name no other process uses, in PATH's folder (so a rename is
+    atomic). The host: processes of several hosts may write to one folder (a multi-host extraction), and a pid
+    says nothing of another host's process (clean_litter)."""
     directory, name = os.path.split(os.path.abspath(path))
     root, extension = _split_extension(name)
-    owner = f"{socket.gethostname()}-{os.getpid()}" if shared else str(os.getpid())
-    return os.path.join(directory, f"{root}.{kind}-{owner}-{secrets.token_hex(4)}{extension}")
+    return os.path.join(directory, f"{root}.{kind}-{host_name()}-{os.getpid()}-{secrets.token_hex(4)}{extension}")
 
 
-# NumPy's short write (np.save / tofile on a full disk or past a file-size limit) is an OSError without errno.
+# NumPy's short write (np.save / tofile on a full disk or past a file-size limit) is an OSError without errno;
+# TensorFlow's file system (checkpoints, SavedModels) says it in the message of its own errors.
 _SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$")
+_MESSAGES = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT,
+             "File too large": errno.EFBIG}
 
 
 def _no_space_errno(error: BaseException) -> int | None:
@@ -68,6 +79,10 @@ def _no_space_errno(error: BaseException) -> int | None:
             return error.errno
         if isinstance(error, OSError) and error.errno is None and _SHORT_WRITE.match(str(error)):
             return errno.ENOSPC
+        if not isinstance(error, OSError):
+            code = next((code for text, code in _MESSAGES.items() if text in str(error)), None)
+            if code is not None:
+                return code
         error = error.__cause__ or error.__context__
     return None
 
@@ -86,25 +101,43 @@ def _disk_full(code: int, path: str) -> DiskFullError:
     return DiskFullError(code, f"Cannot write {path}: {reason}; free some space (or use another --workdir) and rerun")
 
 
+def disk_full_error(error: BaseException, path: str) -> DiskFullError | None:
+    """DiskFullError naming `path` when `error` is a full disk (see the module docstring), else None."""
+    if isinstance(error, DiskFullError):
+        return None
+    code = _no_space_errno(error)
+    return _disk_full(code, path) if code is not None else None
+
+
 @contextlib.contextmanager
-def atomic_path(path: str, *, shared: bool = False) -> Iterator[str]:
+def naming_path(path: str) -> Iterator[None]:
+    """A full disk inside becomes DiskFullError naming `path` (writers that do not go through atomic_path)."""
+    try:
+        yield
+    except BaseException as error:
+        full = disk_full_error(error, path)
+        if full is not None:
+            raise full from error
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
     """Yields a temporary path for a writer (a file, or a folder it creates); renamed to `path` on success.
 
     On any error the temporary file or folder is removed; a full disk becomes DiskFullError naming `path`.
-    A folder replaces an existing `path` folder as publish_dir does. shared: see temp_path.
+    A folder replaces an existing `path` folder as publish_dir does.
     """
-    tmp = temp_path(path, shared=shared)
+    tmp = temp_path(path)
     try:
-        yield tmp
-        if os.path.isdir(tmp):
-            publish_dir(tmp, path)
-        else:
-            os.replace(tmp, path)
-    except BaseException as error:
+        with naming_path(path):
+            yield tmp
+            if os.path.isdir(tmp):
+                publish_dir(tmp, path)
+            else:
+                os.replace(tmp, path)
+    except BaseException:
         remove_path(tmp)
-        code = _no_space_errno(error)
-        if code is not None and not isinstance(error, DiskFullError):
-            raise _disk_full(code, path) from error
         raise
 
 
@@ -180,15 +213,27 @@ def staging_dir(path: str) -> Iterator[str]:
         yield tmp
 
 
-def temp_owner(name: str) -> tuple[str, int] | None:
-    """("tmp" or "old", pid) when `name` is a temporary name of this package, else None."""
+def temp_owner(name: str) -> tuple[str, str, int] | None:
+    """("tmp" or "old", host, pid) when `name` is a temporary name of this package, else None (a name without a
+    host, of an older version or an export's version folder, is this host's)."""
     match = _EXPORT_TEMP_NAME.fullmatch(name)
     if match:
-        return "tmp", int(match.group(1))
+        return "tmp", host_name(), int(match.group(1))
     match = _TEMP_NAME.search(name)
     if match:
-        return match.group(1), int(match.group(2))
+        return match.group(1), match.group(2) or host_name(), int(match.group(3) or match.group(4))
     return None
+
+
+def _abandoned(path: str, host: str, pid: int) -> bool:
+    """Whether the process that wrote `path` is gone: this host's by its pid; another host's by the age of
+    `path` (LITTER_AGE)."""
+    if host == host_name():
+        return not pid_alive(pid)
+    try:
+        return time.time() - os.lstat(path).st_mtime > LITTER_AGE
+    except FileNotFoundError:
+        return False
 
 
 def pid_alive(pid: int) -> bool:
@@ -206,16 +251,17 @@ def pid_alive(pid: int) -> bool:
 def clean_litter(root: str) -> list[str]:
     """Removes temporary files and folders under `root` whose process is dead; puts back folders left aside.
 
-    Call it only while holding root's workdir lock (no other writer of ours is then at work there).
+    Another host's temporary files (workers of a multi-host extraction write shards to a shared workdir without
+    its lock) are left alone unless untouched for LITTER_AGE. Call it only while holding root's workdir lock.
     Returns the paths removed or restored.
     """
     cleaned = []
     for directory, folders, files in os.walk(root):
         for name in sorted(folders) + sorted(files):
             owner = temp_owner(name)
-            if owner is None or pid_alive(owner[1]):
-                continue
             path = os.path.join(directory, name)
+            if owner is None or not _abandoned(path, owner[1], owner[2]):
+                continue
             kind = owner[0]
             target = os.path.join(directory, name[: _TEMP_NAME.search(name).start()]) if kind == "old" else None
             if target and not os.path.lexists(target):

@@ -9,7 +9,7 @@ corrupt file, a bad config field) prints one line, `<command>: error: <what, whe
 what to do>`, and exits with status 1; the Python traceback only with --debug or
 --verbosity=1.
 
-Imports `config`, `pipeline`, `training`.
+Imports `atomic_io`, `config`, `pipeline`, `training`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from cleannet_tf import atomic_io
 from cleannet_tf import config as config_lib
 from cleannet_tf.training import distribute
 
@@ -107,6 +108,8 @@ def set_default_config(path: str | None, argv: list[str]) -> None:
 
 def describe_error(error: BaseException) -> str:
     """One line for people: what went wrong and where (the file, when the error knows it)."""
+    if isinstance(error, atomic_io.DiskFullError):  # "Cannot write PATH: no space left on device; ..."
+        return f"{error.strerror}."
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         where = f"{error.filename}: " if error.filename else ""
         return f"{where}no space left on device: free some space (or choose another --workdir) and rerun."

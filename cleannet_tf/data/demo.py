@@ -9,14 +9,12 @@ downloaded. Two kinds:
   the left one the tens; images 32x64. Transfer to classes nobody verified needs
   many classes to learn from (Food-101N has 101).
 
-Image variety. The source digits are split first, per digit, into a pool for the
-noisy image list (80%) and a pool for the clean test set (20%), so a test image
-never reuses a source digit of the image list (`split_source_digits`). Sources
-are dealt from each pool without replacement (reshuffled when a pool runs out),
-so every source is used about equally often. Each 8x8 digit is upscaled
-(bilinear) to 32x32, shifted by up to 2 pixels in each direction (zero fill) and
-its intensity scaled by a factor in [0.85, 1.15]; images are RGB JPEGs (quality
-90, deterministic bytes for a given Pillow build).
+Image variety. The source digits are split first, per digit, into a pool for the noisy image list (80%) and a pool
+for the clean test set (20%), so a test image never reuses a source digit of the image list (`split_source_digits`).
+Sources are dealt from each pool without replacement (reshuffled when a pool runs out), so every source is used
+about equally often. Each 8x8 digit is upscaled (bilinear) to 32x32, shifted by up to 2 pixels in each direction
+(zero fill) and its intensity scaled by a factor in [0.85, 1.15]; images are RGB JPEGs (quality 90, deterministic
+bytes for a given Pillow build).
 
 Label noise. Exactly round(noise_rate * N) of the N image-list images get a
 wrong label, chosen uniformly at random; round(lookalike_share * that) of them
@@ -60,7 +58,8 @@ held-out classes are the first n of one seeded permutation, so smaller lists are
 subsets of larger ones.
 
 The same arguments give byte-identical files. The dataset is written to
-ROOT.tmp-<pid> and renamed to ROOT at the end, so ROOT never holds half a dataset. Imports `data.demo_render`.
+ROOT.tmp-<pid> and renamed to ROOT at the end, so ROOT never holds half a dataset.
+Imports `atomic_io`, `data.demo_render`.
 """
 
 from __future__ import annotations
@@ -74,6 +73,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from cleannet_tf import atomic_io
 from cleannet_tf.data import demo_render as render
 
 JPEG_QUALITY = 90
@@ -278,7 +278,8 @@ def generate_demo_dataset(root: str, *, kind: str = "digits", noise_rate: float 
     tmp = f"{root}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run of an earlier process with this pid
     try:
-        info = _write_dataset(tmp, parameters, class_names, heldout_counts)
+        with atomic_io.naming_path(root):  # a full disk: DiskFullError naming the dataset folder
+            info = _write_dataset(tmp, parameters, class_names, heldout_counts)
         try:
             os.replace(tmp, root)  # atomic; replaces a missing or empty folder only
         except OSError:

@@ -190,13 +190,14 @@ def publish(archive: keras.export.ExportArchive, model_base: str, *, class_names
     tmp = os.path.join(model_base, f".tmp-{version}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        archive.write_out(tmp, verbose=False)
-        os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
-        with tf.io.TFRecordWriter(os.path.join(tmp, WARMUP_FILE)) as writer:
-            for record in warmup:
-                writer.write(record)
-        with open(os.path.join(tmp, LABELS_FILE), "w", encoding="utf-8") as f:
-            f.write("".join(f"{name}\n" for name in class_names))
+        with atomic_io.naming_path(final):  # a full disk: DiskFullError naming the version folder
+            archive.write_out(tmp, verbose=False)
+            os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+            with tf.io.TFRecordWriter(os.path.join(tmp, WARMUP_FILE)) as writer:
+                for record in warmup:
+                    writer.write(record)
+            with open(os.path.join(tmp, LABELS_FILE), "w", encoding="utf-8") as f:
+                f.write("".join(f"{name}\n" for name in class_names))
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

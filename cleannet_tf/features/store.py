@@ -77,13 +77,13 @@ def table_fingerprint(keys: np.ndarray, paths: np.ndarray) -> str:
 
 
 def _atomic_save(path: str, array: np.ndarray) -> None:
-    """`array` to `path` through a temporary name unique across hosts sharing the folder (atomic_io, shared)."""
-    with atomic_io.atomic_path(path, shared=True) as tmp:
+    """`array` to `path` through a temporary name unique across hosts sharing the folder (atomic_io.temp_path)."""
+    with atomic_io.atomic_path(path) as tmp:
         np.save(tmp, array)
 
 
 def _atomic_write_json(path: str, record: dict) -> None:
-    with atomic_io.atomic_path(path, shared=True) as tmp, open(tmp, "w") as f:
+    with atomic_io.atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(record, f, indent=2)
 
 

@@ -1,10 +1,8 @@
 """The steps' order and DONE records: WORKDIR/done/<record>.json, what each step depends on, when one is complete.
 
-A record holds the config fields the step depends on (steps.py's table) and their hash, the DONE ids of its inputs,
-the files it produced and the time; `staleness` compares it with the current config. A workdir written before
-DONE records (outputs, no done/) runs every step again (`note_unrecorded_workdir` says so).
-Fields are selected (`select_fields`) and hashed (`hash_fields`) in their recorded form (`recorded_form`): a
-tuple field as the comma string it was before it became a tuple, so records of those versions still match.
+A record holds the config fields the step depends on (steps.py's table; `select_fields`, `hash_fields`, in the
+form older versions recorded: `recorded_form`), the DONE ids of its inputs, the files it produced and the time;
+`staleness` compares it with the current config. A workdir with outputs but no done/ runs every step again.
 Imports `atomic_io`, `data.layout`, `pipeline.steps`, `pipeline.workdir`.
 """
 
@@ -23,7 +21,7 @@ from absl import logging
 
 from cleannet_tf import atomic_io
 from cleannet_tf.data.layout import detect_format
-from cleannet_tf.pipeline.steps import BY_NAME, OUTPUT_DIRS, STEP_FIELDS, STEPS
+from cleannet_tf.pipeline.steps import ADDED_FIELDS, BY_NAME, OUTPUT_DIRS, STEP_FIELDS, STEPS
 from cleannet_tf.pipeline.workdir import (
     classifier_dir,
     classifier_output_dir,
@@ -60,8 +58,10 @@ def select_fields(config: ml_collections.ConfigDict, patterns) -> dict[str, Any]
 
 def recorded_form(fields: Mapping[str, Any]) -> dict[str, Any]:
     """`fields` as DONE records hold them: a tuple as its comma string ("soft,hard"), data.extra_verified and
-    data.merge_review as the one string they were before ("auto": the review files only; "a,b": those paths)."""
-    form = {field: ",".join(value) if isinstance(value, (tuple, list)) else value for field, value in fields.items()}
+    data.merge_review as the one string they were before ("auto": the review files only; "a,b": those paths),
+    steps.ADDED_FIELDS at their older meaning left out."""
+    form = {field: ",".join(value) if isinstance(value, (tuple, list)) else value for field, value in fields.items()
+            if field not in ADDED_FIELDS or value != ADDED_FIELDS[field]}  # at its older meaning: left out
     if "data.merge_review" in form:
         merge, paths = form.pop("data.merge_review"), form.get("data.extra_verified", "")
         if merge:
@@ -116,13 +116,42 @@ def _record_config(name: str, config: ml_collections.ConfigDict) -> ml_collectio
     return config if config.classifier.weighting == weighting else with_weighting(config, weighting)
 
 
-def read_record(workdir: str, name: str, *, started: bool = False) -> dict | None:
-    """WORKDIR/done/<name>.json (or .started.json), or None."""
+# What a DONE record must hold to be trusted (a started record: the first three); anything else reruns the step.
+_RECORD_TYPES = {"config_hash": str, "inputs": dict, "config": dict, "id": str, "outputs": list}
+
+
+def _load_record(path: str, *, started: bool = False) -> tuple[dict | None, str | None]:
+    """(the record at `path`, None); (None, None) when there is none; (None, why) when it cannot be trusted
+    (not JSON, truncated, a field missing or of the wrong type)."""
     try:
-        with open(_record_path(workdir, name, started=started)) as f:
-            return json.load(f)
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
     except FileNotFoundError:
-        return None
+        return None, None
+    except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None, f"its DONE record {path} is unreadable ({' '.join(str(error).split())})"
+    if not isinstance(record, dict):
+        return None, f"its DONE record {path} is unreadable (a JSON {type(record).__name__}, not an object)"
+    for field, kind in list(_RECORD_TYPES.items())[: 3 if started else None]:
+        if not isinstance(record.get(field, {} if field == "config" else None), kind):
+            what = "no" if field not in record else f"a {type(record[field]).__name__} as"
+            return None, f"its DONE record {path} is partial ({what} {field})"
+    if not started and not all(isinstance(output, str) for output in record["outputs"]):
+        return None, f"its DONE record {path} is partial (outputs are not paths)"
+    return record, None
+
+
+def read_record(workdir: str, name: str, *, started: bool = False) -> dict | None:
+    """WORKDIR/done/<name>.json (or .started.json), or None (also when it is unreadable or partial)."""
+    return _load_record(_record_path(workdir, name, started=started), started=started)[0]
+
+
+def _missing_output(record: dict, workdir: str) -> str | None:
+    """The first file `record` lists as an output that is gone, or None."""
+    for output in record["outputs"]:
+        if not os.path.lexists(os.path.join(workdir, output)):
+            return os.path.join(workdir, output)
+    return None
 
 
 def skip_reason(step: str, config: ml_collections.ConfigDict) -> str | None:
@@ -158,10 +187,8 @@ def _expected(name: str, config: ml_collections.ConfigDict, workdir: str) -> dic
     fields = recorded_form(select_fields(config, STEP_FIELDS[_step_of(name)]))
     if fields.get("data.format") == "auto":  # the layout it stands for: "auto" and its choice are one dataset
         fields["data.format"] = _resolved_format(config, workdir)
-    if _reads_verification(name, config):  # new answers in the review files rerun what they change
-        digest = verification_digest(config, workdir)
-        if digest:
-            fields["verification_files"] = digest
+    if _reads_verification(name, config):
+        fields.update(verification_inputs(config, workdir))
     inputs = {}
     for upstream in _upstream(name, config):
         record = read_record(workdir, upstream)
@@ -170,24 +197,38 @@ def _expected(name: str, config: ml_collections.ConfigDict, workdir: str) -> dic
 
 
 def _reads_verification(name: str, config: ml_collections.ConfigDict) -> bool:
-    """Whether record `name`'s outputs depend on the verification labels (train, verify, plan, the weighted
-    classifiers, and the first classifier when it fine-tunes on verified-correct rows)."""
-    return (name in ("train", "verify", "plan") or name.startswith("train_classifier_")
-            or (name == "train_classifier" and config.classifier.finetune_epochs > 0))
+    """Whether record `name`'s step reads verification labels beyond the dataset's own (train, verify, plan, and a
+    classifier fine-tuned on verified rows); the steps after them rerun through their inputs."""
+    step = _step_of(name)
+    return step in ("train", "verify", "plan") or (step == "train_classifier" and config.classifier.finetune_epochs > 0)
 
 
-def verification_digest(config: ml_collections.ConfigDict, workdir: str) -> str | None:
-    """sha256 (16 hex digits) of the verification files applied to the table that exist (the review files,
-    data.extra_verified), or None when there are none (a record then holds no such field, as before)."""
-    paths = [path for path in extra_verified_paths(config, workdir) if os.path.exists(path)]
-    if not paths:
+def _label_rows(path: str) -> list[str] | None:
+    """The label rows of a verification file (blank lines and a header left out), or None when it is missing."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = [line.rstrip("\r\n") for line in f if line.strip()]
+    except FileNotFoundError:
         return None
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.encode() + b"\0")
-        with open(path, "rb") as f:
-            digest.update(hashlib.sha256(f.read()).digest())
-    return digest.hexdigest()[:16]
+    if lines and lines[0].split("\t")[1:2] not in (["0"], ["1"]):
+        lines = lines[1:]  # a header, as the readers skip it ("class_name/key<TAB>verification_label")
+    return lines
+
+
+def verification_inputs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[str, str]]:
+    """{"verification_files": {path: sha256 of its label rows (16 hex digits)}} of the verification files
+    applied to the table (workdir.extra_verified_paths: cleannet-review's decisions, data.extra_verified) that
+    hold a row, or {} when none does (a record made before these were recorded still matches; a review file
+    with a header only changes nothing). Paths under `workdir` are relative."""
+    digests = {}
+    for path in extra_verified_paths(config, workdir):
+        rows = _label_rows(path)
+        if rows == []:
+            continue
+        digest = "missing" if rows is None else hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
+        inside = os.path.commonpath([os.path.abspath(workdir), path]) == os.path.abspath(workdir)
+        digests[os.path.relpath(path, workdir) if inside else path] = digest
+    return {"verification_files": digests} if digests else {}
 
 
 def forget(name: str, workdir: str) -> None:
@@ -209,7 +250,11 @@ def _resolved_format(config: ml_collections.ConfigDict, workdir: str) -> str:
 def _changes(old: dict, new: dict, *, limit: int = 6) -> list[str]:
     """["train.steps 3000 -> 600", ...]: the fields whose values differ."""
     changed = [f"{field} {old.get(field, '(unset)')!r} -> {new.get(field, '(unset)')!r}"
-               for field in sorted(set(old) | set(new)) if old.get(field) != new.get(field)]
+               for field in sorted(set(old) | set(new) - {"verification_files"}) if old.get(field) != new.get(field)]
+    old_files, new_files = old.get("verification_files") or {}, new.get("verification_files") or {}
+    changed += [f"verification file {path} " + ("new" if path not in old_files else "gone" if path not in new_files
+                                                 else "changed")
+                for path in sorted(set(old_files) | set(new_files)) if old_files.get(path) != new_files.get(path)]
     return changed[:limit] + ([f"and {len(changed) - limit} more"] if len(changed) > limit else [])
 
 
@@ -226,19 +271,30 @@ def _mismatch(record: dict, expected: dict) -> str | None:
 
 
 def staleness(name: str, config: ml_collections.ConfigDict, workdir: str) -> str | None:
-    """None when record `name` says its outputs are those of `config` and of complete inputs; else why not."""
-    record = read_record(workdir, name)
+    """None when record `name` says its outputs are those of `config` and of complete inputs; else why not.
+
+    A record that is unreadable, partial, or lists an output that is gone is "not complete" (the reason names
+    the record file and the missing output).
+    """
+    path = _record_path(workdir, name)
+    record, problem = _load_record(path)
+    if problem:
+        return problem
     if record is None:
         started = read_record(workdir, name, started=True)
         return f"interrupted (started {started.get('started', '?')}, no DONE record)" if started else "not run yet"
-    reason = _mismatch(record, _expected(name, config, workdir))
-    if reason:
-        return reason
-    for upstream in record.get("inputs", {}):
+    expected = _expected(name, config, workdir)
+    if record["config_hash"] != expected["config_hash"]:
+        return _mismatch(record, expected)
+    for upstream in record["inputs"]:
         upstream_reason = staleness(upstream, config, workdir)
         if upstream_reason:
             return f"its input {upstream} is not complete ({upstream_reason})"
-    return None
+    reason = _mismatch(record, expected)
+    if reason:
+        return reason
+    missing = _missing_output(record, workdir)
+    return f"its output {missing} is gone (listed in its DONE record {path})" if missing else None
 
 
 def step_complete(step: str, config: ml_collections.ConfigDict, workdir: str) -> bool:
@@ -281,10 +337,15 @@ def begin_step(name: str, config: ml_collections.ConfigDict, workdir: str) -> No
     expected = _expected(name, config, workdir)
     prior = read_record(workdir, name, started=True) or read_record(workdir, name)
     reason = _mismatch(prior, expected) if prior else None
+    if prior is None:  # an unreadable record: the settings its outputs were made with are unknown
+        reason = (_load_record(_record_path(workdir, name, started=True), started=True)[1]
+                  or _load_record(_record_path(workdir, name))[1])
+    elif not reason and "outputs" in prior and _missing_output(prior, workdir):  # resuming would not remake it
+        reason = f"its output {_missing_output(prior, workdir)} is gone"
     if reason:
         for path in _clear_paths(name, workdir):
             if os.path.lexists(path):
-                logging.info("%s: %s; removing %s (made with the old settings).", name, reason, path)
+                logging.info("%s: %s; removing %s (its outputs start over).", name, reason, path)
                 atomic_io.remove_path(path)
     os.makedirs(done_dir(workdir), exist_ok=True)
     atomic_io.write_json(_record_path(workdir, name, started=True),
@@ -294,7 +355,14 @@ def begin_step(name: str, config: ml_collections.ConfigDict, workdir: str) -> No
 
 
 def _write_record(name: str, config: ml_collections.ConfigDict, workdir: str, *, outputs: list[str]) -> dict:
-    record = {**_expected(name, config, workdir), "id": uuid.uuid4().hex,
+    expected = _expected(name, config, workdir)
+    started = read_record(workdir, name, started=True)
+    read = (started or {}).get("config", {}).get("verification_files")
+    if started and read != expected["config"].get("verification_files"):  # changed while it ran: what it read
+        fields = {**{k: v for k, v in expected["config"].items() if k != "verification_files"},
+                  **({"verification_files": read} if read else {})}
+        expected = {**expected, "config": fields, "config_hash": hash_fields(fields)}
+    record = {**expected, "id": uuid.uuid4().hex,
               "outputs": sorted(os.path.relpath(path, workdir) for path in outputs),
               "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "pid": os.getpid()}
     atomic_io.write_json(_record_path(workdir, name), record)

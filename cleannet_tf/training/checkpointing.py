@@ -37,6 +37,13 @@ def restore_latest(checkpoint: tf.train.Checkpoint, directory: str, *,
     return manager
 
 
+def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> None:
+    """manager.save(checkpoint_number=step); a full disk is DiskFullError naming the checkpoint folder (TensorFlow
+    raises ResourceExhaustedError naming only a temporary file)."""
+    with atomic_io.naming_path(manager.directory):
+        manager.save(checkpoint_number=step)
+
+
 def save_model(model: keras.Model, path: str) -> None:
     """model.save(path) through a temporary name, so readers never see half a file."""
     with atomic_io.atomic_path(path) as tmp:

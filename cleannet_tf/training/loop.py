@@ -9,7 +9,7 @@ summaries, checkpoints, the history and metrics.json. The same code runs on one
 CPU, under MirroredStrategy and under MultiWorkerMirroredStrategy; only the
 chief writes output_dir (the other workers write a private temporary folder).
 
-Imports nothing of the package.
+Imports `atomic_io`, `training` (checkpointing, distribute).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import tensorflow as tf
 import tqdm
 from absl import logging
 
+from cleannet_tf import atomic_io
 from cleannet_tf.training import checkpointing, distribute
 
 
@@ -208,17 +209,18 @@ def train(task: Task, output_dir: str, *, strategy: tf.distribute.Strategy | Non
                     state.best, state.best_step = val, step
                     if chief:
                         checkpointing.save_model(task.model, model_path)
-            if task.is_checkpoint_step(step):
-                manager.save(checkpoint_number=step)
-            if entry is not None:
+            if entry is not None:  # before the checkpoint: a kill right after it keeps this step's entry
                 state.history.append(entry)
                 if chief and running_metrics:
                     checkpointing.write_json(metrics_path, task.payload(state))
+            if task.is_checkpoint_step(step):
+                checkpointing.save_checkpoint(manager, step)
     state.seconds = time.perf_counter() - start
     task.finish()
     if chief and task.objective is None:
         checkpointing.save_model(task.model, model_path)
-    writer.flush()
+    with atomic_io.naming_path(os.path.join(write_dir, "logs")):  # TensorBoard's event file
+        writer.flush()
     payload = task.payload(state)
     if chief:
         checkpointing.write_json(metrics_path, payload)
