@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 
 import keras
 import numpy as np
@@ -227,12 +228,14 @@ def extract_from_cache(cache: FrozenCache, features_part: keras.Model, store: Fe
     """Fills the unfinished shards of `store` (of `shards`, when given) with `features_part` run on the cached
     frozen outputs ("original" view) of their rows; rows the cache holds no image for stay invalid.
 
-    Returns stats as `extract_features`' (images, unreadable_rows, shards_done_before, shards_written).
+    Returns stats as `extract_features`' (images, unreadable_rows, seconds, images_per_second, shards_done_before,
+    shards_written) and from_frozen_cache: True.
     """
     mine = range(store.num_shards) if shards is None else sorted(int(s) for s in shards)
     todo = [s for s in mine if not store.is_finished(s)]
-    stats = {"images": 0, "unreadable_rows": [], "too_large_rows": [], "from_frozen_cache": True,
-             "shards_done_before": len(mine) - len(todo), "shards_written": []}
+    stats = {"images": 0, "unreadable_rows": [], "too_large_rows": [], "seconds": 0.0, "images_per_second": 0.0,
+             "from_frozen_cache": True, "shards_done_before": len(mine) - len(todo), "shards_written": []}
+    start_time = time.perf_counter()
     valid_rows = cache.valid()
     predict = tf.function(lambda frozen: features_part(frozen, training=False)["features"])
     for shard in todo:
@@ -248,4 +251,6 @@ def extract_from_cache(cache: FrozenCache, features_part: keras.Model, store: Fe
         stats["images"] += len(rows)
         stats["unreadable_rows"] += np.arange(start, end)[~valid].tolist()
         stats["shards_written"].append(shard)
+    stats["seconds"] = time.perf_counter() - start_time
+    stats["images_per_second"] = stats["images"] / max(stats["seconds"], 1e-9)
     return stats
