@@ -48,10 +48,10 @@ def loop_config(tmp_path, make_images):
         "model.backbone": "efficientnet_lite0", "model.weights": "classifier",
         "model.image_height": SIZE, "model.image_width": SIZE, "input.resize": "squash",
         "classifier.initial_weights": _stand_in_weights(str(tmp_path / "backbone.weights.h5")),
-        "classifier.train_from": "block11", "classifier.frozen_cache": "on", "classifier.epochs": 2,
+        "classifier.train_from": "block11", "classifier.frozen_cache": "on", "classifier.epochs": 1,
         "classifier.batch_size": 8, "classifier.after_verify": ("soft", "hard"), "extract.shard_size": 16,
-        "refs.num_references": 4, "train.steps": 20, "train.eval_every": 10, "train.checkpoint_every": 10,
-        "train.log_every": 10})
+        "refs.num_references": 4, "train.steps": 10, "train.eval_every": 5, "train.checkpoint_every": 5,
+        "train.log_every": 5})
     return config, str(tmp_path / "work")
 
 
