@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 
 import keras
 import numpy as np
@@ -145,7 +146,8 @@ def set_trainable_from(classifier: keras.Model, train_from: str) -> None:
 
 
 class FrozenCache:
-    """The frozen part's outputs of every table row: one FeatureStore per view, each (N, prod(shape)).
+    """The frozen part's outputs of every table row: one FeatureStore per view, each (N, prod(shape)), in
+    <cache root>/<key>/<view>/ (`key`: the folder's name).
 
     gather(rows, views) -> (n, *shape) in the stores' dtype. Every shard is memory-mapped once, here: `gather`
     then parses no .npy header (NumPy does that with `ast`, which CPython 3.11 does not allow in two threads at
@@ -155,6 +157,7 @@ class FrozenCache:
     def __init__(self, stores: dict[str, FeatureStore], shape: tuple[int, ...]):
         self.stores, self.shape = stores, tuple(shape)
         self.views = tuple(stores)
+        self.key = os.path.basename(os.path.dirname(os.path.normpath(next(iter(stores.values())).directory)))
         first = next(iter(stores.values()))
         self.num_rows, self.shard_size, self.dtype = first.num_rows, first.shard_size, first.dtype
         self._shards = [[store.shard_features(shard) for shard in range(store.num_shards)]
@@ -210,3 +213,44 @@ def fill_frozen_cache(directory: str, *, keys: np.ndarray, paths: np.ndarray, ba
             store.finalize()
         stores[view] = store
     return FrozenCache(stores, frozen_shape)
+
+
+def build_features_part(classifier: keras.Model, frozen_shape: tuple[int, ...], train_from: str) -> keras.Model:
+    """Input "frozen" (B, *frozen_shape) -> output "features" (B, 1280): the trained part of `classifier` (a whole
+    `backbones.build_classifier` model fine-tuned from `train_from`) up to its backbone's features layer."""
+    trained = build_trained_part(frozen_shape, train_from, int(classifier.outputs[0].shape[-1]))
+    copy_weights_by_name(classifier, trained)
+    return keras.Model(trained.input, {"features": trained.get_layer("features").output}, name="features_part")
+
+
+def extract_from_cache(cache: FrozenCache, features_part: keras.Model, store: FeatureStore, *, batch_size: int,
+                       shards: list[int] | None = None) -> dict:
+    """Fills the unfinished shards of `store` (of `shards`, when given) with `features_part` run on the cached
+    frozen outputs ("original" view) of their rows; rows the cache holds no image for stay invalid.
+
+    Returns stats as `extract_features`' (images, unreadable_rows, seconds, images_per_second, shards_done_before,
+    shards_written) and from_frozen_cache: True.
+    """
+    mine = range(store.num_shards) if shards is None else sorted(int(s) for s in shards)
+    todo = [s for s in mine if not store.is_finished(s)]
+    stats = {"images": 0, "unreadable_rows": [], "too_large_rows": [], "seconds": 0.0, "images_per_second": 0.0,
+             "from_frozen_cache": True, "shards_done_before": len(mine) - len(todo), "shards_written": []}
+    start_time = time.perf_counter()
+    valid_rows = cache.valid()
+    predict = tf.function(lambda frozen: features_part(frozen, training=False)["features"])
+    for shard in todo:
+        start, end = store.shard_rows(shard)
+        valid = valid_rows[start:end]
+        features = np.zeros((end - start, store.feature_dim), np.float32)
+        rows = np.arange(start, end)[valid]
+        for begin in range(0, len(rows), batch_size):
+            chunk = rows[begin:begin + batch_size]
+            frozen = tf.constant(cache.gather(chunk), tf.float32)
+            features[chunk - start] = predict(frozen).numpy()
+        store.write_shard(shard, features, valid)
+        stats["images"] += len(rows)
+        stats["unreadable_rows"] += np.arange(start, end)[~valid].tolist()
+        stats["shards_written"].append(shard)
+    stats["seconds"] = time.perf_counter() - start_time
+    stats["images_per_second"] = stats["images"] / max(stats["seconds"], 1e-9)
+    return stats

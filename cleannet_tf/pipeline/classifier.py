@@ -1,7 +1,7 @@
 """cleannet-train-classifier: the image classifier on the noisy labels (the feature extractor), and the classifiers
 weighted by cleannet-verify's scores -> WORKDIR/classifier[_<weighting>]/.
 
-Imports `data`, `features`, `training`, `pipeline.artifacts`.
+Imports `data`, `training`, `pipeline.artifacts`, `pipeline.frozen_cache`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import ml_collections
 import tensorflow as tf
 
 from cleannet_tf.data import table as data_table
-from cleannet_tf.features import backbones
 from cleannet_tf.pipeline.artifacts import classifier_weights
+from cleannet_tf.pipeline.frozen_cache import expected_cache_key, prune_frozen_caches, resolve_initial_weights
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.workdir import (
     classifier_output_dir,
@@ -26,10 +26,9 @@ def run_train_classifier(config: ml_collections.ConfigDict, workdir: str, *, tab
     table = table if table is not None else load_table(config, workdir)
     weighting = config.classifier.weighting
     weights = None if weighting == "none" else classifier_weights(table, workdir, weighting)
-    initial_weights = config.classifier.initial_weights
-    if initial_weights == "auto":
-        has_imagenet = backbones.BACKBONES[config.model.backbone].has_imagenet_weights
-        initial_weights = "imagenet" if has_imagenet else "random"
+    initial_weights = resolve_initial_weights(config)
+    if weighting == "none":  # the cache's owner: caches of other settings go (the weighted ones share its key)
+        prune_frozen_caches(workdir, expected_cache_key(config))
     if finetune.uses_finetune(config):  # from a block on, held-apart rows or mixed precision
         _, metrics = finetune.train_finetune(
             table, config, classifier_output_dir(workdir, weighting), cache_dir=frozen_cache_dir(workdir),

@@ -1,6 +1,9 @@
 """cleannet-extract: the backbone config.model names, run over every table image into WORKDIR/features/.
 
-Its output is read through pipeline/artifacts.py (open_features). Imports `data`, `features`, `pipeline.artifacts`.
+With model.weights=classifier and the fine-tuned classifier's frozen cache in place (pipeline/frozen_cache.py), only
+its trained part runs, on the cached frozen outputs; else the whole backbone runs on the images.
+Its output is read through pipeline/artifacts.py (open_features). Imports `data`, `features`, `pipeline.artifacts`,
+`pipeline.frozen_cache`.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import tensorflow as tf
 from absl import logging
 
 from cleannet_tf.data import table as data_table
-from cleannet_tf.features import backbones
+from cleannet_tf.features import backbones, block_cache
 from cleannet_tf.features.extract import extract_features
 from cleannet_tf.features.store import FeatureStore
+from cleannet_tf.pipeline import frozen_cache
 from cleannet_tf.pipeline.artifacts import build_config_backbone, resolve_weights
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.workdir import features_dir
@@ -46,8 +50,17 @@ def run_extract(config: ml_collections.ConfigDict, workdir: str, *, table: data_
     table = table if table is not None else load_table(config, workdir)
     strategy = strategy or tf.distribute.get_strategy()
     keras.utils.set_random_seed(config.seed)  # random-init weights are a function of the seed
-    with strategy.scope():
-        backbone = build_config_backbone(config, workdir)
+    cache, why_not = frozen_cache.classifier_cache(config, workdir, table)
+    if cache is not None:  # the fine-tuned classifier's trained part on its frozen layers' cached outputs
+        logging.info("Features of the fine-tuned classifier from its frozen cache %s (train_from=%s).", cache.key,
+                     config.classifier.train_from)
+        classifier_model = keras.saving.load_model(resolve_weights(config, workdir), compile=False)
+        backbone = block_cache.build_features_part(classifier_model, cache.shape, config.classifier.train_from)
+    else:
+        if config.model.weights == "classifier":
+            logging.info("Features of the classifier through its whole backbone: %s.", why_not)
+        with strategy.scope():
+            backbone = build_config_backbone(config, workdir)
     store = FeatureStore.create_or_open(
         features_dir(workdir), keys=table.keys, paths=table.paths, feature_dim=backbones.feature_dim_of(backbone),
         shard_size=config.extract.shard_size, extractor=extractor_settings(config, workdir))
@@ -56,11 +69,15 @@ def run_extract(config: ml_collections.ConfigDict, workdir: str, *, table: data_
                  store.directory, store.num_rows, store.num_shards, task_index, num_tasks, len(mine),
                  f"[{store.shard_rows(mine[0])[0]}, {store.shard_rows(mine[-1])[1]})" if mine else "none",
                  sum(not store.is_finished(s) for s in mine))
-    stats = extract_features(
-        table.paths, store, backbone, image_size=(config.model.image_height, config.model.image_width),
-        batch_size=config.extract.batch_size, resize=config.input.resize, strategy=strategy,
-        parallel_calls=config.input.parallel_calls, progress=progress, shards=mine,
-        max_pixels=config.input.max_pixels)
+    if cache is not None:
+        stats = block_cache.extract_from_cache(cache, backbone, store, batch_size=config.extract.batch_size,
+                                               shards=mine)
+    else:
+        stats = extract_features(
+            table.paths, store, backbone, image_size=(config.model.image_height, config.model.image_width),
+            batch_size=config.extract.batch_size, resize=config.input.resize, strategy=strategy,
+            parallel_calls=config.input.parallel_calls, progress=progress, shards=mine,
+            max_pixels=config.input.max_pixels)
     record = store.finalize()
     stats["finalized"] = record is not None
     if record is None:

@@ -251,6 +251,7 @@ class FinetuneTask(classifier.ClassifierTask):
         payload.update({
             "train_from": self.train_from, "frozen_cache": self.cache is not None,
             "cache_views": list(self.cache.views) if self.cache is not None else [],
+            "frozen_cache_key": self.cache.key if self.cache is not None else None,
             "mixed_precision": self.mixed_precision, "n_holdout": int(self.holdout.sum()),
             "best_epoch": int(self.best.epoch.numpy()) or None,
             "best_holdout_accuracy": float(self.best.accuracy.numpy()) if self.holdout.any() else None,
