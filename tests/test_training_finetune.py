@@ -18,7 +18,7 @@ from cleannet_tf import config as config_lib
 from cleannet_tf.data import table as datasets
 from cleannet_tf.features import backbones, block_cache
 from cleannet_tf.pipeline import records, runner, scores_tsv
-from cleannet_tf.pipeline.classifier import classifier_weights, run_train_classifier
+from cleannet_tf.pipeline.classifier import classifier_weights
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.training import distribute, finetune
 
@@ -157,7 +157,7 @@ def test_weighted_fine_tunes_share_the_cache_and_honour_the_weights(image_workdi
     config, workdir, table = image_workdir
     for weighting in ("none", "hard"):
         config.classifier.weighting = weighting
-        metrics = run_train_classifier(config, workdir, table=table, progress=False)
+        runner.run_step("train_classifier", config, workdir, table=table)  # the step, with its DONE record
         directory = os.path.join(workdir, "classifier" if weighting == "none" else "classifier_hard")
         written = json.load(open(os.path.join(directory, "metrics.json")))
         assert written["weighting"] == weighting and 0.0 <= written["test_accuracy"] <= 1.0
@@ -165,7 +165,7 @@ def test_weighted_fine_tunes_share_the_cache_and_honour_the_weights(image_workdi
         weights = classifier_weights(table, workdir, "hard") if weighting == "hard" else np.ones(len(table))
         holdout = finetune.holdout_mask(table, np.ones(len(table), bool), 0.2, config.seed)
         pool = (table.split != datasets.SPLIT_TEST) & ~holdout
-        assert metrics["n_train"] == int(np.sum(weights[pool] > 0)) < (48 - 10 if weighting == "hard" else 99)
+        assert written["n_train"] == int(np.sum(weights[pool] > 0)) < (48 - 10 if weighting == "hard" else 99)
         assert records.step_complete("train_classifier", config, workdir)
     assert len(os.listdir(os.path.join(workdir, "frozen_cache"))) == 1  # one frozen part, one cache
     # model.keras is the whole classifier: it extracts features as model.weights=classifier does.
