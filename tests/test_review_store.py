@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from review_helpers import review_rows
 
+from cleannet_tf import atomic_io
 from cleannet_tf.data import table as data_table
 from cleannet_tf.pipeline import workdir as workdir_lib
 from cleannet_tf.pipeline.table import load_table
@@ -90,3 +93,25 @@ def test_a_log_of_interleaved_writers_replays_with_per_key_undo(tmp_path):
         f.write(json.dumps({"event": "undo", "time": "t4", "user": "ana", "key": "a/k1.jpg", "restored": None}) + "\n")
     with pytest.raises(ValueError, match=r"decisions\.jsonl:4: not a review event"):
         DecisionStore(str(directory))
+
+
+def test_the_stores_temporary_files_are_ones_the_litter_cleanup_knows(tmp_path, monkeypatch):
+    # The store's files go through atomic_io's temporary names, so a killed server's half-written TSV is cleaned
+    # when the workdir lock is next taken (its own temp names escaped atomic_io.clean_litter).
+    temporaries = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        temporaries.append(os.path.basename(str(src)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    store = DecisionStore(str(tmp_path / "review"))
+    store.decide("a/1.jpg", "correct", label="a", user="ana")
+    monkeypatch.undo()
+    assert temporaries and all(atomic_io.temp_owner(name) is not None for name in temporaries), temporaries
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    left = tmp_path / "review" / temporaries[0].replace(str(os.getpid()), dead)
+    left.write_text("half a file")
+    assert atomic_io.clean_litter(str(tmp_path)) == [str(left)] and not left.exists()
