@@ -111,6 +111,22 @@ def flat_fields(config, prefix=""):
             yield f"{prefix}{name}", value
 
 
+def stand_in_lite0_weights(path: str, size: int) -> str:
+    """Stands in for EfficientNet-Lite0's ImageNet weights (no download): random weights whose BatchNorm statistics
+    are those of random size x size images (a freshly initialised network's activations grow without bound, making
+    every comparison ill-conditioned). Saved to `path` (.weights.h5); returns it."""
+    import keras
+
+    from cleannet_tf.features import backbones
+
+    keras.utils.set_random_seed(5)
+    backbone = backbones.build_backbone("efficientnet_lite0", image_size=(size, size))
+    images = np.random.default_rng(0).uniform(0, 255, (32, size, size, 3)).astype(np.float32)
+    backbones.recompute_batchnorm_statistics(backbone, [images])
+    backbone.save_weights(path)
+    return path
+
+
 def tiny_config(settings: dict):
     """configs/tiny.py (the one tiny config) with `section.name` -> value settings on top, validated."""
     import runpy

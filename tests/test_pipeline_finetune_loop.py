@@ -4,12 +4,10 @@ weighted fine-tunes on the same cache, and what reruns when the resolution or th
 
 import os
 
-import keras
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import stand_in_lite0_weights, tiny_config
 
-from cleannet_tf.features import backbones
 from cleannet_tf.features.extract import extract_features
 from cleannet_tf.features.store import COMPLETE, FeatureStore
 from cleannet_tf.pipeline import records, runner
@@ -21,16 +19,6 @@ from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.workdir import features_dir, frozen_cache_dir
 
 SIZE = 32
-
-
-def _stand_in_weights(path: str) -> str:
-    """Random EfficientNet-Lite0 weights with the BatchNorm statistics of random images (no ImageNet download)."""
-    keras.utils.set_random_seed(5)
-    backbone = backbones.build_backbone("efficientnet_lite0", image_size=(SIZE, SIZE))
-    images = np.random.default_rng(0).uniform(0, 255, (32, SIZE, SIZE, 3)).astype(np.float32)
-    backbones.recompute_batchnorm_statistics(backbone, [images])
-    backbone.save_weights(path)
-    return path
 
 
 @pytest.fixture
@@ -47,7 +35,7 @@ def loop_config(tmp_path, make_images):
         "data.format": "tsv", "data.root": str(tmp_path / "data" / "labels.tsv"),
         "model.backbone": "efficientnet_lite0", "model.weights": "classifier",
         "model.image_height": SIZE, "model.image_width": SIZE, "input.resize": "squash",
-        "classifier.initial_weights": _stand_in_weights(str(tmp_path / "backbone.weights.h5")),
+        "classifier.initial_weights": stand_in_lite0_weights(str(tmp_path / "backbone.weights.h5"), SIZE),
         "classifier.train_from": "block11", "classifier.frozen_cache": "on", "classifier.epochs": 1,
         "classifier.batch_size": 8, "classifier.after_verify": ("soft", "hard"), "extract.shard_size": 16,
         "refs.num_references": 4, "train.steps": 10, "train.eval_every": 5, "train.checkpoint_every": 5,
