@@ -19,7 +19,8 @@ On a release made by make_realnoise.py (its truth beside it: <release>.truth.tsv
 3. wall time per stage (the DONE records' finish times) and CPU time of each command (resource usage of the
    child process, added over invocations in OUT/<name>.cpu.json).
 
---report_only reads finished work only. Needs the `bench` extra (cleanlab) unless --skip=cleanlab.
+--report_only reads finished work only (the peers' rows are kept in OUT/<name>.{frozen,finetuned}_rows.json).
+Needs the `bench` extra (cleanlab) unless --skip=cleanlab.
 """
 
 from __future__ import annotations
@@ -207,6 +208,16 @@ def peer_rows(data: pool.TrainingData, correct: np.ndarray, features: str, seed:
     return rows
 
 
+def cached_rows(path: str, compute) -> list[dict]:
+    """The rows saved at `path` (the same features give the same rows), else compute() saved there."""
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    rows = compute()
+    atomic_io.write_json(path, rows)
+    return rows
+
+
 def default_row(data: pool.TrainingData, table, correct: np.ndarray, workdir: str) -> dict:
     """The project's score (verify/scores.tsv rank_score) under the same protocol, and its own metrics.json."""
     scores = read_scores_tsv(os.path.join(workdir, "verify", "scores.tsv"))
@@ -282,12 +293,20 @@ def main(argv) -> None:
             jobs[f"{name}_truth"] = _command("cleannet-train-classifier", copy_root, truth_workdir)
         run_commands(jobs, out)
     config = _PHOTOS_CONFIG.value
-    data, table = _load_data(config, release, workdir, "")
-    correct = _correct(data, table, truth)
-    rows = [default_row(data, table, correct, workdir)] + peer_rows(data, correct, "fine-tuned", config.seed)
+    rows = []
     if _FROZEN.value:
-        frozen, frozen_table = _load_data(config, release, workdir, _FROZEN.value)
-        rows += peer_rows(frozen, _correct(frozen, frozen_table, truth), "frozen", config.seed)
+        def frozen_rows():
+            frozen, frozen_table = _load_data(config, release, workdir, _FROZEN.value)
+            return peer_rows(frozen, _correct(frozen, frozen_table, truth), "frozen", config.seed)
+        rows += cached_rows(os.path.join(out, f"{name}.frozen_rows.json"), frozen_rows)
+    if _done(workdir, "verify"):
+        data, table = _load_data(config, release, workdir, "")
+        correct = _correct(data, table, truth)
+        rows = [default_row(data, table, correct, workdir)] + cached_rows(
+            os.path.join(out, f"{name}.finetuned_rows.json"),
+            lambda: peer_rows(data, correct, "fine-tuned", config.seed)) + rows
+    else:
+        print(f"{workdir}: verify not finished; no detection rows of the fine-tuned features yet.")
     report = {"release": name, "accuracy": accuracies(workdir, truth_workdir),
               "timings": timings(workdir, out, name), "rows": rows}
     atomic_io.write_json(os.path.join(out, f"{name}.report.json"), report)
