@@ -14,11 +14,11 @@ explains the signals) -> the fine-tune again, weighted soft and hard by that sco
 What to expect (docs/results.md, "Fine-tuned pipeline (CIFAR-10N)", benchmarks/photos_realnoise.py): on CIFAR-10N
 worst (20k photos, 40% wrong labels, 5 of 10 classes never verified, 5% + 5% verified rows) wrong-label detection
 error 0.142 on verified classes and 0.169 on held-out ones (F1 0.83 / 0.78; below cleanlab, kNN agreement and the
-neighbour vote on the same features), test accuracy 0.662 on the noisy labels -> 0.740 weighted soft, 0.745
-hard (0.798 on the true labels); about 40 min on 2 shared CPU cores, most of it the one-off frozen cache.
-Block 15 at 128 px is the cheapest fine-tune that moves the features (benchmarks/finetune_speed.py: 1.6 CPU-s per 1000 images and epoch,
-against 6.0 from block 11 and 33.8 for every layer); --config.classifier.train_from=block11 trains more of the
-network at about 4x the cost, --config.model.image_height/width=160 sees more detail.
+neighbour vote on the same features), test accuracy 0.662 on the noisy labels -> 0.740 weighted soft, 0.745 hard
+(0.798 on the true labels); about 40 min on 2 shared CPU cores, most of it the one-off frozen cache. Block 15 at 128
+px is the cheapest fine-tune that moves the features (benchmarks/finetune_speed.py: 1.6 CPU-s per 1000 images and
+epoch, against 6.0 from block 11 and 33.8 for every layer); --config.classifier.train_from=block11 trains more of
+the network at about 4x the cost, --config.model.image_height/width=160 sees more detail.
 """
 
 from cleannet_tf.config import default_config
