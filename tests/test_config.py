@@ -20,7 +20,7 @@ def _load(name, arg=None):
     return module.get_config(arg) if arg else module.get_config()
 
 
-@pytest.mark.parametrize("name", ["default", "food101n", "clothing1m", "demo", "tiny"])
+@pytest.mark.parametrize("name", ["default", "food101n", "clothing1m", "demo", "tiny", "realnoise", "photos"])
 def test_shipped_configs_validate(name):
     config = _load(name)
     if not config.data.demo:
