@@ -21,17 +21,16 @@ epoch, against 6.0 from block 11 and 33.8 for every layer); --config.classifier.
 the network at about 4x the cost, --config.model.image_height/width=160 sees more detail.
 """
 
-from cleannet_tf.config import default_config
+import os
+import runpy
 
 
 def get_config():
-    config = default_config()
-    config.data.format = "auto"
-    config.model.backbone = "efficientnet_lite0"
+    # configs/realnoise.py's score (stacked classifier signals, one refit) and CleanNet settings, on these features.
+    config = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "realnoise.py"))["get_config"]()
     config.model.weights = "classifier"  # features of the fine-tuned classifier (WORKDIR/classifier/model.keras)
     config.model.image_height = 128
     config.model.image_width = 128
-    config.input.resize = "squash"
     config.input.augment = "flip"  # cached: a flipped view of the frozen part's outputs, one view drawn per epoch
     config.classifier.initial_weights = "imagenet"
     config.classifier.train_from = "block15"
@@ -41,12 +40,4 @@ def get_config():
     config.classifier.holdout_fraction = 0.05
     config.classifier.patience = 2
     config.classifier.after_verify = ("soft", "hard")
-    config.refs.core_fraction = 0.7
-    config.cleannet.mode = "stacked"
-    config.cleannet.calibration_fraction = 0.3
-    config.verify.signals = ("classifier_score", "classifier_margin")
-    config.verify.classifier_rounds = 1
-    config.train.steps = 3000
-    config.train.eval_every = 500
-    config.train.lr_decay_steps = 1500
     return config
