@@ -210,7 +210,8 @@ def check_for_steps(table: LabelTable, config, steps: Sequence[str], *, data_for
                 raise DatasetError(f"cleannet.mode=stacked fits its score on verified validation rows of both kinds, "
                                    f"but they are {n_right} labelled right and {n_wrong} wrong ({val_source}): "
                                    "verify rows of both kinds, or set --config.cleannet.mode=robust.")
-            if config.cleannet.calibration_fraction > 0:
+            uses_calibration = any(signal.startswith("cleannet_") for signal in config.verify.signals)
+            if config.cleannet.calibration_fraction > 0 and uses_calibration:  # CleanNet's signals are fitted there
                 from cleannet_tf.training.cleannet import calibration_classes  # lazy: TensorFlow
 
                 calibration = calibration_classes(table, config.cleannet.calibration_fraction, config.seed)
