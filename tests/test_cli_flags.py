@@ -41,9 +41,10 @@ def test_truncated_features_npz_is_named(tmp_path):
                            "corrupt):"), result.stderr
 
 
-def test_tsv_without_validation_rows_fails_at_load_with_the_demo_config_on_the_users_root(tmp_path):
-    # The demo's config on the user's own TSV: used as a tsv dataset (and said so), then stopped at load because
-    # cleannet-verify will need validation rows; no training ran, nothing advises deleting the data.
+def test_tsv_without_validation_rows_is_a_cold_start_and_a_too_small_one_fails_in_one_line(tmp_path):
+    # The demo's config on the user's own TSV: used as a tsv dataset (and said so). No verified validation rows
+    # makes it a cold start (the plan asks for them), which these 30 images cannot train: one line, before any
+    # training, nothing advises deleting the data.
     rows = [f"img{i}.jpg\tclass{i % 3}\t{'1' if i % 4 == 0 else ''}\t" for i in range(30)]
     tsv = _tsv(tmp_path / "mine", rows)
     workdir = tmp_path / "work"
@@ -51,9 +52,9 @@ def test_tsv_without_validation_rows_fails_at_load_with_the_demo_config_on_the_u
                   f"--workdir={workdir}")
     assert result.returncode == 1
     assert f"data.root {tsv} is not a demo dataset: using it as a tsv dataset with the demo's settings" in result.stderr
+    assert "Nothing verified yet (no verified validation rows)" in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        f"cleannet-run: error: {tsv} has no validation rows: add a `split` column with values train/val/test, or "
-        "mark verified rows with split=val (cleannet-verify chooses its threshold on verified validation rows). "
+        "cleannet-run: error: 30 training images (noisy labels) is fewer than one batch of 64. "
         "(--debug shows the traceback)")
     assert "delete" not in result.stderr.lower()
     assert not (workdir / "classifier").exists()  # failed before the first step

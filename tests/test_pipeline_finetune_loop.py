@@ -87,6 +87,7 @@ def test_loop_reruns_what_train_from_and_the_resolution_change(loop_config):
     config, workdir = loop_config
     steps = STEPS[:-1]  # export: SavedModels of three EfficientNets take long; its record is checked below
     first = runner.run_steps(config, workdir, steps=steps)
+    steps = tuple(first)  # the plan step reports nothing once rows are verified (it plans a cold start only)
     assert all(not status.startswith("already") for status in first.values()), first
     keys = os.listdir(frozen_cache_dir(workdir))
     assert len(keys) == 1  # the noisy and both weighted fine-tunes share one frozen cache
