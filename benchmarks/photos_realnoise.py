@@ -82,13 +82,8 @@ def evaluate(data: pool.TrainingData, correct: np.ndarray, scores: np.ndarray | 
              flagged: np.ndarray | None = None) -> dict:
     """realnoise.evaluate (verified_val rows, V / H) and pool_metrics at the same threshold."""
     out = realnoise.evaluate(data, scores, flagged=flagged)
-    held = data.heldout_classes[data.labels]
-    if flagged is not None:
-        scores, threshold = (~flagged).astype(np.float64), 0.5
-    else:
-        fit = data.verified_train[~held[data.verified_train]]
-        threshold, _ = metrics.best_threshold(scores[fit], data.verification[fit])
-    out.update(pool_metrics(scores, correct, threshold, held))
+    scores, threshold = realnoise.decision(data, scores, flagged)
+    out.update(pool_metrics(scores, correct, threshold, data.heldout_classes[data.labels]))
     if flagged is not None:
         out = {k: v for k, v in out.items() if not k.startswith("roc_auc")}
     return out

@@ -127,6 +127,17 @@ def neighbour_vote(features: np.ndarray, labels: np.ndarray, num_classes: int, *
 # --------------------------------------------------------------------------- protocol
 
 
+def decision(data: pool.TrainingData, scores, flagged) -> tuple[np.ndarray, float]:
+    """(scores (P,), threshold): flag scores < the lowest-error threshold on the verified classes' verified_train
+    rows, or a method's own `flagged` (P,) bool as scores 0 / 1 at 0.5."""
+    if flagged is not None:
+        return (~flagged).astype(np.float64), 0.5
+    held = data.heldout_classes[data.labels]
+    fit = data.verified_train[~held[data.verified_train]]
+    threshold, _ = metrics.best_threshold(scores[fit], data.verification[fit])
+    return scores, threshold
+
+
 def evaluate(data: pool.TrainingData, scores: np.ndarray | None = None, *,
              flagged: np.ndarray | None = None) -> dict:
     """Metrics on verified_val rows, V and H apart: threshold from the verified classes' verified_train rows.
@@ -134,11 +145,7 @@ def evaluate(data: pool.TrainingData, scores: np.ndarray | None = None, *,
     scores (P,) high = label right; or flagged (P,) bool, a decision of the method's own.
     """
     held = data.heldout_classes[data.labels]
-    if flagged is not None:
-        scores, threshold = (~flagged).astype(np.float64), 0.5
-    else:
-        fit = data.verified_train[~held[data.verified_train]]
-        threshold, _ = metrics.best_threshold(scores[fit], data.verification[fit])
+    scores, threshold = decision(data, scores, flagged)
     result = {}
     for tag, mask in (("V", ~held[data.validation]), ("H", held[data.validation])):
         rows = data.validation[mask]
