@@ -15,7 +15,8 @@ On a release made by make_realnoise.py (its truth beside it: <release>.truth.tsv
    neighbour vote and its rule), and the peers on --frozen_features (frozen ImageNet features) beside them.
    Protocol of benchmarks/realnoise.py: the threshold with the lowest error on the verified classes'
    verified_train rows; error / precision / recall / F1 / ROC-AUC on verified_val rows, verified (V) and
-   held-out (H) classes apart; and the same threshold over the WHOLE pool against the truth file ("pool").
+   held-out (H) classes apart; and the same threshold over every unverified pool row against the truth file
+   ("pool"; verified rows are left out: their verification weighs the weighted fine-tunes).
 3. wall time per stage (the DONE records' finish times) and CPU time of each command (resource usage of the
    child process, added over invocations in OUT/<name>.cpu.json).
 
@@ -68,7 +69,7 @@ def gap_recovered(noisy: float, weighted: float, true: float) -> float:
 
 
 def pool_metrics(scores: np.ndarray, correct: np.ndarray, threshold: float, held: np.ndarray) -> dict:
-    """Detection of every pool row against the truth: scores (P,) high = label right, correct (P,) 0/1 (noisy
+    """Detection of pool rows against the truth: scores (P,) high = label right, correct (P,) 0/1 (noisy
     label == true label), held (P,) bool (row of a held-out class) -> {"<metric> pool V|H|all": value}."""
     out = {}
     for tag, mask in (("V", ~held), ("H", held), ("all", np.ones_like(held))):
@@ -80,10 +81,12 @@ def pool_metrics(scores: np.ndarray, correct: np.ndarray, threshold: float, held
 
 def evaluate(data: pool.TrainingData, correct: np.ndarray, scores: np.ndarray | None = None, *,
              flagged: np.ndarray | None = None) -> dict:
-    """realnoise.evaluate (verified_val rows, V / H) and pool_metrics at the same threshold."""
+    """realnoise.evaluate (verified_val rows, V / H) and pool_metrics of the unverified rows at the same threshold."""
     out = realnoise.evaluate(data, scores, flagged=flagged)
     scores, threshold = realnoise.decision(data, scores, flagged)
-    out.update(pool_metrics(scores, correct, threshold, data.heldout_classes[data.labels]))
+    unverified = data.verification < 0  # a verified row's label may have steered training (its weight)
+    out.update(pool_metrics(scores[unverified], correct[unverified], threshold,
+                            data.heldout_classes[data.labels][unverified]))
     if flagged is not None:
         out = {k: v for k, v in out.items() if not k.startswith("roc_auc")}
     return out
