@@ -23,6 +23,9 @@ random makes one of them (the figures need both in WORK).
 Measured on cifar10n_worst_s0 (20k images, 40% wrong labels, EfficientNet-Lite0 ImageNet features):
     plan    verified   400  pool error 0.1435 (19600 rows)  reported 0.1495 on 301 val rows
     random  verified  2000  pool error 0.1454 (18000 rows)  reported 0.1330 on 1000 val rows
+and on configs/photos.py's fine-tuned features (benchmarks/store_to_npz.py of its WORKDIR/features):
+    plan    verified   400  pool error 0.1573 (19600 rows)  reported 0.1827 on 301 val rows
+    random  verified  2000  pool error 0.1557 (18000 rows)  reported 0.1530 on 1000 val rows
 """
 
 from __future__ import annotations
