@@ -18,7 +18,8 @@ Given a finished configs/photos.py workdir (its noisy classifier fine-tuned from
 2. compares wrong-label detection on the pool with benchmarks/photos_realnoise.py's protocol (`evaluate`):
    the run's own score (verify/scores.tsv), cleanlab self-confidence and find_label_issues on the single model's
    in-sample and on the out-of-fold probabilities, and the project's stacked score (detection/stacking.py, the
-   verify step's operating point) over the out-of-fold own-label probability and margin.
+   verify step's operating point) over the own-label probability and margin of each, alone and beside the verify
+   step's classifier signals (its linear classifier on the run's features, without the refit round).
 3. prints the table and the costs (CPU and wall seconds of the fold fine-tunes against the single one's) and
    writes OUT/<release>.oof.json.
 
@@ -106,6 +107,30 @@ def cache_probabilities(classifier: keras.Model, cache: block_cache.FrozenCache,
     return np.concatenate(out).astype(np.float64) if out else np.zeros((0, classifier.outputs[0].shape[-1]))
 
 
+def fold_linear_scores(classifier: keras.Model, cache: block_cache.FrozenCache, pool_rows: np.ndarray,
+                       in_fold: np.ndarray, labels: np.ndarray, train_from: str) -> np.ndarray:
+    """(sum(in_fold), C) the verify step's linear classifier scores of a fold's rows, cross-fitted: the fold model's
+    features (its trained part on the cached frozen outputs) of every pool row (P,), the ridge classifier
+    (detection/signals.py linear_classifier on log-normalised features) fitted on the rows outside the fold (the
+    rows the fold model trained on), applied to the fold's rows. in_fold (P,) bool, labels (P,)."""
+    from cleannet_tf import ops
+    from cleannet_tf.detection import signals as detection_signals
+
+    part = block_cache.build_features_part(classifier, cache.shape, train_from)
+
+    @tf.function
+    def features_of(frozen):
+        return part(frozen, training=False)["features"]
+
+    features = np.concatenate([features_of(tf.constant(cache.gather(pool_rows[start:start + PREDICT_BATCH]),
+                                                        tf.float32)).numpy()
+                               for start in range(0, len(pool_rows), PREDICT_BATCH)])
+    x = ops.log_normalize(features)
+    weights, bias = detection_signals.linear_classifier(x[~in_fold], labels[~in_fold],
+                                                        num_classes=int(classifier.outputs[0].shape[-1]))
+    return (x[in_fold].astype(np.float64) @ weights + bias).astype(np.float64)
+
+
 def _write_npz(path: str, **arrays) -> None:
     with atomic_io.atomic_path(path) as tmp:
         np.savez(tmp, **arrays)
@@ -156,6 +181,18 @@ def train_folds(config: ml_collections.ConfigDict, workdir: str, table: data_tab
         print(f"fold {f}: {len(rows)} rows, best epoch {metrics.get('best_epoch')}, test accuracy "
               f"{metrics.get('test_accuracy')}, {cpu1 - cpu0:.0f} CPU s, {wall1 - wall0:.0f} wall s", flush=True)
         keras.backend.clear_session()
+    for f in range(folds):  # (e): the linear classifier cross-fitted on each fold model's features
+        result = os.path.join(out, f"fold_{f}", "linear.npz")
+        if not os.path.exists(result):
+            model = keras.saving.load_model(os.path.join(out, f"fold_{f}", "model.keras"), compile=False)
+            cpu0, wall0 = _usage()
+            scores = fold_linear_scores(model, cache, pool_rows, fold[pool_rows] == f, table.labels[pool_rows],
+                                        config.classifier.train_from)
+            cpu1, wall1 = _usage()
+            rows = pool_rows[fold[pool_rows] == f]
+            _write_npz(result, rows=rows, keys=table.keys[rows].astype(str), probabilities=scores,
+                       cpu_seconds=cpu1 - cpu0, wall_seconds=wall1 - wall0)
+            keras.backend.clear_session()
     single = os.path.join(out, "single.npz")
     if not os.path.exists(single):
         model = keras.saving.load_model(os.path.join(classifier_output_dir(workdir, "none"), "model.keras"),
@@ -175,57 +212,85 @@ def train_folds(config: ml_collections.ConfigDict, workdir: str, table: data_tab
 
 
 def load_probabilities(out: str, folds: int, table_rows: np.ndarray, keys: np.ndarray) -> dict:
-    """{"single": (P, C) in-sample, "oof": (P, C) out-of-fold} in the order of `table_rows` (P,) (keys: the
-    table's, checked against the saved ones); raises when a pool row has no fold prediction."""
-    single = np.load(os.path.join(out, "single.npz"))
-    parts = [np.load(os.path.join(out, f"fold_{f}", "oof.npz")) for f in range(folds)]
+    """{"single": (P, C) in-sample probabilities, "oof": (P, C) out-of-fold ones, "oof_linear": (P, C) the
+    cross-fitted linear classifier's scores (when every fold has them)} in the order of `table_rows` (P,) (keys:
+    the table's, checked against the saved ones); raises when a pool row has no prediction."""
+    sources = {"single": [os.path.join(out, "single.npz")],
+               "oof": [os.path.join(out, f"fold_{f}", "oof.npz") for f in range(folds)],
+               "oof_linear": [os.path.join(out, f"fold_{f}", "linear.npz") for f in range(folds)]}
     result = {}
-    for name, rows, saved_keys, probabilities in (
-            ("single", single["rows"], single["keys"], single["probabilities"]),
-            ("oof", np.concatenate([p["rows"] for p in parts]), np.concatenate([p["keys"] for p in parts]),
-             np.concatenate([p["probabilities"] for p in parts]))):
-        if not np.array_equal(saved_keys, keys[rows].astype(str)):
-            raise SystemExit(f"{out}: {name} probabilities were saved for another table.")
+    for name, paths in sources.items():
+        if name == "oof_linear" and not all(os.path.exists(path) for path in paths):
+            continue
+        parts = [np.load(path) for path in paths]
+        rows = np.concatenate([p["rows"] for p in parts])
+        if not np.array_equal(np.concatenate([p["keys"] for p in parts]), keys[rows].astype(str)):
+            raise SystemExit(f"{out}: the {name} predictions were saved for another table.")
         position = np.full(len(keys), -1)
         position[rows] = np.arange(len(rows))
         if (position[table_rows] < 0).any():
             raise SystemExit(f"{out}: {int((position[table_rows] < 0).sum())} pool rows have no {name} prediction.")
-        result[name] = probabilities[position[table_rows]]
+        result[name] = np.concatenate([p["probabilities"] for p in parts])[position[table_rows]]
     return result
 
 
 def detection_rows(data, correct: np.ndarray, probabilities: dict) -> list[dict]:
-    """cleanlab's self-confidence and find_label_issues on each set of probabilities, and the stacked score over
-    their own-label probability and margin (StackedDetector fitted on the rows fit_verifier fits on: the
-    verified classes' verified_train rows; threshold by `evaluate`, as the verify step chooses it)."""
+    """cleanlab's self-confidence and find_label_issues on each set of probabilities; the stacked score over their
+    own-label probability and margin, and over those with the verify step's classifier signals (the linear
+    classifier's own-label score and margin on the run's features, without the refit round) beside the latter
+    alone. StackedDetector is fitted on the rows fit_verifier fits on (the verified classes' verified_train rows);
+    the threshold is `evaluate`'s, chosen on the same rows as the verify step chooses it."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
     from cleannet_tf import ops
+    from cleannet_tf.detection import signals as detection_signals
     from cleannet_tf.detection.fit import verified_rows
     from cleannet_tf.detection.stacking import StackedDetector
 
     evaluate = photos_realnoise.evaluate
     fit_rows, _ = verified_rows(data, None, uses_cleannet=False)
-    rows = []
+
+    def stacked(what: str, method: str, signals: np.ndarray, names: tuple[str, ...]) -> dict:
+        detector = StackedDetector(seed=0).fit(signals[fit_rows], data.verification[fit_rows])
+        return {"probabilities": what, "method": method, "signal_weights": detector.coefficients(names),
+                **evaluate(data, correct, detector.score(signals))}
+
+    x = ops.LogNormalizedRows(data.features)
+    weights, bias = detection_signals.linear_classifier(x, data.labels, num_classes=len(data.class_names))
+    linear = np.stack(ops.own_and_margin(np.asarray(x[:], np.float64) @ weights + bias, data.labels), axis=1)
+    names = ("classifier_score", "classifier_margin")
+    rows = [stacked("single fine-tune (features)", "stacked (linear classifier score, margin; no refit)", linear,
+                    names)]
+    if "oof_linear" in probabilities:  # (e): the same signals, each row's from a fold model that never saw it
+        oof_linear = np.stack(ops.own_and_margin(probabilities.pop("oof_linear"), data.labels), axis=1)
+        rows.append(stacked(f"{_FOLDS.value}-fold fine-tunes (features)", "stacked (cross-fitted linear classifier "
+                            "score, margin)", oof_linear, names))
+        if "oof" in probabilities:
+            own = np.stack(ops.own_and_margin(probabilities["oof"], data.labels), axis=1)
+            rows.append(stacked(f"{_FOLDS.value}-fold fine-tunes, out-of-fold", "stacked (own probability, margin "
+                                "+ cross-fitted linear classifier score, margin)", np.concatenate([own, oof_linear],
+                                                                                                   axis=1),
+                                ("own_probability", "margin", *names)))
     for name, p in probabilities.items():
         what = {"single": "single fine-tune, in-sample", "oof": f"{_FOLDS.value}-fold fine-tunes, out-of-fold"}[name]
         rows.append({"probabilities": what, "method": "cleanlab self-confidence",
                      **evaluate(data, correct, get_label_quality_scores(data.labels, p))})
         rows.append({"probabilities": what, "method": "cleanlab find_label_issues",
                      **evaluate(data, correct, flagged=find_label_issues(data.labels, p))})
-        signals = np.stack(ops.own_and_margin(p, data.labels), axis=1)
-        detector = StackedDetector(seed=0).fit(signals[fit_rows], data.verification[fit_rows])
-        rows.append({"probabilities": what, "method": "stacked (own probability, margin)",
-                     "signal_weights": detector.coefficients(("own_probability", "margin")),
-                     **evaluate(data, correct, detector.score(signals))})
+        own = np.stack(ops.own_and_margin(p, data.labels), axis=1)
+        rows.append(stacked(what, "stacked (own probability, margin)", own, ("own_probability", "margin")))
+        rows.append(stacked(what, "stacked (own probability, margin + linear classifier score, margin)",
+                            np.concatenate([own, linear], axis=1), ("own_probability", "margin", *names)))
     return rows
 
 
 def costs(out: str, folds: int, workdir: str) -> dict:
-    """CPU / wall seconds of the fold fine-tunes (each: training, test accuracy, prediction) and the single one's
-    (the run's loop seconds, and this script's timed refit of it when present)."""
+    """CPU / wall seconds of the fold fine-tunes (each: training, test accuracy, prediction), of the cross-fitted
+    linear classifiers (features of every pool row per fold model, ridge fit), and the single fine-tune's (the
+    run's loop seconds, and this script's timed refit of it when present)."""
     parts = [np.load(os.path.join(out, f"fold_{f}", "oof.npz")) for f in range(folds)]
+    linear = [os.path.join(out, f"fold_{f}", "linear.npz") for f in range(folds)]
     loop_seconds = [json.load(open(os.path.join(out, f"fold_{f}", "metrics.json")))["seconds"] for f in range(folds)]
     run = json.load(open(os.path.join(classifier_output_dir(workdir, "none"), "metrics.json")))
     result = {"folds": {"cpu_seconds": float(sum(p["cpu_seconds"] for p in parts)),
@@ -233,6 +298,9 @@ def costs(out: str, folds: int, workdir: str) -> dict:
                         "loop_wall_seconds": float(sum(loop_seconds)),
                         "best_epochs": [int(p["best_epoch"]) for p in parts],
                         "test_accuracy": [float(p["test_accuracy"]) for p in parts]},
+              "cross-fitted linear classifiers": {key: float(sum(np.load(path)[key] for path in linear))
+                                                  for key in ("cpu_seconds", "wall_seconds")}
+              if all(os.path.exists(path) for path in linear) else None,
               "single (the run's)": {"loop_wall_seconds": run["seconds"], "best_epoch": run.get("best_epoch"),
                                      "test_accuracy": run.get("test_accuracy")}}
     refit = os.path.join(out, "single_refit.json")
