@@ -14,12 +14,15 @@ Given a finished configs/photos.py workdir (its noisy classifier fine-tuned from
    into OUT/<release>/fold_<f>/oof.npz; a killed run resumes fold by fold (and within a fold, from its
    checkpoint). The run's classifier (WORKDIR/classifier/model.keras) predicts every pool row in-sample the same
    way (OUT/<release>/single.npz), and with --refit_single the single fine-tune runs again here, timed as the
-   folds are (OUT/<release>/single_refit/: its cost on the same machine load).
+   folds are (OUT/<release>/single_refit/: its cost on the same machine load); with --all_epochs the same
+   fine-tune without early stopping (no held-apart rows, every epoch: OUT/<release>/single_all_epochs/).
 2. compares wrong-label detection on the pool with benchmarks/photos_realnoise.py's protocol (`evaluate`):
    the run's own score (verify/scores.tsv), cleanlab self-confidence and find_label_issues on the single model's
    in-sample and on the out-of-fold probabilities, and the project's stacked score (detection/stacking.py, the
    verify step's operating point) over the own-label probability and margin of each, alone and beside the verify
-   step's classifier signals (its linear classifier on the run's features, without the refit round).
+   step's classifier signals (its linear classifier on the run's features, without the refit round); (e) that
+   linear classifier cross-fitted on each fold model's features (fitted on the rows the fold model trained on,
+   scoring its fold); the same for the fine-tune without early stopping (in-sample).
 3. prints the table and the costs (CPU and wall seconds of the fold fine-tunes against the single one's) and
    writes OUT/<release>.oof.json.
 
@@ -58,6 +61,7 @@ _RUN_WORKDIR = flags.DEFINE_string("run_workdir", "", "A finished configs/photos
 _FOLDS = flags.DEFINE_integer("folds", 5, "Out-of-fold fine-tunes (k).")
 _FOLD_SEED = flags.DEFINE_integer("fold_seed", 0, "Seed of the fold assignment.")
 _REFIT = flags.DEFINE_bool("refit_single", True, "Also fine-tune on every row again, timed as the folds are.")
+_ALL_EPOCHS = flags.DEFINE_bool("all_epochs", True, "Also the single fine-tune without early stopping.")
 _TRAIN_ONLY = flags.DEFINE_bool("train_only", False, "Train and predict the folds, no report.")
 
 PREDICT_BATCH = 1024
@@ -107,12 +111,12 @@ def cache_probabilities(classifier: keras.Model, cache: block_cache.FrozenCache,
     return np.concatenate(out).astype(np.float64) if out else np.zeros((0, classifier.outputs[0].shape[-1]))
 
 
-def fold_linear_scores(classifier: keras.Model, cache: block_cache.FrozenCache, pool_rows: np.ndarray,
-                       in_fold: np.ndarray, labels: np.ndarray, train_from: str) -> np.ndarray:
-    """(sum(in_fold), C) the verify step's linear classifier scores of a fold's rows, cross-fitted: the fold model's
-    features (its trained part on the cached frozen outputs) of every pool row (P,), the ridge classifier
-    (detection/signals.py linear_classifier on log-normalised features) fitted on the rows outside the fold (the
-    rows the fold model trained on), applied to the fold's rows. in_fold (P,) bool, labels (P,)."""
+def linear_scores(classifier: keras.Model, cache: block_cache.FrozenCache, pool_rows: np.ndarray,
+                  fit: np.ndarray, score: np.ndarray, labels: np.ndarray, train_from: str) -> np.ndarray:
+    """(sum(score), C) the verify step's linear classifier scores of the `score` rows: a fine-tuned model's features
+    (its trained part on the cached frozen outputs) of every pool row (P,), the ridge classifier (detection/signals.py
+    linear_classifier on log-normalised features) fitted on the `fit` rows. fit, score (P,) bool; labels (P,).
+    A fold model's rows are cross-fitted (fit: the rows it trained on, score: its fold)."""
     from cleannet_tf import ops
     from cleannet_tf.detection import signals as detection_signals
 
@@ -126,9 +130,9 @@ def fold_linear_scores(classifier: keras.Model, cache: block_cache.FrozenCache, 
                                                         tf.float32)).numpy()
                                for start in range(0, len(pool_rows), PREDICT_BATCH)])
     x = ops.log_normalize(features)
-    weights, bias = detection_signals.linear_classifier(x[~in_fold], labels[~in_fold],
+    weights, bias = detection_signals.linear_classifier(x[fit], labels[fit],
                                                         num_classes=int(classifier.outputs[0].shape[-1]))
-    return (x[in_fold].astype(np.float64) @ weights + bias).astype(np.float64)
+    return (x[score].astype(np.float64) @ weights + bias).astype(np.float64)
 
 
 def _write_npz(path: str, **arrays) -> None:
@@ -186,41 +190,67 @@ def train_folds(config: ml_collections.ConfigDict, workdir: str, table: data_tab
         if not os.path.exists(result):
             model = keras.saving.load_model(os.path.join(out, f"fold_{f}", "model.keras"), compile=False)
             cpu0, wall0 = _usage()
-            scores = fold_linear_scores(model, cache, pool_rows, fold[pool_rows] == f, table.labels[pool_rows],
-                                        config.classifier.train_from)
+            in_fold = fold[pool_rows] == f
+            scores = linear_scores(model, cache, pool_rows, ~in_fold, in_fold, table.labels[pool_rows],
+                                   config.classifier.train_from)
             cpu1, wall1 = _usage()
             rows = pool_rows[fold[pool_rows] == f]
             _write_npz(result, rows=rows, keys=table.keys[rows].astype(str), probabilities=scores,
                        cpu_seconds=cpu1 - cpu0, wall_seconds=wall1 - wall0)
             keras.backend.clear_session()
+    train_singles(config, workdir, table, out, cache, pool_rows)
+
+
+def train_singles(config: ml_collections.ConfigDict, workdir: str, table: data_table.LabelTable, out: str,
+                  cache: block_cache.FrozenCache, pool_rows: np.ndarray) -> None:
+    """The single fine-tune's in-sample probabilities (OUT/single.npz); its refit here, timed (single_refit.json);
+    and the same fine-tune without early stopping (no held-apart rows, every epoch: OUT/single_all_epochs/), its
+    in-sample probabilities and linear classifier scores (single_all_epochs.npz, single_all_epochs_linear.npz)."""
     single = os.path.join(out, "single.npz")
     if not os.path.exists(single):
         model = keras.saving.load_model(os.path.join(classifier_output_dir(workdir, "none"), "model.keras"),
                                         compile=False)
         probabilities = cache_probabilities(model, cache, pool_rows, config.classifier.train_from)
         _write_npz(single, rows=pool_rows, keys=table.keys[pool_rows].astype(str), probabilities=probabilities)
-    refit = os.path.join(out, "single_refit.json")
-    if _REFIT.value and not os.path.exists(refit):  # the single fine-tune's cost, timed as the folds are
+    variants = [("single_refit", config)] if _REFIT.value else []
+    if _ALL_EPOCHS.value:
+        all_epochs = ml_collections.ConfigDict(config.to_dict())
+        all_epochs.classifier.holdout_fraction = 0.0
+        variants.append(("single_all_epochs", all_epochs))
+    for name, variant in variants:
+        if os.path.exists(os.path.join(out, f"{name}.json")):
+            continue
         cpu0, wall0 = _usage()
-        _, metrics = finetune.train_finetune(
-            table, config, os.path.join(out, "single_refit"), cache_dir=frozen_cache_dir(workdir),
+        model, metrics = finetune.train_finetune(
+            table, variant, os.path.join(out, name), cache_dir=frozen_cache_dir(workdir),
             initial_weights=resolve_initial_weights(config), progress=False)
         cpu1, wall1 = _usage()
-        atomic_io.write_json(refit, {"cpu_seconds": cpu1 - cpu0, "wall_seconds": wall1 - wall0,
-                                     "loop_wall_seconds": metrics["seconds"], "best_epoch": metrics.get("best_epoch"),
-                                     "test_accuracy": metrics.get("test_accuracy")})
+        if name == "single_all_epochs":
+            keys, everything = table.keys[pool_rows].astype(str), np.ones(len(pool_rows), bool)
+            _write_npz(os.path.join(out, f"{name}.npz"), rows=pool_rows, keys=keys,
+                       probabilities=cache_probabilities(model, cache, pool_rows, config.classifier.train_from))
+            _write_npz(os.path.join(out, f"{name}_linear.npz"), rows=pool_rows, keys=keys, probabilities=linear_scores(
+                model, cache, pool_rows, everything, everything, table.labels[pool_rows], config.classifier.train_from))
+        atomic_io.write_json(os.path.join(out, f"{name}.json"), {
+            "cpu_seconds": cpu1 - cpu0, "wall_seconds": wall1 - wall0, "loop_wall_seconds": metrics["seconds"],
+            "best_epoch": metrics.get("best_epoch"), "epochs_trained": metrics.get("epochs_trained"),
+            "test_accuracy": metrics.get("test_accuracy")})
+        keras.backend.clear_session()
 
 
 def load_probabilities(out: str, folds: int, table_rows: np.ndarray, keys: np.ndarray) -> dict:
-    """{"single": (P, C) in-sample probabilities, "oof": (P, C) out-of-fold ones, "oof_linear": (P, C) the
-    cross-fitted linear classifier's scores (when every fold has them)} in the order of `table_rows` (P,) (keys:
+    """{"single": (P, C) in-sample probabilities, "oof": (P, C) out-of-fold ones, and where saved "oof_linear": (P, C)
+    the cross-fitted linear classifier's scores, "all_epochs" / "all_epochs_linear": the single fine-tune without
+    early stopping's probabilities and linear classifier scores} in the order of `table_rows` (P,) (keys:
     the table's, checked against the saved ones); raises when a pool row has no prediction."""
     sources = {"single": [os.path.join(out, "single.npz")],
                "oof": [os.path.join(out, f"fold_{f}", "oof.npz") for f in range(folds)],
-               "oof_linear": [os.path.join(out, f"fold_{f}", "linear.npz") for f in range(folds)]}
+               "oof_linear": [os.path.join(out, f"fold_{f}", "linear.npz") for f in range(folds)],
+               "all_epochs": [os.path.join(out, "single_all_epochs.npz")],
+               "all_epochs_linear": [os.path.join(out, "single_all_epochs_linear.npz")]}
     result = {}
     for name, paths in sources.items():
-        if name == "oof_linear" and not all(os.path.exists(path) for path in paths):
+        if name not in ("single", "oof") and not all(os.path.exists(path) for path in paths):
             continue
         parts = [np.load(path) for path in paths]
         rows = np.concatenate([p["rows"] for p in parts])
@@ -236,10 +266,11 @@ def load_probabilities(out: str, folds: int, table_rows: np.ndarray, keys: np.nd
 
 def detection_rows(data, correct: np.ndarray, probabilities: dict) -> list[dict]:
     """cleanlab's self-confidence and find_label_issues on each set of probabilities; the stacked score over their
-    own-label probability and margin, and over those with the verify step's classifier signals (the linear
-    classifier's own-label score and margin on the run's features, without the refit round) beside the latter
-    alone. StackedDetector is fitted on the rows fit_verifier fits on (the verified classes' verified_train rows);
-    the threshold is `evaluate`'s, chosen on the same rows as the verify step chooses it."""
+    own-label probability and margin, alone and with the verify step's classifier signals (the linear classifier's
+    own-label score and margin, without the refit round) on the run's features and on the same models' features
+    (cross-fitted for the folds); the stacked score over each set of linear classifier signals alone.
+    StackedDetector is fitted on the rows fit_verifier fits on (the verified classes' verified_train rows); the
+    threshold is `evaluate`'s, chosen on the same rows as the verify step chooses it."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
@@ -258,30 +289,33 @@ def detection_rows(data, correct: np.ndarray, probabilities: dict) -> list[dict]
 
     x = ops.LogNormalizedRows(data.features)
     weights, bias = detection_signals.linear_classifier(x, data.labels, num_classes=len(data.class_names))
-    linear = np.stack(ops.own_and_margin(np.asarray(x[:], np.float64) @ weights + bias, data.labels), axis=1)
+    k = _FOLDS.value
+    linear = {"single": ("single fine-tune (features)", "linear classifier",
+                         np.asarray(x[:], np.float64) @ weights + bias)}
+    for name, what, method in (("oof", f"{k}-fold fine-tunes (features)", "cross-fitted linear classifier"),
+                               ("all_epochs", "single fine-tune, no early stopping (features)", "linear classifier")):
+        if f"{name}_linear" in probabilities:
+            linear[name] = (what, method, probabilities.pop(f"{name}_linear"))
+    linear = {name: (what, method, np.stack(ops.own_and_margin(scores, data.labels), axis=1))
+              for name, (what, method, scores) in linear.items()}
     names = ("classifier_score", "classifier_margin")
-    rows = [stacked("single fine-tune (features)", "stacked (linear classifier score, margin; no refit)", linear,
-                    names)]
-    if "oof_linear" in probabilities:  # (e): the same signals, each row's from a fold model that never saw it
-        oof_linear = np.stack(ops.own_and_margin(probabilities.pop("oof_linear"), data.labels), axis=1)
-        rows.append(stacked(f"{_FOLDS.value}-fold fine-tunes (features)", "stacked (cross-fitted linear classifier "
-                            "score, margin)", oof_linear, names))
-        if "oof" in probabilities:
-            own = np.stack(ops.own_and_margin(probabilities["oof"], data.labels), axis=1)
-            rows.append(stacked(f"{_FOLDS.value}-fold fine-tunes, out-of-fold", "stacked (own probability, margin "
-                                "+ cross-fitted linear classifier score, margin)", np.concatenate([own, oof_linear],
-                                                                                                   axis=1),
-                                ("own_probability", "margin", *names)))
+    rows = [stacked(what, f"stacked ({method} score, margin; no refit)", signals, names)
+            for what, method, signals in linear.values()]
     for name, p in probabilities.items():
-        what = {"single": "single fine-tune, in-sample", "oof": f"{_FOLDS.value}-fold fine-tunes, out-of-fold"}[name]
+        what = {"single": "single fine-tune, in-sample", "oof": f"{k}-fold fine-tunes, out-of-fold",
+                "all_epochs": "single fine-tune, no early stopping, in-sample"}[name]
         rows.append({"probabilities": what, "method": "cleanlab self-confidence",
                      **evaluate(data, correct, get_label_quality_scores(data.labels, p))})
         rows.append({"probabilities": what, "method": "cleanlab find_label_issues",
                      **evaluate(data, correct, flagged=find_label_issues(data.labels, p))})
         own = np.stack(ops.own_and_margin(p, data.labels), axis=1)
         rows.append(stacked(what, "stacked (own probability, margin)", own, ("own_probability", "margin")))
-        rows.append(stacked(what, "stacked (own probability, margin + linear classifier score, margin)",
-                            np.concatenate([own, linear], axis=1), ("own_probability", "margin", *names)))
+        for pair in dict.fromkeys(("single", name)):  # beside the run's linear classifier signals, and its own
+            if pair in linear:
+                rows.append(stacked(what, f"stacked (own probability, margin + {linear[pair][0]}: "
+                                          f"{linear[pair][1]} score, margin)",
+                                    np.concatenate([own, linear[pair][2]], axis=1),
+                                    ("own_probability", "margin", *names)))
     return rows
 
 
@@ -303,9 +337,9 @@ def costs(out: str, folds: int, workdir: str) -> dict:
               if all(os.path.exists(path) for path in linear) else None,
               "single (the run's)": {"loop_wall_seconds": run["seconds"], "best_epoch": run.get("best_epoch"),
                                      "test_accuracy": run.get("test_accuracy")}}
-    refit = os.path.join(out, "single_refit.json")
-    if os.path.exists(refit):
-        result["single (refit here)"] = json.load(open(refit))
+    for name, what in (("single_refit", "single (refit here)"), ("single_all_epochs", "single, no early stopping")):
+        if os.path.exists(os.path.join(out, f"{name}.json")):
+            result[what] = json.load(open(os.path.join(out, f"{name}.json")))
     return result
 
 
