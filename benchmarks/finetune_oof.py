@@ -215,8 +215,8 @@ def train_singles(config: ml_collections.ConfigDict, workdir: str, table: data_t
     variants = [("single_refit", config)] if _REFIT.value else []
     if _ALL_EPOCHS.value:
         all_epochs = ml_collections.ConfigDict(config.to_dict())
-        all_epochs.classifier.holdout_fraction = 0.0
-        variants.append(("single_all_epochs", all_epochs))
+        all_epochs.classifier.holdout_fraction, all_epochs.classifier.patience = 0.0, 0
+        variants.append(("single_all_epochs", all_epochs))  # patience needs held-apart rows (config validation)
     for name, variant in variants:
         if os.path.exists(os.path.join(out, f"{name}.json")):
             continue
