@@ -33,7 +33,7 @@ def get_config():
     config.model.image_width = 128
     config.input.augment = "flip"  # cached: a flipped view of the frozen part's outputs, one view drawn per epoch
     config.classifier.initial_weights = "imagenet"
-    config.classifier.train_from = "block15"
+    config.classifier.train_from = "block11"
     config.classifier.frozen_cache = "auto"  # on without a GPU
     config.classifier.epochs = 5
     config.classifier.learning_rate = 0.01

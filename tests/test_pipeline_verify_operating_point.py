@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 from conftest import small_train_config, write_feature_dataset
 
 from cleannet_tf.detection import label_noise
@@ -46,3 +47,34 @@ def test_calibrated_operating_point_flags_below_each_class_threshold(tmp_path):
     np.testing.assert_array_equal(detector.sample_weights(data.features, data.labels, mode="hard") == 0, scores.noisy)
     np.testing.assert_array_equal(label_noise.find_label_issues(scores.scores, threshold=pair_thresholds),
                                   scores.noisy)
+
+
+def test_probability_operating_point_flags_where_the_stacked_probability_is_below_one_half(tmp_path):
+    overrides, _, _ = write_feature_dataset(tmp_path / "data", num_classes=4, per_class=100, heldout=(3,))
+    config = small_train_config(overrides, **{"cleannet.mode": "stacked", "verify.operating_point": "probability"})
+    workdir = str(tmp_path / "work")
+    run_refs(config, workdir, progress=False)
+    run_train(config, workdir, progress=False)
+    run_verify(config, workdir)
+    written = json.load(open(os.path.join(workdir, "verify", "metrics.json")))
+    assert written["operating_point"] == "probability"
+    assert written["threshold"] == 0.0 and set(written["class_thresholds"]) == {0.0}
+    assert "P(label correct) fitted on them is 1/2" in written["threshold_rows"]
+    scores = scores_tsv.read_scores_tsv(os.path.join(workdir, "verify", "scores.tsv"))
+    np.testing.assert_array_equal(scores.noisy, scores.scores < 0.0)
+    assert 0 < written["n_flagged"] == int(scores.noisy.sum()) < len(scores.scores)
+    model, _, _ = load_verifier(workdir)
+    data, _ = load_training_inputs(config, workdir, load_table(config, workdir))
+    served = model({"features": data.features, "label": data.labels.astype(np.int64)})
+    np.testing.assert_array_equal(np.asarray(served["is_noisy"]), scores.noisy)
+
+
+def test_probability_operating_point_needs_the_stacked_mode():
+    from cleannet_tf.config import default_config, validate
+
+    config = default_config()
+    config.data.root = "/data/photos"
+    config.cleannet.mode = "robust"
+    config.verify.operating_point = "probability"
+    with pytest.raises(ValueError, match=r"config\.verify\.operating_point: probability needs cleannet\.mode=stacked"):
+        validate(config)

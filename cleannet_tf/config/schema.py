@@ -18,7 +18,7 @@ WEIGHTINGS = ("none", "soft", "hard")  # training/classifier.WEIGHTINGS
 CLEANNET_MODES = ("paper", "robust", "stacked")  # detection's MODE_SCORING
 ENCODINGS = ("per_class", "per_sample")  # training/cleannet.ENCODINGS
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")  # training/distribute.STRATEGIES
-OPERATING_POINTS = ("calibrated", "threshold")  # verify.operating_point: detection/operating_point.py
+OPERATING_POINTS = ("calibrated", "probability", "threshold")  # verify.operating_point: detection/operating_point.py
 SIGNAL_NAMES = ("cleannet_cosine", "cleannet_margin", "class_mean_cosine", "class_mean_margin", "classifier_score",
                 "classifier_margin", "knn_agreement")  # detection's SIGNAL_NAMES
 DEFAULT_MAX_PIXELS = 40_000_000  # data/DEFAULT_MAX_PIXELS
@@ -168,7 +168,8 @@ def default_config() -> ml_collections.ConfigDict:
     # cosine and margin, the features' cosine and margin to robust class means.
     config.verify.signals = ("cleannet_cosine", "cleannet_margin", "class_mean_cosine", "class_mean_margin")
     config.verify.classifier_rounds = 0  # refits of the classifier signals weighted by P(label correct) (fit.py)
-    # Flagged: "threshold" below the one threshold; "calibrated" where P(label wrong), on the class's own prior, > 1/2.
+    # Flagged: "threshold" below the one threshold; "probability" where the stacked P(label wrong) > 1/2 (stacked mode);
+    # "calibrated" where P(label wrong), on the class's own prior, > 1/2.
     config.verify.operating_point = "threshold"
     # Active verification: images proposed for a person to verify, per class.
     config.verify.budget_per_class = 10

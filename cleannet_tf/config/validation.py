@@ -201,6 +201,9 @@ def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> m
     if not 0.0 < config.verify.class_mean_keep <= 1.0:
         _fail("verify.class_mean_keep", "must be in (0, 1]", config.verify.class_mean_keep)
     _check_choice(config, "verify.operating_point", OPERATING_POINTS)
+    if config.verify.operating_point == "probability" and config.cleannet.mode != "stacked":
+        _fail("verify.operating_point", "probability needs cleannet.mode=stacked (its P(label correct))",
+              config.verify.operating_point)
     signals = config.verify.signals
     if not signals or not set(signals) <= set(SIGNAL_NAMES) or len(set(signals)) != len(signals):
         _fail("verify.signals", f"must be distinct names among {SIGNAL_NAMES}", signals)

@@ -86,8 +86,9 @@ def fit_verifier(cleannet: keras.Model, data: training_pool.TrainingData, refere
             threshold), not at random: their best threshold is not the pool's. The threshold is then where the
             Platt calibration fitted on the verified classes' verified_val rows (a random sample) gives
             P(label correct) = 1/2, and the calibration is fitted on those rows alone.
-        operating_point: "threshold" (score < info["threshold"] in every class) or "calibrated" (P(label wrong)
-            > 1/2 with each class's own prior, fit_operating_point); the verifier's is_noisy follows it.
+        operating_point: "threshold" (score < info["threshold"] in every class), "probability" (stacked: the
+            stacked P(label wrong) > 1/2, i.e. score < 0, in every class) or "calibrated" (P(label wrong) > 1/2
+            with each class's own prior, fit_operating_point); the verifier's is_noisy follows it.
     Returns:
         (verifier, info) with info["threshold"], info["operating_point"], info["class_thresholds"] ((C,) list:
         the threshold of each class's pairs), info["scoring"], info["threshold_rows"] (which rows the
@@ -162,6 +163,11 @@ def fit_verifier(cleannet: keras.Model, data: training_pool.TrainingData, refere
     threshold, _ = metrics.best_threshold(scores, verification)
     if operating_point not in OPERATING_POINTS:
         raise ValueError(f"operating_point must be one of {OPERATING_POINTS}. Received {operating_point!r}")
+    if operating_point == "probability":
+        if scoring != "stacked":
+            raise ValueError(f"operating_point='probability' needs the stacked scoring. Received mode={mode!r}")
+        threshold = 0.0  # the stacked score is 2 P(label correct) - 1, fitted on the rows above: P = 1/2
+        info["threshold_rows"] = f"{rows_name}: where the stacked P(label correct) fitted on them is 1/2"
     fit_rows = rows
     # Platt calibration of P(label correct), served as weight_soft (the verifier holds it): rows of the verified
     # classes; after a plan, the verified_val rows alone (the train rows were chosen by score).
