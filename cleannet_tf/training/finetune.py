@@ -44,7 +44,7 @@ from cleannet_tf.data import table as datasets
 from cleannet_tf.features import backbones, block_cache
 from cleannet_tf.training import classifier, loop
 
-EVAL_BATCH = 256
+EVAL_BATCH = 256  # rows of cached frozen outputs per evaluation batch (images: classifier.IMAGE_EVAL_BATCH)
 
 
 def has_gpu() -> bool:
@@ -188,7 +188,7 @@ class FinetuneTask(classifier.ClassifierTask):
         config = self.config
         dataset = images.make_image_dataset(
             self.table.paths[rows], rows=rows, labels=self.table.labels[rows], weights=self.weights[rows],
-            image_size=self.image_size, batch_size=EVAL_BATCH, resize=config.input.resize,
+            image_size=self.image_size, batch_size=classifier.IMAGE_EVAL_BATCH, resize=config.input.resize,
             parallel_calls=config.input.parallel_calls, max_pixels=config.input.max_pixels)
         for batch in dataset:
             yield {"image": batch["image"], "label": batch["label"].numpy(), "weight": batch["weight"].numpy()}
