@@ -19,14 +19,19 @@ from cleannet_tf.pipeline.train import run_train
 from cleannet_tf.pipeline.verify import run_verify
 
 
-def test_calibrated_operating_point_flags_below_each_class_threshold(tmp_path):
+def _verified(tmp_path, operating_point: str):
+    """(config, workdir, metrics.json) of refs, train and verify on a small stacked dataset (class 3 held out)."""
     overrides, _, _ = write_feature_dataset(tmp_path / "data", num_classes=4, per_class=100, heldout=(3,))
-    config = small_train_config(overrides, **{"cleannet.mode": "stacked", "verify.operating_point": "calibrated"})
+    config = small_train_config(overrides, **{"cleannet.mode": "stacked", "verify.operating_point": operating_point})
     workdir = str(tmp_path / "work")
     run_refs(config, workdir, progress=False)
     run_train(config, workdir, progress=False)
     run_verify(config, workdir)
-    written = json.load(open(os.path.join(workdir, "verify", "metrics.json")))
+    return config, workdir, json.load(open(os.path.join(workdir, "verify", "metrics.json")))
+
+
+def test_calibrated_operating_point_flags_below_each_class_threshold(tmp_path):
+    config, workdir, written = _verified(tmp_path, "calibrated")
     assert written["operating_point"] == "calibrated"
     assert len(set(written["class_thresholds"])) == 4  # one per class, from each class's estimated prior
     assert len(written["prior_noise_rates"]) == 4 and 0 < written["calibration_noise_rate"] < 1
@@ -50,13 +55,7 @@ def test_calibrated_operating_point_flags_below_each_class_threshold(tmp_path):
 
 
 def test_probability_operating_point_flags_where_the_stacked_probability_is_below_one_half(tmp_path):
-    overrides, _, _ = write_feature_dataset(tmp_path / "data", num_classes=4, per_class=100, heldout=(3,))
-    config = small_train_config(overrides, **{"cleannet.mode": "stacked", "verify.operating_point": "probability"})
-    workdir = str(tmp_path / "work")
-    run_refs(config, workdir, progress=False)
-    run_train(config, workdir, progress=False)
-    run_verify(config, workdir)
-    written = json.load(open(os.path.join(workdir, "verify", "metrics.json")))
+    config, workdir, written = _verified(tmp_path, "probability")
     assert written["operating_point"] == "probability"
     assert written["threshold"] == 0.0 and set(written["class_thresholds"]) == {0.0}
     assert "P(label correct) fitted on them is 1/2" in written["threshold_rows"]
