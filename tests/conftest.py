@@ -102,6 +102,27 @@ def kill_at_marker(command, marker, what: str, *, timeout: float = 240) -> int:
 TINY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.py")
 
 
+def resume_then_run_clean(config, workdir: str, table, clean: str, *, last: int, steps_per_epoch: int):
+    """Resumes the killed soft-weighted classifier step of `workdir` (its last checkpoint at step `last`) and runs
+    it uninterrupted in `clean` from the same verify/ outputs -> (resumed metrics.json, uninterrupted
+    metrics.json, resumed model, uninterrupted model)."""
+    import json
+    import shutil
+
+    import keras
+
+    from cleannet_tf.pipeline import runner
+
+    runner.run_step("train_classifier", config, workdir, table=table)
+    resumed = json.load(open(os.path.join(workdir, "classifier_soft", "metrics.json")))
+    assert resumed["history"][0]["epoch"] == last // steps_per_epoch + 1  # this run started at the checkpoint
+    shutil.copytree(os.path.join(workdir, "verify"), os.path.join(clean, "verify"))
+    runner.run_step("train_classifier", config, clean, table=table)
+    uninterrupted = json.load(open(os.path.join(clean, "classifier_soft", "metrics.json")))
+    return (resumed, uninterrupted, keras.saving.load_model(os.path.join(workdir, "classifier_soft", "model.keras")),
+            keras.saving.load_model(os.path.join(clean, "classifier_soft", "model.keras")))
+
+
 def flat_fields(config, prefix=""):
     """("section.field", value) of every leaf field of a (nested) config, in order."""
     for name, value in config.items():

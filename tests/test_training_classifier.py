@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import resume_then_run_clean
 
 from cleannet_tf import config as config_lib
 from cleannet_tf.data import table as data_table
@@ -246,16 +246,9 @@ def test_features_head_resumes_after_sigkill_like_an_uninterrupted_run(features_
     assert 0 < last < 40 * steps_per_epoch
     assert not records.step_complete("train_classifier", config, workdir)
 
-    runner.run_step("train_classifier", config, workdir, table=table)
-    resumed = json.load(open(os.path.join(workdir, "classifier_soft", "metrics.json")))
-    assert resumed["history"][0]["epoch"] == last // steps_per_epoch + 1  # this run started at the checkpoint
-    clean = str(tmp_path / "clean")
-    shutil.copytree(os.path.join(workdir, "verify"), os.path.join(clean, "verify"))
-    runner.run_step("train_classifier", config, clean, table=table)
-    uninterrupted = json.load(open(os.path.join(clean, "classifier_soft", "metrics.json")))
+    resumed, uninterrupted, model_a, model_b = resume_then_run_clean(
+        config, workdir, table, str(tmp_path / "clean"), last=last, steps_per_epoch=steps_per_epoch)
     assert resumed["steps"] == uninterrupted["steps"] == 40 * steps_per_epoch
     assert resumed["test_accuracy"] == uninterrupted["test_accuracy"]
-    model_a = keras.saving.load_model(os.path.join(workdir, "classifier_soft", "model.keras"))
-    model_b = keras.saving.load_model(os.path.join(clean, "classifier_soft", "model.keras"))
     for a, b in zip(model_a.get_weights(), model_b.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)

@@ -3,7 +3,6 @@ MirroredStrategy; mixed precision; the per-image weights; early stopping on held
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import stand_in_lite0_weights
+from conftest import resume_then_run_clean, stand_in_lite0_weights
 
 from cleannet_tf import config as config_lib
 from cleannet_tf.data import table as data_table
@@ -213,17 +212,10 @@ def test_fine_tune_killed_mid_epoch_resumes_to_the_uninterrupted_result(image_wo
     last = int(tf.train.latest_checkpoint(checkpoints).rsplit("-", 1)[1])
     assert 0 < last < 8 * steps_per_epoch and not records.step_complete("train_classifier", config, workdir)
 
-    runner.run_step("train_classifier", config, workdir, table=table)
-    resumed = json.load(open(os.path.join(workdir, "classifier_soft", "metrics.json")))
-    assert resumed["history"][0]["epoch"] == last // steps_per_epoch + 1  # this run started at the checkpoint
-    clean = str(tmp_path / "clean")
-    shutil.copytree(os.path.join(workdir, "verify"), os.path.join(clean, "verify"))
-    runner.run_step("train_classifier", config, clean, table=table)
-    uninterrupted = json.load(open(os.path.join(clean, "classifier_soft", "metrics.json")))
+    resumed, uninterrupted, model_a, model_b = resume_then_run_clean(
+        config, workdir, table, str(tmp_path / "clean"), last=last, steps_per_epoch=steps_per_epoch)
     for field in ("best_epoch", "epochs_trained", "steps_trained", "test_accuracy", "best_holdout_accuracy"):
         assert resumed[field] == uninterrupted[field], field
-    model_a = keras.saving.load_model(os.path.join(workdir, "classifier_soft", "model.keras"))
-    model_b = keras.saving.load_model(os.path.join(clean, "classifier_soft", "model.keras"))
     _assert_same_weights(model_a, model_b, atol=1e-5)
 
 
