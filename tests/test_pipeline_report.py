@@ -109,6 +109,24 @@ def test_report_is_self_contained_and_shows_the_metrics(written_report):
     assert "0.988" in page and "n/a" in page  # ROC-AUC, and the held-out error that is None
 
 
+def test_report_flags_each_image_at_its_class_threshold(tmp_path, make_images):
+    labels = np.repeat([0, 1], 6)
+    scores = np.tile(np.linspace(-0.5, 0.5, 6), 2)  # each class: -0.5, -0.3, ..., 0.5
+    class_thresholds = np.array([0.0, 0.35])  # class 0 flags 3 images, class 1 flags 5
+    paths = make_images(tmp_path / "images", len(labels), size=(24, 24))
+    per_class = {f"c{c}": {"images": 6, "noise_rate_estimate": 0.5} for c in range(2)}
+    path = report.write_report(
+        str(tmp_path / "verify"), keys=[os.path.basename(p) for p in paths], labels=labels, scores=scores,
+        verification=np.full(12, -1), validation=np.zeros(12, bool), threshold=class_thresholds[labels],
+        class_names=["c0", "c1"], image_paths=paths, suggested_labels=1 - labels, suggested_scores=np.ones(12),
+        metrics={"threshold": 0.0, "per_class": per_class}, worst_classes=2, images_per_class=8)
+    page = open(path, encoding="utf-8").read()
+    assert re.search(r'data-metric="images flagged">8 of 12 \(66\.7%\)<', page)
+    assert re.search(r'data-metric="threshold">0\.000 \(per class: 0\.000 to 0\.350\)<', page)
+    grids = page.split("<h3>")[1:]
+    assert [grid.count("<figure>") for grid in grids] == [3, 5]  # c0, c1 (equal noise estimates: table order)
+
+
 @pytest.mark.slow
 def test_report_renders_in_headless_chromium(written_report, tmp_path):
     chromium, _ = chromium_paths()  # missing: a failure, unless CLEANNET_NO_BROWSER=1

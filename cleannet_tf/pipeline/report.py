@@ -50,17 +50,24 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _histogram(scores, verification, threshold):
+def _histogram(scores, verification, thresholds):
+    """thresholds: (N,) each pair's: one line if they agree, the lowest and highest class threshold if not."""
     plt = _plt()
     figure, axis = plt.subplots(figsize=(7, 3.4))
-    bins = np.linspace(min(scores.min(), threshold) - 1e-6, max(scores.max(), threshold) + 1e-6, 60)
+    low, high = float(thresholds.min()), float(thresholds.max())
+    bins = np.linspace(min(scores.min(), low) - 1e-6, max(scores.max(), high) + 1e-6, 60)
     for mask, name, color in ((verification < 0, "not verified", "#9e9e9e"),
                               (verification == 1, "verified correct", "#2e7d32"),
                               (verification == 0, "verified wrong", "#c62828")):
         if mask.any():
             axis.hist(scores[mask], bins=bins, density=True, alpha=0.55, color=color,
                       label=f"{name} ({int(mask.sum())})")
-    axis.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f}")
+    if low == high:
+        axis.axvline(low, color="black", linestyle="--", label=f"threshold {low:.3f}")
+    else:
+        for value in (low, high):
+            axis.axvline(value, color="black", linestyle="--", linewidth=0.8)
+        axis.plot([], [], color="black", linestyle="--", label=f"class thresholds {low:.3f} to {high:.3f}")
     axis.set_xlabel("score (low = label likely wrong)")
     axis.set_ylabel("density")
     axis.legend(fontsize=8)
@@ -68,13 +75,13 @@ def _histogram(scores, verification, threshold):
     return figure
 
 
-def _curves(groups, threshold):
-    """groups: [(name, scores, verification)] of validation rows."""
+def _curves(groups):
+    """groups: [(name, scores, verification, thresholds)] of validation rows, each (n,)."""
     from sklearn.metrics import precision_recall_curve, roc_curve
 
     plt = _plt()
     figure, (roc_axis, pr_axis) = plt.subplots(1, 2, figsize=(9, 3.6))
-    for (name, scores, verification), color in zip(groups, ("#1565c0", "#ef6c00"), strict=False):
+    for (name, scores, verification, thresholds), color in zip(groups, ("#1565c0", "#ef6c00"), strict=False):
         noisy = verification == 0
         if not 0 < noisy.sum() < len(noisy):
             continue
@@ -82,7 +89,7 @@ def _curves(groups, threshold):
         precision, recall, _ = precision_recall_curve(noisy, -scores)
         roc_axis.plot(false_positive, true_positive, color=color, label=name)
         pr_axis.plot(recall, precision, color=color, label=name)
-        flagged = scores < threshold
+        flagged = scores < thresholds
         tpr = (flagged & noisy).sum() / noisy.sum()
         fpr = (flagged & ~noisy).sum() / max((~noisy).sum(), 1)
         prec = (flagged & noisy).sum() / max(flagged.sum(), 1)
@@ -147,7 +154,7 @@ def _fmt(value, percent=False) -> str:
     return f"{value:.1%}" if percent else (f"{value:.3f}" if isinstance(value, float) else str(value))
 
 
-def write_report(output_dir: str, *, keys, labels, scores, verification, validation, threshold: float,
+def write_report(output_dir: str, *, keys, labels, scores, verification, validation, threshold,
                  class_names, image_paths, suggested_labels, suggested_scores, metrics: dict, worst_classes: int = 6,
                  images_per_class: int = 8, rank_scores=None) -> str:
     """Writes output_dir/report.html and its PNG figures; returns the report's path.
@@ -157,11 +164,14 @@ def write_report(output_dir: str, *, keys, labels, scores, verification, validat
             (N,) float (the most suspicious images: lowest score, then lowest rank_score, then highest suggested
             score). rank_scores: optional (N,) float that orders images the score ties (the stacked logit).
         verification: (N,) int 1 / 0 / -1. validation: (N,) bool rows of verified_val (the curves).
-        threshold: float. class_names: C str. metrics: the dict of WORKDIR/verify/metrics.json (missing or None
+        threshold: float, or (N,) each pair's (its class's operating point). class_names: C str. metrics: the
+            dict of WORKDIR/verify/metrics.json (missing or None
         values are shown as n/a). worst_classes, images_per_class: the grid of suspicious images.
     """
     os.makedirs(output_dir, exist_ok=True)
     scores = np.asarray(scores, np.float64)
+    thresholds = np.broadcast_to(np.asarray(threshold, np.float64), scores.shape)  # (N,) each pair's
+    flagged = scores < thresholds
     labels, suggested_labels = np.asarray(labels), np.asarray(suggested_labels)
     suggested_scores = np.asarray(suggested_scores, np.float64)
     verification, validation = np.asarray(verification), np.asarray(validation, bool)
@@ -171,11 +181,10 @@ def write_report(output_dir: str, *, keys, labels, scores, verification, validat
 
     sample = np.random.default_rng(0).permutation(len(scores))[:200_000]  # plots stay fast at millions of rows
     figures = {
-        "scores_histogram.png": _histogram(scores[sample], verification[sample], threshold),
-        "roc_pr.png": _curves([(f"verified classes ({int((validation & ~held_rows).sum())} rows)",
-                                scores[validation & ~held_rows], verification[validation & ~held_rows]),
-                               (f"held-out classes ({int((validation & held_rows).sum())} rows)",
-                                scores[validation & held_rows], verification[validation & held_rows])], threshold),
+        "scores_histogram.png": _histogram(scores[sample], verification[sample], thresholds[sample]),
+        "roc_pr.png": _curves([(f"{name} ({int(rows.sum())} rows)", scores[rows], verification[rows], thresholds[rows])
+                               for name, rows in (("verified classes", validation & ~held_rows),
+                                                  ("held-out classes", validation & held_rows))]),
     }
     if metrics.get("per_class"):
         figures["noise_rate_per_class.png"] = _noise_rates(metrics["per_class"])
@@ -186,7 +195,7 @@ def write_report(output_dir: str, *, keys, labels, scores, verification, validat
     grids = []
     for name in ranked_classes[:worst_classes]:
         c = class_names.index(name)
-        rows = np.nonzero((labels == c) & (scores < threshold))[0]
+        rows = np.nonzero((labels == c) & flagged)[0]
         rank = scores if rank_scores is None else np.asarray(rank_scores)
         rows = rows[np.lexsort((-suggested_scores[rows], rank[rows], scores[rows]))][:images_per_class]
         cells = []
@@ -203,7 +212,9 @@ def write_report(output_dir: str, *, keys, labels, scores, verification, validat
                      f'{_fmt(info.get("noise_rate_estimate"), True)} of {info.get("images", "?")} images</h3>'
                      f'<div class="grid">{"".join(cells) or "<p>none below the threshold</p>"}</div>')
 
-    headline = [("threshold", _fmt(metrics.get("threshold"))),
+    per_class_thresholds = (f" (per class: {thresholds.min():.3f} to {thresholds.max():.3f})"
+                            if thresholds.min() < thresholds.max() else "")
+    headline = [("threshold", _fmt(metrics.get("threshold")) + per_class_thresholds),
                 ("detection error, verified classes", _fmt(metrics.get("detection_error"), True)),
                 ("detection error, held-out classes", _fmt(metrics.get("detection_error_heldout"), True)),
                 ("ROC-AUC, verified / held-out", f'{_fmt(metrics.get("roc_auc"))} / '
@@ -214,8 +225,7 @@ def write_report(output_dir: str, *, keys, labels, scores, verification, validat
                                                         f'{_fmt(metrics.get("n_val_heldout"))}'),
                 ("estimated noise rate (calibrated P(label correct))",
                  _fmt(metrics.get("noise_rate_estimate"), True)),
-                ("images flagged", f'{int(np.sum(scores < threshold))} of {len(scores)} '
-                                   f'({np.mean(scores < threshold):.1%})')]
+                ("images flagged", f'{int(flagged.sum())} of {len(scores)} ({flagged.mean():.1%})')]
     if metrics.get("calibration_classes"):
         headline.append(("calibration classes (cleannet.calibration_fraction; verified, not held out)",
                          f'{len(metrics["calibration_classes"])}: {", ".join(metrics["calibration_classes"][:20])}'

@@ -111,7 +111,6 @@ def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: da
     scores, suggested_scores (P,) float32, suggested (P,) int: each pool row's own-label score, best class and
     its score (verifier.own_label_scores).
     """
-    threshold = info["threshold"]
     # Each pair's threshold: its class's (verify.operating_point "calibrated"), or the one threshold.
     thresholds = verifier.verification_head_of(model).pair_thresholds(data.labels)
     class_names = np.asarray(data.class_names)
@@ -162,7 +161,7 @@ def _write_outputs(output_dir: str, config: ml_collections.ConfigDict, table: da
     validation[data.validation] = True
     report_lib.write_report(
         output_dir, keys=keys, labels=data.labels, scores=scores, verification=data.verification,
-        validation=validation, threshold=threshold, class_names=class_names,
+        validation=validation, threshold=thresholds, class_names=class_names,
         image_paths=table.paths[data.table_rows], suggested_labels=suggested,
         suggested_scores=suggested_scores, metrics=report,
         worst_classes=config.verify.report_classes, rank_scores=rank_scores)
