@@ -19,11 +19,11 @@ def test_importing_the_schema_loads_no_tensorflow():
 
 def test_the_choice_lists_agree_with_their_modules():
     from cleannet_tf.data import demo_render, images, table
-    from cleannet_tf.detection import label_noise, verifier
+    from cleannet_tf.detection import verifier
     from cleannet_tf.features import backbones
     from cleannet_tf.model import layers
     from cleannet_tf.model.cleannet import MODE_SCORING
-    from cleannet_tf.training import cleannet, distribute
+    from cleannet_tf.training import classifier, cleannet, distribute
 
     assert config_lib.DATA_FORMATS == table.FORMATS
     assert config_lib.DEMO_DATASETS == ("", *demo_render.KINDS)
@@ -31,7 +31,7 @@ def test_the_choice_lists_agree_with_their_modules():
     assert (config_lib.RESIZE_MODES, config_lib.AUGMENTATIONS) == (images.RESIZE_MODES, images.AUGMENTATIONS)
     assert config_lib.DEFAULT_MAX_PIXELS == images.DEFAULT_MAX_PIXELS
     assert config_lib.FEATURE_NORMS == layers.FEATURE_NORMS
-    assert config_lib.WEIGHTINGS == label_noise.WEIGHTINGS
+    assert config_lib.WEIGHTINGS == classifier.WEIGHTINGS
     assert config_lib.CLEANNET_MODES == tuple(MODE_SCORING)
     assert config_lib.SIGNAL_NAMES == verifier.SIGNAL_NAMES
     assert config_lib.ENCODINGS == cleannet.ENCODINGS

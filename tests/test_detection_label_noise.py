@@ -29,25 +29,6 @@ def test_sample_weights_formulas():
     np.testing.assert_allclose(verified, [0.0, 1.0, 0.2, 1.0], atol=1e-7)  # verification labels take precedence
 
 
-def test_relabel_targets_take_the_suggested_label_only_where_the_score_accepts_it():
-    scores = np.array([0.5, -0.4, -0.4, -0.4, -0.4, 0.3, np.nan])
-    labels = np.array([0, 1, 1, 1, 2, 2, 0])
-    suggested = np.array([0, 2, 2, 1, 0, 1, 1])
-    suggested_scores = np.array([0.5, 0.2, -0.1, 0.6, 0.4, 0.9, 0.9])
-    verification = np.array([-1, -1, -1, -1, 1, 0, -1])
-    new_labels, weights = label_noise.relabel_targets(scores, labels, suggested, suggested_scores, threshold=0.0,
-                                                      verification=verification)
-    # kept; relabelled (suggested passes); dropped (suggested below 0); dropped (suggested = label);
-    # verified correct: kept whatever its score; verified wrong: relabelled; not scored: kept
-    np.testing.assert_array_equal(new_labels, [0, 2, 1, 1, 2, 1, 0])
-    np.testing.assert_array_equal(weights, [1, 1, 0, 0, 1, 1, 1])
-    assert weights.dtype == np.float32
-    hard = label_noise.sample_weights(scores, mode="hard", threshold=0.0, verification=verification)
-    np.testing.assert_array_equal(weights[new_labels == labels], hard[new_labels == labels])
-    with pytest.raises(ValueError, match=r"\(N,\) alike"):
-        label_noise.relabel_targets(scores, labels[:3], suggested, suggested_scores, threshold=0.0)
-
-
 def test_soft_weights_of_an_unsure_detector_are_the_base_rate_not_zero():
     # A stacked detector that knows nothing scores every pair near 0 (P = 0.5); 70% of the labels are right.
     rng = np.random.default_rng(0)

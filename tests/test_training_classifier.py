@@ -16,7 +16,7 @@ from conftest import resume_then_run_clean
 from cleannet_tf import config as config_lib
 from cleannet_tf.data import table as data_table
 from cleannet_tf.pipeline import records, runner, scores_tsv
-from cleannet_tf.pipeline.artifacts import classifier_targets, classifier_weights
+from cleannet_tf.pipeline.artifacts import classifier_weights
 from cleannet_tf.pipeline.classifier import run_train_classifier
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.workdir import classifier_output_dir
@@ -97,28 +97,6 @@ def test_weights_from_scores_with_verified_labels_first(verified_image_workdir):
         np.testing.assert_allclose(weights[pool], expected, atol=1e-6)
         assert np.all(weights[table.split == data_table.SPLIT_TEST] == 1.0)
     assert soft[pool][0] == 1.0 and soft[pool][1] == 0.0  # the two verified train rows, whatever their scores
-
-
-def test_relabel_targets_from_scores_tsv(verified_image_workdir):
-    config, workdir, table, pool, scores = verified_image_workdir
-    names = np.asarray(table.class_names)
-    suggested = (table.labels[pool] + 1) % 3  # every suggestion another class, scored 0.5: passes 0.2
-    scores_tsv.write_scores_tsv(os.path.join(workdir, "verify", "scores.tsv"), scores_tsv.ScoresTable(
-        keys=table.keys[pool], labels=names[table.labels[pool]], scores=scores, noisy=scores < 0.2,
-        weight_soft=np.clip(scores, 0, 1), weight_hard=scores >= 0.2, suggested_labels=names[suggested],
-        suggested_scores=np.full(len(pool), 0.5, np.float32)))
-    labels, weights = classifier_targets(table, workdir, "relabel")
-    hard = classifier_weights(table, workdir, "hard")
-    flagged = hard[pool] == 0  # the scores below 0.2 and the verified-wrong train row
-    verified_correct = table.verification[pool] == 1
-    np.testing.assert_array_equal(labels[pool], np.where(flagged & ~verified_correct, suggested, table.labels[pool]))
-    np.testing.assert_array_equal(labels[table.split == data_table.SPLIT_TEST],
-                                  table.labels[table.split == data_table.SPLIT_TEST])
-    assert np.all(weights == 1.0) and flagged.sum() > 5
-    config.classifier.weighting = "relabel"
-    metrics = run_train_classifier(config, workdir, table=table, progress=False)
-    assert metrics["weighting"] == "relabel" and metrics["n_train"] == len(pool)
-    assert os.path.exists(os.path.join(workdir, "classifier_relabel", "model.keras"))
 
 
 def test_weighted_classifier_through_the_pipeline(verified_image_workdir):

@@ -14,7 +14,7 @@ BACKBONES = ("resnet50", "mobilenet_v3_small", "efficientnet_v2_b0", "efficientn
 RESIZE_MODES = ("squash", "center_crop")  # data/images.RESIZE_MODES
 AUGMENTATIONS = ("none", "flip", "flip_crop", "randaugment")  # data/images.AUGMENTATIONS
 FEATURE_NORMS = ("log", "l2", "none")  # model/layers.FEATURE_NORMS
-WEIGHTINGS = ("none", "soft", "hard", "relabel")  # detection/label_noise.WEIGHTINGS
+WEIGHTINGS = ("none", "soft", "hard")  # training/classifier.WEIGHTINGS
 CLEANNET_MODES = ("paper", "robust", "stacked")  # detection's MODE_SCORING
 ENCODINGS = ("per_class", "per_sample")  # training/cleannet.ENCODINGS
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")  # training/distribute.STRATEGIES
@@ -181,11 +181,9 @@ def default_config() -> ml_collections.ConfigDict:
 
     # --- cleannet-train-classifier.
     config.classifier = _section()
-    # none | soft (P(label correct)) | hard (s >= threshold) | relabel (hard, and a flagged image whose suggested
-    # label passes the threshold trains on that label)
-    config.classifier.weighting = "none"
+    config.classifier.weighting = "none"  # none | soft (P(label correct)) | hard (s >= threshold)
     # Weighted classifiers cleannet-run trains after cleannet-verify (a tuple
-    # of soft, hard, relabel; () for none). Each goes to WORKDIR/classifier_<w>/.
+    # of soft, hard; () for none). Each goes to WORKDIR/classifier_<w>/.
     config.classifier.after_verify = ("soft",)
     # Backbone weights the classifier starts from: auto (imagenet, the paper's,
     # where the backbone has them, else random), imagenet, random, or a file.

@@ -208,9 +208,8 @@ def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> m
     if not signals or not set(signals) <= set(SIGNAL_NAMES) or len(set(signals)) != len(signals):
         _fail("verify.signals", f"must be distinct names among {SIGNAL_NAMES}", signals)
     _check_choice(config, "classifier.weighting", WEIGHTINGS)
-    if not set(config.classifier.after_verify) <= set(WEIGHTINGS[1:]):
-        _fail("classifier.after_verify", f"must be a tuple of {', '.join(WEIGHTINGS[1:])}",
-              config.classifier.after_verify)
+    if not set(config.classifier.after_verify) <= {"soft", "hard"}:
+        _fail("classifier.after_verify", "must be a tuple of soft, hard", config.classifier.after_verify)
     initial = config.classifier.initial_weights
     if initial not in ("auto", "random", "imagenet") and not initial.endswith((".keras", ".weights.h5")):
         _fail("classifier.initial_weights",

@@ -23,11 +23,10 @@ from cleannet_tf.detection.calibration import (
     shift_probabilities,
 )
 
-__all__ = ["WEIGHTINGS", "WEIGHT_MODES", "class_offsets", "correct_probability", "estimate_noise_rates",
-           "find_label_issues", "fit_calibration", "relabel_targets", "sample_weights", "shift_probabilities"]
+__all__ = ["WEIGHT_MODES", "class_offsets", "correct_probability", "estimate_noise_rates", "find_label_issues",
+           "fit_calibration", "sample_weights", "shift_probabilities"]
 
-WEIGHT_MODES = ("none", "soft", "hard")  # sample_weights(mode=)
-WEIGHTINGS = (*WEIGHT_MODES, "relabel")  # classifier.weighting: sample_weights' modes, and relabel_targets
+WEIGHT_MODES = ("none", "soft", "hard")
 
 
 def _thresholds(threshold, shape) -> np.ndarray:
@@ -100,37 +99,6 @@ def sample_weights(scores, *, mode: str, threshold=None, verification=None,
         verification = as_verification(verification, scores.shape)
         weights = np.where(verification == 1, 1.0, np.where(verification == 0, 0.0, weights))
     return weights.astype(np.float32)
-
-
-def relabel_targets(scores, labels, suggested_labels, suggested_scores, *, threshold,
-                    verification=None) -> tuple[np.ndarray, np.ndarray]:
-    """Hard weights, and flagged pairs whose best other label the score accepts trained on that label instead.
-
-    A pair flagged by its score (s < threshold, or verified wrong) whose suggested label (the best-scored class)
-    differs from its label and scores s_suggested >= threshold gets that label at weight 1; other flagged pairs
-    weight 0; kept pairs (and verified-correct ones) keep their label at weight 1.
-
-    Args:
-        scores, suggested_scores: (N,) float. Score of the pair's label and of its suggested label (NaN: not
-            scored: kept at weight 1).
-        labels, suggested_labels: (N,) int class ids.
-        threshold: float, or (N,) each pair's (the suggested label is judged by the same threshold).
-        verification: optional (N,) int 1 / 0 / -1: 1 keeps the label, 0 flags it whatever its score.
-
-    Returns:
-        labels (N,) int64 (relabelled where relabelled), weights (N,) float32 in {0, 1}.
-    """
-    scores, suggested_scores = as_scores(scores), as_scores(suggested_scores)
-    labels, suggested_labels = np.asarray(labels, np.int64), np.asarray(suggested_labels, np.int64)
-    if not scores.shape == suggested_scores.shape == labels.shape == suggested_labels.shape:
-        raise ValueError(f"scores, labels, suggested_labels and suggested_scores must be (N,) alike. Received "
-                         f"{scores.shape}, {labels.shape}, {suggested_labels.shape}, {suggested_scores.shape}")
-    weights = sample_weights(scores, mode="hard", threshold=threshold, verification=verification)
-    verified_correct = (np.zeros(scores.shape, bool) if verification is None
-                        else as_verification(verification, scores.shape) == 1)
-    relabel = ((weights == 0) & ~verified_correct & (suggested_labels != labels)
-               & (suggested_scores >= _thresholds(threshold, scores.shape)))
-    return np.where(relabel, suggested_labels, labels), np.where(relabel, 1.0, weights).astype(np.float32)
 
 
 def estimate_noise_rates(probabilities, labels, *, num_classes: int, verification=None) -> tuple[np.ndarray, float]:

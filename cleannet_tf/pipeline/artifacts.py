@@ -4,7 +4,7 @@ so no step module imports another.
     open_features          WORKDIR/features/ (or data.features)      extract
     load_training_inputs   + WORKDIR/references.npz: TrainingData    refs
     load_verifier          WORKDIR/verify/verifier.keras             verify
-    classifier_targets     WORKDIR/verify/scores.tsv as labels, weights   verify
+    classifier_weights     WORKDIR/verify/scores.tsv as weights      verify
     classifier_path        WORKDIR/classifier[_<w>]/model.keras      train_classifier
     build_config_backbone  the backbone of config.model (model.weights=classifier: WORKDIR/classifier)
 
@@ -106,17 +106,9 @@ def classifier_path(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def classifier_weights(table: data_table.LabelTable, workdir: str, weighting: str) -> np.ndarray:
-    """(N,) float32 weight of every table row from WORKDIR/verify/scores.tsv (classifier_targets' weights)."""
-    return classifier_targets(table, workdir, weighting)[1]
+    """(N,) float32 weight of every table row from WORKDIR/verify/scores.tsv ("soft" or "hard").
 
-
-def classifier_targets(table: data_table.LabelTable, workdir: str,
-                       weighting: str) -> tuple[np.ndarray, np.ndarray]:
-    """(labels (N,) int64, weights (N,) float32) every table row trains on, from WORKDIR/verify/scores.tsv.
-
-    soft: the weight_soft column (P(label correct); paper mode max(0, s)); hard: 1[score >= threshold];
-    relabel: hard, and a flagged row whose suggested label passes the threshold trains on that label
-    (label_noise.relabel_targets). The labels are the table's but for relabelled rows.
+    soft: the weight_soft column (P(label correct); paper mode max(0, s)); hard: 1[score >= threshold].
     A row's verification label wins over its score (1 -> 1, 0 -> 0); test rows get 1 (never trained on).
     Pool rows missing from scores.tsv (images without features, e.g. unreadable) get weight 1 with a warning;
     more than 1% missing is an error (a stale scores.tsv): rerun cleannet-verify.
@@ -130,20 +122,16 @@ def classifier_targets(table: data_table.LabelTable, workdir: str,
     with open(metrics_path) as f:
         threshold = float(json.load(f)["threshold"])
     row_of = {key: row for row, key in enumerate(table.keys)}
+    per_row = np.full(len(table), np.nan)
     unknown = [key for key in scores.keys if key not in row_of]
     if unknown:
         raise ValueError(f"{path}: {len(unknown)} keys are not in the dataset (e.g. {unknown[0]!r}); it was written "
                          "for another dataset: rerun cleannet-verify.")
-    rows = np.array([row_of[key] for key in scores.keys], np.int64)
-
-    def per_row(values: np.ndarray, fill: float = np.nan) -> np.ndarray:
-        out = np.full(len(table), fill)
-        out[rows] = values
-        return out
-
+    per_row[[row_of[key] for key in scores.keys]] = scores.scores
+    soft = np.full(len(table), np.nan)
+    soft[[row_of[key] for key in scores.keys]] = scores.weight_soft  # P(label correct); paper mode max(0, cos)
     pool = table.split != data_table.SPLIT_TEST
-    per_row_score = np.where(pool, per_row(scores.scores), np.nan)
-    missing = pool & np.isnan(per_row_score)
+    missing = pool & np.isnan(per_row)
     if missing.sum() > 0.01 * pool.sum():
         raise ValueError(f"{path}: {int(missing.sum())} of {int(pool.sum())} training images have no score (e.g. "
                          f"{table.keys[np.argmax(missing)]!r}): rerun cleannet-verify.")
@@ -151,17 +139,5 @@ def classifier_targets(table: data_table.LabelTable, workdir: str,
         logging.warning("%s: %d training images have no score (e.g. %r); they get weight 1.", path,
                         int(missing.sum()), table.keys[np.argmax(missing)])
     verification = np.where(pool, table.verification, -1)
-    labels = np.asarray(table.labels, np.int64)
-    if weighting == "relabel":
-        class_index = {name: i for i, name in enumerate(table.class_names)}
-        unknown_classes = sorted(set(scores.suggested_labels) - set(class_index))
-        if unknown_classes:
-            raise ValueError(f"{path}: suggested_label {unknown_classes[0]!r} is not a class of the dataset: "
-                             "rerun cleannet-verify.")
-        suggested = per_row(np.array([class_index[name] for name in scores.suggested_labels]), -1).astype(np.int64)
-        return label_noise.relabel_targets(per_row_score, labels, np.where(suggested < 0, labels, suggested),
-                                           per_row(scores.suggested_scores), threshold=threshold,
-                                           verification=verification)
-    soft = per_row(scores.weight_soft)  # P(label correct); paper mode max(0, cos)
-    return labels, label_noise.sample_weights(per_row_score, mode=weighting, threshold=threshold,
-                                              verification=verification, probabilities=soft)
+    return label_noise.sample_weights(np.where(pool, per_row, np.nan), mode=weighting, threshold=threshold,
+                                      verification=verification, probabilities=soft)

@@ -6,13 +6,11 @@ Imports `data`, `training`, `pipeline.artifacts`, `pipeline.frozen_cache`.
 
 from __future__ import annotations
 
-import dataclasses
-
 import ml_collections
 import tensorflow as tf
 
 from cleannet_tf.data import table as data_table
-from cleannet_tf.pipeline.artifacts import classifier_targets
+from cleannet_tf.pipeline.artifacts import classifier_weights
 from cleannet_tf.pipeline.frozen_cache import expected_cache_key, prune_frozen_caches, resolve_initial_weights
 from cleannet_tf.pipeline.table import load_table
 from cleannet_tf.pipeline.workdir import (
@@ -27,10 +25,7 @@ def run_train_classifier(config: ml_collections.ConfigDict, workdir: str, *, tab
     """cleannet-train-classifier: backbone + softmax on the noisy labels, weighted per classifier.weighting."""
     table = table if table is not None else load_table(config, workdir)
     weighting = config.classifier.weighting
-    weights = None
-    if weighting != "none":
-        labels, weights = classifier_targets(table, workdir, weighting)
-        table = dataclasses.replace(table, labels=labels.astype(table.labels.dtype))  # relabel changes some
+    weights = None if weighting == "none" else classifier_weights(table, workdir, weighting)
     initial_weights = resolve_initial_weights(config)
     if weighting == "none":  # the cache's owner: caches of other settings go (the weighted ones share its key)
         prune_frozen_caches(workdir, expected_cache_key(config))

@@ -11,9 +11,7 @@ for the same number of steps as the unweighted run (as the paper compares them).
 Weights (config.classifier.weighting): "none" (all 1), "soft" (scores.tsv's
 weight_soft: the calibrated P(label correct); in cleannet.mode=paper the paper's
 max(0, s)), "hard" (1[s >= threshold]), with s the CleanNet score of the image's
-label; a verification label overrides the score (1 -> weight 1, 0 -> weight 0); "relabel" (hard, and a
-flagged image whose suggested label passes the threshold trains on that label at weight 1: the caller's table
-carries the labels, pipeline/artifacts.classifier_targets).
+label; a verification label overrides the score (1 -> weight 1, 0 -> weight 0).
 
 With data.features set, the classifier is a softmax head on those frozen
 features (`build_features_classifier`: input "features" (B, D), no image is
@@ -45,6 +43,8 @@ from cleannet_tf.data import table as data_table
 from cleannet_tf.data.features_npz import load_precomputed_features
 from cleannet_tf.features import backbones
 from cleannet_tf.training import loop
+
+WEIGHTINGS = ("none", "soft", "hard")  # classifier.weighting (see the module docstring)
 
 
 def weighted_cross_entropy(labels, logits, weights, *, global_batch_size: int):
