@@ -8,7 +8,7 @@ On a release made by make_realnoise.py (its truth beside it: <release>.truth.tsv
    (OUT/<name>/), and at the same time the same config's classifier step (`cleannet-train-classifier`,
    weighting none) on a copy of the release whose labels are the truth (OUT/<name>_truth_release/, image
    symlinks; OUT/<name>_truth/): the bound. A finished pipeline (its DONE records) is not run again.
-2. reports the classifiers' test accuracy (none, soft, hard, relabel, true labels; the share of the none -> truth gap
+2. reports the classifiers' test accuracy (none, soft, hard, true labels; the share of the none -> truth gap
    each weighting recovers), and wrong-label detection on the run's features (WORKDIR/features, the fine-tuned
    classifier's) for the project's score (verify/scores.tsv) and the peers of benchmarks/realnoise.py on those
    same features (no detection, cleanlab 5-fold self-confidence and find_label_issues, kNN agreement, the
@@ -56,8 +56,8 @@ _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Run nothing; report what
 _RUN_ARGS = flags.DEFINE_list("run_args", [], "More --config.x=y arguments of both commands.")
 
 STAGES = ("train_classifier", "extract", "refs", "train", "verify", "train_classifier_soft", "train_classifier_hard",
-          "train_classifier_relabel", "export")
-WEIGHTINGS = ("none", "soft", "hard", "relabel")
+          "export")
+WEIGHTINGS = ("none", "soft", "hard")
 
 
 # --------------------------------------------------------------------------- metrics (pure numpy)
