@@ -3,7 +3,6 @@
 import copy
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import kill_at_marker, small_train_config, write_feature_dataset
+from conftest import kill_at_marker, run_two_workers, small_train_config, write_feature_dataset
 
 from cleannet_tf.data import table as data_table
 from cleannet_tf.pipeline.artifacts import load_training_inputs
@@ -76,16 +75,6 @@ def test_per_class_encoding_trains_like_per_sample(feature_workdir):
         np.testing.assert_allclose(got, want, atol=2e-5)
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def test_other_class_negatives_per_class_equals_per_sample_and_changes_training(feature_workdir):
     config, workdir = feature_workdir
     config = copy.deepcopy(config)
@@ -116,19 +105,7 @@ def test_negative_labels_are_other_classes_and_deterministic(feature_workdir):
 def test_multi_worker_two_processes_identical_weights(feature_workdir, tmp_path):
     config, workdir = feature_workdir
     config.train.steps = 40
-    config_path = tmp_path / "config.json"
-    config_path.write_text(config.to_json())
-    ports = ",".join(map(str, _free_ports(2)))
-    outs = [tmp_path / f"worker{i}.npz" for i in range(2)]
-    workers = [subprocess.Popen([sys.executable, os.path.join(TESTS, "mwms_worker.py"), str(i), ports,
-                                 str(config_path), workdir, str(outs[i])], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT) for i in range(2)]
-    for worker in workers:
-        output, _ = worker.communicate(timeout=300)
-        assert worker.returncode == 0, output.decode()[-3000:]
-    results = [np.load(out) for out in outs]
-    assert [bool(r["is_chief"]) for r in results] == [True, False]
-    assert all(int(r["replicas"]) == 2 for r in results)
+    results = run_two_workers(config, workdir, tmp_path, "cleannet")
     names = [k for k in results[0].files if k.startswith("arr_")]
     for name in names:
         np.testing.assert_array_equal(results[0][name], results[1][name])

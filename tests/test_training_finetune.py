@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import resume_then_run_clean, stand_in_lite0_weights
+from conftest import resume_then_run_clean, run_two_workers, stand_in_lite0_weights
 
 from cleannet_tf import config as config_lib
 from cleannet_tf.data import table as data_table
@@ -219,6 +219,29 @@ def test_fine_tune_killed_mid_epoch_resumes_to_the_uninterrupted_result(image_wo
     _assert_same_weights(model_a, model_b, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_multi_worker_fine_tune_two_processes_train_one_model(image_workdir, tmp_path):
+    """Two worker processes (MultiWorkerMirroredStrategy on loopback) fine-tune from block 11 with held-apart rows:
+    the same weights on both, the chief's model.keras and metrics.json; frozen_cache=auto is off across workers."""
+    config, workdir, table = image_workdir
+    config.runtime.strategy, config.classifier.epochs = "multi_worker", 2
+    config = config_lib.validate(config)
+    results = run_two_workers(config, workdir, tmp_path, "finetune")
+    saved = keras.saving.load_model(os.path.join(workdir, "classifier", "model.keras"))
+    for i, want in enumerate(saved.get_weights()):
+        np.testing.assert_array_equal(results[0][f"arr_{i}"], results[1][f"arr_{i}"])
+        np.testing.assert_allclose(results[0][f"arr_{i}"], want, atol=1e-6)
+    metrics = json.load(open(os.path.join(workdir, "classifier", "metrics.json")))
+    assert metrics["frozen_cache"] is False and metrics["n_holdout"] == 10
+    assert [entry["epoch"] for entry in metrics["history"]] == [1, 2]
+    assert metrics["steps"] == 2 * ((48 - 10) // 8)
+    assert not os.path.exists(os.path.join(workdir, "frozen_cache"))
+    initial = backbones.build_backbone("efficientnet_lite0", image_size=(32, 32),
+                                       weights=config.classifier.initial_weights)
+    assert not np.array_equal(saved.get_layer("backbone").get_layer("head_conv").get_weights()[0],
+                              initial.get_layer("head_conv").get_weights()[0])  # it trained
+
+
 def test_config_rejects_what_cannot_be_cached_or_split():
     config = config_lib.default_config()
     config.data.root = "x.tsv"
@@ -239,4 +262,9 @@ def test_config_rejects_what_cannot_be_cached_or_split():
         config_lib.validate(bad)
     bad.input.augment = "flip"
     assert config_lib.validate(bad).classifier.train_from == "head"
+    bad.runtime.strategy = "multi_worker"  # a host's files: not shared across workers
+    with pytest.raises(ValueError, match="config.classifier.frozen_cache: caches on one host"):
+        config_lib.validate(bad)
+    bad.classifier.frozen_cache = "auto"
+    assert not finetune.resolve_frozen_cache(config_lib.validate(bad))
     assert block_cache.TRAIN_FROM[1:17] == tuple(f"block{k}" for k in range(16))  # the names config.py accepts

@@ -230,6 +230,9 @@ def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> m
     if cache == "on" and config.input.augment not in ("none", "flip"):
         _fail("classifier.frozen_cache", f"caches the image and its mirror only, not input.augment="
               f"{config.input.augment!r}: use 'none' or 'flip', or frozen_cache='off'", cache)
+    if cache == "on" and config.runtime.strategy == "multi_worker":
+        _fail("classifier.frozen_cache", "caches on one host (every worker would write the whole cache): use "
+              "'auto' (off under runtime.strategy='multi_worker') or 'off'", cache)
     if not 0.0 <= config.classifier.holdout_fraction <= 0.5:
         _fail("classifier.holdout_fraction", "must be in [0, 0.5]", config.classifier.holdout_fraction)
     _check_positive(config, "classifier.patience", allow_zero=True)

@@ -53,10 +53,11 @@ def has_gpu() -> bool:
 
 def resolve_frozen_cache(config: ml_collections.ConfigDict) -> bool:
     """classifier.frozen_cache resolved: "auto" caches without a GPU when layers are frozen and the augmentation
-    is cacheable (none, flip)."""
+    is cacheable (none, flip), on one host (the cache is a host's files: not under runtime.strategy=multi_worker)."""
     setting, cacheable = config.classifier.frozen_cache, config.input.augment in ("none", "flip")
     if setting == "auto":
-        return config.classifier.train_from != "all" and cacheable and not has_gpu()
+        return (config.classifier.train_from != "all" and cacheable and not has_gpu()
+                and config.runtime.strategy != "multi_worker")
     return setting == "on"
 
 
