@@ -183,6 +183,27 @@ def test_early_stopping_keeps_the_best_held_apart_epoch(image_workdir, tmp_path)
     assert len(last_kernel) == 1 and not np.allclose(last_kernel[0], best_kernel)  # (saved once, under either)
 
 
+def test_held_apart_loss_or_accuracy_picks_the_kept_epoch(image_workdir, tmp_path):
+    """One training history (patience 0: the selection does not change training), kept epoch by each figure."""
+    config, workdir, table = image_workdir
+    config.classifier.epochs, config.classifier.learning_rate = 6, 0.001
+    kept = {}
+    for select_by in ("accuracy", "loss"):
+        config.classifier.select_by = select_by
+        model, metrics = _train(config, table, str(tmp_path / select_by), cache=True)
+        kept[select_by] = (model, metrics)
+    histories = [[(h["val"]["accuracy"], h["val"]["loss"]) for h in m["history"]] for _, m in kept.values()]
+    assert histories[0] == histories[1] and len(histories[0]) == 6
+    accuracies, losses = np.array(histories[0]).T
+    by_accuracy, by_loss = kept["accuracy"][1], kept["loss"][1]
+    assert by_accuracy["best_epoch"] == int(np.argmax(accuracies)) + 1 and by_accuracy["select_by"] == "accuracy"
+    assert by_loss["best_epoch"] == int(np.argmin(losses)) + 1 and by_loss["select_by"] == "loss"
+    assert by_loss["best_holdout_loss"] == pytest.approx(losses.min())
+    assert by_loss["best_epoch"] != by_accuracy["best_epoch"]  # this history tells them apart
+    logits = [m.get_layer("logits").get_weights()[0] for m, _ in kept.values()]
+    assert not np.allclose(logits[0], logits[1])  # each kept its own epoch's model
+
+
 def test_fine_tune_killed_mid_epoch_resumes_to_the_uninterrupted_result(image_workdir, tmp_path):
     config, workdir, table = image_workdir
     config.classifier.epochs, config.classifier.patience, config.classifier.weighting = 8, 3, "soft"

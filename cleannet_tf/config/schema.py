@@ -207,6 +207,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.classifier.holdout_fraction = 0.0
     # Stop after this many epochs without a better held-apart accuracy (0: train every epoch).
     config.classifier.patience = 0
+    # The held-apart rows' figure that picks the kept epoch and stops early: accuracy (the highest weighted
+    # accuracy) | loss (the lowest weighted cross-entropy: it rises once the network starts fitting wrong labels).
+    config.classifier.select_by = "accuracy"
     # float16 compute with float32 weights (mixed_float16): auto (on GPUs) | on | off.
     config.classifier.mixed_precision = "auto"
 

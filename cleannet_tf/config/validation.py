@@ -236,6 +236,7 @@ def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> m
     if not 0.0 <= config.classifier.holdout_fraction <= 0.5:
         _fail("classifier.holdout_fraction", "must be in [0, 0.5]", config.classifier.holdout_fraction)
     _check_positive(config, "classifier.patience", allow_zero=True)
+    _check_choice(config, "classifier.select_by", ("accuracy", "loss"))
     if config.classifier.patience and not config.classifier.holdout_fraction:
         _fail("classifier.patience", "early stopping needs held-apart rows: set classifier.holdout_fraction > 0",
               config.classifier.patience)

@@ -85,7 +85,8 @@ STEP_FIELDS = {step.name: step.fields for step in TABLE}
 # Fields added since DONE records began (41cd3c4), each with the value that means what the older versions did:
 # a record leaves a field at that value out, so the records those versions wrote still match.
 ADDED_FIELDS = {"classifier.train_from": "all", "classifier.frozen_cache": "auto", "classifier.holdout_fraction": 0.0,
-                "classifier.patience": 0, "classifier.mixed_precision": "auto", "verify.operating_point": "threshold"}
+                "classifier.patience": 0, "classifier.mixed_precision": "auto", "verify.operating_point": "threshold",
+                "classifier.select_by": "accuracy"}
 NEEDS_VERIFICATION = tuple(step.name for step in TABLE if step.needs_verification)
 VERIFY_OUTPUTS = ("scores.tsv", "metrics.json", "verifier.keras", "to_verify.tsv", "report.html")  # in verify/
 OUTPUT_DIRS = (features_dir, references_path, cleannet_dir, verify_dir, export_dir)  # what marks an older workdir

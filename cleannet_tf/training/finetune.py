@@ -16,8 +16,9 @@ epochs, loss sum_i w_i CE_i / B, learning-rate schedule, optional verified-corre
   float16 with float32 weights and a dynamic loss scale, the logits and loss in float32.
 
 Early stopping: classifier.holdout_fraction of the training rows (drawn by the seed from the non-test rows, the
-same rows whatever the weighting) are held apart; after each epoch their weighted accuracy (the per-image
-weights, so a weighted run is judged on the rows CleanNet trusts) is measured, the best epoch's weights are kept
+same rows whatever the weighting) are held apart; after each epoch their weighted accuracy and cross-entropy (the
+per-image weights, so a weighted run is judged on the rows CleanNet trusts) are measured, the best epoch's
+(classifier.select_by: the highest accuracy, or the lowest loss) weights are kept
 in the checkpoint, training stops after classifier.patience epochs without a better one, and model.keras holds
 the best epoch's model. A run killed at any point resumes to the same result.
 
@@ -145,9 +146,11 @@ class FinetuneTask(classifier.ClassifierTask):
             block_cache.copy_weights_by_name(self.full, self.model)
         if self.cache is None:
             block_cache.set_trainable_from(self.model, self.train_from)
-        # The best held-apart epoch: its accuracy, number and weights, checkpointed with the model.
+        # The best held-apart epoch (classifier.select_by): its accuracy, loss, number and weights, checkpointed
+        # with the model.
         self.best = tf.Module()
         self.best.accuracy = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
+        self.best.loss = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
         self.best.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.best.weights = [tf.Variable(keras.ops.convert_to_numpy(w), trainable=False) for w in self.model.weights]
 
@@ -212,13 +215,16 @@ class FinetuneTask(classifier.ClassifierTask):
             return entry, scalars
         entry["val"] = val = self.holdout_metrics()
         scalars.update({"holdout/accuracy": val["accuracy"], "holdout/loss": val["loss"]})
-        if val["accuracy"] > float(self.best.accuracy.numpy()):
+        select_by = self.config.classifier.select_by
+        if (val["loss"] < float(self.best.loss.numpy()) if select_by == "loss"
+                else val["accuracy"] > float(self.best.accuracy.numpy())):
             self.best.accuracy.assign(val["accuracy"])
+            self.best.loss.assign(val["loss"])
             self.best.epoch.assign(entry["epoch"])
             for kept, weight in zip(self.best.weights, self.model.weights, strict=True):
                 kept.assign(keras.ops.convert_to_numpy(weight))
-        logging.info("classifier epoch %d: held-apart weighted accuracy %.4f, loss %.4f (best: epoch %d)",
-                     entry["epoch"], val["accuracy"], val["loss"], int(self.best.epoch.numpy()))
+        logging.info("classifier epoch %d: held-apart weighted accuracy %.4f, loss %.4f (best %s: epoch %d)",
+                     entry["epoch"], val["accuracy"], val["loss"], select_by, int(self.best.epoch.numpy()))
         return entry, scalars
 
     def should_stop(self, step: int) -> bool:
@@ -256,6 +262,8 @@ class FinetuneTask(classifier.ClassifierTask):
             "mixed_precision": self.mixed_precision, "n_holdout": int(self.holdout.sum()),
             "best_epoch": int(self.best.epoch.numpy()) or None,
             "best_holdout_accuracy": float(self.best.accuracy.numpy()) if self.holdout.any() else None,
+            "best_holdout_loss": float(self.best.loss.numpy()) if self.holdout.any() else None,
+            "select_by": self.config.classifier.select_by,
             "epochs_trained": epochs_trained, "steps_trained": int(state.step),
             "stopped_early": state.step < self.total_steps})
         return payload
