@@ -10,7 +10,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import kill_at_marker, run_two_workers, small_train_config, write_feature_dataset
+from conftest import kill_at_marker, small_train_config, write_feature_dataset
+from multi_worker import run_two_workers
 
 from cleannet_tf.data import table as data_table
 from cleannet_tf.pipeline.artifacts import load_training_inputs

@@ -12,7 +12,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import resume_then_run_clean, run_two_workers, stand_in_lite0_weights
+from conftest import resume_then_run_clean, stand_in_lite0_weights
+from multi_worker import run_two_workers
 
 from cleannet_tf import config as config_lib
 from cleannet_tf.data import table as data_table

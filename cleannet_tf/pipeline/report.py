@@ -99,7 +99,8 @@ def _curves(groups):
     roc_axis.set(xlabel="false-positive rate", ylabel="true-positive rate (wrong labels found)", title="ROC")
     pr_axis.set(xlabel="recall of wrong labels", ylabel="precision", title="Precision-recall", ylim=(0, 1.02))
     for axis in (roc_axis, pr_axis):
-        axis.legend(fontsize=8, loc="lower right" if axis is roc_axis else "lower left")
+        if axis.get_legend_handles_labels()[0]:  # no group with both kinds of rows: no curve to name
+            axis.legend(fontsize=8, loc="lower right" if axis is roc_axis else "lower left")
     figure.suptitle("Validation rows; dots: the chosen threshold", fontsize=9)
     return figure
 
